@@ -1,0 +1,234 @@
+//! The sandgate guest: QuickJS compiled to `wasm32-wasip1`.
+//!
+//! The host pre-initialises this module once at build time (`wizer-initialize` creates
+//! the QuickJS runtime and context and evaluates the JavaScript prelude), so every
+//! execution starts from the same snapshot and pays no engine start-up. The host then
+//! calls `run` once per fresh instance.
+//!
+//! # Host ABI, version 1
+//!
+//! Every door out of the guest is an import from the module `sandgate_v1`. Pointers
+//! and lengths are in this module's linear memory; all text is UTF-8.
+//!
+//! | import | meaning |
+//! |---|---|
+//! | `request_len(which) -> i32` | length of request part `which`: 0 = code, 1 = `input` as JSON (0 bytes: none) |
+//! | `request_read(which, ptr, len) -> i32` | copy that part to `ptr`; returns bytes written |
+//! | `max_result() -> i32` | the largest result, in bytes, the host will accept |
+//! | `log(level, ptr, len)` | one console line (0 log, 1 info, 2 warn, 3 error); the host traps when the output cap is passed |
+//! | `call(name_ptr, name_len, args_ptr, args_len) -> i32` | start a host call (`name` such as `tools.server.tool`, `args` JSON); returns its id (> 0), or a negative code: -1 call limit reached |
+//! | `wait() -> i64` | block until a call completes: `(id << 32) \| length` of its reply, or -1 when no call is in flight |
+//! | `reply_read(id, ptr, len) -> i32` | copy the reply of a completed call: `{"ok": value}` or `{"error": {"kind", "message"}}` |
+//! | `finish(status, ptr, len)` | the outcome: status 0 with the result as JSON, 1 with an error object |
+//!
+//! From WASI the guest uses only `random_get` (to reseed `Math.random` per run),
+//! `clock_time_get` (`Date.now()`) and the bookkeeping calls of the C and Rust
+//! runtimes; the host grants no files, environment, arguments or sockets.
+//!
+//! Exports: `wizer-initialize` (build time only) and `run`.
+
+use std::cell::{Cell, RefCell};
+
+use rquickjs::{Array, Context, Ctx, Function, Persistent, Promise, Runtime, Value};
+
+mod host {
+    #[link(wasm_import_module = "sandgate_v1")]
+    extern "C" {
+        pub fn request_len(which: u32) -> i32;
+        pub fn request_read(which: u32, ptr: *mut u8, len: u32) -> i32;
+        pub fn max_result() -> i32;
+        pub fn log(level: u32, ptr: *const u8, len: u32);
+        pub fn call(name_ptr: *const u8, name_len: u32, args_ptr: *const u8, args_len: u32) -> i32;
+        pub fn wait() -> i64;
+        pub fn reply_read(id: u32, ptr: *mut u8, len: u32) -> i32;
+        pub fn finish(status: u32, ptr: *const u8, len: u32);
+    }
+
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        pub fn random_get(buf: *mut u8, len: usize) -> u16;
+    }
+}
+
+/// QuickJS's stack limit, below the 2 MiB shadow stack the guest is linked with.
+const JS_STACK_BYTES: usize = 1536 * 1024;
+
+struct State {
+    // Field order matters: the functions must drop before the context and runtime.
+    run: Persistent<Function<'static>>,
+    complete: Persistent<Function<'static>>,
+    context: Context,
+    _runtime: Runtime,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+    static RANDOM: Cell<u64> = const { Cell::new(0x853c_49e6_748f_ea9b) };
+}
+
+fn request(which: u32) -> String {
+    // SAFETY: the host writes at most `len` bytes into the buffer we own.
+    unsafe {
+        let len = host::request_len(which).max(0) as usize;
+        let mut buf = vec![0u8; len];
+        let written = host::request_read(which, buf.as_mut_ptr(), len as u32).max(0) as usize;
+        buf.truncate(written);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+fn finish(status: u32, text: &str) {
+    // SAFETY: the host only reads `text.len()` bytes from a live slice.
+    unsafe { host::finish(status, text.as_ptr(), text.len() as u32) }
+}
+
+fn fail(kind: &str, message: &str) {
+    let text = format!(
+        "{{\"kind\":\"{kind}\",\"message\":\"{}\"}}",
+        message.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    finish(1, &text);
+}
+
+/// wyrand: a small, fast generator; seeded from WASI at the start of every run so a
+/// snapshot never replays the same sequence.
+fn next_random() -> f64 {
+    RANDOM.with(|state| {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = (s as u128).wrapping_mul((s ^ 0xe703_7ed1_a0b4_28db) as u128);
+        let x = ((t >> 64) as u64) ^ (t as u64);
+        (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    })
+}
+
+fn reseed() {
+    let mut seed = [0u8; 8];
+    // SAFETY: `seed` is a live 8-byte buffer.
+    unsafe { host::random_get(seed.as_mut_ptr(), seed.len()) };
+    RANDOM.with(|state| state.set(u64::from_le_bytes(seed)));
+}
+
+fn host_call<'js>(ctx: Ctx<'js>, name: String, args: String) -> rquickjs::Result<i32> {
+    // SAFETY: both slices are live for the duration of the call.
+    let id = unsafe {
+        host::call(
+            name.as_ptr(),
+            name.len() as u32,
+            args.as_ptr(),
+            args.len() as u32,
+        )
+    };
+    if id > 0 {
+        return Ok(id);
+    }
+    let message = match id {
+        -1 => "host call limit reached for this execution",
+        _ => "host call refused",
+    };
+    Err(rquickjs::Exception::throw_range(&ctx, message))
+}
+
+fn host_log(level: u32, line: String) {
+    // SAFETY: `line` is live for the duration of the call.
+    unsafe { host::log(level, line.as_ptr(), line.len() as u32) }
+}
+
+fn init_state() -> rquickjs::Result<State> {
+    let runtime = Runtime::new()?;
+    runtime.set_max_stack_size(JS_STACK_BYTES);
+    let context = Context::full(&runtime)?;
+    let (run, complete) = context.with(|ctx| -> rquickjs::Result<_> {
+        let setup: Function = ctx.eval(include_str!("prelude.js"))?;
+        let call = Function::new(ctx.clone(), host_call)?;
+        let log = Function::new(ctx.clone(), host_log)?;
+        let random = Function::new(ctx.clone(), next_random)?.with_name("random")?;
+        let pair: Array = setup.call((call, log, random))?;
+        let (run, complete): (Function, Function) = (pair.get(0)?, pair.get(1)?);
+        Ok((
+            Persistent::save(&ctx, run),
+            Persistent::save(&ctx, complete),
+        ))
+    })?;
+    Ok(State {
+        run,
+        complete,
+        context,
+        _runtime: runtime,
+    })
+}
+
+/// Build-time initialisation: everything done here is captured in the snapshot.
+#[export_name = "wizer-initialize"]
+pub extern "C" fn wizer_initialize() {
+    let state = init_state().expect("the guest prelude must evaluate");
+    // Run the garbage collector so the snapshot carries no garbage.
+    state.context.with(|ctx| ctx.run_gc());
+    STATE.with(|slot| *slot.borrow_mut() = Some(state));
+}
+
+/// Runs the request the host holds and reports its outcome through `finish`.
+#[no_mangle]
+pub extern "C" fn run() {
+    reseed();
+    STATE.with(|slot| {
+        let slot = slot.borrow();
+        let Some(state) = slot.as_ref() else {
+            fail("internal", "guest was not pre-initialised");
+            return;
+        };
+        state.context.with(|ctx| {
+            if let Err(error) = drive(&ctx, state) {
+                let message = describe(&ctx, error);
+                fail("internal", &message);
+            }
+        });
+    });
+}
+
+fn drive<'js>(ctx: &Ctx<'js>, state: &State) -> rquickjs::Result<()> {
+    let code = request(0);
+    let input = request(1);
+    // SAFETY: a plain query with no memory arguments.
+    let max_result = unsafe { host::max_result() }.max(0);
+    let run = state.run.clone().restore(ctx)?;
+    let complete = state.complete.clone().restore(ctx)?;
+    let promise: Promise = run.call((code, input, max_result))?;
+    loop {
+        while ctx.execute_pending_job() {}
+        if let Some(outcome) = promise.result::<Array>() {
+            let outcome = outcome?;
+            let (ok, text): (bool, String) = (outcome.get(0)?, outcome.get(1)?);
+            finish(if ok { 0 } else { 1 }, &text);
+            return Ok(());
+        }
+        // SAFETY: a plain query with no memory arguments.
+        let ready = unsafe { host::wait() };
+        if ready < 0 {
+            fail(
+                "unsettled",
+                "the code's promise can never settle: no host call is in flight and no job is queued",
+            );
+            return Ok(());
+        }
+        let id = (ready >> 32) as u32;
+        let len = (ready & 0xffff_ffff) as usize;
+        let mut buf = vec![0u8; len];
+        // SAFETY: the host writes at most `len` bytes into the buffer we own.
+        let written = unsafe { host::reply_read(id, buf.as_mut_ptr(), len as u32) }.max(0) as usize;
+        buf.truncate(written);
+        let reply = String::from_utf8_lossy(&buf).into_owned();
+        let _: Value = complete.call((id as i32, reply))?;
+    }
+}
+
+fn describe<'js>(ctx: &Ctx<'js>, error: rquickjs::Error) -> String {
+    if let rquickjs::Error::Exception = error {
+        let value = ctx.catch();
+        if let Some(exception) = value.as_exception() {
+            return exception.message().unwrap_or_else(|| "exception".into());
+        }
+        return format!("{value:?}");
+    }
+    error.to_string()
+}
