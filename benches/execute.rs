@@ -1,0 +1,190 @@
+//! `cargo bench --bench execute`: in-process latency of a trivial execution, a
+//! CPU-bound script against native QuickJS, memory per execution parked on a host
+//! call, and process start to first execution (cold and warm compile cache).
+//!
+//! Prints one line per figure; the README quotes them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sandgate::auth::Principal;
+use sandgate::sandbox::{Job, Limits, Registry, Sandbox, SandboxConfig, TestCapability};
+
+const CPU_SCRIPT: &str = r#"
+function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+let text = "";
+for (let i = 0; i < 20000; i++) text += String.fromCharCode(97 + (i * 7) % 26);
+const words = text.match(/.{1,7}/g).sort();
+const counts = {};
+for (const w of words) counts[w[0]] = (counts[w[0]] || 0) + 1;
+const primes = [];
+for (let n = 2; primes.length < 3000; n++) { if (primes.every(p => p * p > n || n % p)) primes.push(n); }
+return fib(24) + words.length + Object.keys(counts).length + primes[primes.length - 1];
+"#;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn job(code: &str, limits: Limits) -> Job {
+    Job {
+        code: code.into(),
+        input: None,
+        limits,
+        principal: Arc::new(Principal::local()),
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn native_quickjs(code: &str) -> Duration {
+    let runtime = rquickjs::Runtime::new().unwrap();
+    let context = rquickjs::Context::full(&runtime).unwrap();
+    let started = Instant::now();
+    context.with(|ctx| {
+        let value: i64 = ctx.eval(format!("(function(){{{code}}})()")).unwrap();
+        assert!(value > 0);
+    });
+    started.elapsed()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let cache = format!("{}/../bench-cache", env!("CARGO_MANIFEST_DIR"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut registry = Registry::default();
+    registry.register("tools.test", Arc::new(TestCapability));
+    let config = SandboxConfig {
+        cache_dir: Some(cache.into()),
+        max_concurrent: 1024,
+        ..Default::default()
+    };
+    let sandbox = Arc::new(Sandbox::new(config, registry).unwrap());
+    let limits = Limits {
+        fuel: u64::MAX / 4,
+        wall_ms: 60_000,
+        ..Limits::default()
+    };
+
+    runtime.block_on(async {
+        // Trivial execution, in process.
+        for _ in 0..500 {
+            sandbox
+                .execute(job("return 1 + 1", limits), None)
+                .await
+                .unwrap();
+        }
+        let mut times = Vec::with_capacity(10_000);
+        for _ in 0..10_000 {
+            let started = Instant::now();
+            let outcome = sandbox
+                .execute(job("return 1 + 1", limits), None)
+                .await
+                .unwrap();
+            times.push(started.elapsed());
+            assert!(outcome.ok);
+        }
+        times.sort();
+        println!(
+            "trivial execution in-process: p50 {:.1} µs, p99 {:.1} µs ({} runs)",
+            percentile(&times, 0.50).as_secs_f64() * 1e6,
+            percentile(&times, 0.99).as_secs_f64() * 1e6,
+            times.len()
+        );
+
+        // CPU-bound script: sandbox (fuel and epochs on) against native QuickJS.
+        let mut sandboxed = Vec::new();
+        let mut native = Vec::new();
+        for _ in 0..7 {
+            let started = Instant::now();
+            let outcome = sandbox
+                .execute(job(CPU_SCRIPT, limits), None)
+                .await
+                .unwrap();
+            sandboxed.push(started.elapsed());
+            assert!(outcome.ok, "{:?}", outcome.error);
+            native.push(native_quickjs(CPU_SCRIPT));
+        }
+        sandboxed.sort();
+        native.sort();
+        let (s, n) = (percentile(&sandboxed, 0.5), percentile(&native, 0.5));
+        println!(
+            "cpu-bound script: sandboxed {:.1} ms, native QuickJS {:.1} ms, ratio {:.2}x",
+            s.as_secs_f64() * 1e3,
+            n.as_secs_f64() * 1e3,
+            s.as_secs_f64() / n.as_secs_f64()
+        );
+
+        // Memory per execution parked on a host call.
+        let parked = 500;
+        let before = rss_bytes();
+        let handles: Vec<_> = (0..parked)
+            .map(|_| {
+                let sandbox = sandbox.clone();
+                tokio::spawn(async move {
+                    sandbox
+                        .execute(
+                            job("await tools.test.sleep({ms: 3000}); return 1", limits),
+                            None,
+                        )
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let during = rss_bytes();
+        for handle in handles {
+            assert!(handle.await.unwrap().ok);
+        }
+        println!(
+            "memory per parked execution: {:.0} KiB resident ({} parked at once)",
+            (during.saturating_sub(before)) as f64 / parked as f64 / 1024.0,
+            parked
+        );
+    });
+
+    // Process start to first execution.
+    let binary = env!("CARGO_BIN_EXE_sandgate");
+    let cold_dir = std::env::temp_dir().join(format!("sandgate-bench-cold-{}", std::process::id()));
+    let run_exec = |dir: &std::path::Path| {
+        let started = Instant::now();
+        let output = std::process::Command::new(binary)
+            .args(["exec", "-"])
+            .env("SANDGATE_CACHE_DIR", dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(b"return 1")?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(output.status.success());
+        started.elapsed()
+    };
+    let cold = run_exec(&cold_dir);
+    let mut warm: Vec<Duration> = (0..10).map(|_| run_exec(&cold_dir)).collect();
+    warm.sort();
+    let _ = std::fs::remove_dir_all(&cold_dir);
+    println!(
+        "process start to first execution: cold cache {:.0} ms, warm cache {:.1} ms (median of 10)",
+        cold.as_secs_f64() * 1e3,
+        percentile(&warm, 0.5).as_secs_f64() * 1e3
+    );
+}

@@ -1,0 +1,69 @@
+//! The error body every endpoint uses: `{"error": {"kind", "message"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::sandbox::{ErrorKind, Rejected};
+
+/// An HTTP error: status, kind and message, and `Retry-After` for overload.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: kind.as_str(),
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+}
+
+impl From<Rejected> for ApiError {
+    fn from(rejected: Rejected) -> Self {
+        let (status, retry) = match &rejected {
+            Rejected::Invalid(_) => (StatusCode::BAD_REQUEST, None),
+            Rejected::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
+            Rejected::Overloaded { retry_after_secs } => {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(*retry_after_secs))
+            }
+        };
+        if retry.is_some() {
+            crate::telemetry::record_rejection("overloaded");
+        }
+        Self {
+            status,
+            kind: rejected.kind().as_str(),
+            message: rejected.to_string(),
+            retry_after_secs: retry,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "kind": self.kind, "message": self.message } });
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorKind::InvalidRequest,
+        format!("no route for {}", uri.path()),
+    )
+}

@@ -1,0 +1,99 @@
+//! `POST /v1/execute`: JSON in, JSON out; or, with `Accept: text/event-stream`, console
+//! lines as `log` events while the code runs and one final `result` event carrying the
+//! same body the JSON response would have.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::{ApiError, AppState};
+use crate::auth::Principal;
+use crate::sandbox::{ErrorKind, ExecuteRequest};
+
+pub(super) async fn execute(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = app.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::InvalidRequest,
+                format!("request body is larger than {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidRequest,
+                format!("cannot read the request body: {e}"),
+            )
+        }
+    })?;
+    let request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidRequest,
+            format!("invalid request body: {e}"),
+        )
+    })?;
+    let job = request.into_job(&app.config.limits, Arc::new(Principal::local()))?;
+    let admission = app.sandbox.admit()?;
+
+    if !wants_event_stream(&headers) {
+        let outcome = app.sandbox.run_admitted(admission, job, None).await?;
+        return Ok(Json(outcome).into_response());
+    }
+
+    let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+    let sandbox = app.sandbox.clone();
+    let finished =
+        tokio::spawn(async move { sandbox.run_admitted(admission, job, Some(lines_tx)).await });
+    let logs = UnboundedReceiverStream::new(lines_rx).map(|line| {
+        Ok::<_, Infallible>(
+            Event::default()
+                .event("log")
+                .json_data(line)
+                .unwrap_or_default(),
+        )
+    });
+    let result = futures::stream::once(async move {
+        let event = match finished.await {
+            Ok(Ok(outcome)) => Event::default().event("result").json_data(outcome),
+            Ok(Err(rejected)) => {
+                let error = ApiError::from(rejected);
+                Event::default()
+                    .event("error")
+                    .json_data(serde_json::json!({ "error": { "kind": error.kind, "message": error.message } }))
+            }
+            Err(join) => Event::default().event("error").json_data(
+                serde_json::json!({ "error": { "kind": "internal", "message": join.to_string() } }),
+            ),
+        };
+        Ok::<_, Infallible>(event.unwrap_or_default())
+    });
+    Ok(Sse::new(logs.chain(result))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn wants_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|part| part.trim().starts_with("text/event-stream"))
+        })
+}

@@ -1,0 +1,157 @@
+//! The one wasmtime `Engine` per process, and the guest module compiled once.
+//!
+//! Engine choices and why:
+//! - pooling allocator: instances, memories, tables and fiber stacks come from
+//!   pre-reserved slots, so instantiation is a few microseconds;
+//! - copy-on-write memory images (wasmtime's default): the pre-initialised heap is
+//!   mapped, not copied, and only pages an execution touches cost memory;
+//! - fuel for CPU, epochs for wall clock and for yielding to the async runtime;
+//! - no wasm backtraces: guest errors come from QuickJS with JavaScript positions.
+//!
+//! The compiled module is cached on disk under a name that joins the guest's
+//! SHA-256 with the engine's compatibility hash (wasmtime version and settings), so a
+//! new guest or a new wasmtime never loads a stale artifact; a file that fails to
+//! load is recompiled and replaced. Files are written to a temporary name and
+//! renamed, so a reader never sees a half-written artifact.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig,
+};
+
+/// The pre-initialised guest, built from `guest/` (see the README's "Guest").
+pub static GUEST_WASM: &[u8] = include_bytes!("../../guest/sandgate_guest.wasm");
+
+/// Time between epoch ticks: the granularity of wall-clock limits and of yielding.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Engine-wide settings, fixed for the life of the process.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Upper bound on any execution's memory limit; sizes the pooled memory slots.
+    pub max_memory_bytes: u64,
+    /// Executions that may exist at once; sizes the pools.
+    pub max_instances: u32,
+}
+
+/// Builds the engine. Fails only if the host cannot reserve the pools.
+pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(settings.max_instances)
+        .total_memories(settings.max_instances)
+        .total_tables(settings.max_instances)
+        .total_stacks(settings.max_instances)
+        .total_component_instances(0)
+        .max_memory_size(settings.max_memory_bytes as usize)
+        .table_elements(20_000);
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(1 << 20)
+        .async_stack_size(2 << 20)
+        .wasm_backtrace_max_frames(None)
+        .cranelift_opt_level(OptLevel::Speed)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))
+}
+
+/// Starts the process-wide epoch ticker for `engine`; it stops when the engine is
+/// dropped.
+pub fn start_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sandgate-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}
+
+/// Where compiled artifacts go when the configuration names no directory:
+/// `$XDG_CACHE_HOME/sandgate`, else `$HOME/.cache/sandgate`, else the temp dir.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("sandgate");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("sandgate");
+    }
+    std::env::temp_dir().join("sandgate")
+}
+
+/// The artifact file name for `wasm` compiled by `engine`.
+pub fn artifact_name(engine: &Engine, wasm: &[u8]) -> String {
+    let guest = Sha256::digest(wasm);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let guest_hex: String = guest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("guest-{guest_hex}-{:016x}.cwasm", hasher.finish())
+}
+
+/// Loads the guest module: from the cache when a valid artifact is there, else by
+/// compiling it (and writing the artifact). Cache trouble is logged, never fatal.
+pub fn load_module(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<Module> {
+    let Some(dir) = cache_dir else {
+        return compile(engine, wasm);
+    };
+    let path = dir.join(artifact_name(engine, wasm));
+    if path.exists() {
+        // SAFETY: the file was written by `store_artifact` below from `Module::serialize`
+        // of this exact guest on an engine with this compatibility hash (both are in its
+        // name); wasmtime checks the header and engine settings again and we fall back
+        // to compiling on any error.
+        match unsafe { Module::deserialize_file(engine, &path) } {
+            Ok(module) => {
+                tracing::debug!(path = %path.display(), "loaded compiled guest from cache");
+                return Ok(module);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cached guest unusable; recompiling")
+            }
+        }
+    }
+    let module = compile(engine, wasm)?;
+    if let Err(e) = store_artifact(&module, dir, &path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled guest");
+    }
+    Ok(module)
+}
+
+fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Module> {
+    let started = std::time::Instant::now();
+    let module =
+        Module::new(engine, wasm).map_err(|e| anyhow::anyhow!("cannot compile the guest: {e}"))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compiled the guest"
+    );
+    Ok(module)
+}
+
+fn store_artifact(module: &Module, dir: &Path, path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = module.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        uuid::Uuid::now_v7()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(())
+}

@@ -1,0 +1,529 @@
+//! The host side of the guest ABI (`sandgate_v1`, documented in the guest crate) and
+//! the per-execution state it works on.
+//!
+//! Host calls are asynchronous: `call` starts a capability future and returns an id
+//! at once; the guest keeps running JavaScript and, when its job queue is empty, calls
+//! `wait`, which parks the execution (giving up its CPU slot and burning no fuel)
+//! until the first in-flight call completes. `Promise.all` over several calls thus
+//! takes the longest of their latencies, not the sum.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use wasmtime::{Caller, Linker, ResourceLimiter};
+
+use super::capability::{HostCall, Registry};
+use super::error::{ErrorKind, ExecError};
+use super::limits::Limits;
+use super::wasi::{self, HasWasi, WasiState};
+use crate::auth::Principal;
+
+const MODULE: &str = "sandgate_v1";
+/// Longest call name accepted (`tools.<server>.<tool>`).
+const MAX_CALL_NAME: usize = 512;
+
+/// One console line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Log,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    fn from_abi(level: i32) -> Self {
+        match level {
+            1 => Self::Info,
+            2 => Self::Warn,
+            3 => Self::Error,
+            _ => Self::Log,
+        }
+    }
+}
+
+/// The marker appended when console output is cut at its cap.
+pub const TRUNCATED: &str = "[truncated]";
+
+/// A CPU slot: an execution holds one while guest code runs and gives it up while it
+/// waits on host calls or at each epoch tick, so a full server queues work instead of
+/// slowing every execution down.
+#[derive(Clone)]
+pub(crate) struct CpuSlot {
+    slots: Arc<Semaphore>,
+    held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
+impl CpuSlot {
+    pub(crate) fn new(slots: Arc<Semaphore>) -> Self {
+        Self {
+            slots,
+            held: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub(crate) async fn acquire(&self) {
+        // The semaphore is owned by the sandbox and never closed.
+        if let Ok(permit) = self.slots.clone().acquire_owned().await {
+            *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Lets queued executions run: gives the slot up and queues for it again.
+    pub(crate) async fn yield_slot(&self) {
+        self.release();
+        tokio::task::yield_now().await;
+        self.acquire().await;
+    }
+}
+
+/// Tracks linear memory against the execution's cap; growth past it traps, so the
+/// guest cannot catch an out-of-memory and keep running.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    pub(crate) max: usize,
+    pub(crate) peak: usize,
+    pub(crate) exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes reached",
+                self.max
+            ));
+        }
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// What the guest reported through `finish`.
+#[derive(Debug)]
+pub(crate) enum GuestOutcome {
+    Value(Box<RawValue>),
+    Failed(ExecError),
+}
+
+/// Everything one execution's store holds. Dropped with the store: nothing survives.
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiState,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) limits: Limits,
+    pub(crate) code: String,
+    /// `input` as JSON text; empty when the request had none.
+    pub(crate) input: String,
+    pub(crate) logs: Vec<LogLine>,
+    pub(crate) log_bytes: u64,
+    pub(crate) events: Option<mpsc::UnboundedSender<LogLine>>,
+    /// A limit enforced by trapping: the trap's cause.
+    pub(crate) limit_hit: Option<ExecError>,
+    pub(crate) calls_started: u32,
+    in_flight: FuturesUnordered<BoxFuture<'static, (u32, Vec<u8>)>>,
+    replies: HashMap<u32, Vec<u8>>,
+    pub(crate) outcome: Option<GuestOutcome>,
+    registry: Arc<Registry>,
+    principal: Arc<Principal>,
+    execution_id: Arc<str>,
+    pub(crate) cpu: CpuSlot,
+}
+
+impl HasWasi for HostState {
+    fn wasi(&mut self) -> &mut WasiState {
+        &mut self.wasi
+    }
+}
+
+pub(crate) struct HostSetup {
+    pub(crate) limits: Limits,
+    pub(crate) code: String,
+    pub(crate) input: String,
+    pub(crate) events: Option<mpsc::UnboundedSender<LogLine>>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) principal: Arc<Principal>,
+    pub(crate) execution_id: Arc<str>,
+    pub(crate) cpu: CpuSlot,
+}
+
+impl HostState {
+    pub(crate) fn new(setup: HostSetup) -> Self {
+        Self {
+            wasi: WasiState::new(wasi::Entropy::Live),
+            limiter: MemoryLimiter {
+                max: setup.limits.memory_bytes as usize,
+                peak: 0,
+                exceeded: false,
+            },
+            limits: setup.limits,
+            code: setup.code,
+            input: setup.input,
+            logs: Vec::new(),
+            log_bytes: 0,
+            events: setup.events,
+            limit_hit: None,
+            calls_started: 0,
+            in_flight: FuturesUnordered::new(),
+            replies: HashMap::new(),
+            outcome: None,
+            registry: setup.registry,
+            principal: setup.principal,
+            execution_id: setup.execution_id,
+            cpu: setup.cpu,
+        }
+    }
+
+    fn push_log(&mut self, line: LogLine) {
+        if let Some(events) = &self.events {
+            // A closed stream only means the client went away; the run goes on.
+            let _ = events.send(line.clone());
+        }
+        self.logs.push(line);
+    }
+
+    fn trap(&mut self, error: ExecError) -> wasmtime::Error {
+        let message = error.message.clone();
+        self.limit_hit = Some(error);
+        wasmtime::format_err!(message)
+    }
+}
+
+fn guest_bytes(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<Vec<u8>> {
+    let memory =
+        wasi::memory(caller).ok_or_else(|| wasmtime::format_err!("guest exports no memory"))?;
+    let start = ptr as u32 as usize;
+    let end = start + len.max(0) as u32 as usize;
+    memory
+        .data(&*caller)
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| wasmtime::format_err!("guest passed an out-of-bounds buffer"))
+}
+
+fn put_guest_bytes(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+    bytes: &[u8],
+) -> wasmtime::Result<i32> {
+    let memory =
+        wasi::memory(caller).ok_or_else(|| wasmtime::format_err!("guest exports no memory"))?;
+    let n = bytes.len().min(len.max(0) as usize);
+    memory.write(&mut *caller, ptr as u32 as usize, &bytes[..n])?;
+    Ok(n as i32)
+}
+
+fn envelope(result: Result<serde_json::Value, ExecError>) -> Vec<u8> {
+    let value = match result {
+        Ok(ok) => serde_json::json!({ "ok": ok }),
+        Err(error) => {
+            serde_json::json!({ "error": { "kind": error.kind, "message": error.message } })
+        }
+    };
+    serde_json::to_vec(&value).unwrap_or_else(|_| b"{\"ok\":null}".to_vec())
+}
+
+/// The error object the guest reports through `finish`.
+#[derive(Deserialize)]
+struct GuestError {
+    kind: String,
+    message: String,
+    name: Option<String>,
+    line: Option<u32>,
+    column: Option<u32>,
+    stack: Option<String>,
+}
+
+impl GuestError {
+    fn into_exec_error(self) -> ExecError {
+        // The guest may only report causes it can know about; anything else (a thrown
+        // object claiming `kind: "timeout"`, say) is an ordinary exception.
+        let kind = match self.kind.as_str() {
+            "syntax" => ErrorKind::Syntax,
+            "unsettled" => ErrorKind::Unsettled,
+            "output_limit" => ErrorKind::OutputLimit,
+            "tool_denied" => ErrorKind::ToolDenied,
+            "tool_error" => ErrorKind::ToolError,
+            "model_denied" => ErrorKind::ModelDenied,
+            "budget_exceeded" => ErrorKind::BudgetExceeded,
+            "internal" => ErrorKind::Internal,
+            _ => ErrorKind::Exception,
+        };
+        ExecError {
+            kind,
+            message: self.message,
+            name: self.name,
+            line: self.line,
+            column: self.column,
+            stack: self.stack.filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// Adds the `sandgate_v1` functions to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        MODULE,
+        "request_len",
+        |caller: Caller<'_, HostState>, which: i32| -> i32 {
+            let state = caller.data();
+            match which {
+                0 => state.code.len() as i32,
+                1 => state.input.len() as i32,
+                _ => -1,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "request_read",
+        |mut caller: Caller<'_, HostState>,
+         which: i32,
+         ptr: i32,
+         len: i32|
+         -> wasmtime::Result<i32> {
+            let bytes = match which {
+                0 => std::mem::take(&mut caller.data_mut().code).into_bytes(),
+                1 => std::mem::take(&mut caller.data_mut().input).into_bytes(),
+                _ => return Ok(-1),
+            };
+            put_guest_bytes(&mut caller, ptr, len, &bytes)
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "max_result",
+        |caller: Caller<'_, HostState>| -> i32 {
+            caller.data().limits.result_bytes.min(i32::MAX as u64) as i32
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "log",
+        |mut caller: Caller<'_, HostState>,
+         level: i32,
+         ptr: i32,
+         len: i32|
+         -> wasmtime::Result<()> {
+            let bytes = guest_bytes(&mut caller, ptr, len)?;
+            let state = caller.data_mut();
+            let level = LogLevel::from_abi(level);
+            let room = state.limits.output_bytes.saturating_sub(state.log_bytes) as usize;
+            if bytes.len() <= room {
+                state.log_bytes += bytes.len() as u64;
+                let message = String::from_utf8_lossy(&bytes).into_owned();
+                state.push_log(LogLine { level, message });
+                return Ok(());
+            }
+            let mut cut = room;
+            while cut > 0 && !is_char_boundary(&bytes, cut) {
+                cut -= 1;
+            }
+            if cut > 0 {
+                let message = String::from_utf8_lossy(&bytes[..cut]).into_owned();
+                state.push_log(LogLine { level, message });
+            }
+            state.log_bytes = state.limits.output_bytes;
+            state.push_log(LogLine {
+                level: LogLevel::Warn,
+                message: TRUNCATED.into(),
+            });
+            let limit = state.limits.output_bytes;
+            Err(state.trap(ExecError::new(
+                ErrorKind::OutputLimit,
+                format!("console output passed its {limit}-byte limit"),
+            )))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "call",
+        |mut caller: Caller<'_, HostState>,
+         name_ptr: i32,
+         name_len: i32,
+         args_ptr: i32,
+         args_len: i32|
+         -> wasmtime::Result<i32> {
+            let (limit, started) = (caller.data().limits.host_calls, caller.data().calls_started);
+            if started >= limit {
+                return Err(caller.data_mut().trap(ExecError::new(
+                    ErrorKind::CallLimit,
+                    format!("the code made more than its limit of {limit} host calls"),
+                )));
+            }
+            let max_args = caller.data().limits.result_bytes;
+            let name = guest_bytes(
+                &mut caller,
+                name_ptr,
+                name_len.min(MAX_CALL_NAME as i32 + 1),
+            )?;
+            let state_args = if (args_len.max(0) as u64) > max_args {
+                Err(ExecError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("call arguments are {args_len} bytes; the limit is {max_args}"),
+                ))
+            } else {
+                let bytes = guest_bytes(&mut caller, args_ptr, args_len)?;
+                serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+                    ExecError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("call arguments are not JSON: {e}"),
+                    )
+                })
+            };
+            let state = caller.data_mut();
+            state.calls_started += 1;
+            let id = state.calls_started;
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let call = if name.len() > MAX_CALL_NAME {
+                Err(ExecError::new(
+                    ErrorKind::InvalidRequest,
+                    "host call name is too long",
+                ))
+            } else {
+                state_args.and_then(|args| {
+                    let (capability, method) = state.registry.route(&name)?;
+                    Ok(capability.call(HostCall {
+                        method,
+                        args,
+                        principal: state.principal.clone(),
+                        execution_id: state.execution_id.clone(),
+                    }))
+                })
+            };
+            let max_reply = state.limits.result_bytes as usize;
+            state.in_flight.push(Box::pin(async move {
+                let result = match call {
+                    Ok(future) => future.await,
+                    Err(error) => Err(error),
+                };
+                let mut reply = envelope(result);
+                if reply.len() > max_reply {
+                    reply = envelope(Err(ExecError::new(
+                        ErrorKind::OutputLimit,
+                        format!(
+                            "reply of {} bytes is over the {max_reply}-byte limit",
+                            reply.len()
+                        ),
+                    )));
+                }
+                (id, reply)
+            }));
+            tracing::debug!(call = %name, id, "host call started");
+            Ok(id as i32)
+        },
+    )?;
+    linker.func_wrap_async(
+        MODULE,
+        "wait",
+        |mut caller: Caller<'_, HostState>, (): ()| {
+            Box::new(async move {
+                let state = caller.data_mut();
+                if state.in_flight.is_empty() {
+                    return -1i64;
+                }
+                let cpu = state.cpu.clone();
+                cpu.release();
+                let next = state.in_flight.next().await;
+                cpu.acquire().await;
+                match next {
+                    Some((id, reply)) => {
+                        let len = reply.len() as i64;
+                        state.replies.insert(id, reply);
+                        ((id as i64) << 32) | len
+                    }
+                    None => -1,
+                }
+            })
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "reply_read",
+        |mut caller: Caller<'_, HostState>, id: i32, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let Some(reply) = caller.data_mut().replies.remove(&(id as u32)) else {
+                return Ok(-1);
+            };
+            put_guest_bytes(&mut caller, ptr, len, &reply)
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "finish",
+        |mut caller: Caller<'_, HostState>,
+         status: i32,
+         ptr: i32,
+         len: i32|
+         -> wasmtime::Result<()> {
+            let max = caller.data().limits.result_bytes;
+            let outcome = if status == 0 && len.max(0) as u64 > max {
+                GuestOutcome::Failed(ExecError::new(
+                    ErrorKind::OutputLimit,
+                    format!("result is {len} bytes; the limit is {max}"),
+                ))
+            } else {
+                let bytes = guest_bytes(&mut caller, ptr, len)?;
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                if status == 0 {
+                    match RawValue::from_string(text) {
+                        Ok(raw) => GuestOutcome::Value(raw),
+                        Err(e) => GuestOutcome::Failed(ExecError::new(
+                            ErrorKind::Internal,
+                            format!("guest reported a result that is not JSON: {e}"),
+                        )),
+                    }
+                } else {
+                    match serde_json::from_str::<GuestError>(&text) {
+                        Ok(error) => GuestOutcome::Failed(error.into_exec_error()),
+                        Err(e) => GuestOutcome::Failed(ExecError::new(
+                            ErrorKind::Internal,
+                            format!("guest reported an unreadable error: {e}"),
+                        )),
+                    }
+                }
+            };
+            caller.data_mut().outcome = Some(outcome);
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+fn is_char_boundary(bytes: &[u8], at: usize) -> bool {
+    at >= bytes.len() || (bytes[at] as i8) >= -0x40
+}

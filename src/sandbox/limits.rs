@@ -1,0 +1,116 @@
+//! Per-execution limits: one ceiling per principal, lowered (never raised) per request.
+
+use serde::{Deserialize, Serialize};
+
+/// The limits one execution runs under.
+///
+/// Defaults are the embedded ceiling a server applies when nothing else is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// CPU budget in wasmtime fuel units (about 2×10¹⁰ per CPU-second). Default 10¹⁰.
+    pub fuel: u64,
+    /// Linear-memory cap in bytes. Default 64 MiB.
+    pub memory_bytes: u64,
+    /// Wall-clock limit in milliseconds, including time parked on host calls. Default 5,000.
+    pub wall_ms: u64,
+    /// Console output cap in bytes. Default 64 KiB.
+    pub output_bytes: u64,
+    /// Result cap in bytes of JSON. Default 1 MiB.
+    pub result_bytes: u64,
+    /// Host calls (tools, models, test capability) per execution. Default 100.
+    pub host_calls: u32,
+    /// Size of the submitted code in bytes. Default 256 KiB.
+    pub code_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 10_000_000_000,
+            memory_bytes: 64 << 20,
+            wall_ms: 5_000,
+            output_bytes: 64 << 10,
+            result_bytes: 1 << 20,
+            host_calls: 100,
+            code_bytes: 256 << 10,
+        }
+    }
+}
+
+/// Limits a request asks for; each given field must not exceed the ceiling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    pub fuel: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub wall_ms: Option<u64>,
+    pub output_bytes: Option<u64>,
+    pub result_bytes: Option<u64>,
+    pub host_calls: Option<u32>,
+    pub code_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// The limits for one request: the ceiling, lowered where the request asks.
+    /// Asking for more than the ceiling is an error naming the field and the ceiling.
+    pub fn lowered_by(&self, request: &LimitsRequest) -> Result<Limits, String> {
+        fn pick<N: PartialOrd + Copy + std::fmt::Display>(
+            name: &str,
+            ceiling: N,
+            asked: Option<N>,
+        ) -> Result<N, String> {
+            match asked {
+                Some(value) if value > ceiling => Err(format!(
+                    "limits.{name} = {value} is above this caller's ceiling of {ceiling}"
+                )),
+                Some(value) => Ok(value),
+                None => Ok(ceiling),
+            }
+        }
+        let limits = Limits {
+            fuel: pick("fuel", self.fuel, request.fuel)?,
+            memory_bytes: pick("memory_bytes", self.memory_bytes, request.memory_bytes)?,
+            wall_ms: pick("wall_ms", self.wall_ms, request.wall_ms)?,
+            output_bytes: pick("output_bytes", self.output_bytes, request.output_bytes)?,
+            result_bytes: pick("result_bytes", self.result_bytes, request.result_bytes)?,
+            host_calls: pick("host_calls", self.host_calls, request.host_calls)?,
+            code_bytes: pick("code_bytes", self.code_bytes, request.code_bytes)?,
+        };
+        if limits.wall_ms == 0 {
+            return Err("limits.wall_ms must be at least 1".into());
+        }
+        Ok(limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_lowers_but_never_raises() {
+        let ceiling = Limits::default();
+        let lowered = ceiling
+            .lowered_by(&LimitsRequest {
+                fuel: Some(5),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(lowered.fuel, 5);
+        assert_eq!(lowered.wall_ms, ceiling.wall_ms);
+        let err = ceiling
+            .lowered_by(&LimitsRequest {
+                wall_ms: Some(ceiling.wall_ms + 1),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.contains("limits.wall_ms"), "{err}");
+        assert!(ceiling
+            .lowered_by(&LimitsRequest {
+                wall_ms: Some(0),
+                ..Default::default()
+            })
+            .is_err());
+    }
+}

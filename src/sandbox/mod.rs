@@ -1,0 +1,376 @@
+//! The sandbox: runs one piece of agent JavaScript in a fresh wasmtime store.
+//!
+//! Every execution gets its own `Store` instantiated from the pre-initialised guest
+//! (QuickJS with its runtime, context and prelude already built), so it starts in
+//! microseconds and shares nothing with any other execution. Limits:
+//! fuel (CPU), an epoch deadline (wall clock), a memory cap enforced by trapping,
+//! byte caps on console output, result and host-call arguments and replies, and a cap
+//! on host calls. Admission is bounded (`max_concurrent`, else `overloaded`), and guest
+//! code runs only while holding one of `cpu_slots` slots, given up at every epoch tick
+//! and while parked on host calls.
+
+pub mod capability;
+pub mod engine;
+pub mod error;
+mod host;
+pub mod limits;
+mod request;
+pub mod wasi;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, Semaphore};
+use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
+
+pub use capability::{Capability, HostCall, Registry, TestCapability};
+pub use error::{ErrorKind, ExecError, Rejected};
+pub use host::{LogLevel, LogLine, TRUNCATED};
+pub use limits::{Limits, LimitsRequest};
+pub use request::ExecuteRequest;
+
+use crate::auth::Principal;
+use host::{CpuSlot, GuestOutcome, HostSetup, HostState};
+
+/// How the sandbox is set up; fixed for the life of a [`Sandbox`].
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Executions admitted at once (running, queued for CPU, or parked on host calls).
+    pub max_concurrent: u32,
+    /// Executions running guest code at once; 0 means one per CPU core.
+    pub cpu_slots: u32,
+    /// How long an admitted execution may wait for a CPU slot before `overloaded`.
+    pub queue_timeout: Duration,
+    /// Upper bound for any execution's memory limit.
+    pub max_memory_bytes: u64,
+    /// Directory for the compiled-guest cache; `None` compiles at every start.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 256,
+            cpu_slots: 0,
+            queue_timeout: Duration::from_secs(10),
+            max_memory_bytes: 256 << 20,
+            cache_dir: Some(engine::default_cache_dir()),
+        }
+    }
+}
+
+/// A held execution slot (see [`Sandbox::admit`]).
+#[derive(Debug)]
+pub struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _in_flight: crate::telemetry::InFlight,
+}
+
+/// One execution to run.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub code: String,
+    pub input: Option<serde_json::Value>,
+    pub limits: Limits,
+    pub principal: Arc<Principal>,
+}
+
+/// Resources one execution used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Wall-clock milliseconds from start of guest code to its end.
+    pub wall_ms: u64,
+    /// Peak linear memory in bytes.
+    pub memory_bytes: u64,
+    /// Host calls started.
+    pub host_calls: u32,
+}
+
+/// The outcome of one execution: the response body of `POST /v1/execute`.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub ok: bool,
+    pub result: Option<Box<RawValue>>,
+    pub logs: Vec<LogLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ExecError>,
+    pub usage: Usage,
+    pub execution_id: String,
+}
+
+/// The sandbox: engine, compiled guest, capability registry and admission control.
+pub struct Sandbox {
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    registry: Arc<Registry>,
+    admission: Arc<Semaphore>,
+    cpu: Arc<Semaphore>,
+    config: SandboxConfig,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .field("registry", &self.registry)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine, loads the guest (from the compile cache when possible) and
+    /// links the host functions: the WASI shim ([`wasi`]) and the `sandgate_v1` ABI.
+    pub fn new(config: SandboxConfig, registry: Registry) -> anyhow::Result<Self> {
+        let engine = engine::build_engine(&engine::EngineSettings {
+            max_memory_bytes: config.max_memory_bytes,
+            max_instances: config.max_concurrent.saturating_add(8),
+        })?;
+        engine::start_ticker(&engine);
+        let module = engine::load_module(&engine, engine::GUEST_WASM, config.cache_dir.as_deref())?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasi::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| anyhow::anyhow!("cannot link the guest: {e}"))?;
+        let cpu_slots = match config.cpu_slots {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n as usize,
+        };
+        Ok(Self {
+            engine,
+            pre,
+            registry: Arc::new(registry),
+            admission: Arc::new(Semaphore::new(config.max_concurrent as usize)),
+            cpu: Arc::new(Semaphore::new(cpu_slots)),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Takes an execution slot, or says the server is full. Holding the returned
+    /// [`Admission`] counts as one of `max_concurrent` executions.
+    pub fn admit(&self) -> Result<Admission, Rejected> {
+        let permit =
+            self.admission
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Rejected::Overloaded {
+                    retry_after_secs: 1,
+                })?;
+        Ok(Admission {
+            _permit: permit,
+            _in_flight: crate::telemetry::InFlight::enter(),
+        })
+    }
+
+    /// Runs `job`: [`Sandbox::admit`], then [`Sandbox::run_admitted`].
+    pub async fn execute(
+        &self,
+        job: Job,
+        events: Option<mpsc::UnboundedSender<LogLine>>,
+    ) -> Result<Outcome, Rejected> {
+        let admission = self.admit()?;
+        self.run_admitted(admission, job, events).await
+    }
+
+    /// Runs `job` in the slot `admission` holds. Console lines are also sent to
+    /// `events` as they happen, when given.
+    ///
+    /// `Err` means the job never ran (too large, or no CPU slot within the queue
+    /// timeout); every fault of the code itself is an `Ok` outcome with `ok: false`
+    /// and a typed error.
+    pub async fn run_admitted(
+        &self,
+        admission: Admission,
+        job: Job,
+        events: Option<mpsc::UnboundedSender<LogLine>>,
+    ) -> Result<Outcome, Rejected> {
+        if job.code.len() as u64 > job.limits.code_bytes {
+            return Err(Rejected::TooLarge {
+                size: job.code.len(),
+                limit: job.limits.code_bytes,
+            });
+        }
+        let cpu = CpuSlot::new(self.cpu.clone());
+        if tokio::time::timeout(self.config.queue_timeout, cpu.acquire())
+            .await
+            .is_err()
+        {
+            return Err(Rejected::Overloaded {
+                retry_after_secs: 1,
+            });
+        }
+        let started = Instant::now();
+        let execution_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        let outcome = self.run(job, events, cpu.clone(), execution_id).await;
+        cpu.release();
+        drop(admission);
+        crate::telemetry::record_execution(&outcome, started.elapsed());
+        tracing::debug!(
+            execution_id = %outcome.execution_id,
+            outcome = outcome.error.as_ref().map_or("ok", |e| e.kind.as_str()),
+            fuel = outcome.usage.fuel,
+            wall_ms = outcome.usage.wall_ms,
+            "execution finished"
+        );
+        Ok(outcome)
+    }
+
+    async fn run(
+        &self,
+        job: Job,
+        events: Option<mpsc::UnboundedSender<LogLine>>,
+        cpu: CpuSlot,
+        execution_id: Arc<str>,
+    ) -> Outcome {
+        let limits = job.limits;
+        let input = match &job.input {
+            Some(value) => serde_json::to_string(value).unwrap_or_default(),
+            None => String::new(),
+        };
+        let state = HostState::new(HostSetup {
+            limits,
+            code: job.code,
+            input,
+            events,
+            registry: self.registry.clone(),
+            principal: job.principal,
+            execution_id: execution_id.clone(),
+            cpu: cpu.clone(),
+        });
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        // Fuel can be set only when the engine consumes fuel, which ours always does.
+        let _ = store.set_fuel(limits.fuel);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(limits.wall_ms);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |context| {
+            if Instant::now() >= deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let cpu = context.data().cpu.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move { cpu.yield_slot().await }),
+            ))
+        });
+
+        let run = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let entry = instance.get_typed_func::<(), ()>(&mut store, "run")?;
+            entry.call_async(&mut store, ()).await
+        };
+        let result = tokio::time::timeout(Duration::from_millis(limits.wall_ms), run).await;
+        let wall_ms = started.elapsed().as_millis() as u64;
+
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let state = store.data_mut();
+        let error = match result {
+            Err(_elapsed) => Some(timeout_error(limits.wall_ms)),
+            Ok(Ok(())) => match state.outcome.take() {
+                Some(GuestOutcome::Value(value)) => {
+                    return finish(
+                        state,
+                        Some(value),
+                        None,
+                        limits.fuel - fuel_left,
+                        wall_ms,
+                        execution_id,
+                    );
+                }
+                Some(GuestOutcome::Failed(error)) => Some(error),
+                None => Some(ExecError::new(
+                    ErrorKind::Internal,
+                    "the guest ended without reporting an outcome",
+                )),
+            },
+            Ok(Err(trap)) => Some(classify(state, &trap, limits)),
+        };
+        finish(
+            state,
+            None,
+            error,
+            limits.fuel - fuel_left,
+            wall_ms,
+            execution_id,
+        )
+    }
+}
+
+fn finish(
+    state: &mut HostState,
+    result: Option<Box<RawValue>>,
+    error: Option<ExecError>,
+    fuel: u64,
+    wall_ms: u64,
+    execution_id: Arc<str>,
+) -> Outcome {
+    Outcome {
+        ok: error.is_none(),
+        result: if error.is_none() { result } else { None },
+        logs: std::mem::take(&mut state.logs),
+        error,
+        usage: Usage {
+            fuel,
+            wall_ms,
+            memory_bytes: state.limiter.peak as u64,
+            host_calls: state.calls_started,
+        },
+        execution_id: execution_id.to_string(),
+    }
+}
+
+fn timeout_error(wall_ms: u64) -> ExecError {
+    ExecError::new(
+        ErrorKind::Timeout,
+        format!("execution passed its wall-clock limit of {wall_ms} ms"),
+    )
+}
+
+/// Names the cause of a trap: a limit the host enforced, or the engine's own trap.
+fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> ExecError {
+    if let Some(hit) = state.limit_hit.take() {
+        return hit;
+    }
+    if state.limiter.exceeded {
+        return ExecError::new(
+            ErrorKind::OutOfMemory,
+            format!(
+                "execution passed its memory limit of {} bytes",
+                limits.memory_bytes
+            ),
+        );
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => ExecError::new(
+            ErrorKind::OutOfFuel,
+            format!("execution used all of its {} fuel", limits.fuel),
+        ),
+        Some(Trap::StackOverflow) => {
+            ExecError::new(ErrorKind::StackOverflow, "the guest's stack overflowed")
+        }
+        Some(Trap::Interrupt) => timeout_error(limits.wall_ms),
+        _ => {
+            let diagnostics = String::from_utf8_lossy(&state.wasi.diagnostics)
+                .trim()
+                .to_string();
+            let mut message = format!("the guest faulted: {error}");
+            if !diagnostics.is_empty() {
+                message.push_str(&format!(" ({diagnostics})"));
+            }
+            tracing::error!(%message, "guest fault");
+            ExecError::new(ErrorKind::Internal, message)
+        }
+    }
+}

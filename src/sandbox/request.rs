@@ -1,0 +1,49 @@
+//! The execute request as HTTP and the CLI receive it, and its validation.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::error::Rejected;
+use super::limits::{Limits, LimitsRequest};
+use super::Job;
+use crate::auth::Principal;
+
+/// `POST /v1/execute` body; `sandgate exec` builds the same value.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// JavaScript: the body of an async function, a single expression, or a function
+    /// expression that is invoked.
+    pub code: String,
+    /// Any JSON value, visible to the code as the global `input`.
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+    /// Limits to lower for this request; none may exceed the caller's ceiling.
+    #[serde(default)]
+    pub limits: LimitsRequest,
+}
+
+impl ExecuteRequest {
+    /// Checks the request against the caller's ceiling and makes it a [`Job`].
+    pub fn into_job(self, ceiling: &Limits, principal: Arc<Principal>) -> Result<Job, Rejected> {
+        let limits = ceiling
+            .lowered_by(&self.limits)
+            .map_err(Rejected::Invalid)?;
+        if self.code.len() as u64 > limits.code_bytes {
+            return Err(Rejected::TooLarge {
+                size: self.code.len(),
+                limit: limits.code_bytes,
+            });
+        }
+        if self.code.trim().is_empty() {
+            return Err(Rejected::Invalid("`code` is empty".into()));
+        }
+        Ok(Job {
+            code: self.code,
+            input: self.input,
+            limits,
+            principal,
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: one binary (see the README for how to run them).
+//!
+//! Most tests talk HTTP to a real server started in this process on an ephemeral
+//! port (`harness::server`); `binary.rs` runs the built `sandgate` executable.
+
+mod binary;
+mod concurrency;
+mod escape;
+mod harness;
+mod http_surface;
+mod limits;
+mod results;
