@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandgate::auth::Principal;
-use sandgate::sandbox::{Job, Limits, Registry, Sandbox, SandboxConfig, TestCapability};
+use sandgate::sandbox::{AllowAll, Job, Limits, Registry, Sandbox, SandboxConfig, TestCapability};
 
 const CPU_SCRIPT: &str = r#"
 function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
@@ -32,16 +32,13 @@ fn job(code: &str, limits: Limits) -> Job {
         input: None,
         limits,
         principal: Arc::new(Principal::local()),
+        call_policy: Arc::new(AllowAll),
     }
 }
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     pages * 4096
 }
 
@@ -61,39 +58,22 @@ fn main() {
         return;
     }
     let cache = format!("{}/../bench-cache", env!("CARGO_MANIFEST_DIR"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut registry = Registry::default();
     registry.register("tools.test", Arc::new(TestCapability));
-    let config = SandboxConfig {
-        cache_dir: Some(cache.into()),
-        max_concurrent: 1024,
-        ..Default::default()
-    };
+    let config = SandboxConfig { cache_dir: Some(cache.into()), max_concurrent: 1024, ..Default::default() };
     let sandbox = Arc::new(Sandbox::new(config, registry).unwrap());
-    let limits = Limits {
-        fuel: u64::MAX / 4,
-        wall_ms: 60_000,
-        ..Limits::default()
-    };
+    let limits = Limits { fuel: u64::MAX / 4, wall_ms: 60_000, ..Limits::default() };
 
     runtime.block_on(async {
         // Trivial execution, in process.
         for _ in 0..500 {
-            sandbox
-                .execute(job("return 1 + 1", limits), None)
-                .await
-                .unwrap();
+            sandbox.execute(job("return 1 + 1", limits), None).await.unwrap();
         }
         let mut times = Vec::with_capacity(10_000);
         for _ in 0..10_000 {
             let started = Instant::now();
-            let outcome = sandbox
-                .execute(job("return 1 + 1", limits), None)
-                .await
-                .unwrap();
+            let outcome = sandbox.execute(job("return 1 + 1", limits), None).await.unwrap();
             times.push(started.elapsed());
             assert!(outcome.ok);
         }
@@ -110,10 +90,7 @@ fn main() {
         let mut native = Vec::new();
         for _ in 0..7 {
             let started = Instant::now();
-            let outcome = sandbox
-                .execute(job(CPU_SCRIPT, limits), None)
-                .await
-                .unwrap();
+            let outcome = sandbox.execute(job(CPU_SCRIPT, limits), None).await.unwrap();
             sandboxed.push(started.elapsed());
             assert!(outcome.ok, "{:?}", outcome.error);
             native.push(native_quickjs(CPU_SCRIPT));
@@ -135,13 +112,7 @@ fn main() {
             .map(|_| {
                 let sandbox = sandbox.clone();
                 tokio::spawn(async move {
-                    sandbox
-                        .execute(
-                            job("await tools.test.sleep({ms: 3000}); return 1", limits),
-                            None,
-                        )
-                        .await
-                        .unwrap()
+                    sandbox.execute(job("await tools.test.sleep({ms: 3000}); return 1", limits), None).await.unwrap()
                 })
             })
             .collect();

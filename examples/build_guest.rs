@@ -33,10 +33,7 @@ struct Snapshot<'a> {
 
 impl InstanceState for Snapshot<'_> {
     async fn global_get(&mut self, name: &str, _type_hint: ValType) -> SnapshotVal {
-        let global = self
-            .instance
-            .get_global(&mut *self.store, name)
-            .expect("wizer asks only for exported globals");
+        let global = self.instance.get_global(&mut *self.store, name).expect("wizer asks only for exported globals");
         match global.get(&mut *self.store) {
             Val::I32(x) => SnapshotVal::I32(x),
             Val::I64(x) => SnapshotVal::I64(x),
@@ -48,10 +45,7 @@ impl InstanceState for Snapshot<'_> {
     }
 
     async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
-        let memory = self
-            .instance
-            .get_memory(&mut *self.store, name)
-            .expect("wizer asks only for exported memories");
+        let memory = self.instance.get_memory(&mut *self.store, name).expect("wizer asks only for exported memories");
         contents(memory.data(&*self.store))
     }
 }
@@ -71,10 +65,7 @@ fn build_raw_guest(guest_dir: &Path) -> anyhow::Result<PathBuf> {
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
     ]
     .join("\x1f");
-    let cflags = format!(
-        "--target=wasm32-wasi -ffile-prefix-map={}=/guest",
-        guest.display()
-    );
+    let cflags = format!("--target=wasm32-wasi -ffile-prefix-map={}=/guest", guest.display());
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--locked"])
         .current_dir(&guest)
@@ -94,37 +85,23 @@ fn build_raw_guest(guest_dir: &Path) -> anyhow::Result<PathBuf> {
 
 async fn wizen(raw: &[u8]) -> anyhow::Result<Vec<u8>> {
     let wizer = Wizer::new();
-    let (context, instrumented) = wizer
-        .instrument(raw)
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let (context, instrumented) = wizer.instrument(raw).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let engine = Engine::default();
     let module = Module::new(&engine, &instrumented).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut linker: Linker<Init> = Linker::new(&engine);
     wasi::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The host ABI is not available while initialising: calling it traps.
-    linker
-        .define_unknown_imports_as_traps(&module)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    linker.define_unknown_imports_as_traps(&module).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut store = Store::new(&engine, Init(WasiState::new(Entropy::Fixed)));
-    let instance = linker
-        .instantiate_async(&mut store, &module)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let init = instance
-        .get_typed_func::<(), ()>(&mut store, wizer.get_init_func())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let instance = linker.instantiate_async(&mut store, &module).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let init =
+        instance.get_typed_func::<(), ()>(&mut store, wizer.get_init_func()).map_err(|e| anyhow::anyhow!("{e}"))?;
     init.call_async(&mut store, ()).await.map_err(|e| {
         let diagnostics = String::from_utf8_lossy(&store.data().0.diagnostics).into_owned();
         anyhow::anyhow!("guest initialisation trapped: {e} {diagnostics}")
     })?;
     let snapshot = wizer
-        .snapshot(
-            &context,
-            &mut Snapshot {
-                store: &mut store,
-                instance,
-            },
-        )
+        .snapshot(&context, &mut Snapshot { store: &mut store, instance })
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     Ok(snapshot)
@@ -150,19 +127,10 @@ async fn main() -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::FAILURE);
         }
-        eprintln!(
-            "{} matches a fresh build of guest/ ({} bytes)",
-            out.display(),
-            wizened.len()
-        );
+        eprintln!("{} matches a fresh build of guest/ ({} bytes)", out.display(), wizened.len());
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::write(&out, &wizened)?;
-    eprintln!(
-        "wrote {} ({} bytes; raw guest {} bytes)",
-        out.display(),
-        wizened.len(),
-        raw.len()
-    );
+    eprintln!("wrote {} ({} bytes; raw guest {} bytes)", out.display(), wizened.len(), raw.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,4 @@
-//! The command line: `sandgate serve` and `sandgate exec`.
+//! The command line: `serve`, `exec`, `key create`, `policy check|explain`, `usage`.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::auth::Principal;
-use crate::config::Config;
+use crate::auth::{generate_key, hash_key, Principal, Role, KEY_PREFIX};
+use crate::config::{Config, PolicySource};
+use crate::ledger::{self, GroupBy, UsageQuery};
+use crate::policy::{LoadContext, PolicySet, Query};
 use crate::sandbox::{ExecuteRequest, LimitsRequest};
+use crate::service::Service;
 use crate::telemetry::{self, LogFormat};
 
 /// sandgate: run agent-written JavaScript in a WebAssembly sandbox with hard limits.
@@ -23,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the HTTP API (embedded defaults: loopback, default limits).
+    /// Serve the HTTP API (embedded defaults: loopback, no keys, example policies).
     Serve {
         /// Address to listen on; overrides `listen` in the config file.
         #[arg(long)]
@@ -31,11 +34,15 @@ pub enum Command {
         /// Configuration file (sandgate.toml); without it the embedded defaults apply.
         #[arg(long, env = "SANDGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Policy directory; overrides `policies` in the config file.
+        #[arg(long)]
+        policies: Option<PathBuf>,
         /// Log format; overrides `log_format` in the config file.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
-    /// Run one file of JavaScript (`-` for stdin) and print the outcome as JSON.
+    /// Run one file of JavaScript (`-` for stdin) as the local user and print the
+    /// outcome as JSON.
     ///
     /// Exit status: 0 when the code succeeded, 1 when it failed, 2 when it could not run.
     Exec {
@@ -50,15 +57,102 @@ pub enum Command {
         /// Configuration file (sandgate.toml).
         #[arg(long, env = "SANDGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Policy directory; overrides `policies` in the config file.
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Check and explain capability policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print usage totals from the ledger as a table.
+    Usage {
+        /// What to group by.
+        #[arg(long, value_enum, default_value = "user")]
+        group_by: GroupBy,
+        /// Start (inclusive): a date (2026-11-25) or RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// End (exclusive): a date or RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this user's usage.
+        #[arg(long)]
+        user: Option<String>,
+        /// Configuration file (sandgate.toml), for the ledger's path.
+        #[arg(long, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key: prints it once and records only its hash in the config file.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        team: String,
+        /// A name for the key (default: USER-<random>); policies can match it as `key:NAME`.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "member")]
+        role: Role,
+        /// The configuration file to record the key in (created if missing).
+        #[arg(long, env = "SANDGATE_CONFIG", default_value = "sandgate.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Load every policy file and report problems with file, line and column.
+    ///
+    /// Exit status: 0 valid, 1 invalid.
+    Check {
+        /// The policy directory (default: from the config file, else ./policies).
+        dir: Option<PathBuf>,
+        #[arg(long, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the decision for one principal and action, and the rule that made it.
+    ///
+    /// Exit status: 0 allowed, 1 denied, 2 the policies could not be loaded.
+    Explain {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        team: String,
+        /// The key name the principal uses.
+        #[arg(long, default_value = "")]
+        key: String,
+        #[arg(long, value_enum, default_value = "member")]
+        role: Role,
+        /// A tool, as `server.tool`.
+        #[arg(long, group = "action")]
+        tool: Option<String>,
+        /// A model name (with --tier, the tier it belongs to).
+        #[arg(long, group = "action")]
+        model: Option<String>,
+        /// A cost tier.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Whether the principal may run code at all, and under which limits.
+        #[arg(long, group = "action")]
+        execute: bool,
+        /// The policy directory (default: from the config file, else ./policies).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        #[arg(long, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("sandgate: cannot start the async runtime: {e}");
@@ -66,17 +160,44 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve {
-            listen,
+        Command::Serve { listen, config, policies, log_format } => {
+            runtime.block_on(serve(listen, config, policies, log_format))
+        }
+        Command::Exec { file, input, limits, config, policies } => {
+            runtime.block_on(exec(file, input, limits, config, policies))
+        }
+        Command::Key(KeyCommand::Create { user, team, name, role, config }) => {
+            key_create(user, team, name, role, config)
+        }
+        Command::Policy(PolicyCommand::Check { dir, config }) => policy_check(dir, config),
+        Command::Policy(PolicyCommand::Explain {
+            user,
+            team,
+            key,
+            role,
+            tool,
+            model,
+            tier,
+            execute,
+            policies,
             config,
-            log_format,
-        } => runtime.block_on(serve(listen, config, log_format)),
-        Command::Exec {
-            file,
-            input,
-            limits,
-            config,
-        } => runtime.block_on(exec(file, input, limits, config)),
+        }) => {
+            let principal = Principal { user, team, key, role };
+            let query = match (tool, model, tier, execute) {
+                (Some(tool), _, _, _) => Query::Tool(tool),
+                (None, Some(name), tier, _) => Query::Model { name, tier },
+                (None, None, Some(tier), false) => Query::Tier(tier),
+                (None, None, _, true) => Query::Execute,
+                (None, None, None, false) => {
+                    eprintln!("sandgate: say what to explain: --tool, --model, --tier or --execute");
+                    return ExitCode::from(2);
+                }
+            };
+            policy_explain(principal, query, policies, config)
+        }
+        Command::Usage { group_by, since, until, user, config } => {
+            runtime.block_on(usage(group_by, since, until, user, config))
+        }
     };
     match result {
         Ok(code) => code,
@@ -87,19 +208,24 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
-    Ok(match path {
+fn load_config(path: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = match path {
         Some(path) => Config::load(&path)?,
         None => Config::default(),
-    })
+    };
+    if let Some(dir) = policies {
+        config.policies = PolicySource::Dir(dir);
+    }
+    Ok(config)
 }
 
 async fn serve(
     listen: Option<SocketAddr>,
     config: Option<PathBuf>,
+    policies: Option<PathBuf>,
     log_format: Option<LogFormat>,
 ) -> anyhow::Result<ExitCode> {
-    let mut config = load_config(config)?;
+    let mut config = load_config(config, policies)?;
     if let Some(listen) = listen {
         config.listen = listen;
     }
@@ -107,10 +233,10 @@ async fn serve(
         config.log_format = format;
     }
     telemetry::init_logging(config.log_format);
-    telemetry::prometheus();
-    if !config.listen.ip().is_loopback() {
+    if !config.listen.ip().is_loopback() && config.keys.is_empty() {
         anyhow::bail!(
-            "refusing to listen on {}: sandgate has no API keys yet, so it serves loopback addresses only",
+            "refusing to listen on {}: no API keys are configured, so sandgate serves loopback addresses only \
+             (create one with `sandgate key create`)",
             config.listen
         );
     }
@@ -130,38 +256,137 @@ async fn exec(
     input: Option<String>,
     limits: Option<String>,
     config: Option<PathBuf>,
+    policies: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let config = load_config(config)?;
+    let config = load_config(config, policies)?;
     telemetry::init_logging(LogFormat::Text);
     let code = if file.as_os_str() == "-" {
         let mut code = String::new();
         std::io::stdin().read_to_string(&mut code)?;
         code
     } else {
-        std::fs::read_to_string(&file)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+        std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
     };
     let input = input
-        .map(|text| {
-            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))
-        })
+        .map(|text| serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}")))
         .transpose()?;
     let limits: LimitsRequest = match limits {
         Some(text) => serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--limits: {e}"))?,
         None => LimitsRequest::default(),
     };
-    let request = ExecuteRequest {
-        code,
-        input,
-        limits,
-    };
-    let job = request.into_job(&config.limits, Arc::new(Principal::local()))?;
-    let sandbox = tokio::task::spawn_blocking(move || crate::build_sandbox(&config)).await??;
-    let outcome = sandbox.execute(job, None).await?;
+    let request = ExecuteRequest { code, input, limits };
+    let service = tokio::task::spawn_blocking(move || Service::new(&config)).await??;
+    let outcome = service.execute(Arc::new(Principal::local()), request).await?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
-    Ok(if outcome.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn key_create(user: String, team: String, name: Option<String>, role: Role, path: PathBuf) -> anyhow::Result<ExitCode> {
+    let key = generate_key();
+    let name =
+        name.unwrap_or_else(|| format!("{user}-{}", &key[KEY_PREFIX.len()..KEY_PREFIX.len() + 6].to_lowercase()));
+    let before = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    if let Some(text) = &before {
+        let config = Config::parse(text, &path)?;
+        anyhow::ensure!(!config.keys.iter().any(|k| k.name == name), "{}: a key named `{name}` exists", path.display());
+    }
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let entry = format!(
+        "\n[[keys]]\nname = {}\nuser = {}\nteam = {}\nrole = \"{}\"\nhash = \"{}\"\ncreated = \"{created}\"\n",
+        toml_string(&name),
+        toml_string(&user),
+        toml_string(&team),
+        role.as_str(),
+        hash_key(&key),
+    );
+    let after = format!("{}{entry}", before.as_deref().unwrap_or(""));
+    Config::parse(&after, &path).map_err(|e| anyhow::anyhow!("the new entry would not parse: {e}"))?;
+    std::fs::write(&path, after).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    eprintln!("key `{name}` for user `{user}` (team `{team}`, {}) recorded in {}", role.as_str(), path.display());
+    eprintln!("this is the only time the key is shown:");
+    println!("{key}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+fn policy_set(config: &Config) -> anyhow::Result<PolicySet> {
+    let context = LoadContext { known_tiers: config.tiers.clone(), max_memory_bytes: config.sandbox.max_memory_bytes };
+    Ok(crate::service::Policies::load(config.policies.clone(), context)?.current().as_ref().clone())
+}
+
+fn policy_check(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config, dir)?;
+    let source = match &config.policies {
+        PolicySource::Dir(dir) => dir.display().to_string(),
+        PolicySource::Embedded => "the embedded example policies".to_string(),
+    };
+    match policy_set(&config) {
+        Ok(set) => {
+            println!("ok: {} policies in {} files ({source})", set.len(), set.files());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn policy_explain(
+    principal: Principal,
+    query: Query,
+    policies: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config, policies)?;
+    let set = policy_set(&config)?;
+    let decision = set.explain(&principal, &query);
+    println!("{decision}");
+    if let (Query::Execute, true) = (&query, decision.allowed) {
+        if let Some(limits) = set.capabilities(&principal).limits {
+            println!("limits: {}", serde_json::to_string(&limits)?);
+        }
+    }
+    Ok(if decision.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn usage(
+    group_by: GroupBy,
+    since: Option<String>,
+    until: Option<String>,
+    user: Option<String>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config, None)?;
+    let bound = |t: Option<String>| t.map(|t| ledger::usage_time(&t)).transpose().map_err(|e| anyhow::anyhow!(e));
+    let query = UsageQuery { group_by, since_ms: bound(since)?, until_ms: bound(until)?, user };
+    let mut store = ledger::sqlite::SqliteStore::open(&config.ledger.path, config.ledger.synchronous)?;
+    let rows = ledger::Store::usage(&mut store, &query)?;
+    let total = ledger::total(&rows);
+    println!(
+        "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12}",
+        "GROUP", "EXECUTIONS", "FUEL", "WALL_MS", "HOST_CALLS", "MODEL_CALLS", "INPUT_TOK", "OUTPUT_TOK", "COST_USD"
+    );
+    for row in rows.iter().chain(std::iter::once(&total)) {
+        println!(
+            "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12.6}",
+            row.group,
+            row.executions,
+            row.fuel,
+            row.wall_ms,
+            row.host_calls,
+            row.model_calls,
+            row.input_tokens,
+            row.output_tokens,
+            row.cost_usd
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -9,13 +9,18 @@
 //! # Layout
 //!
 //! - `main.rs`: parses the command line and calls [`cli::run`]; nothing else.
-//! - [`cli`]: the commands (`serve`, `exec`).
+//! - [`cli`]: the commands (`serve`, `exec`, `key create`, `policy check|explain`, `usage`).
 //! - [`config`]: `sandgate.toml` → raw structs (unknown keys rejected) → validated [`config::Config`].
-//! - [`auth`]: who is calling ([`auth::Principal`]).
+//! - [`auth`]: who is calling: API keys (stored as hashes) → [`auth::Principal`].
+//! - [`policy`]: policies/*.toml -> compiled [`policy::PolicySet`]; what a principal may do, and why.
 //! - [`sandbox`]: engine and compiled-guest cache ([`sandbox::engine`]), the WASI shim
 //!   ([`sandbox::wasi`]), the guest ABI and per-execution state (`sandbox/host.rs`),
 //!   limits ([`sandbox::limits`]), error kinds ([`sandbox::error`]) and host
 //!   capabilities ([`sandbox::capability`]).
+//! - [`service`]: the one path every surface takes: authenticate, authorise, rate-limit,
+//!   run, record; policy hot reload.
+//! - [`ledger`]: usage records (executions, host calls, model calls), batched writer,
+//!   SQLite store, usage reports.
 //! - [`http`]: the axum router, one file per surface.
 //! - [`telemetry`]: `tracing` setup and Prometheus metrics.
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
@@ -25,7 +30,10 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod ledger;
+pub mod policy;
 pub mod sandbox;
+pub mod service;
 pub mod telemetry;
 
 use std::future::Future;
@@ -43,7 +51,7 @@ pub fn build_sandbox(config: &Config) -> anyhow::Result<Sandbox> {
     Sandbox::new(config.sandbox.clone(), registry)
 }
 
-/// A ready server: the sandbox is built and the guest compiled.
+/// A ready server: policies loaded, ledger open, guest compiled.
 #[derive(Debug)]
 pub struct Server {
     state: http::AppState,
@@ -53,32 +61,51 @@ impl Server {
     /// Builds everything the server needs; slow only when the guest must be compiled.
     pub fn new(config: Config) -> anyhow::Result<Self> {
         telemetry::prometheus();
-        let sandbox = build_sandbox(&config)?;
-        Ok(Self {
-            state: http::AppState {
-                sandbox: Arc::new(sandbox),
-                config: Arc::new(config),
-            },
-        })
+        let service = service::Service::new(&config)?;
+        Ok(Self { state: http::AppState { service: Arc::new(service), config: Arc::new(config) } })
     }
 
-    pub fn sandbox(&self) -> &Arc<Sandbox> {
-        &self.state.sandbox
+    pub fn service(&self) -> &Arc<service::Service> {
+        &self.state.service
     }
 
     /// Serves on `listener` until `shutdown` resolves, then finishes in-flight
-    /// requests before returning.
+    /// requests before returning. Policies reload when their files change and, with
+    /// keys, on SIGHUP.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let service = self.state.service.clone();
+        service.policies().clone().watch();
+        reload_on_hangup(service.clone(), self.state.config.clone());
         let app = http::router(self.state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
         Ok(())
     }
+}
+
+/// On SIGHUP: reload the policies, and the keys from the configuration file.
+fn reload_on_hangup(service: Arc<service::Service>, config: Arc<Config>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading policies and keys");
+            let _ = service.reload_policies();
+            if let Some(path) = &config.path {
+                match Config::load(path) {
+                    Ok(fresh) => service.set_keys(auth::KeyRing::new(&fresh.keys)),
+                    Err(error) => tracing::error!(%error, "configuration reload failed; keeping the keys in force"),
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (service, config);
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -83,10 +83,8 @@ fn finish(status: u32, text: &str) {
 }
 
 fn fail(kind: &str, message: &str) {
-    let text = format!(
-        "{{\"kind\":\"{kind}\",\"message\":\"{}\"}}",
-        message.replace('\\', "\\\\").replace('"', "\\\"")
-    );
+    let text =
+        format!("{{\"kind\":\"{kind}\",\"message\":\"{}\"}}", message.replace('\\', "\\\\").replace('"', "\\\""));
     finish(1, &text);
 }
 
@@ -111,14 +109,7 @@ fn reseed() {
 
 fn host_call<'js>(ctx: Ctx<'js>, name: String, args: String) -> rquickjs::Result<i32> {
     // SAFETY: both slices are live for the duration of the call.
-    let id = unsafe {
-        host::call(
-            name.as_ptr(),
-            name.len() as u32,
-            args.as_ptr(),
-            args.len() as u32,
-        )
-    };
+    let id = unsafe { host::call(name.as_ptr(), name.len() as u32, args.as_ptr(), args.len() as u32) };
     if id > 0 {
         return Ok(id);
     }
@@ -145,17 +136,9 @@ fn init_state() -> rquickjs::Result<State> {
         let random = Function::new(ctx.clone(), next_random)?.with_name("random")?;
         let pair: Array = setup.call((call, log, random))?;
         let (run, complete): (Function, Function) = (pair.get(0)?, pair.get(1)?);
-        Ok((
-            Persistent::save(&ctx, run),
-            Persistent::save(&ctx, complete),
-        ))
+        Ok((Persistent::save(&ctx, run), Persistent::save(&ctx, complete)))
     })?;
-    Ok(State {
-        run,
-        complete,
-        context,
-        _runtime: runtime,
-    })
+    Ok(State { run, complete, context, _runtime: runtime })
 }
 
 /// Build-time initialisation: everything done here is captured in the snapshot.
@@ -205,10 +188,7 @@ fn drive<'js>(ctx: &Ctx<'js>, state: &State) -> rquickjs::Result<()> {
         // SAFETY: a plain query with no memory arguments.
         let ready = unsafe { host::wait() };
         if ready < 0 {
-            fail(
-                "unsettled",
-                "the code's promise can never settle: no host call is in flight and no job is queued",
-            );
+            fail("unsettled", "the code's promise can never settle: no host call is in flight and no job is queued");
             return Ok(());
         }
         let id = (ready >> 32) as u32;

@@ -1,8 +1,10 @@
 //! `sandgate.toml`: read into raw structs that reject unknown keys, then validated
 //! once into [`Config`], which the rest of the code trusts.
 //!
-//! Every key is optional; an absent file means the embedded defaults (loopback, the
-//! default [`Limits`]). See the README's "Configuration" for every key.
+//! Every key is optional; an absent file means the embedded defaults (loopback, no
+//! keys, the policies in `./policies` or the example policies compiled in). What each
+//! caller may do comes from policies (`crate::policy`), not from this file. See the
+//! README's "Configuration" for every key.
 
 mod raw;
 
@@ -10,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::sandbox::{Limits, SandboxConfig};
+use crate::auth::KeyEntry;
+use crate::ledger::sqlite::Synchronous;
+use crate::sandbox::SandboxConfig;
 use crate::telemetry::LogFormat;
 
 /// The default address: loopback only.
@@ -21,19 +25,57 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
 pub struct Config {
     pub listen: SocketAddr,
     pub log_format: LogFormat,
-    /// The limits every caller gets, and the most a request may ask for.
-    pub limits: Limits,
     pub sandbox: SandboxConfig,
     /// Registers the `tools.test` capability (echo, sleep, fail): for tests and demos.
     pub test_capability: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Where policies come from.
+    pub policies: PolicySource,
+    /// Known cost tiers, in the order written.
+    pub tiers: Vec<String>,
+    pub ledger: LedgerConfig,
+    /// API keys (hashes only). None configured: the embedded default's local user.
+    pub keys: Vec<KeyEntry>,
+    /// The file this configuration came from, if any (reloaded on SIGHUP).
+    pub path: Option<PathBuf>,
 }
+
+/// Where the policy files are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicySource {
+    /// `*.toml` in this directory, watched for changes.
+    Dir(PathBuf),
+    /// The example policies compiled into the binary: used when no directory is
+    /// configured and `./policies` does not exist.
+    Embedded,
+}
+
+/// The usage ledger's storage.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+}
+
+/// The default ledger file: `$XDG_DATA_HOME/sandgate/ledger.db`, else
+/// `$HOME/.local/share/sandgate/ledger.db`, else `./sandgate-ledger.db`.
+pub fn default_ledger_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("sandgate").join("ledger.db");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/share/sandgate/ledger.db");
+    }
+    PathBuf::from("sandgate-ledger.db")
+}
+
+/// The tiers known when the configuration names none.
+pub const DEFAULT_TIERS: [&str; 3] = ["frontier", "standard", "economy"];
 
 impl Default for Config {
     fn default() -> Self {
-        Self::from_raw(raw::RawConfig::default(), Path::new("<defaults>"))
-            .expect("embedded defaults are valid")
+        Self::from_raw(raw::RawConfig::default(), Path::new("<defaults>")).expect("embedded defaults are valid")
     }
 }
 
@@ -41,115 +83,118 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: &'static str, message: String },
 }
 
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut config = Self::parse(&text, path)?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let raw: raw::RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         Self::from_raw(raw, path)
     }
 
     fn from_raw(raw: raw::RawConfig, path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        };
+        let invalid =
+            |key: &'static str, message: String| ConfigError::Invalid { path: path.to_path_buf(), key, message };
         let listen = raw
             .listen
             .as_deref()
             .unwrap_or(DEFAULT_LISTEN)
             .parse::<SocketAddr>()
-            .map_err(|e| {
-                invalid(
-                    "listen",
-                    format!("not an address such as 127.0.0.1:8420: {e}"),
-                )
-            })?;
-        let limits = raw.limits.unwrap_or_default();
+            .map_err(|e| invalid("listen", format!("not an address such as 127.0.0.1:8420: {e}")))?;
         let sandbox = raw.sandbox.unwrap_or_default();
         let defaults = SandboxConfig::default();
-        let max_memory_bytes = sandbox
-            .max_memory_bytes
-            .unwrap_or(defaults.max_memory_bytes.max(limits.memory_bytes));
-        if limits.memory_bytes > max_memory_bytes {
+        let max_memory_bytes = sandbox.max_memory_bytes.unwrap_or(defaults.max_memory_bytes);
+        if max_memory_bytes < 8 << 20 {
             return Err(invalid(
-                "limits.memory_bytes",
-                format!(
-                    "{} is above sandbox.max_memory_bytes ({max_memory_bytes})",
-                    limits.memory_bytes
-                ),
-            ));
-        }
-        if limits.memory_bytes < 8 << 20 {
-            return Err(invalid(
-                "limits.memory_bytes",
+                "sandbox.max_memory_bytes",
                 "must be at least 8 MiB (8388608): the guest needs it to start".into(),
             ));
         }
-        if limits.wall_ms == 0 {
-            return Err(invalid("limits.wall_ms", "must be at least 1".into()));
-        }
         let max_concurrent = sandbox.max_concurrent.unwrap_or(defaults.max_concurrent);
         if max_concurrent == 0 || max_concurrent > 10_000 {
-            return Err(invalid(
-                "sandbox.max_concurrent",
-                "must be between 1 and 10000".into(),
-            ));
+            return Err(invalid("sandbox.max_concurrent", "must be between 1 and 10000".into()));
         }
         let cache_dir = match sandbox.cache_dir {
             Some(dir) if dir.as_os_str().is_empty() => None,
             Some(dir) => Some(dir),
-            None => std::env::var_os("SANDGATE_CACHE_DIR")
-                .map(PathBuf::from)
-                .or(defaults.cache_dir),
+            None => std::env::var_os("SANDGATE_CACHE_DIR").map(PathBuf::from).or(defaults.cache_dir),
         };
-        let max_body_bytes = raw
-            .http
-            .and_then(|h| h.max_body_bytes)
-            .unwrap_or(limits.code_bytes as usize + (4 << 20));
+        let max_body_bytes = raw.http.and_then(|h| h.max_body_bytes).unwrap_or(8 << 20);
+        let policies = match raw.policies {
+            Some(dir) => PolicySource::Dir(relative_to(path, dir)),
+            None if Path::new("policies").is_dir() => PolicySource::Dir(PathBuf::from("policies")),
+            None => PolicySource::Embedded,
+        };
+        let tiers = match raw.tiers {
+            Some(tiers) if tiers.is_empty() => return Err(invalid("tiers", "at least one tier is needed".into())),
+            Some(tiers) => tiers.into_keys().collect(),
+            None => DEFAULT_TIERS.iter().map(|t| t.to_string()).collect(),
+        };
+        let ledger = raw.ledger.unwrap_or_default();
+        let ledger = LedgerConfig {
+            path: ledger
+                .path
+                .map(|p| relative_to(path, p))
+                .or_else(|| std::env::var_os("SANDGATE_LEDGER").map(PathBuf::from))
+                .unwrap_or_else(default_ledger_path),
+            synchronous: ledger.synchronous.unwrap_or_default(),
+        };
+        let mut keys: Vec<KeyEntry> = Vec::new();
+        for key in raw.keys.unwrap_or_default() {
+            let hash = crate::auth::parse_hash(&key.hash)
+                .map_err(|e| invalid("keys.hash", format!("key `{}`: {e}", key.name)))?;
+            if key.name.is_empty() || key.user.is_empty() || key.team.is_empty() {
+                return Err(invalid("keys", "every key needs a non-empty name, user and team".into()));
+            }
+            if keys.iter().any(|k| k.name == key.name) {
+                return Err(invalid("keys.name", format!("key name `{}` is used twice", key.name)));
+            }
+            keys.push(KeyEntry { name: key.name, user: key.user, team: key.team, role: key.role, hash });
+        }
         Ok(Config {
             listen,
             log_format: raw.log_format.unwrap_or_default(),
-            limits,
             sandbox: SandboxConfig {
                 max_concurrent,
                 cpu_slots: sandbox.cpu_slots.unwrap_or(defaults.cpu_slots),
-                queue_timeout: sandbox
-                    .queue_timeout_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or(defaults.queue_timeout),
+                queue_timeout: sandbox.queue_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.queue_timeout),
                 max_memory_bytes,
                 cache_dir,
             },
             test_capability: sandbox.test_capability.unwrap_or(false),
             max_body_bytes,
+            policies,
+            tiers,
+            ledger,
+            keys,
+            path: None,
         })
+    }
+}
+
+/// A path from the configuration file, taken relative to the file's directory.
+fn relative_to(config: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        return path;
+    }
+    match config.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && config.exists() => dir.join(path),
+        _ => path,
     }
 }
 
@@ -165,21 +210,26 @@ mod tests {
     fn empty_file_is_the_embedded_default() {
         let config = parse("").unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.tiers, DEFAULT_TIERS);
+        assert!(config.keys.is_empty());
     }
 
     #[test]
     fn bad_files_name_the_file_and_key() {
         let cases = [
             ("lisen = \"x\"", "unknown field `lisen`"),
-            ("[limits]\nfuel = \"lots\"", "line 2"),
-            ("[limits]\nmemory_bytes = 1024", "limits.memory_bytes"),
+            ("[sandbox]\nmax_concurrent = \"lots\"", "line 2"),
+            ("[sandbox]\nmax_memory_bytes = 1024", "sandbox.max_memory_bytes"),
+            ("[limits]\nfuel = 1", "unknown field `limits`"),
             ("listen = \"nowhere\"", "`listen`"),
             ("[sandbox]\nmax_concurrent = 0", "sandbox.max_concurrent"),
+            ("[[keys]]\nname = \"a\"\nuser = \"u\"\nteam = \"t\"\nhash = \"md5:x\"", "keys.hash"),
             (
-                "[sandbox]\nmax_memory_bytes = 16777216\n[limits]\nmemory_bytes = 33554432",
-                "above sandbox.max_memory_bytes",
+                "[[keys]]\nname = \"a\"\nuser = \"u\"\nteam = \"t\"\nrole = \"boss\"\nhash = \"x\"",
+                "unknown variant `boss`",
             ),
+            ("[ledger]\nsynchronous = \"sometimes\"", "unknown variant `sometimes`"),
+            ("tiers = {}", "at least one tier"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

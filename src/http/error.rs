@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::sandbox::{ErrorKind, Rejected};
+use crate::service::ServiceError;
 
 /// An HTTP error: status, kind and message, and `Retry-After` for overload.
 #[derive(Debug)]
@@ -13,16 +14,13 @@ pub struct ApiError {
     pub kind: &'static str,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// Ask for a bearer token (401).
+    pub challenge: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind: kind.as_str(),
-            message: message.into(),
-            retry_after_secs: None,
-        }
+        Self { status, kind: kind.as_str(), message: message.into(), retry_after_secs: None, challenge: false }
     }
 }
 
@@ -31,9 +29,7 @@ impl From<Rejected> for ApiError {
         let (status, retry) = match &rejected {
             Rejected::Invalid(_) => (StatusCode::BAD_REQUEST, None),
             Rejected::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
-            Rejected::Overloaded { retry_after_secs } => {
-                (StatusCode::SERVICE_UNAVAILABLE, Some(*retry_after_secs))
-            }
+            Rejected::Overloaded { retry_after_secs } => (StatusCode::SERVICE_UNAVAILABLE, Some(*retry_after_secs)),
         };
         if retry.is_some() {
             crate::telemetry::record_rejection("overloaded");
@@ -43,7 +39,26 @@ impl From<Rejected> for ApiError {
             kind: rejected.kind().as_str(),
             message: rejected.to_string(),
             retry_after_secs: retry,
+            challenge: false,
         }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        let kind = error.kind();
+        let message = error.to_string();
+        let (status, retry_after_secs, challenge) = match error {
+            ServiceError::Rejected(rejected) => return rejected.into(),
+            ServiceError::Unauthorized => (StatusCode::UNAUTHORIZED, None, true),
+            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, None, false),
+            ServiceError::RateLimited { retry_after_secs, .. } => {
+                crate::telemetry::record_rejection("rate_limited");
+                (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs), false)
+            }
+            ServiceError::Ledger(_) => (StatusCode::INTERNAL_SERVER_ERROR, None, false),
+        };
+        Self { status, kind, message, retry_after_secs, challenge }
     }
 }
 
@@ -52,18 +67,15 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": { "kind": self.kind, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
 }
 
 pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        ErrorKind::InvalidRequest,
-        format!("no route for {}", uri.path()),
-    )
+    ApiError::new(StatusCode::NOT_FOUND, ErrorKind::InvalidRequest, format!("no route for {}", uri.path()))
 }

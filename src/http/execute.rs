@@ -3,7 +3,6 @@
 //! same body the JSON response would have.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -16,15 +15,22 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{ApiError, AppState};
-use crate::auth::Principal;
 use crate::sandbox::{ErrorKind, ExecuteRequest};
 
-pub(super) async fn execute(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
     let limit = app.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::InvalidRequest,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if e.to_string().contains("length limit") {
             ApiError::new(
@@ -41,32 +47,20 @@ pub(super) async fn execute(
         }
     })?;
     let request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::InvalidRequest,
-            format!("invalid request body: {e}"),
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
     })?;
-    let job = request.into_job(&app.config.limits, Arc::new(Principal::local()))?;
-    let admission = app.sandbox.admit()?;
+    let prepared = app.service.prepare(principal, request)?;
 
     if !wants_event_stream(&headers) {
-        let outcome = app.sandbox.run_admitted(admission, job, None).await?;
+        let outcome = app.service.run(prepared, None).await?;
         return Ok(Json(outcome).into_response());
     }
 
     let (lines_tx, lines_rx) = mpsc::unbounded_channel();
-    let sandbox = app.sandbox.clone();
-    let finished =
-        tokio::spawn(async move { sandbox.run_admitted(admission, job, Some(lines_tx)).await });
-    let logs = UnboundedReceiverStream::new(lines_rx).map(|line| {
-        Ok::<_, Infallible>(
-            Event::default()
-                .event("log")
-                .json_data(line)
-                .unwrap_or_default(),
-        )
-    });
+    let service = app.service.clone();
+    let finished = tokio::spawn(async move { service.run(prepared, Some(lines_tx)).await });
+    let logs = UnboundedReceiverStream::new(lines_rx)
+        .map(|line| Ok::<_, Infallible>(Event::default().event("log").json_data(line).unwrap_or_default()));
     let result = futures::stream::once(async move {
         let event = match finished.await {
             Ok(Ok(outcome)) => Event::default().event("result").json_data(outcome),
@@ -76,15 +70,13 @@ pub(super) async fn execute(
                     .event("error")
                     .json_data(serde_json::json!({ "error": { "kind": error.kind, "message": error.message } }))
             }
-            Err(join) => Event::default().event("error").json_data(
-                serde_json::json!({ "error": { "kind": "internal", "message": join.to_string() } }),
-            ),
+            Err(join) => Event::default()
+                .event("error")
+                .json_data(serde_json::json!({ "error": { "kind": "internal", "message": join.to_string() } })),
         };
         Ok::<_, Infallible>(event.unwrap_or_default())
     });
-    Ok(Sse::new(logs.chain(result))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(Sse::new(logs.chain(result)).keep_alive(KeepAlive::default()).into_response())
 }
 
 fn wants_event_stream(headers: &HeaderMap) -> bool {
@@ -92,8 +84,5 @@ fn wants_event_stream(headers: &HeaderMap) -> bool {
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|part| part.trim().starts_with("text/event-stream"))
-        })
+        .any(|v| v.split(',').any(|part| part.trim().starts_with("text/event-stream")))
 }

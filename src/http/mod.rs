@@ -1,12 +1,15 @@
 //! The HTTP surface (axum). Handlers are thin: they translate a request into one
 //! library call and its result back.
 //!
-//! One file per surface: `execute.rs` (`POST /v1/execute`, JSON or SSE), `ops.rs`
-//! (`/healthz`, `/metrics`), `error.rs` (the JSON error body and status mapping).
+//! One file per surface: `execute.rs` (`POST /v1/execute`, JSON or SSE), `usage.rs`
+//! (`GET /v1/usage`), `ops.rs` (`/healthz`, `/metrics`), `error.rs` (the JSON error
+//! body and status mapping). Every `/v1` route authenticates with
+//! `Authorization: Bearer <key>`.
 
 mod error;
 mod execute;
 mod ops;
+mod usage;
 
 use std::sync::Arc;
 
@@ -15,20 +18,30 @@ use axum::Router;
 
 pub use error::ApiError;
 
+use axum::http::{header, HeaderMap};
+
+use crate::auth::Principal;
 use crate::config::Config;
-use crate::sandbox::Sandbox;
+use crate::service::Service;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub sandbox: Arc<Sandbox>,
+    pub service: Arc<Service>,
     pub config: Arc<Config>,
+}
+
+/// The caller of a request, from its bearer token.
+fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
+    Ok(app.service.authenticate(token)?)
 }
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/execute", post(execute::execute))
+        .route("/v1/usage", get(usage::usage))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(error::not_found)

@@ -9,8 +9,5 @@ pub(super) async fn healthz() -> impl IntoResponse {
 }
 
 pub(super) async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::telemetry::prometheus().render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::prometheus().render())
 }

@@ -38,6 +38,23 @@ pub trait Capability: Send + Sync + 'static {
     fn call(&self, call: HostCall) -> BoxFuture<'static, Result<Value, ExecError>>;
 }
 
+/// Decides, per call name, whether this execution's principal may make the call;
+/// checked before the call is routed. Supplied per job from the caller's policy.
+pub trait CallPolicy: Send + Sync + 'static {
+    /// `Err` carries the denial (`tool_denied`, `model_denied`) and its reason.
+    fn check(&self, name: &str) -> Result<(), ExecError>;
+}
+
+/// Allows every call; for embedding without policies, and for benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl CallPolicy for AllowAll {
+    fn check(&self, _name: &str) -> Result<(), ExecError> {
+        Ok(())
+    }
+}
+
 /// Capabilities by call-name prefix.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -63,8 +80,7 @@ impl Registry {
             .iter()
             .filter(|(prefix, _)| {
                 name == prefix.as_str()
-                    || (name.starts_with(prefix.as_str())
-                        && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+                    || (name.starts_with(prefix.as_str()) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
             })
             .max_by_key(|(prefix, _)| prefix.len());
         match best {
@@ -79,20 +95,11 @@ impl Registry {
 
 fn denied(name: &str) -> ExecError {
     if let Some(tool) = name.strip_prefix("tools.") {
-        ExecError::new(
-            ErrorKind::ToolDenied,
-            format!("no tool `{tool}` is available to this caller"),
-        )
+        ExecError::new(ErrorKind::ToolDenied, format!("no tool `{tool}` is available to this caller"))
     } else if name.starts_with("model.") {
-        ExecError::new(
-            ErrorKind::ModelDenied,
-            "no model is available to this caller",
-        )
+        ExecError::new(ErrorKind::ModelDenied, "no model is available to this caller")
     } else {
-        ExecError::new(
-            ErrorKind::InvalidRequest,
-            format!("no host function `{name}`"),
-        )
+        ExecError::new(ErrorKind::InvalidRequest, format!("no host function `{name}`"))
     }
 }
 
@@ -111,21 +118,12 @@ impl Capability for TestCapability {
             match call.method.as_str() {
                 "echo" => Ok(call.args),
                 "sleep" => {
-                    let ms = call
-                        .args
-                        .get("ms")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0)
-                        .min(60_000);
+                    let ms = call.args.get("ms").and_then(Value::as_u64).unwrap_or(0).min(60_000);
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     Ok(serde_json::json!({ "slept_ms": ms }))
                 }
                 "fail" => {
-                    let message = call
-                        .args
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("failed");
+                    let message = call.args.get("message").and_then(Value::as_str).unwrap_or("failed");
                     Err(ExecError::new(ErrorKind::ToolError, message))
                 }
                 "whoami" => Ok(serde_json::json!({
@@ -133,10 +131,7 @@ impl Capability for TestCapability {
                     "team": call.principal.team,
                     "execution_id": &*call.execution_id,
                 })),
-                other => Err(ExecError::new(
-                    ErrorKind::ToolDenied,
-                    format!("no tool `test.{other}`"),
-                )),
+                other => Err(ExecError::new(ErrorKind::ToolDenied, format!("no tool `test.{other}`"))),
             }
         })
     }

@@ -19,9 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig};
 
 /// The pre-initialised guest, built from `guest/` (see the README's "Guest").
 pub static GUEST_WASM: &[u8] = include_bytes!("../../guest/sandgate_guest.wasm");
@@ -99,11 +97,7 @@ pub fn artifact_name(engine: &Engine, wasm: &[u8]) -> String {
 
 /// Loads the guest module: from the cache when a valid artifact is there, else by
 /// compiling it (and writing the artifact). Cache trouble is logged, never fatal.
-pub fn load_module(
-    engine: &Engine,
-    wasm: &[u8],
-    cache_dir: Option<&Path>,
-) -> anyhow::Result<Module> {
+pub fn load_module(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> anyhow::Result<Module> {
     let Some(dir) = cache_dir else {
         return compile(engine, wasm);
     };
@@ -132,23 +126,15 @@ pub fn load_module(
 
 fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Module> {
     let started = std::time::Instant::now();
-    let module =
-        Module::new(engine, wasm).map_err(|e| anyhow::anyhow!("cannot compile the guest: {e}"))?;
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "compiled the guest"
-    );
+    let module = Module::new(engine, wasm).map_err(|e| anyhow::anyhow!("cannot compile the guest: {e}"))?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "compiled the guest");
     Ok(module)
 }
 
 fn store_artifact(module: &Module, dir: &Path, path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let bytes = module.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        uuid::Uuid::now_v7()
-    ));
+    let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), uuid::Uuid::now_v7()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);

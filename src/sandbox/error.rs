@@ -87,14 +87,7 @@ pub struct ExecError {
 
 impl ExecError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            name: None,
-            line: None,
-            column: None,
-            stack: None,
-        }
+        Self { kind, message: message.into(), name: None, line: None, column: None, stack: None }
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Caller, Linker, ResourceLimiter};
 
-use super::capability::{HostCall, Registry};
+use super::capability::{CallPolicy, HostCall, Registry};
 use super::error::{ErrorKind, ExecError};
 use super::limits::Limits;
 use super::wasi::{self, HasWasi, WasiState};
@@ -68,10 +68,7 @@ pub(crate) struct CpuSlot {
 
 impl CpuSlot {
     pub(crate) fn new(slots: Arc<Semaphore>) -> Self {
-        Self {
-            slots,
-            held: Arc::new(Mutex::new(None)),
-        }
+        Self { slots, held: Arc::new(Mutex::new(None)) }
     }
 
     pub(crate) async fn acquire(&self) {
@@ -103,31 +100,36 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.max {
             self.exceeded = true;
-            return Err(wasmtime::format_err!(
-                "memory limit of {} bytes reached",
-                self.max
-            ));
+            return Err(wasmtime::format_err!("memory limit of {} bytes reached", self.max));
         }
         self.peak = self.peak.max(desired);
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
+}
+
+/// One host call as the ledger records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostCallRecord {
+    /// The call name, e.g. `tools.github.create_issue`.
+    pub name: String,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    pub latency_ms: u64,
+    /// `ok`, the error kind, or `cancelled` when the execution ended first.
+    pub outcome: String,
+}
+
+struct Started {
+    name: String,
+    at: std::time::Instant,
+    at_ms: i64,
 }
 
 /// What the guest reported through `finish`.
@@ -151,8 +153,13 @@ pub(crate) struct HostState {
     /// A limit enforced by trapping: the trap's cause.
     pub(crate) limit_hit: Option<ExecError>,
     pub(crate) calls_started: u32,
-    in_flight: FuturesUnordered<BoxFuture<'static, (u32, Vec<u8>)>>,
+    tool_calls: u32,
+    model_calls: u32,
+    in_flight: FuturesUnordered<BoxFuture<'static, (u32, Vec<u8>, &'static str)>>,
     replies: HashMap<u32, Vec<u8>>,
+    started: HashMap<u32, Started>,
+    pub(crate) call_records: Vec<HostCallRecord>,
+    call_policy: Arc<dyn CallPolicy>,
     pub(crate) outcome: Option<GuestOutcome>,
     registry: Arc<Registry>,
     principal: Arc<Principal>,
@@ -175,17 +182,14 @@ pub(crate) struct HostSetup {
     pub(crate) principal: Arc<Principal>,
     pub(crate) execution_id: Arc<str>,
     pub(crate) cpu: CpuSlot,
+    pub(crate) call_policy: Arc<dyn CallPolicy>,
 }
 
 impl HostState {
     pub(crate) fn new(setup: HostSetup) -> Self {
         Self {
             wasi: WasiState::new(wasi::Entropy::Live),
-            limiter: MemoryLimiter {
-                max: setup.limits.memory_bytes as usize,
-                peak: 0,
-                exceeded: false,
-            },
+            limiter: MemoryLimiter { max: setup.limits.memory_bytes as usize, peak: 0, exceeded: false },
             limits: setup.limits,
             code: setup.code,
             input: setup.input,
@@ -194,8 +198,13 @@ impl HostState {
             events: setup.events,
             limit_hit: None,
             calls_started: 0,
+            tool_calls: 0,
+            model_calls: 0,
             in_flight: FuturesUnordered::new(),
             replies: HashMap::new(),
+            started: HashMap::new(),
+            call_records: Vec::new(),
+            call_policy: setup.call_policy,
             outcome: None,
             registry: setup.registry,
             principal: setup.principal,
@@ -212,6 +221,20 @@ impl HostState {
         self.logs.push(line);
     }
 
+    /// Records calls still in flight as cancelled; called when the execution ends.
+    pub(crate) fn cancel_in_flight(&mut self) {
+        let mut left: Vec<_> = self.started.drain().collect();
+        left.sort_by_key(|(id, _)| *id);
+        for (_, call) in left {
+            self.call_records.push(HostCallRecord {
+                name: call.name,
+                started_at_ms: call.at_ms,
+                latency_ms: call.at.elapsed().as_millis() as u64,
+                outcome: "cancelled".into(),
+            });
+        }
+    }
+
     fn trap(&mut self, error: ExecError) -> wasmtime::Error {
         let message = error.message.clone();
         self.limit_hit = Some(error);
@@ -219,13 +242,8 @@ impl HostState {
     }
 }
 
-fn guest_bytes(
-    caller: &mut Caller<'_, HostState>,
-    ptr: i32,
-    len: i32,
-) -> wasmtime::Result<Vec<u8>> {
-    let memory =
-        wasi::memory(caller).ok_or_else(|| wasmtime::format_err!("guest exports no memory"))?;
+fn guest_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+    let memory = wasi::memory(caller).ok_or_else(|| wasmtime::format_err!("guest exports no memory"))?;
     let start = ptr as u32 as usize;
     let end = start + len.max(0) as u32 as usize;
     memory
@@ -235,14 +253,8 @@ fn guest_bytes(
         .ok_or_else(|| wasmtime::format_err!("guest passed an out-of-bounds buffer"))
 }
 
-fn put_guest_bytes(
-    caller: &mut Caller<'_, HostState>,
-    ptr: i32,
-    len: i32,
-    bytes: &[u8],
-) -> wasmtime::Result<i32> {
-    let memory =
-        wasi::memory(caller).ok_or_else(|| wasmtime::format_err!("guest exports no memory"))?;
+fn put_guest_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32, bytes: &[u8]) -> wasmtime::Result<i32> {
+    let memory = wasi::memory(caller).ok_or_else(|| wasmtime::format_err!("guest exports no memory"))?;
     let n = bytes.len().min(len.max(0) as usize);
     memory.write(&mut *caller, ptr as u32 as usize, &bytes[..n])?;
     Ok(n as i32)
@@ -297,26 +309,18 @@ impl GuestError {
 
 /// Adds the `sandgate_v1` functions to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        MODULE,
-        "request_len",
-        |caller: Caller<'_, HostState>, which: i32| -> i32 {
-            let state = caller.data();
-            match which {
-                0 => state.code.len() as i32,
-                1 => state.input.len() as i32,
-                _ => -1,
-            }
-        },
-    )?;
+    linker.func_wrap(MODULE, "request_len", |caller: Caller<'_, HostState>, which: i32| -> i32 {
+        let state = caller.data();
+        match which {
+            0 => state.code.len() as i32,
+            1 => state.input.len() as i32,
+            _ => -1,
+        }
+    })?;
     linker.func_wrap(
         MODULE,
         "request_read",
-        |mut caller: Caller<'_, HostState>,
-         which: i32,
-         ptr: i32,
-         len: i32|
-         -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>, which: i32, ptr: i32, len: i32| -> wasmtime::Result<i32> {
             let bytes = match which {
                 0 => std::mem::take(&mut caller.data_mut().code).into_bytes(),
                 1 => std::mem::take(&mut caller.data_mut().input).into_bytes(),
@@ -325,21 +329,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             put_guest_bytes(&mut caller, ptr, len, &bytes)
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        "max_result",
-        |caller: Caller<'_, HostState>| -> i32 {
-            caller.data().limits.result_bytes.min(i32::MAX as u64) as i32
-        },
-    )?;
+    linker.func_wrap(MODULE, "max_result", |caller: Caller<'_, HostState>| -> i32 {
+        caller.data().limits.result_bytes.min(i32::MAX as u64) as i32
+    })?;
     linker.func_wrap(
         MODULE,
         "log",
-        |mut caller: Caller<'_, HostState>,
-         level: i32,
-         ptr: i32,
-         len: i32|
-         -> wasmtime::Result<()> {
+        |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
             let bytes = guest_bytes(&mut caller, ptr, len)?;
             let state = caller.data_mut();
             let level = LogLevel::from_abi(level);
@@ -359,15 +355,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 state.push_log(LogLine { level, message });
             }
             state.log_bytes = state.limits.output_bytes;
-            state.push_log(LogLine {
-                level: LogLevel::Warn,
-                message: TRUNCATED.into(),
-            });
+            state.push_log(LogLine { level: LogLevel::Warn, message: TRUNCATED.into() });
             let limit = state.limits.output_bytes;
-            Err(state.trap(ExecError::new(
-                ErrorKind::OutputLimit,
-                format!("console output passed its {limit}-byte limit"),
-            )))
+            Err(state
+                .trap(ExecError::new(ErrorKind::OutputLimit, format!("console output passed its {limit}-byte limit"))))
         },
     )?;
     linker.func_wrap(
@@ -387,11 +378,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 )));
             }
             let max_args = caller.data().limits.result_bytes;
-            let name = guest_bytes(
-                &mut caller,
-                name_ptr,
-                name_len.min(MAX_CALL_NAME as i32 + 1),
-            )?;
+            let name = guest_bytes(&mut caller, name_ptr, name_len.min(MAX_CALL_NAME as i32 + 1))?;
             let state_args = if (args_len.max(0) as u64) > max_args {
                 Err(ExecError::new(
                     ErrorKind::InvalidRequest,
@@ -399,24 +386,33 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 ))
             } else {
                 let bytes = guest_bytes(&mut caller, args_ptr, args_len)?;
-                serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
-                    ExecError::new(
-                        ErrorKind::InvalidRequest,
-                        format!("call arguments are not JSON: {e}"),
-                    )
-                })
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|e| ExecError::new(ErrorKind::InvalidRequest, format!("call arguments are not JSON: {e}")))
             };
             let state = caller.data_mut();
             state.calls_started += 1;
             let id = state.calls_started;
             let name = String::from_utf8_lossy(&name).into_owned();
+            let (class, count, limit) = if name.starts_with("tools.") {
+                state.tool_calls += 1;
+                ("tool", state.tool_calls, state.limits.tool_calls)
+            } else if name.starts_with("model.") {
+                state.model_calls += 1;
+                ("model", state.model_calls, state.limits.model_calls)
+            } else {
+                ("host", state.calls_started, state.limits.host_calls)
+            };
+            if count > limit {
+                return Err(state.trap(ExecError::new(
+                    ErrorKind::CallLimit,
+                    format!("the code made more than its limit of {limit} {class} calls"),
+                )));
+            }
             let call = if name.len() > MAX_CALL_NAME {
-                Err(ExecError::new(
-                    ErrorKind::InvalidRequest,
-                    "host call name is too long",
-                ))
+                Err(ExecError::new(ErrorKind::InvalidRequest, "host call name is too long"))
             } else {
                 state_args.and_then(|args| {
+                    state.call_policy.check(&name)?;
                     let (capability, method) = state.registry.route(&name)?;
                     Ok(capability.call(HostCall {
                         method,
@@ -427,51 +423,57 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 })
             };
             let max_reply = state.limits.result_bytes as usize;
+            state.started.insert(id, Started { name: name.clone(), at: std::time::Instant::now(), at_ms: now_ms() });
             state.in_flight.push(Box::pin(async move {
                 let result = match call {
                     Ok(future) => future.await,
                     Err(error) => Err(error),
                 };
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(error) => error.kind.as_str(),
+                };
                 let mut reply = envelope(result);
                 if reply.len() > max_reply {
                     reply = envelope(Err(ExecError::new(
                         ErrorKind::OutputLimit,
-                        format!(
-                            "reply of {} bytes is over the {max_reply}-byte limit",
-                            reply.len()
-                        ),
+                        format!("reply of {} bytes is over the {max_reply}-byte limit", reply.len()),
                     )));
                 }
-                (id, reply)
+                (id, reply, outcome)
             }));
             tracing::debug!(call = %name, id, "host call started");
             Ok(id as i32)
         },
     )?;
-    linker.func_wrap_async(
-        MODULE,
-        "wait",
-        |mut caller: Caller<'_, HostState>, (): ()| {
-            Box::new(async move {
-                let state = caller.data_mut();
-                if state.in_flight.is_empty() {
-                    return -1i64;
-                }
-                let cpu = state.cpu.clone();
-                cpu.release();
-                let next = state.in_flight.next().await;
-                cpu.acquire().await;
-                match next {
-                    Some((id, reply)) => {
-                        let len = reply.len() as i64;
-                        state.replies.insert(id, reply);
-                        ((id as i64) << 32) | len
+    linker.func_wrap_async(MODULE, "wait", |mut caller: Caller<'_, HostState>, (): ()| {
+        Box::new(async move {
+            let state = caller.data_mut();
+            if state.in_flight.is_empty() {
+                return -1i64;
+            }
+            let cpu = state.cpu.clone();
+            cpu.release();
+            let next = state.in_flight.next().await;
+            cpu.acquire().await;
+            match next {
+                Some((id, reply, outcome)) => {
+                    if let Some(call) = state.started.remove(&id) {
+                        state.call_records.push(HostCallRecord {
+                            name: call.name,
+                            started_at_ms: call.at_ms,
+                            latency_ms: call.at.elapsed().as_millis() as u64,
+                            outcome: outcome.into(),
+                        });
                     }
-                    None => -1,
+                    let len = reply.len() as i64;
+                    state.replies.insert(id, reply);
+                    ((id as i64) << 32) | len
                 }
-            })
-        },
-    )?;
+                None => -1,
+            }
+        })
+    })?;
     linker.func_wrap(
         MODULE,
         "reply_read",
@@ -485,11 +487,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         MODULE,
         "finish",
-        |mut caller: Caller<'_, HostState>,
-         status: i32,
-         ptr: i32,
-         len: i32|
-         -> wasmtime::Result<()> {
+        |mut caller: Caller<'_, HostState>, status: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
             let max = caller.data().limits.result_bytes;
             let outcome = if status == 0 && len.max(0) as u64 > max {
                 GuestOutcome::Failed(ExecError::new(
@@ -522,6 +520,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
     Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn is_char_boundary(bytes: &[u8], at: usize) -> bool {

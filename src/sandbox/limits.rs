@@ -18,8 +18,12 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Result cap in bytes of JSON. Default 1 MiB.
     pub result_bytes: u64,
-    /// Host calls (tools, models, test capability) per execution. Default 100.
+    /// Host calls of any kind per execution. Default 100.
     pub host_calls: u32,
+    /// Tool calls (`tools.*`) per execution. Default 100.
+    pub tool_calls: u32,
+    /// Model calls (`model.*`) per execution. Default 20.
+    pub model_calls: u32,
     /// Size of the submitted code in bytes. Default 256 KiB.
     pub code_bytes: u64,
 }
@@ -33,6 +37,8 @@ impl Default for Limits {
             output_bytes: 64 << 10,
             result_bytes: 1 << 20,
             host_calls: 100,
+            tool_calls: 100,
+            model_calls: 20,
             code_bytes: 256 << 10,
         }
     }
@@ -48,6 +54,8 @@ pub struct LimitsRequest {
     pub output_bytes: Option<u64>,
     pub result_bytes: Option<u64>,
     pub host_calls: Option<u32>,
+    pub tool_calls: Option<u32>,
+    pub model_calls: Option<u32>,
     pub code_bytes: Option<u64>,
 }
 
@@ -61,9 +69,9 @@ impl Limits {
             asked: Option<N>,
         ) -> Result<N, String> {
             match asked {
-                Some(value) if value > ceiling => Err(format!(
-                    "limits.{name} = {value} is above this caller's ceiling of {ceiling}"
-                )),
+                Some(value) if value > ceiling => {
+                    Err(format!("limits.{name} = {value} is above this caller's ceiling of {ceiling}"))
+                }
                 Some(value) => Ok(value),
                 None => Ok(ceiling),
             }
@@ -75,6 +83,8 @@ impl Limits {
             output_bytes: pick("output_bytes", self.output_bytes, request.output_bytes)?,
             result_bytes: pick("result_bytes", self.result_bytes, request.result_bytes)?,
             host_calls: pick("host_calls", self.host_calls, request.host_calls)?,
+            tool_calls: pick("tool_calls", self.tool_calls, request.tool_calls)?,
+            model_calls: pick("model_calls", self.model_calls, request.model_calls)?,
             code_bytes: pick("code_bytes", self.code_bytes, request.code_bytes)?,
         };
         if limits.wall_ms == 0 {
@@ -91,26 +101,13 @@ mod tests {
     #[test]
     fn a_request_lowers_but_never_raises() {
         let ceiling = Limits::default();
-        let lowered = ceiling
-            .lowered_by(&LimitsRequest {
-                fuel: Some(5),
-                ..Default::default()
-            })
-            .unwrap();
+        let lowered = ceiling.lowered_by(&LimitsRequest { fuel: Some(5), ..Default::default() }).unwrap();
         assert_eq!(lowered.fuel, 5);
         assert_eq!(lowered.wall_ms, ceiling.wall_ms);
         let err = ceiling
-            .lowered_by(&LimitsRequest {
-                wall_ms: Some(ceiling.wall_ms + 1),
-                ..Default::default()
-            })
+            .lowered_by(&LimitsRequest { wall_ms: Some(ceiling.wall_ms + 1), ..Default::default() })
             .unwrap_err();
         assert!(err.contains("limits.wall_ms"), "{err}");
-        assert!(ceiling
-            .lowered_by(&LimitsRequest {
-                wall_ms: Some(0),
-                ..Default::default()
-            })
-            .is_err());
+        assert!(ceiling.lowered_by(&LimitsRequest { wall_ms: Some(0), ..Default::default() }).is_err());
     }
 }

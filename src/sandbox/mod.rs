@@ -25,9 +25,9 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Semaphore};
 use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
 
-pub use capability::{Capability, HostCall, Registry, TestCapability};
+pub use capability::{AllowAll, CallPolicy, Capability, HostCall, Registry, TestCapability};
 pub use error::{ErrorKind, ExecError, Rejected};
-pub use host::{LogLevel, LogLine, TRUNCATED};
+pub use host::{HostCallRecord, LogLevel, LogLine, TRUNCATED};
 pub use limits::{Limits, LimitsRequest};
 pub use request::ExecuteRequest;
 
@@ -69,12 +69,20 @@ pub struct Admission {
 }
 
 /// One execution to run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Job {
     pub code: String,
     pub input: Option<serde_json::Value>,
     pub limits: Limits,
     pub principal: Arc<Principal>,
+    /// Which host calls the principal may make.
+    pub call_policy: Arc<dyn CallPolicy>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("limits", &self.limits).field("principal", &self.principal).finish_non_exhaustive()
+    }
 }
 
 /// Resources one execution used.
@@ -100,6 +108,12 @@ pub struct Outcome {
     pub error: Option<ExecError>,
     pub usage: Usage,
     pub execution_id: String,
+    /// Unix milliseconds when the guest started.
+    #[serde(skip)]
+    pub started_at_ms: i64,
+    /// The host calls the execution made, for the ledger.
+    #[serde(skip)]
+    pub calls: Vec<HostCallRecord>,
 }
 
 /// The sandbox: engine, compiled guest, capability registry and admission control.
@@ -114,10 +128,7 @@ pub struct Sandbox {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("config", &self.config)
-            .field("registry", &self.registry)
-            .finish()
+        f.debug_struct("Sandbox").field("config", &self.config).field("registry", &self.registry).finish()
     }
 }
 
@@ -134,13 +145,9 @@ impl Sandbox {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| anyhow::anyhow!("cannot link the guest: {e}"))?;
+        let pre = linker.instantiate_pre(&module).map_err(|e| anyhow::anyhow!("cannot link the guest: {e}"))?;
         let cpu_slots = match config.cpu_slots {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n as usize,
         };
         Ok(Self {
@@ -161,24 +168,12 @@ impl Sandbox {
     /// [`Admission`] counts as one of `max_concurrent` executions.
     pub fn admit(&self) -> Result<Admission, Rejected> {
         let permit =
-            self.admission
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Rejected::Overloaded {
-                    retry_after_secs: 1,
-                })?;
-        Ok(Admission {
-            _permit: permit,
-            _in_flight: crate::telemetry::InFlight::enter(),
-        })
+            self.admission.clone().try_acquire_owned().map_err(|_| Rejected::Overloaded { retry_after_secs: 1 })?;
+        Ok(Admission { _permit: permit, _in_flight: crate::telemetry::InFlight::enter() })
     }
 
     /// Runs `job`: [`Sandbox::admit`], then [`Sandbox::run_admitted`].
-    pub async fn execute(
-        &self,
-        job: Job,
-        events: Option<mpsc::UnboundedSender<LogLine>>,
-    ) -> Result<Outcome, Rejected> {
+    pub async fn execute(&self, job: Job, events: Option<mpsc::UnboundedSender<LogLine>>) -> Result<Outcome, Rejected> {
         let admission = self.admit()?;
         self.run_admitted(admission, job, events).await
     }
@@ -196,19 +191,11 @@ impl Sandbox {
         events: Option<mpsc::UnboundedSender<LogLine>>,
     ) -> Result<Outcome, Rejected> {
         if job.code.len() as u64 > job.limits.code_bytes {
-            return Err(Rejected::TooLarge {
-                size: job.code.len(),
-                limit: job.limits.code_bytes,
-            });
+            return Err(Rejected::TooLarge { size: job.code.len(), limit: job.limits.code_bytes });
         }
         let cpu = CpuSlot::new(self.cpu.clone());
-        if tokio::time::timeout(self.config.queue_timeout, cpu.acquire())
-            .await
-            .is_err()
-        {
-            return Err(Rejected::Overloaded {
-                retry_after_secs: 1,
-            });
+        if tokio::time::timeout(self.config.queue_timeout, cpu.acquire()).await.is_err() {
+            return Err(Rejected::Overloaded { retry_after_secs: 1 });
         }
         let started = Instant::now();
         let execution_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
@@ -247,12 +234,17 @@ impl Sandbox {
             principal: job.principal,
             execution_id: execution_id.clone(),
             cpu: cpu.clone(),
+            call_policy: job.call_policy,
         });
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Fuel can be set only when the engine consumes fuel, which ours always does.
         let _ = store.set_fuel(limits.fuel);
         let started = Instant::now();
+        let started_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let deadline = started + Duration::from_millis(limits.wall_ms);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |context| {
@@ -260,10 +252,7 @@ impl Sandbox {
                 return Ok(UpdateDeadline::Interrupt);
             }
             let cpu = context.data().cpu.clone();
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(async move { cpu.yield_slot().await }),
-            ))
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(async move { cpu.yield_slot().await })))
         });
 
         let run = async {
@@ -276,35 +265,27 @@ impl Sandbox {
 
         let fuel_left = store.get_fuel().unwrap_or(0);
         let state = store.data_mut();
+        state.cancel_in_flight();
+        let usage = |state: &HostState| Usage {
+            fuel: limits.fuel - fuel_left,
+            wall_ms,
+            memory_bytes: state.limiter.peak as u64,
+            host_calls: state.calls_started,
+        };
         let error = match result {
             Err(_elapsed) => Some(timeout_error(limits.wall_ms)),
             Ok(Ok(())) => match state.outcome.take() {
                 Some(GuestOutcome::Value(value)) => {
-                    return finish(
-                        state,
-                        Some(value),
-                        None,
-                        limits.fuel - fuel_left,
-                        wall_ms,
-                        execution_id,
-                    );
+                    let usage = usage(state);
+                    return finish(state, Some(value), None, usage, started_at_ms, execution_id);
                 }
                 Some(GuestOutcome::Failed(error)) => Some(error),
-                None => Some(ExecError::new(
-                    ErrorKind::Internal,
-                    "the guest ended without reporting an outcome",
-                )),
+                None => Some(ExecError::new(ErrorKind::Internal, "the guest ended without reporting an outcome")),
             },
             Ok(Err(trap)) => Some(classify(state, &trap, limits)),
         };
-        finish(
-            state,
-            None,
-            error,
-            limits.fuel - fuel_left,
-            wall_ms,
-            execution_id,
-        )
+        let usage = usage(state);
+        finish(state, None, error, usage, started_at_ms, execution_id)
     }
 }
 
@@ -312,8 +293,8 @@ fn finish(
     state: &mut HostState,
     result: Option<Box<RawValue>>,
     error: Option<ExecError>,
-    fuel: u64,
-    wall_ms: u64,
+    usage: Usage,
+    started_at_ms: i64,
     execution_id: Arc<str>,
 ) -> Outcome {
     Outcome {
@@ -321,21 +302,15 @@ fn finish(
         result: if error.is_none() { result } else { None },
         logs: std::mem::take(&mut state.logs),
         error,
-        usage: Usage {
-            fuel,
-            wall_ms,
-            memory_bytes: state.limiter.peak as u64,
-            host_calls: state.calls_started,
-        },
+        usage,
         execution_id: execution_id.to_string(),
+        started_at_ms,
+        calls: std::mem::take(&mut state.call_records),
     }
 }
 
 fn timeout_error(wall_ms: u64) -> ExecError {
-    ExecError::new(
-        ErrorKind::Timeout,
-        format!("execution passed its wall-clock limit of {wall_ms} ms"),
-    )
+    ExecError::new(ErrorKind::Timeout, format!("execution passed its wall-clock limit of {wall_ms} ms"))
 }
 
 /// Names the cause of a trap: a limit the host enforced, or the engine's own trap.
@@ -346,25 +321,17 @@ fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> E
     if state.limiter.exceeded {
         return ExecError::new(
             ErrorKind::OutOfMemory,
-            format!(
-                "execution passed its memory limit of {} bytes",
-                limits.memory_bytes
-            ),
+            format!("execution passed its memory limit of {} bytes", limits.memory_bytes),
         );
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => ExecError::new(
-            ErrorKind::OutOfFuel,
-            format!("execution used all of its {} fuel", limits.fuel),
-        ),
-        Some(Trap::StackOverflow) => {
-            ExecError::new(ErrorKind::StackOverflow, "the guest's stack overflowed")
+        Some(Trap::OutOfFuel) => {
+            ExecError::new(ErrorKind::OutOfFuel, format!("execution used all of its {} fuel", limits.fuel))
         }
+        Some(Trap::StackOverflow) => ExecError::new(ErrorKind::StackOverflow, "the guest's stack overflowed"),
         Some(Trap::Interrupt) => timeout_error(limits.wall_ms),
         _ => {
-            let diagnostics = String::from_utf8_lossy(&state.wasi.diagnostics)
-                .trim()
-                .to_string();
+            let diagnostics = String::from_utf8_lossy(&state.wasi.diagnostics).trim().to_string();
             let mut message = format!("the guest faulted: {error}");
             if !diagnostics.is_empty() {
                 message.push_str(&format!(" ({diagnostics})"));

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::capability::CallPolicy;
 use super::error::Rejected;
 use super::limits::{Limits, LimitsRequest};
 use super::Job;
@@ -26,24 +27,19 @@ pub struct ExecuteRequest {
 
 impl ExecuteRequest {
     /// Checks the request against the caller's ceiling and makes it a [`Job`].
-    pub fn into_job(self, ceiling: &Limits, principal: Arc<Principal>) -> Result<Job, Rejected> {
-        let limits = ceiling
-            .lowered_by(&self.limits)
-            .map_err(Rejected::Invalid)?;
+    pub fn into_job(
+        self,
+        ceiling: &Limits,
+        principal: Arc<Principal>,
+        call_policy: Arc<dyn CallPolicy>,
+    ) -> Result<Job, Rejected> {
+        let limits = ceiling.lowered_by(&self.limits).map_err(Rejected::Invalid)?;
         if self.code.len() as u64 > limits.code_bytes {
-            return Err(Rejected::TooLarge {
-                size: self.code.len(),
-                limit: limits.code_bytes,
-            });
+            return Err(Rejected::TooLarge { size: self.code.len(), limit: limits.code_bytes });
         }
         if self.code.trim().is_empty() {
             return Err(Rejected::Invalid("`code` is empty".into()));
         }
-        Ok(Job {
-            code: self.code,
-            input: self.input,
-            limits,
-            principal,
-        })
+        Ok(Job { code: self.code, input: self.input, limits, principal, call_policy })
     }
 }

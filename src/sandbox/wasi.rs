@@ -52,12 +52,7 @@ pub struct WasiState {
 
 impl WasiState {
     pub fn new(entropy: Entropy) -> Self {
-        Self {
-            entropy,
-            memory: None,
-            started: std::time::Instant::now(),
-            diagnostics: Vec::new(),
-        }
+        Self { entropy, memory: None, started: std::time::Instant::now(), diagnostics: Vec::new() }
     }
 }
 
@@ -89,25 +84,18 @@ fn write_bytes<T: HasWasi>(caller: &mut Caller<'_, T>, ptr: i32, bytes: &[u8]) -
 }
 
 fn read_u32(data: &[u8], at: usize) -> Option<u32> {
-    data.get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Adds the shim to `linker`.
 pub fn add_to_linker<T: HasWasi>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        MODULE,
-        "random_get",
-        |mut caller: Caller<'_, T>, ptr: i32, len: i32| -> i32 {
-            let mut buf = vec![0u8; len.max(0) as usize];
-            if caller.data_mut().wasi().entropy == Entropy::Live
-                && getrandom::fill(&mut buf).is_err()
-            {
-                return ERRNO_FAULT;
-            }
-            write_bytes(&mut caller, ptr, &buf)
-        },
-    )?;
+    linker.func_wrap(MODULE, "random_get", |mut caller: Caller<'_, T>, ptr: i32, len: i32| -> i32 {
+        let mut buf = vec![0u8; len.max(0) as usize];
+        if caller.data_mut().wasi().entropy == Entropy::Live && getrandom::fill(&mut buf).is_err() {
+            return ERRNO_FAULT;
+        }
+        write_bytes(&mut caller, ptr, &buf)
+    })?;
     linker.func_wrap(
         MODULE,
         "clock_time_get",
@@ -127,22 +115,14 @@ pub fn add_to_linker<T: HasWasi>(linker: &mut Linker<T>) -> wasmtime::Result<()>
             write_bytes(&mut caller, out, &nanos.to_le_bytes())
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        "environ_sizes_get",
-        |mut caller: Caller<'_, T>, count: i32, size: i32| -> i32 {
-            let first = write_bytes(&mut caller, count, &0u32.to_le_bytes());
-            if first != ERRNO_SUCCESS {
-                return first;
-            }
-            write_bytes(&mut caller, size, &0u32.to_le_bytes())
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "environ_get",
-        |_: Caller<'_, T>, _environ: i32, _buf: i32| -> i32 { ERRNO_SUCCESS },
-    )?;
+    linker.func_wrap(MODULE, "environ_sizes_get", |mut caller: Caller<'_, T>, count: i32, size: i32| -> i32 {
+        let first = write_bytes(&mut caller, count, &0u32.to_le_bytes());
+        if first != ERRNO_SUCCESS {
+            return first;
+        }
+        write_bytes(&mut caller, size, &0u32.to_le_bytes())
+    })?;
+    linker.func_wrap(MODULE, "environ_get", |_: Caller<'_, T>, _environ: i32, _buf: i32| -> i32 { ERRNO_SUCCESS })?;
     linker.func_wrap(
         MODULE,
         "fd_write",
@@ -171,39 +151,25 @@ pub fn add_to_linker<T: HasWasi>(linker: &mut Linker<T>) -> wasmtime::Result<()>
             write_bytes(&mut caller, nwritten, &total.to_le_bytes())
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        "fd_fdstat_get",
-        |mut caller: Caller<'_, T>, fd: i32, out: i32| -> i32 {
-            if !(0..=2).contains(&fd) {
-                return ERRNO_BADF;
-            }
-            // fdstat: filetype u8 (2 = character device), flags u16, rights u64 × 2.
-            let mut stat = [0u8; 24];
-            stat[0] = 2;
-            write_bytes(&mut caller, out, &stat)
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "fd_seek",
-        |_: Caller<'_, T>, fd: i32, _offset: i64, _whence: i32, _out: i32| -> i32 {
-            if (0..=2).contains(&fd) {
-                ERRNO_SPIPE
-            } else {
-                ERRNO_BADF
-            }
-        },
-    )?;
-    linker.func_wrap(MODULE, "fd_close", |_: Caller<'_, T>, _fd: i32| -> i32 {
-        ERRNO_BADF
+    linker.func_wrap(MODULE, "fd_fdstat_get", |mut caller: Caller<'_, T>, fd: i32, out: i32| -> i32 {
+        if !(0..=2).contains(&fd) {
+            return ERRNO_BADF;
+        }
+        // fdstat: filetype u8 (2 = character device), flags u16, rights u64 × 2.
+        let mut stat = [0u8; 24];
+        stat[0] = 2;
+        write_bytes(&mut caller, out, &stat)
     })?;
-    linker.func_wrap(
-        MODULE,
-        "proc_exit",
-        |_: Caller<'_, T>, code: i32| -> wasmtime::Result<()> {
-            Err(wasmtime::format_err!("guest exited with status {code}"))
-        },
-    )?;
+    linker.func_wrap(MODULE, "fd_seek", |_: Caller<'_, T>, fd: i32, _offset: i64, _whence: i32, _out: i32| -> i32 {
+        if (0..=2).contains(&fd) {
+            ERRNO_SPIPE
+        } else {
+            ERRNO_BADF
+        }
+    })?;
+    linker.func_wrap(MODULE, "fd_close", |_: Caller<'_, T>, _fd: i32| -> i32 { ERRNO_BADF })?;
+    linker.func_wrap(MODULE, "proc_exit", |_: Caller<'_, T>, code: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::format_err!("guest exited with status {code}"))
+    })?;
     Ok(())
 }

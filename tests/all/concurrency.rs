@@ -23,24 +23,15 @@ async fn promise_all_of_host_calls_takes_the_longest_not_the_sum() {
     let elapsed = started.elapsed();
     assert_eq!(body["result"]["n"], 10, "{body}");
     assert_eq!(body["usage"]["host_calls"], 10);
-    assert!(
-        elapsed.as_millis() <= 300,
-        "10 × 100 ms calls took {elapsed:?}"
-    );
+    assert!(elapsed.as_millis() <= 300, "10 × 100 ms calls took {elapsed:?}");
 }
 
 #[tokio::test]
 async fn waiting_on_the_host_costs_no_fuel() {
     let short = run(json!({"code": "await tools.test.sleep({ms: 0}); return 1"})).await;
     let long = run(json!({"code": "await tools.test.sleep({ms: 300}); return 1"})).await;
-    let (short, long) = (
-        short["usage"]["fuel"].as_u64().unwrap(),
-        long["usage"]["fuel"].as_u64().unwrap(),
-    );
-    assert!(
-        long.abs_diff(short) < 100_000,
-        "fuel parked 0 ms: {short}, parked 300 ms: {long}"
-    );
+    let (short, long) = (short["usage"]["fuel"].as_u64().unwrap(), long["usage"]["fuel"].as_u64().unwrap());
+    assert!(long.abs_diff(short) < 100_000, "fuel parked 0 ms: {short}, parked 300 ms: {long}");
 }
 
 #[tokio::test]
@@ -61,18 +52,10 @@ async fn host_call_results_and_failures_reach_the_code() {
 async fn a_full_server_sheds_load_with_retry_after() {
     let addr = start_server("[sandbox]\ntest_capability = true\nmax_concurrent = 1\n");
     let base = format!("http://{addr}");
-    let slow = post_to(
-        &base,
-        json!({"code": "await tools.test.sleep({ms: 800}); return 'slow'"}),
-    );
+    let slow = post_to(&base, json!({"code": "await tools.test.sleep({ms: 800}); return 'slow'"}));
     let fast = async {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        client()
-            .post(format!("{base}/v1/execute"))
-            .json(&json!({"code": "return 1"}))
-            .send()
-            .await
-            .unwrap()
+        client().post(format!("{base}/v1/execute")).json(&json!({"code": "return 1"})).send().await.unwrap()
     };
     let ((slow_status, slow_body), shed) = tokio::join!(slow, fast);
     assert_eq!(slow_status, 200);
@@ -91,11 +74,7 @@ async fn cpu_bound_executions_do_not_starve_the_server() {
     let probe = async {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let started = std::time::Instant::now();
-        let health = client()
-            .get(format!("{}/healthz", base()))
-            .send()
-            .await
-            .unwrap();
+        let health = client().get(format!("{}/healthz", base())).send().await.unwrap();
         (health.status(), started.elapsed())
     };
     let (bodies, (status, _elapsed)) = tokio::join!(futures::future::join_all(busy), probe);

@@ -28,29 +28,14 @@ async fn no_ambient_authority_is_reachable() {
         "eval": "undefined,undefined", "Function": "undefinedundefined",
     });
     for (name, code) in probes.as_object().unwrap() {
-        assert_eq!(
-            result_of(code.as_str().unwrap()).await,
-            expected[name],
-            "probe {name}"
-        );
+        assert_eq!(result_of(code.as_str().unwrap()).await, expected[name], "probe {name}");
     }
 }
 
 #[tokio::test]
 async fn module_imports_fail() {
-    for module in [
-        "std",
-        "os",
-        "fs",
-        "node:fs",
-        "/etc/passwd",
-        "https://example.com/x.js",
-    ] {
-        let error = error_of(
-            &format!("await import('{module}'); return 'imported'"),
-            json!({}),
-        )
-        .await;
+    for module in ["std", "os", "fs", "node:fs", "/etc/passwd", "https://example.com/x.js"] {
+        let error = error_of(&format!("await import('{module}'); return 'imported'"), json!({})).await;
         assert_eq!(error["kind"], "exception", "import('{module}'): {error}");
     }
 }
@@ -60,10 +45,7 @@ async fn globals_and_prototypes_do_not_leak_between_executions() {
     let first = "globalThis.leaked = 1; Object.prototype.polluted = 'yes'; Array.prototype.push = null; JSON.stringify = () => 'hijacked'; console.log = null; return 1";
     assert_eq!(result_of(first).await, json!(1));
     let second = "console.log('fine'); return [typeof leaked, ({}).polluted === undefined, typeof [].push, JSON.stringify({a: 1})]";
-    assert_eq!(
-        result_of(second).await,
-        json!(["undefined", true, "function", "{\"a\":1}"])
-    );
+    assert_eq!(result_of(second).await, json!(["undefined", true, "function", "{\"a\":1}"]));
 }
 
 #[tokio::test]
@@ -80,15 +62,9 @@ async fn math_random_differs_between_executions() {
 
 #[tokio::test]
 async fn the_clock_is_real() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as f64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
     let guest = result_of("return Date.now()").await.as_f64().unwrap();
-    assert!(
-        (guest - now).abs() < 60_000.0,
-        "guest clock {guest} vs host {now}"
-    );
+    assert!((guest - now).abs() < 60_000.0, "guest clock {guest} vs host {now}");
 }
 
 #[tokio::test]

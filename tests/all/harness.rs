@@ -6,45 +6,88 @@ use std::sync::OnceLock;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// The configuration every shared test server uses: the test capability on, and a
-/// fuel ceiling high enough that wall-clock tests can run into the wall clock first.
+/// The configuration every shared test server uses.
 pub const TEST_CONFIG: &str = r#"
-[limits]
-fuel = 400_000_000_000
-wall_ms = 10_000
 [sandbox]
 test_capability = true
 max_concurrent = 512
+"#;
+
+/// The policy every shared test server uses: everyone may run code with a fuel
+/// ceiling high enough that wall-clock tests reach the wall clock first, and may call
+/// the test capability.
+pub const TEST_POLICY: &str = r#"
+[[policy]]
+name = "tests"
+principals = ["*"]
+[policy.limits]
+fuel = 400_000_000_000
+wall_ms = 10_000
+[policy.tools]
+allow = ["test.*"]
 "#;
 
 pub fn cache_dir() -> String {
     format!("{}/compile-cache", env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// Starts a server with `config` on its own runtime thread; returns its address.
-pub fn start_server(config: &str) -> SocketAddr {
-    let text = format!("{config}\n");
-    let mut config = sandgate::config::Config::parse(&text, std::path::Path::new("test.toml"))
-        .expect("test config");
+/// A fresh directory under the test target directory.
+pub fn temp_dir(label: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{label}-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A server started by [`start_server_with`].
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base: String,
+    /// Holds `policies/`, `ledger.db` and `sandgate.toml`.
+    pub dir: std::path::PathBuf,
+}
+
+impl TestServer {
+    pub fn policy_file(&self) -> std::path::PathBuf {
+        self.dir.join("policies/test.toml")
+    }
+
+    pub fn ledger(&self) -> std::path::PathBuf {
+        self.dir.join("ledger.db")
+    }
+}
+
+/// Starts a server with `config` (sandgate.toml text; `policies` and `[ledger]` are
+/// added) and one policy file holding `policy`, on its own runtime thread.
+pub fn start_server_with(config: &str, policy: &str) -> TestServer {
+    let dir = temp_dir("server");
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(dir.join("policies/test.toml"), policy).unwrap();
+    let text = format!(
+        "policies = \"{}\"\n{config}\n[ledger]\npath = \"{}\"\n",
+        dir.join("policies").display(),
+        dir.join("ledger.db").display()
+    );
+    let path = dir.join("sandgate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut config = sandgate::config::Config::load(&path).expect("test config");
     config.sandbox.cache_dir = Some(cache_dir().into());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(async move {
             let server = sandgate::Server::new(config).expect("server builds");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            server
-                .serve(listener, std::future::pending())
-                .await
-                .unwrap();
+            server.serve(listener, std::future::pending()).await.unwrap();
         });
     });
-    rx.recv().expect("server started")
+    let addr = rx.recv().expect("server started");
+    TestServer { addr, base: format!("http://{addr}"), dir }
+}
+
+/// Starts a server with `config` and the shared test policy.
+pub fn start_server(config: &str) -> SocketAddr {
+    start_server_with(config, TEST_POLICY).addr
 }
 
 /// The shared server most tests use.
@@ -59,12 +102,16 @@ pub fn client() -> reqwest::Client {
 
 /// POSTs `body` to `/v1/execute` on `base`; returns status and JSON body.
 pub async fn post_to(base: &str, body: Value) -> (StatusCode, Value) {
-    let response = client()
-        .post(format!("{base}/v1/execute"))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
+    post_as(base, None, body).await
+}
+
+/// POSTs `body` to `/v1/execute` on `base` with `key` as the bearer token.
+pub async fn post_as(base: &str, key: Option<&str>, body: Value) -> (StatusCode, Value) {
+    let mut request = client().post(format!("{base}/v1/execute")).json(&body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("request");
     let status = response.status();
     let body = response.json::<Value>().await.expect("JSON body");
     (status, body)
@@ -94,11 +141,7 @@ pub async fn error_of(code: &str, limits: Value) -> Value {
 
 /// The shared server still answers and still runs code.
 pub async fn assert_healthy() {
-    let health = client()
-        .get(format!("{}/healthz", base()))
-        .send()
-        .await
-        .unwrap();
+    let health = client().get(format!("{}/healthz", base())).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(result_of("return 40 + 2").await, json!(42));
 }

@@ -9,4 +9,5 @@ mod escape;
 mod harness;
 mod http_surface;
 mod limits;
+mod policies;
 mod results;

@@ -1,0 +1,52 @@
+//! `GET /v1/usage?group_by=user|team|model|tier|day&since=&until=&user=`: totals per
+//! group from the ledger. Admins see everyone; others see only their own usage.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::ledger::{self, GroupBy, UsageQuery, UsageRow};
+use crate::sandbox::ErrorKind;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Params {
+    #[serde(default)]
+    group_by: GroupBy,
+    since: Option<String>,
+    until: Option<String>,
+    user: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Report {
+    group_by: GroupBy,
+    rows: Vec<UsageRow>,
+    totals: UsageRow,
+}
+
+pub(super) async fn usage(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Report>, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e.body_text()))?;
+    let bound = |text: Option<String>| {
+        text.map(|t| ledger::usage_time(&t))
+            .transpose()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e))
+    };
+    let query = UsageQuery {
+        group_by: params.group_by,
+        since_ms: bound(params.since)?,
+        until_ms: bound(params.until)?,
+        user: params.user,
+    };
+    let rows = app.service.usage(&principal, query).await?;
+    let totals = ledger::total(&rows);
+    Ok(Json(Report { group_by: params.group_by, rows, totals }))
+}

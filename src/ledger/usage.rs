@@ -1,0 +1,83 @@
+//! Usage queries: totals per user, team, model, tier or day.
+
+use serde::{Deserialize, Serialize};
+
+/// What to group totals by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    #[default]
+    User,
+    Team,
+    Model,
+    Tier,
+    Day,
+}
+
+/// A usage query. Times are Unix milliseconds, `since` inclusive, `until` exclusive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub group_by: GroupBy,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only this user's records (what a non-admin may see).
+    pub user: Option<String>,
+}
+
+/// Totals for one group. Executions, fuel, wall time and host calls come from
+/// execution records (zero when grouping by model or tier); tokens and cost from
+/// model-call records.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub group: String,
+    pub executions: u64,
+    pub fuel: u64,
+    pub wall_ms: u64,
+    pub host_calls: u64,
+    pub model_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// The sum of `rows`, with the group `total`.
+pub fn total(rows: &[UsageRow]) -> UsageRow {
+    let mut sum = UsageRow { group: "total".into(), ..UsageRow::default() };
+    let mut nanos: i64 = 0;
+    for row in rows {
+        sum.executions += row.executions;
+        sum.fuel += row.fuel;
+        sum.wall_ms += row.wall_ms;
+        sum.host_calls += row.host_calls;
+        sum.model_calls += row.model_calls;
+        sum.input_tokens += row.input_tokens;
+        sum.output_tokens += row.output_tokens;
+        sum.cached_tokens += row.cached_tokens;
+        nanos += (row.cost_usd * 1e9).round() as i64;
+    }
+    sum.cost_usd = nanos as f64 / 1e9;
+    sum
+}
+
+/// Parses a time bound: RFC 3339 (`2026-11-25T10:00:00Z`) or a date (`2026-11-25`,
+/// midnight UTC), into Unix milliseconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_string() };
+    let time = humantime::parse_rfc3339_weak(full.trim_end_matches('Z'))
+        .map_err(|e| format!("`{text}` is not a date (2026-11-25) or RFC 3339 time: {e}"))?;
+    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("`{text}` is before 1970"))?;
+    Ok(since_epoch.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_dates_or_rfc3339() {
+        assert_eq!(parse_time("1970-01-02").unwrap(), 86_400_000);
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1000);
+        assert!(parse_time("yesterday").is_err());
+    }
+}

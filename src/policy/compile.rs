@@ -1,0 +1,417 @@
+//! Stage 2: raw policies validated into the compiled types decisions use.
+//!
+//! Validation keeps going after a problem so one load reports every bad value in a
+//! file; a file whose TOML does not even deserialize reports that one error.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::glob::Glob;
+use super::raw::{RawFile, RawLimits, RawPolicy};
+use super::{BudgetScope, Diagnostic, LoadContext, RuleRef};
+use crate::auth::{Principal, Role};
+use crate::sandbox::Limits;
+
+/// The guest cannot start with less linear memory than this.
+const MIN_MEMORY_BYTES: u64 = 8 << 20;
+
+/// One file's text, to turn byte offsets into the `line:column` operators see.
+pub(super) struct Source<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// 1-based line and column (in characters) of byte `offset`.
+    pub fn position(&self, offset: usize) -> (u32, u32) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        (to_u32(line), to_u32(column))
+    }
+
+    pub fn line(&self, span: &Range<usize>) -> u32 {
+        self.position(span.start).0
+    }
+
+    pub fn error(&self, span: &Range<usize>, message: impl Into<String>) -> Diagnostic {
+        let (line, column) = self.position(span.start);
+        Diagnostic { file: self.path.to_path_buf(), line, column, message: message.into() }
+    }
+
+    /// Stage 1: the TOML as written, or the one error that stopped deserialization.
+    pub fn deserialize(&self) -> Result<RawFile, Diagnostic> {
+        toml::from_str(self.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let mut message = e.message().trim_end().to_owned();
+            // `[policy]` (one table) instead of `[[policy]]` (a list of them) is the
+            // likeliest first mistake; serde alone only says "expected a sequence".
+            if self.text.get(span.clone()).is_some_and(|text| text.starts_with("[policy]")) {
+                message.push_str("; write [[policy]] (double brackets): a file holds a list of policies");
+            }
+            self.error(&span, message)
+        })
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A value and the line it was written on, for [`RuleRef`]s.
+#[derive(Clone, Debug)]
+pub(super) struct At<T> {
+    pub value: T,
+    pub line: u32,
+}
+
+/// Who a policy applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Selector {
+    Everyone,
+    User(String),
+    Team(String),
+    Key(String),
+    Role(Role),
+}
+
+impl Selector {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(Self::Everyone);
+        }
+        let Some((kind, name)) = text.split_once(':') else {
+            return Err(format!(
+                "principal selector {text:?} has no kind: write \"*\", \"user:NAME\", \"team:NAME\", \"key:NAME\" or \"role:admin\"/\"role:member\""
+            ));
+        };
+        if name.is_empty() {
+            return Err(format!("principal selector {text:?} has an empty name after `{kind}:`"));
+        }
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("principal selector {text:?} contains whitespace"));
+        }
+        match kind {
+            "user" => Ok(Self::User(name.into())),
+            "team" => Ok(Self::Team(name.into())),
+            "key" => Ok(Self::Key(name.into())),
+            "role" => match name {
+                "admin" => Ok(Self::Role(Role::Admin)),
+                "member" => Ok(Self::Role(Role::Member)),
+                _ => Err(format!(
+                    "principal selector {text:?}: unknown role `{name}`; roles are `admin` and `member`"
+                )),
+            },
+            _ => Err(format!(
+                "principal selector {text:?}: unknown kind `{kind}`; kinds are `user`, `team`, `key` and `role` (or \"*\" for everyone)"
+            )),
+        }
+    }
+
+    pub fn matches(&self, principal: &Principal) -> bool {
+        match self {
+            Self::Everyone => true,
+            Self::User(name) => principal.user == *name,
+            Self::Team(name) => principal.team == *name,
+            Self::Key(name) => principal.key == *name,
+            Self::Role(role) => principal.role == *role,
+        }
+    }
+}
+
+/// The limits one policy grants: only the fields it sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct PartialLimits {
+    pub fuel: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub wall_ms: Option<u64>,
+    pub output_bytes: Option<u64>,
+    pub result_bytes: Option<u64>,
+    pub host_calls: Option<u32>,
+    pub tool_calls: Option<u32>,
+    pub model_calls: Option<u32>,
+    pub code_bytes: Option<u64>,
+}
+
+impl PartialLimits {
+    /// Field by field, the larger of the two grants.
+    pub fn raise(&mut self, other: &PartialLimits) {
+        // `Option`'s order puts `None` below every `Some`: an unset field never wins.
+        *self = PartialLimits {
+            fuel: self.fuel.max(other.fuel),
+            memory_bytes: self.memory_bytes.max(other.memory_bytes),
+            wall_ms: self.wall_ms.max(other.wall_ms),
+            output_bytes: self.output_bytes.max(other.output_bytes),
+            result_bytes: self.result_bytes.max(other.result_bytes),
+            host_calls: self.host_calls.max(other.host_calls),
+            tool_calls: self.tool_calls.max(other.tool_calls),
+            model_calls: self.model_calls.max(other.model_calls),
+            code_bytes: self.code_bytes.max(other.code_bytes),
+        };
+    }
+
+    /// Fields nobody set take `defaults`.
+    pub fn or(self, defaults: Limits) -> Limits {
+        Limits {
+            fuel: self.fuel.unwrap_or(defaults.fuel),
+            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
+            wall_ms: self.wall_ms.unwrap_or(defaults.wall_ms),
+            output_bytes: self.output_bytes.unwrap_or(defaults.output_bytes),
+            result_bytes: self.result_bytes.unwrap_or(defaults.result_bytes),
+            host_calls: self.host_calls.unwrap_or(defaults.host_calls),
+            tool_calls: self.tool_calls.unwrap_or(defaults.tool_calls),
+            model_calls: self.model_calls.unwrap_or(defaults.model_calls),
+            code_bytes: self.code_bytes.unwrap_or(defaults.code_bytes),
+        }
+    }
+}
+
+/// One validated `[[policy]]`.
+#[derive(Debug)]
+pub(super) struct Policy {
+    pub name: String,
+    pub description: Option<String>,
+    pub file: PathBuf,
+    /// The line of its `[[policy]]` header.
+    pub line: u32,
+    pub principals: Vec<Selector>,
+    /// Principals excluded even when `principals` matches them.
+    pub except: Vec<Selector>,
+    /// `Some` iff the policy has a `[policy.limits]` table: it lets its principals
+    /// execute code.
+    pub limits: Option<At<PartialLimits>>,
+    pub allow: Vec<At<Glob>>,
+    pub deny: Vec<At<Glob>>,
+    pub tiers: Vec<At<String>>,
+    pub models: Vec<At<String>>,
+    pub scope: BudgetScope,
+    pub usd_per_day: Option<At<f64>>,
+    pub usd_per_month: Option<At<f64>>,
+    pub tokens_per_day: Option<At<u64>>,
+    pub tokens_per_month: Option<At<u64>>,
+    pub executions_per_minute: Option<u32>,
+    pub model_calls_per_minute: Option<u32>,
+}
+
+impl Policy {
+    pub fn matches(&self, principal: &Principal) -> bool {
+        self.principals.iter().any(|s| s.matches(principal)) && !self.except.iter().any(|s| s.matches(principal))
+    }
+
+    pub fn rule(&self, line: u32, detail: String) -> RuleRef {
+        RuleRef { file: self.file.clone(), line, policy: self.name.clone(), detail }
+    }
+}
+
+/// A compiled policy and where its name was written, for duplicate-name errors.
+pub(super) struct Compiled {
+    pub policy: Policy,
+    pub name_span: Range<usize>,
+    pub name_line: u32,
+}
+
+/// Validates every policy of one file; problems go to `errors`.
+pub(super) fn compile_file(
+    source: &Source<'_>,
+    raw: RawFile,
+    ctx: &LoadContext,
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<Compiled> {
+    if raw.policy.is_empty() {
+        errors.push(source.error(&(0..0), "no [[policy]] table: a policy file must define at least one policy"));
+    }
+    raw.policy
+        .into_iter()
+        .map(|raw| {
+            let line = source.line(&raw.span());
+            compile_policy(source, line, raw.into_inner(), ctx, errors)
+        })
+        .collect()
+}
+
+fn compile_policy(
+    source: &Source<'_>,
+    line: u32,
+    raw: RawPolicy,
+    ctx: &LoadContext,
+    errors: &mut Vec<Diagnostic>,
+) -> Compiled {
+    let name_span = raw.name.span();
+    let name = raw.name.into_inner();
+    if name.trim().is_empty() {
+        errors.push(source.error(&name_span, "policy name is empty"));
+    }
+
+    let principals_span = raw.principals.span();
+    let raw_principals = raw.principals.into_inner();
+    if raw_principals.is_empty() {
+        errors.push(source.error(
+            &principals_span,
+            format!(
+                "policy {name:?}: principals is empty, so it applies to no one; list selectors such as \"*\", \"team:platform\" or \"user:alice\""
+            ),
+        ));
+    }
+    let principals: Vec<Selector> = raw_principals
+        .into_iter()
+        .filter_map(|s| {
+            Selector::parse(s.get_ref()).map_err(|message| errors.push(source.error(&s.span(), message))).ok()
+        })
+        .collect();
+    let except: Vec<Selector> = raw
+        .except
+        .into_iter()
+        .filter_map(|s| {
+            Selector::parse(s.get_ref()).map_err(|message| errors.push(source.error(&s.span(), message))).ok()
+        })
+        .collect();
+
+    let limits = raw.limits.map(|limits| At {
+        line: source.line(&limits.span()),
+        value: compile_limits(source, limits.into_inner(), ctx, errors),
+    });
+
+    let (mut allow, mut deny) = (Vec::new(), Vec::new());
+    if let Some(tools) = raw.tools {
+        allow = globs(source, tools.allow, errors);
+        deny = globs(source, tools.deny, errors);
+    }
+
+    let (mut tiers, mut models) = (Vec::new(), Vec::new());
+    if let Some(raw_models) = raw.models {
+        for tier in raw_models.tiers {
+            if ctx.known_tiers.iter().any(|known| known == tier.get_ref()) {
+                tiers.push(at(source, tier));
+            } else {
+                let known = if ctx.known_tiers.is_empty() {
+                    "no tiers are configured".to_owned()
+                } else {
+                    format!("known tiers: {}", ctx.known_tiers.join(", "))
+                };
+                errors.push(source.error(&tier.span(), format!("unknown tier {:?} ({known})", tier.get_ref())));
+            }
+        }
+        for model in raw_models.models {
+            if model.get_ref().trim().is_empty() {
+                errors.push(source.error(&model.span(), "empty model name"));
+            } else {
+                models.push(at(source, model));
+            }
+        }
+    }
+
+    let mut policy = Policy {
+        name,
+        description: raw.description,
+        file: source.path.to_path_buf(),
+        line,
+        principals,
+        except,
+        limits,
+        allow,
+        deny,
+        tiers,
+        models,
+        scope: BudgetScope::User,
+        usd_per_day: None,
+        usd_per_month: None,
+        tokens_per_day: None,
+        tokens_per_month: None,
+        executions_per_minute: None,
+        model_calls_per_minute: None,
+    };
+
+    if let Some(budget) = raw.budget {
+        policy.scope = budget.scope;
+        let mut usd =
+            |value: Option<Spanned<f64>>, key: &str| {
+                let value = value?;
+                let usd = *value.get_ref();
+                if !usd.is_finite() || usd < 0.0 {
+                    errors.push(source.error(
+                        &value.span(),
+                        format!("budget.{key} = {usd} must be a finite amount of USD, 0 or more"),
+                    ));
+                    return None;
+                }
+                Some(at(source, value))
+            };
+        policy.usd_per_day = usd(budget.usd_per_day, "usd_per_day");
+        policy.usd_per_month = usd(budget.usd_per_month, "usd_per_month");
+        policy.tokens_per_day = budget.tokens_per_day.map(|v| at(source, v));
+        policy.tokens_per_month = budget.tokens_per_month.map(|v| at(source, v));
+    }
+    if let Some(rate) = raw.rate {
+        policy.executions_per_minute = rate.executions_per_minute.map(Spanned::into_inner);
+        policy.model_calls_per_minute = rate.model_calls_per_minute.map(Spanned::into_inner);
+    }
+
+    Compiled { policy, name_line: source.line(&name_span), name_span }
+}
+
+fn at<T>(source: &Source<'_>, value: Spanned<T>) -> At<T> {
+    At { line: source.line(&value.span()), value: value.into_inner() }
+}
+
+fn globs(source: &Source<'_>, raw: Vec<Spanned<String>>, errors: &mut Vec<Diagnostic>) -> Vec<At<Glob>> {
+    raw.into_iter()
+        .filter_map(|pattern| match Glob::new(pattern.get_ref()) {
+            Ok(glob) => Some(At { line: source.line(&pattern.span()), value: glob }),
+            Err(message) => {
+                errors.push(source.error(&pattern.span(), message));
+                None
+            }
+        })
+        .collect()
+}
+
+/// Rejects limits no execution could run under.
+fn compile_limits(
+    source: &Source<'_>,
+    raw: RawLimits,
+    ctx: &LoadContext,
+    errors: &mut Vec<Diagnostic>,
+) -> PartialLimits {
+    let mut at_least_one = |value: Option<Spanned<u64>>, key: &str| {
+        let value = value?;
+        if *value.get_ref() == 0 {
+            errors.push(source.error(&value.span(), format!("limits.{key} = 0: must be at least 1")));
+            return None;
+        }
+        Some(value.into_inner())
+    };
+    let fuel = at_least_one(raw.fuel, "fuel");
+    let wall_ms = at_least_one(raw.wall_ms, "wall_ms");
+    let code_bytes = at_least_one(raw.code_bytes, "code_bytes");
+    let memory_bytes = raw.memory_bytes.and_then(|value| {
+        let bytes = *value.get_ref();
+        let problem = if bytes < MIN_MEMORY_BYTES {
+            format!(
+                "limits.memory_bytes = {bytes} is below 8 MiB ({MIN_MEMORY_BYTES}): the guest needs that much to start"
+            )
+        } else if bytes > ctx.max_memory_bytes {
+            format!("limits.memory_bytes = {bytes} is above the sandbox's max_memory_bytes ({})", ctx.max_memory_bytes)
+        } else {
+            return Some(bytes);
+        };
+        errors.push(source.error(&value.span(), problem));
+        None
+    });
+    PartialLimits {
+        fuel,
+        memory_bytes,
+        wall_ms,
+        output_bytes: raw.output_bytes.map(Spanned::into_inner),
+        result_bytes: raw.result_bytes.map(Spanned::into_inner),
+        host_calls: raw.host_calls.map(Spanned::into_inner),
+        tool_calls: raw.tool_calls.map(Spanned::into_inner),
+        model_calls: raw.model_calls.map(Spanned::into_inner),
+        code_bytes,
+    }
+}

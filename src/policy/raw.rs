@@ -1,0 +1,82 @@
+//! A policy file as written: unknown keys rejected, and every value whose position an
+//! error or a decision must name wrapped in [`Spanned`].
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::BudgetScope;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    #[serde(default)]
+    pub policy: Vec<Spanned<RawPolicy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub name: Spanned<String>,
+    pub principals: Spanned<Vec<Spanned<String>>>,
+    /// Selectors the policy does not apply to, even when `principals` matches.
+    #[serde(default)]
+    pub except: Vec<Spanned<String>>,
+    pub description: Option<String>,
+    pub limits: Option<Spanned<RawLimits>>,
+    pub tools: Option<RawTools>,
+    pub models: Option<RawModels>,
+    pub budget: Option<RawBudget>,
+    pub rate: Option<RawRate>,
+}
+
+/// Any subset of the fields of [`crate::sandbox::Limits`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub fuel: Option<Spanned<u64>>,
+    pub memory_bytes: Option<Spanned<u64>>,
+    pub wall_ms: Option<Spanned<u64>>,
+    pub output_bytes: Option<Spanned<u64>>,
+    pub result_bytes: Option<Spanned<u64>>,
+    pub host_calls: Option<Spanned<u32>>,
+    pub tool_calls: Option<Spanned<u32>>,
+    pub model_calls: Option<Spanned<u32>>,
+    pub code_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTools {
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModels {
+    #[serde(default)]
+    pub tiers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub models: Vec<Spanned<String>>,
+}
+
+/// `scope` is required: whether a budget is per user or pooled per team changes what
+/// the numbers mean by a factor of the team's size, so it is never guessed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudget {
+    pub scope: BudgetScope,
+    pub usd_per_day: Option<Spanned<f64>>,
+    pub usd_per_month: Option<Spanned<f64>>,
+    pub tokens_per_day: Option<Spanned<u64>>,
+    pub tokens_per_month: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRate {
+    pub executions_per_minute: Option<Spanned<u32>>,
+    pub model_calls_per_minute: Option<Spanned<u32>>,
+}

@@ -1,0 +1,228 @@
+//! The one path every surface takes: authenticate, authorise by policy, rate-limit,
+//! run in the sandbox, record in the ledger. HTTP handlers and the CLI call these
+//! functions and only translate inputs and outputs.
+
+mod rate;
+mod reload;
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+
+pub use rate::RateLimiter;
+pub use reload::Policies;
+
+use crate::auth::{KeyRing, Principal};
+use crate::config::Config;
+use crate::ledger::{CallRecord, ExecutionRecord, Ledger, LedgerError, Record, UsageQuery, UsageRow};
+use crate::policy::{Capabilities, LoadContext, PolicyError};
+use crate::sandbox::{
+    Admission, CallPolicy, ErrorKind, ExecError, ExecuteRequest, Job, LogLine, Outcome, Rejected, Sandbox,
+};
+
+/// Why a request was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No key, or a key that is not configured.
+    #[error("missing or unknown API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// The principal's policies do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A rate limit from the principal's policies; retry after the given seconds.
+    #[error("rate limit of {per_minute} {what} per minute reached; retry in {retry_after_secs} s")]
+    RateLimited { what: &'static str, per_minute: u32, retry_after_secs: u64 },
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    /// The execution ran but its record could not be committed, so it is not
+    /// acknowledged.
+    #[error("the execution ran but could not be recorded: {0}")]
+    Ledger(#[from] LedgerError),
+}
+
+impl ServiceError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Rejected(rejected) => rejected.kind().as_str(),
+            Self::Ledger(_) => ErrorKind::Internal.as_str(),
+        }
+    }
+}
+
+/// An execution that passed every check and holds its sandbox slot.
+pub struct Prepared {
+    job: Job,
+    admission: Admission,
+}
+
+/// Everything a request needs, shared by all surfaces.
+pub struct Service {
+    sandbox: Arc<Sandbox>,
+    policies: Arc<Policies>,
+    keys: RwLock<Arc<KeyRing>>,
+    ledger: Ledger,
+    rates: RateLimiter,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("sandbox", &self.sandbox).finish_non_exhaustive()
+    }
+}
+
+/// Tool calls checked against the principal's policies.
+struct PolicyCalls(Capabilities);
+
+impl CallPolicy for PolicyCalls {
+    fn check(&self, name: &str) -> Result<(), ExecError> {
+        if let Some(tool) = name.strip_prefix("tools.") {
+            let decision = self.0.tool(tool);
+            if !decision.allowed {
+                return Err(ExecError::new(ErrorKind::ToolDenied, decision.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Service {
+    /// Builds the service `config` describes: policies loaded, ledger opened, guest
+    /// compiled. Fails on a policy or ledger problem, naming it.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let context =
+            LoadContext { known_tiers: config.tiers.clone(), max_memory_bytes: config.sandbox.max_memory_bytes };
+        let policies = Policies::load(config.policies.clone(), context).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ledger = Ledger::open_sqlite(&config.ledger.path, config.ledger.synchronous)?;
+        let sandbox = crate::build_sandbox(config)?;
+        Ok(Self {
+            sandbox: Arc::new(sandbox),
+            policies: Arc::new(policies),
+            keys: RwLock::new(Arc::new(KeyRing::new(&config.keys))),
+            ledger,
+            rates: RateLimiter::default(),
+        })
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// True when keys are configured (and so every request must present one).
+    pub fn requires_keys(&self) -> bool {
+        !self.keys.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Replaces the configured keys (on SIGHUP).
+    pub fn set_keys(&self, keys: KeyRing) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// The principal a request's bearer token names. With no keys configured, every
+    /// request is the local principal (the server then listens on loopback only).
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Principal>, ServiceError> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if keys.is_empty() {
+            return Ok(Arc::new(Principal::local()));
+        }
+        bearer.and_then(|token| keys.authenticate(token)).ok_or(ServiceError::Unauthorized)
+    }
+
+    /// Checks `request` against the principal's policies and rate limits and takes a
+    /// sandbox slot.
+    pub fn prepare(&self, principal: Arc<Principal>, request: ExecuteRequest) -> Result<Prepared, ServiceError> {
+        let capabilities = self.policies.current().capabilities(&principal);
+        let Some(ceiling) = capabilities.limits else {
+            return Err(ServiceError::Forbidden(format!(
+                "no policy lets user `{}` (team `{}`, key `{}`) run code",
+                principal.user, principal.team, principal.key
+            )));
+        };
+        if let Some(per_minute) = capabilities.rate.executions_per_minute {
+            self.rates.check(&principal.user, "executions", per_minute).map_err(|retry_after_secs| {
+                ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }
+            })?;
+        }
+        let job = request.into_job(&ceiling, principal, Arc::new(PolicyCalls(capabilities)))?;
+        let admission = self.sandbox.admit()?;
+        Ok(Prepared { job, admission })
+    }
+
+    /// Runs a prepared execution and commits its records before returning: an
+    /// outcome this returns is in the ledger.
+    pub async fn run(
+        &self,
+        prepared: Prepared,
+        events: Option<mpsc::UnboundedSender<LogLine>>,
+    ) -> Result<Outcome, ServiceError> {
+        let principal = prepared.job.principal.clone();
+        let outcome = self.sandbox.run_admitted(prepared.admission, prepared.job, events).await?;
+        self.ledger.record(records(&principal, &outcome)).await?;
+        Ok(outcome)
+    }
+
+    /// [`Service::prepare`] then [`Service::run`].
+    pub async fn execute(&self, principal: Arc<Principal>, request: ExecuteRequest) -> Result<Outcome, ServiceError> {
+        let prepared = self.prepare(principal, request)?;
+        self.run(prepared, None).await
+    }
+
+    /// Usage totals: admins may see everyone (or one `user`), others only themselves.
+    pub async fn usage(&self, principal: &Principal, mut query: UsageQuery) -> Result<Vec<UsageRow>, ServiceError> {
+        if principal.role != crate::auth::Role::Admin {
+            match &query.user {
+                Some(user) if user != &principal.user => {
+                    return Err(ServiceError::Forbidden(format!(
+                        "only admins may read another user's usage (asked for `{user}`)"
+                    )));
+                }
+                _ => query.user = Some(principal.user.clone()),
+            }
+        }
+        Ok(self.ledger.usage(query).await?)
+    }
+
+    /// Reloads the policy files; on error the current set stays in force.
+    pub fn reload_policies(&self) -> Result<(), PolicyError> {
+        self.policies.reload()
+    }
+}
+
+fn records(principal: &Principal, outcome: &Outcome) -> Vec<Record> {
+    let mut records = Vec::with_capacity(1 + outcome.calls.len());
+    records.push(Record::Execution(ExecutionRecord {
+        id: outcome.execution_id.clone(),
+        user: principal.user.clone(),
+        team: principal.team.clone(),
+        key: principal.key.clone(),
+        started_at_ms: outcome.started_at_ms,
+        ended_at_ms: outcome.started_at_ms + outcome.usage.wall_ms as i64,
+        outcome: outcome.error.as_ref().map_or("ok", |e| e.kind.as_str()).to_string(),
+        fuel: outcome.usage.fuel,
+        wall_ms: outcome.usage.wall_ms,
+        memory_bytes: outcome.usage.memory_bytes,
+        host_calls: outcome.usage.host_calls,
+    }));
+    for call in &outcome.calls {
+        records.push(Record::Call(CallRecord {
+            execution_id: outcome.execution_id.clone(),
+            user: principal.user.clone(),
+            team: principal.team.clone(),
+            name: call.name.clone(),
+            started_at_ms: call.started_at_ms,
+            latency_ms: call.latency_ms,
+            outcome: call.outcome.clone(),
+        }));
+    }
+    records
+}
