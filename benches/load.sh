@@ -18,12 +18,21 @@ cargo build --release --quiet
 
 work="$(mktemp -d)"
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+mkdir -p "$work/policies"
+cat > "$work/policies/bench.toml" <<'TOML'
+# No rate limit: the load test measures the server, not the policy.
+[[policy]]
+name = "bench"
+principals = ["*"]
+[policy.limits]
+TOML
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = '{"code": "return 1 + 1"}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
-SANDGATE_CACHE_DIR="$work/cache" target/release/sandgate serve --listen "127.0.0.1:$port" >"$work/out" 2>"$work/err" &
+SANDGATE_CACHE_DIR="$work/cache" SANDGATE_LEDGER="$work/ledger.db" \
+  target/release/sandgate serve --listen "127.0.0.1:$port" --policies "$work/policies" >"$work/out" 2>"$work/err" &
 server=$!
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break

@@ -123,14 +123,27 @@
 
   // Compiles `code` as a single expression if it is one (its value is the result; a
   // function value is invoked), else as the body of an async function.
+  // Code that opens with a statement keyword cannot be a single expression.
+  const STATEMENT = /^\s*(?:return|const|let|var|if|for|while|do|try|throw|switch|class|import|export)\b/;
+
   function compile(code) {
+    if (STATEMENT.test(code)) {
+      currentPrefix = BODY_PREFIX;
+      return [indirectEval(BODY_PREFIX + code + "\n})"), BODY_PREFIX];
+    }
+    // The failed attempt when the code is not an expression should cost only the
+    // parse, not a stack trace.
+    const traceLimit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     try {
       currentPrefix = EXPR_PREFIX;
       return [indirectEval(EXPR_PREFIX + code + "\n)})"), EXPR_PREFIX];
     } catch (_) {
       currentPrefix = BODY_PREFIX;
-      return [indirectEval(BODY_PREFIX + code + "\n})"), BODY_PREFIX];
+    } finally {
+      Error.stackTraceLimit = traceLimit;
     }
+    return [indirectEval(BODY_PREFIX + code + "\n})"), BODY_PREFIX];
   }
 
   async function run(code, inputJson, maxResultBytes) {
