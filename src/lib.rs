@@ -21,6 +21,8 @@
 //!   run, record; policy hot reload.
 //! - [`ledger`]: usage records (executions, host calls, model calls), batched writer,
 //!   SQLite store, usage reports.
+//! - [`model`]: the model proxy: catalog, router (tiers, `auto`, fallback, circuit
+//!   breakers), budgets reserved and settled, stream metering, `model.chat`.
 //! - [`http`]: the axum router, one file per surface.
 //! - [`telemetry`]: `tracing` setup and Prometheus metrics.
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ledger;
+pub mod model;
 pub mod policy;
 pub mod sandbox;
 pub mod service;
@@ -40,16 +43,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use config::Config;
-use sandbox::{Registry, Sandbox, TestCapability};
-
-/// Builds the sandbox `config` describes, with its capabilities registered.
-pub fn build_sandbox(config: &Config) -> anyhow::Result<Sandbox> {
-    let mut registry = Registry::default();
-    if config.test_capability {
-        registry.register("tools.test", Arc::new(TestCapability));
-    }
-    Sandbox::new(config.sandbox.clone(), registry)
-}
 
 /// A ready server: policies loaded, ledger open, guest compiled.
 #[derive(Debug)]

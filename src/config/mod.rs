@@ -6,6 +6,7 @@
 //! caller may do comes from policies (`crate::policy`), not from this file. See the
 //! README's "Configuration" for every key.
 
+mod models;
 mod raw;
 
 use std::net::SocketAddr;
@@ -32,11 +33,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Where policies come from.
     pub policies: PolicySource,
-    /// Known cost tiers, in the order written.
+    /// Known cost tiers, cheapest first.
     pub tiers: Vec<String>,
     pub ledger: LedgerConfig,
     /// API keys (hashes only). None configured: the embedded default's local user.
     pub keys: Vec<KeyEntry>,
+    /// Model providers, models, tiers (cheapest first) and router settings.
+    pub models: crate::model::Catalog,
     /// The file this configuration came from, if any (reloaded on SIGHUP).
     pub path: Option<PathBuf>,
 }
@@ -71,7 +74,7 @@ pub fn default_ledger_path() -> PathBuf {
 }
 
 /// The tiers known when the configuration names none.
-pub const DEFAULT_TIERS: [&str; 3] = ["frontier", "standard", "economy"];
+pub const DEFAULT_TIERS: [&str; 3] = ["economy", "standard", "frontier"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -140,11 +143,19 @@ impl Config {
             None if Path::new("policies").is_dir() => PolicySource::Dir(PathBuf::from("policies")),
             None => PolicySource::Embedded,
         };
-        let tiers = match raw.tiers {
+        let raw_tiers = match raw.tiers {
             Some(tiers) if tiers.is_empty() => return Err(invalid("tiers", "at least one tier is needed".into())),
-            Some(tiers) => tiers.into_keys().collect(),
-            None => DEFAULT_TIERS.iter().map(|t| t.to_string()).collect(),
+            Some(tiers) => tiers.into_iter().map(|(name, tier)| (name, tier.models)).collect(),
+            None => DEFAULT_TIERS.iter().map(|t| (t.to_string(), Vec::new())).collect::<Vec<_>>(),
         };
+        let models = models::build(
+            raw.providers.unwrap_or_default(),
+            raw.models.unwrap_or_default(),
+            &raw_tiers,
+            raw.router.unwrap_or_default(),
+        )
+        .map_err(|(key, message)| invalid(key, message))?;
+        let tiers = models.tiers.iter().map(|t| t.name.clone()).collect();
         let ledger = raw.ledger.unwrap_or_default();
         let ledger = LedgerConfig {
             path: ledger
@@ -182,6 +193,7 @@ impl Config {
             tiers,
             ledger,
             keys,
+            models,
             path: None,
         })
     }

@@ -17,12 +17,54 @@ pub(super) struct RawConfig {
     pub tiers: Option<std::collections::BTreeMap<String, RawTier>>,
     pub ledger: Option<RawLedger>,
     pub keys: Option<Vec<RawKey>>,
+    pub providers: Option<std::collections::BTreeMap<String, RawProvider>>,
+    pub models: Option<std::collections::BTreeMap<String, RawModel>>,
+    pub router: Option<RawRouter>,
 }
 
-/// A cost tier; the model router (not yet configured here) fills it with models.
+/// A cost tier: its models in fallback order.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawTier {}
+pub(super) struct RawTier {
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    pub kind: crate::model::ProviderKind,
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModel {
+    pub provider: String,
+    pub upstream: Option<String>,
+    pub tier: String,
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    pub cached_input_per_mtok: Option<f64>,
+    pub context: Option<u64>,
+    #[serde(default)]
+    pub capabilities: Vec<crate::model::ModelCapability>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRouter {
+    pub retries: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub breaker_failures: Option<u32>,
+    pub breaker_cooldown_ms: Option<u64>,
+    pub downgrade_below_usd: Option<f64>,
+    pub default_max_tokens: Option<u64>,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -2,12 +2,13 @@
 //! library call and its result back.
 //!
 //! One file per surface: `execute.rs` (`POST /v1/execute`, JSON or SSE), `usage.rs`
-//! (`GET /v1/usage`), `ops.rs` (`/healthz`, `/metrics`), `error.rs` (the JSON error
+//! (`GET /v1/usage`), `models.rs` (the model proxy), `ops.rs` (`/healthz`, `/metrics`), `error.rs` (the JSON error
 //! body and status mapping). Every `/v1` route authenticates with
 //! `Authorization: Bearer <key>`.
 
 mod error;
 mod execute;
+mod models;
 mod ops;
 mod usage;
 
@@ -42,6 +43,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/execute", post(execute::execute))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/chat/completions", post(models::chat_completions))
+        .route("/v1/messages", post(models::messages))
+        .route("/v1/models", get(models::list))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(error::not_found)

@@ -72,6 +72,24 @@ pub struct ModelCallRecord {
     pub status: String,
     /// Models tried before the one that answered, in order.
     pub fallback_chain: Vec<String>,
+    /// Client-supplied labels (`user`, `metadata`): kept, never used for attribution.
+    pub tags: serde_json::Value,
+}
+
+/// Whose spend to total: one user's, or one team's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpendScope {
+    User(String),
+    Team(String),
+}
+
+impl std::fmt::Display for SpendScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(user) => write!(f, "user `{user}`"),
+            Self::Team(team) => write!(f, "team `{team}`"),
+        }
+    }
 }
 
 /// Anything the ledger stores.
@@ -93,6 +111,9 @@ pub trait Store: Send + 'static {
     fn append(&mut self, records: &[Record]) -> Result<(), LedgerError>;
     /// Totals per group for `query`.
     fn usage(&mut self, query: &UsageQuery) -> Result<Vec<UsageRow>, LedgerError>;
+    /// Model-call cost (nano-dollars) and tokens (input + output) of `scope` since
+    /// `since_ms`.
+    fn spend(&mut self, scope: &SpendScope, since_ms: i64) -> Result<(i64, u64), LedgerError>;
 }
 
 struct Batch {
@@ -175,6 +196,17 @@ impl Ledger {
         tokio::task::spawn_blocking(move || {
             let mut store = reader.lock().unwrap_or_else(|e| e.into_inner());
             store.usage(&query)
+        })
+        .await
+        .map_err(|e| LedgerError(e.to_string()))?
+    }
+
+    /// Model-call spend of `scope` since `since_ms` (see [`Store::spend`]).
+    pub async fn spend(&self, scope: SpendScope, since_ms: i64) -> Result<(i64, u64), LedgerError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = reader.lock().unwrap_or_else(|e| e.into_inner());
+            store.spend(&scope, since_ms)
         })
         .await
         .map_err(|e| LedgerError(e.to_string()))?

@@ -9,7 +9,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::usage::{GroupBy, UsageQuery, UsageRow};
-use super::{LedgerError, Record, Store};
+use super::{LedgerError, Record, SpendScope, Store};
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -72,6 +72,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX model_calls_started ON model_calls (started_at_ms);
     CREATE INDEX model_calls_user ON model_calls (user, started_at_ms);",
+    // 2: client-supplied tags on model calls; team spend lookups.
+    "ALTER TABLE model_calls ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX model_calls_team ON model_calls (team, started_at_ms);",
 ];
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
@@ -158,8 +161,8 @@ impl Store for SqliteStore {
                 .map_err(err)?;
             let mut model = tx
                 .prepare_cached(
-                    "INSERT INTO model_calls (execution_id, user, team, key, model, tier, provider, input_tokens, output_tokens, cached_tokens, cost_nanousd, started_at_ms, latency_ms, status, fallback_chain)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    "INSERT INTO model_calls (execution_id, user, team, key, model, tier, provider, input_tokens, output_tokens, cached_tokens, cost_nanousd, started_at_ms, latency_ms, status, fallback_chain, tags)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 )
                 .map_err(err)?;
             for record in records {
@@ -206,7 +209,8 @@ impl Store for SqliteStore {
                             r.started_at_ms,
                             to_i64(r.latency_ms),
                             r.status,
-                            serde_json::to_string(&r.fallback_chain).unwrap_or_default()
+                            serde_json::to_string(&r.fallback_chain).unwrap_or_default(),
+                            r.tags.to_string()
                         ])
                         .map(drop),
                 }
@@ -214,6 +218,20 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(err)
+    }
+
+    fn spend(&mut self, scope: &SpendScope, since_ms: i64) -> Result<(i64, u64), LedgerError> {
+        let (column, name) = match scope {
+            SpendScope::User(user) => ("user", user),
+            SpendScope::Team(team) => ("team", team),
+        };
+        let sql = format!(
+            "SELECT COALESCE(SUM(cost_nanousd), 0), COALESCE(SUM(input_tokens + output_tokens), 0) FROM model_calls
+             WHERE {column} = ?1 AND started_at_ms >= ?2"
+        );
+        self.connection
+            .query_row(&sql, params![name, since_ms], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)? as u64)))
+            .map_err(err)
     }
 
     fn usage(&mut self, query: &UsageQuery) -> Result<Vec<UsageRow>, LedgerError> {
@@ -337,6 +355,7 @@ mod tests {
                     latency_ms: 3,
                     status: "ok".into(),
                     fallback_chain: vec![],
+                    tags: serde_json::json!({}),
                 }),
             ])
             .unwrap();
@@ -353,6 +372,9 @@ mod tests {
         let window =
             store.usage(&UsageQuery { since_ms: Some(1_500), until_ms: Some(3_000), ..Default::default() }).unwrap();
         assert_eq!(window[0].executions, 1);
+        assert_eq!(store.spend(&SpendScope::User("alice".into()), 0).unwrap(), (123_000, 107));
+        assert_eq!(store.spend(&SpendScope::User("alice".into()), 2_000).unwrap(), (0, 0));
+        assert_eq!(store.spend(&SpendScope::Team("t".into()), 0).unwrap(), (123_000, 107));
         let tiers = store.usage(&UsageQuery { group_by: GroupBy::Tier, ..Default::default() }).unwrap();
         assert_eq!((tiers[0].group.as_str(), tiers[0].output_tokens), ("economy", 7));
         let _ = std::fs::remove_dir_all(dir);

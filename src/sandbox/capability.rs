@@ -18,7 +18,7 @@ use super::error::{ErrorKind, ExecError};
 use crate::auth::Principal;
 
 /// One call from guest code.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HostCall {
     /// The part of the call name after the capability's prefix (`echo` for
     /// `tools.test.echo` when registered as `tools.test`).
@@ -29,6 +29,18 @@ pub struct HostCall {
     pub principal: Arc<Principal>,
     /// The execution the call belongs to.
     pub execution_id: Arc<str>,
+    /// The execution's grants, as its caller supplied them (see [`CallPolicy::as_any`]).
+    pub grants: Arc<dyn CallPolicy>,
+}
+
+impl std::fmt::Debug for HostCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCall")
+            .field("method", &self.method)
+            .field("principal", &self.principal)
+            .field("execution_id", &self.execution_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A host capability.
@@ -43,6 +55,10 @@ pub trait Capability: Send + Sync + 'static {
 pub trait CallPolicy: Send + Sync + 'static {
     /// `Err` carries the denial (`tool_denied`, `model_denied`) and its reason.
     fn check(&self, name: &str) -> Result<(), ExecError>;
+
+    /// The concrete grants, for capabilities that need more than yes or no (the
+    /// model capability reads budgets and model grants from it).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Allows every call; for embedding without policies, and for benchmarks.
@@ -52,6 +68,10 @@ pub struct AllowAll;
 impl CallPolicy for AllowAll {
     fn check(&self, _name: &str) -> Result<(), ExecError> {
         Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

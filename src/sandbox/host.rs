@@ -293,6 +293,7 @@ impl GuestError {
             "tool_error" => ErrorKind::ToolError,
             "model_denied" => ErrorKind::ModelDenied,
             "budget_exceeded" => ErrorKind::BudgetExceeded,
+            "invalid_request" => ErrorKind::InvalidRequest,
             "internal" => ErrorKind::Internal,
             _ => ErrorKind::Exception,
         };
@@ -419,6 +420,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                         args,
                         principal: state.principal.clone(),
                         execution_id: state.execution_id.clone(),
+                        grants: state.call_policy.clone(),
                     }))
                 })
             };

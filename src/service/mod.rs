@@ -15,10 +15,13 @@ pub use reload::Policies;
 use crate::auth::{KeyRing, Principal};
 use crate::config::Config;
 use crate::ledger::{CallRecord, ExecutionRecord, Ledger, LedgerError, Record, UsageQuery, UsageRow};
+use crate::model::{Answer, CallContext, Format, Gateway, ModelError};
 use crate::policy::{Capabilities, LoadContext, PolicyError};
 use crate::sandbox::{
-    Admission, CallPolicy, ErrorKind, ExecError, ExecuteRequest, Job, LogLine, Outcome, Rejected, Sandbox,
+    Admission, CallPolicy, Capability, ErrorKind, ExecError, ExecuteRequest, HostCall, Job, LogLine, Outcome, Registry,
+    Rejected, Sandbox, TestCapability,
 };
+use futures::future::BoxFuture;
 
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,8 @@ pub struct Service {
     policies: Arc<Policies>,
     keys: RwLock<Arc<KeyRing>>,
     ledger: Ledger,
-    rates: RateLimiter,
+    rates: Arc<RateLimiter>,
+    gateway: Arc<Gateway>,
 }
 
 impl std::fmt::Debug for Service {
@@ -86,6 +90,47 @@ impl CallPolicy for PolicyCalls {
         }
         Ok(())
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// `model.chat(request)` inside the sandbox: the same router path as the proxy,
+/// attributed to the execution's principal and execution id, under the grants the
+/// execution started with.
+struct ModelChat(Arc<Gateway>);
+
+impl Capability for ModelChat {
+    fn call(&self, call: HostCall) -> BoxFuture<'static, Result<serde_json::Value, ExecError>> {
+        let gateway = self.0.clone();
+        Box::pin(async move {
+            if call.method != "chat" {
+                return Err(ExecError::new(ErrorKind::InvalidRequest, format!("no function `model.{}`", call.method)));
+            }
+            let capabilities = match call.grants.as_any().downcast_ref::<PolicyCalls>() {
+                Some(grants) => grants.0.clone(),
+                None => Capabilities::none(),
+            };
+            let ctx = CallContext {
+                principal: call.principal.clone(),
+                capabilities,
+                execution_id: Some(call.execution_id.to_string()),
+            };
+            match gateway.chat(ctx, call.args).await {
+                Ok(answer) => Ok(serde_json::to_value(answer).unwrap_or_default()),
+                Err(error) => {
+                    let kind = match &error {
+                        ModelError::Denied(_) => ErrorKind::ModelDenied,
+                        ModelError::Budget(_) | ModelError::RateLimited { .. } => ErrorKind::BudgetExceeded,
+                        ModelError::Invalid(_) => ErrorKind::InvalidRequest,
+                        _ => ErrorKind::ToolError,
+                    };
+                    Err(ExecError::new(kind, error.to_string()))
+                }
+            }
+        })
+    }
 }
 
 impl Service {
@@ -96,13 +141,21 @@ impl Service {
             LoadContext { known_tiers: config.tiers.clone(), max_memory_bytes: config.sandbox.max_memory_bytes };
         let policies = Policies::load(config.policies.clone(), context).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ledger = Ledger::open_sqlite(&config.ledger.path, config.ledger.synchronous)?;
-        let sandbox = crate::build_sandbox(config)?;
+        let rates = Arc::new(RateLimiter::default());
+        let gateway = Arc::new(Gateway::new(config.models.clone(), ledger.clone(), rates.clone())?);
+        let mut registry = Registry::default();
+        if config.test_capability {
+            registry.register("tools.test", Arc::new(TestCapability));
+        }
+        registry.register("model", Arc::new(ModelChat(gateway.clone())));
+        let sandbox = crate::sandbox::Sandbox::new(config.sandbox.clone(), registry)?;
         Ok(Self {
             sandbox: Arc::new(sandbox),
             policies: Arc::new(policies),
             keys: RwLock::new(Arc::new(KeyRing::new(&config.keys))),
             ledger,
-            rates: RateLimiter::default(),
+            rates,
+            gateway,
         })
     }
 
@@ -190,6 +243,25 @@ impl Service {
             }
         }
         Ok(self.ledger.usage(query).await?)
+    }
+
+    /// A model call from an SDK client (`/v1/chat/completions`, `/v1/messages`).
+    pub async fn model_call(
+        &self,
+        principal: Arc<Principal>,
+        format: Format,
+        body: serde_json::Value,
+        anthropic_version: Option<String>,
+    ) -> Result<Answer, ModelError> {
+        let capabilities = self.policies.current().capabilities(&principal);
+        self.gateway
+            .call(CallContext { principal, capabilities, execution_id: None }, format, body, anthropic_version)
+            .await
+    }
+
+    /// The models, tiers and routing names `principal` may use.
+    pub fn models(&self, principal: &Principal) -> serde_json::Value {
+        self.gateway.list(&self.policies.current().capabilities(principal))
     }
 
     /// Reloads the policy files; on error the current set stays in force.

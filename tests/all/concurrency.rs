@@ -44,8 +44,10 @@ async fn host_call_results_and_failures_reach_the_code() {
     let error = error_of("await tools.test.fail({message: 'boom'})", json!({})).await;
     assert_eq!(error["kind"], "tool_error", "{error}");
     assert_eq!(error["message"], "boom");
-    let error = error_of("await model.chat({messages: []})", json!({})).await;
+    let error = error_of("await model.chat({messages: [{role: 'user', content: 'hi'}]})", json!({})).await;
     assert_eq!(error["kind"], "model_denied", "{error}");
+    let error = error_of("await model.chat({messages: []})", json!({})).await;
+    assert_eq!(error["kind"], "invalid_request", "{error}");
 }
 
 #[tokio::test]

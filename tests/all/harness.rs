@@ -145,3 +145,14 @@ pub async fn assert_healthy() {
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(result_of("return 40 + 2").await, json!(42));
 }
+
+/// GETs `url` with `key` as the bearer token from synchronous code; returns the JSON.
+pub fn get_json(url: &str, key: &str) -> Value {
+    let (url, key) = (url.to_string(), key.to_string());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async { client().get(url).bearer_auth(key).send().await.unwrap().json().await.unwrap() })
+    })
+    .join()
+    .unwrap()
+}

@@ -9,5 +9,7 @@ mod escape;
 mod harness;
 mod http_surface;
 mod limits;
+mod models;
 mod policies;
 mod results;
+mod stub;

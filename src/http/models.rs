@@ -1,0 +1,130 @@
+//! The model proxy's routes: `POST /v1/chat/completions` (OpenAI format),
+//! `POST /v1/messages` (Anthropic format) and `GET /v1/models`.
+//!
+//! Both SDKs' ways of sending a key work: `Authorization: Bearer` and `x-api-key`.
+//! Errors come in the error shape of the route's format, so SDKs raise their usual
+//! exceptions; an upstream error is passed through as the provider sent it.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::auth::Principal;
+use crate::model::{Answer, Format, ModelError, Routed};
+use crate::service::ServiceError;
+
+fn error(format: Format, status: u16, kind: &str, message: &str, retry_after: Option<u64>) -> Response {
+    let body = match format {
+        Format::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
+        _ => json!({"error": {"message": message, "type": kind, "code": kind, "param": null}}),
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn principal(app: &AppState, headers: &HeaderMap, format: Format) -> Result<std::sync::Arc<Principal>, Box<Response>> {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
+    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    app.service.authenticate(bearer.or(api_key)).map_err(|e: ServiceError| {
+        let status = match e {
+            ServiceError::Unauthorized => 401,
+            _ => 403,
+        };
+        let kind = if format == Format::Anthropic { "authentication_error" } else { e.kind() };
+        Box::new(error(format, status, kind, &e.to_string(), None))
+    })
+}
+
+fn routed_headers(response: &mut Response, routed: &Routed) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-sandgate-model", routed.model.clone()),
+        ("x-sandgate-tier", routed.tier.clone()),
+        ("x-sandgate-fallbacks", routed.fallbacks.len().to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) -> Response {
+    let principal = match principal(&app, &headers, format) {
+        Ok(principal) => principal,
+        Err(response) => return *response,
+    };
+    let limit = app.config.max_body_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => return error(format, 413, "invalid_request_error", &format!("body larger than {limit} bytes"), None),
+    };
+    let body: Value = match serde_json::from_slice(&bytes) {
+        Ok(body) => body,
+        Err(e) => return error(format, 400, "invalid_request_error", &format!("invalid JSON body: {e}"), None),
+    };
+    let version = headers.get("anthropic-version").and_then(|v| v.to_str().ok()).map(str::to_string);
+    match app.service.model_call(principal, format, body, version).await {
+        Ok(Answer::Whole { status, content_type, body, routed }) => {
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let content_type = content_type.unwrap_or_else(|| "application/json".into());
+            if let Ok(value) = HeaderValue::from_str(&content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            routed_headers(&mut response, &routed);
+            response
+        }
+        Ok(Answer::Stream { status, content_type, body, routed }) => {
+            let mut response = Response::new(Body::from_stream(body));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let content_type = content_type.unwrap_or_else(|| "text/event-stream".into());
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&content_type) {
+                headers.insert(header::CONTENT_TYPE, value);
+            }
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            routed_headers(&mut response, &routed);
+            response
+        }
+        Err(ModelError::Upstream { status, body, content_type, message }) if !body.is_empty() => {
+            tracing::warn!(%message, "model call failed upstream");
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(value) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            response
+        }
+        Err(e) => {
+            let retry = match &e {
+                ModelError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+                _ => None,
+            };
+            error(format, e.status(), e.kind(), &e.to_string(), retry)
+        }
+    }
+}
+
+pub(super) async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    proxy(app, headers, body, Format::OpenAi).await
+}
+
+pub(super) async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    proxy(app, headers, body, Format::Anthropic).await
+}
+
+pub(super) async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    match principal(&app, &headers, Format::OpenAi) {
+        Ok(principal) => Json(app.service.models(&principal)).into_response(),
+        Err(response) => *response,
+    }
+}
