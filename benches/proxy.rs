@@ -166,6 +166,7 @@ fn start_litellm(stub_base: &str) -> Option<(String, std::process::Child)> {
     let child = std::process::Command::new("litellm")
         .args(["--config", config.to_str()?, "--port", &port.to_string(), "--num_workers", "1"])
         .env("LITELLM_MASTER_KEY", "sk-litellm-bench")
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -192,14 +193,14 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         // Warm both paths.
-        fixed_rate(&direct_url, "gpt-bench-ok", false, None, 500, 1).await;
+        fixed_rate(&direct_url, "gpt-bench-ok", false, Some("sk-bench"), 500, 1).await;
         fixed_rate(&proxied_url, "bench", false, None, 500, 1).await;
 
-        let direct = fixed_rate(&direct_url, "gpt-bench-ok", false, None, RATE, SECONDS).await;
+        let direct = fixed_rate(&direct_url, "gpt-bench-ok", false, Some("sk-bench"), RATE, SECONDS).await;
         let proxied = fixed_rate(&proxied_url, "bench", false, None, RATE, SECONDS).await;
         report(&format!("non-streaming at {RATE}/s"), &direct, &proxied);
 
-        let direct = fixed_rate(&direct_url, "gpt-bench-ok", true, None, RATE, SECONDS).await;
+        let direct = fixed_rate(&direct_url, "gpt-bench-ok", true, Some("sk-bench"), RATE, SECONDS).await;
         let proxied = fixed_rate(&proxied_url, "bench", true, None, RATE, SECONDS).await;
         report(&format!("streaming at {RATE}/s"), &direct, &proxied);
 
@@ -212,7 +213,7 @@ fn main() {
         runtime.block_on(async {
             let rate = 100;
             fixed_rate(&url, "bench", false, Some("sk-litellm-bench"), 50, 2).await;
-            let direct = fixed_rate(&direct_url, "gpt-bench-ok", false, None, rate, SECONDS).await;
+            let direct = fixed_rate(&direct_url, "gpt-bench-ok", false, Some("sk-bench"), rate, SECONDS).await;
             let litellm = fixed_rate(&url, "bench", false, Some("sk-litellm-bench"), rate, SECONDS).await;
             let proxied = fixed_rate(&proxied_url, "bench", false, None, rate, SECONDS).await;
             report(&format!("LiteLLM non-streaming at {rate}/s"), &direct, &litellm);
