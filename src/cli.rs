@@ -12,7 +12,7 @@ use crate::auth::{generate_key, hash_key, Principal, Role, KEY_PREFIX};
 use crate::config::{Config, PolicySource};
 use crate::ledger::{self, GroupBy, UsageQuery};
 use crate::policy::{LoadContext, PolicySet, Query};
-use crate::sandbox::{ExecuteRequest, LimitsRequest};
+use crate::sandbox::{ExecuteRequest, PartialLimits};
 use crate::service::Service;
 use crate::telemetry::{self, LogFormat};
 
@@ -270,9 +270,9 @@ async fn exec(
     let input = input
         .map(|text| serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}")))
         .transpose()?;
-    let limits: LimitsRequest = match limits {
+    let limits: PartialLimits = match limits {
         Some(text) => serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--limits: {e}"))?,
-        None => LimitsRequest::default(),
+        None => PartialLimits::default(),
     };
     let request = ExecuteRequest { code, input, limits };
     let service = tokio::task::spawn_blocking(move || Service::new(&config)).await??;

@@ -272,6 +272,11 @@ impl Gateway {
             )
             .pool_max_idle_per_host(256)
             .build()?;
+        for provider in &catalog.providers {
+            if let (Some(var), Some("")) = (&provider.api_key_env, provider.api_key.as_deref()) {
+                tracing::warn!(provider = %provider.name, env = %var, "provider API key variable is unset or empty");
+            }
+        }
         let breakers = catalog.providers.iter().map(|_| Breaker::default()).collect();
         let concurrency =
             catalog.providers.iter().map(|p| Arc::new(Semaphore::new(p.max_concurrency as usize))).collect();

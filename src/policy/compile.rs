@@ -12,7 +12,7 @@ use super::glob::Glob;
 use super::raw::{RawFile, RawLimits, RawPolicy};
 use super::{BudgetScope, Diagnostic, LoadContext, RuleRef};
 use crate::auth::{Principal, Role};
-use crate::sandbox::Limits;
+use crate::sandbox::PartialLimits;
 
 /// The guest cannot start with less linear memory than this.
 const MIN_MEMORY_BYTES: u64 = 8 << 20;
@@ -121,53 +121,6 @@ impl Selector {
             Self::Team(name) => principal.team == *name,
             Self::Key(name) => principal.key == *name,
             Self::Role(role) => principal.role == *role,
-        }
-    }
-}
-
-/// The limits one policy grants: only the fields it sets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct PartialLimits {
-    pub fuel: Option<u64>,
-    pub memory_bytes: Option<u64>,
-    pub wall_ms: Option<u64>,
-    pub output_bytes: Option<u64>,
-    pub result_bytes: Option<u64>,
-    pub host_calls: Option<u32>,
-    pub tool_calls: Option<u32>,
-    pub model_calls: Option<u32>,
-    pub code_bytes: Option<u64>,
-}
-
-impl PartialLimits {
-    /// Field by field, the larger of the two grants.
-    pub fn raise(&mut self, other: &PartialLimits) {
-        // `Option`'s order puts `None` below every `Some`: an unset field never wins.
-        *self = PartialLimits {
-            fuel: self.fuel.max(other.fuel),
-            memory_bytes: self.memory_bytes.max(other.memory_bytes),
-            wall_ms: self.wall_ms.max(other.wall_ms),
-            output_bytes: self.output_bytes.max(other.output_bytes),
-            result_bytes: self.result_bytes.max(other.result_bytes),
-            host_calls: self.host_calls.max(other.host_calls),
-            tool_calls: self.tool_calls.max(other.tool_calls),
-            model_calls: self.model_calls.max(other.model_calls),
-            code_bytes: self.code_bytes.max(other.code_bytes),
-        };
-    }
-
-    /// Fields nobody set take `defaults`.
-    pub fn or(self, defaults: Limits) -> Limits {
-        Limits {
-            fuel: self.fuel.unwrap_or(defaults.fuel),
-            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
-            wall_ms: self.wall_ms.unwrap_or(defaults.wall_ms),
-            output_bytes: self.output_bytes.unwrap_or(defaults.output_bytes),
-            result_bytes: self.result_bytes.unwrap_or(defaults.result_bytes),
-            host_calls: self.host_calls.unwrap_or(defaults.host_calls),
-            tool_calls: self.tool_calls.unwrap_or(defaults.tool_calls),
-            model_calls: self.model_calls.unwrap_or(defaults.model_calls),
-            code_bytes: self.code_bytes.unwrap_or(defaults.code_bytes),
         }
     }
 }

@@ -57,7 +57,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
 use crate::sandbox::Limits;
-use compile::{Compiled, PartialLimits, Policy, Source};
+use crate::sandbox::PartialLimits;
+use compile::{Compiled, Policy, Source};
 
 /// What validation needs from the rest of the configuration.
 #[derive(Clone, Debug)]

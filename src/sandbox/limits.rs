@@ -44,10 +44,11 @@ impl Default for Limits {
     }
 }
 
-/// Limits a request asks for; each given field must not exceed the ceiling.
+/// Limits with only some fields set: what a request asks for (each field must not
+/// exceed the caller's ceiling), or what one policy grants.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsRequest {
+pub struct PartialLimits {
     pub fuel: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub wall_ms: Option<u64>,
@@ -59,10 +60,43 @@ pub struct LimitsRequest {
     pub code_bytes: Option<u64>,
 }
 
+impl PartialLimits {
+    /// Field by field, the larger of the two: how grants from several policies add up.
+    pub fn raise(&mut self, other: &PartialLimits) {
+        // `Option`'s order puts `None` below every `Some`: an unset field never wins.
+        *self = PartialLimits {
+            fuel: self.fuel.max(other.fuel),
+            memory_bytes: self.memory_bytes.max(other.memory_bytes),
+            wall_ms: self.wall_ms.max(other.wall_ms),
+            output_bytes: self.output_bytes.max(other.output_bytes),
+            result_bytes: self.result_bytes.max(other.result_bytes),
+            host_calls: self.host_calls.max(other.host_calls),
+            tool_calls: self.tool_calls.max(other.tool_calls),
+            model_calls: self.model_calls.max(other.model_calls),
+            code_bytes: self.code_bytes.max(other.code_bytes),
+        };
+    }
+
+    /// Fields nobody set take `defaults`.
+    pub fn or(self, defaults: Limits) -> Limits {
+        Limits {
+            fuel: self.fuel.unwrap_or(defaults.fuel),
+            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
+            wall_ms: self.wall_ms.unwrap_or(defaults.wall_ms),
+            output_bytes: self.output_bytes.unwrap_or(defaults.output_bytes),
+            result_bytes: self.result_bytes.unwrap_or(defaults.result_bytes),
+            host_calls: self.host_calls.unwrap_or(defaults.host_calls),
+            tool_calls: self.tool_calls.unwrap_or(defaults.tool_calls),
+            model_calls: self.model_calls.unwrap_or(defaults.model_calls),
+            code_bytes: self.code_bytes.unwrap_or(defaults.code_bytes),
+        }
+    }
+}
+
 impl Limits {
     /// The limits for one request: the ceiling, lowered where the request asks.
     /// Asking for more than the ceiling is an error naming the field and the ceiling.
-    pub fn lowered_by(&self, request: &LimitsRequest) -> Result<Limits, String> {
+    pub fn lowered_by(&self, request: &PartialLimits) -> Result<Limits, String> {
         fn pick<N: PartialOrd + Copy + std::fmt::Display>(
             name: &str,
             ceiling: N,
@@ -101,13 +135,13 @@ mod tests {
     #[test]
     fn a_request_lowers_but_never_raises() {
         let ceiling = Limits::default();
-        let lowered = ceiling.lowered_by(&LimitsRequest { fuel: Some(5), ..Default::default() }).unwrap();
+        let lowered = ceiling.lowered_by(&PartialLimits { fuel: Some(5), ..Default::default() }).unwrap();
         assert_eq!(lowered.fuel, 5);
         assert_eq!(lowered.wall_ms, ceiling.wall_ms);
         let err = ceiling
-            .lowered_by(&LimitsRequest { wall_ms: Some(ceiling.wall_ms + 1), ..Default::default() })
+            .lowered_by(&PartialLimits { wall_ms: Some(ceiling.wall_ms + 1), ..Default::default() })
             .unwrap_err();
         assert!(err.contains("limits.wall_ms"), "{err}");
-        assert!(ceiling.lowered_by(&LimitsRequest { wall_ms: Some(0), ..Default::default() }).is_err());
+        assert!(ceiling.lowered_by(&PartialLimits { wall_ms: Some(0), ..Default::default() }).is_err());
     }
 }

@@ -28,7 +28,7 @@ use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
 pub use capability::{AllowAll, CallPolicy, Capability, HostCall, Registry, TestCapability};
 pub use error::{ErrorKind, ExecError, Rejected};
 pub use host::{HostCallRecord, LogLevel, LogLine, TRUNCATED};
-pub use limits::{Limits, LimitsRequest};
+pub use limits::{Limits, PartialLimits};
 pub use request::ExecuteRequest;
 
 use crate::auth::Principal;

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::capability::CallPolicy;
 use super::error::Rejected;
-use super::limits::{Limits, LimitsRequest};
+use super::limits::{Limits, PartialLimits};
 use super::Job;
 use crate::auth::Principal;
 
@@ -22,7 +22,7 @@ pub struct ExecuteRequest {
     pub input: Option<serde_json::Value>,
     /// Limits to lower for this request; none may exceed the caller's ceiling.
     #[serde(default)]
-    pub limits: LimitsRequest,
+    pub limits: PartialLimits,
 }
 
 impl ExecuteRequest {
