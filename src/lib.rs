@@ -75,6 +75,8 @@ impl Server {
         reload_on_hangup(service.clone(), self.state.config.clone());
         let app = http::router(self.state);
         axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        // Model calls are recorded after their responses; commit the last of them.
+        service.ledger().flush().await?;
         Ok(())
     }
 }

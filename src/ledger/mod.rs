@@ -3,7 +3,8 @@
 //! Writes go through one writer thread that commits records in batches (group
 //! commit): an execution hands its records over and awaits the commit, so the
 //! execution itself never touches the database, many executions share one
-//! transaction, and nothing acknowledged to a client is missing after a crash.
+//! transaction, and no execution acknowledged to a client is missing after a crash.
+//! Model calls are recorded just after their response is sent (see `crate::model`).
 //!
 //! Storage is behind the [`Store`] trait; SQLite ([`sqlite::SqliteStore`], WAL mode,
 //! versioned migrations) is the embedded default. A Postgres store for several
@@ -187,6 +188,24 @@ impl Ledger {
         }
         let (done, committed) = oneshot::channel();
         self.writer.send(Batch { records, done }).map_err(|_| LedgerError("the ledger writer has stopped".into()))?;
+        committed.await.map_err(|_| LedgerError("the ledger writer has stopped".into()))?
+    }
+
+    /// Hands `records` to the writer without waiting for the commit; a write error is
+    /// logged. [`Ledger::flush`] waits for everything handed over so far.
+    pub fn record_detached(&self, records: Vec<Record>) {
+        let (done, _) = oneshot::channel();
+        if self.writer.send(Batch { records, done }).is_err() {
+            tracing::error!("the ledger writer has stopped; records dropped");
+        }
+    }
+
+    /// Resolves once every record handed over before the call is committed.
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        let (done, committed) = oneshot::channel();
+        self.writer
+            .send(Batch { records: Vec::new(), done })
+            .map_err(|_| LedgerError("the ledger writer has stopped".into()))?;
         committed.await.map_err(|_| LedgerError("the ledger writer has stopped".into()))?
     }
 

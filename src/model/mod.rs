@@ -16,7 +16,10 @@
 //! backoff, then the next model. This happens only before the first byte reaches the
 //! client. A provider with `router.breaker_failures` consecutive failures is skipped
 //! for `router.breaker_cooldown`. Every decision is logged with its reason, and every
-//! call is a ledger record with its fallback chain.
+//! call is a ledger record with its fallback chain. Records are committed just after
+//! the response is sent (for streams, when they end) rather than before it: waiting
+//! for the commit was most of the proxy's added tail latency. Budgets are settled in
+//! memory at once, so spend stays exact while the process lives.
 //!
 //! Routes: `/v1/chat/completions` serves models of OpenAI-compatible providers and
 //! `/v1/messages` models of Anthropic providers, both passed through unchanged apart
@@ -813,7 +816,7 @@ impl Pending {
             (Tokens::default(), "client_error")
         };
         let record = self.record(tokens, status);
-        self.ledger.record(vec![record]).await?;
+        self.ledger.record_detached(vec![record]);
         Ok(Answer::Whole { status: self.status, content_type, body, routed })
     }
 
@@ -844,13 +847,7 @@ impl Metered {
             (Tokens { input: pending.estimated_input, output, cached: 0 }, format!("{status}_estimated"))
         };
         let record = pending.record(tokens, &status);
-        let ledger = pending.ledger.clone();
-        drop(pending);
-        tokio::spawn(async move {
-            if let Err(error) = ledger.record(vec![record]).await {
-                tracing::error!(%error, "could not record a streamed model call");
-            }
-        });
+        pending.ledger.record_detached(vec![record]);
     }
 }
 

@@ -197,6 +197,19 @@ fn anthropic(key: &str, model: &str, message: &str, extra: &[&str]) -> Value {
     python_client("anthropic_client.py", &args)
 }
 
+/// Model calls are committed just after their response is sent: waits until `sql`
+/// returns at least `at_least` rows (at most 5 s), then returns them.
+fn ledger_rows_once(sql: &str, at_least: usize) -> Vec<Vec<Value>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let rows = ledger_rows(sql);
+        if rows.len() >= at_least || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn ledger_rows(sql: &str) -> Vec<Vec<Value>> {
     let ledger = rusqlite::Connection::open(proxy().server.ledger()).unwrap();
     let mut statement = ledger.prepare(sql).unwrap();
@@ -260,7 +273,8 @@ fn tiers_auto_and_fallback_before_the_first_byte() {
     let frontier = openai(&p.rich, "tier:frontier", "the best", &["--stream"]);
     assert_eq!(frontier["ok"], true, "{frontier}");
     assert_eq!(frontier["model"], "gpt-big-ok");
-    let chain = ledger_rows("SELECT fallback_chain FROM model_calls WHERE model = 'big' ORDER BY id DESC LIMIT 1");
+    let chain =
+        ledger_rows_once("SELECT fallback_chain FROM model_calls WHERE model = 'big' ORDER BY id DESC LIMIT 1", 1);
     let chain: Vec<String> = serde_json::from_str(chain[0][0].as_str().unwrap()).unwrap();
     assert_eq!(chain.len(), 4, "{chain:?}");
     assert!(chain[0].starts_with("busy: HTTP 429") && chain[2].starts_with("slow: timed out"), "{chain:?}");
@@ -277,7 +291,8 @@ fn no_fallback_after_the_first_streamed_byte() {
     let after = p.stub.requests().iter().filter(|r| r.body["model"] == "gpt-big-ok").count();
     assert_eq!(before, after, "no other model was tried once bytes had been sent");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let status = ledger_rows("SELECT status FROM model_calls WHERE model = 'flaky-stream' ORDER BY id DESC LIMIT 1");
+    let status =
+        ledger_rows_once("SELECT status FROM model_calls WHERE model = 'flaky-stream' ORDER BY id DESC LIMIT 1", 1);
     assert!(status[0][0].as_str().unwrap().starts_with("stream_"), "{status:?}");
 }
 
@@ -288,7 +303,8 @@ fn streamed_usage_is_exact_or_counted_and_the_ledger_matches_the_stub() {
     let silent = openai(&p.rich, "silent", "no usage chunk here", &["--stream"]);
     assert_eq!(silent["ok"], true, "{silent}");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let rows = ledger_rows("SELECT status, input_tokens, output_tokens FROM model_calls WHERE model = 'silent'");
+    let rows =
+        ledger_rows_once("SELECT status, input_tokens, output_tokens FROM model_calls WHERE model = 'silent'", 1);
     let row = rows.last().unwrap();
     assert_eq!(row[0], "ok_estimated");
     assert!(row[2].as_i64().unwrap() > 0, "output counted with the tokenizer: {row:?}");
@@ -305,6 +321,7 @@ fn streamed_usage_is_exact_or_counted_and_the_ledger_matches_the_stub() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let reported = p.stub.reported_usage();
     for (upstream, model) in [("gpt-acct-ok", "acct-openai"), ("claude-acct-ok", "acct-claude")] {
+        ledger_rows_once(&format!("SELECT id FROM model_calls WHERE model = '{model}' AND status = 'ok'"), 2);
         let rows = ledger_rows(&format!(
             "SELECT SUM(input_tokens), SUM(output_tokens), COUNT(*) FROM model_calls WHERE model = '{model}' AND status = 'ok'"
         ));
@@ -342,7 +359,7 @@ fn budgets_downgrades_denials_and_spoofed_users() {
 
     let spoofed = openai(&p.rich, "mid", "who am i", &["--user", "mallory"]);
     assert_eq!(spoofed["ok"], true);
-    let rows = ledger_rows("SELECT user, tags FROM model_calls WHERE tags LIKE '%mallory%'");
+    let rows = ledger_rows_once("SELECT user, tags FROM model_calls WHERE tags LIKE '%mallory%'", 1);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0][0], "rich", "attributed to the key's user, not the body's");
 }
@@ -361,6 +378,7 @@ async fn sandboxed_code_calls_models_through_the_same_router() {
     assert_eq!(result["b"]["usage"]["input_tokens"], 2);
     assert_eq!(result["denied"], "invalid_request");
     let id = body["execution_id"].as_str().unwrap();
-    let rows = ledger_rows(&format!("SELECT model, user FROM model_calls WHERE execution_id = '{id}' ORDER BY id"));
+    let rows =
+        ledger_rows_once(&format!("SELECT model, user FROM model_calls WHERE execution_id = '{id}' ORDER BY id"), 2);
     assert_eq!(rows, vec![vec![json!("mid"), json!("rich")], vec![json!("claude"), json!("rich")]]);
 }
