@@ -20,31 +20,17 @@ use crate::sandbox::{ErrorKind, ExecuteRequest};
 pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
     let limit = app.config.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
+    let bytes = super::read_body(&headers, body, limit).await.map_err(|e| match e {
+        super::BodyError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::InvalidRequest,
             format!("request body is larger than {limit} bytes"),
-        )
-    };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
-    }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorKind::InvalidRequest,
-                format!("request body is larger than {limit} bytes"),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::InvalidRequest,
-                format!("cannot read the request body: {e}"),
-            )
-        }
+        ),
+        super::BodyError::Unreadable(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidRequest,
+            format!("cannot read the request body: {e}"),
+        ),
     })?;
     let request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))

@@ -32,6 +32,29 @@ pub struct AppState {
     pub config: Arc<Config>,
 }
 
+/// Why a request body could not be read.
+enum BodyError {
+    /// Declared or actual length over the cap.
+    TooLarge,
+    Unreadable(String),
+}
+
+/// Reads a request body up to `limit` bytes; a declared `Content-Length` over the
+/// cap is refused before anything is read.
+async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            BodyError::TooLarge
+        } else {
+            BodyError::Unreadable(e.to_string())
+        }
+    })
+}
+
 /// The caller of a request, from its bearer token.
 fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
     let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);

@@ -15,7 +15,6 @@ mod usage;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -127,7 +126,6 @@ struct Batch {
 pub struct Ledger {
     writer: mpsc::Sender<Batch>,
     reader: Arc<Mutex<Box<dyn Store>>>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -144,7 +142,7 @@ impl Ledger {
     /// second connection, so reads never wait behind a commit).
     pub fn start(mut writer: Box<dyn Store>, reader: Box<dyn Store>) -> Self {
         let (tx, rx) = mpsc::channel::<Batch>();
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("sandgate-ledger".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -171,7 +169,7 @@ impl Ledger {
                 }
             })
             .expect("spawning the ledger writer thread");
-        Self { writer: tx, reader: Arc::new(Mutex::new(reader)), thread: Arc::new(Mutex::new(Some(thread))) }
+        Self { writer: tx, reader: Arc::new(Mutex::new(reader)) }
     }
 
     /// Opens (creating and migrating if needed) the SQLite ledger at `path`.
@@ -229,16 +227,6 @@ impl Ledger {
         })
         .await
         .map_err(|e| LedgerError(e.to_string()))?
-    }
-
-    /// Stops accepting records and waits until everything handed over is written.
-    /// Other clones of this handle must be dropped first for the thread to finish.
-    pub fn close(self) {
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(self.writer);
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -156,3 +156,18 @@ pub fn get_json(url: &str, key: &str) -> Value {
     .join()
     .unwrap()
 }
+
+/// A new API key and its `[[keys]]` entry for sandgate.toml.
+pub struct ApiKey {
+    pub token: String,
+    pub entry: String,
+}
+
+pub fn api_key(name: &str, user: &str, team: &str, role: &str) -> ApiKey {
+    let token = sandgate::auth::generate_key();
+    let entry = format!(
+        "[[keys]]\nname = \"{name}\"\nuser = \"{user}\"\nteam = \"{team}\"\nrole = \"{role}\"\nhash = \"{}\"\n",
+        sandgate::auth::hash_key(&token)
+    );
+    ApiKey { token, entry }
+}

@@ -17,15 +17,6 @@ struct Proxy {
     economy_only: String,
 }
 
-fn key(name: &str, user: &str, team: &str) -> (String, String) {
-    let token = sandgate::auth::generate_key();
-    let entry = format!(
-        "[[keys]]\nname = \"{name}\"\nuser = \"{user}\"\nteam = \"{team}\"\nhash = \"{}\"\n",
-        sandgate::auth::hash_key(&token)
-    );
-    (token, entry)
-}
-
 const POLICIES: &str = r#"
 [[policy]]
 name = "everyone"
@@ -64,10 +55,10 @@ fn proxy() -> &'static Proxy {
         let stub = Stub::start();
         // Providers read their keys from the environment when the config is loaded.
         std::env::set_var("SANDGATE_TEST_PROVIDER_KEY", "sk-stub-test");
-        let (rich, rich_entry) = key("rich", "rich", "labs");
-        let (poor, poor_entry) = key("poor", "poor", "labs");
-        let (thrifty, thrifty_entry) = key("thrifty", "thrifty", "frugal");
-        let (economy_only, eco_entry) = key("eco", "eco", "labs");
+        let ApiKey { token: rich, entry: rich_entry } = api_key("rich", "rich", "labs", "member");
+        let ApiKey { token: poor, entry: poor_entry } = api_key("poor", "poor", "labs", "member");
+        let ApiKey { token: thrifty, entry: thrifty_entry } = api_key("thrifty", "thrifty", "frugal", "member");
+        let ApiKey { token: economy_only, entry: eco_entry } = api_key("eco", "eco", "labs", "member");
         let config = format!(
             r#"
 [sandbox]

@@ -7,20 +7,6 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-struct Key {
-    token: String,
-    entry: String,
-}
-
-fn key(name: &str, user: &str, team: &str, role: &str) -> Key {
-    let token = sandgate::auth::generate_key();
-    let entry = format!(
-        "[[keys]]\nname = \"{name}\"\nuser = \"{user}\"\nteam = \"{team}\"\nrole = \"{role}\"\nhash = \"{}\"\n",
-        sandgate::auth::hash_key(&token)
-    );
-    Key { token, entry }
-}
-
 const TEAM_POLICIES: &str = r#"
 [[policy]]
 name = "small"
@@ -50,19 +36,19 @@ executions_per_minute = 2
 
 struct Org {
     server: TestServer,
-    small: Key,
-    big: Key,
-    admin: Key,
-    nobody: Key,
-    rita: Key,
+    small: ApiKey,
+    big: ApiKey,
+    admin: ApiKey,
+    nobody: ApiKey,
+    rita: ApiKey,
 }
 
 fn org() -> Org {
-    let small = key("small-key", "sam", "small", "member");
-    let big = key("big-key", "bea", "big", "member");
-    let admin = key("admin-key", "ada", "big", "admin");
-    let nobody = key("nobody-key", "nia", "nowhere", "member");
-    let rita = key("rita-key", "rita", "ops", "member");
+    let small = api_key("small-key", "sam", "small", "member");
+    let big = api_key("big-key", "bea", "big", "member");
+    let admin = api_key("admin-key", "ada", "big", "admin");
+    let nobody = api_key("nobody-key", "nia", "nowhere", "member");
+    let rita = api_key("rita-key", "rita", "ops", "member");
     let config = format!(
         "[sandbox]\ntest_capability = true\n{}{}{}{}{}",
         small.entry, big.entry, admin.entry, nobody.entry, rita.entry
