@@ -29,6 +29,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn job(code: &str, limits: Limits) -> Job {
     Job {
         code: code.into(),
+        source_error: None,
         input: None,
         limits,
         principal: Arc::new(Principal::local()),

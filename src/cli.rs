@@ -1,4 +1,4 @@
-//! The command line: `serve`, `exec`, `key create`, `policy check|explain`, `usage`.
+//! The command line: `serve`, `exec`, `mcp`, `key create`, `policy check|explain`, `usage`.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use crate::auth::{generate_key, hash_key, Principal, Role, KEY_PREFIX};
 use crate::config::{Config, PolicySource};
 use crate::ledger::{self, GroupBy, UsageQuery};
 use crate::policy::{LoadContext, PolicySet, Query};
-use crate::sandbox::{ExecuteRequest, PartialLimits};
+use crate::sandbox::{ExecuteRequest, Language, PartialLimits};
 use crate::service::Service;
 use crate::telemetry::{self, LogFormat};
 
@@ -54,6 +54,22 @@ pub enum Command {
         /// JSON object of limits to lower, e.g. '{"fuel": 1000000000}'.
         #[arg(long)]
         limits: Option<String>,
+        /// Configuration file (sandgate.toml).
+        #[arg(long, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Policy directory; overrides `policies` in the config file.
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// The code's language; default: typescript for `.ts` files, else javascript.
+        #[arg(long, value_parser = ["javascript", "typescript"])]
+        language: Option<String>,
+    },
+    /// Serve the Code Mode MCP server (tools `search` and `execute`) on stdin and
+    /// stdout, for MCP clients that start their servers as processes.
+    ///
+    /// With keys configured, the caller is the key in the `SANDGATE_API_KEY`
+    /// environment variable; without keys, the local user.
+    Mcp {
         /// Configuration file (sandgate.toml).
         #[arg(long, env = "SANDGATE_CONFIG")]
         config: Option<PathBuf>,
@@ -163,9 +179,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve { listen, config, policies, log_format } => {
             runtime.block_on(serve(listen, config, policies, log_format))
         }
-        Command::Exec { file, input, limits, config, policies } => {
-            runtime.block_on(exec(file, input, limits, config, policies))
+        Command::Exec { file, input, limits, config, policies, language } => {
+            runtime.block_on(exec(file, input, limits, config, policies, language))
         }
+        Command::Mcp { config, policies } => runtime.block_on(mcp_stdio(config, policies)),
         Command::Key(KeyCommand::Create { user, team, name, role, config }) => {
             key_create(user, team, name, role, config)
         }
@@ -257,9 +274,15 @@ async fn exec(
     limits: Option<String>,
     config: Option<PathBuf>,
     policies: Option<PathBuf>,
+    language: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config, policies)?;
     telemetry::init_logging(LogFormat::Text);
+    let typescript = match language.as_deref() {
+        Some(language) => language == "typescript",
+        None => file.extension().is_some_and(|ext| ext == "ts" || ext == "mts"),
+    };
+    let language = if typescript { Language::Typescript } else { Language::Javascript };
     let code = if file.as_os_str() == "-" {
         let mut code = String::new();
         std::io::stdin().read_to_string(&mut code)?;
@@ -274,11 +297,33 @@ async fn exec(
         Some(text) => serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--limits: {e}"))?,
         None => PartialLimits::default(),
     };
-    let request = ExecuteRequest { code, input, limits };
+    let request = ExecuteRequest { code, input, limits, language };
     let service = tokio::task::spawn_blocking(move || Service::new(&config)).await??;
+    service.upstreams().settled(service.upstreams().config().connect_timeout).await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use rmcp::ServiceExt;
+
+    let config = load_config(config, policies)?;
+    telemetry::init_logging(config.log_format);
+    let service = Arc::new(tokio::task::spawn_blocking(move || Service::new(&config)).await??);
+    let key = std::env::var("SANDGATE_API_KEY").ok();
+    let principal = service.authenticate(key.as_deref()).map_err(|_| {
+        anyhow::anyhow!(
+            "set SANDGATE_API_KEY to a key from the configuration: keys are configured, so callers must name one"
+        )
+    })?;
+    service.policies().clone().watch();
+    service.upstreams().settled(service.upstreams().config().connect_timeout).await;
+    let server = crate::mcp::server::CodeMode::stdio(service.clone(), principal);
+    let running = server.serve(rmcp::transport::stdio()).await?;
+    running.waiting().await?;
+    service.ledger().flush().await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn key_create(user: String, team: String, name: Option<String>, role: Role, path: PathBuf) -> anyhow::Result<ExitCode> {

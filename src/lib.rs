@@ -1,4 +1,4 @@
-//! sandgate runs agent-written JavaScript in a WebAssembly sandbox with hard limits.
+//! sandgate runs agent-written JavaScript (or TypeScript) in a WebAssembly sandbox with hard limits.
 //! The only doors out of the sandbox are host functions sandgate controls.
 //!
 //! A request becomes a [`sandbox::Job`] (code, input, limits, principal); the
@@ -9,7 +9,7 @@
 //! # Layout
 //!
 //! - `main.rs`: parses the command line and calls [`cli::run`]; nothing else.
-//! - [`cli`]: the commands (`serve`, `exec`, `key create`, `policy check|explain`, `usage`).
+//! - [`cli`]: the commands (`serve`, `exec`, `mcp`, `key create`, `policy check|explain`, `usage`).
 //! - [`config`]: `sandgate.toml` → raw structs (unknown keys rejected) → validated [`config::Config`].
 //! - [`auth`]: who is calling: API keys (stored as hashes) → [`auth::Principal`].
 //! - [`policy`]: policies/*.toml -> compiled [`policy::PolicySet`]; what a principal may do, and why.
@@ -23,7 +23,12 @@
 //!   SQLite store, usage reports.
 //! - [`model`]: the model proxy: catalog, router (tiers, `auto`, fallback, circuit
 //!   breakers), budgets reserved and settled, stream metering, `model.chat`.
-//! - [`http`]: the axum router, one file per surface.
+//! - [`mcp`]: Code Mode: the upstream MCP client pool, the tool catalog with its
+//!   TypeScript declarations and search index, `tools.<server>.<tool>` in the
+//!   sandbox, and the two-tool MCP server (`search`, `execute`).
+//! - [`typescript`]: type stripping that keeps every position, so errors point at the
+//!   TypeScript as submitted.
+//! - [`http`]: the axum router, one file per surface, and `/mcp`.
 //! - [`telemetry`]: `tracing` setup and Prometheus metrics.
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
 //!   crate docs define the host ABI.
@@ -33,11 +38,13 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ledger;
+pub mod mcp;
 pub mod model;
 pub mod policy;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;
+pub mod typescript;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 //! caller may do comes from policies (`crate::policy`), not from this file. See the
 //! README's "Configuration" for every key.
 
+mod mcp;
 mod models;
 mod raw;
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub keys: Vec<KeyEntry>,
     /// Model providers, models, tiers (cheapest first) and router settings.
     pub models: crate::model::Catalog,
+    /// Upstream MCP servers and the Code Mode server's settings.
+    pub mcp: crate::mcp::McpConfig,
     /// The file this configuration came from, if any (reloaded on SIGHUP).
     pub path: Option<PathBuf>,
 }
@@ -165,6 +168,7 @@ impl Config {
                 .unwrap_or_else(default_ledger_path),
             synchronous: ledger.synchronous.unwrap_or_default(),
         };
+        let mcp = mcp::build(raw.mcp.unwrap_or_default(), path).map_err(|(key, message)| invalid(key, message))?;
         let mut keys: Vec<KeyEntry> = Vec::new();
         for key in raw.keys.unwrap_or_default() {
             let hash = crate::auth::parse_hash(&key.hash)
@@ -194,6 +198,7 @@ impl Config {
             ledger,
             keys,
             models,
+            mcp,
             path: None,
         })
     }
@@ -242,6 +247,10 @@ mod tests {
             ),
             ("[ledger]\nsynchronous = \"sometimes\"", "unknown variant `sometimes`"),
             ("tiers = {}", "at least one tier"),
+            ("[mcp.servers.a-b]\ncommand = \"x\"", "mcp.servers"),
+            ("[mcp.servers.x]\nurl = \"ftp://h\"", "mcp.servers.url"),
+            ("[mcp.servers.x]\ncommand = \"x\"\nurl = \"http://h\"", "exactly one of"),
+            ("[mcp.servers.x]\nargs = []", "exactly one of"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub providers: Option<std::collections::BTreeMap<String, RawProvider>>,
     pub models: Option<std::collections::BTreeMap<String, RawModel>>,
     pub router: Option<RawRouter>,
+    pub mcp: Option<RawMcp>,
 }
 
 /// A cost tier: its models in fallback order.
@@ -102,4 +103,33 @@ pub(super) struct RawSandbox {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub max_body_bytes: Option<usize>,
+}
+
+/// `[mcp]`: upstream MCP servers and the Code Mode server's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMcp {
+    pub call_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub max_argument_bytes: Option<usize>,
+    pub max_result_bytes: Option<usize>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub servers: Option<std::collections::BTreeMap<String, RawMcpServer>>,
+}
+
+/// `[mcp.servers.NAME]`: a stdio server (`command`) or a streamable HTTP one (`url`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMcpServer {
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub call_timeout_ms: Option<u64>,
+    pub description: Option<String>,
 }

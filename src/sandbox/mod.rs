@@ -29,7 +29,7 @@ pub use capability::{AllowAll, CallPolicy, Capability, HostCall, Registry, TestC
 pub use error::{ErrorKind, ExecError, Rejected};
 pub use host::{HostCallRecord, LogLevel, LogLine, TRUNCATED};
 pub use limits::{Limits, PartialLimits};
-pub use request::ExecuteRequest;
+pub use request::{ExecuteRequest, Language};
 
 use crate::auth::Principal;
 use host::{CpuSlot, GuestOutcome, HostSetup, HostState};
@@ -71,7 +71,12 @@ pub struct Admission {
 /// One execution to run.
 #[derive(Clone)]
 pub struct Job {
+    /// JavaScript, as the guest runs it.
     pub code: String,
+    /// Set when the submitted code could not be turned into JavaScript (a TypeScript
+    /// syntax error or unsupported construct): the execution ends with this error
+    /// without running, so the caller gets the same outcome shape as a JS syntax error.
+    pub source_error: Option<ExecError>,
     pub input: Option<serde_json::Value>,
     pub limits: Limits,
     pub principal: Arc<Principal>,
@@ -221,6 +226,19 @@ impl Sandbox {
         execution_id: Arc<str>,
     ) -> Outcome {
         let limits = job.limits;
+        if let Some(error) = job.source_error {
+            let started_at_ms = unix_millis();
+            return Outcome {
+                ok: false,
+                result: None,
+                logs: Vec::new(),
+                error: Some(error),
+                usage: Usage::default(),
+                execution_id: execution_id.to_string(),
+                started_at_ms,
+                calls: Vec::new(),
+            };
+        }
         let input = match &job.input {
             Some(value) => serde_json::to_string(value).unwrap_or_default(),
             None => String::new(),
@@ -241,10 +259,7 @@ impl Sandbox {
         // Fuel can be set only when the engine consumes fuel, which ours always does.
         let _ = store.set_fuel(limits.fuel);
         let started = Instant::now();
-        let started_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let started_at_ms = unix_millis();
         let deadline = started + Duration::from_millis(limits.wall_ms);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |context| {
@@ -287,6 +302,10 @@ impl Sandbox {
         let usage = usage(state);
         finish(state, None, error, usage, started_at_ms, execution_id)
     }
+}
+
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn finish(

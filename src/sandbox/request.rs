@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::capability::CallPolicy;
-use super::error::Rejected;
+use super::error::{ErrorKind, ExecError, Rejected};
 use super::limits::{Limits, PartialLimits};
 use super::Job;
 use crate::auth::Principal;
@@ -23,6 +23,20 @@ pub struct ExecuteRequest {
     /// Limits to lower for this request; none may exceed the caller's ceiling.
     #[serde(default)]
     pub limits: PartialLimits,
+    /// The language of `code`; TypeScript has its types stripped before it runs.
+    #[serde(default)]
+    pub language: Language,
+}
+
+/// The language submitted code is written in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    #[default]
+    Javascript,
+    /// Types are stripped in the host (positions kept, so errors point at the code
+    /// as submitted); constructs that emit code, such as `enum`, are refused.
+    Typescript,
 }
 
 impl ExecuteRequest {
@@ -40,6 +54,20 @@ impl ExecuteRequest {
         if self.code.trim().is_empty() {
             return Err(Rejected::Invalid("`code` is empty".into()));
         }
-        Ok(Job { code: self.code, input: self.input, limits, principal, call_policy })
+        let (code, source_error) = match self.language {
+            Language::Javascript => (self.code, None),
+            Language::Typescript => match crate::typescript::strip_types(&self.code) {
+                Ok(code) => (code, None),
+                Err(error) => {
+                    let error = ExecError {
+                        line: Some(error.line),
+                        column: Some(error.column),
+                        ..ExecError::new(ErrorKind::Syntax, error.message)
+                    };
+                    (String::new(), Some(error))
+                }
+            },
+        };
+        Ok(Job { code, source_error, input: self.input, limits, principal, call_policy })
     }
 }

@@ -15,6 +15,8 @@ pub use reload::Policies;
 use crate::auth::{KeyRing, Principal};
 use crate::config::Config;
 use crate::ledger::{CallRecord, ExecutionRecord, Ledger, LedgerError, Record, UsageQuery, UsageRow};
+use crate::mcp::capability::UpstreamTools;
+use crate::mcp::{Catalog, Upstreams};
 use crate::model::{Answer, CallContext, Format, Gateway, ModelError};
 use crate::policy::{Capabilities, LoadContext, PolicyError};
 use crate::sandbox::{
@@ -69,6 +71,7 @@ pub struct Service {
     ledger: Ledger,
     rates: Arc<RateLimiter>,
     gateway: Arc<Gateway>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl std::fmt::Debug for Service {
@@ -148,6 +151,11 @@ impl Service {
             registry.register("tools.test", Arc::new(TestCapability));
         }
         registry.register("model", Arc::new(ModelChat(gateway.clone())));
+        let upstreams = Upstreams::start(config.mcp.clone());
+        for server in &config.mcp.servers {
+            let tools = UpstreamTools { server: server.name.clone(), pool: upstreams.clone() };
+            registry.register(format!("tools.{}", server.name), Arc::new(tools));
+        }
         let sandbox = crate::sandbox::Sandbox::new(config.sandbox.clone(), registry)?;
         Ok(Self {
             sandbox: Arc::new(sandbox),
@@ -156,6 +164,7 @@ impl Service {
             ledger,
             rates,
             gateway,
+            upstreams,
         })
     }
 
@@ -165,6 +174,17 @@ impl Service {
 
     pub fn policies(&self) -> &Arc<Policies> {
         &self.policies
+    }
+
+    /// The upstream MCP servers.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    /// The upstream tool catalog and `principal`'s grants, to take the view they allow:
+    /// `catalog.view(|name| capabilities.tool(name).allowed)`.
+    pub fn tool_catalog(&self, principal: &Principal) -> (Arc<Catalog>, Capabilities) {
+        (self.upstreams.catalog(), self.policies.current().capabilities(principal))
     }
 
     pub fn ledger(&self) -> &Ledger {

@@ -9,6 +9,7 @@ mod escape;
 mod harness;
 mod http_surface;
 mod limits;
+mod mcp;
 mod models;
 mod policies;
 mod results;

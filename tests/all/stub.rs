@@ -718,16 +718,19 @@ async fn not_found(State(state): State<Shared>, method: Method, uri: Uri, header
 
 /// Fails unless `python3` can import both official SDKs.
 pub fn require_python_sdks() {
-    let output = std::process::Command::new("python3")
-        .args(["-c", "import openai, anthropic; print(openai.__version__, anthropic.__version__)"])
-        .output();
+    require_python_module("openai, anthropic", "openai anthropic");
+}
+
+/// Panics with the install command unless python3 can import `modules`.
+pub fn require_python_module(modules: &str, packages: &str) {
+    let output = std::process::Command::new("python3").args(["-c", &format!("import {modules}")]).output();
     match output {
         Ok(output) if output.status.success() => {}
         Ok(output) => panic!(
-            "python3 cannot import the official SDKs; run: pip install openai anthropic\n{}",
+            "python3 cannot import {modules}; run: pip install {packages}\n{}",
             String::from_utf8_lossy(&output.stderr)
         ),
-        Err(e) => panic!("cannot run python3 ({e}); install Python 3, then: pip install openai anthropic"),
+        Err(e) => panic!("cannot run python3 ({e}); install Python 3, then: pip install {packages}"),
     }
 }
 

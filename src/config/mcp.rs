@@ -1,0 +1,66 @@
+//! `[mcp]` validated into [`McpConfig`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw::RawMcp;
+use crate::mcp::{McpConfig, Transport, UpstreamConfig};
+
+pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (&'static str, String)> {
+    let defaults = McpConfig::default();
+    let call_timeout = raw.call_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.call_timeout);
+    let mut servers = Vec::new();
+    for (name, server) in raw.servers.unwrap_or_default() {
+        if !crate::mcp::is_identifier(&name) {
+            return Err((
+                "mcp.servers",
+                format!("server name `{name}` must be a JavaScript identifier (letters, digits, `_`, `$`; not a reserved word): code calls it as `tools.{name}.<tool>()`"),
+            ));
+        }
+        let transport = match (server.command, server.url) {
+            (Some(command), None) => {
+                if !server.headers.is_empty() {
+                    return Err(("mcp.servers.headers", format!("server `{name}`: `headers` is for `url` servers")));
+                }
+                Transport::Stdio {
+                    command,
+                    args: server.args,
+                    env: server.env,
+                    cwd: server.cwd.map(|dir| super::relative_to(config_path, dir)),
+                }
+            }
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(("mcp.servers.url", format!("server `{name}`: `{url}` is not an http(s) URL")));
+                }
+                if !server.args.is_empty() || !server.env.is_empty() || server.cwd.is_some() {
+                    return Err((
+                        "mcp.servers",
+                        format!("server `{name}`: `args`, `env` and `cwd` are for `command` servers"),
+                    ));
+                }
+                Transport::Http { url, headers: server.headers.into_iter().collect() }
+            }
+            _ => {
+                return Err((
+                    "mcp.servers",
+                    format!("server `{name}` needs exactly one of `command` (stdio) or `url` (streamable HTTP)"),
+                ))
+            }
+        };
+        servers.push(UpstreamConfig {
+            name,
+            transport,
+            call_timeout: server.call_timeout_ms.map(Duration::from_millis).unwrap_or(call_timeout),
+            description: server.description,
+        });
+    }
+    Ok(McpConfig {
+        servers,
+        call_timeout,
+        connect_timeout: raw.connect_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.connect_timeout),
+        max_argument_bytes: raw.max_argument_bytes.unwrap_or(defaults.max_argument_bytes),
+        max_result_bytes: raw.max_result_bytes.unwrap_or(defaults.max_result_bytes),
+        allowed_hosts: raw.allowed_hosts,
+    })
+}

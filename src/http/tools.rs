@@ -1,0 +1,50 @@
+//! `GET /v1/tools?format=json|typescript`: the upstream MCP tools the caller may use,
+//! as JSON (servers and tools with their schemas and declarations) or as one
+//! TypeScript declaration file.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::{ApiError, AppState};
+use crate::sandbox::ErrorKind;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ToolsQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+pub(super) async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ToolsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e.body_text()))?;
+    let (catalog, capabilities) = app.service.tool_catalog(&principal);
+    let view = catalog.view(|name| capabilities.tool(name).allowed);
+    match query.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(serde_json::json!({
+            "servers": view.servers(),
+            "tools": view.tools().collect::<Vec<_>>(),
+        }))
+        .into_response()),
+        "typescript" | "ts" => {
+            let body = format!(
+                "// Tools callable from sandgate code as `await tools.<server>.<tool>(args)`.\n{}",
+                view.typescript()
+            );
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+        }
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidRequest,
+            format!("unknown format `{other}`: use `json` or `typescript`"),
+        )),
+    }
+}

@@ -1,0 +1,291 @@
+//! Every upstream tool under a JavaScript name, with its TypeScript declaration, and
+//! the view of them one principal's policies allow.
+//!
+//! Names: a server is called by its configured name (already an identifier); a tool
+//! by its upstream name made an identifier ([`super::sanitize`]: `get-tiny-image` →
+//! `get_tiny_image`). When two tools of a server map to the same identifier, the
+//! one whose upstream name sorts first keeps it and the others get `_2`, `_3`, … in
+//! the same order, so names are stable across restarts. Policies match the JavaScript
+//! names (`everything.get_tiny_image`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use rmcp::model::Tool;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::declarations::{self, ToolDecl};
+use super::search::SearchIndex;
+
+/// One upstream server as the catalog reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerSummary {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `ready`, `connecting`, or `down: <error>`.
+    pub status: String,
+}
+
+/// One upstream tool.
+#[derive(Clone, Debug, Serialize)]
+pub struct CatalogTool {
+    /// `server.tool`, the name policies match and code calls as `tools.server.tool`.
+    pub name: String,
+    pub server: String,
+    /// The JavaScript name of the tool within its server.
+    pub tool: String,
+    /// The tool's name upstream.
+    pub upstream_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub input_schema: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// The TypeScript declaration, as it appears inside `declare namespace tools.<server>`.
+    pub declaration: String,
+}
+
+/// All upstream tools, sorted by server then name, with a search index.
+#[derive(Default)]
+pub struct Catalog {
+    servers: Vec<ServerSummary>,
+    tools: Vec<CatalogTool>,
+    by_name: HashMap<String, usize>,
+    index: Option<SearchIndex>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("servers", &self.servers).field("tools", &self.tools.len()).finish()
+    }
+}
+
+impl Catalog {
+    /// Builds the catalog from each server's summary and listed tools.
+    pub fn build(servers: Vec<(ServerSummary, Vec<Tool>)>) -> Self {
+        let mut summaries = Vec::with_capacity(servers.len());
+        let mut tools = Vec::new();
+        for (summary, mut listed) in servers {
+            listed.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut taken: BTreeMap<String, u32> = BTreeMap::new();
+            let mut type_names: BTreeMap<String, u32> = BTreeMap::new();
+            for tool in listed {
+                let base = super::sanitize(&tool.name);
+                let count = taken.entry(base.clone()).or_insert(0);
+                *count += 1;
+                let js_name = if *count == 1 { base } else { format!("{base}_{count}") };
+                let input_schema = Value::Object((*tool.input_schema).clone());
+                let output_schema = tool.output_schema.as_ref().map(|s| Value::Object((**s).clone()));
+                let description = tool.description.as_deref().map(str::to_string);
+                // `get_x` and `getX` share a Pascal name; later ones get a number.
+                let pascal = declarations::pascal(&js_name);
+                let uses = type_names.entry(pascal.clone()).or_insert(0);
+                *uses += 1;
+                let type_name = if *uses == 1 { pascal } else { format!("{pascal}{uses}") };
+                let declaration = declarations::tool(&ToolDecl {
+                    name: &js_name,
+                    type_name: &type_name,
+                    description: description.as_deref(),
+                    input_schema: &input_schema,
+                    output_schema: output_schema.as_ref(),
+                });
+                tools.push(CatalogTool {
+                    name: format!("{}.{js_name}", summary.name),
+                    server: summary.name.clone(),
+                    tool: js_name,
+                    upstream_name: tool.name.to_string(),
+                    description,
+                    input_schema,
+                    output_schema,
+                    declaration,
+                });
+            }
+            summaries.push(summary);
+        }
+        // A later `_2` can collide with a tool literally named `x_2`; such a tool keeps
+        // its place by being renamed again, deterministically.
+        let mut seen = std::collections::HashSet::new();
+        for tool in &mut tools {
+            while !seen.insert(tool.name.clone()) {
+                tool.tool.push('_');
+                tool.name = format!("{}.{}", tool.server, tool.tool);
+            }
+        }
+        let docs: Vec<(String, String)> = tools.iter().map(search_document).collect();
+        let by_name = tools.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Self { servers: summaries, tools, by_name, index: Some(SearchIndex::new(&docs)) }
+    }
+
+    /// The tool code calls as `tools.<server>.<tool>`.
+    pub fn get(&self, server: &str, tool: &str) -> Option<&CatalogTool> {
+        self.by_name.get(&format!("{server}.{tool}")).map(|&i| &self.tools[i])
+    }
+
+    /// A server's summary (its status among it).
+    pub fn server(&self, name: &str) -> Option<&ServerSummary> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// The tools `allowed` admits (it gets `server.tool`), and the servers with at
+    /// least one of them.
+    pub fn view(&self, allowed: impl Fn(&str) -> bool) -> View<'_> {
+        let tools = (0..self.tools.len()).filter(|&i| allowed(&self.tools[i].name)).collect();
+        View { catalog: self, tools }
+    }
+}
+
+/// The text a tool is found by: its name (weighted) and its description with
+/// argument names and descriptions.
+fn search_document(tool: &CatalogTool) -> (String, String) {
+    let mut body = tool.description.clone().unwrap_or_default();
+    if let Some(properties) = tool.input_schema.get("properties").and_then(Value::as_object) {
+        for (name, schema) in properties {
+            body.push(' ');
+            body.push_str(name);
+            if let Some(text) = schema.get("description").and_then(Value::as_str) {
+                body.push(' ');
+                body.push_str(text);
+            }
+        }
+    }
+    (format!("{} {} {}", tool.server, tool.tool, tool.upstream_name), body)
+}
+
+/// What one principal may see of the catalog.
+pub struct View<'a> {
+    catalog: &'a Catalog,
+    tools: Vec<usize>,
+}
+
+/// One server as a principal sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerView<'a> {
+    #[serde(flatten)]
+    pub summary: &'a ServerSummary,
+    /// How many of its tools this principal may call.
+    pub tools: usize,
+}
+
+impl<'a> View<'a> {
+    pub fn tools(&self) -> impl Iterator<Item = &'a CatalogTool> + '_ {
+        self.tools.iter().map(|&i| &self.catalog.tools[i])
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// The servers with at least one visible tool, and how many.
+    pub fn servers(&self) -> Vec<ServerView<'a>> {
+        self.catalog
+            .servers
+            .iter()
+            .map(|summary| ServerView { summary, tools: self.tools().filter(|t| t.server == summary.name).count() })
+            .filter(|s| s.tools > 0)
+            .collect()
+    }
+
+    /// The best `limit` visible tools for `query`, best first.
+    pub fn search(&self, query: &str, limit: usize) -> Vec<&'a CatalogTool> {
+        let Some(index) = &self.catalog.index else { return Vec::new() };
+        index
+            .search(query, self.catalog.tools.len())
+            .into_iter()
+            .filter(|(i, _)| self.tools.binary_search(i).is_ok())
+            .take(limit)
+            .map(|(i, _)| &self.catalog.tools[i])
+            .collect()
+    }
+
+    /// Declarations for every visible tool: one `declare namespace tools.<server>`
+    /// per server.
+    pub fn typescript(&self) -> String {
+        typescript(self.tools(), |server| {
+            self.catalog.servers.iter().find(|s| s.name == server).and_then(|s| s.description.clone())
+        })
+    }
+}
+
+/// Declarations for `tools`, grouped by server in order of first appearance.
+pub fn typescript<'a>(
+    tools: impl IntoIterator<Item = &'a CatalogTool>,
+    describe: impl Fn(&str) -> Option<String>,
+) -> String {
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    for tool in tools {
+        match groups.iter_mut().find(|(server, _)| *server == tool.server) {
+            Some((_, decls)) => decls.push(tool.declaration.clone()),
+            None => groups.push((&tool.server, vec![tool.declaration.clone()])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(server, decls)| declarations::namespace(server, describe(server).as_deref(), &decls))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn tool(name: &str, description: &str) -> Tool {
+        let schema = serde_json::json!({"type": "object", "properties": {"message": {"type": "string"}}});
+        let Value::Object(schema) = schema else { unreachable!() };
+        let mut tool = Tool::default();
+        tool.name = name.to_string().into();
+        tool.description = Some(description.to_string().into());
+        tool.input_schema = Arc::new(schema);
+        tool
+    }
+
+    fn summary(name: &str) -> ServerSummary {
+        ServerSummary { name: name.into(), description: None, status: "ready".into() }
+    }
+
+    #[test]
+    fn names_are_sanitised_and_collisions_numbered_in_upstream_order() {
+        let catalog = Catalog::build(vec![(
+            summary("fs"),
+            vec![tool("read_file", "b"), tool("read-file", "a"), tool("read.file", "c"), tool("read_file_2", "d")],
+        )]);
+        let names: Vec<(&str, &str)> =
+            catalog.tools.iter().map(|t| (t.upstream_name.as_str(), t.tool.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("read-file", "read_file"),
+                ("read.file", "read_file_2"),
+                ("read_file", "read_file_3"),
+                ("read_file_2", "read_file_2_")
+            ]
+        );
+        assert_eq!(catalog.get("fs", "read_file").unwrap().upstream_name, "read-file");
+        assert!(catalog.tools[0].declaration.contains("function read_file("));
+    }
+
+    #[test]
+    fn the_view_filters_listing_search_and_declarations() {
+        let catalog = Catalog::build(vec![
+            (summary("everything"), vec![tool("echo", "Echoes back the input"), tool("add", "Adds two numbers")]),
+            (summary("memory"), vec![tool("create_entities", "Create entities in the knowledge graph")]),
+        ]);
+        let all = catalog.view(|_| true);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all.search("echo the input", 5)[0].name, "everything.echo");
+        let some = catalog.view(|name| name != "everything.echo");
+        assert!(some.search("echo", 5).iter().all(|t| t.name != "everything.echo"));
+        let servers: Vec<_> = some.servers().iter().map(|s| (s.summary.name.clone(), s.tools)).collect();
+        assert_eq!(servers, [("everything".to_string(), 1), ("memory".to_string(), 1)]);
+        let ts = some.typescript();
+        assert!(ts.contains("namespace tools.everything") && ts.contains("namespace tools.memory"), "{ts}");
+        assert!(!ts.contains("function echo("), "{ts}");
+        assert!(catalog.view(|_| false).servers().is_empty());
+    }
+}

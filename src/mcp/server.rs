@@ -1,0 +1,326 @@
+//! The MCP server clients see ("Code Mode"): exactly two tools.
+//!
+//! - `search {query, limit?}`: the best-matching tools this caller may use, as
+//!   TypeScript declarations (BM25 over names and descriptions, no network).
+//! - `execute {code, input?, language?}`: runs the code (TypeScript by default) in the
+//!   sandbox under the caller's policies, exactly as `POST /v1/execute` does; the
+//!   result and console output come back as text and as `structuredContent`, failures
+//!   as `isError` with kind, message and position. Console lines are also sent while
+//!   the code runs, as `notifications/message` and, when the request carries a
+//!   progress token, `notifications/progress`.
+//!
+//! Served over streamable HTTP at `/mcp` (each request authenticated with its Bearer
+//! key, see `crate::http`) and over stdio by `sandgate mcp` (one principal, from
+//! the key in `SANDGATE_API_KEY`). Tool descriptions name the servers the caller can
+//! reach, so they cost the same few hundred tokens however many upstream tools exist.
+
+use std::sync::Arc;
+
+#[allow(deprecated)] // logging: see `CodeMode::execute`
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
+    LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData as McpError, ServerHandler};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::catalog::View;
+use crate::auth::Principal;
+use crate::sandbox::{ExecuteRequest, Language, LogLevel, LogLine, PartialLimits};
+use crate::service::Service;
+
+const SEARCH_DEFAULT_LIMIT: usize = 5;
+const SEARCH_MAX_LIMIT: usize = 50;
+
+/// The Code Mode server for one connection (stdio) or one HTTP session.
+#[derive(Clone)]
+pub struct CodeMode {
+    service: Arc<Service>,
+    /// The stdio caller; HTTP callers are read from each request.
+    principal: Option<Arc<Principal>>,
+}
+
+impl CodeMode {
+    /// For HTTP: each request carries its principal (put there by the `/mcp`
+    /// authentication layer).
+    pub fn http(service: Arc<Service>) -> Self {
+        Self { service, principal: None }
+    }
+
+    /// For stdio: every request is `principal`'s.
+    pub fn stdio(service: Arc<Service>, principal: Arc<Principal>) -> Self {
+        Self { service, principal: Some(principal) }
+    }
+
+    fn principal(&self, extensions: &rmcp::model::Extensions) -> Result<Arc<Principal>, McpError> {
+        if let Some(principal) = &self.principal {
+            return Ok(principal.clone());
+        }
+        extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Arc<Principal>>().cloned())
+            .ok_or_else(|| McpError::invalid_request("the request carries no authenticated caller", None))
+    }
+
+    /// The two tools, described for `principal`.
+    pub fn tools(&self, principal: &Principal) -> Vec<Tool> {
+        let (catalog, capabilities) = self.service.tool_catalog(principal);
+        tool_list(&catalog.view(|name| capabilities.tool(name).allowed))
+    }
+
+    async fn search(&self, principal: &Principal, args: SearchArgs) -> CallToolResult {
+        let limit = args.limit.unwrap_or(SEARCH_DEFAULT_LIMIT).clamp(1, SEARCH_MAX_LIMIT);
+        let (catalog, capabilities) = self.service.tool_catalog(principal);
+        let view = catalog.view(|name| capabilities.tool(name).allowed);
+        let found = view.search(&args.query, limit);
+        let structured = json!({
+            "tools": found.iter().map(|t| json!({
+                "name": format!("tools.{}", t.name),
+                "description": t.description,
+                "declaration": t.declaration,
+            })).collect::<Vec<_>>(),
+            "total": view.len(),
+        });
+        let text = if found.is_empty() {
+            let servers = view.servers().iter().map(|s| s.summary.name.clone()).collect::<Vec<_>>().join(", ");
+            format!(
+                "No tool matches {:?}. Try other words; you can reach {} tools on: {}.",
+                args.query,
+                view.len(),
+                if servers.is_empty() { "no servers" } else { &servers }
+            )
+        } else {
+            let declarations = super::catalog::typescript(found.iter().copied(), |_| None);
+            format!(
+                "// {} of {} tools; call them in `execute` as `await tools.<server>.<tool>(args)`.\n{declarations}",
+                found.len(),
+                view.len()
+            )
+        };
+        let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+        result.structured_content = Some(structured);
+        result
+    }
+
+    // `notifications/message` is deprecated from protocol 2026-07-28 (SEP-2577), but
+    // clients on 2025-11-25 and earlier show it; progress notifications carry the same
+    // lines for clients that ask for progress.
+    #[allow(deprecated)]
+    async fn execute(
+        &self,
+        principal: Arc<Principal>,
+        args: ExecuteArgs,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let request = ExecuteRequest {
+            code: args.code,
+            input: args.input,
+            limits: args.limits.unwrap_or_default(),
+            language: args.language.unwrap_or(Language::Typescript),
+        };
+        let prepared = match self.service.prepare(principal, request) {
+            Ok(prepared) => prepared,
+            Err(error) => return failure(error.kind(), &error.to_string(), None),
+        };
+        let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<LogLine>();
+        let service = self.service.clone();
+        let run = tokio::spawn(async move { service.run(prepared, Some(lines_tx)).await });
+        let progress_token = context.meta.get_progress_token();
+        let mut sent = 0u32;
+        while let Some(line) = lines_rx.recv().await {
+            sent += 1;
+            if let Some(token) = &progress_token {
+                let mut progress = ProgressNotificationParam::new(token.clone(), f64::from(sent));
+                progress.message = Some(line.message.clone());
+                let _ = context.peer.notify_progress(progress).await;
+            }
+            let level = match line.level {
+                LogLevel::Error => LoggingLevel::Error,
+                LogLevel::Warn => LoggingLevel::Warning,
+                LogLevel::Log | LogLevel::Info => LoggingLevel::Info,
+            };
+            let message =
+                LoggingMessageNotificationParam::new(level, Value::String(line.message)).with_logger("console");
+            let _ = context.peer.notify_logging_message(message).await;
+        }
+        let outcome = match run.await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(error)) => return failure(error.kind(), &error.to_string(), None),
+            Err(join) => return failure("internal", &join.to_string(), None),
+        };
+        let structured = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+        let logs = if outcome.logs.is_empty() {
+            None
+        } else {
+            Some(outcome.logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>().join("\n"))
+        };
+        match &outcome.error {
+            None => {
+                let result = outcome.result.as_ref().map_or("undefined", |r| r.get());
+                let mut content = vec![ContentBlock::text(result.to_string())];
+                if let Some(logs) = logs {
+                    content.push(ContentBlock::text(format!("console:\n{logs}")));
+                }
+                let mut result = CallToolResult::success(content);
+                result.structured_content = Some(structured);
+                result
+            }
+            Some(error) => {
+                let mut message = error.message.clone();
+                if let (Some(line), Some(column)) = (error.line, error.column) {
+                    message.push_str(&format!(" (line {line}, column {column})"));
+                } else if let Some(line) = error.line {
+                    message.push_str(&format!(" (line {line})"));
+                }
+                failure(error.kind.as_str(), &message, Some((structured, logs)))
+            }
+        }
+    }
+}
+
+/// `search` and `execute` as `tools/list` shows them to a caller who sees `view`: the
+/// description of `search` names the servers (and how many tools each has), never the
+/// tools, so the list stays the same size however many tools there are.
+pub fn tool_list(view: &View<'_>) -> Vec<Tool> {
+    let servers = view
+        .servers()
+        .iter()
+        .map(|s| match &s.summary.description {
+            Some(d) => format!("{} ({} tools: {d})", s.summary.name, s.tools),
+            None => format!("{} ({} tools)", s.summary.name, s.tools),
+        })
+        .collect::<Vec<_>>();
+    let servers = if servers.is_empty() { "none available to you".to_string() } else { servers.join("; ") };
+    vec![search_tool(&servers), execute_tool()]
+}
+
+/// An `isError` result: `kind: message`, then any console output.
+fn failure(kind: &str, message: &str, outcome: Option<(Value, Option<String>)>) -> CallToolResult {
+    let (structured, logs) =
+        outcome.unwrap_or_else(|| (json!({ "ok": false, "error": { "kind": kind, "message": message } }), None));
+    let mut content = vec![ContentBlock::text(format!("{kind}: {message}"))];
+    if let Some(logs) = logs {
+        content.push(ContentBlock::text(format!("console:\n{logs}")));
+    }
+    let mut result = CallToolResult::error(content);
+    result.structured_content = Some(structured);
+    result
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchArgs {
+    query: String,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteArgs {
+    code: String,
+    #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    language: Option<Language>,
+    #[serde(default)]
+    limits: Option<PartialLimits>,
+}
+
+fn object(value: Value) -> Arc<JsonObject> {
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(JsonObject::new()),
+    }
+}
+
+fn search_tool(servers: &str) -> Tool {
+    let mut tool = Tool::new(
+        "search",
+        format!(
+            "Find tools to call from `execute` code. Returns the TypeScript declarations of the best matches \
+             for a few words describing what you need. Servers: {servers}."
+        ),
+        object(json!({
+            "type": "object",
+            "properties": {
+                "query": { "type": "string", "description": "What you want to do, in a few words" },
+                "limit": { "type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT, "description": "Most results (default 5)" }
+            },
+            "required": ["query"]
+        })),
+    );
+    tool.annotations = Some(rmcp::model::ToolAnnotations::new().read_only(true));
+    tool
+}
+
+fn execute_tool() -> Tool {
+    Tool::new(
+        "execute",
+        "Run TypeScript in a sandbox and return its result. The code is the body of an async function: \
+         `await` calls and `return` a JSON value. Call tools found with `search` as \
+         `await tools.<server>.<tool>({...})`; run independent calls together with `Promise.all`. \
+         A failed tool call throws an Error. `console.log` output is returned too. \
+         Time, memory and CPU are limited; there is no network or file access.",
+        object(json!({
+            "type": "object",
+            "properties": {
+                "code": { "type": "string", "description": "TypeScript (or JavaScript) function body" },
+                "input": { "description": "Any JSON value, readable as the global `input`" },
+                "language": { "type": "string", "enum": ["typescript", "javascript"], "description": "Default typescript" }
+            },
+            "required": ["code"]
+        })),
+    )
+}
+
+impl ServerHandler for CodeMode {
+    #[allow(deprecated)] // logging: see `CodeMode::execute`
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_logging().build())
+            .with_server_info(Implementation::new("sandgate", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Use `search` to find tools and their TypeScript declarations, then `execute` code that calls them \
+                 as `tools.<server>.<tool>(args)`.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let principal = self.principal(&context.extensions)?;
+        Ok(ListToolsResult::with_all_items(self.tools(&principal)))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let principal = self.principal(&context.extensions)?;
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let result = match request.name.as_ref() {
+            "search" => match serde_json::from_value::<SearchArgs>(args) {
+                Ok(args) => self.search(&principal, args).await,
+                Err(e) => failure("invalid_request", &format!("search: {e}"), None),
+            },
+            "execute" => match serde_json::from_value::<ExecuteArgs>(args) {
+                Ok(args) => self.execute(principal, args, &context).await,
+                Err(e) => failure("invalid_request", &format!("execute: {e}"), None),
+            },
+            other => {
+                return Err(McpError::invalid_params(
+                    format!("no tool `{other}`: this server has `search` and `execute`"),
+                    None,
+                ))
+            }
+        };
+        Ok(result.into())
+    }
+}
