@@ -122,6 +122,17 @@ impl Catalog {
         self.by_name.get(&format!("{server}.{tool}")).map(|&i| &self.tools[i])
     }
 
+    /// True when both list the same servers (names, descriptions) and tools (names,
+    /// descriptions, declarations): what a client would see is unchanged.
+    pub fn same_listing(&self, other: &Catalog) -> bool {
+        let servers =
+            |c: &Catalog| c.servers.iter().map(|s| (s.name.clone(), s.description.clone())).collect::<Vec<_>>();
+        let tools = |c: &Catalog| {
+            c.tools.iter().map(|t| (t.name.clone(), t.description.clone(), t.declaration.clone())).collect::<Vec<_>>()
+        };
+        servers(self) == servers(other) && tools(self) == tools(other)
+    }
+
     /// A server's summary (its status among it).
     pub fn server(&self, name: &str) -> Option<&ServerSummary> {
         self.servers.iter().find(|s| s.name == name)

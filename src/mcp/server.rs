@@ -281,12 +281,29 @@ fn execute_tool() -> Tool {
 impl ServerHandler for CodeMode {
     #[allow(deprecated)] // logging: see `CodeMode::execute`
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_logging().build())
-            .with_server_info(Implementation::new("sandgate", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Use `search` to find tools and their TypeScript declarations, then `execute` code that calls them \
+        ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_logging().build(),
+        )
+        .with_server_info(Implementation::new("sandgate", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Use `search` to find tools and their TypeScript declarations, then `execute` code that calls them \
                  as `tools.<server>.<tool>(args)`.",
-            )
+        )
+    }
+
+    /// For the life of the connection, tells the client when the upstream listing
+    /// changes (a server came up, or its tools changed): `search`'s description names
+    /// the servers and their tool counts.
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        let mut changes = self.service.upstreams().subscribe();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
     }
 
     async fn list_tools(

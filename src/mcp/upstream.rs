@@ -149,7 +149,8 @@ impl Upstreams {
         self.rebuild_catalog();
     }
 
-    /// A receiver that sees a new value whenever the catalog changes.
+    /// A receiver that sees a new value whenever the listing changes: a tool, a
+    /// declaration or a server description (not a mere status change).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
@@ -230,8 +231,10 @@ impl Upstreams {
             })
             .collect();
         let catalog = Arc::new(Catalog::build(servers));
-        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
-        self.version.send_modify(|v| *v += 1);
+        let old = std::mem::replace(&mut *self.catalog.write().unwrap_or_else(|e| e.into_inner()), catalog.clone());
+        if !old.same_listing(&catalog) {
+            self.version.send_modify(|v| *v += 1);
+        }
     }
 }
 

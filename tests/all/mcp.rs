@@ -75,6 +75,14 @@ allow = ["everything.*", "memory.*", "remote.*"]
 deny = ["everything.get_env"]
 "#;
 
+/// A policy letting everyone run code (30 s wall clock) and call tools matching `glob`.
+fn allow_tools(glob: &str) -> String {
+    format!(
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\nwall_ms = 30_000\n\
+         [policy.tools]\nallow = [\"{glob}\"]\n"
+    )
+}
+
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -261,9 +269,7 @@ async fn a_killed_upstream_fails_its_call_and_is_restarted() {
         pid = pid_file.display(),
         bin = everything.display()
     );
-    let policy = "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\nwall_ms = 30_000\n\
-                  [policy.tools]\nallow = [\"flaky.*\"]\n";
-    let server = start_server_with(&config, policy);
+    let server = start_server_with(&config, &allow_tools("flaky.*"));
     let base = server.base.clone();
     tokio::task::spawn_blocking({
         let base = base.clone();
@@ -477,6 +483,19 @@ impl rmcp::ServerHandler for Growing {
     }
 }
 
+/// An MCP client that signals each `notifications/tools/list_changed`.
+struct Watcher(std::sync::Arc<tokio::sync::Notify>);
+
+impl rmcp::ClientHandler for Watcher {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<rmcp::RoleClient>) {
+        self.0.notify_one();
+    }
+
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::default().with_protocol_version(rmcp::model::ProtocolVersion::LATEST_WITH_INITIALIZE)
+    }
+}
+
 #[tokio::test]
 async fn the_catalog_follows_tools_list_changed() {
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -492,8 +511,7 @@ async fn the_catalog_follows_tools_list_changed() {
     tokio::spawn(async move { axum::serve(listener, axum::Router::new().route_service("/mcp", upstream)).await });
 
     let config = format!("[mcp.servers.growing]\nurl = \"{url}\"\n");
-    let policy = "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\nwall_ms = 30_000\n[policy.tools]\nallow = [\"growing.*\"]\n";
-    let server = start_server_with(&config, policy);
+    let server = start_server_with(&config, &allow_tools("growing.*"));
     let base = server.base.clone();
     let wait = |names: &'static [&'static str]| {
         let base = base.clone();
@@ -501,9 +519,21 @@ async fn the_catalog_follows_tools_list_changed() {
     };
     wait(&["growing.grow"]).await.unwrap();
 
+    // An MCP client of sandgate hears about the change too (its `search` description
+    // counts the tools).
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
+    let client = rmcp::ServiceExt::serve(Watcher(changed.clone()), transport).await.unwrap();
+    let described = |tools: Vec<rmcp::model::Tool>| tools[0].description.clone().unwrap_or_default().to_string();
+    assert!(described(client.peer().list_all_tools().await.unwrap()).contains("growing (1 tools"));
+
     let (_, body) = post_as(&base, None, json!({ "code": "return await tools.growing.grow({})" })).await;
     assert_eq!(body["result"], "grown-1", "{body}");
     wait(&["growing.grow", "growing.grown_1"]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), changed.notified())
+        .await
+        .expect("tools/list_changed reached the client");
+    assert!(described(client.peer().list_all_tools().await.unwrap()).contains("growing (2 tools"));
     let (_, body) = post_as(&base, None, json!({ "code": "return await tools.growing.grown_1()" })).await;
     assert_eq!(body["result"], "called grown-1", "{body}");
 }
@@ -511,8 +541,7 @@ async fn the_catalog_follows_tools_list_changed() {
 #[tokio::test]
 async fn a_server_that_cannot_start_is_reported_and_its_calls_fail_cleanly() {
     let config = "[mcp]\nconnect_timeout_ms = 2000\n[mcp.servers.missing]\ncommand = \"/nonexistent/mcp-server\"\n";
-    let policy = "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\nwall_ms = 30_000\n[policy.tools]\nallow = [\"missing.*\"]\n";
-    let server = start_server_with(config, policy);
+    let server = start_server_with(config, &allow_tools("missing.*"));
     let base = server.base.clone();
     // The server runs and reports the upstream as down.
     tokio::task::spawn_blocking(move || {
