@@ -119,7 +119,7 @@ impl CodeMode {
         let request = ExecuteRequest {
             code: args.code,
             input: args.input,
-            limits: args.limits.unwrap_or_default(),
+            limits: PartialLimits::default(),
             language: args.language.unwrap_or(Language::Typescript),
         };
         let prepared = match self.service.prepare(principal, request) {
@@ -227,8 +227,6 @@ struct ExecuteArgs {
     input: Option<Value>,
     #[serde(default)]
     language: Option<Language>,
-    #[serde(default)]
-    limits: Option<PartialLimits>,
 }
 
 fn object(value: Value) -> Arc<JsonObject> {

@@ -384,6 +384,7 @@ fn check_code_mode_session(lines: &[Value]) {
     assert!(result["echo"].as_str().unwrap().contains("both"), "{execute}");
     assert!(execute["text"].to_string().contains("got both"), "{execute}");
     assert_eq!(execute["logs"], json!(["got both"]), "console lines arrive as log notifications: {execute}");
+    assert_eq!(execute["progress"], json!(["got both"]), "and as progress notifications: {execute}");
 
     let denied = &lines[3];
     assert_eq!(denied["is_error"], true, "{denied}");
@@ -573,4 +574,50 @@ async fn oversized_arguments_are_refused_before_the_call() {
     let body = execute(fixture, json!({ "code": code })).await;
     assert_eq!(body["result"]["kind"], "invalid_request", "{body}");
     assert!(body["result"]["message"].as_str().unwrap().contains("limit is 1048576"), "{body}");
+}
+
+/// An rmcp client on the newest protocol revision (2026-07-28: stateless, per-request
+/// metadata) runs code through `/mcp` too.
+#[tokio::test]
+async fn the_newest_protocol_revision_works_over_streamable_http() {
+    let fixture = fixture();
+    let mut headers = std::collections::HashMap::new();
+    headers.insert(
+        axum::http::header::AUTHORIZATION,
+        axum::http::HeaderValue::from_str(&format!("Bearer {}", fixture.key)).unwrap(),
+    );
+    let config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(format!(
+        "{}/mcp",
+        fixture.server.base
+    ))
+    .custom_headers(headers);
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(config);
+    let info = rmcp::model::ClientConfig::default();
+    assert_eq!(info.protocol_version, rmcp::model::ProtocolVersion::LATEST);
+    let client = rmcp::ServiceExt::serve(info, transport).await.unwrap();
+    let tools = client.peer().list_all_tools().await.unwrap();
+    assert_eq!(tools.iter().map(|t| t.name.as_ref()).collect::<Vec<_>>(), ["search", "execute"]);
+    let arguments = json!({ "code": "const s: unknown = await tools.everything.get_sum({ a: 1, b: 1 }); return s" });
+    let Value::Object(arguments) = arguments else { unreachable!() };
+    let result = client
+        .peer()
+        .call_tool(rmcp::model::CallToolRequestParams::new("execute").with_arguments(arguments))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    assert!(result.structured_content.unwrap()["result"].to_string().contains('2'));
+}
+
+#[test]
+fn sandgate_mcp_refuses_to_start_without_a_valid_key() {
+    let fixture = fixture();
+    let output = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["mcp", "--config", fixture.config.to_str().unwrap()])
+        .env("SANDGATE_API_KEY", "sg_wrong")
+        .env("SANDGATE_CACHE_DIR", crate::harness::cache_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("SANDGATE_API_KEY"), "{output:?}");
 }
