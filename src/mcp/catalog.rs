@@ -69,7 +69,7 @@ impl Catalog {
         for (summary, mut listed) in servers {
             listed.sort_by(|a, b| a.name.cmp(&b.name));
             let mut taken: BTreeMap<String, u32> = BTreeMap::new();
-            let mut type_names: BTreeMap<String, u32> = BTreeMap::new();
+            let mut type_names = std::collections::HashSet::new();
             for tool in listed {
                 let base = super::sanitize(&tool.name);
                 let count = taken.entry(base.clone()).or_insert(0);
@@ -78,11 +78,14 @@ impl Catalog {
                 let input_schema = Value::Object((*tool.input_schema).clone());
                 let output_schema = tool.output_schema.as_ref().map(|s| Value::Object((**s).clone()));
                 let description = tool.description.as_deref().map(str::to_string);
-                // `get_x` and `getX` share a Pascal name; later ones get a number.
+                // `get_x` and `getX` share a Pascal name; later ones get the first free number.
                 let pascal = declarations::pascal(&js_name);
-                let uses = type_names.entry(pascal.clone()).or_insert(0);
-                *uses += 1;
-                let type_name = if *uses == 1 { pascal } else { format!("{pascal}{uses}") };
+                let mut type_name = pascal.clone();
+                let mut n = 1;
+                while !type_names.insert(type_name.clone()) {
+                    n += 1;
+                    type_name = format!("{pascal}{n}");
+                }
                 let declaration = declarations::tool(&ToolDecl {
                     name: &js_name,
                     type_name: &type_name,
@@ -279,6 +282,12 @@ mod tests {
         );
         assert_eq!(catalog.get("fs", "read_file").unwrap().upstream_name, "read-file");
         assert!(catalog.tools[0].declaration.contains("function read_file("));
+        // Interface names stay unique too: get_x takes GetX2, so get_x_2 gets GetX22.
+        let catalog =
+            Catalog::build(vec![(summary("s"), vec![tool("getX", ""), tool("get_x", ""), tool("get_x_2", "")])]);
+        let interfaces: Vec<&str> =
+            catalog.tools.iter().map(|t| t.declaration.split_whitespace().nth(1).unwrap()).collect();
+        assert_eq!(interfaces, ["GetXArgs", "GetX2Args", "GetX22Args"]);
     }
 
     #[test]
