@@ -1,4 +1,4 @@
-//! The real `sandgate` executable: `serve` and `exec`.
+//! The real `sandgate` executable: `serve` and `exec` (`mcp` is in `mcp.rs`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -106,6 +106,15 @@ fn exec_prints_the_same_outcome_as_http() {
 
     let (code, _) = exec("return 1", &["--limits", "{\"fuel\": \"lots\"}"]);
     assert_eq!(code, Some(2));
+
+    // TypeScript: by flag, or by a `.ts` file name.
+    let (code, body) = exec("const n: number = 6;\nreturn n * 7 as number", &["--language", "typescript"]);
+    assert_eq!((code, &body["result"]), (Some(0), &json!(42)), "{body}");
+    let file = temp_dir("exec-ts").join("answer.ts");
+    std::fs::write(&file, "interface A { n: number }\nconst a: A = { n: 42 };\nreturn a.n").unwrap();
+    let output = sandgate().arg("exec").arg(&file).stderr(Stdio::null()).output().unwrap();
+    let body: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    assert_eq!(body["result"], 42, "{body}");
 }
 
 /// A config directory with a permissive policy and its own ledger.
