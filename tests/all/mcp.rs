@@ -621,3 +621,25 @@ fn sandgate_mcp_refuses_to_start_without_a_valid_key() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("SANDGATE_API_KEY"), "{output:?}");
 }
+
+#[tokio::test]
+async fn a_call_past_its_server_timeout_is_a_tool_error() {
+    let config = format!(
+        "[mcp.servers.slow]\ncommand = \"{}\"\ncall_timeout_ms = 1000\n",
+        npm_bin("mcp-server-everything").display()
+    );
+    let server = start_server_with(&config, &allow_tools("slow.*"));
+    let base = server.base.clone();
+    tokio::task::spawn_blocking(move || wait_for_tools(&base, "", &["slow.trigger_long_running_operation"]))
+        .await
+        .unwrap();
+    let code = "try { await tools.slow.trigger_long_running_operation({ duration: 10, steps: 2 }); return 'done' } \
+                catch (e) { return { kind: e.kind, message: e.message } }";
+    let (_, body) = post_as(&server.base, None, json!({ "code": code })).await;
+    assert_eq!(body["result"]["kind"], "tool_error", "{body}");
+    assert!(body["result"]["message"].as_str().unwrap().contains("did not answer within 1s"), "{body}");
+    // The server stays usable.
+    let (_, body) =
+        post_as(&server.base, None, json!({ "code": "return await tools.slow.echo({ message: 'still here' })" })).await;
+    assert!(body["result"].as_str().unwrap_or_default().contains("still here"), "{body}");
+}
