@@ -1,12 +1,17 @@
-//! Context size: tokens (cl100k_base) of the tool list an MCP client puts in its
-//! model's context, connected to the upstream servers directly versus to sandgate's
-//! Code Mode server (`search` + `execute`).
+//! MCP Code Mode figures.
 //!
-//! Upstreams: the real npm servers the tests use (`tests/mcp`, installed by
-//! `tests/run`), and a synthetic MCP server (rmcp over streamable HTTP, in this
-//! process) with 10, 100 and 1,000 tools shaped like typical API tools.
+//! 1. Context size: tokens (cl100k_base) of the tool list an MCP client puts in its
+//!    model's context, connected to the upstream servers directly versus to sandgate's
+//!    Code Mode server (`search` + `execute`). Upstreams: the real npm servers the
+//!    tests use (`tests/mcp`, installed by `tests/run`), and a synthetic MCP server
+//!    (rmcp over streamable HTTP, in this process) with 10, 100 and 1,000 tools shaped
+//!    like typical API tools.
+//! 2. Tool-call latency: one upstream call from an rmcp client directly, versus the
+//!    same call made by sandboxed code (a whole execution per call: admission, fresh
+//!    instance, policy check, upstream call, ledger commit), and per call inside one
+//!    execution making 100 calls in sequence.
 //!
-//!     cargo bench --bench context
+//!     cargo bench --bench mcp
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,7 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer};
-use rmcp::{ErrorData, ServerHandler};
+use rmcp::{ErrorData, ServerHandler, ServiceExt};
 use sandgate::mcp::{server::tool_list, McpConfig, Transport, UpstreamConfig, Upstreams};
 use serde_json::json;
 
@@ -146,9 +151,86 @@ fn http(name: &str, url: String) -> UpstreamConfig {
     }
 }
 
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn summary(label: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "| {label} | {:.0} µs | {:.0} µs |",
+        percentile(&samples, 0.5).as_secs_f64() * 1e6,
+        percentile(&samples, 0.99).as_secs_f64() * 1e6
+    );
+}
+
+async fn call_latency() {
+    const CALLS: usize = 2_000;
+    let url = serve(Synthetic::new(10)).await;
+    let tool = Synthetic::new(10).tools[0].name.to_string();
+
+    let client = ().serve(rmcp::transport::StreamableHttpClientTransport::from_uri(url.clone())).await.unwrap();
+    let mut direct = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let started = std::time::Instant::now();
+        client.peer().call_tool(CallToolRequestParams::new(tool.clone())).await.unwrap();
+        direct.push(started.elapsed());
+    }
+
+    let dir = std::env::temp_dir().join(format!("sandgate-bench-mcp-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/all.toml"),
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\nhost_calls = 1000\n[policy.tools]\nallow = [\"*\"]\n",
+    )
+    .unwrap();
+    let text = format!(
+        "policies = \"{}\"\n[ledger]\npath = \"{}\"\n[mcp.servers.tracker]\nurl = \"{url}\"\n",
+        dir.join("policies").display(),
+        dir.join("ledger.db").display()
+    );
+    std::fs::write(dir.join("sandgate.toml"), text).unwrap();
+    let config = sandgate::config::Config::load(&dir.join("sandgate.toml")).unwrap();
+    let server = tokio::task::spawn_blocking(move || sandgate::Server::new(config)).await.unwrap().unwrap();
+    let service = server.service().clone();
+    service.upstreams().settled(Duration::from_secs(30)).await;
+    let principal = Arc::new(sandgate::auth::Principal::local());
+    let request = |code: String| sandgate::sandbox::ExecuteRequest {
+        code,
+        input: None,
+        limits: Default::default(),
+        language: sandgate::sandbox::Language::Javascript,
+    };
+    let one = format!("return await tools.tracker.{tool}({{}})");
+    let mut sandboxed = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let started = std::time::Instant::now();
+        let outcome = service.execute(principal.clone(), request(one.clone())).await.unwrap();
+        assert!(outcome.ok, "{:?}", outcome.error);
+        sandboxed.push(started.elapsed());
+    }
+    let hundred = format!("for (let i = 0; i < 100; i++) await tools.tracker.{tool}({{}}); return 1");
+    let mut inside = Vec::with_capacity(CALLS / 100);
+    for _ in 0..CALLS / 100 {
+        let started = std::time::Instant::now();
+        let outcome = service.execute(principal.clone(), request(hundred.clone())).await.unwrap();
+        assert!(outcome.ok, "{:?}", outcome.error);
+        inside.push(started.elapsed() / 100);
+    }
+    println!();
+    println!("| one tool call over streamable HTTP ({CALLS} sequential) | p50 | p99 |");
+    println!("|---|---:|---:|");
+    summary("rmcp client, directly", direct);
+    summary("sandboxed code, one execution per call (incl. ledger commit)", sandboxed);
+    summary("sandboxed code, per call within one execution of 100 calls", inside);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
+        call_latency().await;
+        println!();
         println!("| upstreams | tools | tokens listed directly | tokens via sandgate | ratio |");
         println!("|---|---:|---:|---:|---:|");
         measure("server-everything", vec![stdio("everything", "mcp-server-everything")]).await;
