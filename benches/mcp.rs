@@ -105,7 +105,7 @@ fn tokens(value: &impl serde::Serialize) -> usize {
 async fn measure(label: &str, servers: Vec<UpstreamConfig>) {
     let expected = servers.len();
     let pool = Upstreams::start(McpConfig { servers, ..McpConfig::default() });
-    pool.settled(Duration::from_secs(60)).await;
+    pool.settled().await;
     let catalog = pool.catalog();
     let view = catalog.view(|_| true);
     let ready = view.servers().len();
@@ -166,8 +166,9 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
 
 async fn call_latency() {
     const CALLS: usize = 2_000;
-    let url = serve(Synthetic::new(10)).await;
-    let tool = Synthetic::new(10).tools[0].name.to_string();
+    let upstream = Synthetic::new(10);
+    let tool = upstream.tools[0].name.to_string();
+    let url = serve(upstream).await;
 
     let client = ().serve(rmcp::transport::StreamableHttpClientTransport::from_uri(url.clone())).await.unwrap();
     let mut direct = Vec::with_capacity(CALLS);
@@ -193,7 +194,7 @@ async fn call_latency() {
     let config = sandgate::config::Config::load(&dir.join("sandgate.toml")).unwrap();
     let server = tokio::task::spawn_blocking(move || sandgate::Server::new(config)).await.unwrap().unwrap();
     let service = server.service().clone();
-    service.upstreams().settled(Duration::from_secs(30)).await;
+    service.upstreams().settled().await;
     let principal = Arc::new(sandgate::auth::Principal::local());
     let request = |code: String| sandgate::sandbox::ExecuteRequest {
         code,

@@ -299,7 +299,7 @@ async fn exec(
     };
     let request = ExecuteRequest { code, input, limits, language };
     let service = tokio::task::spawn_blocking(move || Service::new(&config)).await??;
-    service.upstreams().settled(service.upstreams().config().connect_timeout).await;
+    service.upstreams().settled().await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -318,7 +318,7 @@ async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow
         )
     })?;
     service.policies().clone().watch();
-    service.upstreams().settled(service.upstreams().config().connect_timeout).await;
+    service.upstreams().settled().await;
     let server = crate::mcp::server::CodeMode::stdio(service.clone(), principal);
     let running = server.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;

@@ -27,7 +27,7 @@ pub(super) async fn list(
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e.body_text()))?;
     let (catalog, capabilities) = app.service.tool_catalog(&principal);
-    let view = catalog.view(|name| capabilities.tool(name).allowed);
+    let view = catalog.view_for(&capabilities);
     match query.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(serde_json::json!({
             "servers": view.servers(),

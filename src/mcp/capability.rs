@@ -26,7 +26,7 @@ impl Capability for UpstreamTools {
         let pool = self.pool.clone();
         Box::pin(async move {
             let mut found = pool.catalog().get(&server, &call.method).cloned();
-            if found.is_none() && pool.catalog().server(&server).is_some_and(|s| s.status != "ready") {
+            if found.is_none() && pool.catalog().server(&server).is_some_and(|s| !s.is_ready()) {
                 // A server that is (re)connecting has not listed its tools yet: wait for
                 // it, or for the error that keeps it down.
                 pool.wait_ready(&server).await?;

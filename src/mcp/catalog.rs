@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::declarations::{self, ToolDecl};
 use super::search::SearchIndex;
+use crate::policy::Capabilities;
 
 /// One upstream server as the catalog reports it.
 #[derive(Clone, Debug, Serialize)]
@@ -25,6 +26,15 @@ pub struct ServerSummary {
     pub description: Option<String>,
     /// `ready`, `connecting`, or `down: <error>`.
     pub status: String,
+}
+
+impl ServerSummary {
+    /// The status of a connected server.
+    pub const READY: &'static str = "ready";
+
+    pub fn is_ready(&self) -> bool {
+        self.status == Self::READY
+    }
 }
 
 /// One upstream tool.
@@ -139,6 +149,11 @@ impl Catalog {
     /// A server's summary (its status among it).
     pub fn server(&self, name: &str) -> Option<&ServerSummary> {
         self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// The view a caller's grants allow: the tools their policies' tool globs admit.
+    pub fn view_for(&self, capabilities: &Capabilities) -> View<'_> {
+        self.view(|name| capabilities.tool(name).allowed)
     }
 
     /// The tools `allowed` admits (it gets `server.tool`), and the servers with at

@@ -69,13 +69,13 @@ impl CodeMode {
     /// The two tools, described for `principal`.
     pub fn tools(&self, principal: &Principal) -> Vec<Tool> {
         let (catalog, capabilities) = self.service.tool_catalog(principal);
-        tool_list(&catalog.view(|name| capabilities.tool(name).allowed))
+        tool_list(&catalog.view_for(&capabilities))
     }
 
     async fn search(&self, principal: &Principal, args: SearchArgs) -> CallToolResult {
         let limit = args.limit.unwrap_or(SEARCH_DEFAULT_LIMIT).clamp(1, SEARCH_MAX_LIMIT);
         let (catalog, capabilities) = self.service.tool_catalog(principal);
-        let view = catalog.view(|name| capabilities.tool(name).allowed);
+        let view = catalog.view_for(&capabilities);
         let found = view.search(&args.query, limit);
         let structured = json!({
             "tools": found.iter().map(|t| json!({

@@ -136,8 +136,9 @@ impl Upstreams {
     }
 
     /// Resolves once every server has finished its first connection attempt
-    /// (connected and listed, or failed), or after `timeout`.
-    pub async fn settled(&self, timeout: Duration) {
+    /// (connected and listed, or failed), or after the connect timeout.
+    pub async fn settled(&self) {
+        let timeout = self.config.connect_timeout;
         let all = async {
             for upstream in self.servers.values() {
                 let mut state = upstream.state.subscribe();
@@ -162,10 +163,7 @@ impl Upstreams {
         tool: &str,
         args: serde_json::Map<String, Value>,
     ) -> Result<Value, ExecError> {
-        let upstream = self
-            .servers
-            .get(server)
-            .ok_or_else(|| ExecError::new(ErrorKind::ToolDenied, format!("no MCP server `{server}`")))?;
+        let upstream = self.upstream(server)?;
         let timeout = upstream.config.call_timeout;
         let started = Instant::now();
         let peer = upstream.ready_peer(timeout).await?;
@@ -195,13 +193,16 @@ impl Upstreams {
     /// Waits until `server` is connected (up to its call timeout); the error says why
     /// it is not.
     pub async fn wait_ready(&self, server: &str) -> Result<(), ExecError> {
-        let upstream = self
-            .servers
-            .get(server)
-            .ok_or_else(|| ExecError::new(ErrorKind::ToolDenied, format!("no MCP server `{server}`")))?;
+        let upstream = self.upstream(server)?;
         upstream.ready_peer(upstream.config.call_timeout).await?;
         self.rebuild_catalog();
         Ok(())
+    }
+
+    fn upstream(&self, server: &str) -> Result<&Arc<Upstream>, ExecError> {
+        self.servers
+            .get(server)
+            .ok_or_else(|| ExecError::new(ErrorKind::ToolDenied, format!("no MCP server `{server}`")))
     }
 
     fn rebuild_catalog(&self) {
@@ -210,24 +211,25 @@ impl Upstreams {
             .values()
             .map(|upstream| {
                 let status = match &*upstream.state.borrow() {
-                    State::Ready(_) => "ready".to_string(),
+                    State::Ready(_) => ServerSummary::READY.to_string(),
                     State::Connecting => "connecting".to_string(),
                     State::Down(error) => format!("down: {error}"),
                 };
+                let summary = ServerSummary { name: upstream.config.name.clone(), description: None, status };
                 let description = upstream
                     .config
                     .description
                     .clone()
                     .or_else(|| upstream.about.lock().unwrap_or_else(|e| e.into_inner()).clone());
                 let tools = upstream.tools.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let server = upstream.config.name.clone();
-                metrics::gauge!("sandgate_mcp_server_up", "server" => server.clone()).set(if status == "ready" {
+                let server = summary.name.clone();
+                metrics::gauge!("sandgate_mcp_server_up", "server" => server.clone()).set(if summary.is_ready() {
                     1.0
                 } else {
                     0.0
                 });
-                metrics::gauge!("sandgate_mcp_tools", "server" => server.clone()).set(tools.len() as f64);
-                (ServerSummary { name: server, description, status }, tools)
+                metrics::gauge!("sandgate_mcp_tools", "server" => server).set(tools.len() as f64);
+                (ServerSummary { description, ..summary }, tools)
             })
             .collect();
         let catalog = Arc::new(Catalog::build(servers));

@@ -182,7 +182,7 @@ impl Service {
     }
 
     /// The upstream tool catalog and `principal`'s grants, to take the view they allow:
-    /// `catalog.view(|name| capabilities.tool(name).allowed)`.
+    /// `catalog.view_for(&capabilities)`.
     pub fn tool_catalog(&self, principal: &Principal) -> (Arc<Catalog>, Capabilities) {
         (self.upstreams.catalog(), self.policies.current().capabilities(principal))
     }

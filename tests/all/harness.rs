@@ -148,10 +148,20 @@ pub async fn assert_healthy() {
 
 /// GETs `url` with `key` as the bearer token from synchronous code; returns the JSON.
 pub fn get_json(url: &str, key: &str) -> Value {
+    let (_, body) = get_text(url, key);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
+}
+
+/// GETs `url` with `key` as the bearer token from synchronous code; returns the status
+/// and body.
+pub fn get_text(url: &str, key: &str) -> (StatusCode, String) {
     let (url, key) = (url.to_string(), key.to_string());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async { client().get(url).bearer_auth(key).send().await.unwrap().json().await.unwrap() })
+        runtime.block_on(async {
+            let response = client().get(url).bearer_auth(key).send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        })
     })
     .join()
     .unwrap()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::harness::{api_key, client, post_as, start_server_with, TestServer};
+use crate::harness::{api_key, client, get_text, post_as, start_server_with, TestServer};
 
 /// `tests/mcp/node_modules/.bin/<name>`; panics with the fix when npm packages are missing.
 fn npm_bin(name: &str) -> PathBuf {
@@ -112,21 +112,8 @@ url = "{url}"
     })
 }
 
-fn get(url: &str, key: &str) -> (StatusCode, String) {
-    let (url, key) = (url.to_string(), key.to_string());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let response = client().get(url).bearer_auth(key).send().await.unwrap();
-            (response.status(), response.text().await.unwrap())
-        })
-    })
-    .join()
-    .unwrap()
-}
-
 fn tools_json(base: &str, key: &str) -> Value {
-    let (status, body) = get(&format!("{base}/v1/tools?format=json"), key);
+    let (status, body) = get_text(&format!("{base}/v1/tools?format=json"), key);
     assert_eq!(status, StatusCode::OK, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -170,16 +157,16 @@ fn the_catalog_names_every_allowed_upstream_tool_and_hides_denied_ones() {
     let servers: Vec<&str> = tools["servers"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(servers, ["everything", "memory", "remote"]);
 
-    let (status, _) = get(&format!("{}/v1/tools?format=yaml", fixture.server.base), &fixture.key);
+    let (status, _) = get_text(&format!("{}/v1/tools?format=yaml", fixture.server.base), &fixture.key);
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = get(&format!("{}/v1/tools", fixture.server.base), "sg_not_a_key");
+    let (status, _) = get_text(&format!("{}/v1/tools", fixture.server.base), "sg_not_a_key");
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[test]
 fn declarations_for_the_real_servers_compile_with_tsc() {
     let fixture = fixture();
-    let (status, declarations) = get(&format!("{}/v1/tools?format=typescript", fixture.server.base), &fixture.key);
+    let (status, declarations) = get_text(&format!("{}/v1/tools?format=typescript", fixture.server.base), &fixture.key);
     assert_eq!(status, StatusCode::OK);
     assert!(declarations.contains("declare namespace tools.everything"), "{declarations}");
     assert!(declarations.contains("function get_sum("), "{declarations}");
@@ -548,7 +535,7 @@ async fn a_server_that_cannot_start_is_reported_and_its_calls_fail_cleanly() {
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (status, metrics) = get(&format!("{base}/metrics"), "");
+            let (status, metrics) = get_text(&format!("{base}/metrics"), "");
             assert_eq!(status, StatusCode::OK);
             if metrics.contains("sandgate_mcp_server_up{server=\"missing\"} 0") {
                 return;
