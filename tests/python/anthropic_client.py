@@ -16,28 +16,16 @@ when the SDK is not installed (pip install openai anthropic). SDK retries are of
 (max_retries=0) so that errors surface as they happened.
 """
 
-import argparse
-import json
-import sys
+import chat_cli
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--api-key", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--message", required=True)
-    parser.add_argument("--stream", action="store_true")
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--user")
-    parser.add_argument("--timeout", type=float, default=60.0)
-    args = parser.parse_args()
+    args = chat_cli.parse_args(__doc__, max_tokens_default=256)
 
     try:
         import anthropic
     except ImportError as e:
-        print(f"anthropic_client.py: {e}; run: pip install openai anthropic", file=sys.stderr)
-        sys.exit(2)
+        chat_cli.missing_sdk("anthropic_client.py", e)
 
     client = anthropic.Anthropic(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=args.timeout)
     params = {
@@ -59,30 +47,10 @@ def main() -> None:
             message = client.messages.create(**params)
             text = [block.text for block in message.content if block.type == "text"]
     except Exception as e:  # every SDK failure, including a connection dropped mid-stream
-        print(
-            json.dumps(
-                {
-                    "ok": False,
-                    "status": getattr(e, "status_code", None),
-                    "error": str(e),
-                    "error_type": type(e).__name__,
-                    "partial_text": "".join(text),
-                }
-            )
-        )
+        chat_cli.print_failure(e, text)
         return
     usage = {"input": message.usage.input_tokens, "output": message.usage.output_tokens}
-    print(
-        json.dumps(
-            {
-                "ok": True,
-                "text": "".join(text),
-                "model": message.model,
-                "usage": usage,
-                "finish_reason": message.stop_reason,
-            }
-        )
-    )
+    chat_cli.print_success(text, message.model, usage, message.stop_reason)
 
 
 if __name__ == "__main__":

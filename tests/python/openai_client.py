@@ -15,28 +15,16 @@ Exits 0 either way; exits 2 when the SDK is not installed (pip install openai an
 SDK retries are off (max_retries=0) so that errors surface as they happened.
 """
 
-import argparse
-import json
-import sys
+import chat_cli
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--api-key", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--message", required=True)
-    parser.add_argument("--stream", action="store_true")
-    parser.add_argument("--max-tokens", type=int)
-    parser.add_argument("--user")
-    parser.add_argument("--timeout", type=float, default=60.0)
-    args = parser.parse_args()
+    args = chat_cli.parse_args(__doc__, max_tokens_default=None)
 
     try:
         import openai
     except ImportError as e:
-        print(f"openai_client.py: {e}; run: pip install openai anthropic", file=sys.stderr)
-        sys.exit(2)
+        chat_cli.missing_sdk("openai_client.py", e)
 
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=args.timeout)
     params = {"model": args.model, "messages": [{"role": "user", "content": args.message}]}
@@ -71,23 +59,9 @@ def main() -> None:
             if completion.usage is not None:
                 usage = {"input": completion.usage.prompt_tokens, "output": completion.usage.completion_tokens}
     except Exception as e:  # every SDK failure, including a connection dropped mid-stream
-        print(
-            json.dumps(
-                {
-                    "ok": False,
-                    "status": getattr(e, "status_code", None),
-                    "error": str(e),
-                    "error_type": type(e).__name__,
-                    "partial_text": "".join(text),
-                }
-            )
-        )
+        chat_cli.print_failure(e, text)
         return
-    print(
-        json.dumps(
-            {"ok": True, "text": "".join(text), "model": model, "usage": usage, "finish_reason": finish_reason}
-        )
-    )
+    chat_cli.print_success(text, model, usage, finish_reason)
 
 
 if __name__ == "__main__":
