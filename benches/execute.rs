@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandgate::auth::Principal;
-use sandgate::sandbox::{AllowAll, Job, Limits, Registry, Sandbox, SandboxConfig, TestCapability};
+use sandgate::sandbox::{AllowAll, Job, Language, Limits, Registry, Sandbox, SandboxConfig, TestCapability};
 
 const CPU_SCRIPT: &str = r#"
 function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
@@ -29,7 +29,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn job(code: &str, limits: Limits) -> Job {
     Job {
         code: code.into(),
-        source_error: None,
+        language: Language::Javascript,
         input: None,
         limits,
         principal: Arc::new(Principal::local()),

@@ -49,6 +49,7 @@ async fn fixed_rate(
     rate: u64,
     seconds: u64,
 ) -> (Vec<Duration>, usize) {
+    sandgate::install_crypto_provider();
     let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -72,6 +73,7 @@ async fn fixed_rate(
 
 /// Closed-loop: `workers` clients back to back for `seconds`; requests per second.
 async fn max_throughput(url: &str, model: &str, workers: usize, seconds: u64) -> f64 {
+    sandgate::install_crypto_provider();
     let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..workers)

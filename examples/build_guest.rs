@@ -51,9 +51,11 @@ impl InstanceState for Snapshot<'_> {
 }
 
 /// Builds the guest with the paths of this checkout and of the cargo home mapped to
-/// fixed names, so the bytes do not depend on where the sources live.
+/// fixed names, so the bytes do not depend on where the sources live. (The guest
+/// uses `typescript/` beside it, so the whole checkout is mapped, to `/src`.)
 fn build_raw_guest(guest_dir: &Path) -> anyhow::Result<PathBuf> {
     let guest = guest_dir.canonicalize()?;
+    let checkout = guest.parent().unwrap_or(&guest).to_path_buf();
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -61,11 +63,11 @@ fn build_raw_guest(guest_dir: &Path) -> anyhow::Result<PathBuf> {
     let rustflags = [
         "-C".to_string(),
         "link-arg=-zstack-size=2097152".to_string(),
-        format!("--remap-path-prefix={}=/guest", guest.display()),
+        format!("--remap-path-prefix={}=/src", checkout.display()),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
     ]
     .join("\x1f");
-    let cflags = format!("--target=wasm32-wasi -ffile-prefix-map={}=/guest", guest.display());
+    let cflags = format!("--target=wasm32-wasi -ffile-prefix-map={}=/src", checkout.display());
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--locked"])
         .current_dir(&guest)

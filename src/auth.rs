@@ -33,13 +33,17 @@ pub struct Principal {
     /// The name of the API key the caller used (`local` for the embedded default).
     pub key: String,
     pub role: Role,
+    /// True only for the principal of local mode (no keys configured): the policy
+    /// selector `local` matches it and nothing else, whatever a key is named.
+    #[serde(skip)]
+    pub local: bool,
 }
 
 impl Principal {
     /// The single principal of the embedded default: a server on loopback with no
     /// keys configured serves its local user, as an admin.
     pub fn local() -> Self {
-        Self { user: "local".into(), team: "local".into(), key: "local".into(), role: Role::Admin }
+        Self { user: "local".into(), team: "local".into(), key: "local".into(), role: Role::Admin, local: true }
     }
 }
 
@@ -74,6 +78,7 @@ impl KeyRing {
                     team: entry.team.clone(),
                     key: entry.name.clone(),
                     role: entry.role,
+                    local: false,
                 };
                 (entry.hash, Arc::new(principal))
             })

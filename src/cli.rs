@@ -137,10 +137,15 @@ pub enum PolicyCommand {
     ///
     /// Exit status: 0 allowed, 1 denied, 2 the policies could not be loaded.
     Explain {
+        /// The user (with --local: defaults to `local`).
+        #[arg(long, required_unless_present = "local")]
+        user: Option<String>,
+        /// The team (with --local: defaults to `local`).
+        #[arg(long, required_unless_present = "local")]
+        team: Option<String>,
+        /// As the single user of a server running without keys (the `local` selector).
         #[arg(long)]
-        user: String,
-        #[arg(long)]
-        team: String,
+        local: bool,
         /// The key name the principal uses.
         #[arg(long, default_value = "")]
         key: String,
@@ -190,6 +195,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(PolicyCommand::Explain {
             user,
             team,
+            local,
             key,
             role,
             tool,
@@ -199,7 +205,15 @@ pub fn run(cli: Cli) -> ExitCode {
             policies,
             config,
         }) => {
-            let principal = Principal { user, team, key, role };
+            let principal = if local {
+                Principal {
+                    user: user.unwrap_or_else(|| "local".into()),
+                    team: team.unwrap_or_else(|| "local".into()),
+                    ..Principal::local()
+                }
+            } else {
+                Principal { user: user.unwrap_or_default(), team: team.unwrap_or_default(), key, role, local: false }
+            };
             let query = match (tool, model, tier, execute) {
                 (Some(tool), _, _, _) => Query::Tool(tool),
                 (None, Some(name), tier, _) => Query::Model { name, tier },
@@ -251,6 +265,7 @@ async fn serve(
     }
     telemetry::init_logging(config.log_format);
     if !config.listen.ip().is_loopback() && config.keys.is_empty() {
+        // `Server::serve` refuses this too; checking first avoids binding the address.
         anyhow::bail!(
             "refusing to listen on {}: no API keys are configured, so sandgate serves loopback addresses only \
              (create one with `sandgate key create`)",
@@ -301,6 +316,7 @@ async fn exec(
     let service = tokio::task::spawn_blocking(move || Service::new(&config)).await??;
     service.upstreams().settled().await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await?;
+    service.finish(std::time::Duration::from_secs(10)).await?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -322,7 +338,7 @@ async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow
     let server = crate::mcp::server::CodeMode::stdio(service.clone(), principal);
     let running = server.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
-    service.ledger().flush().await?;
+    service.finish(std::time::Duration::from_secs(10)).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,8 +26,6 @@
 //! - [`mcp`]: Code Mode: the upstream MCP client pool, the tool catalog with its
 //!   TypeScript declarations and search index, `tools.<server>.<tool>` in the
 //!   sandbox, and the two-tool MCP server (`search`, `execute`).
-//! - [`typescript`]: type stripping that keeps every position, so errors point at the
-//!   TypeScript as submitted.
 //! - [`http`]: the axum router, one file per surface, and `/mcp`.
 //! - [`telemetry`]: `tracing` setup and Prometheus metrics.
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
@@ -44,12 +42,22 @@ pub mod policy;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;
-pub mod typescript;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use config::Config;
+
+/// Installs rustls's crypto provider (ring) for the process, once. Every HTTP client
+/// (model providers, upstream MCP servers) needs it; [`service::Service::new`] calls
+/// it, and so must anything that builds a `reqwest` client before that.
+pub fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Err means another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
 
 /// A ready server: policies loaded, ledger open, guest compiled.
 #[derive(Debug)]
@@ -69,21 +77,34 @@ impl Server {
         &self.state.service
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then finishes in-flight
-    /// requests before returning. Policies reload when their files change and, with
-    /// keys, on SIGHUP.
+    /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully
+    /// (see [`http::serve`]): in-flight requests get `http.shutdown_grace` to finish,
+    /// executions still running after it are cancelled, and every record is committed
+    /// before this returns. Policies reload when their files change and on SIGHUP.
+    ///
+    /// In local mode (no keys) the listener must be on a loopback address: the local
+    /// principal is never served anywhere else.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let service = self.state.service.clone();
+        let addr = listener.local_addr()?;
+        if service.mode() == service::Mode::Local && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {addr}: no API keys are configured, so sandgate serves loopback addresses \
+                 only (create one with `sandgate key create`)"
+            );
+        }
         service.policies().clone().watch();
         reload_on_hangup(service.clone(), self.state.config.clone());
-        let app = http::router(self.state);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-        // Model calls are recorded after their responses; commit the last of them.
-        service.ledger().flush().await?;
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let app = http::router(self.state.clone(), stopping.clone());
+        let http = self.state.config.http.clone();
+        let grace_over = service.cancel_on_shutdown().clone();
+        let grace_ends = http::serve::serve(listener, app, http, shutdown, stopping, grace_over).await;
+        service.finish(grace_ends.saturating_duration_since(std::time::Instant::now())).await?;
         Ok(())
     }
 }

@@ -12,14 +12,23 @@
 //!
 //! | import | meaning |
 //! |---|---|
-//! | `request_len(which) -> i32` | length of request part `which`: 0 = code, 1 = `input` as JSON (0 bytes: none) |
+//! | `request_len(which) -> i32` | length of request part `which`: 0 = code, 1 = `input` as JSON (0 bytes: none), 2 = the code's language (`javascript` or `typescript`) |
 //! | `request_read(which, ptr, len) -> i32` | copy that part to `ptr`; returns bytes written |
 //! | `max_result() -> i32` | the largest result, in bytes, the host will accept |
 //! | `log(level, ptr, len)` | one console line (0 log, 1 info, 2 warn, 3 error); the host traps when the output cap is passed |
 //! | `call(name_ptr, name_len, args_ptr, args_len) -> i32` | start a host call (`name` such as `tools.server.tool`, `args` JSON); returns its id (> 0), or a negative code: -1 call limit reached |
 //! | `wait() -> i64` | block until a call completes: `(id << 32) \| length` of its reply, or -1 when no call is in flight |
 //! | `reply_read(id, ptr, len) -> i32` | copy the reply of a completed call: `{"ok": value}` or `{"error": {"kind", "message"}}` |
-//! | `finish(status, ptr, len)` | the outcome: status 0 with the result as JSON, 1 with an error object |
+//! | `source_ready()` | the code is JavaScript now (TypeScript types are stripped); the host ends the preparation phase and its tighter limits |
+//! | `finish(status, ptr, len)` | the outcome: status 0 with the result as JSON, 1 with an error object `{kind, message, name?, line?, column?, stack?}`, 2 with a message when the guest runtime itself failed |
+//!
+//! # Preparation phase
+//!
+//! Until `source_ready`, the guest is turning TypeScript into JavaScript
+//! ([`sandgate_typescript::strip_types`]). The parser's work on hostile input can grow
+//! faster than the input (`a<a<a<…`), so the host runs this phase under a fuel and
+//! memory budget of its own, sized by the code's length, and reports passing it as a
+//! `syntax` error. The wasm stack limit bounds the parser's recursion the same way.
 //!
 //! From WASI the guest uses only `random_get` (to reseed `Math.random` per run),
 //! `clock_time_get` (`Date.now()`) and the bookkeeping calls of the C and Rust
@@ -41,6 +50,7 @@ mod host {
         pub fn call(name_ptr: *const u8, name_len: u32, args_ptr: *const u8, args_len: u32) -> i32;
         pub fn wait() -> i64;
         pub fn reply_read(id: u32, ptr: *mut u8, len: u32) -> i32;
+        pub fn source_ready();
         pub fn finish(status: u32, ptr: *const u8, len: u32);
     }
 
@@ -50,7 +60,8 @@ mod host {
     }
 }
 
-/// QuickJS's stack limit, below the 2 MiB shadow stack the guest is linked with.
+/// QuickJS's stack limit, below the 2 MiB shadow stack the guest is linked with (see
+/// [`enable_stack_check`]).
 const JS_STACK_BYTES: usize = 1536 * 1024;
 
 struct State {
@@ -82,10 +93,38 @@ fn finish(status: u32, text: &str) {
     unsafe { host::finish(status, text.as_ptr(), text.len() as u32) }
 }
 
-fn fail(kind: &str, message: &str) {
-    let text =
-        format!("{{\"kind\":\"{kind}\",\"message\":\"{}\"}}", message.replace('\\', "\\\\").replace('"', "\\\""));
+/// Reports an error of `kind` the guest itself found (status 1).
+fn fail(kind: &str, message: &str, position: Option<(u32, u32)>) {
+    let mut text = format!("{{\"kind\":{},\"message\":{}", json_string(kind), json_string(message));
+    if let Some((line, column)) = position {
+        text.push_str(&format!(",\"line\":{line},\"column\":{column}"));
+    }
+    text.push('}');
     finish(1, &text);
+}
+
+/// Reports a fault of the guest runtime itself (status 2): the host's `internal`.
+fn fault(message: &str) {
+    finish(2, message);
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// wyrand: a small, fast generator; seeded from WASI at the start of every run so a
@@ -125,10 +164,46 @@ fn host_log(level: u32, line: String) {
     unsafe { host::log(level, line.as_ptr(), line.len() as u32) }
 }
 
+/// Turns on QuickJS's own stack check, so deep recursion throws a catchable
+/// `RangeError` instead of overflowing the stack.
+///
+/// QuickJS measures its C stack through the address of its frames, which in wasm is
+/// the shadow stack in linear memory (where its interpreter frames live). quickjs-ng
+/// compiles the check out on WASI (`update_stack_limit` leaves `stack_limit` at 0),
+/// and without it deep recursion runs the shadow stack below address 0, a memory
+/// fault. So this sets the runtime's `stack_limit` itself: `JS_SetMaxStackSize`
+/// stores a marker in `stack_size`, the field is found by that marker, and the limit
+/// two words after it (`stack_size`, `stack_top`, `stack_limit` are consecutive in
+/// `JSRuntime`) is set `JS_STACK_BYTES` below the current frame. The layout is
+/// checked here, so a QuickJS upgrade that moves the fields fails the guest build,
+/// and the integration tests recurse until the check fires.
+fn enable_stack_check(context: &Context) {
+    const MARKER: usize = 0x5A6A_7B8C;
+    let here = 0u8;
+    let top = std::hint::black_box(&here) as *const u8 as usize;
+    // SAFETY: `rt` is the live runtime this context belongs to. The scan reads
+    // `usize` words from the start of the `JSRuntime` allocation and stops at the first
+    // word holding the marker, which is its `stack_size` field, so it reads only
+    // inside the struct; the write is to `stack_limit`, two words on, after the
+    // layout checks below.
+    unsafe {
+        let rt = rquickjs::qjs::JS_GetRuntime(context.as_raw().as_ptr());
+        rquickjs::qjs::JS_SetMaxStackSize(rt, MARKER as _);
+        let words = rt.cast::<usize>();
+        let field = (0..1024).find(|&i| words.add(i).read() == MARKER).expect("JSRuntime has a stack_size field");
+        assert!(
+            words.add(field + 1).read() != 0 && words.add(field + 2).read() == 0,
+            "JSRuntime's stack fields are laid out as quickjs-ng 0.16 has them"
+        );
+        words.add(field).write(JS_STACK_BYTES);
+        words.add(field + 2).write(top - JS_STACK_BYTES);
+    }
+}
+
 fn init_state() -> rquickjs::Result<State> {
     let runtime = Runtime::new()?;
-    runtime.set_max_stack_size(JS_STACK_BYTES);
     let context = Context::full(&runtime)?;
+    enable_stack_check(&context);
     let (run, complete) = context.with(|ctx| -> rquickjs::Result<_> {
         let setup: Function = ctx.eval(include_str!("prelude.js"))?;
         let call = Function::new(ctx.clone(), host_call)?;
@@ -157,20 +232,37 @@ pub extern "C" fn run() {
     STATE.with(|slot| {
         let slot = slot.borrow();
         let Some(state) = slot.as_ref() else {
-            fail("internal", "guest was not pre-initialised");
+            fault("guest was not pre-initialised");
             return;
         };
+        let Some(code) = prepare() else { return };
         state.context.with(|ctx| {
-            if let Err(error) = drive(&ctx, state) {
+            // The prelude settles every outcome itself, so an error here means the
+            // code left the realm unable to report; it is still the code's failure.
+            if let Err(error) = drive(&ctx, state, code) {
                 let message = describe(&ctx, error);
-                fail("internal", &message);
+                fail("exception", &format!("the code's outcome could not be reported: {message}"), None);
             }
         });
     });
 }
 
-fn drive<'js>(ctx: &Ctx<'js>, state: &State) -> rquickjs::Result<()> {
+/// The code as JavaScript: TypeScript has its types stripped. `None` when it cannot
+/// be, after reporting why. Ends the preparation phase either way.
+fn prepare() -> Option<String> {
     let code = request(0);
+    let prepared = match request(2).as_str() {
+        "typescript" => sandgate_typescript::strip_types(&code).map_err(|error| {
+            fail("syntax", &error.message, Some((error.line, error.column)));
+        }),
+        _ => Ok(code),
+    };
+    // SAFETY: a plain notification with no memory arguments.
+    unsafe { host::source_ready() };
+    prepared.ok()
+}
+
+fn drive<'js>(ctx: &Ctx<'js>, state: &State, code: String) -> rquickjs::Result<()> {
     let input = request(1);
     // SAFETY: a plain query with no memory arguments.
     let max_result = unsafe { host::max_result() }.max(0);
@@ -188,7 +280,11 @@ fn drive<'js>(ctx: &Ctx<'js>, state: &State) -> rquickjs::Result<()> {
         // SAFETY: a plain query with no memory arguments.
         let ready = unsafe { host::wait() };
         if ready < 0 {
-            fail("unsettled", "the code's promise can never settle: no host call is in flight and no job is queued");
+            fail(
+                "unsettled",
+                "the code's promise can never settle: no host call is in flight and no job is queued",
+                None,
+            );
             return Ok(());
         }
         let id = (ready >> 32) as u32;

@@ -1,39 +1,106 @@
 // The JavaScript half of the guest. It runs once, when the guest is pre-initialised,
 // and receives the native doors from Rust as arguments; nothing it receives stays on
 // the global object, so agent code reaches the host only through what is defined here.
+//
+// Agent code runs in the same realm and may replace any global or prototype method
+// before this code runs again (to report an outcome or deliver a reply). So every
+// built-in used after agent code has started is captured here, at initialisation,
+// and called through `apply`; objects handed to JSON.stringify have no prototype
+// (no inherited `toJSON`); and every read of an agent value is guarded, because a
+// getter or a Proxy can throw. Nothing agent code does can make an outcome claim a
+// kind the host reserves, or make reporting it fail.
 (function (hostCall, hostLog, hostRandom) {
   "use strict";
   const g = globalThis;
   const indirectEval = g.eval;
+  const apply = Reflect.apply;
   const stringify = JSON.stringify;
   const parse = JSON.parse;
+  const create = Object.create;
+  const freeze = Object.freeze;
+  const defineProperty = Object.defineProperty;
+  const getPrototypeOf = Object.getPrototypeOf;
+  const hasOwn = Object.hasOwn;
+  const syntaxErrorPrototype = SyntaxError.prototype;
+  const NewError = Error;
+  const NewPromise = Promise;
+  const NewProxy = Proxy;
+  const toStr = String;
+  const isSafeInteger = Number.isSafeInteger;
+  const mapGet = Map.prototype.get;
+  const mapSet = Map.prototype.set;
+  const mapDelete = Map.prototype.delete;
+  const weakMapGet = WeakMap.prototype.get;
+  const weakMapSet = WeakMap.prototype.set;
+  const regexExec = RegExp.prototype.exec;
+  const strReplace = String.prototype.replace;
+  const strSplit = String.prototype.split;
+  const strIncludes = String.prototype.includes;
+  const strWellFormed = String.prototype.toWellFormed;
+  const arrayJoin = Array.prototype.join;
+  const arrayPush = Array.prototype.push;
+  const errorStackLimit = () => NewError.stackTraceLimit;
+  const setErrorStackLimit = (n) => {
+    NewError.stackTraceLimit = n;
+  };
+
   const pending = new Map();
+  // Errors this prelude made from host replies, and the kind the host gave each. An
+  // error's own `kind` property is only for the code to read; the outcome's kind
+  // comes from here, so a thrown `{kind: "internal"}` is just an exception.
+  const hostKinds = new WeakMap();
 
   // Prefixes the code is wrapped in; columns on the first line are reported relative
   // to the code as submitted.
   const EXPR_PREFIX = "(async function(){return (";
   const BODY_PREFIX = "(async function(){";
+  const INPUT_POSITION = /<input>:(\d+):(\d+)/;
+  const INPUT_POSITIONS = /<input>:(\d+):(\d+)/g;
+  // The largest line or column reported; anything else is a forged or broken position.
+  const MAX_POSITION = 0x7fffffff;
 
   // The wrapper prefix of the code now running (see `compile`).
   let currentPrefix = BODY_PREFIX;
 
+  // A string with every lone surrogate replaced by U+FFFD, so it is valid UTF-8.
+  function wellFormed(text) {
+    return apply(strWellFormed, text, []);
+  }
+
+  // `String(value)`, or a placeholder when the value refuses to be a string.
+  function safeString(value) {
+    try {
+      return toStr(value);
+    } catch (_) {
+      return "[value that cannot be shown]";
+    }
+  }
+
   // Keeps the frames of the submitted code, with first-line columns made relative to
   // the code as submitted; prelude frames are not the caller's business.
   function cleanStack(stack) {
-    return stack
-      .split("\n")
-      .filter((line) => line.includes("<input>"))
-      .map((line) =>
-        line.replace(/<input>:(\d+):(\d+)/g, (_, ln, col) =>
-          `<code>:${ln}:${ln === "1" ? Math.max(1, Number(col) - currentPrefix.length) : col}`,
-        ),
-      )
-      .join("\n");
+    const lines = apply(strSplit, stack, ["\n"]);
+    const kept = [];
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i];
+      if (typeof line !== "string" || !apply(strIncludes, line, ["<input>"])) continue;
+      apply(arrayPush, kept, [
+        apply(strReplace, line, [
+          INPUT_POSITIONS,
+          (_, ln, col) => `<code>:${ln}:${ln === "1" ? clampColumn(col - currentPrefix.length) : col}`,
+        ]),
+      ]);
+    }
+    return apply(arrayJoin, kept, ["\n"]);
+  }
+
+  function clampColumn(column) {
+    return column < 1 ? 1 : column;
   }
 
   function show(value) {
     if (typeof value === "string") return value;
-    if (value instanceof Error) {
+    if (value instanceof NewError) {
       const stack = typeof value.stack === "string" ? cleanStack(value.stack) : "";
       return stack ? `${value.name}: ${value.message}\n${stack}` : `${value.name}: ${value.message}`;
     }
@@ -41,14 +108,22 @@
     if (typeof value === "bigint") return `${value}n`;
     try {
       const text = stringify(value, (_, v) => (typeof v === "bigint" ? `${v}n` : v));
-      return text === undefined ? String(value) : text;
+      return text === undefined ? toStr(value) : text;
     } catch (_) {
-      return String(value);
+      return toStr(value);
     }
   }
 
-  const logger = (level) => (...args) => hostLog(level, args.map(show).join(" "));
-  g.console = Object.freeze({
+  function join(values) {
+    let line = "";
+    for (let i = 0; i < values.length; i++) {
+      line += (i === 0 ? "" : " ") + show(values[i]);
+    }
+    return wellFormed(line);
+  }
+
+  const logger = (level) => (...args) => hostLog(level, join(args));
+  g.console = freeze({
     log: logger(0),
     info: logger(1),
     warn: logger(2),
@@ -59,20 +134,20 @@
   Math.random = hostRandom;
 
   function call(name, args) {
-    return new Promise((resolve, reject) => {
+    return new NewPromise((resolve, reject) => {
       const text = stringify(args === undefined ? null : args);
-      const id = hostCall(name, text === undefined ? "null" : text);
-      pending.set(id, [resolve, reject]);
+      const id = hostCall(wellFormed(name), text === undefined ? "null" : text);
+      apply(mapSet, pending, [id, [resolve, reject]]);
     });
   }
 
   // `tools.<server>.<tool>(args)`: any name can be written; the host decides whether it
   // exists and whether this principal may call it.
   const noThen = (name) => typeof name !== "string" || name === "then";
-  g.tools = new Proxy(Object.freeze({}), {
+  g.tools = new NewProxy(freeze({}), {
     get(_, server) {
       if (noThen(server)) return undefined;
-      return new Proxy(Object.freeze({}), {
+      return new NewProxy(freeze({}), {
         get(_, tool) {
           if (noThen(tool)) return undefined;
           return (args) => call(`tools.${server}.${tool}`, args === undefined ? {} : args);
@@ -80,80 +155,126 @@
       });
     },
   });
-  g.model = Object.freeze({ chat: (request) => call("model.chat", request) });
+  g.model = freeze({ chat: (request) => call("model.chat", request) });
 
+  // Delivers a host reply. The host's envelope is trusted JSON; the error made from
+  // it is remembered with its kind.
   function complete(id, envelope) {
-    const entry = pending.get(id);
+    const entry = apply(mapGet, pending, [id]);
     if (entry === undefined) return;
-    pending.delete(id);
+    apply(mapDelete, pending, [id]);
+    // Own properties only: agent code may have put getters on Object.prototype.
     const reply = parse(envelope);
-    if (reply.error === undefined) {
-      entry[0](reply.ok);
+    if (!hasOwn(reply, "error")) {
+      entry[0](hasOwn(reply, "ok") ? reply.ok : null);
     } else {
-      const error = new Error(reply.error.message);
-      error.kind = reply.error.kind;
+      const kind = reply.error.kind;
+      const error = new NewError(reply.error.message);
+      const descriptor = create(null);
+      descriptor.value = kind;
+      descriptor.enumerable = true;
+      defineProperty(error, "kind", descriptor);
+      apply(weakMapSet, hostKinds, [error, kind]);
       entry[1](error);
     }
   }
 
-  function position(error, prefix) {
-    const stack = typeof error.stack === "string" ? error.stack : "";
-    const m = /<input>:(\d+):(\d+)/.exec(stack);
-    if (!m) return {};
-    const line = Number(m[1]);
-    let column = Number(m[2]);
-    if (line === 1) column = Math.max(1, column - prefix.length);
-    return { line, column };
+  function position(stack, prefix) {
+    const m = apply(regexExec, INPUT_POSITION, [stack]);
+    if (m === null) return null;
+    const line = +m[1];
+    let column = +m[2];
+    if (line === 1) column = clampColumn(column - prefix.length);
+    if (!isSafeInteger(line) || !isSafeInteger(column) || line > MAX_POSITION || column > MAX_POSITION) return null;
+    return [line, column];
   }
 
+  // The outcome for a thrown value. Every property of the value is read under a
+  // guard; if the value cannot be read at all, the outcome says so.
   function failure(kind, error, prefix) {
-    if (error !== null && typeof error === "object") {
-      const message = error.message !== undefined ? String(error.message) : show(error);
-      const out = { kind, message, name: error.name !== undefined ? String(error.name) : undefined };
-      Object.assign(out, position(error, prefix));
-      if (kind !== "syntax" && typeof error.stack === "string") {
-        const stack = cleanStack(error.stack);
-        if (stack.length > 0) out.stack = stack;
-      }
-      if (typeof error.kind === "string") out.kind = error.kind;
+    try {
+      return [false, describe(kind, error, prefix)];
+    } catch (reason) {
+      const out = create(null);
+      out.kind = "exception";
+      out.message = `the code threw a value that cannot be read (${safeString(reason)})`;
       return [false, stringify(out)];
     }
-    return [false, stringify({ kind, message: `uncaught: ${show(error)}` })];
+  }
+
+  function describe(kind, error, prefix) {
+    const out = create(null);
+    out.kind = kind;
+    if (error === null || (typeof error !== "object" && typeof error !== "function")) {
+      out.message = wellFormed(`uncaught: ${show(error)}`);
+      return stringify(out);
+    }
+    const hostKind = apply(weakMapGet, hostKinds, [error]);
+    if (hostKind !== undefined) out.kind = hostKind;
+    const message = error.message;
+    out.message = wellFormed(message !== undefined ? toStr(message) : show(error));
+    const name = error.name;
+    if (name !== undefined) out.name = wellFormed(toStr(name));
+    const stack = error.stack;
+    if (typeof stack === "string") {
+      const at = position(stack, prefix);
+      if (at !== null) {
+        out.line = at[0];
+        out.column = at[1];
+      }
+      if (kind !== "syntax") {
+        const cleaned = cleanStack(stack);
+        if (cleaned.length > 0) out.stack = wellFormed(cleaned);
+      }
+    }
+    return stringify(out);
+  }
+
+  function plainFailure(kind, message) {
+    const out = create(null);
+    out.kind = kind;
+    out.message = message;
+    return [false, stringify(out)];
   }
 
   // Compiles `code` as a single expression if it is one (its value is the result; a
-  // function value is invoked), else as the body of an async function.
+  // function value is invoked), else as the body of an async function. Returns the
+  // function and the prefix it was compiled with.
   // Code that opens with a statement keyword cannot be a single expression.
   const STATEMENT = /^\s*(?:return|const|let|var|if|for|while|do|try|throw|switch|class|import|export)\b/;
 
   function compile(code) {
-    if (STATEMENT.test(code)) {
+    if (apply(regexExec, STATEMENT, [code]) !== null) {
       currentPrefix = BODY_PREFIX;
-      return [indirectEval(BODY_PREFIX + code + "\n})"), BODY_PREFIX];
+      return indirectEval(BODY_PREFIX + code + "\n})");
     }
     // The failed attempt when the code is not an expression should cost only the
     // parse, not a stack trace.
-    const traceLimit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
+    const traceLimit = errorStackLimit();
+    setErrorStackLimit(0);
     try {
       currentPrefix = EXPR_PREFIX;
-      return [indirectEval(EXPR_PREFIX + code + "\n)})"), EXPR_PREFIX];
+      return indirectEval(EXPR_PREFIX + code + "\n)})");
     } catch (_) {
       currentPrefix = BODY_PREFIX;
     } finally {
-      Error.stackTraceLimit = traceLimit;
+      setErrorStackLimit(traceLimit);
     }
-    return [indirectEval(BODY_PREFIX + code + "\n})"), BODY_PREFIX];
+    return indirectEval(BODY_PREFIX + code + "\n})");
   }
 
+  // Runs the code. Settles with `[ok, json]`: the result as JSON, or an error object.
+  // It never rejects, whatever the code did to the realm.
   async function run(code, inputJson, maxResultBytes) {
     g.input = inputJson.length === 0 ? null : parse(inputJson);
-    let fn, prefix;
+    let fn;
     try {
-      [fn, prefix] = compile(code);
+      fn = compile(code);
     } catch (error) {
-      return failure(error instanceof SyntaxError ? "syntax" : "exception", error, BODY_PREFIX);
+      const isSyntax = error !== null && typeof error === "object" && getPrototypeOf(error) === syntaxErrorPrototype;
+      return failure(isSyntax ? "syntax" : "exception", error, BODY_PREFIX);
     }
+    const prefix = currentPrefix;
     let value;
     try {
       value = await fn();
@@ -162,13 +283,13 @@
       return failure("exception", error, prefix);
     }
     if (typeof value === "string" && value.length > maxResultBytes) {
-      return [false, stringify({ kind: "output_limit", message: `result is larger than the ${maxResultBytes}-byte limit` })];
+      return plainFailure("output_limit", `result is larger than the ${maxResultBytes}-byte limit`);
     }
     let text;
     try {
       text = stringify(value === undefined ? null : value);
     } catch (error) {
-      return [false, stringify({ kind: "exception", message: `result is not JSON-serialisable: ${error.message}` })];
+      return plainFailure("exception", `result is not JSON-serialisable: ${safeString(error && error.message)}`);
     }
     return [true, text === undefined ? "null" : text];
   }

@@ -7,7 +7,18 @@ use super::raw::RawMcp;
 use crate::mcp::{McpConfig, Transport, UpstreamConfig};
 
 pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (&'static str, String)> {
+    if raw.allowed_hosts.is_some() {
+        return Err((
+            "mcp.allowed_hosts",
+            "moved to `[http] allowed_hosts`: the Host rule now applies to every route".into(),
+        ));
+    }
     let defaults = McpConfig::default();
+    let max_sessions = raw.max_sessions.unwrap_or(defaults.max_sessions);
+    let max_sessions_per_principal = raw.max_sessions_per_principal.unwrap_or(defaults.max_sessions_per_principal);
+    if max_sessions == 0 || max_sessions_per_principal == 0 {
+        return Err(("mcp.max_sessions", "`max_sessions` and `max_sessions_per_principal` must be at least 1".into()));
+    }
     let call_timeout = raw.call_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.call_timeout);
     let mut servers = Vec::new();
     for (name, server) in raw.servers.unwrap_or_default() {
@@ -61,6 +72,7 @@ pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (&'sta
         connect_timeout: raw.connect_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.connect_timeout),
         max_argument_bytes: raw.max_argument_bytes.unwrap_or(defaults.max_argument_bytes),
         max_result_bytes: raw.max_result_bytes.unwrap_or(defaults.max_result_bytes),
-        allowed_hosts: raw.allowed_hosts,
+        max_sessions,
+        max_sessions_per_principal: max_sessions_per_principal.min(max_sessions),
     })
 }

@@ -30,8 +30,8 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// Registers the `tools.test` capability (echo, sleep, fail): for tests and demos.
     pub test_capability: bool,
-    /// Largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
+    /// Connections, timeouts and the Host/Origin rules of the HTTP server.
+    pub http: HttpConfig,
     /// Where policies come from.
     pub policies: PolicySource,
     /// Known cost tiers, cheapest first.
@@ -45,6 +45,47 @@ pub struct Config {
     pub mcp: crate::mcp::McpConfig,
     /// The file this configuration came from, if any (reloaded on SIGHUP).
     pub path: Option<PathBuf>,
+}
+
+/// `[http]`: what the HTTP server accepts and how long it waits.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest time to receive a request's headers once its first byte arrived.
+    pub header_timeout: Duration,
+    /// Longest time to receive a request's whole body once its headers arrived.
+    pub body_timeout: Duration,
+    /// Longest a connection may sit with no request in flight before it is closed;
+    /// also how long a response may wait for a client that does not read it.
+    pub idle_timeout: Duration,
+    /// Connections open at once; at the cap, the longest-idle connection is closed to
+    /// make room (also kept below the process's open-file limit).
+    pub max_connections: usize,
+    /// After SIGTERM, how long in-flight requests get to finish before executions are
+    /// cancelled (and recorded) and connections closed.
+    pub shutdown_grace: Duration,
+    /// `Host` values every route accepts (each `name` or `name:port`). `None`: loopback
+    /// names in local mode, any host in keyed mode (every request is authenticated).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins (`scheme://host[:port]`) allowed to call the API cross-origin;
+    /// any other foreign `Origin` gets 403.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(10),
+            allowed_hosts: None,
+            cors_origins: Vec::new(),
+        }
+    }
 }
 
 /// Where the policy files are.
@@ -140,7 +181,7 @@ impl Config {
             Some(dir) => Some(dir),
             None => std::env::var_os("SANDGATE_CACHE_DIR").map(PathBuf::from).or(defaults.cache_dir),
         };
-        let max_body_bytes = raw.http.and_then(|h| h.max_body_bytes).unwrap_or(8 << 20);
+        let http = http_config(raw.http.unwrap_or_default()).map_err(|(key, message)| invalid(key, message))?;
         let policies = match raw.policies {
             Some(dir) => PolicySource::Dir(relative_to(path, dir)),
             None if Path::new("policies").is_dir() => PolicySource::Dir(PathBuf::from("policies")),
@@ -192,7 +233,7 @@ impl Config {
                 cache_dir,
             },
             test_capability: sandbox.test_capability.unwrap_or(false),
-            max_body_bytes,
+            http,
             policies,
             tiers,
             ledger,
@@ -202,6 +243,45 @@ impl Config {
             path: None,
         })
     }
+}
+
+fn http_config(raw: raw::RawHttp) -> Result<HttpConfig, (&'static str, String)> {
+    let defaults = HttpConfig::default();
+    let millis = |value: Option<u64>, default: Duration, key: &'static str| match value {
+        Some(0) => Err((key, "must be at least 1 ms".to_string())),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default),
+    };
+    let max_connections = raw.max_connections.unwrap_or(defaults.max_connections);
+    if max_connections < 16 {
+        return Err(("http.max_connections", "must be at least 16".into()));
+    }
+    for origin in raw.cors_origins.iter().flatten() {
+        let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && !origin.ends_with('/')
+            && origin.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+        if !valid {
+            return Err((
+                "http.cors_origins",
+                format!("`{origin}` is not an origin such as `https://app.example.com` (scheme, host, optional port)"),
+            ));
+        }
+    }
+    for host in raw.allowed_hosts.iter().flatten() {
+        if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+            return Err(("http.allowed_hosts", format!("`{host}` is not a host name or `host:port`")));
+        }
+    }
+    Ok(HttpConfig {
+        max_body_bytes: raw.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        header_timeout: millis(raw.header_timeout_ms, defaults.header_timeout, "http.header_timeout_ms")?,
+        body_timeout: millis(raw.body_timeout_ms, defaults.body_timeout, "http.body_timeout_ms")?,
+        idle_timeout: millis(raw.idle_timeout_ms, defaults.idle_timeout, "http.idle_timeout_ms")?,
+        max_connections,
+        shutdown_grace: millis(raw.shutdown_grace_ms, defaults.shutdown_grace, "http.shutdown_grace_ms")?,
+        allowed_hosts: raw.allowed_hosts,
+        cors_origins: raw.cors_origins.unwrap_or_default(),
+    })
 }
 
 /// A path from the configuration file, taken relative to the file's directory.
@@ -251,6 +331,10 @@ mod tests {
             ("[mcp.servers.x]\nurl = \"ftp://h\"", "mcp.servers.url"),
             ("[mcp.servers.x]\ncommand = \"x\"\nurl = \"http://h\"", "exactly one of"),
             ("[mcp.servers.x]\nargs = []", "exactly one of"),
+            ("[mcp]\nallowed_hosts = [\"a\"]", "moved to `[http] allowed_hosts`"),
+            ("[http]\ncors_origins = [\"app.example.com\"]", "http.cors_origins"),
+            ("[http]\nheader_timeout_ms = 0", "http.header_timeout_ms"),
+            ("[http]\nmax_connections = 1", "http.max_connections"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

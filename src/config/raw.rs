@@ -103,6 +103,13 @@ pub(super) struct RawSandbox {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub max_body_bytes: Option<usize>,
+    pub header_timeout_ms: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub shutdown_grace_ms: Option<u64>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub cors_origins: Option<Vec<String>>,
 }
 
 /// `[mcp]`: upstream MCP servers and the Code Mode server's settings.
@@ -113,7 +120,10 @@ pub(super) struct RawMcp {
     pub connect_timeout_ms: Option<u64>,
     pub max_argument_bytes: Option<usize>,
     pub max_result_bytes: Option<usize>,
-    pub allowed_hosts: Option<Vec<String>>,
+    /// Moved to `[http] allowed_hosts`; kept only to say so.
+    pub allowed_hosts: Option<toml::Value>,
+    pub max_sessions: Option<usize>,
+    pub max_sessions_per_principal: Option<usize>,
     pub servers: Option<std::collections::BTreeMap<String, RawMcpServer>>,
 }
 

@@ -22,6 +22,13 @@ impl ApiError {
     pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
         Self { status, kind: kind.as_str(), message: message.into(), retry_after_secs: None, challenge: false }
     }
+
+    /// The same error under a request-level kind that is not an execution kind
+    /// (`forbidden`, `rate_limited`, `not_found`).
+    pub fn with_kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
 }
 
 impl From<Rejected> for ApiError {
@@ -30,6 +37,7 @@ impl From<Rejected> for ApiError {
             Rejected::Invalid(_) => (StatusCode::BAD_REQUEST, None),
             Rejected::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
             Rejected::Overloaded { retry_after_secs } => (StatusCode::SERVICE_UNAVAILABLE, Some(*retry_after_secs)),
+            Rejected::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
         };
         if retry.is_some() {
             crate::telemetry::record_rejection("overloaded");
@@ -56,7 +64,11 @@ impl From<ServiceError> for ApiError {
                 crate::telemetry::record_rejection("rate_limited");
                 (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs), false)
             }
-            ServiceError::Ledger(_) => (StatusCode::INTERNAL_SERVER_ERROR, None, false),
+            ServiceError::TooManyRunning { .. } => {
+                crate::telemetry::record_rejection("concurrency");
+                (StatusCode::TOO_MANY_REQUESTS, Some(1), false)
+            }
+            ServiceError::Ledger(_) | ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None, false),
         };
         Self { status, kind, message, retry_after_secs, challenge }
     }

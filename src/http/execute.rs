@@ -19,19 +19,7 @@ use crate::sandbox::{ErrorKind, ExecuteRequest};
 
 pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
-    let limit = app.config.max_body_bytes;
-    let bytes = super::read_body(&headers, body, limit).await.map_err(|e| match e {
-        super::BodyError::TooLarge => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::InvalidRequest,
-            format!("request body is larger than {limit} bytes"),
-        ),
-        super::BodyError::Unreadable(e) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::InvalidRequest,
-            format!("cannot read the request body: {e}"),
-        ),
-    })?;
+    let bytes = super::read_body(&headers, body, app.config.http.max_body_bytes).await?;
     let request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
     })?;
@@ -42,23 +30,21 @@ pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, bod
         return Ok(Json(outcome).into_response());
     }
 
+    // The execution is cancelled if this stream is dropped (the client went away)
+    // before its result is sent; it is recorded either way.
     let (lines_tx, lines_rx) = mpsc::unbounded_channel();
-    let service = app.service.clone();
-    let finished = tokio::spawn(async move { service.run(prepared, Some(lines_tx)).await });
+    let finished = app.service.start(prepared, Some(lines_tx));
     let logs = UnboundedReceiverStream::new(lines_rx)
         .map(|line| Ok::<_, Infallible>(Event::default().event("log").json_data(line).unwrap_or_default()));
     let result = futures::stream::once(async move {
         let event = match finished.await {
-            Ok(Ok(outcome)) => Event::default().event("result").json_data(outcome),
-            Ok(Err(rejected)) => {
+            Ok(outcome) => Event::default().event("result").json_data(outcome),
+            Err(rejected) => {
                 let error = ApiError::from(rejected);
                 Event::default()
                     .event("error")
                     .json_data(serde_json::json!({ "error": { "kind": error.kind, "message": error.message } }))
             }
-            Err(join) => Event::default()
-                .event("error")
-                .json_data(serde_json::json!({ "error": { "kind": "internal", "message": join.to_string() } })),
         };
         Ok::<_, Infallible>(event.unwrap_or_default())
     });

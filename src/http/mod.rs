@@ -2,28 +2,40 @@
 //! library call and its result back.
 //!
 //! One file per surface: `execute.rs` (`POST /v1/execute`, JSON or SSE), `usage.rs`
-//! (`GET /v1/usage`), `tools.rs` (`GET /v1/tools`), `models.rs` (the model proxy), `ops.rs` (`/healthz`, `/metrics`), `error.rs` (the JSON error
-//! body and status mapping); `/mcp` is the Code Mode MCP server (`crate::mcp::server`).
-//! Every `/v1` route and `/mcp` authenticates with `Authorization: Bearer <key>`.
+//! (`GET /v1/usage`), `tools.rs` (`GET /v1/tools`), `models.rs` (the model proxy),
+//! `ops.rs` (`/healthz`, `/metrics`), `mcp.rs` (`/mcp`, the Code Mode MCP server),
+//! `error.rs` (the JSON error body and status mapping). `guard.rs` applies the Host,
+//! Origin and Content-Type rules to every route, and `serve.rs` accepts connections
+//! with their timeouts, cap and graceful shutdown. Every `/v1` route and `/mcp`
+//! authenticate with `Authorization: Bearer <key>`.
 
 mod error;
 mod execute;
+pub mod guard;
+mod mcp;
 mod models;
 mod ops;
+pub mod serve;
 mod tools;
 mod usage;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 
 use crate::auth::Principal;
 use crate::config::Config;
+use crate::sandbox::ErrorKind;
 use crate::service::Service;
 
 /// What every handler shares.
@@ -33,26 +45,33 @@ pub struct AppState {
     pub config: Arc<Config>,
 }
 
-/// Why a request body could not be read.
-enum BodyError {
-    /// Declared or actual length over the cap.
-    TooLarge,
-    Unreadable(String),
-}
-
 /// Reads a request body up to `limit` bytes; a declared `Content-Length` over the
-/// cap is refused before anything is read.
-async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
+/// cap is refused before anything is read (413), and a body that does not arrive
+/// within the body timeout is 408.
+async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::InvalidRequest,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return Err(BodyError::TooLarge);
+        return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
-            BodyError::TooLarge
-        } else {
-            BodyError::Unreadable(e.to_string())
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(error) = source {
+            if let Some(timeout) = error.downcast_ref::<serve::BodyTimeout>() {
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, ErrorKind::InvalidRequest, timeout.to_string());
+            }
+            if error.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = error.source();
         }
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("cannot read the request body: {e}"))
     })
 }
 
@@ -62,49 +81,12 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, A
     Ok(app.service.authenticate(token)?)
 }
 
-/// `/mcp`: the Code Mode MCP server over streamable HTTP. Every request is
-/// authenticated here (401 with `WWW-Authenticate: Bearer` otherwise) and carries its
-/// principal into the MCP handler.
-fn mcp_service(state: &AppState) -> Router {
-    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-
-    let mut config = StreamableHttpServerConfig::default().with_max_request_body_bytes(state.config.max_body_bytes);
-    config = match (&state.config.mcp.allowed_hosts, state.service.requires_keys()) {
-        (Some(hosts), _) => config.with_allowed_hosts(hosts.clone()),
-        (None, true) => config.disable_allowed_hosts(),
-        (None, false) => config,
-    };
-    let service = state.service.clone();
-    let mcp = StreamableHttpService::new(
-        move || Ok(crate::mcp::server::CodeMode::http(service.clone())),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
-    Router::new()
-        .route_service("/mcp", mcp)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), mcp_authenticate))
-}
-
-async fn mcp_authenticate(
-    axum::extract::State(app): axum::extract::State<AppState>,
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match authenticate(&app, request.headers()) {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(error) => error.into_response(),
-    }
-}
-
-/// The application's routes.
-pub fn router(state: AppState) -> Router {
-    let mcp = mcp_service(&state);
-    Router::new()
+/// The application's routes, behind the Host/Origin/Content-Type guard (and CORS for
+/// the listed origins). `stopping` is cancelled when the server begins to shut down.
+pub fn router(state: AppState, stopping: CancellationToken) -> Router {
+    let guard = Arc::new(guard::Guard::new(&state.config.http, state.service.mode()));
+    let mcp = mcp::router(&state, stopping);
+    let mut app = Router::new()
         .route("/v1/tools", get(tools::list))
         .route("/v1/execute", post(execute::execute))
         .route("/v1/usage", get(usage::usage))
@@ -115,5 +97,39 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(error::not_found)
         .with_state(state)
-        .merge(mcp)
+        .merge(mcp);
+    if let Some(cors) = guard.cors() {
+        app = app.layer(cors);
+    }
+    app.layer(axum::middleware::from_fn_with_state(guard, guard::enforce))
+}
+
+/// A response body that holds `guard` until the body ends or is dropped: how a
+/// request or stream stays counted as in flight for exactly as long as it is.
+pub(crate) struct Guarded<G> {
+    inner: axum::body::Body,
+    _guard: G,
+}
+
+impl<G> Guarded<G> {
+    pub(crate) fn new(inner: axum::body::Body, guard: G) -> Self {
+        Self { inner, _guard: guard }
+    }
+}
+
+impl<G: Unpin> HttpBody for Guarded<G> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

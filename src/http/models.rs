@@ -61,15 +61,10 @@ async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) ->
         Ok(principal) => principal,
         Err(response) => return *response,
     };
-    let limit = app.config.max_body_bytes;
+    let limit = app.config.http.max_body_bytes;
     let bytes = match super::read_body(&headers, body, limit).await {
         Ok(bytes) => bytes,
-        Err(super::BodyError::TooLarge) => {
-            return error(format, 413, "invalid_request_error", &format!("body larger than {limit} bytes"), None)
-        }
-        Err(super::BodyError::Unreadable(e)) => {
-            return error(format, 400, "invalid_request_error", &format!("cannot read the body: {e}"), None)
-        }
+        Err(refused) => return error(format, refused.status.as_u16(), "invalid_request_error", &refused.message, None),
     };
     let body: Value = match serde_json::from_slice(&bytes) {
         Ok(body) => body,

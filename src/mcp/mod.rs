@@ -34,10 +34,12 @@ pub struct McpConfig {
     pub max_argument_bytes: usize,
     /// Largest tool result (as JSON) handed back to the guest.
     pub max_result_bytes: usize,
-    /// `Host` header values `/mcp` accepts (DNS-rebinding protection). `None`: loopback
-    /// names when no keys are configured, any host when keys are (every request is
-    /// then authenticated).
-    pub allowed_hosts: Option<Vec<String>>,
+    /// MCP sessions (streamable HTTP, protocol revisions with sessions) open at once;
+    /// past it, the longest-idle session is closed to make room.
+    pub max_sessions: usize,
+    /// MCP sessions one principal may have open; past it, their longest-idle one is
+    /// closed to make room.
+    pub max_sessions_per_principal: usize,
 }
 
 impl Default for McpConfig {
@@ -48,7 +50,8 @@ impl Default for McpConfig {
             connect_timeout: Duration::from_secs(30),
             max_argument_bytes: 1 << 20,
             max_result_bytes: 4 << 20,
-            allowed_hosts: None,
+            max_sessions: 1_000,
+            max_sessions_per_principal: 32,
         }
     }
 }

@@ -126,12 +126,20 @@ impl CodeMode {
             Ok(prepared) => prepared,
             Err(error) => return failure(error.kind(), &error.to_string(), None),
         };
+        // The execution is cancelled (and still recorded) if the client cancels the
+        // request or rmcp drops this handler.
         let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<LogLine>();
-        let service = self.service.clone();
-        let run = tokio::spawn(async move { service.run(prepared, Some(lines_tx)).await });
+        let run = self.service.start(prepared, Some(lines_tx));
         let progress_token = context.meta.get_progress_token();
         let mut sent = 0u32;
-        while let Some(line) = lines_rx.recv().await {
+        loop {
+            let line = tokio::select! {
+                line = lines_rx.recv() => line,
+                () = context.ct.cancelled() => {
+                    return failure("cancelled", "the request was cancelled; the execution was stopped", None)
+                }
+            };
+            let Some(line) = line else { break };
             sent += 1;
             if let Some(token) = &progress_token {
                 let mut progress = ProgressNotificationParam::new(token.clone(), f64::from(sent));
@@ -148,9 +156,8 @@ impl CodeMode {
             let _ = context.peer.notify_logging_message(message).await;
         }
         let outcome = match run.await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(error)) => return failure(error.kind(), &error.to_string(), None),
-            Err(join) => return failure("internal", &join.to_string(), None),
+            Ok(outcome) => outcome,
+            Err(error) => return failure(error.kind(), &error.to_string(), None),
         };
         let structured = serde_json::to_value(&outcome).unwrap_or(Value::Null);
         let logs = if outcome.logs.is_empty() {

@@ -51,6 +51,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The amounts held: nano-dollars and tokens.
+    pub fn amount(&self) -> (i64, u64) {
+        (self.nanos, self.tokens)
+    }
+
     /// Replaces the estimate with what the call actually cost.
     pub fn settle(mut self, nanos: i64, tokens: u64) {
         self.budgets.apply(&self.keys, -self.nanos, -(self.tokens as i64), nanos, tokens);

@@ -21,6 +21,18 @@
 //! for the commit was most of the proxy's added tail latency. Budgets are settled in
 //! memory at once, so spend stays exact while the process lives.
 //!
+//! # Whatever the caller does
+//!
+//! A provider bills a request once it has it, whether or not anyone reads the answer.
+//! So each call runs as a task of its own ([`Gateway::call`] only awaits it): a caller
+//! that goes away (an HTTP client hanging up, an execution passing its wall-clock
+//! limit) stops waiting, and the call still completes, is settled against the budget
+//! and recorded with the usage the provider reported. A stream whose client leaves is
+//! read to its end for the same reason. Only when the server stops, after its grace
+//! period, are calls still in flight cut off; those, and any call whose usage never
+//! arrives, are charged and recorded at the reserved estimate, with a status ending
+//! in `_estimated`.
+//!
 //! Routes: `/v1/chat/completions` serves models of OpenAI-compatible providers and
 //! `/v1/messages` models of Anthropic providers, both passed through unchanged apart
 //! from the model name (streams are forwarded chunk by chunk, never buffered).
@@ -41,6 +53,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use budget::{Budgets, Exceeded, Reservation};
 pub use catalog::{Catalog, Model, ModelCapability, Price, Provider, ProviderKind, RouterSettings, Tier};
@@ -234,6 +248,10 @@ pub struct Gateway {
     budgets: Arc<Budgets>,
     ledger: Ledger,
     rates: Arc<RateLimiter>,
+    /// Calls in flight, each a task of its own (see the module docs).
+    calls: TaskTracker,
+    /// Cancelled when the server stops: calls still in flight are cut off and recorded.
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -291,7 +309,23 @@ impl Gateway {
             budgets: Arc::new(Budgets::new(ledger.clone())),
             ledger,
             rates,
+            calls: TaskTracker::new(),
+            stop: CancellationToken::new(),
         })
+    }
+
+    /// Waits up to `grace` for calls in flight (and streams being drained) to finish,
+    /// then cuts off the rest, which record themselves at their reserved estimate.
+    pub async fn stop(&self, grace: Duration) {
+        self.calls.close();
+        if tokio::time::timeout(grace, self.calls.wait()).await.is_err() {
+            tracing::warn!(
+                calls = self.calls.len(),
+                "model calls still in flight at shutdown; recording their estimates"
+            );
+            self.stop.cancel();
+            self.calls.wait().await;
+        }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -521,8 +555,28 @@ impl Gateway {
         out
     }
 
-    /// Runs one call: policy, rate, routing, budget, fallback; records it.
+    /// Runs one call: policy, rate, routing, budget, fallback; records it. The call is
+    /// a task of its own: if this future is dropped, the call still completes and is
+    /// recorded (see the module docs).
     pub async fn call(
+        self: &Arc<Self>,
+        ctx: CallContext,
+        format: Format,
+        body: Value,
+        anthropic_version: Option<String>,
+    ) -> Result<Answer, ModelError> {
+        let this = self.clone();
+        let stop = self.stop.clone();
+        let task = self.calls.spawn(async move {
+            tokio::select! {
+                answer = this.route(ctx, format, body, anthropic_version) => answer,
+                () = stop.cancelled() => Err(ModelError::Unavailable("the server is shutting down".into())),
+            }
+        });
+        task.await.unwrap_or_else(|error| Err(ModelError::Unavailable(format!("the model call failed: {error}"))))
+    }
+
+    async fn route(
         &self,
         ctx: CallContext,
         format: Format,
@@ -549,6 +603,7 @@ impl Gateway {
         let settings = &self.catalog.router;
         let mut routed = Routed::default();
         let mut last_error: Option<ModelError> = None;
+        let mut reservation = Some(reservation);
 
         for model in candidates {
             let provider = self.catalog.provider_of(model);
@@ -564,6 +619,27 @@ impl Gateway {
                 }
                 let permit = self.concurrency[model.provider].clone().acquire_owned().await.ok();
                 let request = self.upstream_request(model, &upstream_body, anthropic_version.as_deref());
+                // From here the provider may have the request: if this task is cut off
+                // before the call settles, `pending` records it at its estimate.
+                let mut pending = Pending {
+                    ledger: self.ledger.clone(),
+                    ctx: ctx.clone(),
+                    model: model.clone(),
+                    provider: provider.name.clone(),
+                    kind: provider.kind,
+                    reservation: reservation.take(),
+                    started,
+                    started_at_ms,
+                    fallbacks: Vec::new(),
+                    tags: tags.clone(),
+                    estimated_input: needs.input_tokens,
+                    estimated_output: needs.max_output,
+                    status: 0,
+                    timeout: provider.timeout,
+                    calls: self.calls.clone(),
+                    stop: self.stop.clone(),
+                    _permit: permit,
+                };
                 let failure = match tokio::time::timeout(provider.timeout, request.send()).await {
                     Err(_) => format!("timed out after {} ms", provider.timeout.as_millis()),
                     Ok(Err(e)) => format!("cannot reach {}: {}", provider.name, e.without_url()),
@@ -588,29 +664,20 @@ impl Gateway {
                                 user = %ctx.principal.user, requested = %requested_name, model = %model.name,
                                 tier = %model.tier, fallbacks = ?routed.fallbacks, "router: routed"
                             );
-                            let record = Pending {
-                                ledger: self.ledger.clone(),
-                                ctx: ctx.clone(),
-                                model: model.clone(),
-                                provider: provider.name.clone(),
-                                kind: provider.kind,
-                                reservation: Some(reservation),
-                                started,
-                                started_at_ms,
-                                fallbacks: routed.fallbacks.clone(),
-                                tags,
-                                estimated_input: needs.input_tokens,
-                                status,
-                                _permit: permit,
-                            };
+                            pending.status = status;
+                            pending.fallbacks = routed.fallbacks.clone();
                             return if stream && (200..300).contains(&status) {
-                                Ok(record.stream(response, routed))
+                                Ok(pending.stream(response, routed))
                             } else {
-                                record.whole(response, routed).await
+                                pending.whole(response, routed).await
                             };
                         }
                     }
                 };
+                // This attempt was refused or never reached the provider: nothing to
+                // charge for it; the reservation goes on to the next attempt.
+                reservation = pending.reservation.take();
+                drop(pending);
                 breaker.failure(settings, &provider.name);
                 tracing::warn!(model = %model.name, attempt, %failure, "router: attempt failed");
                 routed.fallbacks.push(format!("{}: {failure}", model.name));
@@ -651,7 +718,7 @@ impl Gateway {
     }
 
     /// `model.chat` from sandboxed code.
-    pub async fn chat(&self, ctx: CallContext, request: Value) -> Result<ChatAnswer, ModelError> {
+    pub async fn chat(self: &Arc<Self>, ctx: CallContext, request: Value) -> Result<ChatAnswer, ModelError> {
         let Some(messages) = request.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()) else {
             return Err(ModelError::Invalid("model.chat needs `messages`: [{role, content}, ...]".into()));
         };
@@ -755,8 +822,9 @@ fn translate_to_anthropic(body: &Value, default_max_tokens: u64) -> Value {
     out
 }
 
-/// A call that got its response headers: settles and records it once the body is
-/// read or the stream ends.
+/// A call the provider may have: settles and records it once the body is read or
+/// the stream ends. Dropped with its reservation still held (the task was cut off at
+/// shutdown), it records the call at the reserved estimate.
 struct Pending {
     ledger: Ledger,
     ctx: CallContext,
@@ -769,13 +837,30 @@ struct Pending {
     fallbacks: Vec<String>,
     tags: Value,
     estimated_input: u64,
+    estimated_output: u64,
+    /// The response status, once headers arrived.
     status: u16,
+    /// The provider's timeout: also how long a stream is drained after its client left.
+    timeout: Duration,
+    calls: TaskTracker,
+    stop: CancellationToken,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Pending {
     fn record(&mut self, tokens: Tokens, status: &str) -> Record {
         let cost = self.model.price.cost_nanos(tokens.input, tokens.output, tokens.cached);
+        self.record_at(tokens, cost, status)
+    }
+
+    /// The record of a call whose usage is unknown: the reserved estimate, charged.
+    fn record_reserved(&mut self, status: &str) -> Record {
+        let tokens = Tokens { input: self.estimated_input, output: self.estimated_output, cached: 0 };
+        let nanos = self.reservation.as_ref().map_or(0, |r| r.amount().0);
+        self.record_at(tokens, nanos, &format!("{status}_estimated"))
+    }
+
+    fn record_at(&mut self, tokens: Tokens, cost: i64, status: &str) -> Record {
         if let Some(reservation) = self.reservation.take() {
             reservation.settle(cost, tokens.input + tokens.output);
         }
@@ -803,7 +888,18 @@ impl Pending {
 
     async fn whole(mut self, response: reqwest::Response, routed: Routed) -> Result<Answer, ModelError> {
         let content_type = content_type(&response);
-        let body = response.bytes().await.map_err(|e| ModelError::Unavailable(format!("{}: {e}", routed.model)))?;
+        let body = match tokio::time::timeout(self.timeout, response.bytes()).await {
+            Ok(Ok(body)) => body,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no whole answer within {} ms", self.timeout.as_millis()),
+                };
+                let record = self.record_reserved("body_error");
+                self.ledger.record_detached(vec![record]);
+                return Err(ModelError::Unavailable(format!("{}: {why}", routed.model)));
+            }
+        };
         let (tokens, status) = if (200..300).contains(&self.status) {
             let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             match usage::from_response(self.kind, &value) {
@@ -823,31 +919,63 @@ impl Pending {
     fn stream(self, response: reqwest::Response, routed: Routed) -> Answer {
         let content_type = content_type(&response);
         let status = self.status;
-        let metered =
-            Metered { inner: response.bytes_stream().boxed(), meter: StreamMeter::new(self.kind), pending: Some(self) };
+        let metered = Metered {
+            inner: Some(response.bytes_stream().boxed()),
+            meter: StreamMeter::new(self.kind),
+            pending: Some(self),
+        };
         Answer::Stream { status, content_type, body: metered.boxed(), routed }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.reservation.is_some() {
+            let record = self.record_reserved("interrupted");
+            self.ledger.record_detached(vec![record]);
+        }
     }
 }
 
 /// An upstream event stream on its way to the client, metered as it passes.
 struct Metered {
-    inner: BoxStream<'static, Result<Bytes, reqwest::Error>>,
+    inner: Option<BoxStream<'static, Result<Bytes, reqwest::Error>>>,
     meter: StreamMeter,
     pending: Option<Pending>,
 }
 
 impl Metered {
-    /// Settles the budget and records the call, once.
-    fn finish(&mut self, status: &str) {
+    /// Settles the budget and records the call, once: at the usage the provider
+    /// reported, else at the streamed text counted (a stream that ended) or the
+    /// reserved estimate (one cut short).
+    fn finish(&mut self, status: &str, ended: bool) {
         let Some(mut pending) = self.pending.take() else { return };
-        let (tokens, status) = if self.meter.saw_usage {
-            (self.meter.tokens, status.to_string())
-        } else {
+        let record = if self.meter.saw_usage {
+            pending.record(self.meter.tokens, status)
+        } else if ended {
             let output = count_tokens(&self.meter.text);
-            (Tokens { input: pending.estimated_input, output, cached: 0 }, format!("{status}_estimated"))
+            let tokens = Tokens { input: pending.estimated_input, output, cached: 0 };
+            pending.record(tokens, &format!("{status}_estimated"))
+        } else {
+            pending.record_reserved(status)
         };
-        let record = pending.record(tokens, &status);
         pending.ledger.record_detached(vec![record]);
+    }
+
+    /// Reads the rest of a stream whose client left, so the usage the provider
+    /// reports at its end is what gets recorded.
+    async fn drain(mut self) {
+        let (Some(mut inner), Some(timeout)) = (self.inner.take(), self.pending.as_ref().map(|p| p.timeout)) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, inner.next()).await {
+                Ok(Some(Ok(bytes))) => self.meter.feed(&bytes),
+                Ok(None) => return self.finish("client_closed", true),
+                Ok(Some(Err(_))) | Err(_) => return self.finish("client_closed", false),
+            }
+        }
     }
 }
 
@@ -859,18 +987,19 @@ impl futures::Stream for Metered {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
-        match self.inner.poll_next_unpin(cx) {
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        match inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(bytes))) => {
                 self.meter.feed(&bytes);
                 Poll::Ready(Some(Ok(bytes)))
             }
             Poll::Ready(Some(Err(error))) => {
-                self.finish("stream_error");
+                self.finish("stream_error", false);
                 Poll::Ready(Some(Err(std::io::Error::other(error))))
             }
             Poll::Ready(None) => {
                 let status = if self.meter.finished { "ok" } else { "stream_incomplete" };
-                self.finish(status);
+                self.finish(status, true);
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -879,7 +1008,26 @@ impl futures::Stream for Metered {
 }
 
 impl Drop for Metered {
+    /// The client went away before the stream ended: drain the rest in a task of the
+    /// gateway's (unless the server is stopping), so the recorded usage is the
+    /// provider's.
     fn drop(&mut self) {
-        self.finish("client_closed");
+        let Some(pending) = self.pending.as_ref() else { return };
+        if self.inner.is_none() || pending.stop.is_cancelled() || tokio::runtime::Handle::try_current().is_err() {
+            self.finish("client_closed", false);
+            return;
+        }
+        let (calls, stop) = (pending.calls.clone(), pending.stop.clone());
+        let rest = Metered {
+            inner: self.inner.take(),
+            meter: std::mem::replace(&mut self.meter, StreamMeter::new(pending.kind)),
+            pending: self.pending.take(),
+        };
+        calls.spawn(async move {
+            tokio::select! {
+                () = rest.drain() => {}
+                () = stop.cancelled() => {}
+            }
+        });
     }
 }

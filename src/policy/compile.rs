@@ -75,6 +75,8 @@ pub(super) struct At<T> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Selector {
     Everyone,
+    /// The single user of local mode (a server started without keys).
+    Local,
     User(String),
     Team(String),
     Key(String),
@@ -86,9 +88,12 @@ impl Selector {
         if text == "*" {
             return Ok(Self::Everyone);
         }
+        if text == "local" {
+            return Ok(Self::Local);
+        }
         let Some((kind, name)) = text.split_once(':') else {
             return Err(format!(
-                "principal selector {text:?} has no kind: write \"*\", \"user:NAME\", \"team:NAME\", \"key:NAME\" or \"role:admin\"/\"role:member\""
+                "principal selector {text:?} has no kind: write \"*\", \"local\", \"user:NAME\", \"team:NAME\", \"key:NAME\" or \"role:admin\"/\"role:member\""
             ));
         };
         if name.is_empty() {
@@ -117,6 +122,7 @@ impl Selector {
     pub fn matches(&self, principal: &Principal) -> bool {
         match self {
             Self::Everyone => true,
+            Self::Local => principal.local,
             Self::User(name) => principal.user == *name,
             Self::Team(name) => principal.team == *name,
             Self::Key(name) => principal.key == *name,
@@ -342,6 +348,9 @@ fn compile_limits(
     let fuel = at_least_one(raw.fuel, "fuel");
     let wall_ms = at_least_one(raw.wall_ms, "wall_ms");
     let code_bytes = at_least_one(raw.code_bytes, "code_bytes");
+    let concurrent =
+        at_least_one(raw.concurrent.map(|v| Spanned::new(v.span(), u64::from(*v.get_ref()))), "concurrent")
+            .map(|n| n as u32);
     let memory_bytes = raw.memory_bytes.and_then(|value| {
         let bytes = *value.get_ref();
         let problem = if bytes < MIN_MEMORY_BYTES {
@@ -366,5 +375,6 @@ fn compile_limits(
         tool_calls: raw.tool_calls.map(Spanned::into_inner),
         model_calls: raw.model_calls.map(Spanned::into_inner),
         code_bytes,
+        concurrent,
     }
 }

@@ -42,6 +42,7 @@ pub(super) struct RawLimits {
     pub tool_calls: Option<Spanned<u32>>,
     pub model_calls: Option<Spanned<u32>>,
     pub code_bytes: Option<Spanned<u64>>,
+    pub concurrent: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

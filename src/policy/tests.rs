@@ -24,7 +24,7 @@ fn parse_err(text: &str) -> String {
 }
 
 fn who(user: &str, team: &str, key: &str, role: Role) -> Principal {
-    Principal { user: user.into(), team: team.into(), key: key.into(), role }
+    Principal { user: user.into(), team: team.into(), key: key.into(), role, local: false }
 }
 
 /// A member of the platform team on her laptop key.
@@ -561,9 +561,19 @@ fn policy_except_removes_principals_a_selector_matches() {
 fn policy_shipped_examples_load_and_mean_what_they_say() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let set = PolicySet::load_dir(&dir, &ctx()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((set.len(), set.files()), (3, 3));
+    assert_eq!((set.len(), set.files()), (4, 4));
     let names: Vec<&str> = set.iter().map(|p| p.name).collect();
-    assert_eq!(names, ["ci", "everyone", "platform"]);
+    assert_eq!(names, ["ci", "everyone", "local", "platform"]);
+
+    // The one user of a keyless server: default limits, everything, no rates.
+    let local = set.capabilities(&Principal::local());
+    assert_eq!(local.matched, ["local"]);
+    assert_eq!(local.limits, Some(Limits { concurrent: 256, ..Limits::default() }));
+    assert_eq!((local.rate, local.budget.clone()), (Rate::default(), Budget::default()));
+    assert!(local.tool("github.delete_repo").allowed && local.tier("frontier").allowed);
+    // A key that happens to be named `local` is not the local principal.
+    let named_local = set.capabilities(&who("local", "local", "local", Role::Admin));
+    assert_eq!(named_local.matched, ["everyone"]);
 
     let platform = set.capabilities(&alice());
     assert_eq!(platform.matched, ["everyone", "platform"]);

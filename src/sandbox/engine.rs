@@ -59,8 +59,12 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<Engine> {
     config
         .consume_fuel(true)
         .epoch_interruption(true)
-        .max_wasm_stack(1 << 20)
-        .async_stack_size(2 << 20)
+        // Deep JavaScript recursion ends at QuickJS's own check on the guest's 2 MiB
+        // shadow stack (a catchable RangeError, about 4,500 frames of a small
+        // function); this native stack is sized so that limit always comes first,
+        // with room for native built-ins (Array.prototype.map, JSON) in between.
+        .max_wasm_stack(16 << 20)
+        .async_stack_size(17 << 20)
         .wasm_backtrace_max_frames(None)
         // No wasm-offset address maps: guest positions come from QuickJS, and the
         // smaller artifact compiles and loads faster.

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The server is at capacity; retry after the indicated delay.
     Overloaded,
+    /// The execution was stopped before it ended: its caller went away (an HTTP
+    /// client hung up, an MCP request was cancelled) or the server shut down.
+    Cancelled,
     /// A fault in sandgate or in the guest runtime itself.
     Internal,
 }
@@ -58,6 +61,7 @@ impl ErrorKind {
             Self::BudgetExceeded => "budget_exceeded",
             Self::InvalidRequest => "invalid_request",
             Self::Overloaded => "overloaded",
+            Self::Cancelled => "cancelled",
             Self::Internal => "internal",
         }
     }
@@ -103,6 +107,9 @@ pub enum Rejected {
     /// Every execution slot is taken, or the queue wait passed its limit.
     #[error("server is at capacity; retry after {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },
+    /// Cancelled while it waited for a CPU slot.
+    #[error("the execution was cancelled before it started")]
+    Cancelled,
 }
 
 impl Rejected {
@@ -110,6 +117,7 @@ impl Rejected {
         match self {
             Self::Invalid(_) | Self::TooLarge { .. } => ErrorKind::InvalidRequest,
             Self::Overloaded { .. } => ErrorKind::Overloaded,
+            Self::Cancelled => ErrorKind::Cancelled,
         }
     }
 }

@@ -20,6 +20,7 @@ use wasmtime::{Caller, Linker, ResourceLimiter};
 use super::capability::{CallPolicy, HostCall, Registry};
 use super::error::{ErrorKind, ExecError};
 use super::limits::Limits;
+use super::request::Language;
 use super::wasi::{self, HasWasi, WasiState};
 use crate::auth::Principal;
 
@@ -139,14 +140,36 @@ pub(crate) enum GuestOutcome {
     Failed(ExecError),
 }
 
+/// The preparation phase (TypeScript stripping) of an execution, until the guest calls
+/// `source_ready`: the budget it runs under, and the execution's own limits to restore.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Preparing {
+    /// Fuel the phase may use: the smaller of its work bound and the execution's fuel.
+    pub(crate) fuel: u64,
+    /// True when `fuel` is the phase's work bound rather than the execution's own limit.
+    pub(crate) fuel_is_bound: bool,
+    /// Memory cap during the phase.
+    pub(crate) memory_bytes: usize,
+    /// True when `memory_bytes` is the phase's bound rather than the execution's limit.
+    pub(crate) memory_is_bound: bool,
+}
+
 /// Everything one execution's store holds. Dropped with the store: nothing survives.
 pub(crate) struct HostState {
     pub(crate) wasi: WasiState,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) limits: Limits,
     pub(crate) code: String,
+    /// Length of the code as submitted (`code` is handed to the guest and emptied).
+    pub(crate) code_bytes: usize,
     /// `input` as JSON text; empty when the request had none.
     pub(crate) input: String,
+    pub(crate) language: Language,
+    /// Set while the guest prepares the code (see [`Preparing`]).
+    pub(crate) preparing: Option<Preparing>,
+    /// Fuel given to the store so far: what it started with, raised to the execution's
+    /// whole fuel when preparation ends.
+    pub(crate) fuel_granted: u64,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) log_bytes: u64,
     pub(crate) events: Option<mpsc::UnboundedSender<LogLine>>,
@@ -177,6 +200,8 @@ pub(crate) struct HostSetup {
     pub(crate) limits: Limits,
     pub(crate) code: String,
     pub(crate) input: String,
+    pub(crate) language: Language,
+    pub(crate) preparing: Option<Preparing>,
     pub(crate) events: Option<mpsc::UnboundedSender<LogLine>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) principal: Arc<Principal>,
@@ -187,12 +212,20 @@ pub(crate) struct HostSetup {
 
 impl HostState {
     pub(crate) fn new(setup: HostSetup) -> Self {
+        let (memory, fuel) = match setup.preparing {
+            Some(phase) => (phase.memory_bytes, phase.fuel),
+            None => (setup.limits.memory_bytes as usize, setup.limits.fuel),
+        };
         Self {
             wasi: WasiState::new(wasi::Entropy::Live),
-            limiter: MemoryLimiter { max: setup.limits.memory_bytes as usize, peak: 0, exceeded: false },
+            limiter: MemoryLimiter { max: memory, peak: 0, exceeded: false },
             limits: setup.limits,
+            code_bytes: setup.code.len(),
             code: setup.code,
             input: setup.input,
+            language: setup.language,
+            preparing: setup.preparing,
+            fuel_granted: fuel,
             logs: Vec::new(),
             log_bytes: 0,
             events: setup.events,
@@ -270,41 +303,110 @@ fn envelope(result: Result<serde_json::Value, ExecError>) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_else(|_| b"{\"ok\":null}".to_vec())
 }
 
-/// The error object the guest reports through `finish`.
+/// Largest error object the guest may report, whatever the result limit.
+const MAX_ERROR_BYTES: u64 = 1 << 20;
+
+/// The error object the guest reports through `finish` (status 1). It comes from
+/// inside the sandbox, so every field is read leniently and checked: a field of the
+/// wrong type is dropped, and the kind must be one the guest can know about.
 #[derive(Deserialize)]
 struct GuestError {
-    kind: String,
-    message: String,
-    name: Option<String>,
-    line: Option<u32>,
-    column: Option<u32>,
-    stack: Option<String>,
+    kind: serde_json::Value,
+    message: serde_json::Value,
+    #[serde(default)]
+    name: serde_json::Value,
+    #[serde(default)]
+    line: serde_json::Value,
+    #[serde(default)]
+    column: serde_json::Value,
+    #[serde(default)]
+    stack: serde_json::Value,
 }
 
 impl GuestError {
-    fn into_exec_error(self) -> ExecError {
-        // The guest may only report causes it can know about; anything else (a thrown
-        // object claiming `kind: "timeout"`, say) is an ordinary exception.
-        let kind = match self.kind.as_str() {
+    /// The error the guest reported, or an `exception` saying it could not be read.
+    /// Never `internal`: nothing the code throws can claim a fault of sandgate.
+    fn read(text: &str) -> ExecError {
+        let Ok(error) = serde_json::from_str::<GuestError>(&well_formed_json(text)) else {
+            return ExecError::new(ErrorKind::Exception, "the code threw an error the sandbox cannot read");
+        };
+        // Kinds the host decides itself (limits, `internal`) never come from the
+        // guest; the prelude reports a host-call kind only for errors the host made.
+        let kind = match error.kind.as_str().unwrap_or_default() {
             "syntax" => ErrorKind::Syntax,
             "unsettled" => ErrorKind::Unsettled,
             "output_limit" => ErrorKind::OutputLimit,
+            "call_limit" => ErrorKind::CallLimit,
             "tool_denied" => ErrorKind::ToolDenied,
             "tool_error" => ErrorKind::ToolError,
             "model_denied" => ErrorKind::ModelDenied,
             "budget_exceeded" => ErrorKind::BudgetExceeded,
             "invalid_request" => ErrorKind::InvalidRequest,
-            "internal" => ErrorKind::Internal,
             _ => ErrorKind::Exception,
         };
+        let text = |value: serde_json::Value| match value {
+            serde_json::Value::String(text) if !text.is_empty() => Some(text),
+            _ => None,
+        };
+        let position =
+            |value: &serde_json::Value| value.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|&n| n > 0);
         ExecError {
             kind,
-            message: self.message,
-            name: self.name,
-            line: self.line,
-            column: self.column,
-            stack: self.stack.filter(|s| !s.is_empty()),
+            message: text(error.message).unwrap_or_else(|| "the code threw an error with no readable message".into()),
+            name: text(error.name),
+            line: position(&error.line),
+            column: position(&error.column),
+            stack: text(error.stack),
         }
+    }
+}
+
+/// `json` with every `\u` escape of a lone UTF-16 surrogate replaced by `\ufffd`.
+///
+/// JavaScript strings may hold lone surrogates, and `JSON.stringify` writes them as
+/// escapes, but they are not Unicode scalar values, so strict JSON readers (serde)
+/// refuse them. Pairs are kept. Text without such an escape is returned as it is.
+pub(crate) fn well_formed_json(json: &str) -> std::borrow::Cow<'_, str> {
+    fn unit(bytes: &[u8], at: usize) -> Option<u16> {
+        let hex = bytes.get(at + 2..at + 6)?;
+        if bytes[at] != b'\\' || bytes[at + 1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+    let bytes = json.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(first) = unit(bytes, i) else {
+            i += 2; // an escape other than \u: skip the escaped character
+            continue;
+        };
+        let paired =
+            (0xD800..0xDC00).contains(&first) && unit(bytes, i + 6).is_some_and(|u| (0xDC00..0xE000).contains(&u));
+        if paired {
+            i += 12;
+        } else if (0xD800..0xE000).contains(&first) {
+            let out = out.get_or_insert_with(|| String::with_capacity(json.len()));
+            out.push_str(&json[copied..i]);
+            out.push_str("\\ufffd");
+            i += 6;
+            copied = i;
+        } else {
+            i += 6;
+        }
+    }
+    match out {
+        Some(mut out) => {
+            out.push_str(&json[copied..]);
+            std::borrow::Cow::Owned(out)
+        }
+        None => std::borrow::Cow::Borrowed(json),
     }
 }
 
@@ -315,6 +417,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         match which {
             0 => state.code.len() as i32,
             1 => state.input.len() as i32,
+            2 => state.language.as_str().len() as i32,
             _ => -1,
         }
     })?;
@@ -325,6 +428,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             let bytes = match which {
                 0 => std::mem::take(&mut caller.data_mut().code).into_bytes(),
                 1 => std::mem::take(&mut caller.data_mut().input).into_bytes(),
+                2 => caller.data().language.as_str().as_bytes().to_vec(),
                 _ => return Ok(-1),
             };
             put_guest_bytes(&mut caller, ptr, len, &bytes)
@@ -387,7 +491,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 ))
             } else {
                 let bytes = guest_bytes(&mut caller, args_ptr, args_len)?;
-                serde_json::from_slice::<serde_json::Value>(&bytes)
+                serde_json::from_str::<serde_json::Value>(&well_formed_json(&String::from_utf8_lossy(&bytes)))
                     .map_err(|e| ExecError::new(ErrorKind::InvalidRequest, format!("call arguments are not JSON: {e}")))
             };
             let state = caller.data_mut();
@@ -425,7 +529,22 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 })
             };
             let max_reply = state.limits.result_bytes as usize;
-            state.started.insert(id, Started { name: name.clone(), at: std::time::Instant::now(), at_ms: now_ms() });
+            match &call {
+                // A call refused before it starts (denied by policy, no such function,
+                // bad arguments) is recorded now with its reason, whether or not the
+                // code ever awaits the rejection.
+                Err(error) => state.call_records.push(HostCallRecord {
+                    name: name.clone(),
+                    started_at_ms: now_ms(),
+                    latency_ms: 0,
+                    outcome: error.kind.as_str().into(),
+                }),
+                Ok(_) => {
+                    state
+                        .started
+                        .insert(id, Started { name: name.clone(), at: std::time::Instant::now(), at_ms: now_ms() });
+                }
+            }
             state.in_flight.push(Box::pin(async move {
                 let result = match call {
                     Ok(future) => future.await,
@@ -486,35 +605,48 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             put_guest_bytes(&mut caller, ptr, len, &reply)
         },
     )?;
+    linker.func_wrap(MODULE, "source_ready", |mut caller: Caller<'_, HostState>| -> wasmtime::Result<()> {
+        let Some(phase) = caller.data_mut().preparing.take() else {
+            return Ok(());
+        };
+        // Preparation is over: the rest of the execution's fuel and its own memory cap.
+        let used = phase.fuel.saturating_sub(caller.get_fuel().unwrap_or(0));
+        let limits = caller.data().limits;
+        caller.set_fuel(limits.fuel.saturating_sub(used))?;
+        let state = caller.data_mut();
+        state.fuel_granted = limits.fuel;
+        state.limiter.max = limits.memory_bytes as usize;
+        Ok(())
+    })?;
     linker.func_wrap(
         MODULE,
         "finish",
         |mut caller: Caller<'_, HostState>, status: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
             let max = caller.data().limits.result_bytes;
-            let outcome = if status == 0 && len.max(0) as u64 > max {
+            let len_bytes = len.max(0) as u64;
+            let outcome = if status == 0 && len_bytes > max {
                 GuestOutcome::Failed(ExecError::new(
                     ErrorKind::OutputLimit,
                     format!("result is {len} bytes; the limit is {max}"),
                 ))
+            } else if len_bytes > MAX_ERROR_BYTES {
+                GuestOutcome::Failed(ExecError::new(
+                    ErrorKind::Exception,
+                    format!("the code threw an error of {len} bytes, too large to report"),
+                ))
             } else {
                 let bytes = guest_bytes(&mut caller, ptr, len)?;
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                if status == 0 {
-                    match RawValue::from_string(text) {
+                let text = String::from_utf8_lossy(&bytes);
+                match status {
+                    0 => match RawValue::from_string(well_formed_json(&text).into_owned()) {
                         Ok(raw) => GuestOutcome::Value(raw),
                         Err(e) => GuestOutcome::Failed(ExecError::new(
-                            ErrorKind::Internal,
-                            format!("guest reported a result that is not JSON: {e}"),
+                            ErrorKind::Exception,
+                            format!("the code's result could not be read as JSON: {e}"),
                         )),
-                    }
-                } else {
-                    match serde_json::from_str::<GuestError>(&text) {
-                        Ok(error) => GuestOutcome::Failed(error.into_exec_error()),
-                        Err(e) => GuestOutcome::Failed(ExecError::new(
-                            ErrorKind::Internal,
-                            format!("guest reported an unreadable error: {e}"),
-                        )),
-                    }
+                    },
+                    1 => GuestOutcome::Failed(GuestError::read(&text)),
+                    _ => GuestOutcome::Failed(ExecError::new(ErrorKind::Internal, format!("guest fault: {text}"))),
                 }
             };
             caller.data_mut().outcome = Some(outcome);

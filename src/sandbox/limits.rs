@@ -26,6 +26,9 @@ pub struct Limits {
     pub model_calls: u32,
     /// Size of the submitted code in bytes. Default 256 KiB.
     pub code_bytes: u64,
+    /// Executions one principal may have at once (running, queued or parked), so one
+    /// caller cannot take every admission slot. Default 32.
+    pub concurrent: u32,
 }
 
 impl Default for Limits {
@@ -40,6 +43,7 @@ impl Default for Limits {
             tool_calls: 100,
             model_calls: 20,
             code_bytes: 256 << 10,
+            concurrent: 32,
         }
     }
 }
@@ -58,6 +62,7 @@ pub struct PartialLimits {
     pub tool_calls: Option<u32>,
     pub model_calls: Option<u32>,
     pub code_bytes: Option<u64>,
+    pub concurrent: Option<u32>,
 }
 
 impl PartialLimits {
@@ -74,6 +79,7 @@ impl PartialLimits {
             tool_calls: self.tool_calls.max(other.tool_calls),
             model_calls: self.model_calls.max(other.model_calls),
             code_bytes: self.code_bytes.max(other.code_bytes),
+            concurrent: self.concurrent.max(other.concurrent),
         };
     }
 
@@ -89,6 +95,7 @@ impl PartialLimits {
             tool_calls: self.tool_calls.unwrap_or(defaults.tool_calls),
             model_calls: self.model_calls.unwrap_or(defaults.model_calls),
             code_bytes: self.code_bytes.unwrap_or(defaults.code_bytes),
+            concurrent: self.concurrent.unwrap_or(defaults.concurrent),
         }
     }
 }
@@ -120,6 +127,7 @@ impl Limits {
             tool_calls: pick("tool_calls", self.tool_calls, request.tool_calls)?,
             model_calls: pick("model_calls", self.model_calls, request.model_calls)?,
             code_bytes: pick("code_bytes", self.code_bytes, request.code_bytes)?,
+            concurrent: pick("concurrent", self.concurrent, request.concurrent)?,
         };
         if limits.wall_ms == 0 {
             return Err("limits.wall_ms must be at least 1".into());

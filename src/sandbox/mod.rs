@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
 
 pub use capability::{AllowAll, CallPolicy, Capability, HostCall, Registry, TestCapability};
@@ -71,12 +72,11 @@ pub struct Admission {
 /// One execution to run.
 #[derive(Clone)]
 pub struct Job {
-    /// JavaScript, as the guest runs it.
+    /// The code as submitted.
     pub code: String,
-    /// Set when the submitted code could not be turned into JavaScript (a TypeScript
-    /// syntax error or unsupported construct): the execution ends with this error
-    /// without running, so the caller gets the same outcome shape as a JS syntax error.
-    pub source_error: Option<ExecError>,
+    /// Its language; TypeScript is stripped inside the sandbox, under the limits of
+    /// the preparation phase (see [`prepare_limits`]).
+    pub language: Language,
     pub input: Option<serde_json::Value>,
     pub limits: Limits,
     pub principal: Arc<Principal>,
@@ -180,11 +180,13 @@ impl Sandbox {
     /// Runs `job`: [`Sandbox::admit`], then [`Sandbox::run_admitted`].
     pub async fn execute(&self, job: Job, events: Option<mpsc::UnboundedSender<LogLine>>) -> Result<Outcome, Rejected> {
         let admission = self.admit()?;
-        self.run_admitted(admission, job, events).await
+        self.run_admitted(admission, job, events, &CancellationToken::new()).await
     }
 
     /// Runs `job` in the slot `admission` holds. Console lines are also sent to
-    /// `events` as they happen, when given.
+    /// `events` as they happen, when given. When `cancel` fires, the execution stops
+    /// at once (within an epoch tick, or at once when parked on host calls) and ends
+    /// with the outcome `cancelled`.
     ///
     /// `Err` means the job never ran (too large, or no CPU slot within the queue
     /// timeout); every fault of the code itself is an `Ok` outcome with `ok: false`
@@ -194,17 +196,23 @@ impl Sandbox {
         admission: Admission,
         job: Job,
         events: Option<mpsc::UnboundedSender<LogLine>>,
+        cancel: &CancellationToken,
     ) -> Result<Outcome, Rejected> {
         if job.code.len() as u64 > job.limits.code_bytes {
             return Err(Rejected::TooLarge { size: job.code.len(), limit: job.limits.code_bytes });
         }
         let cpu = CpuSlot::new(self.cpu.clone());
-        if tokio::time::timeout(self.config.queue_timeout, cpu.acquire()).await.is_err() {
-            return Err(Rejected::Overloaded { retry_after_secs: 1 });
+        tokio::select! {
+            acquired = tokio::time::timeout(self.config.queue_timeout, cpu.acquire()) => {
+                if acquired.is_err() {
+                    return Err(Rejected::Overloaded { retry_after_secs: 1 });
+                }
+            }
+            () = cancel.cancelled() => return Err(Rejected::Cancelled),
         }
         let started = Instant::now();
         let execution_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
-        let outcome = self.run(job, events, cpu.clone(), execution_id).await;
+        let outcome = self.run(job, events, cpu.clone(), execution_id, cancel).await;
         cpu.release();
         drop(admission);
         crate::telemetry::record_execution(&outcome, started.elapsed());
@@ -224,21 +232,13 @@ impl Sandbox {
         events: Option<mpsc::UnboundedSender<LogLine>>,
         cpu: CpuSlot,
         execution_id: Arc<str>,
+        cancel: &CancellationToken,
     ) -> Outcome {
         let limits = job.limits;
-        if let Some(error) = job.source_error {
-            let started_at_ms = unix_millis();
-            return Outcome {
-                ok: false,
-                result: None,
-                logs: Vec::new(),
-                error: Some(error),
-                usage: Usage::default(),
-                execution_id: execution_id.to_string(),
-                started_at_ms,
-                calls: Vec::new(),
-            };
-        }
+        let preparing = match job.language {
+            Language::Typescript => Some(prepare_limits(&limits, job.code.len())),
+            Language::Javascript => None,
+        };
         let input = match &job.input {
             Some(value) => serde_json::to_string(value).unwrap_or_default(),
             None => String::new(),
@@ -247,6 +247,8 @@ impl Sandbox {
             limits,
             code: job.code,
             input,
+            language: job.language,
+            preparing,
             events,
             registry: self.registry.clone(),
             principal: job.principal,
@@ -257,7 +259,7 @@ impl Sandbox {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Fuel can be set only when the engine consumes fuel, which ours always does.
-        let _ = store.set_fuel(limits.fuel);
+        let _ = store.set_fuel(store.data().fuel_granted);
         let started = Instant::now();
         let started_at_ms = unix_millis();
         let deadline = started + Duration::from_millis(limits.wall_ms);
@@ -275,21 +277,29 @@ impl Sandbox {
             let entry = instance.get_typed_func::<(), ()>(&mut store, "run")?;
             entry.call_async(&mut store, ()).await
         };
-        let result = tokio::time::timeout(Duration::from_millis(limits.wall_ms), run).await;
+        // Dropping the guest's future stops it where it is; the store stays readable.
+        let result = tokio::select! {
+            result = tokio::time::timeout(Duration::from_millis(limits.wall_ms), run) => Some(result),
+            () = cancel.cancelled() => None,
+        };
         let wall_ms = started.elapsed().as_millis() as u64;
 
         let fuel_left = store.get_fuel().unwrap_or(0);
         let state = store.data_mut();
         state.cancel_in_flight();
         let usage = |state: &HostState| Usage {
-            fuel: limits.fuel - fuel_left,
+            fuel: state.fuel_granted.saturating_sub(fuel_left),
             wall_ms,
             memory_bytes: state.limiter.peak as u64,
             host_calls: state.calls_started,
         };
         let error = match result {
-            Err(_elapsed) => Some(timeout_error(limits.wall_ms)),
-            Ok(Ok(())) => match state.outcome.take() {
+            None => Some(ExecError::new(
+                ErrorKind::Cancelled,
+                "the execution was cancelled: its caller went away or the server is shutting down",
+            )),
+            Some(Err(_elapsed)) => Some(timeout_error(limits.wall_ms)),
+            Some(Ok(Ok(()))) => match state.outcome.take() {
                 Some(GuestOutcome::Value(value)) => {
                     let usage = usage(state);
                     return finish(state, Some(value), None, usage, started_at_ms, execution_id);
@@ -297,7 +307,7 @@ impl Sandbox {
                 Some(GuestOutcome::Failed(error)) => Some(error),
                 None => Some(ExecError::new(ErrorKind::Internal, "the guest ended without reporting an outcome")),
             },
-            Ok(Err(trap)) => Some(classify(state, &trap, limits)),
+            Some(Ok(Err(trap))) => Some(classify(state, &trap, limits)),
         };
         let usage = usage(state);
         finish(state, None, error, usage, started_at_ms, execution_id)
@@ -332,10 +342,52 @@ fn timeout_error(wall_ms: u64) -> ExecError {
     ExecError::new(ErrorKind::Timeout, format!("execution passed its wall-clock limit of {wall_ms} ms"))
 }
 
+/// Fuel the preparation phase may use per byte of code, on top of
+/// [`PREPARE_FUEL_BASE`]. Stripping real TypeScript takes under a tenth of this (see
+/// the README's performance notes); input that needs more is refused as too complex.
+pub const PREPARE_FUEL_PER_BYTE: u64 = 4_000;
+/// Fixed fuel allowance of the preparation phase.
+pub const PREPARE_FUEL_BASE: u64 = 20_000_000;
+/// Memory cap of the preparation phase (the guest's snapshot included).
+pub const PREPARE_MEMORY_BYTES: u64 = 48 << 20;
+
+/// The limits TypeScript stripping runs under: its own work bound (fuel and memory by
+/// the code's length), or the execution's limits where those are lower.
+pub(crate) fn prepare_limits(limits: &Limits, code_bytes: usize) -> host::Preparing {
+    let bound = PREPARE_FUEL_BASE.saturating_add(PREPARE_FUEL_PER_BYTE.saturating_mul(code_bytes as u64));
+    host::Preparing {
+        fuel: bound.min(limits.fuel),
+        fuel_is_bound: bound < limits.fuel,
+        memory_bytes: PREPARE_MEMORY_BYTES.min(limits.memory_bytes) as usize,
+        memory_is_bound: PREPARE_MEMORY_BYTES < limits.memory_bytes,
+    }
+}
+
 /// Names the cause of a trap: a limit the host enforced, or the engine's own trap.
 fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> ExecError {
     if let Some(hit) = state.limit_hit.take() {
         return hit;
+    }
+    if let Some(phase) = state.preparing {
+        // Stripping TypeScript passed a bound of its own: the code is too complex to
+        // turn into JavaScript, which the caller can fix, so it is a `syntax` error.
+        let refused = |why: String| {
+            ExecError::new(ErrorKind::Syntax, format!("the TypeScript could not be stripped of its types: {why}"))
+        };
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) if phase.fuel_is_bound => {
+                return refused(format!(
+                    "it needs more than the work bound of {} fuel for {} bytes of code; \
+                     simplify deeply nested or ambiguous type syntax",
+                    phase.fuel, state.code_bytes
+                ))
+            }
+            Some(Trap::StackOverflow | Trap::MemoryOutOfBounds) => return refused("it is nested too deeply".into()),
+            _ if state.limiter.exceeded && phase.memory_is_bound => {
+                return refused(format!("it needs more than the memory bound of {} bytes", phase.memory_bytes))
+            }
+            _ => {}
+        }
     }
     if state.limiter.exceeded {
         return ExecError::new(
@@ -348,6 +400,11 @@ fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> E
             ExecError::new(ErrorKind::OutOfFuel, format!("execution used all of its {} fuel", limits.fuel))
         }
         Some(Trap::StackOverflow) => ExecError::new(ErrorKind::StackOverflow, "the guest's stack overflowed"),
+        // The guest's shadow stack sits at the bottom of its memory, so running past
+        // it is an access below address 0.
+        Some(Trap::MemoryOutOfBounds) => {
+            ExecError::new(ErrorKind::StackOverflow, "the guest's stack overflowed (past the bottom of its memory)")
+        }
         Some(Trap::Interrupt) => timeout_error(limits.wall_ms),
         _ => {
             let diagnostics = String::from_utf8_lossy(&state.wasi.diagnostics).trim().to_string();

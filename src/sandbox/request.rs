@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::capability::CallPolicy;
-use super::error::{ErrorKind, ExecError, Rejected};
+use super::error::Rejected;
 use super::limits::{Limits, PartialLimits};
 use super::Job;
 use crate::auth::Principal;
@@ -34,9 +34,19 @@ pub struct ExecuteRequest {
 pub enum Language {
     #[default]
     Javascript,
-    /// Types are stripped in the host (positions kept, so errors point at the code
-    /// as submitted); constructs that emit code, such as `enum`, are refused.
+    /// Types are stripped inside the sandbox before the code runs (positions kept,
+    /// so errors point at the code as submitted); constructs that emit code, such as
+    /// `enum`, are refused.
     Typescript,
+}
+
+impl Language {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Javascript => "javascript",
+            Self::Typescript => "typescript",
+        }
+    }
 }
 
 impl ExecuteRequest {
@@ -54,20 +64,6 @@ impl ExecuteRequest {
         if self.code.trim().is_empty() {
             return Err(Rejected::Invalid("`code` is empty".into()));
         }
-        let (code, source_error) = match self.language {
-            Language::Javascript => (self.code, None),
-            Language::Typescript => match crate::typescript::strip_types(&self.code) {
-                Ok(code) => (code, None),
-                Err(error) => {
-                    let error = ExecError {
-                        line: Some(error.line),
-                        column: Some(error.column),
-                        ..ExecError::new(ErrorKind::Syntax, error.message)
-                    };
-                    (String::new(), Some(error))
-                }
-            },
-        };
-        Ok(Job { code, source_error, input: self.input, limits, principal, call_policy })
+        Ok(Job { code: self.code, language: self.language, input: self.input, limits, principal, call_policy })
     }
 }

@@ -1,16 +1,30 @@
 //! The one path every surface takes: authenticate, authorise by policy, rate-limit,
 //! run in the sandbox, record in the ledger. HTTP handlers and the CLI call these
 //! functions and only translate inputs and outputs.
+//!
+//! # Whatever the caller does
+//!
+//! An execution runs as a task of its own; [`Service::run`] only awaits it. If that
+//! future is dropped (the HTTP client hung up, the SSE stream closed, the MCP request
+//! was cancelled), the execution is cancelled at once and still recorded, with the
+//! outcome `cancelled`, the resources it used and every host call it made. At
+//! shutdown, executions get the grace period to finish and are then cancelled the
+//! same way. Either way nothing started escapes the ledger.
 
 mod rate;
 mod reload;
+mod running;
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use rate::RateLimiter;
 pub use reload::Policies;
+pub use running::{Running, RunningSlot};
 
 use crate::auth::{KeyRing, Principal};
 use crate::config::Config;
@@ -37,12 +51,21 @@ pub enum ServiceError {
     /// A rate limit from the principal's policies; retry after the given seconds.
     #[error("rate limit of {per_minute} {what} per minute reached; retry in {retry_after_secs} s")]
     RateLimited { what: &'static str, per_minute: u32, retry_after_secs: u64 },
+    /// The principal already has as many executions as its policies allow at once.
+    #[error(
+        "user `{user}` already has {limit} executions running, the most their policies allow at once \
+         (limits.concurrent); retry when one ends"
+    )]
+    TooManyRunning { user: String, limit: u32 },
     #[error(transparent)]
     Rejected(#[from] Rejected),
     /// The execution ran but its record could not be committed, so it is not
     /// acknowledged.
     #[error("the execution ran but could not be recorded: {0}")]
     Ledger(#[from] LedgerError),
+    /// A fault in sandgate itself.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ServiceError {
@@ -50,28 +73,48 @@ impl ServiceError {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { .. } | Self::TooManyRunning { .. } => "rate_limited",
             Self::Rejected(rejected) => rejected.kind().as_str(),
-            Self::Ledger(_) => ErrorKind::Internal.as_str(),
+            Self::Ledger(_) | Self::Internal(_) => ErrorKind::Internal.as_str(),
         }
     }
 }
 
-/// An execution that passed every check and holds its sandbox slot.
+/// An execution that passed every check and holds its sandbox slot and its place in
+/// the principal's share.
 pub struct Prepared {
     job: Job,
     admission: Admission,
+    running: RunningSlot,
+}
+
+/// Whether callers must present keys. Decided once, when the service starts, from
+/// the keys configured then; reloads change which keys exist, never the mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No keys at start: every request is the local principal, and the server serves
+    /// loopback addresses only.
+    Local,
+    /// Keys at start: every request must present one, even after a reload leaves none
+    /// (then every request is refused).
+    Keyed,
 }
 
 /// Everything a request needs, shared by all surfaces.
 pub struct Service {
     sandbox: Arc<Sandbox>,
     policies: Arc<Policies>,
+    mode: Mode,
     keys: RwLock<Arc<KeyRing>>,
     ledger: Ledger,
     rates: Arc<RateLimiter>,
     gateway: Arc<Gateway>,
     upstreams: Arc<Upstreams>,
+    running: Arc<Running>,
+    /// Executions in flight, each a task of its own.
+    executions: TaskTracker,
+    /// Cancelled when the shutdown grace period ends: executions still running stop.
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Service {
@@ -140,6 +183,7 @@ impl Service {
     /// Builds the service `config` describes: policies loaded, ledger opened, guest
     /// compiled. Fails on a policy or ledger problem, naming it.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
         let context =
             LoadContext { known_tiers: config.tiers.clone(), max_memory_bytes: config.sandbox.max_memory_bytes };
         let policies = Policies::load(config.policies.clone(), context).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -157,14 +201,19 @@ impl Service {
             registry.register(format!("tools.{}", server.name), Arc::new(tools));
         }
         let sandbox = crate::sandbox::Sandbox::new(config.sandbox.clone(), registry)?;
+        let mode = if config.keys.is_empty() { Mode::Local } else { Mode::Keyed };
         Ok(Self {
             sandbox: Arc::new(sandbox),
             policies: Arc::new(policies),
+            mode,
             keys: RwLock::new(Arc::new(KeyRing::new(&config.keys))),
             ledger,
             rates,
             gateway,
             upstreams,
+            running: Arc::new(Running::default()),
+            executions: TaskTracker::new(),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -191,24 +240,45 @@ impl Service {
         &self.ledger
     }
 
-    /// True when keys are configured (and so every request must present one).
-    pub fn requires_keys(&self) -> bool {
-        !self.keys.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+    /// Whether callers must present keys (fixed at start).
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
-    /// Replaces the configured keys (on SIGHUP).
+    /// Replaces the configured keys (on SIGHUP). The mode stays what it was at start:
+    /// a keyed server left with no keys refuses every request, and keys added to a
+    /// local-mode server take effect only after a restart.
     pub fn set_keys(&self, keys: KeyRing) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        match self.mode {
+            Mode::Local if !keys.is_empty() => tracing::warn!(
+                keys = keys.len(),
+                "keys were added to the configuration, but this server started without keys and stays in \
+                 local mode; restart it to require keys"
+            ),
+            Mode::Local => {}
+            Mode::Keyed => {
+                if keys.is_empty() {
+                    tracing::warn!(
+                        "the configuration now has no keys: every request is refused until keys are added \
+                         (a server started with keys never serves the local user)"
+                    );
+                }
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+            }
+        }
     }
 
-    /// The principal a request's bearer token names. With no keys configured, every
-    /// request is the local principal (the server then listens on loopback only).
+    /// The principal a request's bearer token names. In local mode every request is
+    /// the local principal (the server then listens on loopback only); in keyed mode
+    /// the token must name a configured key.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Principal>, ServiceError> {
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if keys.is_empty() {
-            return Ok(Arc::new(Principal::local()));
+        match self.mode {
+            Mode::Local => Ok(Arc::new(Principal::local())),
+            Mode::Keyed => {
+                let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+                bearer.and_then(|token| keys.authenticate(token)).ok_or(ServiceError::Unauthorized)
+            }
         }
-        bearer.and_then(|token| keys.authenticate(token)).ok_or(ServiceError::Unauthorized)
     }
 
     /// Checks `request` against the principal's policies and rate limits and takes a
@@ -226,22 +296,63 @@ impl Service {
                 ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }
             })?;
         }
-        let job = request.into_job(&ceiling, principal, Arc::new(PolicyCalls(capabilities)))?;
+        let job = request.into_job(&ceiling, principal.clone(), Arc::new(PolicyCalls(capabilities)))?;
+        // A full server answers 503 whoever asks; a caller over their own share, 429.
         let admission = self.sandbox.admit()?;
-        Ok(Prepared { job, admission })
+        let limit = ceiling.concurrent.min(self.sandbox.config().max_concurrent);
+        let running = self
+            .running
+            .enter(&principal.user, limit)
+            .ok_or_else(|| ServiceError::TooManyRunning { user: principal.user.clone(), limit })?;
+        Ok(Prepared { job, admission, running })
     }
 
     /// Runs a prepared execution and commits its records before returning: an
-    /// outcome this returns is in the ledger.
+    /// outcome this returns is in the ledger. Dropping this future cancels the
+    /// execution, which is still recorded (see the module docs).
     pub async fn run(
         &self,
         prepared: Prepared,
         events: Option<mpsc::UnboundedSender<LogLine>>,
     ) -> Result<Outcome, ServiceError> {
-        let principal = prepared.job.principal.clone();
-        let outcome = self.sandbox.run_admitted(prepared.admission, prepared.job, events).await?;
-        self.ledger.record(records(&principal, &outcome)).await?;
-        Ok(outcome)
+        self.start(prepared, events).await
+    }
+
+    /// Starts a prepared execution now, as a task of its own, and returns its handle:
+    /// awaiting it gives what [`Service::run`] gives; dropping it first cancels the
+    /// execution.
+    pub fn start(&self, prepared: Prepared, events: Option<mpsc::UnboundedSender<LogLine>>) -> Execution {
+        let cancel = self.stop.child_token();
+        let (sandbox, ledger) = (self.sandbox.clone(), self.ledger.clone());
+        let Prepared { job, admission, running } = prepared;
+        let task = self.executions.spawn({
+            let cancel = cancel.clone();
+            async move {
+                let principal = job.principal.clone();
+                let outcome = sandbox.run_admitted(admission, job, events, &cancel).await;
+                drop(running);
+                let outcome = outcome?;
+                ledger.record(records(&principal, &outcome)).await?;
+                Ok(outcome)
+            }
+        });
+        Execution { task, cancel_if_dropped: Some(cancel.drop_guard()) }
+    }
+
+    /// The token that, once cancelled, cancels every execution still running: the
+    /// server cancels it when its shutdown grace period ends.
+    pub fn cancel_on_shutdown(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Waits for executions to finish (after [`Service::cancel_on_shutdown`] they end
+    /// at once), then for model calls in flight up to `grace`, then commits every
+    /// record.
+    pub async fn finish(&self, grace: Duration) -> Result<(), LedgerError> {
+        self.executions.close();
+        self.executions.wait().await;
+        self.gateway.stop(grace).await;
+        self.ledger.flush().await
     }
 
     /// [`Service::prepare`] then [`Service::run`].
@@ -287,6 +398,26 @@ impl Service {
     /// Reloads the policy files; on error the current set stays in force.
     pub fn reload_policies(&self) -> Result<(), PolicyError> {
         self.policies.reload()
+    }
+}
+
+/// A started execution (see [`Service::start`]).
+pub struct Execution {
+    task: tokio::task::JoinHandle<Result<Outcome, ServiceError>>,
+    cancel_if_dropped: Option<tokio_util::sync::DropGuard>,
+}
+
+impl std::future::Future for Execution {
+    type Output = Result<Outcome, ServiceError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let result = std::task::ready!(std::pin::Pin::new(&mut self.task).poll(cx));
+        if let Some(guard) = self.cancel_if_dropped.take() {
+            guard.disarm();
+        }
+        std::task::Poll::Ready(
+            result.unwrap_or_else(|error| Err(ServiceError::Internal(format!("the execution task failed: {error}")))),
+        )
     }
 }
 

@@ -16,8 +16,9 @@ use crate::config::PolicySource;
 use crate::policy::{LoadContext, PolicyError, PolicySet};
 
 /// The shipped example policies, compiled in for when no policy directory exists.
-const EMBEDDED: [(&str, &str); 3] = [
+const EMBEDDED: [(&str, &str); 4] = [
     ("default.toml", include_str!("../../policies/default.toml")),
+    ("local.toml", include_str!("../../policies/local.toml")),
     ("trusted.toml", include_str!("../../policies/trusted.toml")),
     ("ci.toml", include_str!("../../policies/ci.toml")),
 ];

@@ -23,6 +23,7 @@ principals = ["*"]
 [policy.limits]
 fuel = 400_000_000_000
 wall_ms = 10_000
+concurrent = 10_000
 [policy.tools]
 allow = ["test.*"]
 "#;
@@ -97,6 +98,7 @@ pub fn base() -> &'static str {
 }
 
 pub fn client() -> reqwest::Client {
+    sandgate::install_crypto_provider();
     reqwest::Client::new()
 }
 

@@ -50,7 +50,7 @@ async fn oversized_code_is_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base().strip_prefix("http://").unwrap();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = "POST /v1/execute HTTP/1.1\r\nHost: sandgate\r\nContent-Type: application/json\r\nContent-Length: 20971520\r\nConnection: close\r\n\r\n{\"code\": \"";
+    let head = "POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 20971520\r\nConnection: close\r\n\r\n{\"code\": \"";
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();

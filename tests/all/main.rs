@@ -5,8 +5,10 @@
 
 mod binary;
 mod concurrency;
+mod departures;
 mod escape;
 mod harness;
+mod hostile;
 mod http_surface;
 mod limits;
 mod mcp;

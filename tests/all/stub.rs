@@ -29,7 +29,9 @@
 //! output tokens the words of the reply. `max_tokens` / `max_completion_tokens` below
 //! the reply's word count cut the reply to that many words (`finish_reason: "length"`,
 //! `stop_reason: "max_tokens"`). [`Stub::reported_usage`] adds up the usage of every
-//! successful response whose usage was sent.
+//! successful response whose usage was sent; [`Stub::billed`] adds up what a provider
+//! bills: the whole usage of every successful response it began generating, whether
+//! or not the client read it (or stayed to the end).
 //!
 //! Malformed requests get the providers' 400s: a body that is not JSON, no `model`,
 //! no `messages`, `max_tokens` below 1, and for Anthropic a missing `max_tokens` or
@@ -65,6 +67,7 @@ pub struct StubRequest {
 struct Recorded {
     requests: Vec<StubRequest>,
     usage: BTreeMap<String, (u64, u64)>,
+    billed: BTreeMap<String, (u64, u64)>,
 }
 
 type Shared = Arc<Mutex<Recorded>>;
@@ -118,10 +121,17 @@ impl Stub {
         self.state.lock().unwrap().usage.clone()
     }
 
+    /// Input and output tokens billed, per model name as the request gave it: every
+    /// successful response counts in full once it begins, read or not.
+    pub fn billed(&self) -> BTreeMap<String, (u64, u64)> {
+        self.state.lock().unwrap().billed.clone()
+    }
+
     pub fn reset(&self) {
         let mut state = self.state.lock().unwrap();
         state.requests.clear();
         state.usage.clear();
+        state.billed.clear();
     }
 }
 
@@ -207,6 +217,13 @@ fn record(state: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> Resu
         anthropic_version: header(headers, "anthropic-version"),
     });
     parsed
+}
+
+fn bill(state: &Shared, model: &str, reply: &Reply) {
+    let mut state = state.lock().unwrap();
+    let entry = state.billed.entry(model.to_string()).or_default();
+    entry.0 += reply.input_tokens;
+    entry.1 += reply.output_tokens;
 }
 
 fn add_usage(state: &Shared, model: &str, input: u64, output: u64) {
@@ -470,6 +487,7 @@ async fn openai_chat(State(state): State<Shared>, headers: HeaderMap, body: Byte
     let input_tokens = messages.iter().map(|m| words(&content_text(&m["content"]))).sum();
     let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| content_text(&m["content"]));
     let reply = reply(&last_user.unwrap_or_default(), input_tokens, max_tokens);
+    bill(&state, &model, &reply);
     let finish_reason = if reply.truncated { "length" } else { "stop" };
     let id = format!("chatcmpl-{}", id());
     let created = now();
@@ -592,6 +610,7 @@ async fn anthropic_messages(State(state): State<Shared>, headers: HeaderMap, bod
         + messages.iter().map(|m| words(&content_text(&m["content"]))).sum::<u64>();
     let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| content_text(&m["content"]));
     let reply = reply(&last_user.unwrap_or_default(), input_tokens, Some(max_tokens));
+    bill(&state, &model, &reply);
     let stop_reason = if reply.truncated { "max_tokens" } else { "end_turn" };
     let id = format!("msg_{}", id());
 
@@ -909,6 +928,7 @@ fn stub_modifiers_and_validation() {
     let stub = Stub::start();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
+        sandgate::install_crypto_provider();
         let client = reqwest::Client::new();
         let chat = |body: Value| {
             client.post(format!("{}/v1/chat/completions", stub.base)).bearer_auth("sk-test").json(&body)

@@ -82,23 +82,16 @@ impl fmt::Display for TypeScriptError {
 
 impl std::error::Error for TypeScriptError {}
 
-/// Stack for the worker thread, on top of [`STACK_PER_SOURCE_BYTE`] for each byte of source.
-const STACK_BASE: usize = 8 << 20;
-
-/// The parser and the AST walk recurse once per level of nesting, and each level takes at least
-/// one byte of source. The most stack measured per byte is about 4.5 KiB (unclosed `[[[[…` in a
-/// type, unoptimised build; optimised builds need about half), so 8 KiB leaves a wide margin.
-/// Only touched pages of the stack are ever committed.
-const STACK_PER_SOURCE_BYTE: usize = 8 << 10;
-
 /// Strips TypeScript type syntax from `source`, returning JavaScript with the same lines and
 /// every token at the same line and column.
 ///
 /// `source` is parsed as the body of an async function: top-level `return` and `await` are
 /// allowed, and a bare expression is a valid body. Plain JavaScript comes back byte-identical.
 ///
-/// The work runs on a short-lived thread whose stack grows with the length of `source`, so
-/// deeply nested input cannot overflow the caller's stack (the parser is recursive).
+/// The parser is recursive and, on some ambiguous input (`a<a<a<…`), does work that grows
+/// faster than the input. This function does not bound either: it runs inside sandgate's guest,
+/// where the caller's fuel, memory and wasm stack limits do, and the host reports passing them
+/// as a `syntax` error. Native callers (tests) should give it a large stack.
 ///
 /// # Errors
 ///
@@ -107,29 +100,8 @@ const STACK_PER_SOURCE_BYTE: usize = 8 << 10;
 /// constructor parameter properties, `import x = …`, `export = …`), and for the few places where
 /// blanking a type would let a line break change the meaning of the code: a multi-line type
 /// assertion or generic arrow function right after `return`/`throw`/`yield`, and a multi-line
-/// type parameter list of an `async` arrow function. It also returns one if the worker thread
-/// cannot be started (its stack could not be reserved).
+/// type parameter list of an `async` arrow function.
 pub fn strip_types(source: &str) -> Result<String, TypeScriptError> {
-    let stack_size = STACK_BASE.saturating_add(source.len().saturating_mul(STACK_PER_SOURCE_BYTE));
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("strip-types".to_string())
-            .stack_size(stack_size)
-            .spawn_scoped(scope, || strip_types_on_this_thread(source));
-        match worker {
-            Ok(handle) => handle.join().unwrap_or_else(|_| {
-                Err(error_at(source, 0, "internal error: the TypeScript parser failed on this code".to_string()))
-            }),
-            Err(error) => Err(error_at(
-                source,
-                0,
-                format!("the code is too large to strip types from ({} bytes): {error}", source.len()),
-            )),
-        }
-    })
-}
-
-fn strip_types_on_this_thread(source: &str) -> Result<String, TypeScriptError> {
     if u32::try_from(source.len()).is_err() {
         return Err(error_at(source, 0, "the code is too large (4 GiB or more)".to_string()));
     }
@@ -768,6 +740,19 @@ fn line_and_column(source: &str, offset: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::strip_types`] on a thread with a large stack: natively nothing bounds the
+    /// parser's recursion (in the guest the wasm stack limit does).
+    fn strip_types(source: &str) -> Result<String, TypeScriptError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .stack_size(1 << 30)
+                .spawn_scoped(scope, || super::strip_types(source))
+                .expect("a test thread starts")
+                .join()
+                .expect("stripping does not panic")
+        })
+    }
 
     /// Strips `source`, panicking with the error if it is rejected, and checks the invariants
     /// every output must meet (see [`assert_valid_javascript_at_same_positions`]).

@@ -1,0 +1,121 @@
+//! TypeScript stripping on hostile input: time and peak memory for every input of the
+//! pathological corpus (`tests/corpus/typescript.rs`, each just under 256 KiB), and
+//! for a large realistic program, stripped inside the sandbox as an execution would be.
+//!
+//! ```text
+//! cargo bench --bench typescript
+//! ```
+//!
+//! Per input: the outcome kind, wall time (median of 3), the fuel used, the guest's
+//! peak linear memory, and the growth of the process's peak resident set (`VmHWM`)
+//! over the whole run.
+
+#[path = "../tests/corpus/typescript.rs"]
+mod corpus;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sandgate::auth::Principal;
+use sandgate::sandbox::{AllowAll, Job, Language, Limits, Registry, Sandbox, SandboxConfig};
+
+fn job(code: &str) -> Job {
+    Job {
+        code: code.into(),
+        language: Language::Typescript,
+        input: None,
+        limits: Limits { wall_ms: 60_000, ..Limits::default() },
+        principal: Arc::new(Principal::local()),
+        call_policy: Arc::new(AllowAll),
+    }
+}
+
+/// The process's peak resident set so far, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Real TypeScript of about 200 KiB: interfaces, generics, classes, arrows, casts.
+fn realistic() -> String {
+    let unit = r#"{
+interface Issue<T extends object = {}> { id: number; title: string; labels?: readonly string[]; meta: T }
+type Page<T> = { items: T[]; next?: string | null };
+async function fetchAll<T>(get: (cursor?: string) => Promise<Page<T>>): Promise<T[]> {
+  const out: T[] = [];
+  let cursor: string | undefined = undefined;
+  do {
+    const page: Page<T> = await get(cursor);
+    out.push(...page.items);
+    cursor = page.next ?? undefined;
+  } while (cursor);
+  return out;
+}
+class Cache<K, V> {
+  private readonly map = new Map<K, V>();
+  get(key: K): V | undefined { return this.map.get(key) as V | undefined; }
+  set(key: K, value: V): this { this.map.set(key, value); return this; }
+}
+const byLabel = (issues: Issue[]): Record<string, number> =>
+  issues.reduce<Record<string, number>>((acc, issue) => {
+    for (const label of issue.labels ?? []) acc[label] = (acc[label] ?? 0) + 1;
+    return acc;
+  }, {});
+const cache = new Cache<string, Issue[]>();
+const total = <T,>(xs: T[], f: (x: T) => number): number => xs.map(f).reduce((a, b) => a + b, 0);
+}
+"#;
+    let mut code = String::new();
+    while code.len() + unit.len() < 200 * 1024 {
+        code.push_str(unit);
+    }
+    code.push_str("\nreturn [1, 2, 3].map((x: number): number => x * 2) as number[];\n");
+    code
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let cache = format!("{}/../bench-cache", env!("CARGO_MANIFEST_DIR"));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let config = SandboxConfig { cache_dir: Some(cache.into()), ..Default::default() };
+    let sandbox = Sandbox::new(config, Registry::default()).unwrap();
+    let mut inputs = vec![("realistic TypeScript (200 KiB)", realistic())];
+    inputs.extend(corpus::corpus());
+    let baseline = peak_rss();
+    println!("{:<52} {:>9} {:>9} {:>14} {:>11}", "input (each under 256 KiB)", "outcome", "ms", "fuel", "guest MiB");
+    runtime.block_on(async {
+        sandbox.execute(job("return 1"), None).await.unwrap();
+        let mut worst = Duration::ZERO;
+        for (name, code) in &inputs {
+            let mut times = Vec::new();
+            let mut last = None;
+            for _ in 0..3 {
+                let started = Instant::now();
+                let outcome = sandbox.execute(job(code), None).await.unwrap();
+                times.push(started.elapsed());
+                last = Some(outcome);
+            }
+            times.sort();
+            let outcome = last.unwrap();
+            let kind = outcome.error.as_ref().map_or("ok", |e| e.kind.as_str());
+            worst = worst.max(times[1]);
+            println!(
+                "{name:<52} {kind:>9} {:>9.1} {:>14} {:>11.1}",
+                times[1].as_secs_f64() * 1e3,
+                outcome.usage.fuel,
+                outcome.usage.memory_bytes as f64 / (1 << 20) as f64
+            );
+        }
+        println!(
+            "worst case: {:.1} ms; process peak resident set grew {:.1} MiB over the run",
+            worst.as_secs_f64() * 1e3,
+            peak_rss().saturating_sub(baseline) as f64 / (1 << 20) as f64
+        );
+    });
+}

@@ -1,0 +1,207 @@
+//! `/mcp`: the Code Mode MCP server over streamable HTTP (rmcp), behind
+//! authentication and session ownership.
+//!
+//! Every request is authenticated here (401 with `WWW-Authenticate: Bearer`
+//! otherwise) and carries its principal into the MCP handler. An MCP session (the
+//! `Mcp-Session-Id` of protocol revisions that have sessions) belongs to the
+//! principal that opened it: anyone else who presents its id gets 404, as if it did
+//! not exist, so they can neither call tools in it, nor read its stream, nor close it.
+//!
+//! Sessions are counted: at most `mcp.max_sessions_per_principal` per principal and
+//! `mcp.max_sessions` in all. A new session past either cap closes the longest-idle
+//! session (no request or stream open) of that principal, or of anyone for the total;
+//! if none is idle, the new session is refused with 429.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::SessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, AppState, Guarded};
+use crate::auth::Principal;
+use crate::mcp::McpConfig;
+use crate::sandbox::ErrorKind;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The `/mcp` routes. `stopping` ends every session's streams at shutdown.
+pub(super) fn router(state: &AppState, stopping: CancellationToken) -> Router {
+    let manager = Arc::new(LocalSessionManager::default());
+    let sessions = Arc::new(Sessions::new(manager.clone(), &state.config.mcp));
+    // The Host rule is applied to every route by `guard`, so rmcp's own is off.
+    let config = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(state.config.http.max_body_bytes)
+        .disable_allowed_hosts()
+        .with_cancellation_token(stopping);
+    let service = state.service.clone();
+    let mcp =
+        StreamableHttpService::new(move || Ok(crate::mcp::server::CodeMode::http(service.clone())), manager, config);
+    Router::new()
+        .route_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn_with_state((state.clone(), sessions), gate))
+}
+
+async fn gate(State((app, sessions)): State<(AppState, Arc<Sessions>)>, mut request: Request, next: Next) -> Response {
+    let principal = match super::authenticate(&app, request.headers()) {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
+    };
+    request.extensions_mut().insert(principal.clone());
+    let session = request.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
+    let Some(id) = session else {
+        let response = next.run(request).await;
+        let opened = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
+        return match opened {
+            Some(id) => match sessions.admit(id, &principal).await {
+                Ok(()) => response,
+                Err(refusal) => refusal.into_response(),
+            },
+            None => response,
+        };
+    };
+    let Some(active) = sessions.enter(&id, &principal) else {
+        return ApiError::new(StatusCode::NOT_FOUND, ErrorKind::InvalidRequest, "no such MCP session")
+            .with_kind("not_found")
+            .into_response();
+    };
+    let closing = request.method() == Method::DELETE;
+    let response = next.run(request).await;
+    if closing && response.status().is_success() {
+        sessions.forget(&id);
+    }
+    response.map(|body| axum::body::Body::new(Guarded::new(body, active)))
+}
+
+/// Who opened each session, and how busy it is.
+struct Sessions {
+    manager: Arc<LocalSessionManager>,
+    owners: Mutex<HashMap<Arc<str>, Owner>>,
+    max_total: usize,
+    max_per_principal: usize,
+}
+
+struct Owner {
+    principal: Arc<Principal>,
+    /// When the last request or stream on it ended (or it opened).
+    quiet_since: Instant,
+    /// Requests and streams open on it now.
+    active: usize,
+}
+
+/// A request or stream open on a session, until its response ends.
+struct Active {
+    sessions: Arc<Sessions>,
+    id: Arc<str>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let mut owners = self.sessions.owners();
+        if let Some(owner) = owners.get_mut(&self.id) {
+            owner.active = owner.active.saturating_sub(1);
+            owner.quiet_since = Instant::now();
+        }
+    }
+}
+
+impl Sessions {
+    fn new(manager: Arc<LocalSessionManager>, config: &McpConfig) -> Self {
+        Self {
+            manager,
+            owners: Mutex::new(HashMap::new()),
+            max_total: config.max_sessions,
+            max_per_principal: config.max_sessions_per_principal,
+        }
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Owner>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request on session `id` by `principal`: counted as active, or `None` when the
+    /// session is not theirs (or does not exist).
+    fn enter(self: &Arc<Self>, id: &Arc<str>, principal: &Principal) -> Option<Active> {
+        let mut owners = self.owners();
+        let owner = owners.get_mut(id).filter(|owner| *owner.principal == *principal)?;
+        owner.active += 1;
+        Some(Active { sessions: self.clone(), id: id.clone() })
+    }
+
+    fn forget(&self, id: &Arc<str>) {
+        self.owners().remove(id);
+    }
+
+    /// Records a session `principal` just opened, closing the longest-idle sessions
+    /// the caps require; refuses it (and closes it) if no session is idle.
+    async fn admit(&self, id: Arc<str>, principal: &Arc<Principal>) -> Result<(), ApiError> {
+        let live: Vec<Arc<str>> = self.manager.sessions.read().await.keys().cloned().collect();
+        let (victims, refusal) = {
+            let mut owners = self.owners();
+            // Sessions rmcp has closed itself (idle timeout, client gone) no longer count.
+            owners.retain(|id, _| live.contains(id));
+            let mut victims = Vec::new();
+            let mut refusal = None;
+            let theirs = owners.values().filter(|o| *o.principal == **principal).count();
+            if theirs >= self.max_per_principal {
+                match longest_idle(&owners, |o| *o.principal == **principal) {
+                    Some(victim) => victims.extend(owners.remove_entry(&victim).map(|(id, _)| id)),
+                    None => {
+                        refusal = Some(format!(
+                            "user `{}` has {theirs} MCP sessions open, the most allowed \
+                             (mcp.max_sessions_per_principal), and none is idle; close one first",
+                            principal.user
+                        ))
+                    }
+                }
+            }
+            if refusal.is_none() && owners.len() >= self.max_total {
+                match longest_idle(&owners, |_| true) {
+                    Some(victim) => victims.extend(owners.remove_entry(&victim).map(|(id, _)| id)),
+                    None => refusal = Some(format!(
+                        "the server has {} MCP sessions open, the most allowed (mcp.max_sessions), and none is idle",
+                        owners.len()
+                    )),
+                }
+            }
+            if refusal.is_none() {
+                owners
+                    .insert(id.clone(), Owner { principal: principal.clone(), quiet_since: Instant::now(), active: 0 });
+            }
+            (victims, refusal)
+        };
+        for victim in victims {
+            tracing::info!(session = %victim, "closing the longest-idle MCP session to make room");
+            let _ = self.manager.close_session(&victim).await;
+        }
+        match refusal {
+            None => Ok(()),
+            Some(message) => {
+                let _ = self.manager.close_session(&id).await;
+                crate::telemetry::record_rejection("mcp_sessions");
+                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::InvalidRequest, message)
+                    .with_kind("rate_limited");
+                error.retry_after_secs = Some(1);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The idle session (no request or stream open) quiet the longest among those
+/// `eligible` picks.
+fn longest_idle(owners: &HashMap<Arc<str>, Owner>, eligible: impl Fn(&Owner) -> bool) -> Option<Arc<str>> {
+    owners
+        .iter()
+        .filter(|(_, o)| o.active == 0 && eligible(o))
+        .min_by_key(|(_, o)| o.quiet_since)
+        .map(|(id, _)| id.clone())
+}
