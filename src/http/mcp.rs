@@ -166,10 +166,12 @@ impl Sessions {
             if refusal.is_none() && owners.len() >= self.max_total {
                 match longest_idle(&owners, |_| true) {
                     Some(victim) => victims.extend(owners.remove_entry(&victim).map(|(id, _)| id)),
-                    None => refusal = Some(format!(
+                    None => {
+                        refusal = Some(format!(
                         "the server has {} MCP sessions open, the most allowed (mcp.max_sessions), and none is idle",
                         owners.len()
-                    )),
+                    ))
+                    }
                 }
             }
             if refusal.is_none() {

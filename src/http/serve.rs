@@ -318,8 +318,8 @@ async fn serve_connection(
     tokio::pin!(connection);
     let mut graceful = false;
     loop {
-        let (deadline, why) = conn.deadline(config).unwrap_or((Instant::now() + RECHECK, ""));
-        let wake = deadline.min(Instant::now() + RECHECK);
+        let now = Instant::now();
+        let wake = conn.deadline(config).map_or(now + RECHECK, |(deadline, _)| deadline.min(now + RECHECK));
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -336,10 +336,14 @@ async fn serve_connection(
                 return;
             }
             () = tokio::time::sleep_until(wake.into()) => {
-                if Instant::now() >= deadline && !why.is_empty() {
-                    crate::telemetry::record_rejection("timeout");
-                    tracing::debug!(reason = why, "connection closed");
-                    return;
+                // The state may have changed while sleeping (a request arrived): judge
+                // by the deadline as it is now.
+                if let Some((deadline, why)) = conn.deadline(config) {
+                    if Instant::now() >= deadline {
+                        crate::telemetry::record_rejection("timeout");
+                        tracing::debug!(reason = why, "connection closed");
+                        return;
+                    }
                 }
             }
         }

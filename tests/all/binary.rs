@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{cache_dir, client, temp_dir};
 
-fn sandgate() -> Command {
+pub(crate) fn sandgate() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sandgate"));
     command
         .env("SANDGATE_CACHE_DIR", cache_dir())
@@ -17,7 +17,7 @@ fn sandgate() -> Command {
 }
 
 /// Starts `sandgate serve` on an ephemeral loopback port; returns it and its base URL.
-fn serve(extra: &[&str]) -> (Child, String) {
+pub(crate) fn serve(extra: &[&str]) -> (Child, String) {
     let mut child = sandgate()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
@@ -31,7 +31,7 @@ fn serve(extra: &[&str]) -> (Child, String) {
     (child, base)
 }
 
-fn terminate(child: &Child) {
+pub(crate) fn terminate(child: &Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
@@ -118,7 +118,7 @@ fn exec_prints_the_same_outcome_as_http() {
 }
 
 /// A config directory with a permissive policy and its own ledger.
-fn served_dir(label: &str) -> std::path::PathBuf {
+pub(crate) fn served_dir(label: &str) -> std::path::PathBuf {
     let dir = temp_dir(label);
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(

@@ -4,6 +4,7 @@
 //! port (`harness::server`); `binary.rs` runs the built `sandgate` executable.
 
 mod binary;
+mod browser;
 mod concurrency;
 mod departures;
 mod escape;
@@ -13,6 +14,7 @@ mod http_surface;
 mod limits;
 mod mcp;
 mod models;
+mod operations;
 mod policies;
 mod results;
 mod stub;
