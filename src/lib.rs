@@ -17,8 +17,8 @@
 //!   ([`sandbox::wasi`]), the guest ABI and per-execution state (`sandbox/host.rs`),
 //!   limits ([`sandbox::limits`]), error kinds ([`sandbox::error`]) and host
 //!   capabilities ([`sandbox::capability`]).
-//! - [`service`]: the one path every surface takes: authenticate, authorise, rate-limit,
-//!   run, record; policy hot reload.
+//! - [`service`]: the one path every surface takes: authenticate (mode fixed at start),
+//!   authorise, rate-limit, per-user shares, run, record; policy hot reload.
 //! - [`ledger`]: usage records (executions, host calls, model calls), batched writer,
 //!   SQLite store, usage reports.
 //! - [`model`]: the model proxy: catalog, router (tiers, `auto`, fallback, circuit
@@ -26,10 +26,14 @@
 //! - [`mcp`]: Code Mode: the upstream MCP client pool, the tool catalog with its
 //!   TypeScript declarations and search index, `tools.<server>.<tool>` in the
 //!   sandbox, and the two-tool MCP server (`search`, `execute`).
-//! - [`http`]: the axum router, one file per surface, and `/mcp`.
+//! - [`http`]: the axum router, one file per surface, and `/mcp`; the Host, Origin and
+//!   Content-Type guard on every route ([`http::guard`]); connections with their
+//!   timeouts, cap and graceful shutdown ([`http::serve`]).
 //! - [`telemetry`]: `tracing` setup and Prometheus metrics.
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
 //!   crate docs define the host ABI.
+//! - `typescript/`: type stripping that keeps every position (oxc), compiled into the
+//!   guest so that its work is bounded by the sandbox's limits.
 
 pub mod auth;
 pub mod cli;

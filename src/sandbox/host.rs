@@ -170,6 +170,9 @@ pub(crate) struct HostState {
     /// Fuel given to the store so far: what it started with, raised to the execution's
     /// whole fuel when preparation ends.
     pub(crate) fuel_granted: u64,
+    /// What the preparation phase used, once it ended (TypeScript only).
+    pub(crate) strip_usage: Option<super::StripUsage>,
+    created: std::time::Instant,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) log_bytes: u64,
     pub(crate) events: Option<mpsc::UnboundedSender<LogLine>>,
@@ -226,6 +229,8 @@ impl HostState {
             language: setup.language,
             preparing: setup.preparing,
             fuel_granted: fuel,
+            strip_usage: None,
+            created: std::time::Instant::now(),
             logs: Vec::new(),
             log_bytes: 0,
             events: setup.events,
@@ -616,6 +621,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         let state = caller.data_mut();
         state.fuel_granted = limits.fuel;
         state.limiter.max = limits.memory_bytes as usize;
+        state.strip_usage = Some(super::StripUsage {
+            fuel: used,
+            wall_us: state.created.elapsed().as_micros() as u64,
+            memory_bytes: state.limiter.peak as u64,
+        });
         Ok(())
     })?;
     linker.func_wrap(

@@ -101,6 +101,20 @@ pub struct Usage {
     pub memory_bytes: u64,
     /// Host calls started.
     pub host_calls: u32,
+    /// What stripping TypeScript took, for TypeScript that was stripped (it is part
+    /// of the totals above).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip: Option<StripUsage>,
+}
+
+/// The share of an execution's usage spent turning TypeScript into JavaScript.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StripUsage {
+    pub fuel: u64,
+    /// Microseconds of wall-clock time.
+    pub wall_us: u64,
+    /// Peak linear memory while stripping, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// The outcome of one execution: the response body of `POST /v1/execute`.
@@ -292,6 +306,7 @@ impl Sandbox {
             wall_ms,
             memory_bytes: state.limiter.peak as u64,
             host_calls: state.calls_started,
+            strip: state.strip_usage,
         };
         let error = match result {
             None => Some(ExecError::new(
@@ -343,13 +358,15 @@ fn timeout_error(wall_ms: u64) -> ExecError {
 }
 
 /// Fuel the preparation phase may use per byte of code, on top of
-/// [`PREPARE_FUEL_BASE`]. Stripping real TypeScript takes under a tenth of this (see
-/// the README's performance notes); input that needs more is refused as too complex.
-pub const PREPARE_FUEL_PER_BYTE: u64 = 4_000;
+/// [`PREPARE_FUEL_BASE`]. Stripping real TypeScript takes about half of this (800
+/// per byte; see `cargo bench --bench typescript`); input that needs more is refused
+/// as too complex. At the 256 KiB code limit the bound is about 410 million fuel,
+/// which the slowest (allocation-heavy) stripping work measured burns in under 100 ms.
+pub const PREPARE_FUEL_PER_BYTE: u64 = 1_500;
 /// Fixed fuel allowance of the preparation phase.
 pub const PREPARE_FUEL_BASE: u64 = 20_000_000;
 /// Memory cap of the preparation phase (the guest's snapshot included).
-pub const PREPARE_MEMORY_BYTES: u64 = 48 << 20;
+pub const PREPARE_MEMORY_BYTES: u64 = 32 << 20;
 
 /// The limits TypeScript stripping runs under: its own work bound (fuel and memory by
 /// the code's length), or the execution's limits where those are lower.

@@ -18,13 +18,15 @@ pub(crate) fn sandgate() -> Command {
 
 /// Starts `sandgate serve` on an ephemeral loopback port; returns it and its base URL.
 pub(crate) fn serve(extra: &[&str]) -> (Child, String) {
-    let mut child = sandgate()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sandgate starts");
+    let mut command = sandgate();
+    command.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
+    start(command)
+}
+
+/// Starts `command` (a `sandgate serve`, perhaps wrapped) and waits for its ready line;
+/// returns the process and its base URL.
+pub(crate) fn start(mut command: Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("sandgate starts");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = line.trim().strip_prefix("sandgate listening on ").expect("ready line").to_string();

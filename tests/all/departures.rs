@@ -180,23 +180,7 @@ fn rows_once(server: &TestServer, sql: &str, at_least: usize) -> Vec<Vec<Value>>
 }
 
 fn ledger_query(server: &TestServer, sql: &str) -> Vec<Vec<Value>> {
-    let ledger = rusqlite::Connection::open(server.ledger()).unwrap();
-    let mut statement = ledger.prepare(sql).unwrap();
-    let columns = statement.column_count();
-    statement
-        .query_map([], |row| {
-            Ok((0..columns)
-                .map(|i| match row.get_ref(i).unwrap() {
-                    rusqlite::types::ValueRef::Integer(n) => json!(n),
-                    rusqlite::types::ValueRef::Real(x) => json!(x),
-                    rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
-                    _ => Value::Null,
-                })
-                .collect())
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    ledger_rows_at(&server.ledger(), sql)
 }
 
 /// The one execution of `user`: its id and outcome, and its calls `(name, outcome)`.

@@ -183,3 +183,24 @@ pub fn api_key(name: &str, user: &str, team: &str, role: &str) -> ApiKey {
     );
     ApiKey { token, entry }
 }
+
+/// The rows `sql` returns from the ledger at `path`, each column as JSON.
+pub fn ledger_rows_at(path: &std::path::Path, sql: &str) -> Vec<Vec<Value>> {
+    let ledger = rusqlite::Connection::open(path).unwrap();
+    let mut statement = ledger.prepare(sql).unwrap();
+    let columns = statement.column_count();
+    statement
+        .query_map([], |row| {
+            Ok((0..columns)
+                .map(|i| match row.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Integer(n) => json!(n),
+                    rusqlite::types::ValueRef::Real(x) => json!(x),
+                    rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+                    _ => Value::Null,
+                })
+                .collect())
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}

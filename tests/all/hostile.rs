@@ -194,10 +194,13 @@ async fn typescript_stripping_is_bounded_on_pathological_input() {
         assert!(matches!(error["kind"].as_str(), Some("syntax" | "exception")), "{name}: {body:.300}");
         let message = error["message"].as_str().unwrap_or("");
         assert!(!message.is_empty(), "{name}: {error}");
-        // Within the preparation bound: 20 million fuel plus 4,000 per byte.
-        let fuel = body["usage"]["fuel"].as_u64().unwrap();
-        assert!(fuel <= 20_000_000 + 4_000 * code.len() as u64, "{name}: used {fuel} fuel");
-        assert!(body["usage"]["memory_bytes"].as_u64().unwrap() <= 48 << 20, "{name}: {body:.300}");
+        // Within the preparation bound: 20 million fuel plus 1,500 per byte, 32 MiB.
+        // (`usage.strip` is there when stripping ended; otherwise it was the whole run.)
+        let usage = &body["usage"];
+        let strip = if usage["strip"].is_object() { &usage["strip"] } else { usage };
+        let fuel = strip["fuel"].as_u64().unwrap();
+        assert!(fuel <= 20_000_000 + 1_500 * code.len() as u64, "{name}: used {fuel} fuel");
+        assert!(strip["memory_bytes"].as_u64().unwrap() <= 32 << 20, "{name}: {body:.300}");
     }
     assert_healthy().await;
 }
@@ -209,6 +212,11 @@ async fn typescript_past_its_work_bound_is_a_syntax_error_that_says_so() {
     assert_eq!(error["kind"], "syntax", "{error}");
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("work bound") || message.contains("nested too deeply"), "{message}");
+    // Shallow nesting over a long list: the memory bound.
+    let code = format!("{}{}", "a<".repeat(200), "b,".repeat(120_000));
+    let error = run(json!({"code": code, "language": "typescript"})).await["error"].clone();
+    assert_eq!(error["kind"], "syntax", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("bound"), "{error}");
     // Ordinary TypeScript of the same size still strips and runs.
     let mut typed = String::new();
     while typed.len() < 200_000 {

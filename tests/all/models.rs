@@ -202,23 +202,7 @@ fn ledger_rows_once(sql: &str, at_least: usize) -> Vec<Vec<Value>> {
 }
 
 fn ledger_rows(sql: &str) -> Vec<Vec<Value>> {
-    let ledger = rusqlite::Connection::open(proxy().server.ledger()).unwrap();
-    let mut statement = ledger.prepare(sql).unwrap();
-    let columns = statement.column_count();
-    statement
-        .query_map([], |row| {
-            Ok((0..columns)
-                .map(|i| match row.get_ref(i).unwrap() {
-                    rusqlite::types::ValueRef::Integer(n) => json!(n),
-                    rusqlite::types::ValueRef::Real(x) => json!(x),
-                    rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
-                    _ => Value::Null,
-                })
-                .collect())
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    ledger_rows_at(&proxy().server.ledger(), sql)
 }
 
 #[test]

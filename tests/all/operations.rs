@@ -2,15 +2,14 @@
 //! reloads, per-principal shares of the server, MCP sessions that belong to their
 //! owner, shutdown with a deadline, and embedded defaults that fit one developer.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::binary::{sandgate, serve, served_dir, terminate};
+use crate::binary::{sandgate, serve, served_dir, start, terminate};
 use crate::departures::{mcp_post, mcp_session};
 use crate::harness::*;
 
@@ -103,19 +102,14 @@ async fn a_thousand_slow_or_idle_connections_do_not_stop_health_or_executions() 
 async fn at_the_open_file_limit_idle_connections_make_room() {
     let dir = served_dir("fd-limit");
     let config = dir.join("sandgate.toml");
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .args(["-c", "ulimit -n 256 && exec \"$0\" serve --listen 127.0.0.1:0 --config \"$1\""])
         .arg(env!("CARGO_BIN_EXE_sandgate"))
         .arg(&config)
         .env("SANDGATE_CACHE_DIR", cache_dir())
-        .env_remove("SANDGATE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("sandgate listening on ").expect("ready line").to_string();
+        .env_remove("SANDGATE_CONFIG");
+    let (mut child, base) = start(command);
     let mut held = Vec::new();
     for _ in 0..260 {
         held.push(connect(&base).await);
@@ -316,16 +310,9 @@ async fn mcp_sessions_belong_to_their_principal_and_are_capped() {
 async fn the_embedded_defaults_do_not_rate_limit_the_local_user() {
     // No configuration and no ./policies: the embedded defaults and example policies.
     let dir = temp_dir("defaults");
-    let mut child = sandgate()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("sandgate listening on ").unwrap().to_string();
+    let mut command = sandgate();
+    command.args(["serve", "--listen", "127.0.0.1:0"]).current_dir(&dir);
+    let (mut child, base) = start(command);
     let results = futures::future::join_all((0..150).map(|i| {
         let base = base.clone();
         async move { post_to(&base, json!({"code": "return input", "input": i})).await }

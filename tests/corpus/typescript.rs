@@ -22,6 +22,8 @@ pub fn corpus() -> Vec<(&'static str, String)> {
     vec![
         ("type arguments a<a<a<…", build("", "a<", "")),
         ("type arguments in a call a<a<…>(x)", build("f(", "a<", "x")),
+        ("type arguments over a long list a<…a<b, b, b, …", build(&"a<".repeat(200), "b,", "")),
+        ("calls with type arguments over a long list f(a<…b, b, …", build(&"f(a<".repeat(200), "b,", "")),
         ("parenthesised type arguments a<(a<(…", build("", "a<(", "")),
         ("nested parentheses ((((…", build("", "(", "")),
         ("arrow parameter ambiguity (a, (a, (a, …", build("", "(a, ", "")),
