@@ -51,8 +51,7 @@ impl InstanceState for Snapshot<'_> {
 }
 
 /// Builds the guest with the paths of this checkout and of the cargo home mapped to
-/// fixed names, so the bytes do not depend on where the sources live. (The guest
-/// uses `typescript/` beside it, so the whole checkout is mapped, to `/src`.)
+/// fixed names, so the bytes do not depend on where the sources live.
 fn build_raw_guest(guest_dir: &Path) -> anyhow::Result<PathBuf> {
     let guest = guest_dir.canonicalize()?;
     let checkout = guest.parent().unwrap_or(&guest).to_path_buf();

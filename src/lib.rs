@@ -32,7 +32,7 @@
 //! - [`telemetry`]: `tracing` setup and Prometheus metrics.
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
 //!   crate docs define the host ABI.
-//! - `typescript/`: type stripping that keeps every position (oxc), compiled into the
+//! - `guest/typescript/`: type stripping that keeps every position (oxc), compiled into the
 //!   guest so that its work is bounded by the sandbox's limits.
 
 pub mod auth;
