@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::declarations::{self, ToolDecl};
-use super::search::SearchIndex;
+use super::search::{Document, Match, Method, SearchIndex};
 use crate::policy::Capabilities;
 
 /// One upstream server as the catalog reports it.
@@ -47,6 +47,9 @@ pub struct CatalogTool {
     pub tool: String,
     /// The tool's name upstream.
     pub upstream_name: String,
+    /// Its human-readable title, when the server gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub input_schema: Value,
@@ -108,6 +111,7 @@ impl Catalog {
                     server: summary.name.clone(),
                     tool: js_name,
                     upstream_name: tool.name.to_string(),
+                    title: tool.title.clone(),
                     description,
                     input_schema,
                     output_schema,
@@ -125,7 +129,8 @@ impl Catalog {
                 tool.name = format!("{}.{}", tool.server, tool.tool);
             }
         }
-        let docs: Vec<(String, String)> = tools.iter().map(search_document).collect();
+        let docs: Vec<Document> =
+            tools.iter().map(|t| search_document(t, summaries.iter().find(|s| s.name == t.server))).collect();
         let by_name = tools.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Self { servers: summaries, tools, by_name, index: Some(SearchIndex::new(&docs)) }
     }
@@ -164,21 +169,51 @@ impl Catalog {
     }
 }
 
-/// The text a tool is found by: its name (weighted) and its description with
-/// argument names and descriptions.
-fn search_document(tool: &CatalogTool) -> (String, String) {
-    let mut body = tool.description.clone().unwrap_or_default();
-    if let Some(properties) = tool.input_schema.get("properties").and_then(Value::as_object) {
-        for (name, schema) in properties {
-            body.push(' ');
-            body.push_str(name);
-            if let Some(text) = schema.get("description").and_then(Value::as_str) {
-                body.push(' ');
-                body.push_str(text);
+/// The text a tool is found by, field by field (see [`Document`]).
+fn search_document(tool: &CatalogTool, server: Option<&ServerSummary>) -> Document {
+    let properties = tool.input_schema.get("properties").and_then(Value::as_object);
+    let mut param_names = Vec::new();
+    let mut param_descriptions = Vec::new();
+    let mut enum_values = Vec::new();
+    for (name, schema) in properties.into_iter().flatten() {
+        param_names.push(name.clone());
+        if let Some(text) = schema.get("description").and_then(Value::as_str) {
+            param_descriptions.push(text.to_string());
+        }
+        collect_enum_values(schema, &mut enum_values);
+    }
+    let title = tool.title.as_deref().unwrap_or_default();
+    Document {
+        name: format!("{} {} {} {title}", tool.server, tool.tool, tool.upstream_name),
+        server: match server.and_then(|s| s.description.as_deref()) {
+            Some(description) => format!("{} {description}", tool.server),
+            None => tool.server.clone(),
+        },
+        description: tool.description.clone().unwrap_or_default(),
+        param_names: param_names.join(" "),
+        param_descriptions: param_descriptions.join(" "),
+        enum_values: enum_values.join(" "),
+        tool_words: tool.tool.clone(),
+    }
+}
+
+/// The string values of `enum` and `const` anywhere in a schema.
+fn collect_enum_values(schema: &Value, out: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("enum", Value::Array(values)) => {
+                        out.extend(values.iter().filter_map(Value::as_str).map(str::to_string));
+                    }
+                    ("const", Value::String(value)) => out.push(value.clone()),
+                    _ => collect_enum_values(value, out),
+                }
             }
         }
+        Value::Array(values) => values.iter().for_each(|v| collect_enum_values(v, out)),
+        _ => {}
     }
-    (format!("{} {} {}", tool.server, tool.tool, tool.upstream_name), body)
 }
 
 /// What one principal may see of the catalog.
@@ -221,14 +256,25 @@ impl<'a> View<'a> {
 
     /// The best `limit` visible tools for `query`, best first.
     pub fn search(&self, query: &str, limit: usize) -> Vec<&'a CatalogTool> {
-        let Some(index) = &self.catalog.index else { return Vec::new() };
-        index
-            .search(query, self.catalog.tools.len())
+        self.search_with(Method::Hybrid, query, limit)
+    }
+
+    /// The best `limit` visible tools for `query` as `method` ranks them.
+    pub fn search_with(&self, method: Method, query: &str, limit: usize) -> Vec<&'a CatalogTool> {
+        self.find(method, query, limit).0
+    }
+
+    /// The best `limit` visible tools for `query`, and how well the best matches.
+    pub fn find(&self, method: Method, query: &str, limit: usize) -> (Vec<&'a CatalogTool>, Match) {
+        let Some(index) = &self.catalog.index else { return (Vec::new(), Match::Weak) };
+        let (hits, quality) = index.search(method, query);
+        let tools = hits
             .into_iter()
             .filter(|(i, _)| self.tools.binary_search(i).is_ok())
             .take(limit)
             .map(|(i, _)| &self.catalog.tools[i])
-            .collect()
+            .collect();
+        (tools, quality)
     }
 
     /// Declarations for every visible tool: one `declare namespace tools.<server>`

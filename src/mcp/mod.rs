@@ -5,6 +5,8 @@
 //!   exits, and its `tools/list` cached and refreshed on `tools/list_changed`.
 //! - [`catalog`]: every upstream tool as `server.tool` with a JavaScript-safe name,
 //!   its TypeScript declaration, and the per-principal view policies allow.
+//! - [`search`]: ranking tools for an agent's request in its own words (BM25F and
+//!   static embeddings), and saying when nothing fits.
 //! - [`capability`]: `tools.<server>.<tool>(args)` inside the sandbox.
 //! - [`server`]: the MCP server clients see, with exactly two tools, `search` and
 //!   `execute`, over streamable HTTP (`/mcp`) and stdio (`sandgate mcp`).

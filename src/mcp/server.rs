@@ -1,7 +1,8 @@
 //! The MCP server clients see ("Code Mode"): exactly two tools.
 //!
 //! - `search {query, limit?}`: the best-matching tools this caller may use, as
-//!   TypeScript declarations (BM25 over names and descriptions, no network).
+//!   TypeScript declarations (words and meaning, see `super::search`; no network),
+//!   or, when nothing fits, the caller's servers and their tools to ask again with.
 //! - `execute {code, input?, language?}`: runs the code (TypeScript by default) in the
 //!   sandbox under the caller's policies, exactly as `POST /v1/execute` does; the
 //!   result and console output come back as text and as `structuredContent`, failures
@@ -29,12 +30,30 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::catalog::View;
+use super::search::{Match, Method};
 use crate::auth::Principal;
 use crate::sandbox::{ExecuteRequest, Language, LogLevel, LogLine, PartialLimits};
 use crate::service::Service;
 
 const SEARCH_DEFAULT_LIMIT: usize = 5;
 const SEARCH_MAX_LIMIT: usize = 50;
+/// Tool names listed per server when a search finds nothing that fits.
+const GUIDE_TOOLS_PER_SERVER: usize = 40;
+
+/// One line saying what a server is for: its description, else its first tools.
+fn server_summary(description: Option<&str>, tools: &[&str]) -> String {
+    match description.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(description) => {
+            let line = description.lines().next().unwrap_or(description);
+            let mut line: String = line.chars().take(160).collect();
+            if !line.ends_with('.') {
+                line.push('.');
+            }
+            line
+        }
+        None => format!("{} tools.", tools.len()),
+    }
+}
 
 /// The Code Mode server for one connection (stdio) or one HTTP session.
 #[derive(Clone)]
@@ -76,31 +95,65 @@ impl CodeMode {
         let limit = args.limit.unwrap_or(SEARCH_DEFAULT_LIMIT).clamp(1, SEARCH_MAX_LIMIT);
         let (catalog, capabilities) = self.service.tool_catalog(principal);
         let view = catalog.view_for(&capabilities);
-        let found = view.search(&args.query, limit);
-        let structured = json!({
+        let (found, quality) = view.find(Method::Hybrid, &args.query, limit);
+        let weak = quality == Match::Weak || found.is_empty();
+        let servers: Vec<Value> = view
+            .servers()
+            .iter()
+            .map(|server| {
+                let tools: Vec<&str> =
+                    view.tools().filter(|t| t.server == server.summary.name).map(|t| t.tool.as_str()).collect();
+                json!({
+                    "name": server.summary.name,
+                    "summary": server_summary(server.summary.description.as_deref(), &tools),
+                    "tools": tools.iter().take(GUIDE_TOOLS_PER_SERVER).collect::<Vec<_>>(),
+                    "tool_count": tools.len(),
+                })
+            })
+            .collect();
+        let mut structured = json!({
             "tools": found.iter().map(|t| json!({
                 "name": format!("tools.{}", t.name),
                 "description": t.description,
                 "declaration": t.declaration,
             })).collect::<Vec<_>>(),
             "total": view.len(),
+            "match": if weak { "weak" } else { "good" },
         });
-        let text = if found.is_empty() {
-            let servers = view.servers().iter().map(|s| s.summary.name.clone()).collect::<Vec<_>>().join(", ");
-            format!(
-                "No tool matches {:?}. Try other words; you can reach {} tools on: {}.",
-                args.query,
-                view.len(),
-                if servers.is_empty() { "no servers" } else { &servers }
-            )
-        } else {
+        let mut text = String::new();
+        if weak {
+            text.push_str(&format!(
+                "Nothing matches {:?} well. Ask again in the terms of one of these servers, or name the server:\n",
+                args.query
+            ));
+            for server in &servers {
+                let tools = server["tools"].as_array().map_or(0, Vec::len);
+                let count = server["tool_count"].as_u64().unwrap_or(0) as usize;
+                let names: Vec<&str> =
+                    server["tools"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let more = if count > tools { format!(", and {} more", count - tools) } else { String::new() };
+                text.push_str(&format!(
+                    "- {}: {} Tools: {}{more}.\n",
+                    server["name"].as_str().unwrap_or_default(),
+                    server["summary"].as_str().unwrap_or_default(),
+                    names.join(", ")
+                ));
+            }
+            if servers.is_empty() {
+                text.push_str("- (no servers: this caller may use no tools)\n");
+            }
+            structured["servers"] = Value::Array(servers);
+        }
+        if !found.is_empty() {
             let declarations = super::catalog::typescript(found.iter().copied(), |_| None);
-            format!(
-                "// {} of {} tools; call them in `execute` as `await tools.<server>.<tool>(args)`.\n{declarations}",
+            let lead = if weak { "The closest tools anyway" } else { "" };
+            text.push_str(&format!(
+                "// {lead}{}{} of {} tools; call them in `execute` as `await tools.<server>.<tool>(args)`.\n{declarations}",
+                if weak { ": " } else { "" },
                 found.len(),
                 view.len()
-            )
-        };
+            ));
+        }
         let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
         result.structured_content = Some(structured);
         result

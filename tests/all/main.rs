@@ -17,4 +17,5 @@ mod models;
 mod operations;
 mod policies;
 mod results;
+mod search;
 mod stub;

@@ -343,6 +343,7 @@ fn code_mode_calls() -> Value {
             "const [sum, echo] = await Promise.all([\n  tools.everything.get_sum({ a: 19, b: 23 }),\n  tools.remote.echo({ message: 'both' }),\n]);\nconsole.log('got both');\nreturn { sum, echo };" } },
         { "tool": "execute", "arguments": { "code": "return await tools.everything.get_env({})" } },
         { "tool": "execute", "arguments": { "code": "const x: number = ;" } },
+        { "tool": "search", "arguments": { "query": "bake a chocolate cake for the party" } },
     ])
 }
 
@@ -381,6 +382,16 @@ fn check_code_mode_session(lines: &[Value]) {
     assert_eq!(syntax["is_error"], true, "{syntax}");
     assert_eq!(syntax["structured"]["error"]["kind"], "syntax", "{syntax}");
     assert_eq!(syntax["structured"]["error"]["line"], 1, "{syntax}");
+
+    // A request nothing fits: said so, with the servers and their tools to ask about.
+    let vague = &lines[5];
+    assert_eq!(vague["is_error"], false, "{vague}");
+    assert_eq!(vague["structured"]["match"], "weak", "{vague}");
+    let text = vague["text"][0].as_str().unwrap();
+    assert!(text.starts_with("Nothing matches") && text.contains("- everything:"), "{text}");
+    let servers = vague["structured"]["servers"].as_array().unwrap();
+    let everything = servers.iter().find(|s| s["name"] == "everything").unwrap_or_else(|| panic!("{vague}"));
+    assert!(everything["tools"].as_array().unwrap().iter().any(|t| t == "get_sum"), "{vague}");
 }
 
 #[test]

@@ -1,8 +1,10 @@
-//! A small BM25 ranked text index over tools.
+//! Word-matching ranking: the tokenizer and stemmer, [`Bm25f`] (the lexical half of
+//! sandgate's ranking), and [`SearchIndex`], plain BM25 over a name and a body, kept
+//! as the baseline the evaluation measures against.
 //!
-//! Each document has two fields: a name (e.g. `everything.get_tiny_image`) and a body (the
-//! description plus property names and descriptions). Terms in the name count [`NAME_WEIGHT`]
-//! times, a BM25F-style weighting with one shared length normalisation. Scoring is Okapi BM25
+//! [`SearchIndex`]: each document has two fields, a name (e.g. `everything.get_tiny_image`)
+//! and a body (the description plus property names and descriptions). Terms in the name
+//! count [`NAME_WEIGHT`] times, with one shared length normalisation. Scoring is Okapi BM25
 //! with `k1 = 1.2`, `b = 0.75` and the non-negative IDF `ln(1 + (N - df + 0.5) / (df + 0.5))`.
 //!
 //! See [`tokenize`] for how text becomes terms.
@@ -54,14 +56,7 @@ impl SearchIndex {
             }
             index.doc_lens.push(len);
             for (term, freq) in freqs {
-                let postings = &mut index.postings;
-                let id = *index.terms.entry(term).or_insert_with(|| {
-                    postings.push(Vec::new());
-                    postings.len() - 1
-                });
-                if let Some(list) = postings.get_mut(id) {
-                    list.push((doc, freq));
-                }
+                posting_list(&mut index.terms, &mut index.postings, term).push((doc, freq));
             }
         }
         if !index.doc_lens.is_empty() {
@@ -115,6 +110,90 @@ impl SearchIndex {
     }
 }
 
+/// The fields of a document for [`Bm25f`], in this order.
+pub const FIELDS: usize = 6;
+
+/// A document for [`Bm25f`]: the text of each field.
+pub type Fields = [String; FIELDS];
+
+/// A BM25F index: each field has its own weight and its own length normalisation,
+/// and a term's weighted frequencies over all fields saturate together (Robertson,
+/// Zaragoza and Taylor, "Simple BM25 extension to multiple weighted fields").
+#[derive(Debug, Clone, Default)]
+pub struct Bm25f {
+    terms: HashMap<String, usize>,
+    /// Per term: the documents containing it, ascending, with the term's frequency in
+    /// each field.
+    postings: Vec<Vec<(usize, [f32; FIELDS])>>,
+    lens: Vec<[f32; FIELDS]>,
+    avg_lens: [f32; FIELDS],
+    weights: [f32; FIELDS],
+    b: [f32; FIELDS],
+}
+
+impl Bm25f {
+    /// Indexes `docs` with these field `weights` and length normalisations `b`.
+    #[must_use]
+    pub fn new(docs: &[Fields], weights: [f32; FIELDS], b: [f32; FIELDS]) -> Self {
+        let mut index = Self { weights, b, ..Self::default() };
+        for (doc, fields) in docs.iter().enumerate() {
+            let mut freqs: HashMap<String, [f32; FIELDS]> = HashMap::new();
+            let mut lens = [0.0; FIELDS];
+            for (field, text) in fields.iter().enumerate() {
+                for term in tokenize(text) {
+                    freqs.entry(term).or_default()[field] += 1.0;
+                    lens[field] += 1.0;
+                }
+            }
+            index.lens.push(lens);
+            for (term, freq) in freqs {
+                posting_list(&mut index.terms, &mut index.postings, term).push((doc, freq));
+            }
+        }
+        let n = index.lens.len().max(1) as f32;
+        for field in 0..FIELDS {
+            index.avg_lens[field] = (index.lens.iter().map(|l| l[field]).sum::<f32>() / n).max(f32::MIN_POSITIVE);
+        }
+        index
+    }
+
+    /// The score of every document for `query` (0 for documents that share no term).
+    #[must_use]
+    pub fn scores(&self, query: &str) -> Vec<f32> {
+        let mut terms = tokenize(query);
+        terms.sort_unstable();
+        terms.dedup();
+        let docs = self.lens.len() as f32;
+        let mut scores = vec![0.0_f32; self.lens.len()];
+        for list in terms.iter().filter_map(|term| self.terms.get(term)).map(|&id| &self.postings[id]) {
+            let df = list.len() as f32;
+            let idf = (1.0 + (docs - df + 0.5) / (df + 0.5)).ln();
+            for (doc, freqs) in list {
+                let lens = &self.lens[*doc];
+                let weighted: f32 = (0..FIELDS)
+                    .filter(|&f| freqs[f] > 0.0)
+                    .map(|f| self.weights[f] * freqs[f] / (1.0 - self.b[f] + self.b[f] * lens[f] / self.avg_lens[f]))
+                    .sum();
+                scores[*doc] += idf * weighted * (K1 + 1.0) / (weighted + K1);
+            }
+        }
+        scores
+    }
+}
+
+/// The postings of `term`, added (empty) if the index has not seen it yet.
+fn posting_list<'a, P>(
+    terms: &mut HashMap<String, usize>,
+    postings: &'a mut Vec<Vec<P>>,
+    term: String,
+) -> &'a mut Vec<P> {
+    let id = *terms.entry(term).or_insert_with(|| {
+        postings.push(Vec::new());
+        postings.len() - 1
+    });
+    &mut postings[id]
+}
+
 /// Splits text into search terms.
 ///
 /// Text is split into words on every non-alphanumeric character (so snake_case, kebab-case and
@@ -125,6 +204,17 @@ impl SearchIndex {
 #[must_use]
 pub fn tokenize(text: &str) -> Vec<String> {
     let mut terms = Vec::new();
+    for word in words(text) {
+        push_term(&mut terms, &word);
+    }
+    terms
+}
+
+/// The lower-cased words of `text`: split on every non-alphanumeric character, at
+/// camelCase/PascalCase boundaries and between letters and digits (see [`tokenize`]).
+#[must_use]
+pub fn words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
     for run in text.split(|c: char| !c.is_alphanumeric()).filter(|run| !run.is_empty()) {
         let chars: Vec<char> = run.chars().collect();
         let mut start = 0;
@@ -140,12 +230,12 @@ pub fn tokenize(text: &str) -> Vec<String> {
             };
             if boundary {
                 let word: String = chars.get(start..i).unwrap_or_default().iter().collect();
-                push_term(&mut terms, &word.to_lowercase());
+                words.push(word.to_lowercase());
                 start = i;
             }
         }
     }
-    terms
+    words
 }
 
 /// Adds `word` (lower-case) to `terms` unless it is too short or a stop word.

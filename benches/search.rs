@@ -1,0 +1,63 @@
+//! Search quality and speed: recall at 1 and 5 and MRR of the ranking on the
+//! evaluation set in `tests/search` (tuning and held-out splits), next to the plain
+//! BM25 baseline, and query latency over a 1,000-tool catalog.
+//!
+//! ```text
+//! cargo bench --bench search
+//! ```
+
+#[path = "../tests/search/eval.rs"]
+mod eval;
+
+use std::time::{Duration, Instant};
+
+use sandgate::mcp::search::Method;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let catalog = eval::catalog();
+    let queries = eval::queries();
+    println!("{:<10} {:<9} {:>8} {:>10} {:>10} {:>7}", "method", "split", "queries", "recall@1", "recall@5", "MRR");
+    for method in [Method::Bm25, Method::Hybrid] {
+        for split in [eval::Split::Tune, eval::Split::HeldOut] {
+            let m = eval::evaluate(&catalog, &queries, split, method);
+            println!(
+                "{:<10} {:<9} {:>8} {:>9.1}% {:>9.1}% {:>7.3}",
+                format!("{method:?}"),
+                format!("{split:?}"),
+                m.queries,
+                m.recall_at_1 * 100.0,
+                m.recall_at_5 * 100.0,
+                m.mrr
+            );
+        }
+    }
+    let large = eval::large_catalog(1000);
+    let view = large.view(|_| true);
+    assert_eq!(view.len(), 1000);
+    for method in [Method::Bm25, Method::Hybrid] {
+        let mut times: Vec<Duration> = Vec::new();
+        for round in 0..20 {
+            for query in &queries {
+                let started = Instant::now();
+                let found = view.search_with(method, &query.query, 5);
+                let took = started.elapsed();
+                std::hint::black_box(found);
+                if round > 0 {
+                    times.push(took);
+                }
+            }
+        }
+        times.sort();
+        let at = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1e6;
+        println!(
+            "{:<10} query over 1,000 tools: p50 {:.0} µs, p99 {:.0} µs ({} queries)",
+            format!("{method:?}"),
+            at(0.5),
+            at(0.99),
+            times.len()
+        );
+    }
+}
