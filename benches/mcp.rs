@@ -192,7 +192,7 @@ async fn call_latency() {
     );
     std::fs::write(dir.join("sandgate.toml"), text).unwrap();
     let config = sandgate::config::Config::load(&dir.join("sandgate.toml")).unwrap();
-    let server = tokio::task::spawn_blocking(move || sandgate::Server::new(config)).await.unwrap().unwrap();
+    let server = sandgate::Server::new(config).await.unwrap();
     let service = server.service().clone();
     service.upstreams().settled().await;
     let principal = Arc::new(sandgate::auth::Principal::local());

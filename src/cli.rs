@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::{generate_key, hash_key, Principal, Role, KEY_PREFIX};
 use crate::config::{Config, PolicySource};
-use crate::ledger::{self, GroupBy, UsageQuery};
 use crate::policy::{LoadContext, PolicySet, Query};
 use crate::sandbox::{ExecuteRequest, Language, PartialLimits};
 use crate::service::Service;
+use crate::store::{self, GroupBy, UsageQuery};
 use crate::telemetry::{self, LogFormat};
 
 /// sandgate: run agent-written JavaScript in a WebAssembly sandbox with hard limits.
@@ -275,7 +275,7 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let server = tokio::task::spawn_blocking(move || crate::Server::new(config)).await??;
+    let server = crate::Server::new(config).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sandgate listening on http://{addr}");
@@ -313,7 +313,7 @@ async fn exec(
         None => PartialLimits::default(),
     };
     let request = ExecuteRequest { code, input, limits, language };
-    let service = tokio::task::spawn_blocking(move || Service::new(&config)).await??;
+    let service = Service::new(&config).await?;
     service.upstreams().settled().await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await?;
     service.finish(std::time::Duration::from_secs(10)).await?;
@@ -326,7 +326,7 @@ async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow
 
     let config = load_config(config, policies)?;
     telemetry::init_logging(config.log_format);
-    let service = Arc::new(tokio::task::spawn_blocking(move || Service::new(&config)).await??);
+    let service = Arc::new(Service::new(&config).await?);
     let key = std::env::var("SANDGATE_API_KEY").ok();
     let principal = service.authenticate(key.as_deref()).map_err(|_| {
         anyhow::anyhow!(
@@ -426,11 +426,10 @@ async fn usage(
     config: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config, None)?;
-    let bound = |t: Option<String>| t.map(|t| ledger::usage_time(&t)).transpose().map_err(|e| anyhow::anyhow!(e));
+    let bound = |t: Option<String>| t.map(|t| store::usage_time(&t)).transpose().map_err(|e| anyhow::anyhow!(e));
     let query = UsageQuery { group_by, since_ms: bound(since)?, until_ms: bound(until)?, user };
-    let mut store = ledger::sqlite::SqliteStore::open(&config.ledger.path, config.ledger.synchronous)?;
-    let rows = ledger::Store::usage(&mut store, &query)?;
-    let total = ledger::total(&rows);
+    let rows = store::open(&config.store).await?.usage(&query).await?;
+    let total = store::total(&rows);
     println!(
         "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12}",
         "GROUP", "EXECUTIONS", "FUEL", "WALL_MS", "HOST_CALLS", "MODEL_CALLS", "INPUT_TOK", "OUTPUT_TOK", "COST_USD"

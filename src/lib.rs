@@ -19,8 +19,10 @@
 //!   capabilities ([`sandbox::capability`]).
 //! - [`service`]: the one path every surface takes: authenticate (mode fixed at start),
 //!   authorise, rate-limit, per-user shares, run, record; policy hot reload.
-//! - [`ledger`]: usage records (executions, host calls, model calls), batched writer,
-//!   SQLite store, usage reports.
+//! - [`store`]: everything replicas share, behind one trait: ledger records (executions,
+//!   host calls, model calls) with their batched writer and usage reports, budget
+//!   reservations and spend, rate-limit buckets. SQLite (embedded default) and
+//!   PostgreSQL; nothing else opens a database.
 //! - [`model`]: the model proxy: catalog, router (tiers, `auto`, fallback, circuit
 //!   breakers), budgets reserved and settled, stream metering, `model.chat`.
 //! - [`mcp`]: Code Mode: the upstream MCP client pool, the tool catalog with its
@@ -39,12 +41,12 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
-pub mod ledger;
 pub mod mcp;
 pub mod model;
 pub mod policy;
 pub mod sandbox;
 pub mod service;
+pub mod store;
 pub mod telemetry;
 
 use std::future::Future;
@@ -63,7 +65,7 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// A ready server: policies loaded, ledger open, guest compiled.
+/// A ready server: policies loaded, store open, guest compiled.
 #[derive(Debug)]
 pub struct Server {
     state: http::AppState,
@@ -71,9 +73,9 @@ pub struct Server {
 
 impl Server {
     /// Builds everything the server needs; slow only when the guest must be compiled.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
         telemetry::prometheus();
-        let service = service::Service::new(&config)?;
+        let service = service::Service::new(&config).await?;
         Ok(Self { state: http::AppState { service: Arc::new(service), config: Arc::new(config) } })
     }
 

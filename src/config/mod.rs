@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::KeyEntry;
-use crate::ledger::sqlite::Synchronous;
 use crate::sandbox::SandboxConfig;
 use crate::telemetry::LogFormat;
 
@@ -36,7 +35,8 @@ pub struct Config {
     pub policies: PolicySource,
     /// Known cost tiers, cheapest first.
     pub tiers: Vec<String>,
-    pub ledger: LedgerConfig,
+    /// Where the ledger, budgets and rate limits live.
+    pub store: StoreConfig,
     /// API keys (hashes only). None configured: the embedded default's local user.
     pub keys: Vec<KeyEntry>,
     /// Model providers, models, tiers (cheapest first) and router settings.
@@ -98,12 +98,10 @@ pub enum PolicySource {
     Embedded,
 }
 
-/// The usage ledger's storage.
-#[derive(Clone, Debug)]
-pub struct LedgerConfig {
-    pub path: PathBuf,
-    pub synchronous: Synchronous,
-}
+pub use crate::store::StoreConfig;
+
+/// Connections each replica keeps to a PostgreSQL store, unless `[store] pool` says.
+pub const DEFAULT_STORE_POOL: usize = 16;
 
 /// The default ledger file: `$XDG_DATA_HOME/sandgate/ledger.db`, else
 /// `$HOME/.local/share/sandgate/ledger.db`, else `./sandgate-ledger.db`.
@@ -200,14 +198,41 @@ impl Config {
         )
         .map_err(|(key, message)| invalid(key, message))?;
         let tiers = models.tiers.iter().map(|t| t.name.clone()).collect();
-        let ledger = raw.ledger.unwrap_or_default();
-        let ledger = LedgerConfig {
-            path: ledger
-                .path
-                .map(|p| relative_to(path, p))
-                .or_else(|| std::env::var_os("SANDGATE_LEDGER").map(PathBuf::from))
-                .unwrap_or_else(default_ledger_path),
-            synchronous: ledger.synchronous.unwrap_or_default(),
+        let raw_store = raw.store.unwrap_or_default();
+        if raw_store.url.is_some() && raw.ledger.is_some() {
+            return Err(invalid(
+                "ledger",
+                "[ledger] configures the embedded SQLite store and [store] url a PostgreSQL one: keep one".into(),
+            ));
+        }
+        // The environment's URL wins over the file's SQLite settings, so that one
+        // configuration file serves a single node and, with the variable set, a replica.
+        let url = raw_store.url.or_else(|| std::env::var("SANDGATE_STORE_URL").ok().filter(|u| !u.is_empty()));
+        let store = match (url, raw.ledger) {
+            (Some(url), _) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(invalid("store.url", "must be a PostgreSQL URL: postgres://USER@HOST:PORT/DB".into()));
+                }
+                let pool = raw_store.pool.unwrap_or(DEFAULT_STORE_POOL);
+                if !(1..=1000).contains(&pool) {
+                    return Err(invalid("store.pool", "must be between 1 and 1000".into()));
+                }
+                StoreConfig::Postgres { url, pool }
+            }
+            (None, ledger) => {
+                if raw_store.pool.is_some() {
+                    return Err(invalid("store.pool", "sizes the PostgreSQL pool; set [store] url too".into()));
+                }
+                let ledger = ledger.unwrap_or_default();
+                StoreConfig::Sqlite {
+                    path: ledger
+                        .path
+                        .map(|p| relative_to(path, p))
+                        .or_else(|| std::env::var_os("SANDGATE_LEDGER").map(PathBuf::from))
+                        .unwrap_or_else(default_ledger_path),
+                    synchronous: ledger.synchronous.unwrap_or_default(),
+                }
+            }
         };
         let mcp = mcp::build(raw.mcp.unwrap_or_default(), path).map_err(|(key, message)| invalid(key, message))?;
         let mut keys: Vec<KeyEntry> = Vec::new();
@@ -236,7 +261,7 @@ impl Config {
             http,
             policies,
             tiers,
-            ledger,
+            store,
             keys,
             models,
             mcp,

@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub policies: Option<PathBuf>,
     pub tiers: Option<std::collections::BTreeMap<String, RawTier>>,
     pub ledger: Option<RawLedger>,
+    pub store: Option<RawStore>,
     pub keys: Option<Vec<RawKey>>,
     pub providers: Option<std::collections::BTreeMap<String, RawProvider>>,
     pub models: Option<std::collections::BTreeMap<String, RawModel>>,
@@ -71,7 +72,14 @@ pub(super) struct RawRouter {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLedger {
     pub path: Option<PathBuf>,
-    pub synchronous: Option<crate::ledger::sqlite::Synchronous>,
+    pub synchronous: Option<crate::store::sqlite::Synchronous>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub url: Option<String>,
+    pub pool: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -68,7 +68,8 @@ impl From<ServiceError> for ApiError {
                 crate::telemetry::record_rejection("concurrency");
                 (StatusCode::TOO_MANY_REQUESTS, Some(1), false)
             }
-            ServiceError::Ledger(_) | ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None, false),
+            ServiceError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, Some(1), false),
+            ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None, false),
         };
         Self { status, kind, message, retry_after_secs, challenge }
     }

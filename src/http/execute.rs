@@ -23,7 +23,7 @@ pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, bod
     let request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
     })?;
-    let prepared = app.service.prepare(principal, request)?;
+    let prepared = app.service.prepare(principal, request).await?;
 
     if !wants_event_stream(&headers) {
         let outcome = app.service.run(prepared, None).await?;

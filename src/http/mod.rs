@@ -3,7 +3,7 @@
 //!
 //! One file per surface: `execute.rs` (`POST /v1/execute`, JSON or SSE), `usage.rs`
 //! (`GET /v1/usage`), `tools.rs` (`GET /v1/tools`), `models.rs` (the model proxy),
-//! `ops.rs` (`/healthz`, `/metrics`), `mcp.rs` (`/mcp`, the Code Mode MCP server),
+//! `ops.rs` (`/healthz`, `/readyz`, `/metrics`), `mcp.rs` (`/mcp`, the Code Mode MCP server),
 //! `error.rs` (the JSON error body and status mapping). `guard.rs` applies the Host,
 //! Origin and Content-Type rules to every route, and `serve.rs` accepts connections
 //! with their timeouts, cap and graceful shutdown. Every `/v1` route and `/mcp`
@@ -85,7 +85,7 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, A
 /// the listed origins). `stopping` is cancelled when the server begins to shut down.
 pub fn router(state: AppState, stopping: CancellationToken) -> Router {
     let guard = Arc::new(guard::Guard::new(&state.config.http, state.service.mode()));
-    let mcp = mcp::router(&state, stopping);
+    let mcp = mcp::router(&state, stopping.clone());
     let mut app = Router::new()
         .route("/v1/tools", get(tools::list))
         .route("/v1/execute", post(execute::execute))
@@ -94,6 +94,7 @@ pub fn router(state: AppState, stopping: CancellationToken) -> Router {
         .route("/v1/messages", post(models::messages))
         .route("/v1/models", get(models::list))
         .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(move |state| ops::readyz(state, stopping)))
         .route("/metrics", get(ops::metrics))
         .fallback(error::not_found)
         .with_state(state)

@@ -7,8 +7,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::ledger::{self, GroupBy, UsageQuery, UsageRow};
 use crate::sandbox::ErrorKind;
+use crate::store::{self, GroupBy, UsageQuery, UsageRow};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +36,7 @@ pub(super) async fn usage(
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e.body_text()))?;
     let bound = |text: Option<String>| {
-        text.map(|t| ledger::usage_time(&t))
+        text.map(|t| store::usage_time(&t))
             .transpose()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e))
     };
@@ -47,6 +47,6 @@ pub(super) async fn usage(
         user: params.user,
     };
     let rows = app.service.usage(&principal, query).await?;
-    let totals = ledger::total(&rows);
+    let totals = store::total(&rows);
     Ok(Json(Report { group_by: params.group_by, rows, totals }))
 }

@@ -175,7 +175,7 @@ impl CodeMode {
             limits: PartialLimits::default(),
             language: args.language.unwrap_or(Language::Typescript),
         };
-        let prepared = match self.service.prepare(principal, request) {
+        let prepared = match self.service.prepare(principal, request).await {
             Ok(prepared) => prepared,
             Err(error) => return failure(error.kind(), &error.to_string(), None),
         };

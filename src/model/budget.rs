@@ -1,34 +1,24 @@
 //! Budgets: reserved before a model call (an estimate), settled after it with the
 //! provider's reported usage.
 //!
-//! Spend per scope (a user, or a team when the policy pools it) and period (UTC day,
-//! UTC month) is read once from the ledger and then kept up to date in memory, so a
-//! check costs a map lookup. Reservations count against the budget while a call is in
-//! flight, so concurrent calls cannot together overshoot it by more than one call's
-//! estimate error.
+//! A principal's budget becomes one [`BudgetLine`] per (scope, period): a user or team
+//! (when the policy pools it) and the UTC day or month, each with its USD and token
+//! limits. A reservation holds the call's estimate against every line at once, in the
+//! store, so concurrent calls on any number of replicas cannot together pass a budget
+//! by more than their estimates' error. The hold ends with a [`Record::Release`]
+//! committed with the call's own record: the spend is counted before the hold goes.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::auth::Principal;
-use crate::ledger::{now_ms, Ledger, SpendScope};
 use crate::policy::{Budget, BudgetScope};
+use crate::store::{now_ms, BudgetLine, Hold, Ledger, Record, SpendScope, Store, StoreError};
 
 const DAY_MS: i64 = 86_400_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Key {
-    scope: SpendScope,
-    since_ms: i64,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Entry {
-    spent_nanos: i64,
-    spent_tokens: u64,
-    reserved_nanos: i64,
-    reserved_tokens: u64,
-}
+/// How long a reservation counts if it is never released (its replica died mid-call).
+/// Longer than any call's timeout, so that a live call never loses its hold.
+const HOLD_TTL_MS: i64 = 30 * 60 * 1000;
 
 /// A budget that a call would pass.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -43,11 +33,11 @@ pub struct Exceeded {
 /// Amounts held for one call until it settles. Dropping it unsettled releases them.
 #[derive(Debug)]
 pub struct Reservation {
-    budgets: Arc<Budgets>,
-    keys: BTreeSet<Key>,
+    ledger: Ledger,
+    id: String,
     nanos: i64,
     tokens: u64,
-    settled: bool,
+    released: bool,
 }
 
 impl Reservation {
@@ -56,26 +46,26 @@ impl Reservation {
         (self.nanos, self.tokens)
     }
 
-    /// Replaces the estimate with what the call actually cost.
-    pub fn settle(mut self, nanos: i64, tokens: u64) {
-        self.budgets.apply(&self.keys, -self.nanos, -(self.tokens as i64), nanos, tokens);
-        self.settled = true;
+    /// Ends the hold: the record to commit with (after) the call's own record, whose
+    /// cost replaces the estimate.
+    pub fn settle(mut self) -> Record {
+        self.released = true;
+        Record::Release(std::mem::take(&mut self.id))
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if !self.settled {
-            self.budgets.apply(&self.keys, -self.nanos, -(self.tokens as i64), 0, 0);
+        if !self.released {
+            self.ledger.record_detached(vec![Record::Release(std::mem::take(&mut self.id))]);
         }
     }
 }
 
-/// Spend and reservations per scope and period.
+/// Budgets, kept in the store.
 #[derive(Debug)]
 pub struct Budgets {
     ledger: Ledger,
-    entries: Mutex<HashMap<Key, Entry>>,
 }
 
 fn scope_of(principal: &Principal, scope: BudgetScope) -> SpendScope {
@@ -99,129 +89,108 @@ fn month_start_ms(now_ms: i64) -> i64 {
     (days - day_of_month) * DAY_MS
 }
 
-enum Field {
-    Usd(f64),
-    Tokens(u64),
+/// The lines of `budget` for `principal` now, with the name of each line's period.
+fn lines(principal: &Principal, budget: &Budget) -> Vec<(&'static str, BudgetLine)> {
+    let now = now_ms();
+    let (day, month) = (now - now.rem_euclid(DAY_MS), month_start_ms(now));
+    let mut lines: Vec<(&'static str, BudgetLine)> = Vec::new();
+    let mut add = |period: &'static str, scope: BudgetScope, since_ms: i64, usd: Option<f64>, tokens: Option<u64>| {
+        let scope = scope_of(principal, scope);
+        let line = match lines.iter_mut().find(|(_, l)| l.scope == scope && l.since_ms == since_ms) {
+            Some((_, line)) => line,
+            None => {
+                lines.push((period, BudgetLine { scope, since_ms, limit_nanos: None, limit_tokens: None }));
+                &mut lines.last_mut().expect("just pushed").1
+            }
+        };
+        if let Some(usd) = usd {
+            line.limit_nanos = Some((usd * 1e9).round() as i64);
+        }
+        if let Some(tokens) = tokens {
+            line.limit_tokens = Some(tokens);
+        }
+    };
+    if let Some(b) = &budget.usd_per_day {
+        add("daily", b.scope, day, Some(b.value), None);
+    }
+    if let Some(b) = &budget.usd_per_month {
+        add("monthly", b.scope, month, Some(b.value), None);
+    }
+    if let Some(b) = &budget.tokens_per_day {
+        add("daily", b.scope, day, None, Some(b.value));
+    }
+    if let Some(b) = &budget.tokens_per_month {
+        add("monthly", b.scope, month, None, Some(b.value));
+    }
+    lines
 }
 
 impl Budgets {
     pub fn new(ledger: Ledger) -> Self {
-        Self { ledger, entries: Mutex::new(HashMap::new()) }
+        Self { ledger }
     }
 
-    fn fields(principal: &Principal, budget: &Budget) -> Vec<(&'static str, Key, Field)> {
-        let now = now_ms();
-        let (day, month) = (now - now.rem_euclid(DAY_MS), month_start_ms(now));
-        let mut fields = Vec::new();
-        if let Some(b) = &budget.usd_per_day {
-            fields.push(("daily USD", Key { scope: scope_of(principal, b.scope), since_ms: day }, Field::Usd(b.value)));
-        }
-        if let Some(b) = &budget.usd_per_month {
-            fields.push((
-                "monthly USD",
-                Key { scope: scope_of(principal, b.scope), since_ms: month },
-                Field::Usd(b.value),
-            ));
-        }
-        if let Some(b) = &budget.tokens_per_day {
-            fields.push((
-                "daily token",
-                Key { scope: scope_of(principal, b.scope), since_ms: day },
-                Field::Tokens(b.value),
-            ));
-        }
-        if let Some(b) = &budget.tokens_per_month {
-            fields.push((
-                "monthly token",
-                Key { scope: scope_of(principal, b.scope), since_ms: month },
-                Field::Tokens(b.value),
-            ));
-        }
-        fields
-    }
-
-    async fn load(&self, keys: impl Iterator<Item = &Key>) -> Result<(), crate::ledger::LedgerError> {
-        for key in keys {
-            if self.entries.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key) {
-                continue;
-            }
-            let (nanos, tokens) = self.ledger.spend(key.scope.clone(), key.since_ms).await?;
-            self.entries.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_insert(Entry {
-                spent_nanos: nanos,
-                spent_tokens: tokens,
-                ..Entry::default()
-            });
-        }
-        Ok(())
+    fn store(&self) -> &Arc<dyn Store> {
+        self.ledger.store()
     }
 
     /// Holds `nanos` and `tokens` against every budget the principal has, or says
     /// which one the call would pass.
     pub async fn reserve(
-        self: &Arc<Self>,
+        &self,
         principal: &Principal,
         budget: &Budget,
         nanos: i64,
         tokens: u64,
-    ) -> Result<Result<Reservation, Exceeded>, crate::ledger::LedgerError> {
-        let fields = Self::fields(principal, budget);
-        self.load(fields.iter().map(|(_, key, _)| key)).await?;
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        for (what, key, field) in &fields {
-            let entry = entries.get(key).copied().unwrap_or_default();
-            let (over, limit, used) = match field {
-                Field::Usd(limit) => {
-                    let used = (entry.spent_nanos + entry.reserved_nanos) as f64 / 1e9;
-                    (used + nanos as f64 / 1e9 > *limit, format!("${limit:.2}"), format!("${used:.4}"))
-                }
-                Field::Tokens(limit) => {
-                    let used = entry.spent_tokens + entry.reserved_tokens;
-                    (used + tokens > *limit, format!("{limit} tokens"), format!("{used} tokens"))
-                }
-            };
-            if over {
-                return Ok(Err(Exceeded { what, limit, used, scope: key.scope.to_string() }));
+    ) -> Result<Result<Reservation, Exceeded>, StoreError> {
+        let named = lines(principal, budget);
+        let hold = Hold {
+            id: uuid::Uuid::now_v7().to_string(),
+            lines: named.iter().map(|(_, line)| line.clone()).collect(),
+            nanos,
+            tokens,
+            expires_at_ms: now_ms() + HOLD_TTL_MS,
+        };
+        if hold.lines.is_empty() {
+            return Ok(Ok(Reservation { ledger: self.ledger.clone(), id: hold.id, nanos, tokens, released: true }));
+        }
+        match self.store().reserve(&hold).await? {
+            None => Ok(Ok(Reservation { ledger: self.ledger.clone(), id: hold.id, nanos, tokens, released: false })),
+            Some(over) => {
+                let (period, line) = &named[over.line];
+                let (what, limit, used) = if over.tokens {
+                    let limit = line.limit_tokens.unwrap_or_default();
+                    (
+                        if *period == "daily" { "daily token" } else { "monthly token" },
+                        format!("{limit} tokens"),
+                        format!("{} tokens", over.balance.used_tokens),
+                    )
+                } else {
+                    let limit = line.limit_nanos.unwrap_or_default() as f64 / 1e9;
+                    (
+                        if *period == "daily" { "daily USD" } else { "monthly USD" },
+                        format!("${limit:.2}"),
+                        format!("${:.4}", over.balance.used_nanos as f64 / 1e9),
+                    )
+                };
+                Ok(Err(Exceeded { what, limit, used, scope: line.scope.to_string() }))
             }
         }
-        let keys: BTreeSet<Key> = fields.into_iter().map(|(_, key, _)| key).collect();
-        for key in &keys {
-            let entry = entries.entry(key.clone()).or_default();
-            entry.reserved_nanos += nanos;
-            entry.reserved_tokens += tokens;
-        }
-        Ok(Ok(Reservation { budgets: self.clone(), keys, nanos, tokens, settled: false }))
     }
 
     /// The least USD left across the principal's USD budgets; `None` without any.
-    pub async fn remaining_usd(
-        &self,
-        principal: &Principal,
-        budget: &Budget,
-    ) -> Result<Option<f64>, crate::ledger::LedgerError> {
-        let fields = Self::fields(principal, budget);
-        self.load(fields.iter().map(|(_, key, _)| key)).await?;
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(fields
-            .iter()
-            .filter_map(|(_, key, field)| match field {
-                Field::Usd(limit) => {
-                    let entry = entries.get(key).copied().unwrap_or_default();
-                    Some(limit - (entry.spent_nanos + entry.reserved_nanos) as f64 / 1e9)
-                }
-                Field::Tokens(_) => None,
-            })
-            .reduce(f64::min))
-    }
-
-    fn apply(&self, keys: &BTreeSet<Key>, reserved_nanos: i64, reserved_tokens: i64, nanos: i64, tokens: u64) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        for key in keys {
-            let entry = entries.entry(key.clone()).or_default();
-            entry.reserved_nanos += reserved_nanos;
-            entry.reserved_tokens = entry.reserved_tokens.saturating_add_signed(reserved_tokens);
-            entry.spent_nanos += nanos;
-            entry.spent_tokens += tokens;
+    pub async fn remaining_usd(&self, principal: &Principal, budget: &Budget) -> Result<Option<f64>, StoreError> {
+        let lines: Vec<BudgetLine> =
+            lines(principal, budget).into_iter().map(|(_, line)| line).filter(|l| l.limit_nanos.is_some()).collect();
+        if lines.is_empty() {
+            return Ok(None);
         }
+        let balances = self.store().balances(&lines).await?;
+        Ok(lines
+            .iter()
+            .zip(balances)
+            .filter_map(|(line, balance)| line.limit_nanos.map(|limit| (limit - balance.used_nanos) as f64 / 1e9))
+            .reduce(f64::min))
     }
 }
 

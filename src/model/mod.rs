@@ -18,8 +18,9 @@
 //! for `router.breaker_cooldown`. Every decision is logged with its reason, and every
 //! call is a ledger record with its fallback chain. Records are committed just after
 //! the response is sent (for streams, when they end) rather than before it: waiting
-//! for the commit was most of the proxy's added tail latency. Budgets are settled in
-//! memory at once, so spend stays exact while the process lives.
+//! for the commit was most of the proxy's added tail latency. Budgets are reserved in
+//! the store ([`crate::store`]) and released by a record committed with the call's
+//! own, so spend is exact and shared by every replica.
 //!
 //! # Whatever the caller does
 //!
@@ -61,9 +62,8 @@ pub use catalog::{Catalog, Model, ModelCapability, Price, Provider, ProviderKind
 pub use usage::{count_tokens, Tokens};
 
 use crate::auth::Principal;
-use crate::ledger::{now_ms, Ledger, ModelCallRecord, Record};
 use crate::policy::Capabilities;
-use crate::service::RateLimiter;
+use crate::store::{now_ms, Ledger, ModelCallRecord, Record};
 use usage::StreamMeter;
 
 /// The API shape of a call.
@@ -102,7 +102,7 @@ pub enum ModelError {
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
-    Ledger(#[from] crate::ledger::LedgerError),
+    Store(#[from] crate::store::StoreError),
 }
 
 impl ModelError {
@@ -113,7 +113,7 @@ impl ModelError {
             Self::Budget(_) => "budget_exceeded",
             Self::RateLimited { .. } => "rate_limited",
             Self::Upstream { .. } | Self::Unavailable(_) => "upstream_error",
-            Self::Ledger(_) => "internal",
+            Self::Store(_) => "internal",
         }
     }
 
@@ -124,7 +124,7 @@ impl ModelError {
             Self::Budget(_) | Self::RateLimited { .. } => 429,
             Self::Upstream { status, .. } => *status,
             Self::Unavailable(_) => 503,
-            Self::Ledger(_) => 500,
+            Self::Store(_) => 500,
         }
     }
 }
@@ -247,7 +247,6 @@ pub struct Gateway {
     concurrency: Vec<Arc<Semaphore>>,
     budgets: Arc<Budgets>,
     ledger: Ledger,
-    rates: Arc<RateLimiter>,
     /// Calls in flight, each a task of its own (see the module docs).
     calls: TaskTracker,
     /// Cancelled when the server stops: calls still in flight are cut off and recorded.
@@ -286,7 +285,7 @@ fn jitter(base: Duration, attempt: u32) -> Duration {
 }
 
 impl Gateway {
-    pub fn new(catalog: Catalog, ledger: Ledger, rates: Arc<RateLimiter>) -> anyhow::Result<Self> {
+    pub fn new(catalog: Catalog, ledger: Ledger) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(
                 catalog.providers.iter().map(|p| p.connect_timeout).max().unwrap_or(Duration::from_secs(5)),
@@ -308,7 +307,6 @@ impl Gateway {
             concurrency,
             budgets: Arc::new(Budgets::new(ledger.clone())),
             ledger,
-            rates,
             calls: TaskTracker::new(),
             stop: CancellationToken::new(),
         })
@@ -587,8 +585,10 @@ impl Gateway {
             return Err(ModelError::Invalid("the request body must be a JSON object".into()));
         }
         if let Some(per_minute) = ctx.capabilities.rate.model_calls_per_minute {
-            self.rates
-                .check(&ctx.principal.user, "model_calls", per_minute)
+            self.ledger
+                .store()
+                .take(&ctx.principal.user, "model_calls", per_minute)
+                .await?
                 .map_err(|retry_after_secs| ModelError::RateLimited { per_minute, retry_after_secs })?;
         }
         let requested_name = body.get("model").and_then(Value::as_str).unwrap_or("auto").to_string();
@@ -848,25 +848,24 @@ struct Pending {
 }
 
 impl Pending {
-    fn record(&mut self, tokens: Tokens, status: &str) -> Record {
+    fn record(&mut self, tokens: Tokens, status: &str) -> Vec<Record> {
         let cost = self.model.price.cost_nanos(tokens.input, tokens.output, tokens.cached);
         self.record_at(tokens, cost, status)
     }
 
     /// The record of a call whose usage is unknown: the reserved estimate, charged.
-    fn record_reserved(&mut self, status: &str) -> Record {
+    fn record_reserved(&mut self, status: &str) -> Vec<Record> {
         let tokens = Tokens { input: self.estimated_input, output: self.estimated_output, cached: 0 };
         let nanos = self.reservation.as_ref().map_or(0, |r| r.amount().0);
         self.record_at(tokens, nanos, &format!("{status}_estimated"))
     }
 
-    fn record_at(&mut self, tokens: Tokens, cost: i64, status: &str) -> Record {
-        if let Some(reservation) = self.reservation.take() {
-            reservation.settle(cost, tokens.input + tokens.output);
-        }
+    /// The call's record, then the release of its reservation: committed together or
+    /// in that order, so the budget counts the spend before the hold goes.
+    fn record_at(&mut self, tokens: Tokens, cost: i64, status: &str) -> Vec<Record> {
         metrics::counter!("sandgate_model_calls_total", "model" => self.model.name.clone(), "status" => status.to_string())
             .increment(1);
-        Record::Model(ModelCallRecord {
+        let record = Record::Model(ModelCallRecord {
             execution_id: self.ctx.execution_id.clone(),
             user: self.ctx.principal.user.clone(),
             team: self.ctx.principal.team.clone(),
@@ -883,7 +882,8 @@ impl Pending {
             status: status.to_string(),
             fallback_chain: std::mem::take(&mut self.fallbacks),
             tags: self.tags.take(),
-        })
+        });
+        std::iter::once(record).chain(self.reservation.take().map(Reservation::settle)).collect()
     }
 
     async fn whole(mut self, response: reqwest::Response, routed: Routed) -> Result<Answer, ModelError> {
@@ -896,7 +896,7 @@ impl Pending {
                     _ => format!("no whole answer within {} ms", self.timeout.as_millis()),
                 };
                 let record = self.record_reserved("body_error");
-                self.ledger.record_detached(vec![record]);
+                self.ledger.record_detached(record);
                 return Err(ModelError::Unavailable(format!("{}: {why}", routed.model)));
             }
         };
@@ -912,7 +912,7 @@ impl Pending {
             (Tokens::default(), "client_error")
         };
         let record = self.record(tokens, status);
-        self.ledger.record_detached(vec![record]);
+        self.ledger.record_detached(record);
         Ok(Answer::Whole { status: self.status, content_type, body, routed })
     }
 
@@ -932,7 +932,7 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if self.reservation.is_some() {
             let record = self.record_reserved("interrupted");
-            self.ledger.record_detached(vec![record]);
+            self.ledger.record_detached(record);
         }
     }
 }
@@ -959,7 +959,7 @@ impl Metered {
         } else {
             pending.record_reserved(status)
         };
-        pending.ledger.record_detached(vec![record]);
+        pending.ledger.record_detached(record);
     }
 
     /// Reads the rest of a stream whose client left, so the usage the provider

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The server is at capacity; retry after the indicated delay.
     Overloaded,
+    /// The shared store (ledger, budgets, rate limits) cannot be reached; nothing was
+    /// done, and the request can be retried.
+    Unavailable,
     /// The execution was stopped before it ended: its caller went away (an HTTP
     /// client hung up, an MCP request was cancelled) or the server shut down.
     Cancelled,
@@ -61,6 +64,7 @@ impl ErrorKind {
             Self::BudgetExceeded => "budget_exceeded",
             Self::InvalidRequest => "invalid_request",
             Self::Overloaded => "overloaded",
+            Self::Unavailable => "unavailable",
             Self::Cancelled => "cancelled",
             Self::Internal => "internal",
         }

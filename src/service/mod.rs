@@ -11,7 +11,6 @@
 //! shutdown, executions get the grace period to finish and are then cancelled the
 //! same way. Either way nothing started escapes the ledger.
 
-mod rate;
 mod reload;
 mod running;
 
@@ -22,13 +21,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use rate::RateLimiter;
 pub use reload::Policies;
 pub use running::{Running, RunningSlot};
 
 use crate::auth::{KeyRing, Principal};
 use crate::config::Config;
-use crate::ledger::{CallRecord, ExecutionRecord, Ledger, LedgerError, Record, UsageQuery, UsageRow};
 use crate::mcp::capability::UpstreamTools;
 use crate::mcp::{Catalog, Upstreams};
 use crate::model::{Answer, CallContext, Format, Gateway, ModelError};
@@ -37,6 +34,7 @@ use crate::sandbox::{
     Admission, CallPolicy, Capability, ErrorKind, ExecError, ExecuteRequest, HostCall, Job, LogLine, Outcome, Registry,
     Rejected, Sandbox, TestCapability,
 };
+use crate::store::{CallRecord, ExecutionRecord, Ledger, Record, StoreError, UsageQuery, UsageRow};
 use futures::future::BoxFuture;
 
 /// Why a request was not served.
@@ -59,10 +57,10 @@ pub enum ServiceError {
     TooManyRunning { user: String, limit: u32 },
     #[error(transparent)]
     Rejected(#[from] Rejected),
-    /// The execution ran but its record could not be committed, so it is not
-    /// acknowledged.
-    #[error("the execution ran but could not be recorded: {0}")]
-    Ledger(#[from] LedgerError),
+    /// The store could not be reached, so nothing is acknowledged: a rate limit could
+    /// not be checked, or an execution ran but its record could not be committed.
+    #[error("the store is unavailable; retry: {0}")]
+    Store(#[from] StoreError),
     /// A fault in sandgate itself.
     #[error("{0}")]
     Internal(String),
@@ -75,7 +73,8 @@ impl ServiceError {
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } | Self::TooManyRunning { .. } => "rate_limited",
             Self::Rejected(rejected) => rejected.kind().as_str(),
-            Self::Ledger(_) | Self::Internal(_) => ErrorKind::Internal.as_str(),
+            Self::Store(_) => ErrorKind::Unavailable.as_str(),
+            Self::Internal(_) => ErrorKind::Internal.as_str(),
         }
     }
 }
@@ -107,7 +106,6 @@ pub struct Service {
     mode: Mode,
     keys: RwLock<Arc<KeyRing>>,
     ledger: Ledger,
-    rates: Arc<RateLimiter>,
     gateway: Arc<Gateway>,
     upstreams: Arc<Upstreams>,
     running: Arc<Running>,
@@ -182,14 +180,13 @@ impl Capability for ModelChat {
 impl Service {
     /// Builds the service `config` describes: policies loaded, ledger opened, guest
     /// compiled. Fails on a policy or ledger problem, naming it.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub async fn new(config: &Config) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
         let context =
             LoadContext { known_tiers: config.tiers.clone(), max_memory_bytes: config.sandbox.max_memory_bytes };
         let policies = Policies::load(config.policies.clone(), context).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ledger = Ledger::open_sqlite(&config.ledger.path, config.ledger.synchronous)?;
-        let rates = Arc::new(RateLimiter::default());
-        let gateway = Arc::new(Gateway::new(config.models.clone(), ledger.clone(), rates.clone())?);
+        let ledger = Ledger::start(crate::store::open(&config.store).await?);
+        let gateway = Arc::new(Gateway::new(config.models.clone(), ledger.clone())?);
         let mut registry = Registry::default();
         if config.test_capability {
             registry.register("tools.test", Arc::new(TestCapability));
@@ -200,7 +197,9 @@ impl Service {
             let tools = UpstreamTools { server: server.name.clone(), pool: upstreams.clone() };
             registry.register(format!("tools.{}", server.name), Arc::new(tools));
         }
-        let sandbox = crate::sandbox::Sandbox::new(config.sandbox.clone(), registry)?;
+        let sandbox_config = config.sandbox.clone();
+        let sandbox =
+            tokio::task::spawn_blocking(move || crate::sandbox::Sandbox::new(sandbox_config, registry)).await??;
         let mode = if config.keys.is_empty() { Mode::Local } else { Mode::Keyed };
         Ok(Self {
             sandbox: Arc::new(sandbox),
@@ -208,7 +207,6 @@ impl Service {
             mode,
             keys: RwLock::new(Arc::new(KeyRing::new(&config.keys))),
             ledger,
-            rates,
             gateway,
             upstreams,
             running: Arc::new(Running::default()),
@@ -283,7 +281,7 @@ impl Service {
 
     /// Checks `request` against the principal's policies and rate limits and takes a
     /// sandbox slot.
-    pub fn prepare(&self, principal: Arc<Principal>, request: ExecuteRequest) -> Result<Prepared, ServiceError> {
+    pub async fn prepare(&self, principal: Arc<Principal>, request: ExecuteRequest) -> Result<Prepared, ServiceError> {
         let capabilities = self.policies.current().capabilities(&principal);
         let Some(ceiling) = capabilities.limits else {
             return Err(ServiceError::Forbidden(format!(
@@ -292,7 +290,7 @@ impl Service {
             )));
         };
         if let Some(per_minute) = capabilities.rate.executions_per_minute {
-            self.rates.check(&principal.user, "executions", per_minute).map_err(|retry_after_secs| {
+            self.ledger.store().take(&principal.user, "executions", per_minute).await?.map_err(|retry_after_secs| {
                 ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }
             })?;
         }
@@ -348,7 +346,7 @@ impl Service {
     /// Waits for executions to finish (after [`Service::cancel_on_shutdown`] they end
     /// at once), then for model calls in flight up to `grace`, then commits every
     /// record.
-    pub async fn finish(&self, grace: Duration) -> Result<(), LedgerError> {
+    pub async fn finish(&self, grace: Duration) -> Result<(), StoreError> {
         self.executions.close();
         self.executions.wait().await;
         self.gateway.stop(grace).await;
@@ -357,8 +355,16 @@ impl Service {
 
     /// [`Service::prepare`] then [`Service::run`].
     pub async fn execute(&self, principal: Arc<Principal>, request: ExecuteRequest) -> Result<Outcome, ServiceError> {
-        let prepared = self.prepare(principal, request)?;
+        let prepared = self.prepare(principal, request).await?;
         self.run(prepared, None).await
+    }
+
+    /// Whether this replica can serve: the store answers within two seconds.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        match tokio::time::timeout(Duration::from_secs(2), self.ledger.store().ping()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError("the store did not answer within 2 s".into())),
+        }
     }
 
     /// Usage totals: admins may see everyone (or one `user`), others only themselves.

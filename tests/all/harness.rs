@@ -57,17 +57,20 @@ impl TestServer {
     }
 }
 
-/// Starts a server with `config` (sandgate.toml text; `policies` and `[ledger]` are
-/// added) and one policy file holding `policy`, on its own runtime thread.
+/// Starts a server with `config` (sandgate.toml text; `policies` and, unless it has a
+/// `[store]`, `[ledger]` are added) and one policy file holding `policy`, on its own runtime thread.
 pub fn start_server_with(config: &str, policy: &str) -> TestServer {
     let dir = temp_dir("server");
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(dir.join("policies/test.toml"), policy).unwrap();
-    let text = format!(
-        "policies = \"{}\"\n{config}\n[ledger]\npath = \"{}\"\n",
-        dir.join("policies").display(),
-        dir.join("ledger.db").display()
-    );
+    // A configuration naming its own store (PostgreSQL) keeps it; others get a SQLite
+    // ledger of their own.
+    let ledger = if config.contains("[store]") {
+        String::new()
+    } else {
+        format!("[ledger]\npath = \"{}\"\n", dir.join("ledger.db").display())
+    };
+    let text = format!("policies = \"{}\"\n{config}\n{ledger}", dir.join("policies").display());
     let path = dir.join("sandgate.toml");
     std::fs::write(&path, &text).unwrap();
     let mut config = sandgate::config::Config::load(&path).expect("test config");
@@ -76,7 +79,7 @@ pub fn start_server_with(config: &str, policy: &str) -> TestServer {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(async move {
-            let server = sandgate::Server::new(config).expect("server builds");
+            let server = sandgate::Server::new(config).await.expect("server builds");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             server.serve(listener, std::future::pending()).await.unwrap();

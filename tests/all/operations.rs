@@ -210,8 +210,11 @@ async fn a_reload_that_removes_the_last_key_refuses_everyone() {
 async fn the_local_principal_is_never_served_on_a_public_listener() {
     let mut config = sandgate::config::Config::default();
     config.sandbox.cache_dir = Some(cache_dir().into());
-    config.ledger.path = temp_dir("public-local").join("ledger.db");
-    let server = tokio::task::spawn_blocking(move || sandgate::Server::new(config)).await.unwrap().unwrap();
+    config.store = sandgate::config::StoreConfig::Sqlite {
+        path: temp_dir("public-local").join("ledger.db"),
+        synchronous: Default::default(),
+    };
+    let server = sandgate::Server::new(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let error = server.serve(listener, std::future::pending()).await.unwrap_err();
     assert!(error.to_string().contains("loopback"), "{error}");

@@ -1,0 +1,251 @@
+//! Everything sandgate replicas share, behind one boundary: ledger records and usage
+//! reports, budget reservations and spend, and rate-limit windows.
+//!
+//! [`Store`] is that boundary. It has two implementations:
+//! - [`sqlite::SqliteStore`], the embedded default: one file in WAL mode, served by the
+//!   one process that opens it. Its budget and rate counters are kept beside the
+//!   connection, in that process (spend is read back from the ledger on first use), so
+//!   they cost no write on the hot path; a restart starts with no reservation in flight,
+//!   which is exactly what a restarted process has.
+//! - [`postgres::PgStore`], for several replicas on one PostgreSQL: reservations, spend
+//!   counters and rate buckets are rows, changed by single atomic statements, so a
+//!   budget or a rate limit holds across any number of replicas.
+//!
+//! Nothing outside this module opens a database. Records go in through [`Ledger`], which
+//! commits them in batches (group commit); reservations are released by a
+//! [`Record::Release`] committed in the same batch as the model call that spent them,
+//! so the spend and the release land together and a budget is never briefly free.
+
+mod ledger;
+pub mod postgres;
+pub mod sqlite;
+mod usage;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+pub use ledger::Ledger;
+pub use usage::{parse_time as usage_time, total, GroupBy, UsageQuery, UsageRow};
+
+/// One execution.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExecutionRecord {
+    pub id: String,
+    pub user: String,
+    pub team: String,
+    pub key: String,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    pub ended_at_ms: i64,
+    /// `ok` or the error kind.
+    pub outcome: String,
+    pub fuel: u64,
+    pub wall_ms: u64,
+    pub memory_bytes: u64,
+    pub host_calls: u32,
+}
+
+/// One host call (tool or other capability) made by an execution.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CallRecord {
+    pub execution_id: String,
+    pub user: String,
+    pub team: String,
+    /// The call name, e.g. `tools.github.create_issue`.
+    pub name: String,
+    pub started_at_ms: i64,
+    pub latency_ms: u64,
+    /// `ok`, an error kind, or `cancelled` when the execution ended first.
+    pub outcome: String,
+}
+
+/// One model call, from the proxy or from sandboxed code.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelCallRecord {
+    pub execution_id: Option<String>,
+    pub user: String,
+    pub team: String,
+    pub key: String,
+    pub model: String,
+    pub tier: String,
+    pub provider: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_usd: f64,
+    pub started_at_ms: i64,
+    pub latency_ms: u64,
+    pub status: String,
+    /// Models tried before the one that answered, in order.
+    pub fallback_chain: Vec<String>,
+    /// Client-supplied labels (`user`, `metadata`): kept, never used for attribution.
+    pub tags: serde_json::Value,
+}
+
+impl ModelCallRecord {
+    /// The cost in integer nano-dollars, the unit budgets and totals are kept in.
+    pub fn cost_nanos(&self) -> i64 {
+        (self.cost_usd * 1e9).round() as i64
+    }
+}
+
+/// Whose spend to total: one user's, or one team's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpendScope {
+    User(String),
+    Team(String),
+}
+
+impl SpendScope {
+    /// `user` or `team`, and the name.
+    pub fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Self::User(user) => ("user", user),
+            Self::Team(team) => ("team", team),
+        }
+    }
+
+    /// Whether a model call by `user` of `team` counts against this scope.
+    pub fn covers(&self, user: &str, team: &str) -> bool {
+        match self {
+            Self::User(u) => u == user,
+            Self::Team(t) => t == team,
+        }
+    }
+}
+
+impl std::fmt::Display for SpendScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(user) => write!(f, "user `{user}`"),
+            Self::Team(team) => write!(f, "team `{team}`"),
+        }
+    }
+}
+
+/// Anything the ledger stores.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Execution(ExecutionRecord),
+    Call(CallRecord),
+    Model(ModelCallRecord),
+    /// Ends the budget reservation with this id. Committed after (or with) the model
+    /// call that spent it, so that the spend is counted before the hold goes.
+    Release(String),
+}
+
+/// One budget counter a reservation is held against: a scope's model-call spend since
+/// the start of a period, with the limits that apply to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetLine {
+    pub scope: SpendScope,
+    /// Start of the period (UTC day or month), Unix milliseconds.
+    pub since_ms: i64,
+    pub limit_nanos: Option<i64>,
+    pub limit_tokens: Option<u64>,
+}
+
+/// What a reservation asks for: `nanos` and `tokens` against every line, all or none.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hold {
+    /// Unique; the [`Record::Release`] that ends the reservation names it.
+    pub id: String,
+    pub lines: Vec<BudgetLine>,
+    pub nanos: i64,
+    pub tokens: u64,
+    /// After this (Unix milliseconds) a reservation never released (its replica died)
+    /// stops counting.
+    pub expires_at_ms: i64,
+}
+
+/// Spend plus reservations in flight on one line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    pub used_nanos: i64,
+    pub used_tokens: u64,
+}
+
+/// A hold refused: the first line (in the hold's order) it would have passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overdrawn {
+    pub line: usize,
+    /// The token limit refused it (else the USD limit).
+    pub tokens: bool,
+    pub balance: Balance,
+}
+
+/// The store failed or could not be reached. Callers answer 503: the request can be
+/// retried, and nothing was recorded as done.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    pub(crate) fn from(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// The storage boundary: what every replica must agree on.
+pub trait Store: Send + Sync + 'static {
+    /// Appends `records` atomically (all or none), releasing the reservations named by
+    /// [`Record::Release`] and adding each model call's cost to the spend counters it
+    /// falls under.
+    fn append<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Totals per group for `query`.
+    fn usage<'a>(&'a self, query: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>>;
+
+    /// Reserves `hold` against every line, atomically with every other reservation on
+    /// any replica: `None` when held, else the line it would pass (nothing held).
+    fn reserve<'a>(&'a self, hold: &'a Hold) -> BoxFuture<'a, Result<Option<Overdrawn>, StoreError>>;
+
+    /// Spend plus live reservations on each line, in order.
+    fn balances<'a>(&'a self, lines: &'a [BudgetLine]) -> BoxFuture<'a, Result<Vec<Balance>, StoreError>>;
+
+    /// Takes one token from the bucket of `subject` doing `action`, which holds
+    /// `per_minute` and refills continuously at that rate. `Err` holds the seconds
+    /// until a token is free.
+    fn take<'a>(
+        &'a self,
+        subject: &'a str,
+        action: &'static str,
+        per_minute: u32,
+    ) -> BoxFuture<'a, Result<Result<(), u64>, StoreError>>;
+
+    /// Answers when the store can serve (the readiness check).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Where the store lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreConfig {
+    Sqlite { path: std::path::PathBuf, synchronous: sqlite::Synchronous },
+    Postgres { url: String, pool: usize },
+}
+
+/// Opens (creating and migrating as needed) the store `config` names.
+pub async fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Sqlite { path, synchronous } => {
+            let (path, synchronous) = (path.clone(), *synchronous);
+            let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path, synchronous))
+                .await
+                .map_err(StoreError::from)??;
+            std::sync::Arc::new(store)
+        }
+        StoreConfig::Postgres { url, pool } => std::sync::Arc::new(postgres::PgStore::connect(url, *pool).await?),
+    })
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Seconds until one token is back in a bucket holding `tokens` that refills at
+/// `per_minute`.
+pub(crate) fn retry_after_secs(tokens: f64, per_minute: u32) -> u64 {
+    let per_second = per_minute as f64 / 60.0;
+    ((1.0 - tokens) / per_second).ceil().max(1.0) as u64
+}

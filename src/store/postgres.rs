@@ -1,0 +1,664 @@
+//! The shared store: PostgreSQL, for several replicas behind a load balancer.
+//!
+//! Every operation on the hot path is one round trip, and each is atomic in the
+//! database, so what replicas agree on never depends on which one answered:
+//! - **append** is one call of `sandgate_append`, a function taking a whole batch as
+//!   arrays: it inserts the records, adds each model call's cost to the spend counters
+//!   it falls under and deletes the reservations the batch releases, in one
+//!   transaction. The ledger's group commit makes that one round trip per batch, not
+//!   per record.
+//! - **reserve** is one call of `sandgate_reserve`: it locks the hold's counters (in a
+//!   fixed order, so two holds never deadlock), drops expired reservations, checks
+//!   spend plus live reservations plus the new hold against each limit, and inserts
+//!   the hold only if every line fits. Across any number of replicas, spend can pass a
+//!   budget by at most the reservations in flight (an estimate that turned out low).
+//! - **take** is one `INSERT … ON CONFLICT DO UPDATE` on the bucket's row, refilled by
+//!   the database clock, so a rate limit is exact across replicas whatever their clocks
+//!   say.
+//!
+//! A counter starts, the first time a (scope, period) is reserved against, as the sum
+//! of the ledger's model calls in that period. Schema changes are versioned
+//! migrations, applied at start under an advisory lock, so replicas starting together
+//! apply each once.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use super::usage::{GroupBy, UsageQuery, UsageRow};
+use super::{now_ms, Balance, BudgetLine, Hold, Overdrawn, Record, Store, StoreError};
+
+/// Schema versions, applied in order, each in the one transaction that holds the
+/// migration lock.
+const MIGRATIONS: &[&str] = &[
+    // 1: the ledger, budget counters and holds, rate buckets.
+    r#"
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        "user" TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        started_at_ms BIGINT NOT NULL,
+        ended_at_ms BIGINT NOT NULL,
+        outcome TEXT NOT NULL,
+        fuel BIGINT NOT NULL,
+        wall_ms BIGINT NOT NULL,
+        memory_bytes BIGINT NOT NULL,
+        host_calls BIGINT NOT NULL
+    );
+    CREATE INDEX executions_started ON executions (started_at_ms);
+    CREATE INDEX executions_user ON executions ("user", started_at_ms);
+    CREATE TABLE calls (
+        id BIGSERIAL PRIMARY KEY,
+        execution_id TEXT NOT NULL,
+        "user" TEXT NOT NULL,
+        team TEXT NOT NULL,
+        name TEXT NOT NULL,
+        started_at_ms BIGINT NOT NULL,
+        latency_ms BIGINT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE INDEX calls_execution ON calls (execution_id);
+    CREATE TABLE model_calls (
+        id BIGSERIAL PRIMARY KEY,
+        execution_id TEXT,
+        "user" TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        model TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        input_tokens BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        cost_nanousd BIGINT NOT NULL,
+        started_at_ms BIGINT NOT NULL,
+        latency_ms BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        fallback_chain TEXT NOT NULL,
+        tags TEXT NOT NULL
+    );
+    CREATE INDEX model_calls_started ON model_calls (started_at_ms);
+    CREATE INDEX model_calls_user ON model_calls ("user", started_at_ms);
+    CREATE INDEX model_calls_team ON model_calls (team, started_at_ms);
+
+    CREATE TABLE budget_counters (
+        scope_kind TEXT NOT NULL,
+        scope_name TEXT NOT NULL,
+        since_ms BIGINT NOT NULL,
+        spent_nanos BIGINT NOT NULL,
+        spent_tokens BIGINT NOT NULL,
+        PRIMARY KEY (scope_kind, scope_name, since_ms)
+    );
+    CREATE TABLE budget_holds (
+        id TEXT NOT NULL,
+        scope_kind TEXT NOT NULL,
+        scope_name TEXT NOT NULL,
+        since_ms BIGINT NOT NULL,
+        nanos BIGINT NOT NULL,
+        tokens BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX budget_holds_id ON budget_holds (id);
+    CREATE INDEX budget_holds_counter ON budget_holds (scope_kind, scope_name, since_ms);
+    CREATE TABLE rate_buckets (
+        subject TEXT NOT NULL,
+        action TEXT NOT NULL,
+        tokens DOUBLE PRECISION NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL,
+        allowed BOOLEAN NOT NULL,
+        PRIMARY KEY (subject, action)
+    );
+
+    -- Creates the counters named by the arrays that do not exist yet, from the ledger.
+    CREATE FUNCTION sandgate_seed(p_kinds TEXT[], p_names TEXT[], p_sinces BIGINT[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        FOR i IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP
+            CONTINUE WHEN EXISTS (SELECT 1 FROM budget_counters
+                WHERE scope_kind = p_kinds[i] AND scope_name = p_names[i] AND since_ms = p_sinces[i]);
+            IF p_kinds[i] = 'user' THEN
+                INSERT INTO budget_counters
+                SELECT p_kinds[i], p_names[i], p_sinces[i], coalesce(sum(cost_nanousd), 0),
+                       coalesce(sum(input_tokens + output_tokens), 0)
+                FROM model_calls WHERE "user" = p_names[i] AND started_at_ms >= p_sinces[i]
+                ON CONFLICT DO NOTHING;
+            ELSE
+                INSERT INTO budget_counters
+                SELECT p_kinds[i], p_names[i], p_sinces[i], coalesce(sum(cost_nanousd), 0),
+                       coalesce(sum(input_tokens + output_tokens), 0)
+                FROM model_calls WHERE team = p_names[i] AND started_at_ms >= p_sinces[i]
+                ON CONFLICT DO NOTHING;
+            END IF;
+        END LOOP;
+    END $$;
+
+    -- Holds p_nanos and p_tokens against every line, or against none. The lines come
+    -- sorted by (kind, name, since), the order every caller locks them in. No row
+    -- back: held. A row: the first line that would pass a limit.
+    CREATE FUNCTION sandgate_reserve(p_id TEXT, p_kinds TEXT[], p_names TEXT[], p_sinces BIGINT[],
+        p_limit_nanos BIGINT[], p_limit_tokens BIGINT[], p_nanos BIGINT, p_tokens BIGINT,
+        p_expires_at_ms BIGINT, p_now_ms BIGINT)
+    RETURNS TABLE (line INT, over_tokens BOOLEAN, used_nanos BIGINT, used_tokens BIGINT)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        s_nanos BIGINT; s_tokens BIGINT; h_nanos BIGINT; h_tokens BIGINT;
+    BEGIN
+        PERFORM sandgate_seed(p_kinds, p_names, p_sinces);
+        FOR i IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP
+            SELECT spent_nanos, spent_tokens INTO s_nanos, s_tokens FROM budget_counters
+            WHERE scope_kind = p_kinds[i] AND scope_name = p_names[i] AND since_ms = p_sinces[i]
+            FOR UPDATE;
+            DELETE FROM budget_holds
+            WHERE scope_kind = p_kinds[i] AND scope_name = p_names[i] AND since_ms = p_sinces[i]
+              AND expires_at_ms <= p_now_ms;
+            SELECT coalesce(sum(nanos), 0), coalesce(sum(tokens), 0) INTO h_nanos, h_tokens FROM budget_holds
+            WHERE scope_kind = p_kinds[i] AND scope_name = p_names[i] AND since_ms = p_sinces[i];
+            IF p_limit_nanos[i] IS NOT NULL AND s_nanos + h_nanos + p_nanos > p_limit_nanos[i] THEN
+                RETURN QUERY SELECT i - 1, false, s_nanos + h_nanos, s_tokens + h_tokens;
+                RETURN;
+            END IF;
+            IF p_limit_tokens[i] IS NOT NULL AND s_tokens + h_tokens + p_tokens > p_limit_tokens[i] THEN
+                RETURN QUERY SELECT i - 1, true, s_nanos + h_nanos, s_tokens + h_tokens;
+                RETURN;
+            END IF;
+        END LOOP;
+        INSERT INTO budget_holds (id, scope_kind, scope_name, since_ms, nanos, tokens, expires_at_ms)
+        SELECT p_id, k, n, s, p_nanos, p_tokens, p_expires_at_ms FROM unnest(p_kinds, p_names, p_sinces) AS u(k, n, s);
+    END $$;
+
+    -- Spend plus live holds on each line (seeding new counters first), by place.
+    CREATE FUNCTION sandgate_balances(p_kinds TEXT[], p_names TEXT[], p_sinces BIGINT[], p_now_ms BIGINT)
+    RETURNS TABLE (place INT, used_nanos BIGINT, used_tokens BIGINT)
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM sandgate_seed(p_kinds, p_names, p_sinces);
+        RETURN QUERY
+        SELECT u.i::INT, (coalesce(c.spent_nanos, 0) + coalesce(h.nanos, 0))::BIGINT,
+               (coalesce(c.spent_tokens, 0) + coalesce(h.tokens, 0))::BIGINT
+        FROM unnest(p_kinds, p_names, p_sinces) WITH ORDINALITY AS u(k, n, s, i)
+        LEFT JOIN budget_counters c ON c.scope_kind = u.k AND c.scope_name = u.n AND c.since_ms = u.s
+        LEFT JOIN LATERAL (
+            SELECT sum(b.nanos) AS nanos, sum(b.tokens) AS tokens FROM budget_holds b
+            WHERE b.scope_kind = u.k AND b.scope_name = u.n AND b.since_ms = u.s AND b.expires_at_ms > p_now_ms
+        ) h ON true;
+    END $$;
+
+    -- Appends one batch: records, the spend they add, the holds they release.
+    CREATE FUNCTION sandgate_append(
+        e_id TEXT[], e_user TEXT[], e_team TEXT[], e_key TEXT[], e_started BIGINT[], e_ended BIGINT[],
+        e_outcome TEXT[], e_fuel BIGINT[], e_wall BIGINT[], e_memory BIGINT[], e_calls BIGINT[],
+        c_execution TEXT[], c_user TEXT[], c_team TEXT[], c_name TEXT[], c_started BIGINT[],
+        c_latency BIGINT[], c_outcome TEXT[],
+        m_execution TEXT[], m_user TEXT[], m_team TEXT[], m_key TEXT[], m_model TEXT[], m_tier TEXT[],
+        m_provider TEXT[], m_input BIGINT[], m_output BIGINT[], m_cached BIGINT[], m_cost BIGINT[],
+        m_started BIGINT[], m_latency BIGINT[], m_status TEXT[], m_chain TEXT[], m_tags TEXT[],
+        releases TEXT[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        r RECORD;
+    BEGIN
+        INSERT INTO executions (id, "user", team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms,
+                                memory_bytes, host_calls)
+        SELECT * FROM unnest(e_id, e_user, e_team, e_key, e_started, e_ended, e_outcome, e_fuel, e_wall,
+                             e_memory, e_calls)
+        ON CONFLICT (id) DO UPDATE SET "user" = EXCLUDED."user", team = EXCLUDED.team, key = EXCLUDED.key,
+            started_at_ms = EXCLUDED.started_at_ms, ended_at_ms = EXCLUDED.ended_at_ms,
+            outcome = EXCLUDED.outcome, fuel = EXCLUDED.fuel, wall_ms = EXCLUDED.wall_ms,
+            memory_bytes = EXCLUDED.memory_bytes, host_calls = EXCLUDED.host_calls;
+        INSERT INTO calls (execution_id, "user", team, name, started_at_ms, latency_ms, outcome)
+        SELECT * FROM unnest(c_execution, c_user, c_team, c_name, c_started, c_latency, c_outcome);
+        INSERT INTO model_calls (execution_id, "user", team, key, model, tier, provider, input_tokens,
+            output_tokens, cached_tokens, cost_nanousd, started_at_ms, latency_ms, status, fallback_chain, tags)
+        SELECT * FROM unnest(m_execution, m_user, m_team, m_key, m_model, m_tier, m_provider, m_input,
+            m_output, m_cached, m_cost, m_started, m_latency, m_status, m_chain, m_tags);
+        -- Add each call's cost to the counters it falls under, locking them in the order
+        -- sandgate_reserve locks in.
+        FOR r IN
+            SELECT c.scope_kind, c.scope_name, c.since_ms, sum(m.cost) AS nanos, sum(m.input + m.output) AS tokens
+            FROM budget_counters c
+            JOIN unnest(m_user, m_team, m_started, m_cost, m_input, m_output) AS m(u, t, at, cost, input, output)
+              ON c.since_ms <= m.at
+             AND ((c.scope_kind = 'user' AND c.scope_name = m.u) OR (c.scope_kind = 'team' AND c.scope_name = m.t))
+            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        LOOP
+            UPDATE budget_counters SET spent_nanos = spent_nanos + r.nanos, spent_tokens = spent_tokens + r.tokens
+            WHERE scope_kind = r.scope_kind AND scope_name = r.scope_name AND since_ms = r.since_ms;
+        END LOOP;
+        DELETE FROM budget_holds WHERE id = ANY(releases);
+    END $$;
+    "#,
+];
+
+/// Advisory lock key held while migrating: replicas starting together take turns.
+const MIGRATION_LOCK: i64 = 0x5a6e_6761_7465;
+
+/// How long a replica waits for a pooled connection before answering 503.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// A pool of connections to one PostgreSQL database.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore")
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`, or key=value form), with up
+    /// to `pool` connections, and applies pending migrations.
+    pub async fn connect(url: &str, pool: usize) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError(format!("the store URL is not a PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_WAIT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("sandgate");
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool.max(1))
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(err)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError(format!("cannot reach PostgreSQL: {e}")))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(err)?;
+        let current: i64 =
+            tx.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await.map_err(err)?.get(0);
+        if current > MIGRATIONS.len() as i64 {
+            return Err(StoreError(format!(
+                "the store is at schema version {current}, newer than this sandgate knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(sql).await.map_err(|e| StoreError(format!("migration {}: {e}", index + 1)))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
+                &[&(index as i64 + 1), &now_ms()],
+            )
+            .await
+            .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One batch as the columns `sandgate_append` takes.
+#[derive(Default)]
+struct Columns {
+    e_id: Vec<String>,
+    e_user: Vec<String>,
+    e_team: Vec<String>,
+    e_key: Vec<String>,
+    e_started: Vec<i64>,
+    e_ended: Vec<i64>,
+    e_outcome: Vec<String>,
+    e_fuel: Vec<i64>,
+    e_wall: Vec<i64>,
+    e_memory: Vec<i64>,
+    e_calls: Vec<i64>,
+    c_execution: Vec<String>,
+    c_user: Vec<String>,
+    c_team: Vec<String>,
+    c_name: Vec<String>,
+    c_started: Vec<i64>,
+    c_latency: Vec<i64>,
+    c_outcome: Vec<String>,
+    m_execution: Vec<Option<String>>,
+    m_user: Vec<String>,
+    m_team: Vec<String>,
+    m_key: Vec<String>,
+    m_model: Vec<String>,
+    m_tier: Vec<String>,
+    m_provider: Vec<String>,
+    m_input: Vec<i64>,
+    m_output: Vec<i64>,
+    m_cached: Vec<i64>,
+    m_cost: Vec<i64>,
+    m_started: Vec<i64>,
+    m_latency: Vec<i64>,
+    m_status: Vec<String>,
+    m_chain: Vec<String>,
+    m_tags: Vec<String>,
+    releases: Vec<String>,
+}
+
+impl Columns {
+    fn of(records: &[Record]) -> Self {
+        let mut c = Self::default();
+        // One row per execution id: a later record of the same execution replaces an
+        // earlier one, as it does across batches.
+        let mut last = std::collections::HashMap::new();
+        for (index, record) in records.iter().enumerate() {
+            if let Record::Execution(r) = record {
+                last.insert(r.id.as_str(), index);
+            }
+        }
+        for (index, record) in records.iter().enumerate() {
+            match record {
+                Record::Execution(r) if last.get(r.id.as_str()) == Some(&index) => {
+                    c.e_id.push(r.id.clone());
+                    c.e_user.push(r.user.clone());
+                    c.e_team.push(r.team.clone());
+                    c.e_key.push(r.key.clone());
+                    c.e_started.push(r.started_at_ms);
+                    c.e_ended.push(r.ended_at_ms);
+                    c.e_outcome.push(r.outcome.clone());
+                    c.e_fuel.push(to_i64(r.fuel));
+                    c.e_wall.push(to_i64(r.wall_ms));
+                    c.e_memory.push(to_i64(r.memory_bytes));
+                    c.e_calls.push(r.host_calls.into());
+                }
+                Record::Execution(_) => {}
+                Record::Call(r) => {
+                    c.c_execution.push(r.execution_id.clone());
+                    c.c_user.push(r.user.clone());
+                    c.c_team.push(r.team.clone());
+                    c.c_name.push(r.name.clone());
+                    c.c_started.push(r.started_at_ms);
+                    c.c_latency.push(to_i64(r.latency_ms));
+                    c.c_outcome.push(r.outcome.clone());
+                }
+                Record::Model(r) => {
+                    c.m_execution.push(r.execution_id.clone());
+                    c.m_user.push(r.user.clone());
+                    c.m_team.push(r.team.clone());
+                    c.m_key.push(r.key.clone());
+                    c.m_model.push(r.model.clone());
+                    c.m_tier.push(r.tier.clone());
+                    c.m_provider.push(r.provider.clone());
+                    c.m_input.push(to_i64(r.input_tokens));
+                    c.m_output.push(to_i64(r.output_tokens));
+                    c.m_cached.push(to_i64(r.cached_tokens));
+                    c.m_cost.push(r.cost_nanos());
+                    c.m_started.push(r.started_at_ms);
+                    c.m_latency.push(to_i64(r.latency_ms));
+                    c.m_status.push(r.status.clone());
+                    c.m_chain.push(serde_json::to_string(&r.fallback_chain).unwrap_or_default());
+                    c.m_tags.push(r.tags.to_string());
+                }
+                Record::Release(id) => c.releases.push(id.clone()),
+            }
+        }
+        c
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 35] {
+        [
+            &self.e_id,
+            &self.e_user,
+            &self.e_team,
+            &self.e_key,
+            &self.e_started,
+            &self.e_ended,
+            &self.e_outcome,
+            &self.e_fuel,
+            &self.e_wall,
+            &self.e_memory,
+            &self.e_calls,
+            &self.c_execution,
+            &self.c_user,
+            &self.c_team,
+            &self.c_name,
+            &self.c_started,
+            &self.c_latency,
+            &self.c_outcome,
+            &self.m_execution,
+            &self.m_user,
+            &self.m_team,
+            &self.m_key,
+            &self.m_model,
+            &self.m_tier,
+            &self.m_provider,
+            &self.m_input,
+            &self.m_output,
+            &self.m_cached,
+            &self.m_cost,
+            &self.m_started,
+            &self.m_latency,
+            &self.m_status,
+            &self.m_chain,
+            &self.m_tags,
+            &self.releases,
+        ]
+    }
+}
+
+const APPEND: &str = "SELECT sandgate_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                      $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35)";
+
+/// The lines in locking order, with their places in the hold, as the columns the
+/// functions take.
+struct Lines {
+    order: Vec<usize>,
+    kinds: Vec<String>,
+    names: Vec<String>,
+    sinces: Vec<i64>,
+}
+
+impl Lines {
+    fn of(lines: &[BudgetLine]) -> Self {
+        let mut order: Vec<usize> = (0..lines.len()).collect();
+        order.sort_by(|&a, &b| {
+            let key = |i: usize| (lines[i].scope.parts(), lines[i].since_ms);
+            key(a).cmp(&key(b))
+        });
+        let kinds = order.iter().map(|&i| lines[i].scope.parts().0.to_string()).collect();
+        let names = order.iter().map(|&i| lines[i].scope.parts().1.to_string()).collect();
+        let sinces = order.iter().map(|&i| lines[i].since_ms).collect();
+        Self { order, kinds, names, sinces }
+    }
+}
+
+fn used(nanos: i64, tokens: i64) -> Balance {
+    Balance { used_nanos: nanos, used_tokens: tokens.max(0) as u64 }
+}
+
+impl Store for PgStore {
+    fn append<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let columns = Columns::of(records);
+            let client = self.client().await?;
+            let statement = client.prepare_cached(APPEND).await.map_err(err)?;
+            client.execute(&statement, &columns.params()).await.map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn usage<'a>(&'a self, query: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let since = query.since_ms.unwrap_or(i64::MIN);
+            let until = query.until_ms.unwrap_or(i64::MAX);
+            let user = query.user.as_deref();
+            let day = "to_char(to_timestamp(started_at_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')";
+            let mut totals = std::collections::BTreeMap::<String, UsageRow>::new();
+            let execution_group = match query.group_by {
+                GroupBy::User => Some("\"user\""),
+                GroupBy::Team => Some("team"),
+                GroupBy::Day => Some(day),
+                GroupBy::Model | GroupBy::Tier => None,
+            };
+            if let Some(group) = execution_group {
+                let sql = format!(
+                    "SELECT {group}, count(*), sum(fuel)::BIGINT, sum(wall_ms)::BIGINT, sum(host_calls)::BIGINT FROM executions
+                     WHERE started_at_ms >= $1 AND started_at_ms < $2 AND ($3::TEXT IS NULL OR \"user\" = $3) GROUP BY 1"
+                );
+                for row in client.query(&sql, &[&since, &until, &user]).await.map_err(err)? {
+                    let group: String = row.get(0);
+                    let total = totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() });
+                    total.executions = row.get::<_, i64>(1) as u64;
+                    total.fuel = row.get::<_, i64>(2) as u64;
+                    total.wall_ms = row.get::<_, i64>(3) as u64;
+                    total.host_calls = row.get::<_, i64>(4) as u64;
+                }
+            }
+            let model_group = match query.group_by {
+                GroupBy::User => "\"user\"",
+                GroupBy::Team => "team",
+                GroupBy::Model => "model",
+                GroupBy::Tier => "tier",
+                GroupBy::Day => day,
+            };
+            let sql = format!(
+                "SELECT {model_group}, count(*), sum(input_tokens)::BIGINT, sum(output_tokens)::BIGINT,
+                        sum(cached_tokens)::BIGINT, sum(cost_nanousd)::BIGINT FROM model_calls
+                 WHERE started_at_ms >= $1 AND started_at_ms < $2 AND ($3::TEXT IS NULL OR \"user\" = $3) GROUP BY 1"
+            );
+            for row in client.query(&sql, &[&since, &until, &user]).await.map_err(err)? {
+                let group: String = row.get(0);
+                let total = totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() });
+                total.model_calls = row.get::<_, i64>(1) as u64;
+                total.input_tokens = row.get::<_, i64>(2) as u64;
+                total.output_tokens = row.get::<_, i64>(3) as u64;
+                total.cached_tokens = row.get::<_, i64>(4) as u64;
+                total.cost_usd = row.get::<_, i64>(5) as f64 / 1e9;
+            }
+            Ok(totals.into_values().collect())
+        }
+        .boxed()
+    }
+
+    fn reserve<'a>(&'a self, hold: &'a Hold) -> BoxFuture<'a, Result<Option<Overdrawn>, StoreError>> {
+        async move {
+            let lines = Lines::of(&hold.lines);
+            let limit_nanos: Vec<Option<i64>> = lines.order.iter().map(|&i| hold.lines[i].limit_nanos).collect();
+            let limit_tokens: Vec<Option<i64>> =
+                lines.order.iter().map(|&i| hold.lines[i].limit_tokens.map(to_i64)).collect();
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("SELECT * FROM sandgate_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+                .await
+                .map_err(err)?;
+            let rows = client
+                .query(
+                    &statement,
+                    &[
+                        &hold.id,
+                        &lines.kinds,
+                        &lines.names,
+                        &lines.sinces,
+                        &limit_nanos,
+                        &limit_tokens,
+                        &hold.nanos,
+                        &to_i64(hold.tokens),
+                        &hold.expires_at_ms,
+                        &now_ms(),
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            Ok(rows.first().map(|row| Overdrawn {
+                line: lines.order[row.get::<_, i32>(0) as usize],
+                tokens: row.get(1),
+                balance: used(row.get(2), row.get(3)),
+            }))
+        }
+        .boxed()
+    }
+
+    fn balances<'a>(&'a self, lines: &'a [BudgetLine]) -> BoxFuture<'a, Result<Vec<Balance>, StoreError>> {
+        async move {
+            let sorted = Lines::of(lines);
+            let client = self.client().await?;
+            let statement =
+                client.prepare_cached("SELECT * FROM sandgate_balances($1, $2, $3, $4)").await.map_err(err)?;
+            let rows = client
+                .query(&statement, &[&sorted.kinds, &sorted.names, &sorted.sinces, &now_ms()])
+                .await
+                .map_err(err)?;
+            let mut balances = vec![Balance::default(); lines.len()];
+            for row in rows {
+                let place = row.get::<_, i32>(0) as usize - 1;
+                balances[sorted.order[place]] = used(row.get(1), row.get(2));
+            }
+            Ok(balances)
+        }
+        .boxed()
+    }
+
+    fn take<'a>(
+        &'a self,
+        subject: &'a str,
+        action: &'static str,
+        per_minute: u32,
+    ) -> BoxFuture<'a, Result<Result<(), u64>, StoreError>> {
+        async move {
+            if per_minute == 0 {
+                return Ok(Err(60));
+            }
+            let client = self.client().await?;
+            // The bucket refills by the database clock: `now()` is the same for every
+            // replica, whatever their own clocks say.
+            let statement = client
+                .prepare_cached(
+                    "INSERT INTO rate_buckets AS b (subject, action, tokens, updated_at, allowed)
+                     VALUES ($1, $2, $3::FLOAT8 - 1, now(), true)
+                     ON CONFLICT (subject, action) DO UPDATE SET
+                        allowed = least($3::FLOAT8, b.tokens
+                            + greatest(0, extract(epoch FROM now() - b.updated_at))::FLOAT8 * $3::FLOAT8 / 60) >= 1,
+                        tokens = least($3::FLOAT8, b.tokens
+                            + greatest(0, extract(epoch FROM now() - b.updated_at))::FLOAT8 * $3::FLOAT8 / 60)
+                            - CASE WHEN least($3::FLOAT8, b.tokens
+                                + greatest(0, extract(epoch FROM now() - b.updated_at))::FLOAT8 * $3::FLOAT8 / 60) >= 1
+                              THEN 1 ELSE 0 END,
+                        updated_at = greatest(now(), b.updated_at)
+                     RETURNING allowed, tokens",
+                )
+                .await
+                .map_err(err)?;
+            let capacity = per_minute as f64;
+            let row = client.query_one(&statement, &[&subject, &action, &capacity]).await.map_err(err)?;
+            let (allowed, tokens): (bool, f64) = (row.get(0), row.get(1));
+            Ok(if allowed { Ok(()) } else { Err(super::retry_after_secs(tokens, per_minute)) })
+        }
+        .boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,505 @@
+//! The embedded store: SQLite in WAL mode with versioned migrations, for one node.
+//!
+//! Costs are stored as integer nano-dollars so that totals are exact sums of the
+//! records, whatever order they are added in. Budget counters and rate buckets live
+//! beside the connection, in the one process that serves this file: a counter's spend
+//! is read from the ledger the first time its period is used and then kept up to date
+//! by every append, so a reservation or a rate check costs a map lookup and no write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::usage::{GroupBy, UsageQuery, UsageRow};
+use super::{now_ms, Balance, BudgetLine, Hold, Overdrawn, Record, SpendScope, Store, StoreError};
+
+/// How hard a commit waits for the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// WAL + `synchronous=NORMAL`: a committed record survives a crash or `kill -9`
+    /// of the process; the last commits may be lost if the machine loses power.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is on disk before it is acknowledged.
+    Full,
+}
+
+/// Schema versions, applied in order inside one transaction each.
+const MIGRATIONS: &[&str] = &[
+    // 1: executions, host calls, model calls.
+    "CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        fuel INTEGER NOT NULL,
+        wall_ms INTEGER NOT NULL,
+        memory_bytes INTEGER NOT NULL,
+        host_calls INTEGER NOT NULL
+    );
+    CREATE INDEX executions_started ON executions (started_at_ms);
+    CREATE INDEX executions_user ON executions (user, started_at_ms);
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY,
+        execution_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        team TEXT NOT NULL,
+        name TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE INDEX calls_execution ON calls (execution_id);
+    CREATE TABLE model_calls (
+        id INTEGER PRIMARY KEY,
+        execution_id TEXT,
+        user TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        model TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_nanousd INTEGER NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        fallback_chain TEXT NOT NULL
+    );
+    CREATE INDEX model_calls_started ON model_calls (started_at_ms);
+    CREATE INDEX model_calls_user ON model_calls (user, started_at_ms);",
+    // 2: client-supplied tags on model calls; team spend lookups.
+    "ALTER TABLE model_calls ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX model_calls_team ON model_calls (team, started_at_ms);",
+];
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type CounterKey = (SpendScope, i64);
+
+#[derive(Debug)]
+struct Held {
+    keys: Vec<CounterKey>,
+    nanos: i64,
+    tokens: u64,
+    expires_at_ms: i64,
+}
+
+/// Spend per (scope, period start) and the reservations in flight against it.
+#[derive(Debug, Default)]
+struct Counters {
+    spent: HashMap<CounterKey, Balance>,
+    held: HashMap<String, Held>,
+}
+
+impl Counters {
+    fn reserved(&self, key: &CounterKey) -> Balance {
+        let mut sum = Balance::default();
+        for held in self.held.values().filter(|h| h.keys.contains(key)) {
+            sum.used_nanos += held.nanos;
+            sum.used_tokens += held.tokens;
+        }
+        sum
+    }
+
+    fn balance(&self, key: &CounterKey) -> Balance {
+        let spent = self.spent.get(key).copied().unwrap_or_default();
+        let reserved = self.reserved(key);
+        Balance {
+            used_nanos: spent.used_nanos + reserved.used_nanos,
+            used_tokens: spent.used_tokens + reserved.used_tokens,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+struct Inner {
+    /// The ledger writer's connection. Held, with `counters`, across a commit and the
+    /// counter updates that follow it, so that a counter read from the ledger meanwhile
+    /// counts every model call exactly once.
+    writer: Mutex<Connection>,
+    /// Usage reports, on a second connection so they never wait behind a commit.
+    reader: Mutex<Connection>,
+    counters: Mutex<Counters>,
+    buckets: Mutex<HashMap<(String, &'static str), Bucket>>,
+}
+
+/// A SQLite store file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl SqliteStore {
+    /// Opens `path`, creating it and its directory if needed, and applies pending
+    /// migrations.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut writer = connect(path, synchronous)?;
+        migrate(&mut writer)?;
+        let reader = connect(path, synchronous)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                counters: Mutex::new(Counters::default()),
+                buckets: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Runs `work` on a blocking thread.
+    fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let inner = self.inner.clone();
+        async move { tokio::task::spawn_blocking(move || work(&inner)).await.map_err(err)? }.boxed()
+    }
+}
+
+fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+    connection.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+    connection.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    let sync = match synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    connection.pragma_update(None, "synchronous", sync).map_err(err)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(err)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
+    )
+    .map_err(err)?;
+    let current: i64 = tx
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| row.get::<_, Option<i64>>(0))
+        .optional()
+        .map_err(err)?
+        .flatten()
+        .unwrap_or(0);
+    if current > MIGRATIONS.len() as i64 {
+        return Err(StoreError(format!(
+            "the ledger is at schema version {current}, newer than this sandgate knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(|e| StoreError(format!("migration {}: {e}", index + 1)))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
+            params![index as i64 + 1, now_ms()],
+        )
+        .map_err(err)?;
+    }
+    tx.commit().map_err(err)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn add(totals: &mut BTreeMap<String, UsageRow>, group: String) -> &mut UsageRow {
+    totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() })
+}
+
+fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreError> {
+    let tx = connection.transaction().map_err(err)?;
+    {
+        let mut execution = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO executions (id, user, team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms, memory_bytes, host_calls)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(err)?;
+        let mut call = tx
+            .prepare_cached(
+                "INSERT INTO calls (execution_id, user, team, name, started_at_ms, latency_ms, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(err)?;
+        let mut model = tx
+            .prepare_cached(
+                "INSERT INTO model_calls (execution_id, user, team, key, model, tier, provider, input_tokens, output_tokens, cached_tokens, cost_nanousd, started_at_ms, latency_ms, status, fallback_chain, tags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )
+            .map_err(err)?;
+        for record in records {
+            match record {
+                Record::Execution(r) => execution
+                    .execute(params![
+                        r.id,
+                        r.user,
+                        r.team,
+                        r.key,
+                        r.started_at_ms,
+                        r.ended_at_ms,
+                        r.outcome,
+                        to_i64(r.fuel),
+                        to_i64(r.wall_ms),
+                        to_i64(r.memory_bytes),
+                        r.host_calls
+                    ])
+                    .map(drop),
+                Record::Call(r) => call
+                    .execute(params![
+                        r.execution_id,
+                        r.user,
+                        r.team,
+                        r.name,
+                        r.started_at_ms,
+                        to_i64(r.latency_ms),
+                        r.outcome
+                    ])
+                    .map(drop),
+                Record::Model(r) => model
+                    .execute(params![
+                        r.execution_id,
+                        r.user,
+                        r.team,
+                        r.key,
+                        r.model,
+                        r.tier,
+                        r.provider,
+                        to_i64(r.input_tokens),
+                        to_i64(r.output_tokens),
+                        to_i64(r.cached_tokens),
+                        r.cost_nanos(),
+                        r.started_at_ms,
+                        to_i64(r.latency_ms),
+                        r.status,
+                        serde_json::to_string(&r.fallback_chain).unwrap_or_default(),
+                        r.tags.to_string()
+                    ])
+                    .map(drop),
+                Record::Release(_) => Ok(()),
+            }
+            .map_err(err)?;
+        }
+    }
+    tx.commit().map_err(err)
+}
+
+/// Model-call cost and tokens of `scope` since `since_ms`, from the ledger.
+fn spent(connection: &Connection, scope: &SpendScope, since_ms: i64) -> Result<Balance, StoreError> {
+    let (column, name) = scope.parts();
+    let sql = format!(
+        "SELECT COALESCE(SUM(cost_nanousd), 0), COALESCE(SUM(input_tokens + output_tokens), 0) FROM model_calls
+         WHERE {column} = ?1 AND started_at_ms >= ?2"
+    );
+    connection
+        .query_row(&sql, params![name, since_ms], |row| {
+            Ok(Balance { used_nanos: row.get::<_, i64>(0)?, used_tokens: row.get::<_, i64>(1)? as u64 })
+        })
+        .map_err(err)
+}
+
+impl Inner {
+    /// The counters, with every key in `lines` read from the ledger if it is new.
+    fn counters_for(&self, lines: &[BudgetLine]) -> Result<MutexGuard<'_, Counters>, StoreError> {
+        let mut counters = lock(&self.counters);
+        for line in lines {
+            let key = (line.scope.clone(), line.since_ms);
+            if let std::collections::hash_map::Entry::Vacant(entry) = counters.spent.entry(key) {
+                entry.insert(spent(&lock(&self.reader), &line.scope, line.since_ms)?);
+            }
+        }
+        Ok(counters)
+    }
+}
+
+fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+    let since = query.since_ms.unwrap_or(i64::MIN);
+    let until = query.until_ms.unwrap_or(i64::MAX);
+    let user = query.user.as_deref();
+    let mut totals = BTreeMap::new();
+    let execution_group = match query.group_by {
+        GroupBy::User => Some("user"),
+        GroupBy::Team => Some("team"),
+        GroupBy::Day => Some("strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch')"),
+        GroupBy::Model | GroupBy::Tier => None,
+    };
+    if let Some(group) = execution_group {
+        let sql = format!(
+            "SELECT {group}, COUNT(*), SUM(fuel), SUM(wall_ms), SUM(host_calls) FROM executions
+             WHERE started_at_ms >= ?1 AND started_at_ms < ?2 AND (?3 IS NULL OR user = ?3) GROUP BY 1"
+        );
+        let mut statement = connection.prepare(&sql).map_err(err)?;
+        let rows = statement
+            .query_map(params![since, until, user], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(err)?;
+        for row in rows {
+            let (group, executions, fuel, wall_ms, host_calls) = row.map_err(err)?;
+            let total = add(&mut totals, group);
+            total.executions = executions as u64;
+            total.fuel = fuel as u64;
+            total.wall_ms = wall_ms as u64;
+            total.host_calls = host_calls as u64;
+        }
+    }
+    let model_group = match query.group_by {
+        GroupBy::User => "user",
+        GroupBy::Team => "team",
+        GroupBy::Model => "model",
+        GroupBy::Tier => "tier",
+        GroupBy::Day => "strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch')",
+    };
+    let sql = format!(
+        "SELECT {model_group}, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_nanousd) FROM model_calls
+         WHERE started_at_ms >= ?1 AND started_at_ms < ?2 AND (?3 IS NULL OR user = ?3) GROUP BY 1"
+    );
+    let mut statement = connection.prepare(&sql).map_err(err)?;
+    let rows = statement
+        .query_map(params![since, until, user], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(err)?;
+    for row in rows {
+        let (group, calls, input, output, cached, nanos) = row.map_err(err)?;
+        let total = add(&mut totals, group);
+        total.model_calls = calls as u64;
+        total.input_tokens = input as u64;
+        total.output_tokens = output as u64;
+        total.cached_tokens = cached as u64;
+        total.cost_usd = nanos as f64 / 1e9;
+    }
+    Ok(totals.into_values().collect())
+}
+
+impl Store for SqliteStore {
+    fn append<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+        let records = records.to_vec();
+        self.blocking(move |inner| {
+            let mut writer = lock(&inner.writer);
+            let mut counters = lock(&inner.counters);
+            let result = insert(&mut writer, &records);
+            for record in &records {
+                match record {
+                    Record::Model(r) if result.is_ok() => {
+                        for ((scope, since_ms), spent) in counters.spent.iter_mut() {
+                            if *since_ms <= r.started_at_ms && scope.covers(&r.user, &r.team) {
+                                spent.used_nanos += r.cost_nanos();
+                                spent.used_tokens += r.input_tokens + r.output_tokens;
+                            }
+                        }
+                    }
+                    // A failed commit still ends its reservations: the calls they held
+                    // for are over either way.
+                    Record::Release(id) => {
+                        counters.held.remove(id);
+                    }
+                    _ => {}
+                }
+            }
+            result
+        })
+    }
+
+    fn usage<'a>(&'a self, query: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+        let query = query.clone();
+        self.blocking(move |inner| usage(&lock(&inner.reader), &query))
+    }
+
+    fn reserve<'a>(&'a self, hold: &'a Hold) -> BoxFuture<'a, Result<Option<Overdrawn>, StoreError>> {
+        let hold = hold.clone();
+        self.blocking(move |inner| {
+            let mut counters = inner.counters_for(&hold.lines)?;
+            let now = now_ms();
+            counters.held.retain(|_, held| held.expires_at_ms > now);
+            for (index, line) in hold.lines.iter().enumerate() {
+                let balance = counters.balance(&(line.scope.clone(), line.since_ms));
+                let over_usd = line.limit_nanos.is_some_and(|limit| balance.used_nanos + hold.nanos > limit);
+                let over_tokens = line.limit_tokens.is_some_and(|limit| balance.used_tokens + hold.tokens > limit);
+                if over_usd || over_tokens {
+                    return Ok(Some(Overdrawn { line: index, tokens: !over_usd, balance }));
+                }
+            }
+            let keys = hold.lines.iter().map(|line| (line.scope.clone(), line.since_ms)).collect();
+            counters.held.insert(
+                hold.id.clone(),
+                Held { keys, nanos: hold.nanos, tokens: hold.tokens, expires_at_ms: hold.expires_at_ms },
+            );
+            Ok(None)
+        })
+    }
+
+    fn balances<'a>(&'a self, lines: &'a [BudgetLine]) -> BoxFuture<'a, Result<Vec<Balance>, StoreError>> {
+        let lines = lines.to_vec();
+        self.blocking(move |inner| {
+            let counters = inner.counters_for(&lines)?;
+            Ok(lines.iter().map(|line| counters.balance(&(line.scope.clone(), line.since_ms))).collect())
+        })
+    }
+
+    fn take<'a>(
+        &'a self,
+        subject: &'a str,
+        action: &'static str,
+        per_minute: u32,
+    ) -> BoxFuture<'a, Result<Result<(), u64>, StoreError>> {
+        if per_minute == 0 {
+            return futures::future::ready(Ok(Err(60))).boxed();
+        }
+        let capacity = per_minute as f64;
+        let now = Instant::now();
+        let mut buckets = lock(&self.inner.buckets);
+        let bucket = buckets.entry((subject.to_string(), action)).or_insert(Bucket { tokens: capacity, updated: now });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * capacity / 60.0).min(capacity);
+        bucket.updated = now;
+        let taken = if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(super::retry_after_secs(bucket.tokens, per_minute))
+        };
+        futures::future::ready(Ok(taken)).boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.blocking(|inner| lock(&inner.reader).query_row("SELECT 1", [], |_| Ok(())).map_err(err))
+    }
+}

@@ -1,0 +1,255 @@
+//! The storage boundary's contract, checked on both backends: the embedded SQLite
+//! store and a real PostgreSQL server. Every test here runs once per backend.
+
+use std::sync::Arc;
+
+use sandgate::store::{
+    self, BudgetLine, CallRecord, ExecutionRecord, GroupBy, Hold, ModelCallRecord, Record, SpendScope, Store,
+    StoreConfig, UsageQuery,
+};
+
+use crate::harness::temp_dir;
+use crate::postgres;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// Where a fresh, empty store lives on `backend`.
+async fn fresh(backend: Backend) -> StoreConfig {
+    match backend {
+        Backend::Sqlite => {
+            StoreConfig::Sqlite { path: temp_dir("store").join("ledger.db"), synchronous: Default::default() }
+        }
+        Backend::Postgres => StoreConfig::Postgres { url: postgres::database().await, pool: 8 },
+    }
+}
+
+async fn open(config: &StoreConfig) -> Arc<dyn Store> {
+    store::open(config).await.expect("store opens")
+}
+
+/// Two handles on one store, as two replicas would hold. SQLite is served by one
+/// process, so both are the same handle there.
+async fn replicas(backend: Backend) -> (Arc<dyn Store>, Arc<dyn Store>) {
+    let config = fresh(backend).await;
+    let first = open(&config).await;
+    let second = match backend {
+        Backend::Sqlite => first.clone(),
+        Backend::Postgres => open(&config).await,
+    };
+    (first, second)
+}
+
+fn execution(id: &str, user: &str, at: i64, fuel: u64) -> Record {
+    Record::Execution(ExecutionRecord {
+        id: id.into(),
+        user: user.into(),
+        team: "t".into(),
+        key: "k".into(),
+        started_at_ms: at,
+        ended_at_ms: at + 5,
+        outcome: "ok".into(),
+        fuel,
+        wall_ms: 5,
+        memory_bytes: 1,
+        host_calls: 2,
+    })
+}
+
+fn model_call(user: &str, team: &str, at: i64, cost_usd: f64, tokens: (u64, u64)) -> Record {
+    Record::Model(ModelCallRecord {
+        execution_id: None,
+        user: user.into(),
+        team: team.into(),
+        key: "k".into(),
+        model: "m".into(),
+        tier: "economy".into(),
+        provider: "p".into(),
+        input_tokens: tokens.0,
+        output_tokens: tokens.1,
+        cached_tokens: 0,
+        cost_usd,
+        started_at_ms: at,
+        latency_ms: 3,
+        status: "ok".into(),
+        fallback_chain: vec!["a: HTTP 500".into()],
+        tags: serde_json::json!({"user": "end-user-7"}),
+    })
+}
+
+fn line(scope: SpendScope, since_ms: i64, limit_nanos: Option<i64>, limit_tokens: Option<u64>) -> BudgetLine {
+    BudgetLine { scope, since_ms, limit_nanos, limit_tokens }
+}
+
+fn hold(lines: Vec<BudgetLine>, nanos: i64, tokens: u64) -> Hold {
+    Hold { id: uuid::Uuid::now_v7().to_string(), lines, nanos, tokens, expires_at_ms: store::now_ms() + 60_000 }
+}
+
+fn alice() -> SpendScope {
+    SpendScope::User("alice".into())
+}
+
+#[tokio::test]
+async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
+    for backend in BACKENDS {
+        let config = fresh(backend).await;
+        let store = open(&config).await;
+        store
+            .append(&[
+                execution("a", "alice", 1_000, 10),
+                execution("b", "alice", 2_000, 20),
+                execution("c", "bob", 86_400_000, 5),
+                Record::Call(CallRecord {
+                    execution_id: "a".into(),
+                    user: "alice".into(),
+                    team: "t".into(),
+                    name: "tools.test.echo".into(),
+                    started_at_ms: 1_001,
+                    latency_ms: 1,
+                    outcome: "ok".into(),
+                }),
+                model_call("alice", "t", 1_500, 0.000123, (100, 7)),
+            ])
+            .await
+            .unwrap();
+        // A later record of the same execution replaces the earlier one, in one batch too.
+        store.append(&[execution("c", "bob", 86_400_000, 6), execution("c", "bob", 86_400_000, 7)]).await.unwrap();
+        drop(store);
+        let store = open(&config).await;
+        let rows = store.usage(&UsageQuery::default()).await.unwrap();
+        assert_eq!(rows.len(), 2, "{backend:?}");
+        assert_eq!((rows[0].group.as_str(), rows[0].executions, rows[0].fuel), ("alice", 2, 30), "{backend:?}");
+        assert_eq!((rows[0].model_calls, rows[0].input_tokens, rows[0].cost_usd), (1, 100, 0.000123), "{backend:?}");
+        assert_eq!((rows[1].group.as_str(), rows[1].executions, rows[1].fuel), ("bob", 1, 7), "{backend:?}");
+        let days = store.usage(&UsageQuery { group_by: GroupBy::Day, ..Default::default() }).await.unwrap();
+        assert_eq!(days.iter().map(|r| r.group.as_str()).collect::<Vec<_>>(), ["1970-01-01", "1970-01-02"]);
+        let bob = store.usage(&UsageQuery { user: Some("bob".into()), ..Default::default() }).await.unwrap();
+        assert_eq!(bob.len(), 1, "{backend:?}");
+        let window = UsageQuery { since_ms: Some(1_500), until_ms: Some(3_000), ..Default::default() };
+        let window = store.usage(&window).await.unwrap();
+        assert_eq!((window[0].executions, window[0].model_calls), (1, 1), "{backend:?}");
+        let tiers = store.usage(&UsageQuery { group_by: GroupBy::Tier, ..Default::default() }).await.unwrap();
+        assert_eq!((tiers[0].group.as_str(), tiers[0].output_tokens), ("economy", 7), "{backend:?}");
+        store.ping().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_hold_is_all_or_nothing_and_ends_with_its_release() {
+    for backend in BACKENDS {
+        let (store, _) = replicas(backend).await;
+        let team = SpendScope::Team("t".into());
+        // 100 nano-dollars a day for alice, 50 tokens a month for her team.
+        let lines = vec![line(alice(), 0, Some(100), None), line(team.clone(), 0, None, Some(50))];
+        let first = hold(lines.clone(), 60, 20);
+        assert_eq!(store.reserve(&first).await.unwrap(), None, "{backend:?}");
+        // Fits the USD line, passes the token line: nothing is held.
+        let refused = store.reserve(&hold(lines.clone(), 10, 40)).await.unwrap().expect("refused");
+        assert_eq!((refused.line, refused.tokens, refused.balance.used_tokens), (1, true, 20), "{backend:?}");
+        let balances = store.balances(&lines).await.unwrap();
+        assert_eq!(
+            balances.iter().map(|b| (b.used_nanos, b.used_tokens)).collect::<Vec<_>>(),
+            [(60, 20), (60, 20)],
+            "{backend:?}"
+        );
+        let refused = store.reserve(&hold(lines.clone(), 50, 1)).await.unwrap().expect("refused");
+        assert_eq!((refused.line, refused.tokens, refused.balance.used_nanos), (0, false, 60), "{backend:?}");
+        // The call cost 30 (not the 60 held): committed with its release, the spend
+        // replaces the hold.
+        store
+            .append(&[model_call("alice", "t", store::now_ms(), 30e-9, (5, 5)), Record::Release(first.id.clone())])
+            .await
+            .unwrap();
+        let balances = store.balances(&lines).await.unwrap();
+        assert_eq!((balances[0].used_nanos, balances[1].used_tokens), (30, 10), "{backend:?}");
+        assert_eq!(store.reserve(&hold(lines.clone(), 70, 40)).await.unwrap(), None, "{backend:?}");
+        // A hold never released stops counting once it expires.
+        let mut stale = hold(vec![line(SpendScope::User("carol".into()), 0, Some(100), None)], 100, 0);
+        stale.expires_at_ms = store::now_ms() + 300;
+        assert_eq!(store.reserve(&stale).await.unwrap(), None);
+        let mut again = hold(stale.lines.clone(), 100, 0);
+        assert!(store.reserve(&again).await.unwrap().is_some(), "{backend:?}: the live hold counts");
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        again.id = uuid::Uuid::now_v7().to_string();
+        assert_eq!(store.reserve(&again).await.unwrap(), None, "{backend:?}: the expired hold stopped counting");
+    }
+}
+
+#[tokio::test]
+async fn spend_counters_start_from_the_ledger_and_count_only_their_period() {
+    for backend in BACKENDS {
+        let (store, _) = replicas(backend).await;
+        let day = 10 * 86_400_000;
+        store
+            .append(&[
+                model_call("alice", "t", day - 1, 5e-9, (1, 1)),
+                model_call("alice", "t", day + 1, 7e-9, (2, 2)),
+                model_call("bob", "t", day + 2, 11e-9, (3, 3)),
+            ])
+            .await
+            .unwrap();
+        let lines = vec![line(alice(), day, Some(1_000), None), line(SpendScope::Team("t".into()), day, None, None)];
+        let balances = store.balances(&lines).await.unwrap();
+        assert_eq!((balances[0].used_nanos, balances[0].used_tokens), (7, 4), "{backend:?}");
+        assert_eq!((balances[1].used_nanos, balances[1].used_tokens), (18, 10), "{backend:?}");
+        // From then on each append adds to the counters it falls under.
+        store.append(&[model_call("bob", "t", day + 3, 1e-9, (1, 0))]).await.unwrap();
+        let balances = store.balances(&lines).await.unwrap();
+        assert_eq!((balances[0].used_nanos, balances[1].used_nanos), (7, 19), "{backend:?}");
+    }
+}
+
+/// 100 calls at once, split between two replicas, against a budget that covers 10:
+/// exactly 10 are held, whichever replica they reached.
+#[tokio::test]
+async fn concurrent_holds_on_two_replicas_never_pass_the_budget() {
+    for backend in BACKENDS {
+        let (first, second) = replicas(backend).await;
+        let lines = vec![line(alice(), 0, Some(1_000), None), line(SpendScope::Team("t".into()), 0, Some(5_000), None)];
+        let attempts = (0..100).map(|i| {
+            let store = if i % 2 == 0 { first.clone() } else { second.clone() };
+            let hold = hold(lines.clone(), 100, 1);
+            tokio::spawn(async move { store.reserve(&hold).await.unwrap().is_none() })
+        });
+        let held = futures::future::join_all(attempts).await.into_iter().filter(|held| *held.as_ref().unwrap()).count();
+        assert_eq!(held, 10, "{backend:?}");
+        let balances = first.balances(&lines).await.unwrap();
+        assert_eq!(balances[0].used_nanos, 1_000, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_rate_bucket_is_shared_by_replicas_and_says_when_to_retry() {
+    for backend in BACKENDS {
+        let (first, second) = replicas(backend).await;
+        for i in 0..6 {
+            let store = if i % 2 == 0 { &first } else { &second };
+            assert_eq!(store.take("alice", "executions", 6).await.unwrap(), Ok(()), "{backend:?}: take {i}");
+        }
+        let retry = second.take("alice", "executions", 6).await.unwrap().unwrap_err();
+        assert!((1..=10).contains(&retry), "{backend:?}: retry in {retry} s");
+        assert_eq!(first.take("bob", "executions", 6).await.unwrap(), Ok(()), "{backend:?}");
+        assert_eq!(first.take("alice", "model_calls", 6).await.unwrap(), Ok(()), "{backend:?}");
+        assert!(first.take("carol", "executions", 0).await.unwrap().is_err(), "{backend:?}");
+    }
+}
+
+/// Replicas starting together on an empty database each apply the migrations once.
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    let config = fresh(Backend::Postgres).await;
+    let opened = futures::future::join_all((0..4).map(|_| store::open(&config))).await;
+    for store in opened {
+        store.expect("every replica starts");
+    }
+    let StoreConfig::Postgres { url, .. } = &config else { unreachable!() };
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let versions: i64 = client.query_one("SELECT count(*) FROM schema_migrations", &[]).await.unwrap().get(0);
+    assert_eq!(versions, 1);
+}
