@@ -101,7 +101,8 @@ impl KeyRing {
     }
 }
 
-fn digest(key: &str) -> [u8; 32] {
+/// The SHA-256 of a key: how it is stored and looked up.
+pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `exec`, `mcp`, `key create`, `policy check|explain`, `usage`.
+//! The command line: `serve`, `exec`, `mcp`, `key create|list|revoke`, `policy check|explain`, `usage`.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::auth::{generate_key, hash_key, Principal, Role, KEY_PREFIX};
+use crate::auth::{digest, generate_key, hash_key, KeyEntry, Principal, Role, KEY_PREFIX};
 use crate::config::{Config, PolicySource};
 use crate::policy::{LoadContext, PolicySet, Query};
 use crate::sandbox::{ExecuteRequest, Language, PartialLimits};
@@ -105,7 +105,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Create an API key: prints it once and records only its hash in the config file.
+    /// Create an API key: prints it once and records only its hash, in the shared
+    /// store when one is configured (every replica has it within seconds), else in the
+    /// configuration file.
     Create {
         #[arg(long)]
         user: String,
@@ -116,10 +118,33 @@ pub enum KeyCommand {
         name: Option<String>,
         #[arg(long, value_enum, default_value = "member")]
         role: Role,
-        /// The configuration file to record the key in (created if missing).
+        /// Where to record it (default: `store` with a PostgreSQL store, else `config`).
+        #[arg(long = "in", value_enum)]
+        home: Option<KeyHome>,
+        /// The configuration file (created if missing when the key goes there).
         #[arg(long, env = "SANDGATE_CONFIG", default_value = "sandgate.toml")]
         config: PathBuf,
     },
+    /// List the keys in force: the configuration file's and the store's.
+    List {
+        #[arg(long, env = "SANDGATE_CONFIG", default_value = "sandgate.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a key kept in the store: every replica refuses it within seconds.
+    Revoke {
+        name: String,
+        #[arg(long, env = "SANDGATE_CONFIG", default_value = "sandgate.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Where `sandgate key create` records a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyHome {
+    /// The store (shared by every replica on it; revocable without a restart).
+    Store,
+    /// `[[keys]]` in the configuration file (one node; reloaded on SIGHUP).
+    Config,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,9 +213,11 @@ pub fn run(cli: Cli) -> ExitCode {
             runtime.block_on(exec(file, input, limits, config, policies, language))
         }
         Command::Mcp { config, policies } => runtime.block_on(mcp_stdio(config, policies)),
-        Command::Key(KeyCommand::Create { user, team, name, role, config }) => {
-            key_create(user, team, name, role, config)
+        Command::Key(KeyCommand::Create { user, team, name, role, home, config }) => {
+            runtime.block_on(key_create(user, team, name, role, home, config))
         }
+        Command::Key(KeyCommand::List { config }) => runtime.block_on(key_list(config)),
+        Command::Key(KeyCommand::Revoke { name, config }) => runtime.block_on(key_revoke(name, config)),
         Command::Policy(PolicyCommand::Check { dir, config }) => policy_check(dir, config),
         Command::Policy(PolicyCommand::Explain {
             user,
@@ -264,18 +291,17 @@ async fn serve(
         config.log_format = format;
     }
     telemetry::init_logging(config.log_format);
-    if !config.listen.ip().is_loopback() && config.keys.is_empty() {
+    let listen = config.listen;
+    let server = crate::Server::new(config).await?;
+    if !listen.ip().is_loopback() && server.service().mode() == crate::service::Mode::Local {
         // `Server::serve` refuses this too; checking first avoids binding the address.
         anyhow::bail!(
-            "refusing to listen on {}: no API keys are configured, so sandgate serves loopback addresses only \
-             (create one with `sandgate key create`)",
-            config.listen
+            "refusing to listen on {listen}: no API keys are configured, so sandgate serves loopback addresses only \
+             (create one with `sandgate key create`)"
         );
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let server = crate::Server::new(config).await?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sandgate listening on http://{addr}");
@@ -342,35 +368,127 @@ async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-fn key_create(user: String, team: String, name: Option<String>, role: Role, path: PathBuf) -> anyhow::Result<ExitCode> {
+/// The configuration at `path`, or the defaults (with the environment's store URL)
+/// when there is no such file.
+fn config_or_defaults(path: &std::path::Path) -> anyhow::Result<Config> {
+    if path.exists() {
+        Ok(Config::load(path)?)
+    } else {
+        Ok(Config::default())
+    }
+}
+
+async fn key_create(
+    user: String,
+    team: String,
+    name: Option<String>,
+    role: Role,
+    home: Option<KeyHome>,
+    path: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!user.is_empty() && !team.is_empty(), "--user and --team must not be empty");
     let key = generate_key();
     let name =
         name.unwrap_or_else(|| format!("{user}-{}", &key[KEY_PREFIX.len()..KEY_PREFIX.len() + 6].to_lowercase()));
-    let before = match std::fs::read_to_string(&path) {
+    anyhow::ensure!(!name.is_empty(), "--name must not be empty");
+    let config = config_or_defaults(&path)?;
+    let shared = matches!(config.store, store::StoreConfig::Postgres { .. });
+    let place = match home.unwrap_or(if shared { KeyHome::Store } else { KeyHome::Config }) {
+        KeyHome::Store => {
+            anyhow::ensure!(
+                !config.keys.iter().any(|k| k.name == name),
+                "{}: a key named `{name}` exists there",
+                path.display()
+            );
+            let entry =
+                KeyEntry { name: name.clone(), user: user.clone(), team: team.clone(), role, hash: digest(&key) };
+            let created = store::open(&config.store)
+                .await?
+                .create_key(&store::StoredKey { entry, created_at_ms: store::now_ms() })
+                .await?;
+            anyhow::ensure!(created, "the store has a key named `{name}`; revoke it first or choose another name");
+            "the store; every server on it has it within seconds".to_string()
+        }
+        KeyHome::Config => {
+            record_key_in_file(&path, &name, &user, &team, role, &key)?;
+            format!("{}; send SIGHUP to a running server to load it", path.display())
+        }
+    };
+    eprintln!("key `{name}` for user `{user}` (team `{team}`, {}) recorded in {place}", role.as_str());
+    eprintln!("this is the only time the key is shown:");
+    println!("{key}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn record_key_in_file(
+    path: &std::path::Path,
+    name: &str,
+    user: &str,
+    team: &str,
+    role: Role,
+    key: &str,
+) -> anyhow::Result<()> {
+    let before = match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     };
     if let Some(text) = &before {
-        let config = Config::parse(text, &path)?;
+        let config = Config::parse(text, path)?;
         anyhow::ensure!(!config.keys.iter().any(|k| k.name == name), "{}: a key named `{name}` exists", path.display());
     }
     let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let entry = format!(
         "\n[[keys]]\nname = {}\nuser = {}\nteam = {}\nrole = \"{}\"\nhash = \"{}\"\ncreated = \"{created}\"\n",
-        toml_string(&name),
-        toml_string(&user),
-        toml_string(&team),
+        toml_string(name),
+        toml_string(user),
+        toml_string(team),
         role.as_str(),
-        hash_key(&key),
+        hash_key(key),
     );
     let after = format!("{}{entry}", before.as_deref().unwrap_or(""));
-    Config::parse(&after, &path).map_err(|e| anyhow::anyhow!("the new entry would not parse: {e}"))?;
-    std::fs::write(&path, after).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    eprintln!("key `{name}` for user `{user}` (team `{team}`, {}) recorded in {}", role.as_str(), path.display());
-    eprintln!("this is the only time the key is shown:");
-    println!("{key}");
+    Config::parse(&after, path).map_err(|e| anyhow::anyhow!("the new entry would not parse: {e}"))?;
+    std::fs::write(path, after).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+async fn key_list(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = config_or_defaults(&path)?;
+    let stored = store::open(&config.store).await?.keys().await?;
+    println!("{:<24} {:<16} {:<16} {:<7} {:<7} CREATED", "NAME", "USER", "TEAM", "ROLE", "IN");
+    for key in &config.keys {
+        println!("{:<24} {:<16} {:<16} {:<7} {:<7} -", key.name, key.user, key.team, key.role.as_str(), "config");
+    }
+    for key in &stored {
+        let created = std::time::UNIX_EPOCH + std::time::Duration::from_millis(key.created_at_ms.max(0) as u64);
+        let e = &key.entry;
+        println!(
+            "{:<24} {:<16} {:<16} {:<7} {:<7} {}",
+            e.name,
+            e.user,
+            e.team,
+            e.role.as_str(),
+            "store",
+            humantime::format_rfc3339_seconds(created)
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn key_revoke(name: String, path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = config_or_defaults(&path)?;
+    if store::open(&config.store).await?.revoke_key(&name).await? {
+        eprintln!("key `{name}` revoked: every server on this store refuses it within seconds");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if config.keys.iter().any(|k| k.name == name) {
+        eprintln!(
+            "key `{name}` is in {}: remove its [[keys]] entry there and send SIGHUP to the server",
+            path.display()
+        );
+    } else {
+        eprintln!("no key named `{name}` in the store or in {}", path.display());
+    }
+    Ok(ExitCode::from(1))
 }
 
 fn toml_string(text: &str) -> String {

@@ -105,6 +105,7 @@ impl Server {
         }
         service.policies().clone().watch();
         reload_on_hangup(service.clone(), self.state.config.clone());
+        service.watch_keys();
         let stopping = tokio_util::sync::CancellationToken::new();
         let app = http::router(self.state.clone(), stopping.clone());
         let http = self.state.config.http.clone();
@@ -127,7 +128,7 @@ fn reload_on_hangup(service: Arc<service::Service>, config: Arc<Config>) {
             let _ = service.reload_policies();
             if let Some(path) = &config.path {
                 match Config::load(path) {
-                    Ok(fresh) => service.set_keys(auth::KeyRing::new(&fresh.keys)),
+                    Ok(fresh) => service.set_file_keys(fresh.keys),
                     Err(error) => tracing::error!(%error, "configuration reload failed; keeping the keys in force"),
                 }
             }

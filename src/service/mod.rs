@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 pub use reload::Policies;
 pub use running::{Running, RunningSlot};
 
-use crate::auth::{KeyRing, Principal};
+use crate::auth::{KeyEntry, KeyRing, Principal};
 use crate::config::Config;
 use crate::mcp::capability::UpstreamTools;
 use crate::mcp::{Catalog, Upstreams};
@@ -99,12 +99,26 @@ pub enum Mode {
     Keyed,
 }
 
+/// How often each replica reads the store's keys again: a key created or revoked on
+/// any machine is in force everywhere within this.
+pub const KEY_REFRESH: Duration = Duration::from_secs(2);
+
+/// The keys in force come from two places: the configuration file (`[[keys]]`, read
+/// at start and on SIGHUP) and the store (`sandgate key create` with a shared store,
+/// read every [`KEY_REFRESH`]).
+#[derive(Debug, Default)]
+struct KeySources {
+    file: Vec<KeyEntry>,
+    stored: Vec<KeyEntry>,
+}
+
 /// Everything a request needs, shared by all surfaces.
 pub struct Service {
     sandbox: Arc<Sandbox>,
     policies: Arc<Policies>,
     mode: Mode,
     keys: RwLock<Arc<KeyRing>>,
+    key_sources: std::sync::Mutex<KeySources>,
     ledger: Ledger,
     gateway: Arc<Gateway>,
     upstreams: Arc<Upstreams>,
@@ -200,12 +214,16 @@ impl Service {
         let sandbox_config = config.sandbox.clone();
         let sandbox =
             tokio::task::spawn_blocking(move || crate::sandbox::Sandbox::new(sandbox_config, registry)).await??;
-        let mode = if config.keys.is_empty() { Mode::Local } else { Mode::Keyed };
+        let stored: Vec<KeyEntry> = ledger.store().keys().await?.into_iter().map(|k| k.entry).collect();
+        let mode = if config.keys.is_empty() && stored.is_empty() { Mode::Local } else { Mode::Keyed };
+        let sources = KeySources { file: config.keys.clone(), stored };
+        let ring = KeyRing::new(&[sources.file.as_slice(), sources.stored.as_slice()].concat());
         Ok(Self {
             sandbox: Arc::new(sandbox),
             policies: Arc::new(policies),
             mode,
-            keys: RwLock::new(Arc::new(KeyRing::new(&config.keys))),
+            keys: RwLock::new(Arc::new(ring)),
+            key_sources: std::sync::Mutex::new(sources),
             ledger,
             gateway,
             upstreams,
@@ -243,24 +261,67 @@ impl Service {
         self.mode
     }
 
-    /// Replaces the configured keys (on SIGHUP). The mode stays what it was at start:
-    /// a keyed server left with no keys refuses every request, and keys added to a
-    /// local-mode server take effect only after a restart.
-    pub fn set_keys(&self, keys: KeyRing) {
+    /// Replaces the keys of the configuration file (on SIGHUP).
+    pub fn set_file_keys(&self, keys: Vec<KeyEntry>) {
+        let mut sources = self.key_sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.file = keys;
+        self.install_keys(&sources);
+    }
+
+    /// Reads the store's keys again: how a key created or revoked on any machine
+    /// reaches this replica (see [`Service::watch_keys`]).
+    pub async fn refresh_stored_keys(&self) -> Result<(), StoreError> {
+        let stored = self.ledger.store().keys().await?;
+        let mut sources = self.key_sources.lock().unwrap_or_else(|e| e.into_inner());
+        let stored: Vec<KeyEntry> = stored.into_iter().map(|k| k.entry).collect();
+        if stored != sources.stored {
+            sources.stored = stored;
+            self.install_keys(&sources);
+        }
+        Ok(())
+    }
+
+    /// Refreshes the store's keys every [`KEY_REFRESH`] until the service stops; a
+    /// store that does not answer leaves the keys in force as they are.
+    pub fn watch_keys(self: &Arc<Self>) {
+        let service = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(KEY_REFRESH);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let Some(service) = service.upgrade() else { return };
+                if let Err(error) = service.refresh_stored_keys().await {
+                    tracing::warn!(%error, "cannot refresh the store's keys; keeping the keys in force");
+                }
+            }
+        });
+    }
+
+    /// Installs the keys of both sources. The mode stays what it was at start: a keyed
+    /// server left with no keys refuses every request, and keys added to a local-mode
+    /// server take effect only after a restart.
+    fn install_keys(&self, sources: &KeySources) {
+        let keys = KeyRing::new(&[sources.file.as_slice(), sources.stored.as_slice()].concat());
         match self.mode {
             Mode::Local if !keys.is_empty() => tracing::warn!(
                 keys = keys.len(),
-                "keys were added to the configuration, but this server started without keys and stays in \
-                 local mode; restart it to require keys"
+                "keys were added, but this server started without keys and stays in local mode; restart it to \
+                 require keys"
             ),
             Mode::Local => {}
             Mode::Keyed => {
                 if keys.is_empty() {
                     tracing::warn!(
-                        "the configuration now has no keys: every request is refused until keys are added \
-                         (a server started with keys never serves the local user)"
+                        "no keys are left: every request is refused until keys are added (a server started with \
+                         keys never serves the local user)"
                     );
                 }
+                tracing::info!(keys = keys.len(), "keys in force");
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
             }
         }

@@ -1,5 +1,5 @@
 //! Everything sandgate replicas share, behind one boundary: ledger records and usage
-//! reports, budget reservations and spend, and rate-limit windows.
+//! reports, budget reservations and spend, rate-limit windows, and API keys.
 //!
 //! [`Store`] is that boundary. It has two implementations:
 //! - [`sqlite::SqliteStore`], the embedded default: one file in WAL mode, served by the
@@ -174,6 +174,14 @@ pub struct Overdrawn {
     pub balance: Balance,
 }
 
+/// An API key kept in the store (`sandgate key create` with a shared store): only its
+/// hash, as in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredKey {
+    pub entry: crate::auth::KeyEntry,
+    pub created_at_ms: i64,
+}
+
 /// The store failed or could not be reached. Callers answer 503: the request can be
 /// retried, and nothing was recorded as done.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -213,6 +221,15 @@ pub trait Store: Send + Sync + 'static {
         per_minute: u32,
     ) -> BoxFuture<'a, Result<Result<(), u64>, StoreError>>;
 
+    /// Adds `key`; `false` (nothing written) when a live key already has its name.
+    fn create_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Revokes the live key named `name`; `false` when there is none.
+    fn revoke_key<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// The live (unrevoked) keys, by name.
+    fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>>;
+
     /// Answers when the store can serve (the readiness check).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
@@ -245,6 +262,15 @@ pub fn now_ms() -> i64 {
 
 /// Seconds until one token is back in a bucket holding `tokens` that refills at
 /// `per_minute`.
+/// A role as stored: `admin` or `member`.
+pub(crate) fn parse_role(text: &str) -> Result<crate::auth::Role, StoreError> {
+    match text {
+        "admin" => Ok(crate::auth::Role::Admin),
+        "member" => Ok(crate::auth::Role::Member),
+        other => Err(StoreError(format!("a stored key has an unknown role `{other}`"))),
+    }
+}
+
 pub(crate) fn retry_after_secs(tokens: f64, per_minute: u32) -> u64 {
     let per_second = per_minute as f64 / 60.0;
     ((1.0 - tokens) / per_second).ceil().max(1.0) as u64

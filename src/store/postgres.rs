@@ -30,7 +30,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use super::usage::{GroupBy, UsageQuery, UsageRow};
-use super::{now_ms, Balance, BudgetLine, Hold, Overdrawn, Record, Store, StoreError};
+use super::{now_ms, Balance, BudgetLine, Hold, Overdrawn, Record, Store, StoreError, StoredKey};
 
 /// Schema versions, applied in order, each in the one transaction that holds the
 /// migration lock.
@@ -231,6 +231,19 @@ const MIGRATIONS: &[&str] = &[
         END LOOP;
         DELETE FROM budget_holds WHERE id = ANY(releases);
     END $$;
+    "#,
+    // 2: API keys created with `sandgate key create` against this store.
+    r#"
+    CREATE TABLE api_keys (
+        name TEXT NOT NULL,
+        "user" TEXT NOT NULL,
+        team TEXT NOT NULL,
+        role TEXT NOT NULL,
+        hash BYTEA NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        revoked_at_ms BIGINT
+    );
+    CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE revoked_at_ms IS NULL;
     "#,
 ];
 
@@ -649,6 +662,62 @@ impl Store for PgStore {
             let row = client.query_one(&statement, &[&subject, &action, &capacity]).await.map_err(err)?;
             let (allowed, tokens): (bool, f64) = (row.get(0), row.get(1));
             Ok(if allowed { Ok(()) } else { Err(super::retry_after_secs(tokens, per_minute)) })
+        }
+        .boxed()
+    }
+
+    fn create_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let e = &key.entry;
+            let client = self.client().await?;
+            let inserted = client
+                .execute(
+                    "INSERT INTO api_keys (name, \"user\", team, role, hash, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT DO NOTHING",
+                    &[&e.name, &e.user, &e.team, &e.role.as_str(), &e.hash.as_slice(), &key.created_at_ms],
+                )
+                .await
+                .map_err(err)?;
+            Ok(inserted == 1)
+        }
+        .boxed()
+    }
+
+    fn revoke_key<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let revoked = client
+                .execute(
+                    "UPDATE api_keys SET revoked_at_ms = $2 WHERE name = $1 AND revoked_at_ms IS NULL",
+                    &[&name, &now_ms()],
+                )
+                .await
+                .map_err(err)?;
+            Ok(revoked > 0)
+        }
+        .boxed()
+    }
+
+    fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT name, \"user\", team, role, hash, created_at_ms FROM api_keys
+                     WHERE revoked_at_ms IS NULL ORDER BY name",
+                )
+                .await
+                .map_err(err)?;
+            let mut keys = Vec::new();
+            for row in client.query(&statement, &[]).await.map_err(err)? {
+                let name: String = row.get(0);
+                let hash: Vec<u8> = row.get(4);
+                let hash = hash.try_into().map_err(|_| StoreError(format!("key `{name}` has a malformed hash")))?;
+                let role = super::parse_role(row.get(3))?;
+                let entry = crate::auth::KeyEntry { name, user: row.get(1), team: row.get(2), role, hash };
+                keys.push(StoredKey { entry, created_at_ms: row.get(5) });
+            }
+            Ok(keys)
         }
         .boxed()
     }

@@ -16,7 +16,7 @@ use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::usage::{GroupBy, UsageQuery, UsageRow};
-use super::{now_ms, Balance, BudgetLine, Hold, Overdrawn, Record, SpendScope, Store, StoreError};
+use super::{now_ms, Balance, BudgetLine, Hold, Overdrawn, Record, SpendScope, Store, StoreError, StoredKey};
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -82,6 +82,17 @@ const MIGRATIONS: &[&str] = &[
     // 2: client-supplied tags on model calls; team spend lookups.
     "ALTER TABLE model_calls ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
     CREATE INDEX model_calls_team ON model_calls (team, started_at_ms);",
+    // 3: API keys created with `sandgate key create --in store`.
+    "CREATE TABLE api_keys (
+        name TEXT NOT NULL,
+        user TEXT NOT NULL,
+        team TEXT NOT NULL,
+        role TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    );
+    CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE revoked_at_ms IS NULL;",
 ];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -497,6 +508,62 @@ impl Store for SqliteStore {
             Err(super::retry_after_secs(bucket.tokens, per_minute))
         };
         futures::future::ready(Ok(taken)).boxed()
+    }
+
+    fn create_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let key = key.clone();
+        self.blocking(move |inner| {
+            let e = &key.entry;
+            let inserted = lock(&inner.writer).execute(
+                "INSERT INTO api_keys (name, user, team, role, hash, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT DO NOTHING",
+                params![e.name, e.user, e.team, e.role.as_str(), e.hash.as_slice(), key.created_at_ms],
+            );
+            Ok(inserted.map_err(err)? == 1)
+        })
+    }
+
+    fn revoke_key<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let name = name.to_string();
+        self.blocking(move |inner| {
+            let revoked = lock(&inner.writer).execute(
+                "UPDATE api_keys SET revoked_at_ms = ?2 WHERE name = ?1 AND revoked_at_ms IS NULL",
+                params![name, now_ms()],
+            );
+            Ok(revoked.map_err(err)? > 0)
+        })
+    }
+
+    fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>> {
+        self.blocking(|inner| {
+            let reader = lock(&inner.reader);
+            let mut statement = reader
+                .prepare_cached(
+                    "SELECT name, user, team, role, hash, created_at_ms FROM api_keys
+                     WHERE revoked_at_ms IS NULL ORDER BY name",
+                )
+                .map_err(err)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, Vec<u8>>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                })
+                .map_err(err)?;
+            let mut keys = Vec::new();
+            for row in rows {
+                let (name, user, team, role, hash, created_at_ms) = row.map_err(err)?;
+                let hash = hash.try_into().map_err(|_| StoreError(format!("key `{name}` has a malformed hash")))?;
+                let role = super::parse_role(&role)?;
+                keys.push(StoredKey { entry: crate::auth::KeyEntry { name, user, team, role, hash }, created_at_ms });
+            }
+            Ok(keys)
+        })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

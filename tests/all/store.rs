@@ -250,6 +250,36 @@ async fn replicas_starting_together_migrate_once() {
     let StoreConfig::Postgres { url, .. } = &config else { unreachable!() };
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let versions: i64 = client.query_one("SELECT count(*) FROM schema_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(versions, 1);
+    let row = client.query_one("SELECT count(*), max(version) FROM schema_migrations", &[]).await.unwrap();
+    let (applied, latest): (i64, i64) = (row.get(0), row.get(1));
+    assert!(latest >= 2 && applied == latest, "{applied} migrations applied for version {latest}");
+}
+
+#[tokio::test]
+async fn keys_are_created_once_by_name_listed_and_revoked() {
+    use sandgate::auth::{digest, KeyEntry, Role};
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let key = |name: &str, secret: &str| store::StoredKey {
+            entry: KeyEntry {
+                name: name.into(),
+                user: "alice".into(),
+                team: "platform".into(),
+                role: Role::Admin,
+                hash: digest(secret),
+            },
+            created_at_ms: 1_000,
+        };
+        assert!(store.create_key(&key("laptop", "sg_one")).await.unwrap(), "{backend:?}");
+        assert!(!store.create_key(&key("laptop", "sg_two")).await.unwrap(), "{backend:?}: the name is taken");
+        assert!(store.create_key(&key("ci", "sg_three")).await.unwrap());
+        let listed = other.keys().await.unwrap();
+        assert_eq!(listed, [key("ci", "sg_three"), key("laptop", "sg_one")], "{backend:?}");
+        assert!(other.revoke_key("laptop").await.unwrap(), "{backend:?}");
+        assert!(!store.revoke_key("laptop").await.unwrap(), "{backend:?}: already revoked");
+        assert_eq!(store.keys().await.unwrap(), [key("ci", "sg_three")], "{backend:?}");
+        // A revoked key's name can be given to a new key.
+        assert!(store.create_key(&key("laptop", "sg_four")).await.unwrap(), "{backend:?}");
+        assert_eq!(store.keys().await.unwrap().len(), 2, "{backend:?}");
+    }
 }

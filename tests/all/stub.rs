@@ -66,6 +66,9 @@ pub struct StubRequest {
 #[derive(Default)]
 struct Recorded {
     requests: Vec<StubRequest>,
+    /// Requests waiting out their `+slowMS` now, and the most there ever were.
+    in_flight: usize,
+    peak_in_flight: usize,
     usage: BTreeMap<String, (u64, u64)>,
     billed: BTreeMap<String, (u64, u64)>,
 }
@@ -125,6 +128,11 @@ impl Stub {
     /// successful response counts in full once it begins, read or not.
     pub fn billed(&self) -> BTreeMap<String, (u64, u64)> {
         self.state.lock().unwrap().billed.clone()
+    }
+
+    /// The most requests that were ever waiting out their `+slowMS` at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.lock().unwrap().peak_in_flight
     }
 
     pub fn reset(&self) {
@@ -452,6 +460,17 @@ fn max_tokens(body: &Value, provider: Provider) -> Result<Option<u64>, String> {
     }
 }
 
+/// Waits `ms`, counted as in flight meanwhile.
+async fn slow(state: &Shared, ms: u64) {
+    {
+        let mut recorded = state.lock().unwrap();
+        recorded.in_flight += 1;
+        recorded.peak_in_flight = recorded.peak_in_flight.max(recorded.in_flight);
+    }
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    state.lock().unwrap().in_flight -= 1;
+}
+
 // ---------------------------------------------------------------------------------
 // OpenAI
 
@@ -465,7 +484,7 @@ async fn openai_chat(State(state): State<Shared>, headers: HeaderMap, body: Byte
         return invalid(provider, "you must provide a model parameter");
     };
     let behaviour = Behaviour::of(&model);
-    tokio::time::sleep(Duration::from_millis(behaviour.slow_ms)).await;
+    slow(&state, behaviour.slow_ms).await;
     if !header(&headers, "authorization").is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7) {
         return error_response(
             provider,
@@ -582,7 +601,7 @@ async fn anthropic_messages(State(state): State<Shared>, headers: HeaderMap, bod
     };
     let model = body["model"].as_str().map(str::to_string);
     let behaviour = Behaviour::of(model.as_deref().unwrap_or(""));
-    tokio::time::sleep(Duration::from_millis(behaviour.slow_ms)).await;
+    slow(&state, behaviour.slow_ms).await;
     // Anthropic's SDKs sent the key as `x-api-key` until 2025; later ones (2.x) send
     // `Authorization: Bearer`, which the API accepts too.
     let bearer = header(&headers, "authorization").is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
