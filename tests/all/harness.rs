@@ -32,6 +32,11 @@ pub fn cache_dir() -> String {
     format!("{}/compile-cache", env!("CARGO_TARGET_TMPDIR"))
 }
 
+/// A free loopback port (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A fresh directory under the test target directory.
 pub fn temp_dir(label: &str) -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{label}-{}", uuid::Uuid::now_v7()));

@@ -12,18 +12,13 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::harness::{api_key, client, get_text, post_as, start_server_with, TestServer};
+use crate::harness::{api_key, client, free_port, get_text, post_as, start_server_with, TestServer};
 
 /// `tests/mcp/node_modules/.bin/<name>`; panics with the fix when npm packages are missing.
 fn npm_bin(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/node_modules/.bin").join(name);
     assert!(path.exists(), "{} is missing; run: npm ci --prefix tests/mcp (tests/run does)", path.display());
     path
-}
-
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `server-everything` in streamable HTTP mode, killed when dropped.

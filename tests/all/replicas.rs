@@ -337,3 +337,76 @@ async fn keys_created_or_revoked_on_one_machine_reach_every_replica() {
         assert_eq!(status(replica.base.clone(), admin.clone()).await, StatusCode::OK, "other keys stay");
     }
 }
+
+/// The deployment guide's HAProxy configuration (`deploy/haproxy.cfg`), run for real
+/// in front of two replicas: requests reach both, and when one is killed the other
+/// takes every request (HAProxy retries what could not connect and its /readyz check
+/// takes the dead one out within about two seconds).
+#[tokio::test]
+async fn haproxy_in_front_of_two_replicas_keeps_serving_when_one_dies() {
+    use std::process::Command;
+    let url = postgres::database().await;
+    let dir = crate::binary::served_dir("haproxy");
+    let config = dir.join("sandgate.toml");
+    let start = || {
+        let mut command = crate::binary::sandgate();
+        command.env("SANDGATE_STORE_URL", &url).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
+        crate::binary::start(command)
+    };
+    let (mut a, a_base) = start();
+    let (mut b, b_base) = start();
+    let lb = format!("127.0.0.1:{}", free_port());
+    let haproxy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy.cfg");
+    let mut proxy = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&haproxy)
+        .env("SANDGATE_LB", &lb)
+        .env("REPLICA_A", a_base.trim_start_matches("http://"))
+        .env("REPLICA_B", b_base.trim_start_matches("http://"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy starts (Debian: apt-get install haproxy; tests/run installs it)");
+    let base = format!("http://{lb}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client().get(format!("{base}/readyz")).send().await.ok().map(|r| r.status()) != Some(StatusCode::OK) {
+        assert!(Instant::now() < deadline, "HAProxy never reported a ready replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let burst = |n: usize| {
+        let base = base.clone();
+        async move {
+            let requests = futures::stream::iter(0..n).map(|i| {
+                let base = base.clone();
+                async move {
+                    let request =
+                        client().post(format!("{base}/v1/execute")).json(&json!({"code": "return input", "input": i}));
+                    request.send().await.map(|r| r.status()).ok()
+                }
+            });
+            requests.buffer_unordered(8).collect::<Vec<_>>().await
+        }
+    };
+    let statuses = burst(40).await;
+    assert!(statuses.iter().all(|s| *s == Some(StatusCode::OK)), "{statuses:?}");
+    let executed = |base: String| async move {
+        let text = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("sandgate_executions_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let (on_a, on_b) = (executed(a_base.clone()).await, executed(b_base.clone()).await);
+    assert!(on_a >= 1.0 && on_b >= 1.0 && on_a + on_b >= 40.0, "a ran {on_a}, b ran {on_b}");
+
+    Command::new("kill").args(["-KILL", &a.id().to_string()]).status().unwrap();
+    a.wait().unwrap();
+    let statuses = burst(40).await;
+    assert!(statuses.iter().all(|s| *s == Some(StatusCode::OK)), "after a replica died: {statuses:?}");
+    let report = usage(&base).await;
+    assert!(report["totals"]["executions"].as_u64().unwrap() >= 80, "{report}");
+
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    crate::binary::terminate(&b);
+    b.wait().unwrap();
+}
