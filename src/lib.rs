@@ -21,8 +21,8 @@
 //!   authorise, rate-limit, per-user shares, run, record; policy hot reload.
 //! - [`store`]: everything replicas share, behind one trait: ledger records (executions,
 //!   host calls, model calls) with their batched writer and usage reports, budget
-//!   reservations and spend, rate-limit buckets. SQLite (embedded default) and
-//!   PostgreSQL; nothing else opens a database.
+//!   reservations and spend, rate-limit buckets, API keys. SQLite (embedded default)
+//!   and PostgreSQL; nothing else opens a database.
 //! - [`model`]: the model proxy: catalog, router (tiers, `auto`, fallback, circuit
 //!   breakers), budgets reserved and settled, stream metering, `model.chat`.
 //! - [`mcp`]: Code Mode: the upstream MCP client pool, the tool catalog with its

@@ -11,6 +11,13 @@
 //!   counters and rate buckets are rows, changed by single atomic statements, so a
 //!   budget or a rate limit holds across any number of replicas.
 //!
+//! Keys created with `sandgate key create` against a store live in it too; every
+//! replica reads them again every few seconds (`service::KEY_REFRESH`), so a key
+//! created or revoked on any machine is in force everywhere without a restart.
+//! Sessions (their memory images and workspace files) will be the next tenant: they
+//! are blobs keyed by session, written after an execution and read before the next,
+//! which fits the same trait as two more methods.
+//!
 //! Nothing outside this module opens a database. Records go in through [`Ledger`], which
 //! commits them in batches (group commit); reservations are released by a
 //! [`Record::Release`] committed in the same batch as the model call that spent them,

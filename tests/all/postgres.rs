@@ -15,6 +15,9 @@ pub struct Cluster {
     bin: PathBuf,
     port: u16,
     dir: PathBuf,
+    /// Off for the tests (nothing here survives the machine anyway); on, as
+    /// PostgreSQL ships, for benchmarks.
+    fsync: bool,
 }
 
 /// The directory of `initdb`, `pg_ctl` and `postgres`: `$PG_BIN`, else the newest
@@ -51,7 +54,7 @@ fn command(program: &Path) -> Command {
 }
 
 impl Cluster {
-    fn start() -> Self {
+    fn start(fsync: bool) -> Self {
         let bin = binaries();
         let dir = std::env::temp_dir().join(format!("sandgate-pg-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -67,13 +70,13 @@ impl Cluster {
             .output()
             .unwrap();
         assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
-        let cluster = Self { bin, port: free_port(), dir };
+        let cluster = Self { bin, port: free_port(), dir, fsync };
         // The server runs under a watcher that stops it once this test process is gone.
         cluster.run(&format!(
             "{start} || exit 1; \
              (while [ -d /proc/{pid} ]; do sleep 1; done; '{pg_ctl}' -D '{data}' -m immediate stop; rm -rf '{dir}') \
              >/dev/null 2>&1 </dev/null & exit 0",
-            start = cluster.start_command(),
+            start = cluster.start_command(""),
             pg_ctl = cluster.bin.join("pg_ctl").display(),
             data = data.display(),
             dir = cluster.dir.display(),
@@ -82,13 +85,14 @@ impl Cluster {
         cluster
     }
 
-    fn start_command(&self) -> String {
+    fn start_command(&self, options: &str) -> String {
         format!(
             "'{pg_ctl}' -D '{dir}/data' -l '{dir}/log' -w -t 60 -o \"-p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
-             -c max_connections=300 -c fsync=off\" start >/dev/null",
+             -c max_connections=300 -c fsync={fsync} {options}\" start >/dev/null",
             pg_ctl = self.bin.join("pg_ctl").display(),
             dir = self.dir.display(),
             port = self.port,
+            fsync = if self.fsync { "on" } else { "off" },
         )
     }
 
@@ -104,7 +108,14 @@ impl Cluster {
 
     /// A cluster of its own, for a test that stops and starts it.
     pub fn own() -> Self {
-        Self::start()
+        Self::start(false)
+    }
+
+    /// A cluster of its own with PostgreSQL's shipped durability (fsync and
+    /// synchronous commit on), for benchmarks (`benches/store.rs`).
+    #[allow(dead_code)]
+    pub fn durable() -> Self {
+        Self::start(true)
     }
 
     /// Stops the server at once (`pg_ctl stop -m immediate`: connections are cut).
@@ -118,7 +129,30 @@ impl Cluster {
 
     /// Starts the server again after [`Cluster::stop`], on the same port.
     pub fn restart(&self) {
-        self.run(&self.start_command());
+        self.run(&self.start_command(""));
+    }
+
+    /// Restarts the server serving TLS only, with `cert` and `key` (PEM files).
+    pub fn restart_with_tls(&self, cert: &Path, key: &Path) {
+        self.stop();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            std::fs::copy(from, self.dir.join(to)).unwrap();
+            if is_root() {
+                let status = Command::new("chown").arg("postgres:postgres").arg(self.dir.join(to)).status().unwrap();
+                assert!(status.success());
+            }
+        }
+        // Refuse connections that do not use TLS.
+        let hba = self.dir.join("data/pg_hba.conf");
+        std::fs::write(&hba, "local all all trust\nhostssl all all 127.0.0.1/32 trust\n").unwrap();
+        self.run(&format!(
+            "chmod 600 '{dir}/server.key' && {start}",
+            dir = self.dir.display(),
+            start = self.start_command(&format!(
+                "-c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+                dir = self.dir.display()
+            ))
+        ));
     }
 
     /// The URL of database `name`.
@@ -130,7 +164,7 @@ impl Cluster {
 /// The test process's cluster, started on first use.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
+    CLUSTER.get_or_init(|| Cluster::start(false))
 }
 
 /// A new, empty database on the cluster: its URL.

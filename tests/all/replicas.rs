@@ -410,3 +410,79 @@ async fn haproxy_in_front_of_two_replicas_keeps_serving_when_one_dies() {
     crate::binary::terminate(&b);
     b.wait().unwrap();
 }
+
+/// A store URL with `sslmode=require` connects over TLS and verifies the server's
+/// certificate: against a CA named by `SSL_CERT_FILE` it works; against the system's
+/// roots, which do not know that CA, it is refused.
+#[tokio::test]
+async fn a_store_over_tls_verifies_the_server_certificate() {
+    use std::process::Command;
+    let dir = temp_dir("pg-tls");
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl runs");
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sandgate test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let cluster = postgres::Cluster::own();
+    cluster.restart_with_tls(&dir.join("server.crt"), &dir.join("server.key"));
+    let url = format!("{}?sslmode=require", cluster.url("postgres"));
+    let usage = |ca: Option<&std::path::Path>| {
+        let mut command = crate::binary::sandgate();
+        command.env("SANDGATE_STORE_URL", &url).env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+        if let Some(ca) = ca {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        command.arg("usage").output().unwrap()
+    };
+    let trusted = usage(Some(&dir.join("ca.crt")));
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("total"));
+    let untrusted = usage(None);
+    assert!(!untrusted.status.success(), "a certificate from an unknown CA was accepted");
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("certificate") || stderr.contains("UnknownIssuer"), "{stderr}");
+}
