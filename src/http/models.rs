@@ -107,6 +107,7 @@ async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) ->
         Err(e) => {
             let retry = match &e {
                 ModelError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+                ModelError::Store(_) => Some(1),
                 _ => None,
             };
             error(format, e.status(), e.kind(), &e.to_string(), retry)

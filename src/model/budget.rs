@@ -47,10 +47,11 @@ impl Reservation {
     }
 
     /// Ends the hold: the record to commit with (after) the call's own record, whose
-    /// cost replaces the estimate.
-    pub fn settle(mut self) -> Record {
+    /// cost replaces the estimate. `None` when nothing was held (no budget applies).
+    pub fn settle(mut self) -> Option<Record> {
+        let held = !self.released;
         self.released = true;
-        Record::Release(std::mem::take(&mut self.id))
+        held.then(|| Record::Release(std::mem::take(&mut self.id)))
     }
 }
 

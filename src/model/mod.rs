@@ -113,7 +113,7 @@ impl ModelError {
             Self::Budget(_) => "budget_exceeded",
             Self::RateLimited { .. } => "rate_limited",
             Self::Upstream { .. } | Self::Unavailable(_) => "upstream_error",
-            Self::Store(_) => "internal",
+            Self::Store(_) => "unavailable",
         }
     }
 
@@ -124,7 +124,7 @@ impl ModelError {
             Self::Budget(_) | Self::RateLimited { .. } => 429,
             Self::Upstream { status, .. } => *status,
             Self::Unavailable(_) => 503,
-            Self::Store(_) => 500,
+            Self::Store(_) => 503,
         }
     }
 }
@@ -456,7 +456,9 @@ impl Gateway {
     ) -> Result<(Vec<&'a Model>, Reservation), ModelError> {
         let budget = &ctx.capabilities.budget;
         let settings = &self.catalog.router;
-        if let Some(current) = tier {
+        // The remaining budget costs a store round trip: read it only when a threshold
+        // is configured (the default, 0, never downgrades on it).
+        if let (Some(current), true) = (tier, settings.downgrade_below_usd > 0.0) {
             if let Some(remaining) = self.budgets.remaining_usd(&ctx.principal, budget).await? {
                 if remaining < settings.downgrade_below_usd {
                     if let Some((cheapest, cheaper)) =
@@ -883,7 +885,7 @@ impl Pending {
             fallback_chain: std::mem::take(&mut self.fallbacks),
             tags: self.tags.take(),
         });
-        std::iter::once(record).chain(self.reservation.take().map(Reservation::settle)).collect()
+        std::iter::once(record).chain(self.reservation.take().and_then(Reservation::settle)).collect()
     }
 
     async fn whole(mut self, response: reqwest::Response, routed: Routed) -> Result<Answer, ModelError> {

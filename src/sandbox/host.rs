@@ -347,6 +347,7 @@ impl GuestError {
             "model_denied" => ErrorKind::ModelDenied,
             "budget_exceeded" => ErrorKind::BudgetExceeded,
             "invalid_request" => ErrorKind::InvalidRequest,
+            "unavailable" => ErrorKind::Unavailable,
             _ => ErrorKind::Exception,
         };
         let text = |value: serde_json::Value| match value {

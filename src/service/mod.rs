@@ -182,6 +182,7 @@ impl Capability for ModelChat {
                         ModelError::Denied(_) => ErrorKind::ModelDenied,
                         ModelError::Budget(_) | ModelError::RateLimited { .. } => ErrorKind::BudgetExceeded,
                         ModelError::Invalid(_) => ErrorKind::InvalidRequest,
+                        ModelError::Store(_) => ErrorKind::Unavailable,
                         _ => ErrorKind::ToolError,
                     };
                     Err(ExecError::new(kind, error.to_string()))
