@@ -34,6 +34,7 @@ fn job(code: &str, limits: Limits) -> Job {
         limits,
         principal: Arc::new(Principal::local()),
         call_policy: Arc::new(AllowAll),
+        session: None,
     }
 }
 

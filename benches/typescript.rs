@@ -28,6 +28,7 @@ fn job(code: &str) -> Job {
         limits: Limits { wall_ms: 60_000, ..Limits::default() },
         principal: Arc::new(Principal::local()),
         call_policy: Arc::new(AllowAll),
+        session: None,
     }
 }
 

@@ -12,7 +12,7 @@
 //!
 //! | import | meaning |
 //! |---|---|
-//! | `request_len(which) -> i32` | length of request part `which`: 0 = code, 1 = `input` as JSON (0 bytes: none), 2 = the code's language (`javascript` or `typescript`) |
+//! | `request_len(which) -> i32` | length of request part `which`: 0 = code, 1 = `input` as JSON (0 bytes: none), 2 = the code's language (`javascript` or `typescript`), 3 = the mode (`session`, or empty) |
 //! | `request_read(which, ptr, len) -> i32` | copy that part to `ptr`; returns bytes written |
 //! | `max_result() -> i32` | the largest result, in bytes, the host will accept |
 //! | `log(level, ptr, len)` | one console line (0 log, 1 info, 2 warn, 3 error); the host traps when the output cap is passed |
@@ -34,10 +34,20 @@
 //! `clock_time_get` (`Date.now()`) and the bookkeeping calls of the C and Rust
 //! runtimes; the host grants no files, environment, arguments or sockets.
 //!
+//! # Sessions
+//!
+//! In mode `session` the code is evaluated as one global script with top-level await,
+//! by the language's own rules: its declarations (`let`, `const`, `function`,
+//! `class`) stay in the realm, and its completion value is the result, as in a REPL.
+//! Everything the guest keeps lives in its linear memory, and `run` returns with the
+//! stack where it started, so the host carries a session from one execution to the
+//! next by saving the memory after one `run` and writing it back before the next.
+//!
 //! Exports: `wizer-initialize` (build time only) and `run`.
 
 use std::cell::{Cell, RefCell};
 
+use rquickjs::context::EvalOptions;
 use rquickjs::{Array, Context, Ctx, Function, Persistent, Promise, Runtime, Value};
 
 mod host {
@@ -68,6 +78,7 @@ struct State {
     // Field order matters: the functions must drop before the context and runtime.
     run: Persistent<Function<'static>>,
     complete: Persistent<Function<'static>>,
+    eval_script: Persistent<Function<'static>>,
     context: Context,
     _runtime: Runtime,
 }
@@ -204,16 +215,29 @@ fn init_state() -> rquickjs::Result<State> {
     let runtime = Runtime::new()?;
     let context = Context::full(&runtime)?;
     enable_stack_check(&context);
-    let (run, complete) = context.with(|ctx| -> rquickjs::Result<_> {
+    let (run, complete, eval_script) = context.with(|ctx| -> rquickjs::Result<_> {
         let setup: Function = ctx.eval(include_str!("prelude.js"))?;
         let call = Function::new(ctx.clone(), host_call)?;
         let log = Function::new(ctx.clone(), host_log)?;
         let random = Function::new(ctx.clone(), next_random)?.with_name("random")?;
         let pair: Array = setup.call((call, log, random))?;
         let (run, complete): (Function, Function) = (pair.get(0)?, pair.get(1)?);
-        Ok((Persistent::save(&ctx, run), Persistent::save(&ctx, complete)))
+        let eval_script = Function::new(ctx.clone(), eval_script)?;
+        Ok((Persistent::save(&ctx, run), Persistent::save(&ctx, complete), Persistent::save(&ctx, eval_script)))
     })?;
-    Ok(State { run, complete, context, _runtime: runtime })
+    Ok(State { run, complete, eval_script, context, _runtime: runtime })
+}
+
+/// A session's code as one global script with top-level await: a promise of
+/// `{value}`, the script's completion value. Syntax errors throw at once.
+fn eval_script<'js>(ctx: Ctx<'js>, code: String) -> rquickjs::Result<Value<'js>> {
+    let mut options = EvalOptions::default();
+    options.global = true;
+    options.strict = false;
+    options.promise = true;
+    // Positions in errors read `<input>:line:column`, as for every other execution.
+    options.filename = Some("<input>".into());
+    ctx.eval_with_options(code, options)
 }
 
 /// Build-time initialisation: everything done here is captured in the snapshot.
@@ -268,7 +292,11 @@ fn drive<'js>(ctx: &Ctx<'js>, state: &State, code: String) -> rquickjs::Result<(
     let max_result = unsafe { host::max_result() }.max(0);
     let run = state.run.clone().restore(ctx)?;
     let complete = state.complete.clone().restore(ctx)?;
-    let promise: Promise = run.call((code, input, max_result))?;
+    let eval_script = match request(3).as_str() {
+        "session" => Some(state.eval_script.clone().restore(ctx)?),
+        _ => None,
+    };
+    let promise: Promise = run.call((code, input, max_result, eval_script))?;
     loop {
         while ctx.execute_pending_job() {}
         if let Some(outcome) = promise.result::<Array>() {

@@ -263,18 +263,39 @@
     return indirectEval(BODY_PREFIX + code + "\n})");
   }
 
+  function isSyntaxError(error) {
+    return error !== null && typeof error === "object" && getPrototypeOf(error) === syntaxErrorPrototype;
+  }
+
   // Runs the code. Settles with `[ok, json]`: the result as JSON, or an error object.
   // It never rejects, whatever the code did to the realm.
-  async function run(code, inputJson, maxResultBytes) {
+  //
+  // In a session, `evalScript` (from Rust) evaluates the code as one global script
+  // with top-level await: its declarations stay in the realm for the session's next
+  // execution, and its completion value is the result. It starts the script at once
+  // and returns a promise of `{value}`; a syntax error throws before anything runs.
+  async function run(code, inputJson, maxResultBytes, evalScript) {
     g.input = inputJson.length === 0 ? null : parse(inputJson);
     let fn;
-    try {
-      fn = compile(code);
-    } catch (error) {
-      const isSyntax = error !== null && typeof error === "object" && getPrototypeOf(error) === syntaxErrorPrototype;
-      return failure(isSyntax ? "syntax" : "exception", error, BODY_PREFIX);
+    let prefix;
+    if (evalScript !== undefined) {
+      currentPrefix = "";
+      let completion;
+      try {
+        completion = evalScript(code);
+      } catch (error) {
+        return failure(isSyntaxError(error) ? "syntax" : "exception", error, "");
+      }
+      prefix = "";
+      fn = async () => (await completion).value;
+    } else {
+      try {
+        fn = compile(code);
+      } catch (error) {
+        return failure(isSyntaxError(error) ? "syntax" : "exception", error, BODY_PREFIX);
+      }
+      prefix = currentPrefix;
     }
-    const prefix = currentPrefix;
     let value;
     try {
       value = await fn();

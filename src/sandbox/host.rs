@@ -165,6 +165,8 @@ pub(crate) struct HostState {
     /// `input` as JSON text; empty when the request had none.
     pub(crate) input: String,
     pub(crate) language: Language,
+    /// The execution continues a session (see the guest's docs on sessions).
+    session: bool,
     /// Set while the guest prepares the code (see [`Preparing`]).
     pub(crate) preparing: Option<Preparing>,
     /// Fuel given to the store so far: what it started with, raised to the execution's
@@ -211,9 +213,20 @@ pub(crate) struct HostSetup {
     pub(crate) execution_id: Arc<str>,
     pub(crate) cpu: CpuSlot,
     pub(crate) call_policy: Arc<dyn CallPolicy>,
+    /// The execution continues a session (request part 3 is `session`).
+    pub(crate) session: bool,
 }
 
 impl HostState {
+    /// Request part 3: how the guest evaluates the code.
+    fn mode(&self) -> &'static str {
+        if self.session {
+            "session"
+        } else {
+            ""
+        }
+    }
+
     pub(crate) fn new(setup: HostSetup) -> Self {
         let (memory, fuel) = match setup.preparing {
             Some(phase) => (phase.memory_bytes, phase.fuel),
@@ -227,6 +240,7 @@ impl HostState {
             code: setup.code,
             input: setup.input,
             language: setup.language,
+            session: setup.session,
             preparing: setup.preparing,
             fuel_granted: fuel,
             strip_usage: None,
@@ -424,6 +438,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             0 => state.code.len() as i32,
             1 => state.input.len() as i32,
             2 => state.language.as_str().len() as i32,
+            3 => state.mode().len() as i32,
             _ => -1,
         }
     })?;
@@ -435,6 +450,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 0 => std::mem::take(&mut caller.data_mut().code).into_bytes(),
                 1 => std::mem::take(&mut caller.data_mut().input).into_bytes(),
                 2 => caller.data().language.as_str().as_bytes().to_vec(),
+                3 => caller.data().mode().as_bytes().to_vec(),
                 _ => return Ok(-1),
             };
             put_guest_bytes(&mut caller, ptr, len, &bytes)

@@ -13,6 +13,7 @@ pub mod capability;
 pub mod engine;
 pub mod error;
 mod host;
+pub mod image;
 pub mod limits;
 mod request;
 pub mod wasi;
@@ -29,6 +30,7 @@ use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
 pub use capability::{AllowAll, CallPolicy, Capability, HostCall, Registry, TestCapability};
 pub use error::{ErrorKind, ExecError, Rejected};
 pub use host::{HostCallRecord, LogLevel, LogLine, TRUNCATED};
+pub use image::MemoryImage;
 pub use limits::{Limits, PartialLimits};
 pub use request::{ExecuteRequest, Language};
 
@@ -82,6 +84,10 @@ pub struct Job {
     pub principal: Arc<Principal>,
     /// Which host calls the principal may make.
     pub call_policy: Arc<dyn CallPolicy>,
+    /// Run in a session, starting from this image of its memory (the default image for
+    /// a session's first execution); `None` for a fresh execution. See
+    /// [`MemoryImage`] and the guest's docs on sessions.
+    pub session: Option<Arc<MemoryImage>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -133,6 +139,11 @@ pub struct Outcome {
     /// The host calls the execution made, for the ledger.
     #[serde(skip)]
     pub calls: Vec<HostCallRecord>,
+    /// After a session's execution that succeeded: the session's memory image, from
+    /// which its next execution starts. A failed execution gives none, so the session
+    /// stays where it was before it.
+    #[serde(skip)]
+    pub session_image: Option<MemoryImage>,
 }
 
 /// The sandbox: engine, compiled guest, capability registry and admission control.
@@ -143,6 +154,9 @@ pub struct Sandbox {
     admission: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
     config: SandboxConfig,
+    /// The memory every fresh instance starts with, taken from the first one: what
+    /// session images are the difference from.
+    pristine: std::sync::OnceLock<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -176,6 +190,7 @@ impl Sandbox {
             admission: Arc::new(Semaphore::new(config.max_concurrent as usize)),
             cpu: Arc::new(Semaphore::new(cpu_slots)),
             config,
+            pristine: std::sync::OnceLock::new(),
         })
     }
 
@@ -269,6 +284,7 @@ impl Sandbox {
             execution_id: execution_id.clone(),
             cpu: cpu.clone(),
             call_policy: job.call_policy,
+            session: job.session.is_some(),
         });
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -286,10 +302,19 @@ impl Sandbox {
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(async move { cpu.yield_slot().await })))
         });
 
+        let session = job.session;
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
+            let memory = instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| wasmtime::Error::msg("the guest exports no memory"))?;
+            self.pristine.get_or_init(|| memory.data(&store).into());
+            if let Some(image) = &session {
+                image.restore(&mut store, &memory)?;
+            }
             let entry = instance.get_typed_func::<(), ()>(&mut store, "run")?;
-            entry.call_async(&mut store, ()).await
+            entry.call_async(&mut store, ()).await?;
+            Ok::<_, wasmtime::Error>(memory)
         };
         // Dropping the guest's future stops it where it is; the store stays readable.
         let result = tokio::select! {
@@ -314,10 +339,15 @@ impl Sandbox {
                 "the execution was cancelled: its caller went away or the server is shutting down",
             )),
             Some(Err(_elapsed)) => Some(timeout_error(limits.wall_ms)),
-            Some(Ok(Ok(()))) => match state.outcome.take() {
+            Some(Ok(Ok(memory))) => match state.outcome.take() {
                 Some(GuestOutcome::Value(value)) => {
                     let usage = usage(state);
-                    return finish(state, Some(value), None, usage, started_at_ms, execution_id);
+                    let mut outcome = finish(state, Some(value), None, usage, started_at_ms, execution_id);
+                    if session.is_some() {
+                        let pristine = self.pristine.get().cloned().unwrap_or_default();
+                        outcome.session_image = Some(MemoryImage::capture(memory.data(&store), &pristine));
+                    }
+                    return outcome;
                 }
                 Some(GuestOutcome::Failed(error)) => Some(error),
                 None => Some(ExecError::new(ErrorKind::Internal, "the guest ended without reporting an outcome")),
@@ -350,6 +380,7 @@ fn finish(
         execution_id: execution_id.to_string(),
         started_at_ms,
         calls: std::mem::take(&mut state.call_records),
+        session_image: None,
     }
 }
 

@@ -64,6 +64,14 @@ impl ExecuteRequest {
         if self.code.trim().is_empty() {
             return Err(Rejected::Invalid("`code` is empty".into()));
         }
-        Ok(Job { code: self.code, language: self.language, input: self.input, limits, principal, call_policy })
+        Ok(Job {
+            code: self.code,
+            language: self.language,
+            input: self.input,
+            limits,
+            principal,
+            call_policy,
+            session: None,
+        })
     }
 }

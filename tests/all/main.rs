@@ -20,5 +20,6 @@ mod postgres;
 mod replicas;
 mod results;
 mod search;
+mod sessions;
 mod store;
 mod stub;

@@ -1,0 +1,160 @@
+//! A session's state between executions: the guest's linear memory.
+//!
+//! The guest keeps everything in its linear memory (QuickJS's heap, the Rust runtime's
+//! state) and `run` returns with its stack where it began, so the memory after one
+//! execution is the whole state the next one needs. Most of it is the pre-initialised
+//! snapshot every instance starts from, so an image keeps only the 4 KiB chunks that
+//! differ from that pristine memory: a trivial session is a few dozen kilobytes, and
+//! restoring it writes only those chunks into a fresh instance (whose memory is the
+//! pristine image already).
+
+use wasmtime::{AsContextMut, Memory};
+
+/// Bytes per chunk: the host's page size, the unit a copy-on-write memory dirties.
+pub const CHUNK: usize = 4096;
+
+const WASM_PAGE: u64 = 65_536;
+const MAGIC: &[u8; 4] = b"SGMI";
+const VERSION: u32 = 1;
+
+/// The chunks of a guest memory that differ from the pristine image, and its size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryImage {
+    /// The memory's size in bytes (a whole number of wasm pages); 0 for a session that
+    /// has not run yet, whose state is the pristine image itself.
+    pub size: u64,
+    /// `(chunk index, CHUNK bytes)`, in increasing index order.
+    pub chunks: Vec<(u32, Box<[u8]>)>,
+}
+
+/// An image that cannot be read back: a different format, or cut short.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a session image: {0}")]
+pub struct ImageError(String);
+
+impl MemoryImage {
+    /// The image of `memory`: its chunks that differ from `pristine` (those past
+    /// the pristine size count when they hold anything but zeros).
+    pub fn capture(memory: &[u8], pristine: &[u8]) -> Self {
+        let mut chunks = Vec::new();
+        for (index, chunk) in memory.chunks(CHUNK).enumerate() {
+            let start = index * CHUNK;
+            let same = match pristine.get(start..start + chunk.len()) {
+                Some(before) => before == chunk,
+                None => chunk.iter().all(|&b| b == 0),
+            };
+            if !same {
+                chunks.push((index as u32, chunk.into()));
+            }
+        }
+        Self { size: memory.len() as u64, chunks }
+    }
+
+    /// Bytes the image takes once encoded.
+    pub fn encoded_len(&self) -> usize {
+        20 + self.chunks.len() * (4 + CHUNK)
+    }
+
+    /// Writes the image into `memory` of a fresh instance (pristine contents), growing
+    /// it first: growth passes through the store's memory limiter like any other.
+    pub fn restore(&self, mut store: impl AsContextMut, memory: &Memory) -> wasmtime::Result<()> {
+        let current = memory.data_size(&store) as u64;
+        if self.size > current {
+            memory.grow(&mut store, (self.size - current).div_ceil(WASM_PAGE))?;
+        }
+        let data = memory.data_mut(&mut store);
+        for (index, bytes) in &self.chunks {
+            let start = *index as usize * CHUNK;
+            let target = data
+                .get_mut(start..start + bytes.len())
+                .ok_or_else(|| wasmtime::Error::msg("a session image chunk lies outside the guest's memory"))?;
+            target.copy_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// `SGMI`, version, size, chunk count, then each chunk's index and bytes
+    /// (little-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for (index, bytes) in &self.chunks {
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// Reads what [`MemoryImage::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ImageError> {
+        let mut cursor = Cursor(bytes);
+        if cursor.take(4)? != MAGIC {
+            return Err(ImageError("it does not start with SGMI".into()));
+        }
+        let version = cursor.u32()?;
+        if version != VERSION {
+            return Err(ImageError(format!("version {version}, this sandgate reads {VERSION}")));
+        }
+        let size = u64::from_le_bytes(cursor.take(8)?.try_into().expect("eight bytes"));
+        let count = cursor.u32()? as usize;
+        let mut chunks = Vec::with_capacity(count.min(1 << 16));
+        let mut last = None;
+        for _ in 0..count {
+            let index = cursor.u32()?;
+            if last.is_some_and(|last| index <= last) || (index as u64 + 1) * CHUNK as u64 > size {
+                return Err(ImageError(format!("chunk {index} is out of order or past the memory's size")));
+            }
+            last = Some(index);
+            chunks.push((index, cursor.take(CHUNK)?.into()));
+        }
+        if !cursor.0.is_empty() {
+            return Err(ImageError("it has bytes after its last chunk".into()));
+        }
+        Ok(Self { size, chunks })
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
+        if self.0.len() < n {
+            return Err(ImageError("it is cut short".into()));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, ImageError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("four bytes")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_keeps_only_what_changed_and_reads_back() {
+        let pristine = vec![7u8; 3 * CHUNK];
+        let mut memory = pristine.clone();
+        memory.extend_from_slice(&[0u8; 2 * CHUNK]);
+        memory[CHUNK + 5] = 1;
+        memory[4 * CHUNK] = 9;
+        let image = MemoryImage::capture(&memory, &pristine);
+        assert_eq!(image.size, 5 * CHUNK as u64);
+        assert_eq!(image.chunks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 4]);
+        let bytes = image.encode();
+        assert_eq!(bytes.len(), image.encoded_len());
+        assert_eq!(MemoryImage::decode(&bytes).unwrap(), image);
+        assert!(MemoryImage::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(MemoryImage::decode(b"nope").is_err());
+        let mut swapped = image.clone();
+        swapped.chunks.reverse();
+        assert!(MemoryImage::decode(&swapped.encode()).is_err(), "chunks out of order");
+    }
+}
