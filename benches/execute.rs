@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandgate::auth::Principal;
-use sandgate::sandbox::{AllowAll, Job, Language, Limits, Registry, Sandbox, SandboxConfig, TestCapability};
+use sandgate::sandbox::{
+    AllowAll, Job, Language, Limits, MemoryImage, Registry, Sandbox, SandboxConfig, TestCapability,
+};
 
 const CPU_SCRIPT: &str = r#"
 function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
@@ -24,6 +26,47 @@ return fib(24) + words.length + Object.keys(counts).length + primes[primes.lengt
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Executions in a session: the image sizes of a trivial session and of one holding
+/// about 10 MB of live objects, and what an execution in the latter adds over a fresh
+/// one (restoring its image before, capturing it after).
+async fn sessions(sandbox: &Sandbox, limits: Limits) {
+    let in_session =
+        |code: &str, image: &MemoryImage| Job { session: Some(Arc::new(image.clone())), ..job(code, limits) };
+    let trivial = sandbox.execute(in_session("let x = 1", &MemoryImage::default()), None).await.unwrap();
+    let trivial = trivial.session_image.expect("a session image");
+    let big = "globalThis.rows = Array.from({ length: 100000 }, (_, i) => ({ id: i, name: 'row ' + i, tags: ['a', 'b'] })); rows.length";
+    let outcome = sandbox.execute(in_session(big, &MemoryImage::default()), None).await.unwrap();
+    assert!(outcome.ok, "{:?}", outcome.error);
+    let mut image = outcome.session_image.expect("a session image");
+    println!(
+        "session image: {} KiB for `let x = 1`, {:.1} MiB holding 100,000 objects (memory {:.1} MiB)",
+        trivial.encode().len() / 1024,
+        image.encode().len() as f64 / (1 << 20) as f64,
+        image.size as f64 / (1 << 20) as f64
+    );
+    let (mut fresh, mut session) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let started = Instant::now();
+        assert!(sandbox.execute(job("1 + 1", limits), None).await.unwrap().ok);
+        fresh.push(started.elapsed());
+        let started = Instant::now();
+        let outcome = sandbox.execute(in_session("rows.length", &image), None).await.unwrap();
+        session.push(started.elapsed());
+        assert!(outcome.ok, "{:?}", outcome.error);
+        image = outcome.session_image.unwrap();
+    }
+    fresh.sort();
+    session.sort();
+    let (f, s) = (percentile(&fresh, 0.5), percentile(&session, 0.5));
+    println!(
+        "execution in a session holding 100,000 objects: p50 {:.2} ms, fresh p50 {:.3} ms, added {:.2} ms (p99 {:.2} ms)",
+        s.as_secs_f64() * 1e3,
+        f.as_secs_f64() * 1e3,
+        s.saturating_sub(f).as_secs_f64() * 1e3,
+        percentile(&session, 0.99).as_secs_f64() * 1e3
+    );
 }
 
 fn job(code: &str, limits: Limits) -> Job {
@@ -67,6 +110,10 @@ fn main() {
     let sandbox = Arc::new(Sandbox::new(config, registry).unwrap());
     let limits = Limits { fuel: u64::MAX / 4, wall_ms: 60_000, ..Limits::default() };
 
+    if std::env::var_os("SANDGATE_BENCH_SESSIONS_ONLY").is_some() {
+        runtime.block_on(sessions(&sandbox, limits));
+        return;
+    }
     runtime.block_on(async {
         // Trivial execution, in process, after a warm-up of the engine, pools and runtime.
         for _ in 0..20_000 {
@@ -133,6 +180,8 @@ fn main() {
             (during.saturating_sub(before)) as f64 / parked as f64 / 1024.0,
             parked
         );
+
+        sessions(&sandbox, limits).await;
     });
 
     if std::env::var_os("SANDGATE_BENCH_TRIVIAL_ONLY").is_some() {
