@@ -11,9 +11,10 @@
 //!   (advisory locks in a fixed order, so two holds never deadlock), drops expired
 //!   reservations, checks spend plus live reservations plus the new hold against each
 //!   limit, and inserts the hold only if every line fits. It never waits for an
-//!   append: the append changes a call's spend and its hold in one transaction, and the
-//!   reservation reads both in one snapshot. Across any number of replicas, spend can pass a
-//!   budget by at most the reservations in flight (an estimate that turned out low).
+//!   append: the append changes a call's spend and its hold in one transaction, and
+//!   the reservation reads both in one snapshot. Across any number of replicas, spend
+//!   can pass a budget by at most the reservations in flight (an estimate that turned
+//!   out low).
 //! - **take** is one call of `sandgate_take`, an `INSERT … ON CONFLICT DO UPDATE` on
 //!   the bucket's row, refilled by the database clock, so a rate limit is exact across
 //!   replicas whatever their clocks say.
@@ -26,7 +27,8 @@
 //! A counter starts, the first time a (scope, period) is reserved against, as the sum
 //! of the ledger's model calls in that period. Schema changes are versioned
 //! migrations, applied at start under an advisory lock, so replicas starting together
-//! apply each once.
+//! apply each once. Connections use TLS when the URL asks for it (see `tls`), and
+//! every round trip is counted in `sandgate_store_round_trips_total{op}`.
 
 use std::time::Duration;
 
