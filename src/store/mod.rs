@@ -1,5 +1,6 @@
 //! Everything sandgate replicas share, behind one boundary: ledger records and usage
-//! reports, budget reservations and spend, rate-limit windows, and API keys.
+//! reports, budget reservations and spend, rate-limit windows, API keys, and
+//! sessions (their records and memory images).
 //!
 //! [`Store`] is that boundary. It has two implementations:
 //! - [`sqlite::SqliteStore`], the embedded default: one file in WAL mode, served by the
@@ -14,9 +15,10 @@
 //! Keys created with `sandgate key create` against a store live in it too; every
 //! replica reads them again every few seconds (`service::KEY_REFRESH`), so a key
 //! created or revoked on any machine is in force everywhere without a restart.
-//! Sessions (their memory images and workspace files) will be the next tenant: they
-//! are blobs keyed by session, written after an execution and read before the next,
-//! which fits the same trait as two more methods.
+//! A session is a row with its memory image (see `sandbox::MemoryImage`): an
+//! execution takes a lease on it (so one session runs one execution at a time,
+//! whichever replica serves it), reads the image, and returns the lease with the next
+//! image. A lease a dead replica never returned ends at its deadline.
 //!
 //! Nothing outside this module opens a database. Records go in through [`Ledger`], which
 //! commits them in batches (group commit); reservations are released by a
@@ -189,6 +191,44 @@ pub struct StoredKey {
     pub created_at_ms: i64,
 }
 
+/// A session as the store keeps it, its image apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: String,
+    /// The principal that created it, and the only one that may use it.
+    pub user: String,
+    pub team: String,
+    pub key: String,
+    pub language: String,
+    pub created_at_ms: i64,
+    /// The end of its last execution (its creation, before any).
+    pub used_at_ms: i64,
+    /// How long it lives unused.
+    pub ttl_ms: i64,
+    pub executions: u64,
+    /// Bytes of its memory image (0: none yet).
+    pub image_bytes: u64,
+}
+
+impl SessionRecord {
+    /// When it ends unless it is used before.
+    pub fn expires_at_ms(&self) -> i64 {
+        self.used_at_ms.saturating_add(self.ttl_ms)
+    }
+}
+
+/// What taking a session for an execution found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Taken until the lease's deadline: the session and its image (`None` before its
+    /// first successful execution).
+    Taken { session: SessionRecord, image: Option<Vec<u8>> },
+    /// Another execution holds it, until `until_ms` at the latest.
+    Busy { until_ms: i64 },
+    /// No live session has that id.
+    Missing,
+}
+
 /// The store failed or could not be reached. Callers answer 503: the request can be
 /// retried, and nothing was recorded as done.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -236,6 +276,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// The live (unrevoked) keys, by name.
     fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>>;
+
+    /// Adds a new session.
+    fn create_session<'a>(&'a self, session: &'a SessionRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The live session `id` (not expired at `now_ms`).
+    fn session<'a>(&'a self, id: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>>;
+
+    /// `user`'s live sessions, oldest first.
+    fn sessions<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Vec<SessionRecord>, StoreError>>;
+
+    /// Ends session `id`, image and all; `false` when there is none.
+    fn end_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Takes live session `id` for one execution, as `lease`, until `until_ms`.
+    fn lease_session<'a>(
+        &'a self,
+        id: &'a str,
+        lease: &'a str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease, StoreError>>;
+
+    /// Gives session `id` back after an execution: with its next `image` (none when
+    /// the execution failed, which leaves the session as it was), counting the
+    /// execution as its last use. `false` when `lease` no longer holds it.
+    fn return_session<'a>(
+        &'a self,
+        id: &'a str,
+        lease: &'a str,
+        image: Option<&'a [u8]>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Answers when the store can serve (the readiness check).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -38,7 +38,7 @@ use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 
 use super::usage::{GroupBy, UsageQuery, UsageRow};
-use super::{now_ms, Balance, BudgetLine, Hold, Overdrawn, Record, Store, StoreError, StoredKey};
+use super::{now_ms, Balance, BudgetLine, Hold, Lease, Overdrawn, Record, SessionRecord, Store, StoreError, StoredKey};
 
 /// Schema versions, applied in order, each in the one transaction that holds the
 /// migration lock.
@@ -293,6 +293,25 @@ const MIGRATIONS: &[&str] = &[
         revoked_at_ms BIGINT
     );
     CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE revoked_at_ms IS NULL;
+    "#,
+    // 3: sessions and their memory images.
+    r#"
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        "user" TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        language TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        used_at_ms BIGINT NOT NULL,
+        ttl_ms BIGINT NOT NULL,
+        executions BIGINT NOT NULL DEFAULT 0,
+        image BYTEA,
+        image_bytes BIGINT NOT NULL DEFAULT 0,
+        lease TEXT,
+        lease_until_ms BIGINT
+    );
+    CREATE INDEX sessions_user ON sessions ("user", created_at_ms);
     "#,
 ];
 
@@ -587,6 +606,24 @@ impl Lines {
     }
 }
 
+const SESSION_COLUMNS: &str =
+    r#"id, "user", team, key, language, created_at_ms, used_at_ms, ttl_ms, executions, image_bytes"#;
+
+fn session_row(row: &tokio_postgres::Row) -> SessionRecord {
+    SessionRecord {
+        id: row.get(0),
+        user: row.get(1),
+        team: row.get(2),
+        key: row.get(3),
+        language: row.get(4),
+        created_at_ms: row.get(5),
+        used_at_ms: row.get(6),
+        ttl_ms: row.get(7),
+        executions: row.get::<_, i64>(8).max(0) as u64,
+        image_bytes: row.get::<_, i64>(9).max(0) as u64,
+    }
+}
+
 fn used(nanos: i64, tokens: i64) -> Balance {
     Balance { used_nanos: nanos, used_tokens: tokens.max(0) as u64 }
 }
@@ -796,6 +833,147 @@ impl Store for PgStore {
                 keys.push(StoredKey { entry, created_at_ms: row.get(5) });
             }
             Ok(keys)
+        }
+        .boxed()
+    }
+
+    fn create_session<'a>(&'a self, session: &'a SessionRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            // Sessions past their time, and not held, go as new ones come.
+            trip("sessions");
+            client
+                .execute(
+                    "DELETE FROM sessions WHERE used_at_ms + ttl_ms <= $1 AND (lease IS NULL OR lease_until_ms <= $1)",
+                    &[&session.created_at_ms],
+                )
+                .await
+                .map_err(err)?;
+            trip("sessions");
+            client
+                .execute(
+                    r#"INSERT INTO sessions (id, "user", team, key, language, created_at_ms, used_at_ms, ttl_ms)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                    &[
+                        &session.id,
+                        &session.user,
+                        &session.team,
+                        &session.key,
+                        &session.language,
+                        &session.created_at_ms,
+                        &session.used_at_ms,
+                        &session.ttl_ms,
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn session<'a>(&'a self, id: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND used_at_ms + ttl_ms > $2");
+            trip("sessions");
+            let row = client.query_opt(&sql, &[&id, &now_ms]).await.map_err(err)?;
+            Ok(row.as_ref().map(session_row))
+        }
+        .boxed()
+    }
+
+    fn sessions<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Vec<SessionRecord>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let sql = format!(
+                r#"SELECT {SESSION_COLUMNS} FROM sessions WHERE "user" = $1 AND used_at_ms + ttl_ms > $2
+                   ORDER BY created_at_ms, id"#
+            );
+            trip("sessions");
+            let rows = client.query(&sql, &[&user, &now_ms]).await.map_err(err)?;
+            Ok(rows.iter().map(session_row).collect())
+        }
+        .boxed()
+    }
+
+    fn end_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("sessions");
+            Ok(client.execute("DELETE FROM sessions WHERE id = $1", &[&id]).await.map_err(err)? > 0)
+        }
+        .boxed()
+    }
+
+    fn lease_session<'a>(
+        &'a self,
+        id: &'a str,
+        lease: &'a str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            // One statement takes the lease and reads the session, or finds who holds it.
+            let sql = format!(
+                "WITH taken AS (
+                     UPDATE sessions SET lease = $2, lease_until_ms = $3
+                     WHERE id = $1 AND used_at_ms + ttl_ms > $4 AND (lease IS NULL OR lease_until_ms <= $4)
+                     RETURNING {SESSION_COLUMNS}, image
+                 )
+                 SELECT true, {SESSION_COLUMNS}, image, NULL::BIGINT FROM taken
+                 UNION ALL
+                 SELECT false, {SESSION_COLUMNS}, NULL::BYTEA, lease_until_ms FROM sessions
+                 WHERE id = $1 AND used_at_ms + ttl_ms > $4 AND NOT EXISTS (SELECT 1 FROM taken)"
+            );
+            trip("sessions");
+            let Some(row) = client.query_opt(&sql, &[&id, &lease, &until_ms, &now_ms]).await.map_err(err)? else {
+                return Ok(Lease::Missing);
+            };
+            let taken: bool = row.get(0);
+            let record = SessionRecord {
+                id: row.get(1),
+                user: row.get(2),
+                team: row.get(3),
+                key: row.get(4),
+                language: row.get(5),
+                created_at_ms: row.get(6),
+                used_at_ms: row.get(7),
+                ttl_ms: row.get(8),
+                executions: row.get::<_, i64>(9).max(0) as u64,
+                image_bytes: row.get::<_, i64>(10).max(0) as u64,
+            };
+            Ok(if taken {
+                Lease::Taken { session: record, image: row.get(11) }
+            } else {
+                Lease::Busy { until_ms: row.get::<_, Option<i64>>(12).unwrap_or(now_ms) }
+            })
+        }
+        .boxed()
+    }
+
+    fn return_session<'a>(
+        &'a self,
+        id: &'a str,
+        lease: &'a str,
+        image: Option<&'a [u8]>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let image_bytes = image.map(|image| image.len() as i64);
+            trip("sessions");
+            let returned = client
+                .execute(
+                    "UPDATE sessions SET image = coalesce($3, image), image_bytes = coalesce($4, image_bytes),
+                        used_at_ms = $5, executions = executions + 1, lease = NULL, lease_until_ms = NULL
+                     WHERE id = $1 AND lease = $2",
+                    &[&id, &lease, &image, &image_bytes, &now_ms],
+                )
+                .await
+                .map_err(err)?;
+            Ok(returned == 1)
         }
         .boxed()
     }

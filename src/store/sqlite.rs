@@ -16,7 +16,10 @@ use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::usage::{GroupBy, UsageQuery, UsageRow};
-use super::{now_ms, Balance, BudgetLine, Hold, Overdrawn, Record, SpendScope, Store, StoreError, StoredKey};
+use super::{
+    now_ms, Balance, BudgetLine, Hold, Lease, Overdrawn, Record, SessionRecord, SpendScope, Store, StoreError,
+    StoredKey,
+};
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -93,6 +96,23 @@ const MIGRATIONS: &[&str] = &[
         revoked_at_ms INTEGER
     );
     CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE revoked_at_ms IS NULL;",
+    // 4: sessions and their memory images.
+    "CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        language TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        used_at_ms INTEGER NOT NULL,
+        ttl_ms INTEGER NOT NULL,
+        executions INTEGER NOT NULL DEFAULT 0,
+        image BLOB,
+        image_bytes INTEGER NOT NULL DEFAULT 0,
+        lease TEXT,
+        lease_until_ms INTEGER
+    );
+    CREATE INDEX sessions_user ON sessions (user, created_at_ms);",
 ];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -347,6 +367,24 @@ impl Inner {
     }
 }
 
+const SESSION_COLUMNS: &str =
+    "id, user, team, key, language, created_at_ms, used_at_ms, ttl_ms, executions, image_bytes";
+
+fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: row.get(0)?,
+        user: row.get(1)?,
+        team: row.get(2)?,
+        key: row.get(3)?,
+        language: row.get(4)?,
+        created_at_ms: row.get(5)?,
+        used_at_ms: row.get(6)?,
+        ttl_ms: row.get(7)?,
+        executions: row.get::<_, i64>(8)? as u64,
+        image_bytes: row.get::<_, i64>(9)? as u64,
+    })
+}
+
 fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
     let since = query.since_ms.unwrap_or(i64::MIN);
     let until = query.until_ms.unwrap_or(i64::MAX);
@@ -563,6 +601,126 @@ impl Store for SqliteStore {
                 keys.push(StoredKey { entry: crate::auth::KeyEntry { name, user, team, role, hash }, created_at_ms });
             }
             Ok(keys)
+        })
+    }
+
+    fn create_session<'a>(&'a self, session: &'a SessionRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        let session = session.clone();
+        self.blocking(move |inner| {
+            let writer = lock(&inner.writer);
+            // Sessions past their time, and not held, go as new ones come.
+            writer
+                .execute(
+                    "DELETE FROM sessions WHERE used_at_ms + ttl_ms <= ?1 AND (lease IS NULL OR lease_until_ms <= ?1)",
+                    params![session.created_at_ms],
+                )
+                .map_err(err)?;
+            writer
+                .execute(
+                    "INSERT INTO sessions (id, user, team, key, language, created_at_ms, used_at_ms, ttl_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        session.id,
+                        session.user,
+                        session.team,
+                        session.key,
+                        session.language,
+                        session.created_at_ms,
+                        session.used_at_ms,
+                        session.ttl_ms
+                    ],
+                )
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn session<'a>(&'a self, id: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1 AND used_at_ms + ttl_ms > ?2");
+            lock(&inner.reader).query_row(&sql, params![id, now_ms], session_row).optional().map_err(err)
+        })
+    }
+
+    fn sessions<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Vec<SessionRecord>, StoreError>> {
+        let user = user.to_string();
+        self.blocking(move |inner| {
+            let reader = lock(&inner.reader);
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE user = ?1 AND used_at_ms + ttl_ms > ?2
+                 ORDER BY created_at_ms, id"
+            );
+            let mut statement = reader.prepare_cached(&sql).map_err(err)?;
+            let rows = statement.query_map(params![user, now_ms], session_row).map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+    }
+
+    fn end_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            Ok(lock(&inner.writer).execute("DELETE FROM sessions WHERE id = ?1", params![id]).map_err(err)? > 0)
+        })
+    }
+
+    fn lease_session<'a>(
+        &'a self,
+        id: &'a str,
+        lease: &'a str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease, StoreError>> {
+        let (id, lease) = (id.to_string(), lease.to_string());
+        self.blocking(move |inner| {
+            let writer = lock(&inner.writer);
+            let taken = writer
+                .execute(
+                    "UPDATE sessions SET lease = ?2, lease_until_ms = ?3
+                     WHERE id = ?1 AND used_at_ms + ttl_ms > ?4 AND (lease IS NULL OR lease_until_ms <= ?4)",
+                    params![id, lease, until_ms, now_ms],
+                )
+                .map_err(err)?;
+            if taken == 0 {
+                let busy: Option<i64> = writer
+                    .query_row(
+                        "SELECT lease_until_ms FROM sessions WHERE id = ?1 AND used_at_ms + ttl_ms > ?2",
+                        params![id, now_ms],
+                        |row| row.get::<_, Option<i64>>(0),
+                    )
+                    .optional()
+                    .map_err(err)?
+                    .flatten();
+                return Ok(busy.map_or(Lease::Missing, |until_ms| Lease::Busy { until_ms }));
+            }
+            let sql = format!("SELECT {SESSION_COLUMNS}, image FROM sessions WHERE id = ?1");
+            writer
+                .query_row(&sql, params![id], |row| {
+                    Ok(Lease::Taken { session: session_row(row)?, image: row.get::<_, Option<Vec<u8>>>(10)? })
+                })
+                .map_err(err)
+        })
+    }
+
+    fn return_session<'a>(
+        &'a self,
+        id: &'a str,
+        lease: &'a str,
+        image: Option<&'a [u8]>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let (id, lease, image) = (id.to_string(), lease.to_string(), image.map(<[u8]>::to_vec));
+        self.blocking(move |inner| {
+            let image_bytes = image.as_ref().map(|image| image.len() as i64);
+            let returned = lock(&inner.writer)
+                .execute(
+                    "UPDATE sessions SET image = coalesce(?3, image), image_bytes = coalesce(?4, image_bytes),
+                        used_at_ms = ?5, executions = executions + 1, lease = NULL, lease_until_ms = NULL
+                     WHERE id = ?1 AND lease = ?2",
+                    params![id, lease, image, image_bytes, now_ms],
+                )
+                .map_err(err)?;
+            Ok(returned == 1)
         })
     }
 

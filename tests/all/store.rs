@@ -283,3 +283,73 @@ async fn keys_are_created_once_by_name_listed_and_revoked() {
         assert_eq!(store.keys().await.unwrap().len(), 2, "{backend:?}");
     }
 }
+
+fn session(id: &str, user: &str, now: i64, ttl_ms: i64) -> store::SessionRecord {
+    store::SessionRecord {
+        id: id.into(),
+        user: user.into(),
+        team: "t".into(),
+        key: "k".into(),
+        language: "javascript".into(),
+        created_at_ms: now,
+        used_at_ms: now,
+        ttl_ms,
+        executions: 0,
+        image_bytes: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
+    use store::Lease;
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let now = store::now_ms();
+        store.create_session(&session("s1", "alice", now, 60_000)).await.unwrap();
+        store.create_session(&session("s2", "alice", now + 1, 60_000)).await.unwrap();
+        store.create_session(&session("s3", "bob", now, 60_000)).await.unwrap();
+        let listed: Vec<String> = other.sessions("alice", now).await.unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(listed, ["s1", "s2"], "{backend:?}");
+
+        // The first execution finds no image; a second one meanwhile finds it busy.
+        let Lease::Taken { session: taken, image: None } =
+            store.lease_session("s1", "run-1", now + 5_000, now).await.unwrap()
+        else {
+            panic!("{backend:?}: the session is free");
+        };
+        assert_eq!((taken.user.as_str(), taken.executions), ("alice", 0));
+        assert_eq!(
+            other.lease_session("s1", "run-2", now + 5_000, now).await.unwrap(),
+            Lease::Busy { until_ms: now + 5_000 }
+        );
+        let image = vec![7u8; 100_000];
+        assert!(store.return_session("s1", "run-1", Some(&image), now + 10).await.unwrap(), "{backend:?}");
+        assert!(!store.return_session("s1", "run-1", None, now + 11).await.unwrap(), "{backend:?}: the lease is over");
+
+        // The next execution, on any replica, starts from that image.
+        let Lease::Taken { session: taken, image: Some(read) } =
+            other.lease_session("s1", "run-3", now + 5_000, now).await.unwrap()
+        else {
+            panic!("{backend:?}: the image is there");
+        };
+        assert_eq!((read.len(), taken.executions, taken.image_bytes), (100_000, 1, 100_000), "{backend:?}");
+        // A failed execution returns no image: the last one stays.
+        assert!(other.return_session("s1", "run-3", None, now + 20).await.unwrap());
+        let kept = store.session("s1", now + 20).await.unwrap().unwrap();
+        assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
+
+        // A lease whose holder died ends at its deadline.
+        assert!(matches!(store.lease_session("s2", "dead", now + 50, now).await.unwrap(), Lease::Taken { .. }));
+        assert!(matches!(other.lease_session("s2", "next", now + 5_000, now + 10).await.unwrap(), Lease::Busy { .. }));
+        assert!(matches!(other.lease_session("s2", "next", now + 5_000, now + 60).await.unwrap(), Lease::Taken { .. }));
+
+        // Ended or expired sessions are gone.
+        assert!(store.end_session("s3").await.unwrap(), "{backend:?}");
+        assert!(!store.end_session("s3").await.unwrap());
+        assert_eq!(store.lease_session("s3", "x", now + 5_000, now).await.unwrap(), Lease::Missing);
+        let expires = kept.expires_at_ms();
+        assert!(store.session("s1", expires).await.unwrap().is_none(), "{backend:?}: idle past its TTL");
+        assert_eq!(store.lease_session("s1", "late", expires + 5_000, expires).await.unwrap(), Lease::Missing);
+        assert!(store.sessions("alice", expires + 70_000).await.unwrap().is_empty());
+    }
+}
