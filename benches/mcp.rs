@@ -201,6 +201,7 @@ async fn call_latency() {
         input: None,
         limits: Default::default(),
         language: sandgate::sandbox::Language::Javascript,
+        session_id: None,
     };
     let one = format!("return await tools.tracker.{tool}({{}})");
     let mut sandboxed = Vec::with_capacity(CALLS);

@@ -338,7 +338,7 @@ async fn exec(
         Some(text) => serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--limits: {e}"))?,
         None => PartialLimits::default(),
     };
-    let request = ExecuteRequest { code, input, limits, language };
+    let request = ExecuteRequest { code, input, limits, language, session_id: None };
     let service = Service::new(&config).await?;
     service.upstreams().settled().await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await?;

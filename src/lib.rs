@@ -18,7 +18,8 @@
 //!   limits ([`sandbox::limits`]), error kinds ([`sandbox::error`]) and host
 //!   capabilities ([`sandbox::capability`]).
 //! - [`service`]: the one path every surface takes: authenticate (mode fixed at start),
-//!   authorise, rate-limit, per-user shares, run, record; policy hot reload.
+//!   authorise, rate-limit, per-user shares, run, record; policy hot reload; sessions
+//!   (owned handles whose executions share state, leased one execution at a time).
 //! - [`store`]: everything replicas share, behind one trait: ledger records (executions,
 //!   host calls, model calls) with their batched writer and usage reports, budget
 //!   reservations and spend, rate-limit buckets, API keys. SQLite (embedded default)

@@ -69,6 +69,10 @@ impl From<ServiceError> for ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, Some(1), false)
             }
             ServiceError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, Some(1), false),
+            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, None, false),
+            ServiceError::SessionBusy(_) => (StatusCode::CONFLICT, None, false),
+            ServiceError::TooManySessions { .. } => (StatusCode::TOO_MANY_REQUESTS, None, false),
+            ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, None, false),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None, false),
         };
         Self { status, kind, message, retry_after_secs, challenge }

@@ -2,7 +2,7 @@
 //! library call and its result back.
 //!
 //! One file per surface: `execute.rs` (`POST /v1/execute`, JSON or SSE), `usage.rs`
-//! (`GET /v1/usage`), `tools.rs` (`GET /v1/tools`), `models.rs` (the model proxy),
+//! (`GET /v1/usage`), `tools.rs` (`GET /v1/tools`), `sessions.rs` (`/v1/sessions`), `models.rs` (the model proxy),
 //! `ops.rs` (`/healthz`, `/readyz`, `/metrics`), `mcp.rs` (`/mcp`, the Code Mode MCP server),
 //! `error.rs` (the JSON error body and status mapping). `guard.rs` applies the Host,
 //! Origin and Content-Type rules to every route, and `serve.rs` accepts connections
@@ -16,6 +16,7 @@ mod mcp;
 mod models;
 mod ops;
 pub mod serve;
+mod sessions;
 mod tools;
 mod usage;
 
@@ -90,6 +91,8 @@ pub fn router(state: AppState, stopping: CancellationToken) -> Router {
         .route("/v1/tools", get(tools::list))
         .route("/v1/execute", post(execute::execute))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/sessions", post(sessions::open).get(sessions::list))
+        .route("/v1/sessions/{id}", get(sessions::show).delete(sessions::end))
         .route("/v1/chat/completions", post(models::chat_completions))
         .route("/v1/messages", post(models::messages))
         .route("/v1/models", get(models::list))

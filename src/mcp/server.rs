@@ -174,6 +174,7 @@ impl CodeMode {
             input: args.input,
             limits: PartialLimits::default(),
             language: args.language.unwrap_or(Language::Typescript),
+            session_id: None,
         };
         let prepared = match self.service.prepare(principal, request).await {
             Ok(prepared) => prepared,

@@ -156,6 +156,9 @@ pub(super) struct Policy {
     pub tokens_per_month: Option<At<u64>>,
     pub executions_per_minute: Option<u32>,
     pub model_calls_per_minute: Option<u32>,
+    /// `Some` iff the policy has a `[policy.sessions]` table: its principals may open
+    /// sessions, within these caps.
+    pub sessions: Option<At<super::SessionGrant>>,
 }
 
 impl Policy {
@@ -284,6 +287,7 @@ fn compile_policy(
         tokens_per_month: None,
         executions_per_minute: None,
         model_calls_per_minute: None,
+        sessions: None,
     };
 
     if let Some(budget) = raw.budget {
@@ -309,6 +313,20 @@ fn compile_policy(
     if let Some(rate) = raw.rate {
         policy.executions_per_minute = rate.executions_per_minute.map(Spanned::into_inner);
         policy.model_calls_per_minute = rate.model_calls_per_minute.map(Spanned::into_inner);
+    }
+    if let Some(sessions) = raw.sessions {
+        let line = source.line(&sessions.span());
+        let sessions = sessions.into_inner();
+        let defaults = super::SessionGrant::default();
+        if let Some(ttl) = sessions.idle_ttl_s.as_ref().filter(|t| *t.get_ref() == 0) {
+            errors.push(source.error(&ttl.span(), "sessions.idle_ttl_s must be at least 1"));
+        }
+        let grant = super::SessionGrant {
+            max: sessions.max.map_or(defaults.max, Spanned::into_inner),
+            max_bytes: sessions.max_bytes.map_or(defaults.max_bytes, Spanned::into_inner),
+            idle_ttl_s: sessions.idle_ttl_s.map_or(defaults.idle_ttl_s, Spanned::into_inner).max(1),
+        };
+        policy.sessions = Some(At { line, value: grant });
     }
 
     Compiled { policy, name_line: source.line(&name_span), name_span }

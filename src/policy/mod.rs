@@ -169,6 +169,26 @@ pub struct Rate {
     pub model_calls_per_minute: Option<u32>,
 }
 
+/// What a principal may keep in sessions. A `[policy.sessions]` table grants them;
+/// without one no session can be opened. Each field is the largest any matching policy
+/// grants; a field the table leaves out takes the default below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionGrant {
+    /// Live sessions at once (default 10).
+    pub max: u32,
+    /// Bytes of memory images over all of them (default 256 MiB).
+    pub max_bytes: u64,
+    /// How long a session lives unused, in seconds, and the most a request may ask
+    /// for (default 3,600).
+    pub idle_ttl_s: u64,
+}
+
+impl Default for SessionGrant {
+    fn default() -> Self {
+        Self { max: 10, max_bytes: 256 << 20, idle_ttl_s: 3_600 }
+    }
+}
+
 /// Something a principal may try to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Query {
@@ -368,7 +388,14 @@ impl PolicySet {
         let mut limits_rule = None;
         let mut budget = Budget::default();
         let mut rate = Rate::default();
+        let mut sessions: Option<SessionGrant> = None;
         for policy in &policies {
+            if let Some(grant) = &policy.sessions {
+                let merged = sessions.get_or_insert(grant.value);
+                merged.max = merged.max.max(grant.value.max);
+                merged.max_bytes = merged.max_bytes.max(grant.value.max_bytes);
+                merged.idle_ttl_s = merged.idle_ttl_s.max(grant.value.idle_ttl_s);
+            }
             if let Some(grant) = &policy.limits {
                 limits.get_or_insert_with(PartialLimits::default).raise(&grant.value);
                 limits_rule.get_or_insert_with(|| policy.rule(grant.line, "limits".into()));
@@ -385,6 +412,7 @@ impl PolicySet {
             limits: limits.map(|l| l.or(self.default_limits)),
             budget,
             rate,
+            sessions,
             matched: policies.iter().map(|p| p.name.clone()).collect(),
             who: describe(principal),
             limits_rule,
@@ -436,6 +464,8 @@ pub struct Capabilities {
     pub limits: Option<Limits>,
     pub budget: Budget,
     pub rate: Rate,
+    /// `None`: no matching policy has a `[policy.sessions]` table.
+    pub sessions: Option<SessionGrant>,
     /// Names of the matching policies, in load order.
     pub matched: Vec<String>,
     /// Who these are for, in deny-by-default reasons.
@@ -454,6 +484,7 @@ impl Capabilities {
             limits: None,
             budget: Budget::default(),
             rate: Rate::default(),
+            sessions: None,
             matched: Vec::new(),
             who: "this principal".into(),
             limits_rule: None,

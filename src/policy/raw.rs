@@ -27,6 +27,7 @@ pub(super) struct RawPolicy {
     pub models: Option<RawModels>,
     pub budget: Option<RawBudget>,
     pub rate: Option<RawRate>,
+    pub sessions: Option<Spanned<RawSessions>>,
 }
 
 /// Any subset of the fields of [`crate::sandbox::Limits`].
@@ -73,6 +74,15 @@ pub(super) struct RawBudget {
     pub usd_per_month: Option<Spanned<f64>>,
     pub tokens_per_day: Option<Spanned<u64>>,
     pub tokens_per_month: Option<Spanned<u64>>,
+}
+
+/// Any subset of [`super::SessionGrant`]'s fields; the table itself is the grant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSessions {
+    pub max: Option<Spanned<u32>>,
+    pub max_bytes: Option<Spanned<u64>>,
+    pub idle_ttl_s: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

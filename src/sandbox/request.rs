@@ -26,6 +26,11 @@ pub struct ExecuteRequest {
     /// The language of `code`; TypeScript has its types stripped before it runs.
     #[serde(default)]
     pub language: Language,
+    /// Run in this session (`POST /v1/sessions`): the code is a global script whose
+    /// declarations stay for the session's next execution, and its completion value is
+    /// the result.
+    #[serde(default)]
+    pub session_id: Option<String>,
 }
 
 /// The language submitted code is written in.

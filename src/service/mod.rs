@@ -13,6 +13,7 @@
 
 mod reload;
 mod running;
+mod sessions;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -61,6 +62,19 @@ pub enum ServiceError {
     /// not be checked, or an execution ran but its record could not be committed.
     #[error("the store is unavailable; retry: {0}")]
     Store(#[from] StoreError),
+    /// Nothing the caller may see has that name (another principal's session reads
+    /// the same as none).
+    #[error("{0}")]
+    NotFound(String),
+    /// The session is running another execution; retry when it ends.
+    #[error("session `{0}` is running another execution; its executions run one at a time")]
+    SessionBusy(String),
+    /// The principal keeps as many sessions as its policies allow.
+    #[error("user `{user}` already has {limit} sessions, the most their policies allow (sessions.max); end one first")]
+    TooManySessions { user: String, limit: u32 },
+    /// The request asks for something it may not have.
+    #[error("{0}")]
+    Invalid(String),
     /// A fault in sandgate itself.
     #[error("{0}")]
     Internal(String),
@@ -74,6 +88,10 @@ impl ServiceError {
             Self::RateLimited { .. } | Self::TooManyRunning { .. } => "rate_limited",
             Self::Rejected(rejected) => rejected.kind().as_str(),
             Self::Store(_) => ErrorKind::Unavailable.as_str(),
+            Self::NotFound(_) => "not_found",
+            Self::SessionBusy(_) => "session_busy",
+            Self::TooManySessions { .. } => "rate_limited",
+            Self::Invalid(_) => ErrorKind::InvalidRequest.as_str(),
             Self::Internal(_) => ErrorKind::Internal.as_str(),
         }
     }
@@ -85,6 +103,7 @@ pub struct Prepared {
     job: Job,
     admission: Admission,
     running: RunningSlot,
+    session: Option<sessions::SessionLease>,
 }
 
 /// Whether callers must present keys. Decided once, when the service starts, from
@@ -356,7 +375,20 @@ impl Service {
                 ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }
             })?;
         }
-        let job = request.into_job(&ceiling, principal.clone(), Arc::new(PolicyCalls(capabilities)))?;
+        let session = match request.session_id.clone() {
+            None => None,
+            Some(id) => {
+                let grant =
+                    capabilities.sessions.ok_or_else(|| ServiceError::NotFound(format!("no session `{id}`")))?;
+                let hold = Duration::from_millis(ceiling.wall_ms) + self.sandbox.config().queue_timeout;
+                Some(self.lease_session(&principal, &id, grant.max_bytes, hold).await?)
+            }
+        };
+        let mut job = request.into_job(&ceiling, principal.clone(), Arc::new(PolicyCalls(capabilities)))?;
+        let session = session.map(|(lease, image)| {
+            job.session = Some(Arc::new(image));
+            lease
+        });
         // A full server answers 503 whoever asks; a caller over their own share, 429.
         let admission = self.sandbox.admit()?;
         let limit = ceiling.concurrent.min(self.sandbox.config().max_concurrent);
@@ -364,7 +396,7 @@ impl Service {
             .running
             .enter(&principal.user, limit)
             .ok_or_else(|| ServiceError::TooManyRunning { user: principal.user.clone(), limit })?;
-        Ok(Prepared { job, admission, running })
+        Ok(Prepared { job, admission, running, session })
     }
 
     /// Runs a prepared execution and commits its records before returning: an
@@ -384,14 +416,19 @@ impl Service {
     pub fn start(&self, prepared: Prepared, events: Option<mpsc::UnboundedSender<LogLine>>) -> Execution {
         let cancel = self.stop.child_token();
         let (sandbox, ledger) = (self.sandbox.clone(), self.ledger.clone());
-        let Prepared { job, admission, running } = prepared;
+        let Prepared { job, admission, running, session } = prepared;
         let task = self.executions.spawn({
             let cancel = cancel.clone();
             async move {
                 let principal = job.principal.clone();
                 let outcome = sandbox.run_admitted(admission, job, events, &cancel).await;
                 drop(running);
-                let outcome = outcome?;
+                let mut outcome = outcome?;
+                if let Some(lease) = session {
+                    if let Err(error) = lease.give_back(&mut outcome).await {
+                        tracing::warn!(%error, "could not give a session back; its lease ends at its deadline");
+                    }
+                }
                 ledger.record(records(&principal, &outcome)).await?;
                 Ok(outcome)
             }

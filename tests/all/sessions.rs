@@ -112,3 +112,164 @@ async fn typescript_runs_in_a_session_too() {
     session = outcome.session_image.unwrap();
     assert_eq!(step("t * 2", &mut session).await, "8");
 }
+
+// ---------------------------------------------------------------------------------
+// Over HTTP
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::harness::{api_key, client, start_server_with, ApiKey, TestServer};
+
+const SESSION_POLICY: &str = r#"
+[[policy]]
+name = "sessions"
+principals = ["user:alice", "user:bob"]
+[policy.limits]
+[policy.tools]
+allow = ["test.*"]
+[policy.sessions]
+max = 2
+idle_ttl_s = 600
+
+[[policy]]
+name = "no sessions"
+principals = ["user:carol"]
+[policy.limits]
+"#;
+
+struct Sessions {
+    server: TestServer,
+    alice: String,
+    bob: String,
+    carol: String,
+}
+
+fn server() -> Sessions {
+    let ApiKey { token: alice, entry: a } = api_key("alice", "alice", "labs", "member");
+    let ApiKey { token: bob, entry: b } = api_key("bob", "bob", "labs", "member");
+    let ApiKey { token: carol, entry: c } = api_key("carol", "carol", "labs", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{a}{b}{c}");
+    Sessions { server: start_server_with(&config, SESSION_POLICY), alice, bob, carol }
+}
+
+async fn call(method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = client().request(method, url).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn execute(base: &str, key: &str, session: &str, code: &str) -> (StatusCode, Value) {
+    call(reqwest::Method::POST, format!("{base}/v1/execute"), key, Some(json!({"session_id": session, "code": code})))
+        .await
+}
+
+#[tokio::test]
+async fn sessions_over_http_keep_state_for_their_owner_one_execution_at_a_time() {
+    use reqwest::Method;
+    let Sessions { server, alice, bob, carol } = server();
+    let base = server.base.as_str();
+    let (status, opened) = call(Method::POST, format!("{base}/v1/sessions"), &alice, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let id = opened["session_id"].as_str().unwrap().to_string();
+    assert_eq!(opened["language"], "javascript");
+
+    let (status, body) = execute(base, &alice, &id, "let x = 1").await;
+    assert_eq!((status, body["ok"].clone(), body["result"].clone()), (StatusCode::OK, json!(true), Value::Null));
+    let (_, body) = execute(base, &alice, &id, "x + 1").await;
+    assert_eq!(body["result"], 2, "{body}");
+    // A failed execution leaves the session as it was.
+    let (_, body) = execute(base, &alice, &id, "x = 100; throw new Error('no')").await;
+    assert_eq!(body["error"]["kind"], "exception", "{body}");
+    let (_, body) = execute(base, &alice, &id, "x").await;
+    assert_eq!(body["result"], 1, "{body}");
+
+    // Nobody else can see or use it.
+    for (status, body) in [
+        call(Method::GET, format!("{base}/v1/sessions/{id}"), &bob, None).await,
+        execute(base, &bob, &id, "x").await,
+        call(Method::DELETE, format!("{base}/v1/sessions/{id}"), &bob, None).await,
+    ] {
+        assert_eq!((status, body["error"]["kind"].clone()), (StatusCode::NOT_FOUND, json!("not_found")), "{body}");
+    }
+    let (_, listed) = call(Method::GET, format!("{base}/v1/sessions"), &bob, None).await;
+    assert_eq!(listed["sessions"], json!([]));
+
+    // One execution at a time: a second one meanwhile gets 409.
+    let slow = tokio::spawn({
+        let (base, alice, id) = (base.to_string(), alice.clone(), id.clone());
+        async move { execute(&base, &alice, &id, "await tools.test.sleep({ms: 1500}); x").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, body) = execute(base, &alice, &id, "x").await;
+    assert_eq!((status, body["error"]["kind"].clone()), (StatusCode::CONFLICT, json!("session_busy")), "{body}");
+    assert_eq!(slow.await.unwrap().1["result"], 1);
+
+    let (status, shown) = call(Method::GET, format!("{base}/v1/sessions/{id}"), &alice, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["executions"], 5, "{shown}");
+    assert!(shown["state_bytes"].as_u64().unwrap() > 0, "{shown}");
+
+    // Caps from the policy; none without a grant.
+    let (status, body) = call(Method::POST, format!("{base}/v1/sessions"), &alice, Some(json!({"ttl_s": 601}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) =
+        call(Method::POST, format!("{base}/v1/sessions"), &alice, Some(json!({"language": "typescript"}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = call(Method::POST, format!("{base}/v1/sessions"), &alice, Some(json!({}))).await;
+    assert_eq!(
+        (status, body["error"]["kind"].clone()),
+        (StatusCode::TOO_MANY_REQUESTS, json!("rate_limited")),
+        "{body}"
+    );
+    let (status, body) = call(Method::POST, format!("{base}/v1/sessions"), &carol, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // Ended, it is gone.
+    let (status, _) = call(Method::DELETE, format!("{base}/v1/sessions/{id}"), &alice, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = execute(base, &alice, &id, "x").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, listed) = call(Method::GET, format!("{base}/v1/sessions"), &alice, None).await;
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1, "{listed}");
+}
+
+/// A session lives in the store: the real binary is stopped and started again
+/// between two executions of one session.
+#[tokio::test]
+async fn a_session_survives_a_restart_of_the_server() {
+    use crate::binary::{serve, served_dir, terminate};
+    let dir = served_dir("session-restart");
+    std::fs::write(
+        dir.join("policies/all.toml"),
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\n",
+    )
+    .unwrap();
+    let config = dir.join("sandgate.toml");
+    let (mut first, base) = serve(&["--config", config.to_str().unwrap()]);
+    let opened: Value =
+        client().post(format!("{base}/v1/sessions")).json(&json!({})).send().await.unwrap().json().await.unwrap();
+    let id = opened["session_id"].as_str().unwrap().to_string();
+    let run = |base: String, code: &'static str| {
+        let id = id.clone();
+        async move {
+            let body = json!({"session_id": id, "code": code});
+            client().post(format!("{base}/v1/execute")).json(&body).send().await.unwrap().json::<Value>().await.unwrap()
+        }
+    };
+    let made = run(base.clone(), "let answer = 41; function ask() { return answer + 1 }").await;
+    assert_eq!(made["ok"], true, "{made}");
+    terminate(&first);
+    first.wait().unwrap();
+
+    let (mut second, base) = serve(&["--config", config.to_str().unwrap()]);
+    let asked = run(base.clone(), "ask()").await;
+    assert_eq!(asked["result"], 42, "{asked}");
+    terminate(&second);
+    second.wait().unwrap();
+}
