@@ -229,6 +229,7 @@ async fn call_latency() {
 }
 
 fn main() {
+    sandgate::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         call_latency().await;

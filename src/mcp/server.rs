@@ -169,12 +169,22 @@ impl CodeMode {
         args: ExecuteArgs,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let language = args.language.unwrap_or(Language::Typescript);
+        // `session: "new"` opens one for this caller; its id comes back with the result
+        // and continues it when passed again.
+        let session_id = match args.session.as_deref() {
+            Some("new") => match self.service.open_session(&principal, language, None).await {
+                Ok(session) => Some(session.id),
+                Err(error) => return failure(error.kind(), &error.to_string(), None),
+            },
+            other => other.map(str::to_string),
+        };
         let request = ExecuteRequest {
             code: args.code,
             input: args.input,
             limits: PartialLimits::default(),
-            language: args.language.unwrap_or(Language::Typescript),
-            session_id: None,
+            language,
+            session_id: session_id.clone(),
         };
         let prepared = match self.service.prepare(principal, request).await {
             Ok(prepared) => prepared,
@@ -213,7 +223,10 @@ impl CodeMode {
             Ok(outcome) => outcome,
             Err(error) => return failure(error.kind(), &error.to_string(), None),
         };
-        let structured = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+        let mut structured = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+        if let (Some(id), Some(fields)) = (&session_id, structured.as_object_mut()) {
+            fields.insert("session".into(), Value::String(id.clone()));
+        }
         let logs = if outcome.logs.is_empty() {
             None
         } else {
@@ -223,6 +236,9 @@ impl CodeMode {
             None => {
                 let result = outcome.result.as_ref().map_or("undefined", |r| r.get());
                 let mut content = vec![ContentBlock::text(result.to_string())];
+                if let Some(id) = &session_id {
+                    content.push(ContentBlock::text(format!("session: {id}")));
+                }
                 if let Some(logs) = logs {
                     content.push(ContentBlock::text(format!("console:\n{logs}")));
                 }
@@ -288,6 +304,9 @@ struct ExecuteArgs {
     input: Option<Value>,
     #[serde(default)]
     language: Option<Language>,
+    /// `new` to open a session, or the id of one an earlier result returned.
+    #[serde(default)]
+    session: Option<String>,
 }
 
 fn object(value: Value) -> Arc<JsonObject> {
@@ -330,7 +349,8 @@ fn execute_tool() -> Tool {
             "properties": {
                 "code": { "type": "string", "description": "TypeScript (or JavaScript) function body" },
                 "input": { "description": "Any JSON value, readable as the global `input`" },
-                "language": { "type": "string", "enum": ["typescript", "javascript"], "description": "Default typescript" }
+                "language": { "type": "string", "enum": ["typescript", "javascript"], "description": "Default typescript" },
+                "session": { "type": "string", "description": "\"new\", or the session from an earlier result: globals persist, the last expression is the result" }
             },
             "required": ["code"]
         })),

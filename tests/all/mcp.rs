@@ -68,6 +68,7 @@ wall_ms = 30_000
 [policy.tools]
 allow = ["everything.*", "memory.*", "remote.*"]
 deny = ["everything.get_env"]
+[policy.sessions]
 "#;
 
 /// A policy letting everyone run code (30 s wall clock) and call tools matching `glob`.
@@ -339,6 +340,8 @@ fn code_mode_calls() -> Value {
         { "tool": "execute", "arguments": { "code": "return await tools.everything.get_env({})" } },
         { "tool": "execute", "arguments": { "code": "const x: number = ;" } },
         { "tool": "search", "arguments": { "query": "bake a chocolate cake for the party" } },
+        { "tool": "execute", "arguments": { "code": "const kept: number = 40", "session": "new" } },
+        { "tool": "execute", "arguments": { "code": "kept + 2", "session": "$session" } },
     ])
 }
 
@@ -387,6 +390,15 @@ fn check_code_mode_session(lines: &[Value]) {
     let servers = vague["structured"]["servers"].as_array().unwrap();
     let everything = servers.iter().find(|s| s["name"] == "everything").unwrap_or_else(|| panic!("{vague}"));
     assert!(everything["tools"].as_array().unwrap().iter().any(|t| t == "get_sum"), "{vague}");
+
+    // A session opened by `execute` keeps what its code declared for the next call.
+    let opened = &lines[6];
+    assert_eq!(opened["is_error"], false, "{opened}");
+    let session = opened["structured"]["session"].as_str().unwrap_or_else(|| panic!("{opened}"));
+    assert!(session.starts_with("ses_") && opened["text"].to_string().contains(session), "{opened}");
+    let continued = &lines[7];
+    assert_eq!(continued["structured"]["result"], 42, "{continued}");
+    assert_eq!(continued["structured"]["session"], session, "{continued}");
 }
 
 #[test]

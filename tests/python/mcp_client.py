@@ -7,6 +7,8 @@
 
 Reads a JSON array of calls from stdin, e.g.
     [{"tool": "search", "arguments": {"query": "echo"}}, {"tool": "execute", ...}]
+An argument `"session": "$session"` is replaced by the `session` of the latest result
+that had one.
 
 Prints, one JSON object per line:
     {"tools": [{"name": ..., "description": ...}, ...]}            (the tools/list result)
@@ -42,16 +44,21 @@ async def run(args, calls) -> None:
             listed = await session.list_tools()
             print(json.dumps({"tools": [{"name": t.name, "description": t.description} for t in listed.tools]}))
             sys.stdout.flush()
+            last_session = None
             for call in calls:
                 logs.clear()
+                arguments = dict(call.get("arguments", {}))
+                # "$session" stands for the session the latest result returned.
+                if arguments.get("session") == "$session":
+                    arguments["session"] = last_session
                 progress: list[str] = []
 
                 async def on_progress(done, total, message, progress=progress) -> None:
                     progress.append(message or str(done))
 
-                result = await session.call_tool(
-                    call["tool"], call.get("arguments", {}), progress_callback=on_progress
-                )
+                result = await session.call_tool(call["tool"], arguments, progress_callback=on_progress)
+                if isinstance(result.structured_content, dict) and result.structured_content.get("session"):
+                    last_session = result.structured_content["session"]
                 # Notifications may trail the result by a moment on some transports.
                 await asyncio.sleep(0.05)
                 print(json.dumps({
