@@ -1,4 +1,5 @@
-//! The command line: `serve`, `exec`, `mcp`, `key create|list|revoke`, `policy check|explain`, `usage`.
+//! The command line: `serve`, `exec`, `session open|list|show|end`, `mcp`, `key create|list|revoke`,
+//! `policy check|explain`, `usage`.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use crate::auth::{digest, generate_key, hash_key, KeyEntry, Principal, Role, KEY
 use crate::config::{Config, PolicySource};
 use crate::policy::{LoadContext, PolicySet, Query};
 use crate::sandbox::{ExecuteRequest, Language, PartialLimits};
-use crate::service::Service;
+use crate::service::{Service, SessionView};
 use crate::store::{self, GroupBy, UsageQuery};
 use crate::telemetry::{self, LogFormat};
 
@@ -63,7 +64,15 @@ pub enum Command {
         /// The code's language; default: typescript for `.ts` files, else javascript.
         #[arg(long, value_parser = ["javascript", "typescript"])]
         language: Option<String>,
+        /// Run in this session (`sandgate session open`): what the code declares stays
+        /// for the session's next execution.
+        #[arg(long)]
+        session: Option<String>,
     },
+    /// Sessions of the local user, whose executions share state
+    /// (`sandgate exec --session ID`).
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Serve the Code Mode MCP server (tools `search` and `execute`) on stdin and
     /// stdout, for MCP clients that start their servers as processes.
     ///
@@ -148,6 +157,37 @@ pub enum KeyHome {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Open a session; prints it as JSON.
+    Open {
+        #[arg(long, value_parser = ["javascript", "typescript"], default_value = "javascript")]
+        language: String,
+        /// Seconds it lives unused (default and ceiling: the policies' sessions.idle_ttl_s).
+        #[arg(long)]
+        ttl_s: Option<u64>,
+        #[arg(long, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// List the live sessions, as JSON.
+    List {
+        #[arg(long, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Show one session, as JSON.
+    Show {
+        id: String,
+        #[arg(long, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// End a session.
+    End {
+        id: String,
+        #[arg(long, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Load every policy file and report problems with file, line and column.
     ///
@@ -209,9 +249,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve { listen, config, policies, log_format } => {
             runtime.block_on(serve(listen, config, policies, log_format))
         }
-        Command::Exec { file, input, limits, config, policies, language } => {
-            runtime.block_on(exec(file, input, limits, config, policies, language))
+        Command::Exec { file, input, limits, config, policies, language, session } => {
+            runtime.block_on(exec(file, input, limits, config, policies, language, session))
         }
+        Command::Session(command) => runtime.block_on(session(command)),
         Command::Mcp { config, policies } => runtime.block_on(mcp_stdio(config, policies)),
         Command::Key(KeyCommand::Create { user, team, name, role, home, config }) => {
             runtime.block_on(key_create(user, team, name, role, home, config))
@@ -316,6 +357,7 @@ async fn exec(
     config: Option<PathBuf>,
     policies: Option<PathBuf>,
     language: Option<String>,
+    session: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config, policies)?;
     telemetry::init_logging(LogFormat::Text);
@@ -338,13 +380,47 @@ async fn exec(
         Some(text) => serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--limits: {e}"))?,
         None => PartialLimits::default(),
     };
-    let request = ExecuteRequest { code, input, limits, language, session_id: None };
+    let request = ExecuteRequest { code, input, limits, language, session_id: session };
     let service = Service::new(&config).await?;
     service.upstreams().settled().await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await?;
     service.finish(std::time::Duration::from_secs(10)).await?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The session commands, in process, as the local user (as `exec` runs).
+async fn session(command: SessionCommand) -> anyhow::Result<ExitCode> {
+    let config = match &command {
+        SessionCommand::Open { config, .. }
+        | SessionCommand::List { config }
+        | SessionCommand::Show { config, .. }
+        | SessionCommand::End { config, .. } => config.clone(),
+    };
+    let service = Service::new(&load_config(config, None)?).await?;
+    let local = Principal::local();
+    let shown = match command {
+        SessionCommand::Open { language, ttl_s, .. } => {
+            let language = if language == "typescript" { Language::Typescript } else { Language::Javascript };
+            serde_json::to_value(SessionView::from(service.open_session(&local, language, ttl_s).await?))?
+        }
+        SessionCommand::List { .. } => {
+            let sessions: Vec<SessionView> = service.sessions(&local).await?.into_iter().map(Into::into).collect();
+            serde_json::json!({ "sessions": sessions })
+        }
+        SessionCommand::Show { id, .. } => {
+            serde_json::to_value(SessionView::from(service.session(&local, &id).await?))?
+        }
+        SessionCommand::End { id, .. } => {
+            service.end_session(&local, &id).await?;
+            eprintln!("session `{id}` ended");
+            service.finish(std::time::Duration::from_secs(1)).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&shown)?);
+    service.finish(std::time::Duration::from_secs(1)).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -8,11 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{ApiError, AppState};
 use crate::sandbox::{ErrorKind, Language};
-use crate::store::SessionRecord;
+use crate::service::SessionView as View;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,38 +20,6 @@ struct Open {
     #[serde(default)]
     language: Language,
     ttl_s: Option<u64>,
-}
-
-/// A session as the API shows it.
-#[derive(Debug, Serialize)]
-pub(super) struct View {
-    session_id: String,
-    language: String,
-    created_at: String,
-    last_used_at: String,
-    expires_at: String,
-    executions: u64,
-    /// Bytes of its saved state (the changed pages of its memory).
-    state_bytes: u64,
-}
-
-fn time(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-impl From<SessionRecord> for View {
-    fn from(session: SessionRecord) -> Self {
-        Self {
-            created_at: time(session.created_at_ms),
-            last_used_at: time(session.used_at_ms),
-            expires_at: time(session.expires_at_ms()),
-            session_id: session.id,
-            language: session.language,
-            executions: session.executions,
-            state_bytes: session.image_bytes,
-        }
-    }
 }
 
 pub(super) async fn open(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {

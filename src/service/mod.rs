@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 pub use reload::Policies;
 pub use running::{Running, RunningSlot};
+pub use sessions::SessionView;
 
 use crate::auth::{KeyEntry, KeyRing, Principal};
 use crate::config::Config;

@@ -15,10 +15,44 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use super::{Service, ServiceError};
 use crate::auth::Principal;
 use crate::sandbox::{ErrorKind, ExecError, Language, MemoryImage, Outcome};
 use crate::store::{now_ms, Lease, SessionRecord, Store};
+
+/// A session as the API and the CLI show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionView {
+    pub session_id: String,
+    pub language: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub expires_at: String,
+    pub executions: u64,
+    /// Bytes of its saved state (the changed pages of its memory).
+    pub state_bytes: u64,
+}
+
+fn time(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+impl From<SessionRecord> for SessionView {
+    fn from(session: SessionRecord) -> Self {
+        Self {
+            created_at: time(session.created_at_ms),
+            last_used_at: time(session.used_at_ms),
+            expires_at: time(session.expires_at_ms()),
+            session_id: session.id,
+            language: session.language,
+            executions: session.executions,
+            state_bytes: session.image_bytes,
+        }
+    }
+}
 
 /// How long past an execution's own limits its lease lasts: a replica that dies
 /// mid-execution holds the session no longer than that.

@@ -273,3 +273,51 @@ async fn a_session_survives_a_restart_of_the_server() {
     terminate(&second);
     second.wait().unwrap();
 }
+
+/// `sandgate session open|list|show|end` and `sandgate exec --session`, in process as the
+/// local user, on the store the configuration names.
+#[test]
+fn the_cli_opens_uses_and_ends_sessions() {
+    let dir = crate::binary::served_dir("session-cli");
+    std::fs::write(
+        dir.join("policies/all.toml"),
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\n",
+    )
+    .unwrap();
+    let config = dir.join("sandgate.toml");
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut command = crate::binary::sandgate();
+        command.args(args).arg("--config").arg(&config);
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (
+            output.status.code(),
+            serde_json::from_str::<Value>(&stdout).unwrap_or(Value::Null),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, opened, stderr) = cli(&["session", "open"], None);
+    assert_eq!(code, Some(0), "{stderr}");
+    let id = opened["session_id"].as_str().unwrap().to_string();
+    let (code, ran, stderr) = cli(&["exec", "--session", &id, "-"], Some("let y = 5"));
+    assert_eq!(code, Some(0), "{stderr} {ran}");
+    let (_, ran, _) = cli(&["exec", "--session", &id, "-"], Some("y * 2"));
+    assert_eq!(ran["result"], 10, "{ran}");
+    let (_, listed, _) = cli(&["session", "list"], None);
+    assert_eq!(listed["sessions"][0]["session_id"], id.as_str(), "{listed}");
+    assert_eq!(listed["sessions"][0]["executions"], 2, "{listed}");
+    let (code, shown, _) = cli(&["session", "show", &id], None);
+    assert_eq!((code, shown["session_id"].as_str()), (Some(0), Some(id.as_str())));
+    let (code, _, stderr) = cli(&["session", "end", &id], None);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = cli(&["exec", "--session", &id, "-"], Some("y"));
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("no session"), "{stderr}");
+}
