@@ -625,12 +625,22 @@ async fn usage(
     let rows = store::open(&config.store).await?.usage(&query).await?;
     let total = store::total(&rows);
     println!(
-        "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12}",
-        "GROUP", "EXECUTIONS", "FUEL", "WALL_MS", "HOST_CALLS", "MODEL_CALLS", "INPUT_TOK", "OUTPUT_TOK", "COST_USD"
+        "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12} {:>8} {:>12}",
+        "GROUP",
+        "EXECUTIONS",
+        "FUEL",
+        "WALL_MS",
+        "HOST_CALLS",
+        "MODEL_CALLS",
+        "INPUT_TOK",
+        "OUTPUT_TOK",
+        "COST_USD",
+        "SESSIONS",
+        "STATE_BYTES"
     );
     for row in rows.iter().chain(std::iter::once(&total)) {
         println!(
-            "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12.6}",
+            "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12.6} {:>8} {:>12}",
             row.group,
             row.executions,
             row.fuel,
@@ -639,7 +649,9 @@ async fn usage(
             row.model_calls,
             row.input_tokens,
             row.output_tokens,
-            row.cost_usd
+            row.cost_usd,
+            row.sessions_opened,
+            row.session_state_bytes
         );
     }
     Ok(ExitCode::SUCCESS)

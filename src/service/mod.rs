@@ -425,12 +425,18 @@ impl Service {
                 let outcome = sandbox.run_admitted(admission, job, events, &cancel).await;
                 drop(running);
                 let mut outcome = outcome?;
+                let mut saved = None;
                 if let Some(lease) = session {
-                    if let Err(error) = lease.give_back(&mut outcome).await {
-                        tracing::warn!(%error, "could not give a session back; its lease ends at its deadline");
+                    let id = lease.id().to_string();
+                    match lease.give_back(&mut outcome).await {
+                        Ok(Some(bytes)) => saved = Some(sessions::event(&principal, &id, "saved", bytes)),
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "could not give a session back; its lease ends at its deadline")
+                        }
                     }
                 }
-                ledger.record(records(&principal, &outcome)).await?;
+                ledger.record(records(&principal, &outcome).into_iter().chain(saved).collect()).await?;
                 Ok(outcome)
             }
         });

@@ -20,7 +20,20 @@ use serde::Serialize;
 use super::{Service, ServiceError};
 use crate::auth::Principal;
 use crate::sandbox::{ErrorKind, ExecError, Language, MemoryImage, Outcome};
-use crate::store::{now_ms, Lease, SessionRecord, Store};
+use crate::store::{now_ms, Lease, Record, SessionEvent, SessionRecord, Store};
+
+/// The ledger record of `event` on session `id` of `principal`.
+pub(super) fn event(principal: &Principal, id: &str, event: &'static str, state_bytes: u64) -> Record {
+    Record::Session(SessionEvent {
+        session_id: id.to_string(),
+        user: principal.user.clone(),
+        team: principal.team.clone(),
+        key: principal.key.clone(),
+        at_ms: now_ms(),
+        event,
+        state_bytes,
+    })
+}
 
 /// A session as the API and the CLI show it.
 #[derive(Clone, Debug, Serialize)]
@@ -74,7 +87,8 @@ impl SessionLease {
     /// Gives the session back after `outcome`: with its new image when the execution
     /// succeeded and the principal's sessions stay within their byte cap (else the
     /// outcome becomes an `out_of_memory` failure and the session stays as it was).
-    pub(super) async fn give_back(mut self, outcome: &mut Outcome) -> Result<(), ServiceError> {
+    /// Returns the bytes of state it kept, if it kept any.
+    pub(super) async fn give_back(mut self, outcome: &mut Outcome) -> Result<Option<u64>, ServiceError> {
         self.returned = true;
         let mut image = outcome.session_image.take().map(|image| image.encode());
         if let Some(bytes) = &image {
@@ -102,7 +116,11 @@ impl SessionLease {
             }
         }
         self.store.return_session(&self.id, &self.lease, image.as_deref(), now_ms()).await?;
-        Ok(())
+        Ok(image.map(|bytes| bytes.len() as u64))
+    }
+
+    pub(super) fn id(&self) -> &str {
+        &self.id
     }
 }
 
@@ -171,6 +189,7 @@ impl Service {
             image_bytes: 0,
         };
         store.create_session(&session).await?;
+        self.ledger.record(vec![event(principal, &session.id, "opened", 0)]).await?;
         Ok(session)
     }
 
@@ -193,6 +212,7 @@ impl Service {
         if !self.ledger.store().end_session(id).await? {
             return Err(not_found(id));
         }
+        self.ledger.record(vec![event(principal, id, "ended", 0)]).await?;
         Ok(())
     }
 

@@ -132,12 +132,26 @@ impl std::fmt::Display for SpendScope {
     }
 }
 
+/// Something that happened to a session, attributed to its owner: `opened`, `saved`
+/// (an execution's state was kept: `state_bytes` is its size) or `ended`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SessionEvent {
+    pub session_id: String,
+    pub user: String,
+    pub team: String,
+    pub key: String,
+    pub at_ms: i64,
+    pub event: &'static str,
+    pub state_bytes: u64,
+}
+
 /// Anything the ledger stores.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Execution(ExecutionRecord),
     Call(CallRecord),
     Model(ModelCallRecord),
+    Session(SessionEvent),
     /// Ends the budget reservation with this id. Committed after (or with) the model
     /// call that spent it, so that the spend is counted before the hold goes.
     Release(String),

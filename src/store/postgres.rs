@@ -246,7 +246,9 @@ const MIGRATIONS: &[&str] = &[
         m_execution TEXT[], m_user TEXT[], m_team TEXT[], m_key TEXT[], m_model TEXT[], m_tier TEXT[],
         m_provider TEXT[], m_input BIGINT[], m_output BIGINT[], m_cached BIGINT[], m_cost BIGINT[],
         m_started BIGINT[], m_latency BIGINT[], m_status TEXT[], m_chain TEXT[], m_tags TEXT[],
-        releases TEXT[]) RETURNS void
+        releases TEXT[],
+        s_session TEXT[], s_user TEXT[], s_team TEXT[], s_key TEXT[], s_at BIGINT[], s_event TEXT[],
+        s_bytes BIGINT[]) RETURNS void
     LANGUAGE plpgsql AS $$
     DECLARE
         r RECORD;
@@ -279,6 +281,8 @@ const MIGRATIONS: &[&str] = &[
             WHERE scope_kind = r.scope_kind AND scope_name = r.scope_name AND since_ms = r.since_ms;
         END LOOP;
         DELETE FROM budget_holds WHERE id = ANY(releases);
+        INSERT INTO session_events (session_id, "user", team, key, at_ms, event, state_bytes)
+        SELECT * FROM unnest(s_session, s_user, s_team, s_key, s_at, s_event, s_bytes);
     END $$;
     "#,
     // 2: API keys created with `sandgate key create` against this store.
@@ -312,6 +316,17 @@ const MIGRATIONS: &[&str] = &[
         lease_until_ms BIGINT
     );
     CREATE INDEX sessions_user ON sessions ("user", created_at_ms);
+    CREATE TABLE session_events (
+        id BIGSERIAL PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        "user" TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        state_bytes BIGINT NOT NULL
+    );
+    CREATE INDEX session_events_at ON session_events (at_ms);
     "#,
 ];
 
@@ -477,6 +492,13 @@ struct Columns {
     m_chain: Vec<String>,
     m_tags: Vec<String>,
     releases: Vec<String>,
+    s_session: Vec<String>,
+    s_user: Vec<String>,
+    s_team: Vec<String>,
+    s_key: Vec<String>,
+    s_at: Vec<i64>,
+    s_event: Vec<String>,
+    s_bytes: Vec<i64>,
 }
 
 impl Columns {
@@ -534,12 +556,21 @@ impl Columns {
                     c.m_tags.push(r.tags.to_string());
                 }
                 Record::Release(id) => c.releases.push(id.clone()),
+                Record::Session(r) => {
+                    c.s_session.push(r.session_id.clone());
+                    c.s_user.push(r.user.clone());
+                    c.s_team.push(r.team.clone());
+                    c.s_key.push(r.key.clone());
+                    c.s_at.push(r.at_ms);
+                    c.s_event.push(r.event.to_string());
+                    c.s_bytes.push(to_i64(r.state_bytes));
+                }
             }
         }
         c
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 35] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 42] {
         [
             &self.e_id,
             &self.e_user,
@@ -576,12 +607,20 @@ impl Columns {
             &self.m_chain,
             &self.m_tags,
             &self.releases,
+            &self.s_session,
+            &self.s_user,
+            &self.s_team,
+            &self.s_key,
+            &self.s_at,
+            &self.s_event,
+            &self.s_bytes,
         ]
     }
 }
 
 const APPEND: &str = "SELECT sandgate_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                      $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35)";
+                      $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, \
+                      $36, $37, $38, $39, $40, $41, $42)";
 
 /// The lines in locking order, with their places in the hold, as the columns the
 /// functions take.
@@ -668,6 +707,19 @@ impl Store for PgStore {
                     total.fuel = row.get::<_, i64>(2) as u64;
                     total.wall_ms = row.get::<_, i64>(3) as u64;
                     total.host_calls = row.get::<_, i64>(4) as u64;
+                }
+                let group = group.replace("started_at_ms", "at_ms");
+                let sql = format!(
+                    "SELECT {group}, count(*) FILTER (WHERE event = 'opened'),
+                            coalesce(sum(state_bytes) FILTER (WHERE event = 'saved'), 0)::BIGINT FROM session_events
+                     WHERE at_ms >= $1 AND at_ms < $2 AND ($3::TEXT IS NULL OR \"user\" = $3) GROUP BY 1"
+                );
+                trip("usage");
+                for row in client.query(&sql, &[&since, &until, &user]).await.map_err(err)? {
+                    let group: String = row.get(0);
+                    let total = totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() });
+                    total.sessions_opened = row.get::<_, i64>(1) as u64;
+                    total.session_state_bytes = row.get::<_, i64>(2) as u64;
                 }
             }
             let model_group = match query.group_by {

@@ -113,6 +113,18 @@ const MIGRATIONS: &[&str] = &[
         lease_until_ms INTEGER
     );
     CREATE INDEX sessions_user ON sessions (user, created_at_ms);",
+    // 5: what happened to sessions, for usage reports.
+    "CREATE TABLE session_events (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        state_bytes INTEGER NOT NULL
+    );
+    CREATE INDEX session_events_at ON session_events (at_ms);",
 ];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -277,6 +289,12 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(err)?;
+        let mut session = tx
+            .prepare_cached(
+                "INSERT INTO session_events (session_id, user, team, key, at_ms, event, state_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(err)?;
         let mut model = tx
             .prepare_cached(
                 "INSERT INTO model_calls (execution_id, user, team, key, model, tier, provider, input_tokens, output_tokens, cached_tokens, cost_nanousd, started_at_ms, latency_ms, status, fallback_chain, tags)
@@ -330,6 +348,9 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
                         serde_json::to_string(&r.fallback_chain).unwrap_or_default(),
                         r.tags.to_string()
                     ])
+                    .map(drop),
+                Record::Session(r) => session
+                    .execute(params![r.session_id, r.user, r.team, r.key, r.at_ms, r.event, to_i64(r.state_bytes)])
                     .map(drop),
                 Record::Release(_) => Ok(()),
             }
@@ -420,6 +441,25 @@ fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, S
             total.fuel = fuel as u64;
             total.wall_ms = wall_ms as u64;
             total.host_calls = host_calls as u64;
+        }
+    }
+    if let Some(group) = execution_group {
+        let group = group.replace("started_at_ms", "at_ms");
+        let sql = format!(
+            "SELECT {group}, SUM(event = 'opened'), SUM(CASE WHEN event = 'saved' THEN state_bytes ELSE 0 END)
+             FROM session_events WHERE at_ms >= ?1 AND at_ms < ?2 AND (?3 IS NULL OR user = ?3) GROUP BY 1"
+        );
+        let mut statement = connection.prepare(&sql).map_err(err)?;
+        let rows = statement
+            .query_map(params![since, until, user], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            })
+            .map_err(err)?;
+        for row in rows {
+            let (group, opened, bytes) = row.map_err(err)?;
+            let total = add(&mut totals, group);
+            total.sessions_opened = opened as u64;
+            total.session_state_bytes = bytes as u64;
         }
     }
     let model_group = match query.group_by {

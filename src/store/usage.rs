@@ -39,6 +39,12 @@ pub struct UsageRow {
     pub output_tokens: u64,
     pub cached_tokens: u64,
     pub cost_usd: f64,
+    /// Sessions opened, and bytes of session state saved (grouping by user, team or
+    /// day; zero by model or tier).
+    #[serde(default)]
+    pub sessions_opened: u64,
+    #[serde(default)]
+    pub session_state_bytes: u64,
 }
 
 /// The sum of `rows`, with the group `total`.
@@ -54,6 +60,8 @@ pub fn total(rows: &[UsageRow]) -> UsageRow {
         sum.input_tokens += row.input_tokens;
         sum.output_tokens += row.output_tokens;
         sum.cached_tokens += row.cached_tokens;
+        sum.sessions_opened += row.sessions_opened;
+        sum.session_state_bytes += row.session_state_bytes;
         nanos += (row.cost_usd * 1e9).round() as i64;
     }
     sum.cost_usd = nanos as f64 / 1e9;

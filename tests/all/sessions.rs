@@ -237,6 +237,12 @@ async fn sessions_over_http_keep_state_for_their_owner_one_execution_at_a_time()
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, listed) = call(Method::GET, format!("{base}/v1/sessions"), &alice, None).await;
     assert_eq!(listed["sessions"].as_array().unwrap().len(), 1, "{listed}");
+
+    // The ledger has what happened, attributed to alice.
+    let (_, usage) = call(Method::GET, format!("{base}/v1/usage"), &alice, None).await;
+    let totals = &usage["totals"];
+    assert_eq!(totals["sessions_opened"], 2, "{usage}");
+    assert!(totals["session_state_bytes"].as_u64().unwrap() >= shown["state_bytes"].as_u64().unwrap(), "{usage}");
 }
 
 /// A session lives in the store: the real binary is stopped and started again

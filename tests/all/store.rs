@@ -82,6 +82,18 @@ fn model_call(user: &str, team: &str, at: i64, cost_usd: f64, tokens: (u64, u64)
     })
 }
 
+fn session_event(event: &'static str, at_ms: i64, state_bytes: u64) -> Record {
+    Record::Session(store::SessionEvent {
+        session_id: "s".into(),
+        user: "alice".into(),
+        team: "t".into(),
+        key: "k".into(),
+        at_ms,
+        event,
+        state_bytes,
+    })
+}
+
 fn line(scope: SpendScope, since_ms: i64, limit_nanos: Option<i64>, limit_tokens: Option<u64>) -> BudgetLine {
     BudgetLine { scope, since_ms, limit_nanos, limit_tokens }
 }
@@ -114,6 +126,10 @@ async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
                     outcome: "ok".into(),
                 }),
                 model_call("alice", "t", 1_500, 0.000123, (100, 7)),
+                session_event("opened", 1_600, 0),
+                session_event("saved", 1_700, 4_096),
+                session_event("saved", 1_800, 8_192),
+                session_event("ended", 1_900, 0),
             ])
             .await
             .unwrap();
@@ -126,6 +142,8 @@ async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
         assert_eq!((rows[0].group.as_str(), rows[0].executions, rows[0].fuel), ("alice", 2, 30), "{backend:?}");
         assert_eq!((rows[0].model_calls, rows[0].input_tokens, rows[0].cost_usd), (1, 100, 0.000123), "{backend:?}");
         assert_eq!((rows[1].group.as_str(), rows[1].executions, rows[1].fuel), ("bob", 1, 7), "{backend:?}");
+        assert_eq!((rows[0].sessions_opened, rows[0].session_state_bytes), (1, 12_288), "{backend:?}");
+        assert_eq!(store::total(&rows).session_state_bytes, 12_288);
         let days = store.usage(&UsageQuery { group_by: GroupBy::Day, ..Default::default() }).await.unwrap();
         assert_eq!(days.iter().map(|r| r.group.as_str()).collect::<Vec<_>>(), ["1970-01-01", "1970-01-02"]);
         let bob = store.usage(&UsageQuery { user: Some("bob".into()), ..Default::default() }).await.unwrap();
