@@ -72,8 +72,8 @@ impl From<SessionRecord> for SessionView {
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// A session taken for one execution. Dropped without [`SessionLease::give_back`]
-/// (the execution never ran, or its task ended early), it gives the session back
-/// unchanged.
+/// (the execution was refused before it started, or its task ended early), it gives
+/// the session back unchanged and uncounted.
 pub(super) struct SessionLease {
     store: Arc<dyn Store>,
     id: String,
@@ -115,7 +115,7 @@ impl SessionLease {
                 ));
             }
         }
-        self.store.return_session(&self.id, &self.lease, image.as_deref(), now_ms()).await?;
+        self.store.return_session(&self.id, &self.lease, image.as_deref(), Some(now_ms())).await?;
         Ok(image.map(|bytes| bytes.len() as u64))
     }
 
@@ -132,7 +132,7 @@ impl Drop for SessionLease {
         let (store, id, lease) = (self.store.clone(), std::mem::take(&mut self.id), std::mem::take(&mut self.lease));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = store.return_session(&id, &lease, None, now_ms()).await {
+                if let Err(error) = store.return_session(&id, &lease, None, None).await {
                     tracing::warn!(%error, session = %id, "could not give a session back; its lease ends at its deadline");
                 }
             });

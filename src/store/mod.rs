@@ -312,15 +312,17 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Lease, StoreError>>;
 
-    /// Gives session `id` back after an execution: with its next `image` (none when
-    /// the execution failed, which leaves the session as it was), counting the
-    /// execution as its last use. `false` when `lease` no longer holds it.
+    /// Gives session `id` back: after an execution that ended at `ran_at_ms` (counted
+    /// as the session's last use), with its next `image` (none when the execution
+    /// failed, which leaves the session as it was); with `ran_at_ms` `None` when no
+    /// execution ran (it was refused before starting). `false` when `lease` no longer
+    /// holds it.
     fn return_session<'a>(
         &'a self,
         id: &'a str,
         lease: &'a str,
         image: Option<&'a [u8]>,
-        now_ms: i64,
+        ran_at_ms: Option<i64>,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Answers when the store can serve (the readiness check).

@@ -1010,7 +1010,7 @@ impl Store for PgStore {
         id: &'a str,
         lease: &'a str,
         image: Option<&'a [u8]>,
-        now_ms: i64,
+        ran_at_ms: Option<i64>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
             let client = self.client().await?;
@@ -1019,9 +1019,11 @@ impl Store for PgStore {
             let returned = client
                 .execute(
                     "UPDATE sessions SET image = coalesce($3, image), image_bytes = coalesce($4, image_bytes),
-                        used_at_ms = $5, executions = executions + 1, lease = NULL, lease_until_ms = NULL
+                        used_at_ms = coalesce($5::BIGINT, used_at_ms),
+                        executions = executions + CASE WHEN $5::BIGINT IS NULL THEN 0 ELSE 1 END,
+                        lease = NULL, lease_until_ms = NULL
                      WHERE id = $1 AND lease = $2",
-                    &[&id, &lease, &image, &image_bytes, &now_ms],
+                    &[&id, &lease, &image, &image_bytes, &ran_at_ms],
                 )
                 .await
                 .map_err(err)?;

@@ -747,7 +747,7 @@ impl Store for SqliteStore {
         id: &'a str,
         lease: &'a str,
         image: Option<&'a [u8]>,
-        now_ms: i64,
+        ran_at_ms: Option<i64>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let (id, lease, image) = (id.to_string(), lease.to_string(), image.map(<[u8]>::to_vec));
         self.blocking(move |inner| {
@@ -755,9 +755,10 @@ impl Store for SqliteStore {
             let returned = lock(&inner.writer)
                 .execute(
                     "UPDATE sessions SET image = coalesce(?3, image), image_bytes = coalesce(?4, image_bytes),
-                        used_at_ms = ?5, executions = executions + 1, lease = NULL, lease_until_ms = NULL
+                        used_at_ms = coalesce(?5, used_at_ms), executions = executions + (?5 IS NOT NULL),
+                        lease = NULL, lease_until_ms = NULL
                      WHERE id = ?1 AND lease = ?2",
-                    params![id, lease, image, image_bytes, now_ms],
+                    params![id, lease, image, image_bytes, ran_at_ms],
                 )
                 .map_err(err)?;
             Ok(returned == 1)

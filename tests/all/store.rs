@@ -341,8 +341,11 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
             Lease::Busy { until_ms: now + 5_000 }
         );
         let image = vec![7u8; 100_000];
-        assert!(store.return_session("s1", "run-1", Some(&image), now + 10).await.unwrap(), "{backend:?}");
-        assert!(!store.return_session("s1", "run-1", None, now + 11).await.unwrap(), "{backend:?}: the lease is over");
+        assert!(store.return_session("s1", "run-1", Some(&image), Some(now + 10)).await.unwrap(), "{backend:?}");
+        assert!(
+            !store.return_session("s1", "run-1", None, Some(now + 11)).await.unwrap(),
+            "{backend:?}: the lease is over"
+        );
 
         // The next execution, on any replica, starts from that image.
         let Lease::Taken { session: taken, image: Some(read) } =
@@ -352,8 +355,16 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         };
         assert_eq!((read.len(), taken.executions, taken.image_bytes), (100_000, 1, 100_000), "{backend:?}");
         // A failed execution returns no image: the last one stays.
-        assert!(other.return_session("s1", "run-3", None, now + 20).await.unwrap());
+        assert!(other.return_session("s1", "run-3", None, Some(now + 20)).await.unwrap());
         let kept = store.session("s1", now + 20).await.unwrap().unwrap();
+        assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
+        // A lease given back with no execution run (it was refused) changes nothing.
+        assert!(matches!(
+            other.lease_session("s1", "refused", now + 5_000, now + 30).await.unwrap(),
+            Lease::Taken { .. }
+        ));
+        assert!(other.return_session("s1", "refused", None, None).await.unwrap());
+        let kept = store.session("s1", now + 40).await.unwrap().unwrap();
         assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
 
         // A lease whose holder died ends at its deadline.
