@@ -37,7 +37,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 
-use super::usage::{GroupBy, UsageQuery, UsageRow};
+use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{now_ms, Balance, BudgetLine, Hold, Lease, Overdrawn, Record, SessionRecord, Store, StoreError, StoredKey};
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -329,6 +329,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX session_events_at ON session_events (at_ms);
     "#,
 ];
+
+const DIALECT: Dialect = Dialect {
+    day: |time| format!("to_char(to_timestamp({time} / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
+    param: |n| format!("${n}"),
+};
 
 /// Advisory lock key held while migrating: replicas starting together take turns.
 const MIGRATION_LOCK: i64 = 0x5a6e_6761_7465;
@@ -686,63 +691,13 @@ impl Store for PgStore {
             let since = query.since_ms.unwrap_or(i64::MIN);
             let until = query.until_ms.unwrap_or(i64::MAX);
             let user = query.user.as_deref();
-            let day = "to_char(to_timestamp(started_at_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')";
-            let mut totals = std::collections::BTreeMap::<String, UsageRow>::new();
-            let execution_group = match query.group_by {
-                GroupBy::User => Some("\"user\""),
-                GroupBy::Team => Some("team"),
-                GroupBy::Day => Some(day),
-                GroupBy::Model | GroupBy::Tier => None,
-            };
-            if let Some(group) = execution_group {
-                let sql = format!(
-                    "SELECT {group}, count(*), sum(fuel)::BIGINT, sum(wall_ms)::BIGINT, sum(host_calls)::BIGINT FROM executions
-                     WHERE started_at_ms >= $1 AND started_at_ms < $2 AND ($3::TEXT IS NULL OR \"user\" = $3) GROUP BY 1"
-                );
+            let mut totals = std::collections::BTreeMap::new();
+            for part in usage::report(query.group_by, &DIALECT) {
                 trip("usage");
-                for row in client.query(&sql, &[&since, &until, &user]).await.map_err(err)? {
-                    let group: String = row.get(0);
-                    let total = totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() });
-                    total.executions = row.get::<_, i64>(1) as u64;
-                    total.fuel = row.get::<_, i64>(2) as u64;
-                    total.wall_ms = row.get::<_, i64>(3) as u64;
-                    total.host_calls = row.get::<_, i64>(4) as u64;
+                for row in client.query(&part.sql, &[&since, &until, &user]).await.map_err(err)? {
+                    let numbers: Vec<i64> = (1..row.len()).map(|i| row.get(i)).collect();
+                    usage::fold(&mut totals, &part, row.get(0), &numbers);
                 }
-                let group = group.replace("started_at_ms", "at_ms");
-                let sql = format!(
-                    "SELECT {group}, count(*) FILTER (WHERE event = 'opened'),
-                            coalesce(sum(state_bytes) FILTER (WHERE event = 'saved'), 0)::BIGINT FROM session_events
-                     WHERE at_ms >= $1 AND at_ms < $2 AND ($3::TEXT IS NULL OR \"user\" = $3) GROUP BY 1"
-                );
-                trip("usage");
-                for row in client.query(&sql, &[&since, &until, &user]).await.map_err(err)? {
-                    let group: String = row.get(0);
-                    let total = totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() });
-                    total.sessions_opened = row.get::<_, i64>(1) as u64;
-                    total.session_state_bytes = row.get::<_, i64>(2) as u64;
-                }
-            }
-            let model_group = match query.group_by {
-                GroupBy::User => "\"user\"",
-                GroupBy::Team => "team",
-                GroupBy::Model => "model",
-                GroupBy::Tier => "tier",
-                GroupBy::Day => day,
-            };
-            let sql = format!(
-                "SELECT {model_group}, count(*), sum(input_tokens)::BIGINT, sum(output_tokens)::BIGINT,
-                        sum(cached_tokens)::BIGINT, sum(cost_nanousd)::BIGINT FROM model_calls
-                 WHERE started_at_ms >= $1 AND started_at_ms < $2 AND ($3::TEXT IS NULL OR \"user\" = $3) GROUP BY 1"
-            );
-            trip("usage");
-            for row in client.query(&sql, &[&since, &until, &user]).await.map_err(err)? {
-                let group: String = row.get(0);
-                let total = totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() });
-                total.model_calls = row.get::<_, i64>(1) as u64;
-                total.input_tokens = row.get::<_, i64>(2) as u64;
-                total.output_tokens = row.get::<_, i64>(3) as u64;
-                total.cached_tokens = row.get::<_, i64>(4) as u64;
-                total.cost_usd = row.get::<_, i64>(5) as f64 / 1e9;
             }
             Ok(totals.into_values().collect())
         }

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::usage::{GroupBy, UsageQuery, UsageRow};
+use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, Balance, BudgetLine, Hold, Lease, Overdrawn, Record, SessionRecord, SpendScope, Store, StoreError,
     StoredKey,
@@ -270,10 +270,6 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn add(totals: &mut BTreeMap<String, UsageRow>, group: String) -> &mut UsageRow {
-    totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() })
-}
-
 fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreError> {
     let tx = connection.transaction().map_err(err)?;
     {
@@ -406,94 +402,27 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     })
 }
 
+const DIALECT: Dialect =
+    Dialect { day: |time| format!("strftime('%Y-%m-%d', {time} / 1000, 'unixepoch')"), param: |n| format!("?{n}") };
+
 fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
     let since = query.since_ms.unwrap_or(i64::MIN);
     let until = query.until_ms.unwrap_or(i64::MAX);
     let user = query.user.as_deref();
     let mut totals = BTreeMap::new();
-    let execution_group = match query.group_by {
-        GroupBy::User => Some("user"),
-        GroupBy::Team => Some("team"),
-        GroupBy::Day => Some("strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch')"),
-        GroupBy::Model | GroupBy::Tier => None,
-    };
-    if let Some(group) = execution_group {
-        let sql = format!(
-            "SELECT {group}, COUNT(*), SUM(fuel), SUM(wall_ms), SUM(host_calls) FROM executions
-             WHERE started_at_ms >= ?1 AND started_at_ms < ?2 AND (?3 IS NULL OR user = ?3) GROUP BY 1"
-        );
-        let mut statement = connection.prepare(&sql).map_err(err)?;
+    for part in usage::report(query.group_by, &DIALECT) {
+        let mut statement = connection.prepare(&part.sql).map_err(err)?;
+        let columns = statement.column_count();
         let rows = statement
             .query_map(params![since, until, user], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
+                let numbers = (1..columns).map(|i| row.get::<_, i64>(i)).collect::<Result<Vec<_>, _>>()?;
+                Ok((row.get::<_, String>(0)?, numbers))
             })
             .map_err(err)?;
         for row in rows {
-            let (group, executions, fuel, wall_ms, host_calls) = row.map_err(err)?;
-            let total = add(&mut totals, group);
-            total.executions = executions as u64;
-            total.fuel = fuel as u64;
-            total.wall_ms = wall_ms as u64;
-            total.host_calls = host_calls as u64;
+            let (group, numbers) = row.map_err(err)?;
+            usage::fold(&mut totals, &part, group, &numbers);
         }
-    }
-    if let Some(group) = execution_group {
-        let group = group.replace("started_at_ms", "at_ms");
-        let sql = format!(
-            "SELECT {group}, SUM(event = 'opened'), SUM(CASE WHEN event = 'saved' THEN state_bytes ELSE 0 END)
-             FROM session_events WHERE at_ms >= ?1 AND at_ms < ?2 AND (?3 IS NULL OR user = ?3) GROUP BY 1"
-        );
-        let mut statement = connection.prepare(&sql).map_err(err)?;
-        let rows = statement
-            .query_map(params![since, until, user], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-            })
-            .map_err(err)?;
-        for row in rows {
-            let (group, opened, bytes) = row.map_err(err)?;
-            let total = add(&mut totals, group);
-            total.sessions_opened = opened as u64;
-            total.session_state_bytes = bytes as u64;
-        }
-    }
-    let model_group = match query.group_by {
-        GroupBy::User => "user",
-        GroupBy::Team => "team",
-        GroupBy::Model => "model",
-        GroupBy::Tier => "tier",
-        GroupBy::Day => "strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch')",
-    };
-    let sql = format!(
-        "SELECT {model_group}, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_nanousd) FROM model_calls
-         WHERE started_at_ms >= ?1 AND started_at_ms < ?2 AND (?3 IS NULL OR user = ?3) GROUP BY 1"
-    );
-    let mut statement = connection.prepare(&sql).map_err(err)?;
-    let rows = statement
-        .query_map(params![since, until, user], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, i64>(4)?,
-                row.get::<_, i64>(5)?,
-            ))
-        })
-        .map_err(err)?;
-    for row in rows {
-        let (group, calls, input, output, cached, nanos) = row.map_err(err)?;
-        let total = add(&mut totals, group);
-        total.model_calls = calls as u64;
-        total.input_tokens = input as u64;
-        total.output_tokens = output as u64;
-        total.cached_tokens = cached as u64;
-        total.cost_usd = nanos as f64 / 1e9;
     }
     Ok(totals.into_values().collect())
 }

@@ -1,5 +1,7 @@
 //! Usage queries: totals per user, team, model, tier or day.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// What to group totals by.
@@ -45,6 +47,94 @@ pub struct UsageRow {
     pub sessions_opened: u64,
     #[serde(default)]
     pub session_state_bytes: u64,
+}
+
+/// How a store's SQL spells what differs between dialects.
+pub(super) struct Dialect {
+    /// The `YYYY-MM-DD` (UTC) of a column of Unix milliseconds.
+    pub day: fn(&str) -> String,
+    /// Placeholder `n` (from 1).
+    pub param: fn(usize) -> String,
+}
+
+/// One grouped query of a usage report: its SQL (placeholders 1 to 3 are `since`,
+/// `until` and the user or NULL; column 0 is the group, the rest integers) and where
+/// its numbers go in a row.
+pub(super) struct Part {
+    pub sql: String,
+    pub apply: fn(&mut UsageRow, &[i64]),
+}
+
+/// The queries a report for `group_by` is made of, the same on every store: one over
+/// executions, one over session events (neither has a model or tier) and one over
+/// model calls. Totals are exact sums of the records.
+pub(super) fn report(group_by: GroupBy, dialect: &Dialect) -> Vec<Part> {
+    let (p1, p2, p3) = ((dialect.param)(1), (dialect.param)(2), (dialect.param)(3));
+    let key = |time: &str| match group_by {
+        GroupBy::User => "\"user\"".to_string(),
+        GroupBy::Team => "team".into(),
+        GroupBy::Model => "model".into(),
+        GroupBy::Tier => "tier".into(),
+        GroupBy::Day => (dialect.day)(time),
+    };
+    let query = |table: &str, time: &str, sums: &str| {
+        let group = key(time);
+        format!(
+            "SELECT {group}, {sums} FROM {table}
+             WHERE {time} >= {p1} AND {time} < {p2} AND (CAST({p3} AS TEXT) IS NULL OR \"user\" = {p3}) GROUP BY 1"
+        )
+    };
+    let by_principal = !matches!(group_by, GroupBy::Model | GroupBy::Tier);
+    let mut parts = Vec::new();
+    if by_principal {
+        parts.push(Part {
+            sql: query(
+                "executions",
+                "started_at_ms",
+                "COUNT(*), CAST(SUM(fuel) AS BIGINT), CAST(SUM(wall_ms) AS BIGINT), CAST(SUM(host_calls) AS BIGINT)",
+            ),
+            apply: |row, n| {
+                row.executions = n[0] as u64;
+                row.fuel = n[1] as u64;
+                row.wall_ms = n[2] as u64;
+                row.host_calls = n[3] as u64;
+            },
+        });
+        parts.push(Part {
+            sql: query(
+                "session_events",
+                "at_ms",
+                "CAST(SUM(CASE WHEN event = 'opened' THEN 1 ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN event = 'saved' THEN state_bytes ELSE 0 END) AS BIGINT)",
+            ),
+            apply: |row, n| {
+                row.sessions_opened = n[0] as u64;
+                row.session_state_bytes = n[1] as u64;
+            },
+        });
+    }
+    parts.push(Part {
+        sql: query(
+            "model_calls",
+            "started_at_ms",
+            "COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
+             CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(cost_nanousd) AS BIGINT)",
+        ),
+        apply: |row, n| {
+            row.model_calls = n[0] as u64;
+            row.input_tokens = n[1] as u64;
+            row.output_tokens = n[2] as u64;
+            row.cached_tokens = n[3] as u64;
+            row.cost_usd = n[4] as f64 / 1e9;
+        },
+    });
+    parts
+}
+
+/// Adds one result row of `part` (its group, then its numbers) to `totals`.
+pub(super) fn fold(totals: &mut BTreeMap<String, UsageRow>, part: &Part, group: String, numbers: &[i64]) {
+    let row = totals.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() });
+    (part.apply)(row, numbers);
 }
 
 /// The sum of `rows`, with the group `total`.
