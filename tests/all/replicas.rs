@@ -23,6 +23,13 @@ async fn two_replicas(config: &str, policy: &str) -> (TestServer, TestServer, St
     (start_server_with(&config, policy), start_server_with(&config, policy), url)
 }
 
+/// The real binary serving `config` with its store at `url`: the process and its base URL.
+fn real_replica(url: &str, config: &std::path::Path) -> (std::process::Child, String) {
+    let mut command = crate::binary::sandgate();
+    command.env("SANDGATE_STORE_URL", url).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config);
+    crate::binary::start(command)
+}
+
 async fn usage(base: &str) -> Value {
     let response = client().get(format!("{base}/v1/usage")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -157,15 +164,9 @@ async fn a_replica_killed_mid_load_loses_no_acknowledged_execution() {
     use crate::binary::served_dir;
     use std::process::Command;
     let url = postgres::database().await;
-    let dir = served_dir("replicas");
-    let config = dir.join("sandgate.toml");
-    let start = || {
-        let mut command = crate::binary::sandgate();
-        command.env("SANDGATE_STORE_URL", &url).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
-        crate::binary::start(command)
-    };
-    let (mut doomed, doomed_base) = start();
-    let (mut survivor, survivor_base) = start();
+    let config = served_dir("replicas").join("sandgate.toml");
+    let (mut doomed, doomed_base) = real_replica(&url, &config);
+    let (mut survivor, survivor_base) = real_replica(&url, &config);
     let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let pid = doomed.id();
     let load = futures::stream::iter(0..300).map(|i| {
@@ -346,15 +347,9 @@ async fn keys_created_or_revoked_on_one_machine_reach_every_replica() {
 async fn haproxy_in_front_of_two_replicas_keeps_serving_when_one_dies() {
     use std::process::Command;
     let url = postgres::database().await;
-    let dir = crate::binary::served_dir("haproxy");
-    let config = dir.join("sandgate.toml");
-    let start = || {
-        let mut command = crate::binary::sandgate();
-        command.env("SANDGATE_STORE_URL", &url).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
-        crate::binary::start(command)
-    };
-    let (mut a, a_base) = start();
-    let (mut b, b_base) = start();
+    let config = crate::binary::served_dir("haproxy").join("sandgate.toml");
+    let (mut a, a_base) = real_replica(&url, &config);
+    let (mut b, b_base) = real_replica(&url, &config);
     let lb = format!("127.0.0.1:{}", free_port());
     let haproxy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy.cfg");
     let mut proxy = Command::new("haproxy")
