@@ -216,7 +216,9 @@ impl Service {
         Ok(())
     }
 
-    /// Takes session `id` of `principal` for one execution that may take `hold`.
+    /// Takes session `id` of `principal` for one execution that may take `hold`: one
+    /// store call, which also checks the owner, so another principal learns nothing,
+    /// not even that the session is busy.
     pub(super) async fn lease_session(
         &self,
         principal: &Principal,
@@ -224,12 +226,11 @@ impl Service {
         max_bytes: u64,
         hold: Duration,
     ) -> Result<(SessionLease, MemoryImage), ServiceError> {
-        self.session(principal, id).await?;
         let store = self.ledger.store().clone();
         let lease = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
         let until = now + (hold + LEASE_MARGIN).as_millis() as i64;
-        match store.lease_session(id, &lease, until, now).await? {
+        match store.lease_session(id, &principal.user, &lease, until, now).await? {
             Lease::Missing => Err(not_found(id)),
             Lease::Busy { .. } => Err(ServiceError::SessionBusy(id.to_string())),
             Lease::Taken { image, .. } => {

@@ -303,10 +303,12 @@ pub trait Store: Send + Sync + 'static {
     /// Ends session `id`, image and all; `false` when there is none.
     fn end_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Takes live session `id` for one execution, as `lease`, until `until_ms`.
+    /// Takes live session `id` of `user` for one execution, as `lease`, until
+    /// `until_ms`. Another user's session is [`Lease::Missing`], busy or not.
     fn lease_session<'a>(
         &'a self,
         id: &'a str,
+        user: &'a str,
         lease: &'a str,
         until_ms: i64,
         now_ms: i64,

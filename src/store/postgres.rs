@@ -916,6 +916,7 @@ impl Store for PgStore {
     fn lease_session<'a>(
         &'a self,
         id: &'a str,
+        user: &'a str,
         lease: &'a str,
         until_ms: i64,
         now_ms: i64,
@@ -926,16 +927,18 @@ impl Store for PgStore {
             let sql = format!(
                 "WITH taken AS (
                      UPDATE sessions SET lease = $2, lease_until_ms = $3
-                     WHERE id = $1 AND used_at_ms + ttl_ms > $4 AND (lease IS NULL OR lease_until_ms <= $4)
+                     WHERE id = $1 AND \"user\" = $5 AND used_at_ms + ttl_ms > $4
+                       AND (lease IS NULL OR lease_until_ms <= $4)
                      RETURNING {SESSION_COLUMNS}, image
                  )
                  SELECT true, {SESSION_COLUMNS}, image, NULL::BIGINT FROM taken
                  UNION ALL
                  SELECT false, {SESSION_COLUMNS}, NULL::BYTEA, lease_until_ms FROM sessions
-                 WHERE id = $1 AND used_at_ms + ttl_ms > $4 AND NOT EXISTS (SELECT 1 FROM taken)"
+                 WHERE id = $1 AND \"user\" = $5 AND used_at_ms + ttl_ms > $4 AND NOT EXISTS (SELECT 1 FROM taken)"
             );
             trip("sessions");
-            let Some(row) = client.query_opt(&sql, &[&id, &lease, &until_ms, &now_ms]).await.map_err(err)? else {
+            let Some(row) = client.query_opt(&sql, &[&id, &lease, &until_ms, &now_ms, &user]).await.map_err(err)?
+            else {
                 return Ok(Lease::Missing);
             };
             let taken: bool = row.get(0);

@@ -636,25 +636,27 @@ impl Store for SqliteStore {
     fn lease_session<'a>(
         &'a self,
         id: &'a str,
+        user: &'a str,
         lease: &'a str,
         until_ms: i64,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Lease, StoreError>> {
-        let (id, lease) = (id.to_string(), lease.to_string());
+        let (id, user, lease) = (id.to_string(), user.to_string(), lease.to_string());
         self.blocking(move |inner| {
             let writer = lock(&inner.writer);
             let taken = writer
                 .execute(
                     "UPDATE sessions SET lease = ?2, lease_until_ms = ?3
-                     WHERE id = ?1 AND used_at_ms + ttl_ms > ?4 AND (lease IS NULL OR lease_until_ms <= ?4)",
-                    params![id, lease, until_ms, now_ms],
+                     WHERE id = ?1 AND user = ?5 AND used_at_ms + ttl_ms > ?4
+                       AND (lease IS NULL OR lease_until_ms <= ?4)",
+                    params![id, lease, until_ms, now_ms, user],
                 )
                 .map_err(err)?;
             if taken == 0 {
                 let busy: Option<i64> = writer
                     .query_row(
-                        "SELECT lease_until_ms FROM sessions WHERE id = ?1 AND used_at_ms + ttl_ms > ?2",
-                        params![id, now_ms],
+                        "SELECT lease_until_ms FROM sessions WHERE id = ?1 AND user = ?3 AND used_at_ms + ttl_ms > ?2",
+                        params![id, now_ms, user],
                         |row| row.get::<_, Option<i64>>(0),
                     )
                     .optional()

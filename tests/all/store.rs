@@ -329,16 +329,23 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         let listed: Vec<String> = other.sessions("alice", now).await.unwrap().into_iter().map(|s| s.id).collect();
         assert_eq!(listed, ["s1", "s2"], "{backend:?}");
 
+        // Another user's session is missing to them, busy or not.
+        assert_eq!(store.lease_session("s3", "alice", "x", now + 5_000, now).await.unwrap(), Lease::Missing);
         // The first execution finds no image; a second one meanwhile finds it busy.
         let Lease::Taken { session: taken, image: None } =
-            store.lease_session("s1", "run-1", now + 5_000, now).await.unwrap()
+            store.lease_session("s1", "alice", "run-1", now + 5_000, now).await.unwrap()
         else {
             panic!("{backend:?}: the session is free");
         };
         assert_eq!((taken.user.as_str(), taken.executions), ("alice", 0));
         assert_eq!(
-            other.lease_session("s1", "run-2", now + 5_000, now).await.unwrap(),
+            other.lease_session("s1", "alice", "run-2", now + 5_000, now).await.unwrap(),
             Lease::Busy { until_ms: now + 5_000 }
+        );
+        assert_eq!(
+            other.lease_session("s1", "bob", "run-2", now + 5_000, now).await.unwrap(),
+            Lease::Missing,
+            "{backend:?}: not even busy to another user"
         );
         let image = vec![7u8; 100_000];
         assert!(store.return_session("s1", "run-1", Some(&image), Some(now + 10)).await.unwrap(), "{backend:?}");
@@ -349,7 +356,7 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
 
         // The next execution, on any replica, starts from that image.
         let Lease::Taken { session: taken, image: Some(read) } =
-            other.lease_session("s1", "run-3", now + 5_000, now).await.unwrap()
+            other.lease_session("s1", "alice", "run-3", now + 5_000, now).await.unwrap()
         else {
             panic!("{backend:?}: the image is there");
         };
@@ -360,7 +367,7 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
         // A lease given back with no execution run (it was refused) changes nothing.
         assert!(matches!(
-            other.lease_session("s1", "refused", now + 5_000, now + 30).await.unwrap(),
+            other.lease_session("s1", "alice", "refused", now + 5_000, now + 30).await.unwrap(),
             Lease::Taken { .. }
         ));
         assert!(other.return_session("s1", "refused", None, None).await.unwrap());
@@ -368,17 +375,26 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
 
         // A lease whose holder died ends at its deadline.
-        assert!(matches!(store.lease_session("s2", "dead", now + 50, now).await.unwrap(), Lease::Taken { .. }));
-        assert!(matches!(other.lease_session("s2", "next", now + 5_000, now + 10).await.unwrap(), Lease::Busy { .. }));
-        assert!(matches!(other.lease_session("s2", "next", now + 5_000, now + 60).await.unwrap(), Lease::Taken { .. }));
+        assert!(matches!(
+            store.lease_session("s2", "alice", "dead", now + 50, now).await.unwrap(),
+            Lease::Taken { .. }
+        ));
+        assert!(matches!(
+            other.lease_session("s2", "alice", "next", now + 5_000, now + 10).await.unwrap(),
+            Lease::Busy { .. }
+        ));
+        assert!(matches!(
+            other.lease_session("s2", "alice", "next", now + 5_000, now + 60).await.unwrap(),
+            Lease::Taken { .. }
+        ));
 
         // Ended or expired sessions are gone.
         assert!(store.end_session("s3").await.unwrap(), "{backend:?}");
         assert!(!store.end_session("s3").await.unwrap());
-        assert_eq!(store.lease_session("s3", "x", now + 5_000, now).await.unwrap(), Lease::Missing);
+        assert_eq!(store.lease_session("s3", "bob", "x", now + 5_000, now).await.unwrap(), Lease::Missing);
         let expires = kept.expires_at_ms();
         assert!(store.session("s1", expires).await.unwrap().is_none(), "{backend:?}: idle past its TTL");
-        assert_eq!(store.lease_session("s1", "late", expires + 5_000, expires).await.unwrap(), Lease::Missing);
+        assert_eq!(store.lease_session("s1", "alice", "late", expires + 5_000, expires).await.unwrap(), Lease::Missing);
         assert!(store.sessions("alice", expires + 70_000).await.unwrap().is_empty());
     }
 }
