@@ -78,6 +78,7 @@ fn job(code: &str, limits: Limits) -> Job {
         principal: Arc::new(Principal::local()),
         call_policy: Arc::new(AllowAll),
         session: None,
+        files: None,
     }
 }
 

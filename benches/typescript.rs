@@ -29,6 +29,7 @@ fn job(code: &str) -> Job {
         principal: Arc::new(Principal::local()),
         call_policy: Arc::new(AllowAll),
         session: None,
+        files: None,
     }
 }
 

@@ -625,7 +625,7 @@ async fn usage(
     let rows = store::open(&config.store).await?.usage(&query).await?;
     let total = store::total(&rows);
     println!(
-        "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12} {:>8} {:>12}",
+        "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12} {:>8} {:>12} {:>12}",
         "GROUP",
         "EXECUTIONS",
         "FUEL",
@@ -636,11 +636,12 @@ async fn usage(
         "OUTPUT_TOK",
         "COST_USD",
         "SESSIONS",
-        "STATE_BYTES"
+        "STATE_BYTES",
+        "FILE_BYTES"
     );
     for row in rows.iter().chain(std::iter::once(&total)) {
         println!(
-            "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12.6} {:>8} {:>12}",
+            "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12.6} {:>8} {:>12} {:>12}",
             row.group,
             row.executions,
             row.fuel,
@@ -651,7 +652,8 @@ async fn usage(
             row.output_tokens,
             row.cost_usd,
             row.sessions_opened,
-            row.session_state_bytes
+            row.session_state_bytes,
+            row.file_bytes_written
         );
     }
     Ok(ExitCode::SUCCESS)

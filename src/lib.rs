@@ -20,10 +20,14 @@
 //! - [`service`]: the one path every surface takes: authenticate (mode fixed at start),
 //!   authorise, rate-limit, per-user shares, run, record; policy hot reload; sessions
 //!   (owned handles whose executions share state, leased one execution at a time).
+//! - [`sessions`]: what lasts beyond one execution: a session's workspace of files and
+//!   the host directories policies mount, each a cap-std directory capability, behind
+//!   the code's `fs.*` calls.
 //! - [`store`]: everything replicas share, behind one trait: ledger records (executions,
 //!   host calls, model calls) with their batched writer and usage reports, budget
-//!   reservations and spend, rate-limit buckets, API keys. SQLite (embedded default)
-//!   and PostgreSQL; nothing else opens a database.
+//!   reservations and spend, rate-limit buckets, API keys, sessions with their memory
+//!   images and workspace files. SQLite (embedded default) and PostgreSQL; nothing
+//!   else opens a database.
 //! - [`model`]: the model proxy: catalog, router (tiers, `auto`, fallback, circuit
 //!   breakers), budgets reserved and settled, stream metering, `model.chat`.
 //! - [`mcp`]: Code Mode: the upstream MCP client pool, the tool catalog with its
@@ -47,6 +51,7 @@ pub mod model;
 pub mod policy;
 pub mod sandbox;
 pub mod service;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 

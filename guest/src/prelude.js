@@ -56,6 +56,7 @@
   const BODY_PREFIX = "(async function(){";
   const INPUT_POSITION = /<input>:(\d+):(\d+)/;
   const INPUT_POSITIONS = /<input>:(\d+):(\d+)/g;
+  const FILE_CODE = /^([A-Z]+):/;
   // The largest line or column reported; anything else is a forged or broken position.
   const MAX_POSITION = 0x7fffffff;
 
@@ -157,6 +158,37 @@
   });
   g.model = freeze({ chat: (request) => call("model.chat", request) });
 
+  // `fs`: the session's workspace and the directories policies mount, shaped like
+  // `node:fs/promises`. Text is UTF-8; the encoding "base64" reads and writes bytes.
+  const promiseThen = Promise.prototype.then;
+  const options = (value) => (value !== null && typeof value === "object" ? value : create(null));
+  const encodingOf = (value) => (typeof value === "string" ? value : options(value).encoding);
+  const isType = (type) =>
+    function () {
+      return this.type === type;
+    };
+  const isFile = isType("file");
+  const isDirectory = isType("directory");
+  function statResult(stat) {
+    stat.isFile = isFile;
+    stat.isDirectory = isDirectory;
+    return stat;
+  }
+  g.fs = freeze({
+    readFile: (path, how) => call("fs.readFile", { path, encoding: encodingOf(how) }),
+    writeFile: (path, data, how) => call("fs.writeFile", { path, data, encoding: encodingOf(how) }),
+    appendFile: (path, data, how) => call("fs.writeFile", { path, data, encoding: encodingOf(how), append: true }),
+    readdir: (path) => call("fs.readdir", { path: path === undefined ? "." : path }),
+    stat: (path) => apply(promiseThen, call("fs.stat", { path }), [statResult]),
+    exists: (path) => call("fs.exists", { path }),
+    mkdir: (path, how) => call("fs.mkdir", { path, recursive: options(how).recursive === true }),
+    rm: (path, how) => {
+      const o = options(how);
+      return call("fs.rm", { path, recursive: o.recursive === true, force: o.force === true });
+    },
+    rename: (from, to) => call("fs.rename", { path: from, to }),
+  });
+
   // Delivers a host reply. The host's envelope is trusted JSON; the error made from
   // it is remembered with its kind.
   function complete(id, envelope) {
@@ -174,6 +206,16 @@
       descriptor.value = kind;
       descriptor.enumerable = true;
       defineProperty(error, "kind", descriptor);
+      if (kind === "file_error") {
+        // `ENOENT: ...` → `error.code === "ENOENT"`, as Node's errors have.
+        const code = apply(regexExec, FILE_CODE, [reply.error.message]);
+        if (code !== null) {
+          const codeDescriptor = create(null);
+          codeDescriptor.value = code[1];
+          codeDescriptor.enumerable = true;
+          defineProperty(error, "code", codeDescriptor);
+        }
+      }
       apply(weakMapSet, hostKinds, [error, kind]);
       entry[1](error);
     }

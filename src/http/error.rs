@@ -73,6 +73,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::SessionBusy(_) => (StatusCode::CONFLICT, None, false),
             ServiceError::TooManySessions { .. } => (StatusCode::TOO_MANY_REQUESTS, None, false),
             ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, None, false),
+            ServiceError::File(message) if message.starts_with("EDQUOT") => {
+                (StatusCode::PAYLOAD_TOO_LARGE, None, false)
+            }
+            ServiceError::File(_) => (StatusCode::CONFLICT, None, false),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None, false),
         };
         Self { status, kind, message, retry_after_secs, challenge }

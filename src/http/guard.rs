@@ -10,10 +10,12 @@
 //!   every `POST`. A request whose `Origin` is not the server's own (the `Host` it was
 //!   sent to) is 403 unless `[http] cors_origins` lists it; listed origins also get
 //!   CORS headers and preflight answers, nothing else does.
-//! - **Content-Type.** A `POST`, `PUT` or `PATCH` body must be `application/json`
-//!   (415 otherwise). A browser sends such a request cross-origin only after a CORS
+//! - **Content-Type.** A `POST` or `PATCH` body must be `application/json` (415
+//!   otherwise). A browser sends such a request cross-origin only after a CORS
 //!   preflight, which an unlisted origin never passes, so a page cannot use a
-//!   `text/plain` "simple request" to slip one through.
+//!   `text/plain` "simple request" to slip one through. A `PUT` (file uploads) may
+//!   carry any type: no `PUT` is ever a simple request, so a browser always
+//!   preflights it.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -118,7 +120,7 @@ impl Guard {
                 .with_kind("forbidden"));
             }
         }
-        if matches!(*method, Method::POST | Method::PUT | Method::PATCH) && !is_json(headers) {
+        if matches!(*method, Method::POST | Method::PATCH) && !is_json(headers) {
             crate::telemetry::record_rejection("content_type");
             let sent = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("none");
             return Err(ApiError::new(
@@ -278,6 +280,13 @@ mod tests {
         assert_eq!(ok(&[("host", "127.0.0.1:8420")]), Err(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         assert_eq!(ok(&[("host", "evil.example"), ("content-type", "application/json")]), Err(StatusCode::FORBIDDEN));
         assert!(local.check(&Method::GET, &headers(&[("host", "localhost:1")]), None).is_ok());
+        // A PUT (an upload) may be any type: browsers always preflight it; its origin still counts.
+        let put = |pairs: &[(&str, &str)]| local.check(&Method::PUT, &headers(pairs), None).map_err(|e| e.status);
+        assert_eq!(put(&[("host", "127.0.0.1:8420"), ("content-type", "application/octet-stream")]), Ok(()));
+        assert_eq!(
+            put(&[("host", "127.0.0.1:8420"), ("content-type", "text/plain"), ("origin", "http://evil.example")]),
+            Err(StatusCode::FORBIDDEN)
+        );
         assert!(same_origin("http://localhost", "localhost:80"));
         assert!(!same_origin("https://localhost", "localhost:80"));
     }

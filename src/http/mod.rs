@@ -93,6 +93,11 @@ pub fn router(state: AppState, stopping: CancellationToken) -> Router {
         .route("/v1/usage", get(usage::usage))
         .route("/v1/sessions", post(sessions::open).get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::show).delete(sessions::end))
+        .route("/v1/sessions/{id}/files", get(sessions::files))
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            get(sessions::get_file).put(sessions::put_file).delete(sessions::delete_file),
+        )
         .route("/v1/chat/completions", post(models::chat_completions))
         .route("/v1/messages", post(models::messages))
         .route("/v1/models", get(models::list))

@@ -2,10 +2,13 @@
 //! lists the caller's, `GET /v1/sessions/{id}` shows one and `DELETE` ends it.
 //! `POST /v1/execute {session_id, code}` runs in one. Another principal's session is
 //! a 404, exactly as a session that does not exist.
+//!
+//! A session's workspace: `GET /v1/sessions/{id}/files` lists it; `GET`, `PUT` and
+//! `DELETE` on `/v1/sessions/{id}/files/{path}` read, write and remove one entry.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -13,6 +16,7 @@ use serde::Deserialize;
 use super::{ApiError, AppState};
 use crate::sandbox::{ErrorKind, Language};
 use crate::service::SessionView as View;
+use crate::store::StoredFile;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,5 +62,65 @@ pub(super) async fn end(
 ) -> Result<StatusCode, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
     app.service.end_session(&principal, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An entry of a workspace as the API lists it.
+fn entry(file: &StoredFile) -> serde_json::Value {
+    serde_json::json!({
+        "path": file.path,
+        "type": if file.dir { "directory" } else { "file" },
+        "size": file.size,
+    })
+}
+
+/// `GET /v1/sessions/{id}/files`: every entry of the session's workspace.
+pub(super) async fn files(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    let files = app.service.session_files(&principal, &id).await?;
+    Ok(Json(serde_json::json!({ "files": files.iter().map(entry).collect::<Vec<_>>() })).into_response())
+}
+
+/// `GET /v1/sessions/{id}/files/{path}`: a file's bytes, or a directory's entries.
+pub(super) async fn get_file(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    let (file, entries) = app.service.session_file(&principal, &id, &path).await?;
+    if file.dir {
+        return Ok(Json(serde_json::json!({ "files": entries.iter().map(entry).collect::<Vec<_>>() })).into_response());
+    }
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], file.data).into_response())
+}
+
+/// `PUT /v1/sessions/{id}/files/{path}`: the body becomes the file (parent directories
+/// are made), within the workspace's quotas.
+pub(super) async fn put_file(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, path)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    let limit = app.service.policies().current().capabilities(&principal).files.max_bytes;
+    let data = super::read_body(&headers, body, usize::try_from(limit).unwrap_or(usize::MAX)).await?;
+    let size = app.service.put_session_file(&principal, &id, &path, data.to_vec()).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "path": path, "size": size }))).into_response())
+}
+
+/// `DELETE /v1/sessions/{id}/files/{path}`: removes the entry and everything under it.
+pub(super) async fn delete_file(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    app.service.remove_session_file(&principal, &id, &path).await?;
     Ok(StatusCode::NO_CONTENT)
 }

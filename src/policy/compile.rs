@@ -159,6 +159,8 @@ pub(super) struct Policy {
     /// `Some` iff the policy has a `[policy.sessions]` table: its principals may open
     /// sessions, within these caps.
     pub sessions: Option<At<super::SessionGrant>>,
+    /// `Some` iff the policy has a `[policy.files]` table.
+    pub files: Option<At<super::FilesGrant>>,
 }
 
 impl Policy {
@@ -288,6 +290,7 @@ fn compile_policy(
         executions_per_minute: None,
         model_calls_per_minute: None,
         sessions: None,
+        files: None,
     };
 
     if let Some(budget) = raw.budget {
@@ -327,6 +330,47 @@ fn compile_policy(
             idle_ttl_s: sessions.idle_ttl_s.map_or(defaults.idle_ttl_s, Spanned::into_inner).max(1),
         };
         policy.sessions = Some(At { line, value: grant });
+    }
+    if let Some(files) = raw.files {
+        let line = source.line(&files.span());
+        let files = files.into_inner();
+        let defaults = super::FilesGrant::default();
+        let mut grant = super::FilesGrant {
+            max_bytes: files.max_bytes.map_or(defaults.max_bytes, Spanned::into_inner),
+            max_files: files.max_files.map_or(defaults.max_files, Spanned::into_inner),
+            mounts: Vec::new(),
+        };
+        for mount in files.mounts {
+            let span = mount.span();
+            let mount = mount.into_inner();
+            let writable = match mount.mode.as_ref().map(|m| m.get_ref().as_str()) {
+                None | Some("ro") => false,
+                Some("rw") => true,
+                Some(other) => {
+                    let span = mount.mode.as_ref().map_or(span.clone(), Spanned::span);
+                    errors.push(source.error(&span, format!("mount mode `{other}` is not `ro` or `rw`")));
+                    continue;
+                }
+            };
+            let path = std::path::PathBuf::from(mount.path.get_ref());
+            if !path.is_absolute() {
+                errors.push(
+                    source.error(&mount.path.span(), format!("mount path `{}` must be absolute", mount.path.get_ref())),
+                );
+                continue;
+            }
+            let name = mount.name.get_ref();
+            if let Err(why) = super::mount_name(name) {
+                errors.push(source.error(&mount.name.span(), format!("mount name `{name}` {why}")));
+                continue;
+            }
+            if grant.mounts.iter().any(|m| &m.name == name) {
+                errors.push(source.error(&mount.name.span(), format!("mount name `{name}` is used twice")));
+                continue;
+            }
+            grant.mounts.push(super::MountGrant { path, name: name.clone(), writable });
+        }
+        policy.files = Some(At { line, value: grant });
     }
 
     Compiled { policy, name_line: source.line(&name_span), name_span }

@@ -189,6 +189,50 @@ impl Default for SessionGrant {
     }
 }
 
+/// What a principal's code may do with files (`[policy.files]`): the quotas of each
+/// session's workspace, and host directories mounted into the code's view. Quotas are
+/// the largest any matching policy sets (the defaults below without one); mounts are
+/// the union, the first policy in load order winning a name two of them use. Without
+/// a mount there is no file access outside a session's own workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FilesGrant {
+    /// Bytes of files in one session's workspace, and bytes one execution may write to
+    /// writable mounts (default 64 MiB).
+    pub max_bytes: u64,
+    /// Files and directories in one session's workspace (default 1,000).
+    pub max_files: u64,
+    pub mounts: Vec<MountGrant>,
+}
+
+impl Default for FilesGrant {
+    fn default() -> Self {
+        Self { max_bytes: 64 << 20, max_files: 1_000, mounts: Vec::new() }
+    }
+}
+
+/// A host directory the code sees as the top-level directory `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MountGrant {
+    pub path: std::path::PathBuf,
+    pub name: String,
+    /// `mode = "rw"`; read-only otherwise.
+    pub writable: bool,
+}
+
+/// Checks a mount's `as` name: one plain path component.
+pub fn mount_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("must not be `.` or `..`");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err("may hold only letters, digits, `.`, `_` and `-`");
+    }
+    Ok(())
+}
+
 /// Something a principal may try to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Query {
@@ -389,7 +433,18 @@ impl PolicySet {
         let mut budget = Budget::default();
         let mut rate = Rate::default();
         let mut sessions: Option<SessionGrant> = None;
+        let mut files: Option<FilesGrant> = None;
         for policy in &policies {
+            if let Some(grant) = &policy.files {
+                let merged = files.get_or_insert_with(|| FilesGrant { mounts: Vec::new(), ..grant.value.clone() });
+                merged.max_bytes = merged.max_bytes.max(grant.value.max_bytes);
+                merged.max_files = merged.max_files.max(grant.value.max_files);
+                for mount in &grant.value.mounts {
+                    if !merged.mounts.iter().any(|m| m.name == mount.name) {
+                        merged.mounts.push(mount.clone());
+                    }
+                }
+            }
             if let Some(grant) = &policy.sessions {
                 let merged = sessions.get_or_insert(grant.value);
                 merged.max = merged.max.max(grant.value.max);
@@ -413,6 +468,7 @@ impl PolicySet {
             budget,
             rate,
             sessions,
+            files: files.unwrap_or_default(),
             matched: policies.iter().map(|p| p.name.clone()).collect(),
             who: describe(principal),
             limits_rule,
@@ -466,6 +522,7 @@ pub struct Capabilities {
     pub rate: Rate,
     /// `None`: no matching policy has a `[policy.sessions]` table.
     pub sessions: Option<SessionGrant>,
+    pub files: FilesGrant,
     /// Names of the matching policies, in load order.
     pub matched: Vec<String>,
     /// Who these are for, in deny-by-default reasons.
@@ -485,6 +542,7 @@ impl Capabilities {
             budget: Budget::default(),
             rate: Rate::default(),
             sessions: None,
+            files: FilesGrant::default(),
             matched: Vec::new(),
             who: "this principal".into(),
             limits_rule: None,

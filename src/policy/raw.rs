@@ -28,6 +28,7 @@ pub(super) struct RawPolicy {
     pub budget: Option<RawBudget>,
     pub rate: Option<RawRate>,
     pub sessions: Option<Spanned<RawSessions>>,
+    pub files: Option<Spanned<RawFiles>>,
 }
 
 /// Any subset of the fields of [`crate::sandbox::Limits`].
@@ -83,6 +84,26 @@ pub(super) struct RawSessions {
     pub max: Option<Spanned<u32>>,
     pub max_bytes: Option<Spanned<u64>>,
     pub idle_ttl_s: Option<Spanned<u64>>,
+}
+
+/// `[policy.files]`: workspace quotas and host directories granted to the code.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFiles {
+    pub max_bytes: Option<Spanned<u64>>,
+    pub max_files: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub mounts: Vec<Spanned<RawMount>>,
+}
+
+/// `{ path = "/srv/datasets", as = "datasets", mode = "ro" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMount {
+    pub path: Spanned<String>,
+    #[serde(rename = "as")]
+    pub name: Spanned<String>,
+    pub mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -615,3 +615,36 @@ fn policy_shipped_examples_load_and_mean_what_they_say() {
         }
     }
 }
+
+#[test]
+fn policy_files_quotas_take_the_largest_and_mounts_the_union() {
+    let set = parse(
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n\
+         [policy.files]\nmax_bytes = 1000\n\
+         mounts = [{ path = \"/srv/data\", as = \"data\" }]\n\n\
+         [[policy]]\nname = \"platform\"\nprincipals = [\"team:platform\"]\n\
+         [policy.files]\nmax_files = 5\n\
+         mounts = [{ path = \"/srv/other\", as = \"data\", mode = \"rw\" }, { path = \"/srv/out\", as = \"out\", mode = \"rw\" }]\n",
+    );
+    let files = set.capabilities(&alice()).files;
+    assert_eq!((files.max_bytes, files.max_files), (64 << 20, 1_000), "a field left out takes its default");
+    let mounts: Vec<(&str, &str, bool)> =
+        files.mounts.iter().map(|m| (m.name.as_str(), m.path.to_str().unwrap(), m.writable)).collect();
+    assert_eq!(mounts, [("data", "/srv/data", false), ("out", "/srv/out", true)], "the first policy wins a name");
+    let files = set.capabilities(&bob()).files;
+    assert_eq!((files.max_bytes, files.max_files, files.mounts.len()), (1000, 1_000, 1));
+    assert_eq!(parse(HEAD).capabilities(&bob()).files, FilesGrant::default(), "no table: defaults, no mounts");
+
+    for (mount, message) in [
+        ("{ path = \"srv\", as = \"a\" }", "mount path `srv` must be absolute"),
+        ("{ path = \"/srv\", as = \"../up\" }", "mount name `../up` may hold only"),
+        ("{ path = \"/srv\", as = \"..\" }", "mount name `..` must not be"),
+        ("{ path = \"/srv\", as = \"\" }", "mount name `` must be 1 to 64"),
+        ("{ path = \"/srv\", as = \"a\", mode = \"rwx\" }", "mount mode `rwx` is not `ro` or `rw`"),
+        ("{ path = \"/srv\", as = \"a\" }, { path = \"/tmp\", as = \"a\" }", "mount name `a` is used twice"),
+    ] {
+        let error = parse_err(&format!("{HEAD}[policy.files]\nmounts = [{mount}]\n"));
+        assert!(error.contains(message), "{mount}: {error}");
+        assert!(error.contains("test.toml:5:"), "{error}");
+    }
+}

@@ -28,6 +28,9 @@ pub enum ErrorKind {
     ToolDenied,
     /// A tool was called and failed.
     ToolError,
+    /// A file operation failed: no such file, no file access, outside the workspace,
+    /// over a quota. The message starts with a POSIX-style code (`ENOENT: ...`).
+    FileError,
     /// A model call was refused by policy, or names no model the caller may use.
     ModelDenied,
     /// A budget would be exceeded.
@@ -60,6 +63,7 @@ impl ErrorKind {
             Self::Unsettled => "unsettled",
             Self::ToolDenied => "tool_denied",
             Self::ToolError => "tool_error",
+            Self::FileError => "file_error",
             Self::ModelDenied => "model_denied",
             Self::BudgetExceeded => "budget_exceeded",
             Self::InvalidRequest => "invalid_request",

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Caller, Linker, ResourceLimiter};
 
-use super::capability::{CallPolicy, HostCall, Registry};
+use super::capability::{CallPolicy, Capability, HostCall, Registry};
 use super::error::{ErrorKind, ExecError};
 use super::limits::Limits;
 use super::request::Language;
@@ -190,6 +190,8 @@ pub(crate) struct HostState {
     call_policy: Arc<dyn CallPolicy>,
     pub(crate) outcome: Option<GuestOutcome>,
     registry: Arc<Registry>,
+    /// `fs.*` calls: this execution's own file capability.
+    files: Option<Arc<dyn Capability>>,
     principal: Arc<Principal>,
     execution_id: Arc<str>,
     pub(crate) cpu: CpuSlot,
@@ -215,6 +217,7 @@ pub(crate) struct HostSetup {
     pub(crate) call_policy: Arc<dyn CallPolicy>,
     /// The execution continues a session (request part 3 is `session`).
     pub(crate) session: bool,
+    pub(crate) files: Option<Arc<dyn Capability>>,
 }
 
 impl HostState {
@@ -259,6 +262,7 @@ impl HostState {
             call_policy: setup.call_policy,
             outcome: None,
             registry: setup.registry,
+            files: setup.files,
             principal: setup.principal,
             execution_id: setup.execution_id,
             cpu: setup.cpu,
@@ -292,6 +296,14 @@ impl HostState {
         self.limit_hit = Some(error);
         wasmtime::format_err!(message)
     }
+}
+
+fn no_files() -> ExecError {
+    ExecError::new(
+        ErrorKind::FileError,
+        "EACCES: this execution has no file access: files live in a session's workspace (open a session) or in \
+         directories an operator mounts by policy ([policy.files] mounts)",
+    )
 }
 
 fn guest_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
@@ -362,6 +374,7 @@ impl GuestError {
             "budget_exceeded" => ErrorKind::BudgetExceeded,
             "invalid_request" => ErrorKind::InvalidRequest,
             "unavailable" => ErrorKind::Unavailable,
+            "file_error" => ErrorKind::FileError,
             _ => ErrorKind::Exception,
         };
         let text = |value: serde_json::Value| match value {
@@ -540,7 +553,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             } else {
                 state_args.and_then(|args| {
                     state.call_policy.check(&name)?;
-                    let (capability, method) = state.registry.route(&name)?;
+                    let (capability, method) = match (name.strip_prefix("fs."), &state.files) {
+                        (Some(method), Some(files)) => (files.clone(), method.to_string()),
+                        (Some(_), None) => return Err(no_files()),
+                        (None, _) => state.registry.route(&name)?,
+                    };
                     Ok(capability.call(HostCall {
                         method,
                         args,

@@ -88,6 +88,9 @@ pub struct Job {
     /// a session's first execution); `None` for a fresh execution. See
     /// [`MemoryImage`] and the guest's docs on sessions.
     pub session: Option<Arc<MemoryImage>>,
+    /// The capability behind `fs.*` calls for this execution alone (its session's
+    /// workspace and the mounts its policies grant); `None`: no file access.
+    pub files: Option<Arc<dyn Capability>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -285,6 +288,7 @@ impl Sandbox {
             cpu: cpu.clone(),
             call_policy: job.call_policy,
             session: job.session.is_some(),
+            files: job.files,
         });
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -77,6 +77,7 @@ impl ExecuteRequest {
             principal,
             call_policy,
             session: None,
+            files: None,
         })
     }
 }

@@ -36,7 +36,9 @@ use crate::sandbox::{
     Admission, CallPolicy, Capability, ErrorKind, ExecError, ExecuteRequest, HostCall, Job, LogLine, Outcome, Registry,
     Rejected, Sandbox, TestCapability,
 };
-use crate::store::{CallRecord, ExecutionRecord, Ledger, Record, StoreError, UsageQuery, UsageRow};
+use crate::sessions::workspace::{Files, SessionFiles};
+use crate::sessions::Workspace;
+use crate::store::{CallRecord, ExecutionRecord, FileChange, Ledger, Record, StoreError, UsageQuery, UsageRow};
 use futures::future::BoxFuture;
 
 /// Why a request was not served.
@@ -76,6 +78,10 @@ pub enum ServiceError {
     /// The request asks for something it may not have.
     #[error("{0}")]
     Invalid(String),
+    /// A file request the workspace refuses (over a quota, a file where a directory
+    /// must be); the message starts with a POSIX-style code.
+    #[error("{0}")]
+    File(String),
     /// A fault in sandgate itself.
     #[error("{0}")]
     Internal(String),
@@ -93,6 +99,7 @@ impl ServiceError {
             Self::SessionBusy(_) => "session_busy",
             Self::TooManySessions { .. } => "rate_limited",
             Self::Invalid(_) => ErrorKind::InvalidRequest.as_str(),
+            Self::File(_) => ErrorKind::FileError.as_str(),
             Self::Internal(_) => ErrorKind::Internal.as_str(),
         }
     }
@@ -105,6 +112,8 @@ pub struct Prepared {
     admission: Admission,
     running: RunningSlot,
     session: Option<sessions::SessionLease>,
+    /// The execution's files, to commit or drop when it ends.
+    workspace: Option<Arc<Workspace>>,
 }
 
 /// Whether callers must present keys. Decided once, when the service starts, from
@@ -385,11 +394,20 @@ impl Service {
                 Some(self.lease_session(&principal, &id, grant.max_bytes, hold).await?)
             }
         };
+        let files = capabilities.files.clone();
         let mut job = request.into_job(&ceiling, principal.clone(), Arc::new(PolicyCalls(capabilities)))?;
         let session = session.map(|(lease, image)| {
             job.session = Some(Arc::new(image));
             lease
         });
+        let workspace = Workspace::new(
+            session
+                .as_ref()
+                .map(|lease| SessionFiles { store: self.ledger.store().clone(), session_id: lease.id().to_string() }),
+            files,
+        );
+        let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
+        job.files = workspace.clone().map(|workspace| Arc::new(Files(workspace)) as Arc<dyn Capability>);
         // A full server answers 503 whoever asks; a caller over their own share, 429.
         let admission = self.sandbox.admit()?;
         let limit = ceiling.concurrent.min(self.sandbox.config().max_concurrent);
@@ -397,7 +415,7 @@ impl Service {
             .running
             .enter(&principal.user, limit)
             .ok_or_else(|| ServiceError::TooManyRunning { user: principal.user.clone(), limit })?;
-        Ok(Prepared { job, admission, running, session })
+        Ok(Prepared { job, admission, running, session, workspace })
     }
 
     /// Runs a prepared execution and commits its records before returning: an
@@ -417,7 +435,7 @@ impl Service {
     pub fn start(&self, prepared: Prepared, events: Option<mpsc::UnboundedSender<LogLine>>) -> Execution {
         let cancel = self.stop.child_token();
         let (sandbox, ledger) = (self.sandbox.clone(), self.ledger.clone());
-        let Prepared { job, admission, running, session } = prepared;
+        let Prepared { job, admission, running, session, workspace } = prepared;
         let task = self.executions.spawn({
             let cancel = cancel.clone();
             async move {
@@ -425,18 +443,37 @@ impl Service {
                 let outcome = sandbox.run_admitted(admission, job, events, &cancel).await;
                 drop(running);
                 let mut outcome = outcome?;
-                let mut saved = None;
+                let (changes, mount_bytes) = match &workspace {
+                    Some(workspace) => workspace.finish(outcome.ok).await,
+                    None => (Ok(Vec::new()), 0),
+                };
+                // Files that cannot be read back fail the execution: the session stays
+                // as it was, memory and files alike.
+                let changes = changes.unwrap_or_else(|error| {
+                    outcome.ok = false;
+                    outcome.result = None;
+                    outcome.error = Some(error);
+                    Vec::new()
+                });
+                let mut events = Vec::new();
+                let mut written = mount_bytes;
+                let session_id = session.as_ref().map(|lease| lease.id().to_string()).unwrap_or_default();
                 if let Some(lease) = session {
-                    let id = lease.id().to_string();
-                    match lease.give_back(&mut outcome).await {
-                        Ok(Some(bytes)) => saved = Some(sessions::event(&principal, &id, "saved", bytes)),
+                    match lease.give_back(&mut outcome, &changes).await {
+                        Ok(Some(bytes)) => {
+                            events.push(sessions::event(&principal, &session_id, "saved", bytes));
+                            written += changes.iter().map(FileChange::bytes).sum::<u64>();
+                        }
                         Ok(None) => {}
                         Err(error) => {
                             tracing::warn!(%error, "could not give a session back; its lease ends at its deadline")
                         }
                     }
                 }
-                ledger.record(records(&principal, &outcome).into_iter().chain(saved).collect()).await?;
+                if written > 0 {
+                    events.push(sessions::event(&principal, &session_id, "files_written", written));
+                }
+                ledger.record(records(&principal, &outcome).into_iter().chain(events).collect()).await?;
                 Ok(outcome)
             }
         });

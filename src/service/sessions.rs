@@ -19,8 +19,10 @@ use serde::Serialize;
 
 use super::{Service, ServiceError};
 use crate::auth::Principal;
+use crate::policy::FilesGrant;
 use crate::sandbox::{ErrorKind, ExecError, Language, MemoryImage, Outcome};
-use crate::store::{now_ms, Lease, Record, SessionEvent, SessionRecord, Store};
+use crate::sessions::FilePath;
+use crate::store::{now_ms, FileChange, Lease, Record, SessionEvent, SessionRecord, Store, StoredFile};
 
 /// The ledger record of `event` on session `id` of `principal`.
 pub(super) fn event(principal: &Principal, id: &str, event: &'static str, state_bytes: u64) -> Record {
@@ -46,6 +48,10 @@ pub struct SessionView {
     pub executions: u64,
     /// Bytes of its saved state (the changed pages of its memory).
     pub state_bytes: u64,
+    /// Files and directories in its workspace.
+    pub files: u64,
+    /// Bytes of the files in its workspace.
+    pub file_bytes: u64,
 }
 
 fn time(ms: i64) -> String {
@@ -63,6 +69,8 @@ impl From<SessionRecord> for SessionView {
             language: session.language,
             executions: session.executions,
             state_bytes: session.image_bytes,
+            files: session.files,
+            file_bytes: session.file_bytes,
         }
     }
 }
@@ -81,16 +89,23 @@ pub(super) struct SessionLease {
     user: String,
     max_bytes: u64,
     returned: bool,
+    /// The session as the lease found it.
+    session: SessionRecord,
 }
 
 impl SessionLease {
     /// Gives the session back after `outcome`: with its new image when the execution
     /// succeeded and the principal's sessions stay within their byte cap (else the
     /// outcome becomes an `out_of_memory` failure and the session stays as it was).
+    /// The workspace `files` the execution changed go with the image, or not at all.
     /// Returns the bytes of state it kept, if it kept any.
-    pub(super) async fn give_back(mut self, outcome: &mut Outcome) -> Result<Option<u64>, ServiceError> {
+    pub(super) async fn give_back(
+        mut self,
+        outcome: &mut Outcome,
+        files: &[FileChange],
+    ) -> Result<Option<u64>, ServiceError> {
         self.returned = true;
-        let mut image = outcome.session_image.take().map(|image| image.encode());
+        let mut image = outcome.session_image.take().filter(|_| outcome.ok).map(|image| image.encode());
         if let Some(bytes) = &image {
             let others: u64 = self
                 .store
@@ -115,8 +130,18 @@ impl SessionLease {
                 ));
             }
         }
-        self.store.return_session(&self.id, &self.lease, image.as_deref(), Some(now_ms())).await?;
+        let files = if image.is_some() { files } else { &[] };
+        self.store.return_session(&self.id, &self.lease, image.as_deref(), Some(now_ms()), files).await?;
         Ok(image.map(|bytes| bytes.len() as u64))
+    }
+
+    /// Gives the session back with `files` changed and nothing else (an upload).
+    async fn give_back_files(mut self, files: &[FileChange]) -> Result<(), ServiceError> {
+        self.returned = true;
+        if !self.store.return_session(&self.id, &self.lease, None, None, files).await? {
+            return Err(ServiceError::SessionBusy(self.id.clone()));
+        }
+        Ok(())
     }
 
     pub(super) fn id(&self) -> &str {
@@ -132,7 +157,7 @@ impl Drop for SessionLease {
         let (store, id, lease) = (self.store.clone(), std::mem::take(&mut self.id), std::mem::take(&mut self.lease));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = store.return_session(&id, &lease, None, None).await {
+                if let Err(error) = store.return_session(&id, &lease, None, None, &[]).await {
                     tracing::warn!(%error, session = %id, "could not give a session back; its lease ends at its deadline");
                 }
             });
@@ -187,6 +212,8 @@ impl Service {
             ttl_ms: (ttl_s.min(i64::MAX as u64 / 1000) as i64) * 1000,
             executions: 0,
             image_bytes: 0,
+            files: 0,
+            file_bytes: 0,
         };
         store.create_session(&session).await?;
         self.ledger.record(vec![event(principal, &session.id, "opened", 0)]).await?;
@@ -233,7 +260,7 @@ impl Service {
         match store.lease_session(id, &principal.user, &lease, until, now).await? {
             Lease::Missing => Err(not_found(id)),
             Lease::Busy { .. } => Err(ServiceError::SessionBusy(id.to_string())),
-            Lease::Taken { image, .. } => {
+            Lease::Taken { image, session } => {
                 let lease = SessionLease {
                     store,
                     id: id.to_string(),
@@ -241,6 +268,7 @@ impl Service {
                     user: principal.user.clone(),
                     max_bytes,
                     returned: false,
+                    session,
                 };
                 let image = match image {
                     Some(bytes) => MemoryImage::decode(&bytes)
@@ -250,5 +278,114 @@ impl Service {
                 Ok((lease, image))
             }
         }
+    }
+}
+
+/// A refused file request: the code (`ENOENT`, `EDQUOT`, ...) leads its message.
+fn file_error(message: String) -> ServiceError {
+    ServiceError::File(message)
+}
+
+/// How long an upload may hold its session.
+const UPLOAD_HOLD: Duration = Duration::from_secs(30);
+
+impl Service {
+    fn files_grant(&self, principal: &Principal) -> FilesGrant {
+        self.policies.current().capabilities(principal).files
+    }
+
+    /// The entries of session `id`'s workspace (no bytes), when it is `principal`'s.
+    pub async fn session_files(&self, principal: &Principal, id: &str) -> Result<Vec<StoredFile>, ServiceError> {
+        self.session(principal, id).await?;
+        Ok(self.ledger.store().session_files(id, false).await?)
+    }
+
+    /// One entry of session `id`'s workspace, with its bytes (a directory: its
+    /// entries, without bytes).
+    pub async fn session_file(
+        &self,
+        principal: &Principal,
+        id: &str,
+        path: &str,
+    ) -> Result<(StoredFile, Vec<StoredFile>), ServiceError> {
+        let path = FilePath::parse(path).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        self.session(principal, id).await?;
+        let store = self.ledger.store();
+        if path.is_root() {
+            return Ok((StoredFile::dir(String::new()), store.session_files(id, false).await?));
+        }
+        let file = store
+            .session_file(id, &path.key())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("ENOENT: no file '{path}' in session `{id}`")))?;
+        let entries = if file.dir {
+            let prefix = format!("{}/", path.key());
+            store.session_files(id, false).await?.into_iter().filter(|f| f.path.starts_with(&prefix)).collect()
+        } else {
+            Vec::new()
+        };
+        Ok((file, entries))
+    }
+
+    /// Writes `data` to `path` in session `id`'s workspace (making its parent
+    /// directories), within the workspace's quotas. Waits for no execution: a session
+    /// running one is busy (409).
+    pub async fn put_session_file(
+        &self,
+        principal: &Principal,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<u64, ServiceError> {
+        let path = FilePath::parse(path).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        if path.is_root() {
+            return Err(file_error("EISDIR: the workspace itself is a directory; name a file".into()));
+        }
+        let grant = self.files_grant(principal);
+        let max_bytes = self.policies.current().capabilities(principal).sessions.map_or(0, |g| g.max_bytes);
+        let (lease, _) = self.lease_session(principal, id, max_bytes, UPLOAD_HOLD).await?;
+        let entries = self.ledger.store().session_files(id, false).await?;
+        let find = |key: &str| entries.iter().find(|f| f.path == key);
+        let mut changes = Vec::new();
+        for ancestor in path.ancestors() {
+            match find(&ancestor.key()) {
+                Some(entry) if !entry.dir => {
+                    return Err(file_error(format!("ENOTDIR: '{ancestor}' is a file, so '{path}' cannot be written")));
+                }
+                Some(_) => {}
+                None => changes.push(FileChange::Put(StoredFile::dir(ancestor.key()))),
+            }
+        }
+        let existing = find(&path.key());
+        if existing.is_some_and(|e| e.dir) {
+            return Err(file_error(format!("EISDIR: '{path}' is a directory")));
+        }
+        let size = data.len() as u64;
+        let bytes = lease.session.file_bytes - existing.map_or(0, |e| e.size) + size;
+        let files = lease.session.files + changes.len() as u64 + u64::from(existing.is_none());
+        if bytes > grant.max_bytes || files > grant.max_files {
+            return Err(file_error(format!(
+                "EDQUOT: '{path}' would bring the workspace to {bytes} bytes in {files} files and directories, past \
+                 its quota of {} bytes and {} files (files.max_bytes, files.max_files)",
+                grant.max_bytes, grant.max_files
+            )));
+        }
+        changes.push(FileChange::Put(StoredFile::file(path.key(), data)));
+        lease.give_back_files(&changes).await?;
+        self.ledger.record(vec![event(principal, id, "files_written", size)]).await?;
+        Ok(size)
+    }
+
+    /// Removes `path` (and everything under it) from session `id`'s workspace.
+    pub async fn remove_session_file(&self, principal: &Principal, id: &str, path: &str) -> Result<(), ServiceError> {
+        let path = FilePath::parse(path).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        if path.is_root() {
+            return Err(file_error("EPERM: the workspace itself cannot be removed; end the session".into()));
+        }
+        let (lease, _) = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
+        if self.ledger.store().session_file(id, &path.key()).await?.is_none() {
+            return Err(ServiceError::NotFound(format!("ENOENT: no file '{path}' in session `{id}`")));
+        }
+        lease.give_back_files(&[FileChange::Remove(path.key())]).await
     }
 }

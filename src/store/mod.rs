@@ -1,6 +1,6 @@
 //! Everything sandgate replicas share, behind one boundary: ledger records and usage
 //! reports, budget reservations and spend, rate-limit windows, API keys, and
-//! sessions (their records and memory images).
+//! sessions (their records, memory images and workspace files).
 //!
 //! [`Store`] is that boundary. It has two implementations:
 //! - [`sqlite::SqliteStore`], the embedded default: one file in WAL mode, served by the
@@ -18,7 +18,9 @@
 //! A session is a row with its memory image (see `sandbox::MemoryImage`): an
 //! execution takes a lease on it (so one session runs one execution at a time,
 //! whichever replica serves it), reads the image, and returns the lease with the next
-//! image. A lease a dead replica never returned ends at its deadline.
+//! image. A lease a dead replica never returned ends at its deadline. A session's
+//! workspace files are rows beside it, changed only by whoever holds the lease and
+//! in the same transaction as the image, so memory and files move together.
 //!
 //! Nothing outside this module opens a database. Records go in through [`Ledger`], which
 //! commits them in batches (group commit); reservations are released by a
@@ -133,7 +135,10 @@ impl std::fmt::Display for SpendScope {
 }
 
 /// Something that happened to a session, attributed to its owner: `opened`, `saved`
-/// (an execution's state was kept: `state_bytes` is its size) or `ended`.
+/// (an execution's state was kept: `state_bytes` is its size), `files_written`
+/// (`state_bytes` file bytes were written: by an execution to its workspace and
+/// writable mounts, or by a client's upload; the session id is empty for an execution
+/// outside a session that wrote to a mount) or `ended`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SessionEvent {
     pub session_id: String,
@@ -222,6 +227,52 @@ pub struct SessionRecord {
     pub executions: u64,
     /// Bytes of its memory image (0: none yet).
     pub image_bytes: u64,
+    /// Files and directories in its workspace.
+    pub files: u64,
+    /// Bytes of the files in its workspace.
+    pub file_bytes: u64,
+}
+
+/// One entry of a session's workspace as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Relative, `/`-separated, no `.` or `..` parts.
+    pub path: String,
+    /// A directory (no bytes) rather than a file.
+    pub dir: bool,
+    /// The file's length.
+    pub size: u64,
+    /// The file's bytes, when they were asked for.
+    pub data: Vec<u8>,
+}
+
+impl StoredFile {
+    pub fn file(path: String, data: Vec<u8>) -> Self {
+        Self { path, dir: false, size: data.len() as u64, data }
+    }
+
+    pub fn dir(path: String) -> Self {
+        Self { path, dir: true, size: 0, data: Vec::new() }
+    }
+}
+
+/// A change to a session's workspace, applied with the lease's return.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileChange {
+    /// Writes a file or makes a directory at `path`, replacing what was there.
+    Put(StoredFile),
+    /// Removes `path` and everything under it.
+    Remove(String),
+}
+
+impl FileChange {
+    /// Bytes a `Put` writes.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Self::Put(file) => file.size,
+            Self::Remove(_) => 0,
+        }
+    }
 }
 
 impl SessionRecord {
@@ -317,15 +368,23 @@ pub trait Store: Send + Sync + 'static {
     /// Gives session `id` back: after an execution that ended at `ran_at_ms` (counted
     /// as the session's last use), with its next `image` (none when the execution
     /// failed, which leaves the session as it was); with `ran_at_ms` `None` when no
-    /// execution ran (it was refused before starting). `false` when `lease` no longer
-    /// holds it.
+    /// execution ran (it was refused before starting). `files` are applied in order,
+    /// in the same transaction. `false` (nothing changed) when `lease` no longer holds
+    /// it.
     fn return_session<'a>(
         &'a self,
         id: &'a str,
         lease: &'a str,
         image: Option<&'a [u8]>,
         ran_at_ms: Option<i64>,
+        files: &'a [FileChange],
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Session `id`'s workspace, by path; with each file's bytes when `data`.
+    fn session_files<'a>(&'a self, id: &'a str, data: bool) -> BoxFuture<'a, Result<Vec<StoredFile>, StoreError>>;
+
+    /// One entry of session `id`'s workspace.
+    fn session_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<Option<StoredFile>, StoreError>>;
 
     /// Answers when the store can serve (the readiness check).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

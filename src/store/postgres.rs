@@ -38,7 +38,10 @@ use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
-use super::{now_ms, Balance, BudgetLine, Hold, Lease, Overdrawn, Record, SessionRecord, Store, StoreError, StoredKey};
+use super::{
+    now_ms, Balance, BudgetLine, FileChange, Hold, Lease, Overdrawn, Record, SessionRecord, Store, StoreError,
+    StoredFile, StoredKey,
+};
 
 /// Schema versions, applied in order, each in the one transaction that holds the
 /// migration lock.
@@ -327,6 +330,19 @@ const MIGRATIONS: &[&str] = &[
         state_bytes BIGINT NOT NULL
     );
     CREATE INDEX session_events_at ON session_events (at_ms);
+    "#,
+    // 4: sessions' workspace files.
+    r#"
+    ALTER TABLE sessions ADD COLUMN files BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN file_bytes BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE session_files (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        dir BOOLEAN NOT NULL,
+        size BIGINT NOT NULL,
+        data BYTEA,
+        PRIMARY KEY (session_id, path)
+    );
     "#,
 ];
 
@@ -650,21 +666,38 @@ impl Lines {
     }
 }
 
-const SESSION_COLUMNS: &str =
-    r#"id, "user", team, key, language, created_at_ms, used_at_ms, ttl_ms, executions, image_bytes"#;
+const SESSION_COLUMNS: &str = r#"id, "user", team, key, language, created_at_ms, used_at_ms, ttl_ms, executions,
+    image_bytes, files, file_bytes"#;
 
 fn session_row(row: &tokio_postgres::Row) -> SessionRecord {
+    session_at(row, 0)
+}
+
+/// The session whose [`SESSION_COLUMNS`] start at column `at`.
+fn session_at(row: &tokio_postgres::Row, at: usize) -> SessionRecord {
+    let count = |i: usize| row.get::<_, i64>(at + i).max(0) as u64;
     SessionRecord {
-        id: row.get(0),
-        user: row.get(1),
-        team: row.get(2),
-        key: row.get(3),
-        language: row.get(4),
-        created_at_ms: row.get(5),
-        used_at_ms: row.get(6),
-        ttl_ms: row.get(7),
-        executions: row.get::<_, i64>(8).max(0) as u64,
-        image_bytes: row.get::<_, i64>(9).max(0) as u64,
+        id: row.get(at),
+        user: row.get(at + 1),
+        team: row.get(at + 2),
+        key: row.get(at + 3),
+        language: row.get(at + 4),
+        created_at_ms: row.get(at + 5),
+        used_at_ms: row.get(at + 6),
+        ttl_ms: row.get(at + 7),
+        executions: count(8),
+        image_bytes: count(9),
+        files: count(10),
+        file_bytes: count(11),
+    }
+}
+
+fn file_row(row: &tokio_postgres::Row) -> StoredFile {
+    StoredFile {
+        path: row.get(0),
+        dir: row.get(1),
+        size: row.get::<_, i64>(2).max(0) as u64,
+        data: row.get::<_, Option<Vec<u8>>>(3).unwrap_or_default(),
     }
 }
 
@@ -942,22 +975,10 @@ impl Store for PgStore {
                 return Ok(Lease::Missing);
             };
             let taken: bool = row.get(0);
-            let record = SessionRecord {
-                id: row.get(1),
-                user: row.get(2),
-                team: row.get(3),
-                key: row.get(4),
-                language: row.get(5),
-                created_at_ms: row.get(6),
-                used_at_ms: row.get(7),
-                ttl_ms: row.get(8),
-                executions: row.get::<_, i64>(9).max(0) as u64,
-                image_bytes: row.get::<_, i64>(10).max(0) as u64,
-            };
             Ok(if taken {
-                Lease::Taken { session: record, image: row.get(11) }
+                Lease::Taken { session: session_at(&row, 1), image: row.get(13) }
             } else {
-                Lease::Busy { until_ms: row.get::<_, Option<i64>>(12).unwrap_or(now_ms) }
+                Lease::Busy { until_ms: row.get::<_, Option<i64>>(14).unwrap_or(now_ms) }
             })
         }
         .boxed()
@@ -969,23 +990,101 @@ impl Store for PgStore {
         lease: &'a str,
         image: Option<&'a [u8]>,
         ran_at_ms: Option<i64>,
+        files: &'a [FileChange],
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
-            let client = self.client().await?;
+            const RETURN: &str =
+                "UPDATE sessions SET image = coalesce($3, image), image_bytes = coalesce($4, image_bytes),
+                    used_at_ms = coalesce($5::BIGINT, used_at_ms),
+                    executions = executions + CASE WHEN $5::BIGINT IS NULL THEN 0 ELSE 1 END,
+                    lease = NULL, lease_until_ms = NULL
+                 WHERE id = $1 AND lease = $2";
+            let mut client = self.client().await?;
             let image_bytes = image.map(|image| image.len() as i64);
+            let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &image, &image_bytes, &ran_at_ms];
+            if files.is_empty() {
+                // The common case: one statement, no transaction around it.
+                trip("sessions");
+                return Ok(client.execute(RETURN, &params).await.map_err(err)? == 1);
+            }
+            let tx = client.transaction().await.map_err(err)?;
             trip("sessions");
-            let returned = client
-                .execute(
-                    "UPDATE sessions SET image = coalesce($3, image), image_bytes = coalesce($4, image_bytes),
-                        used_at_ms = coalesce($5::BIGINT, used_at_ms),
-                        executions = executions + CASE WHEN $5::BIGINT IS NULL THEN 0 ELSE 1 END,
-                        lease = NULL, lease_until_ms = NULL
-                     WHERE id = $1 AND lease = $2",
-                    &[&id, &lease, &image, &image_bytes, &ran_at_ms],
+            let returned = tx.execute(RETURN, &params).await.map_err(err)?;
+            if returned != 1 {
+                return Ok(false);
+            }
+            {
+                let put = tx
+                    .prepare_cached(
+                        "INSERT INTO session_files (session_id, path, dir, size, data) VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (session_id, path)
+                         DO UPDATE SET dir = excluded.dir, size = excluded.size, data = excluded.data",
+                    )
+                    .await
+                    .map_err(err)?;
+                let remove = tx
+                    .prepare_cached(
+                        "DELETE FROM session_files
+                         WHERE session_id = $1 AND (path = $2 OR substr(path, 1, length($2) + 1) = $2 || '/')",
+                    )
+                    .await
+                    .map_err(err)?;
+                for change in files {
+                    trip("session_files");
+                    match change {
+                        FileChange::Put(file) => {
+                            let data = (!file.dir).then_some(&file.data);
+                            let size = i64::try_from(file.size).unwrap_or(i64::MAX);
+                            tx.execute(&put, &[&id, &file.path, &file.dir, &size, &data]).await.map_err(err)?;
+                        }
+                        FileChange::Remove(path) => {
+                            tx.execute(&remove, &[&id, path]).await.map_err(err)?;
+                        }
+                    }
+                }
+                trip("session_files");
+                tx.execute(
+                    "UPDATE sessions SET files = (SELECT count(*) FROM session_files WHERE session_id = $1),
+                        file_bytes = (SELECT coalesce(sum(size), 0)::BIGINT FROM session_files WHERE session_id = $1)
+                     WHERE id = $1",
+                    &[&id],
                 )
                 .await
                 .map_err(err)?;
-            Ok(returned == 1)
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(true)
+        }
+        .boxed()
+    }
+
+    fn session_files<'a>(&'a self, id: &'a str, data: bool) -> BoxFuture<'a, Result<Vec<StoredFile>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let sql = if data {
+                "SELECT path, dir, size, data FROM session_files WHERE session_id = $1 ORDER BY path"
+            } else {
+                "SELECT path, dir, size, NULL::BYTEA FROM session_files WHERE session_id = $1 ORDER BY path"
+            };
+            trip("session_files");
+            let rows = client.query(sql, &[&id]).await.map_err(err)?;
+            Ok(rows.iter().map(file_row).collect())
+        }
+        .boxed()
+    }
+
+    fn session_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<Option<StoredFile>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("session_files");
+            let row = client
+                .query_opt(
+                    "SELECT path, dir, size, data FROM session_files WHERE session_id = $1 AND path = $2",
+                    &[&id, &path],
+                )
+                .await
+                .map_err(err)?;
+            Ok(row.as_ref().map(file_row))
         }
         .boxed()
     }

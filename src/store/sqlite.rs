@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, Hold, Lease, Overdrawn, Record, SessionRecord, SpendScope, Store, StoreError,
-    StoredKey,
+    now_ms, Balance, BudgetLine, FileChange, Hold, Lease, Overdrawn, Record, SessionRecord, SpendScope, Store,
+    StoreError, StoredFile, StoredKey,
 };
 
 /// How hard a commit waits for the disk.
@@ -125,6 +125,17 @@ const MIGRATIONS: &[&str] = &[
         state_bytes INTEGER NOT NULL
     );
     CREATE INDEX session_events_at ON session_events (at_ms);",
+    // 6: sessions' workspace files.
+    "ALTER TABLE sessions ADD COLUMN files INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN file_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE session_files (
+        session_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        dir INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        data BLOB,
+        PRIMARY KEY (session_id, path)
+    );",
 ];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -385,7 +396,7 @@ impl Inner {
 }
 
 const SESSION_COLUMNS: &str =
-    "id, user, team, key, language, created_at_ms, used_at_ms, ttl_ms, executions, image_bytes";
+    "id, user, team, key, language, created_at_ms, used_at_ms, ttl_ms, executions, image_bytes, files, file_bytes";
 
 fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -399,6 +410,53 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         ttl_ms: row.get(7)?,
         executions: row.get::<_, i64>(8)? as u64,
         image_bytes: row.get::<_, i64>(9)? as u64,
+        files: row.get::<_, i64>(10)? as u64,
+        file_bytes: row.get::<_, i64>(11)? as u64,
+    })
+}
+
+/// Applies `files` to session `id`'s workspace and counts it again (inside the
+/// caller's transaction).
+fn apply_files(tx: &rusqlite::Transaction<'_>, id: &str, files: &[FileChange]) -> Result<(), StoreError> {
+    let mut put = tx
+        .prepare_cached(
+            "INSERT INTO session_files (session_id, path, dir, size, data) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (session_id, path) DO UPDATE SET dir = excluded.dir, size = excluded.size, data = excluded.data",
+        )
+        .map_err(err)?;
+    let mut remove = tx
+        .prepare_cached(
+            "DELETE FROM session_files
+             WHERE session_id = ?1 AND (path = ?2 OR substr(path, 1, length(?2) + 1) = ?2 || '/')",
+        )
+        .map_err(err)?;
+    for change in files {
+        match change {
+            FileChange::Put(file) => {
+                let data = (!file.dir).then_some(&file.data);
+                put.execute(params![id, file.path, file.dir, to_i64(file.size), data]).map_err(err)?;
+            }
+            FileChange::Remove(path) => {
+                remove.execute(params![id, path]).map_err(err)?;
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE sessions SET files = (SELECT count(*) FROM session_files WHERE session_id = ?1),
+            file_bytes = (SELECT coalesce(sum(size), 0) FROM session_files WHERE session_id = ?1)
+         WHERE id = ?1",
+        params![id],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+fn file_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
+    Ok(StoredFile {
+        path: row.get(0)?,
+        dir: row.get(1)?,
+        size: row.get::<_, i64>(2)?.max(0) as u64,
+        data: row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
     })
 }
 
@@ -579,10 +637,12 @@ impl Store for SqliteStore {
             let writer = lock(&inner.writer);
             // Sessions past their time, and not held, go as new ones come.
             writer
-                .execute(
-                    "DELETE FROM sessions WHERE used_at_ms + ttl_ms <= ?1 AND (lease IS NULL OR lease_until_ms <= ?1)",
-                    params![session.created_at_ms],
-                )
+                .execute_batch(&format!(
+                    "DELETE FROM session_files WHERE session_id IN (
+                         SELECT id FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now}));
+                     DELETE FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now});",
+                    now = session.created_at_ms
+                ))
                 .map_err(err)?;
             writer
                 .execute(
@@ -629,7 +689,12 @@ impl Store for SqliteStore {
     fn end_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
         let id = id.to_string();
         self.blocking(move |inner| {
-            Ok(lock(&inner.writer).execute("DELETE FROM sessions WHERE id = ?1", params![id]).map_err(err)? > 0)
+            let mut writer = lock(&inner.writer);
+            let tx = writer.transaction().map_err(err)?;
+            tx.execute("DELETE FROM session_files WHERE session_id = ?1", params![id]).map_err(err)?;
+            let ended = tx.execute("DELETE FROM sessions WHERE id = ?1", params![id]).map_err(err)? > 0;
+            tx.commit().map_err(err)?;
+            Ok(ended)
         })
     }
 
@@ -667,7 +732,7 @@ impl Store for SqliteStore {
             let sql = format!("SELECT {SESSION_COLUMNS}, image FROM sessions WHERE id = ?1");
             writer
                 .query_row(&sql, params![id], |row| {
-                    Ok(Lease::Taken { session: session_row(row)?, image: row.get::<_, Option<Vec<u8>>>(10)? })
+                    Ok(Lease::Taken { session: session_row(row)?, image: row.get::<_, Option<Vec<u8>>>(12)? })
                 })
                 .map_err(err)
         })
@@ -679,11 +744,15 @@ impl Store for SqliteStore {
         lease: &'a str,
         image: Option<&'a [u8]>,
         ran_at_ms: Option<i64>,
+        files: &'a [FileChange],
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let (id, lease, image) = (id.to_string(), lease.to_string(), image.map(<[u8]>::to_vec));
+        let files = files.to_vec();
         self.blocking(move |inner| {
             let image_bytes = image.as_ref().map(|image| image.len() as i64);
-            let returned = lock(&inner.writer)
+            let mut writer = lock(&inner.writer);
+            let tx = writer.transaction().map_err(err)?;
+            let returned = tx
                 .execute(
                     "UPDATE sessions SET image = coalesce(?3, image), image_bytes = coalesce(?4, image_bytes),
                         used_at_ms = coalesce(?5, used_at_ms), executions = executions + (?5 IS NOT NULL),
@@ -692,7 +761,43 @@ impl Store for SqliteStore {
                     params![id, lease, image, image_bytes, ran_at_ms],
                 )
                 .map_err(err)?;
-            Ok(returned == 1)
+            if returned != 1 {
+                return Ok(false);
+            }
+            if !files.is_empty() {
+                apply_files(&tx, &id, &files)?;
+            }
+            tx.commit().map_err(err)?;
+            Ok(true)
+        })
+    }
+
+    fn session_files<'a>(&'a self, id: &'a str, data: bool) -> BoxFuture<'a, Result<Vec<StoredFile>, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            let reader = lock(&inner.reader);
+            let sql = if data {
+                "SELECT path, dir, size, data FROM session_files WHERE session_id = ?1 ORDER BY path"
+            } else {
+                "SELECT path, dir, size, NULL FROM session_files WHERE session_id = ?1 ORDER BY path"
+            };
+            let mut statement = reader.prepare_cached(sql).map_err(err)?;
+            let rows = statement.query_map(params![id], file_row).map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+    }
+
+    fn session_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<Option<StoredFile>, StoreError>> {
+        let (id, path) = (id.to_string(), path.to_string());
+        self.blocking(move |inner| {
+            lock(&inner.reader)
+                .query_row(
+                    "SELECT path, dir, size, data FROM session_files WHERE session_id = ?1 AND path = ?2",
+                    params![id, path],
+                    file_row,
+                )
+                .optional()
+                .map_err(err)
         })
     }
 

@@ -47,6 +47,10 @@ pub struct UsageRow {
     pub sessions_opened: u64,
     #[serde(default)]
     pub session_state_bytes: u64,
+    /// Bytes of files written: by executions to their workspaces and to writable
+    /// mounts, and by uploads to workspaces.
+    #[serde(default)]
+    pub file_bytes_written: u64,
 }
 
 /// How a store's SQL spells what differs between dialects.
@@ -105,11 +109,13 @@ pub(super) fn report(group_by: GroupBy, dialect: &Dialect) -> Vec<Part> {
                 "session_events",
                 "at_ms",
                 "CAST(SUM(CASE WHEN event = 'opened' THEN 1 ELSE 0 END) AS BIGINT), \
-                 CAST(SUM(CASE WHEN event = 'saved' THEN state_bytes ELSE 0 END) AS BIGINT)",
+                 CAST(SUM(CASE WHEN event = 'saved' THEN state_bytes ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN event = 'files_written' THEN state_bytes ELSE 0 END) AS BIGINT)",
             ),
             apply: |row, n| {
                 row.sessions_opened = n[0] as u64;
                 row.session_state_bytes = n[1] as u64;
+                row.file_bytes_written = n[2] as u64;
             },
         });
     }
@@ -152,6 +158,7 @@ pub fn total(rows: &[UsageRow]) -> UsageRow {
         sum.cached_tokens += row.cached_tokens;
         sum.sessions_opened += row.sessions_opened;
         sum.session_state_bytes += row.session_state_bytes;
+        sum.file_bytes_written += row.file_bytes_written;
         nanos += (row.cost_usd * 1e9).round() as i64;
     }
     sum.cost_usd = nanos as f64 / 1e9;

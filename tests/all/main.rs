@@ -23,3 +23,4 @@ mod search;
 mod sessions;
 mod store;
 mod stub;
+mod workspace;

@@ -26,6 +26,7 @@ fn job(code: &str, language: Language, session: Option<&MemoryImage>) -> Job {
         principal: Arc::new(Principal::local()),
         call_policy: Arc::new(AllowAll),
         session: session.map(|image| Arc::new(image.clone())),
+        files: None,
     }
 }
 

@@ -314,6 +314,8 @@ fn session(id: &str, user: &str, now: i64, ttl_ms: i64) -> store::SessionRecord 
         ttl_ms,
         executions: 0,
         image_bytes: 0,
+        files: 0,
+        file_bytes: 0,
     }
 }
 
@@ -348,9 +350,9 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
             "{backend:?}: not even busy to another user"
         );
         let image = vec![7u8; 100_000];
-        assert!(store.return_session("s1", "run-1", Some(&image), Some(now + 10)).await.unwrap(), "{backend:?}");
+        assert!(store.return_session("s1", "run-1", Some(&image), Some(now + 10), &[]).await.unwrap(), "{backend:?}");
         assert!(
-            !store.return_session("s1", "run-1", None, Some(now + 11)).await.unwrap(),
+            !store.return_session("s1", "run-1", None, Some(now + 11), &[]).await.unwrap(),
             "{backend:?}: the lease is over"
         );
 
@@ -362,7 +364,7 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         };
         assert_eq!((read.len(), taken.executions, taken.image_bytes), (100_000, 1, 100_000), "{backend:?}");
         // A failed execution returns no image: the last one stays.
-        assert!(other.return_session("s1", "run-3", None, Some(now + 20)).await.unwrap());
+        assert!(other.return_session("s1", "run-3", None, Some(now + 20), &[]).await.unwrap());
         let kept = store.session("s1", now + 20).await.unwrap().unwrap();
         assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
         // A lease given back with no execution run (it was refused) changes nothing.
@@ -370,7 +372,7 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
             other.lease_session("s1", "alice", "refused", now + 5_000, now + 30).await.unwrap(),
             Lease::Taken { .. }
         ));
-        assert!(other.return_session("s1", "refused", None, None).await.unwrap());
+        assert!(other.return_session("s1", "refused", None, None, &[]).await.unwrap());
         let kept = store.session("s1", now + 40).await.unwrap().unwrap();
         assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
 
@@ -396,5 +398,69 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         assert!(store.session("s1", expires).await.unwrap().is_none(), "{backend:?}: idle past its TTL");
         assert_eq!(store.lease_session("s1", "alice", "late", expires + 5_000, expires).await.unwrap(), Lease::Missing);
         assert!(store.sessions("alice", expires + 70_000).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn workspace_files_change_with_the_lease_and_go_with_the_session() {
+    use store::{FileChange, Lease, StoredFile};
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let now = store::now_ms();
+        store.create_session(&session("w1", "alice", now, 60_000)).await.unwrap();
+        store.create_session(&session("w2", "alice", now, 1_000)).await.unwrap();
+        let put = |path: &str, data: &[u8]| FileChange::Put(StoredFile::file(path.into(), data.to_vec()));
+        let dir = |path: &str| FileChange::Put(StoredFile::dir(path.into()));
+        let lease = |id: &'static str, name: &'static str| {
+            let store = store.clone();
+            async move {
+                assert!(matches!(
+                    store.lease_session(id, "alice", name, now + 5_000, now).await.unwrap(),
+                    Lease::Taken { .. }
+                ));
+            }
+        };
+        lease("w1", "a").await;
+        let changes = [dir("d"), dir("d/e"), put("d/e/f.txt", b"hello"), put("g.bin", &[0, 255]), put("dd", b"x")];
+        assert!(store.return_session("w1", "a", None, Some(now), &changes).await.unwrap(), "{backend:?}");
+        // Only the lease's holder changes files.
+        assert!(!other.return_session("w1", "a", None, Some(now), &[put("late", b"x")]).await.unwrap());
+
+        let listed = other.session_files("w1", false).await.unwrap();
+        let paths: Vec<(&str, bool, u64, usize)> =
+            listed.iter().map(|f| (f.path.as_str(), f.dir, f.size, f.data.len())).collect();
+        assert_eq!(
+            paths,
+            [
+                ("d", true, 0, 0),
+                ("d/e", true, 0, 0),
+                ("d/e/f.txt", false, 5, 0),
+                ("dd", false, 1, 0),
+                ("g.bin", false, 2, 0)
+            ],
+            "{backend:?}"
+        );
+        let read = other.session_file("w1", "g.bin").await.unwrap().unwrap();
+        assert_eq!(read.data, [0, 255], "{backend:?}");
+        let shown = other.session("w1", now).await.unwrap().unwrap();
+        assert_eq!((shown.files, shown.file_bytes), (5, 8), "{backend:?}");
+
+        // A removal takes what is under the path, and only that (not `dd`).
+        lease("w1", "b").await;
+        let changes = [FileChange::Remove("d".into()), put("g.bin", b"replaced")];
+        assert!(other.return_session("w1", "b", None, Some(now), &changes).await.unwrap());
+        let with_data = store.session_files("w1", true).await.unwrap();
+        let paths: Vec<(&str, &[u8])> = with_data.iter().map(|f| (f.path.as_str(), f.data.as_slice())).collect();
+        assert_eq!(paths, [("dd", &b"x"[..]), ("g.bin", &b"replaced"[..])], "{backend:?}");
+        let shown = store.session("w1", now).await.unwrap().unwrap();
+        assert_eq!((shown.files, shown.file_bytes), (2, 9), "{backend:?}");
+
+        // Files end with their session, whether it is ended or expires.
+        lease("w2", "c").await;
+        assert!(store.return_session("w2", "c", None, None, &[put("x", b"x")]).await.unwrap());
+        assert!(store.end_session("w1").await.unwrap());
+        assert!(store.session_files("w1", false).await.unwrap().is_empty(), "{backend:?}");
+        store.create_session(&session("w3", "alice", now + 2_000, 60_000)).await.unwrap();
+        assert!(store.session_files("w2", false).await.unwrap().is_empty(), "{backend:?}: swept when it expired");
     }
 }
