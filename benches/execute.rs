@@ -79,6 +79,7 @@ fn job(code: &str, limits: Limits) -> Job {
         call_policy: Arc::new(AllowAll),
         session: None,
         files: None,
+        id: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn job(code: &str) -> Job {
         call_policy: Arc::new(AllowAll),
         session: None,
         files: None,
+        id: None,
     }
 }
 

@@ -18,6 +18,9 @@ use crate::auth::KeyEntry;
 use crate::sandbox::SandboxConfig;
 use crate::telemetry::LogFormat;
 
+/// How long a background execution's result is kept by default.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3_600);
+
 /// The default address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
 
@@ -29,6 +32,9 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// Registers the `tools.test` capability (echo, sleep, fail): for tests and demos.
     pub test_capability: bool,
+    /// How long a background execution's result is kept after it ends
+    /// (`[sandbox] result_ttl_s`, default one hour).
+    pub result_ttl: Duration,
     /// Connections, timeouts and the Host/Origin rules of the HTTP server.
     pub http: HttpConfig,
     /// Where policies come from.
@@ -258,6 +264,11 @@ impl Config {
                 cache_dir,
             },
             test_capability: sandbox.test_capability.unwrap_or(false),
+            result_ttl: match sandbox.result_ttl_s {
+                Some(0) => return Err(invalid("sandbox.result_ttl_s", "must be at least 1".into())),
+                Some(seconds) => Duration::from_secs(seconds),
+                None => DEFAULT_RESULT_TTL,
+            },
             http,
             policies,
             tiers,

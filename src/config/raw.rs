@@ -105,6 +105,7 @@ pub(super) struct RawSandbox {
     pub max_memory_bytes: Option<u64>,
     pub cache_dir: Option<PathBuf>,
     pub test_capability: Option<bool>,
+    pub result_ttl_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

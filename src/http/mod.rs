@@ -12,6 +12,7 @@
 mod error;
 mod execute;
 pub mod guard;
+mod handles;
 mod mcp;
 mod models;
 mod ops;
@@ -90,6 +91,9 @@ pub fn router(state: AppState, stopping: CancellationToken) -> Router {
     let mut app = Router::new()
         .route("/v1/tools", get(tools::list))
         .route("/v1/execute", post(execute::execute))
+        .route("/v1/executions", post(handles::start))
+        .route("/v1/executions/{id}", get(handles::show).delete(handles::cancel))
+        .route("/v1/executions/{id}/events", get(handles::events))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/sessions", post(sessions::open).get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::show).delete(sessions::end))

@@ -8,7 +8,11 @@
 //!   result and console output come back as text and as `structuredContent`, failures
 //!   as `isError` with kind, message and position. Console lines are also sent while
 //!   the code runs, as `notifications/message` and, when the request carries a
-//!   progress token, `notifications/progress`.
+//!   progress token, `notifications/progress`. A client that declares the tasks
+//!   extension (`io.modelcontextprotocol/tasks`) gets, for a run longer than a second,
+//!   a task instead: the execution goes on in the background (under
+//!   `limits.background_wall_ms`), `tasks/get` gives its status and then its result,
+//!   and `tasks/cancel` stops it; so no request is held open for minutes.
 //!
 //! Served over streamable HTTP at `/mcp` (each request authenticated with its Bearer
 //! key, see `crate::http`) and over stdio by `sandgate mcp` (one principal, from
@@ -19,9 +23,10 @@ use std::sync::Arc;
 
 #[allow(deprecated)] // logging: see `CodeMode::execute`
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
-    LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
-    ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CreateTaskResult,
+    DetailedTask, GetTaskParams, GetTaskResult, Implementation, JsonObject, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig, Task, TaskPayload, TaskStatus, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, ServerHandler};
@@ -33,7 +38,11 @@ use super::catalog::View;
 use super::search::{Match, Method};
 use crate::auth::Principal;
 use crate::sandbox::{ExecuteRequest, Language, LogLevel, LogLine, PartialLimits};
-use crate::service::Service;
+use crate::service::{HandleView, Service, CANCEL_POLL};
+
+/// How long `execute` waits for a task-capable client before it answers with a task
+/// instead: shorter runs answer as usual, longer ones do not hold the request open.
+const TASK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 const SEARCH_DEFAULT_LIMIT: usize = 5;
 const SEARCH_MAX_LIMIT: usize = 50;
@@ -168,14 +177,14 @@ impl CodeMode {
         principal: Arc<Principal>,
         args: ExecuteArgs,
         context: &RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let language = args.language.unwrap_or(Language::Typescript);
         // `session: "new"` opens one for this caller; its id comes back with the result
         // and continues it when passed again.
         let session_id = match args.session.as_deref() {
             Some("new") => match self.service.open_session(&principal, language, None).await {
                 Ok(session) => Some(session.id),
-                Err(error) => return failure(error.kind(), &error.to_string(), None),
+                Err(error) => return failure(error.kind(), &error.to_string(), None).into(),
             },
             other => other.map(str::to_string),
         };
@@ -184,8 +193,23 @@ impl CodeMode {
             input: args.input,
             limits: PartialLimits::default(),
             language,
-            session_id: session_id.clone(),
+            session_id,
         };
+        if context.client_capabilities().is_some_and(|caps| caps.supports_tasks()) {
+            return self.execute_as_task(principal, request).await.unwrap_or_else(CallToolResponse::from);
+        }
+        self.execute_now(principal, request, context).await.into()
+    }
+
+    /// `execute`, answered when the execution ends.
+    #[allow(deprecated)]
+    async fn execute_now(
+        &self,
+        principal: Arc<Principal>,
+        request: ExecuteRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let session_id = request.session_id.clone();
         let prepared = match self.service.prepare(principal, request).await {
             Ok(prepared) => prepared,
             Err(error) => return failure(error.kind(), &error.to_string(), None),
@@ -223,40 +247,101 @@ impl CodeMode {
             Ok(outcome) => outcome,
             Err(error) => return failure(error.kind(), &error.to_string(), None),
         };
-        let mut structured = serde_json::to_value(&outcome).unwrap_or(Value::Null);
-        if let (Some(id), Some(fields)) = (&session_id, structured.as_object_mut()) {
-            fields.insert("session".into(), Value::String(id.clone()));
-        }
-        let logs = if outcome.logs.is_empty() {
-            None
-        } else {
-            Some(outcome.logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>().join("\n"))
+        tool_result(serde_json::to_value(&outcome).unwrap_or(Value::Null), session_id.as_deref())
+    }
+
+    /// `execute` for a client that takes tasks: the execution starts in the
+    /// background; if it ends within [`TASK_AFTER`] the result comes back as usual,
+    /// else a task the client polls with `tasks/get` (and may `tasks/cancel`).
+    async fn execute_as_task(
+        &self,
+        principal: Arc<Principal>,
+        request: ExecuteRequest,
+    ) -> Result<CallToolResponse, CallToolResult> {
+        let session = request.session_id.clone();
+        let view = self
+            .service
+            .start_handle(principal.clone(), request)
+            .await
+            .map_err(|error| failure(error.kind(), &error.to_string(), None))?;
+        let id = view.execution_id.clone();
+        let ended = async {
+            loop {
+                match self.service.handle(&principal, &id).await {
+                    Ok(view) if view.running() => tokio::time::sleep(TASK_POLL).await,
+                    other => return other,
+                }
+            }
         };
-        match &outcome.error {
-            None => {
-                let result = outcome.result.as_ref().map_or("undefined", |r| r.get());
-                let mut content = vec![ContentBlock::text(result.to_string())];
-                if let Some(id) = &session_id {
-                    content.push(ContentBlock::text(format!("session: {id}")));
-                }
-                if let Some(logs) = logs {
-                    content.push(ContentBlock::text(format!("console:\n{logs}")));
-                }
-                let mut result = CallToolResult::success(content);
-                result.structured_content = Some(structured);
-                result
-            }
-            Some(error) => {
-                let mut message = error.message.clone();
-                if let (Some(line), Some(column)) = (error.line, error.column) {
-                    message.push_str(&format!(" (line {line}, column {column})"));
-                } else if let Some(line) = error.line {
-                    message.push_str(&format!(" (line {line})"));
-                }
-                failure(error.kind.as_str(), &message, Some((structured, logs)))
-            }
+        let view = match tokio::time::timeout(TASK_AFTER, ended).await {
+            Ok(Ok(view)) => view,
+            Ok(Err(error)) => return Err(failure(error.kind(), &error.to_string(), None)),
+            Err(_) => return Ok(CallToolResponse::Task(CreateTaskResult::new(task(&view)))),
+        };
+        Ok(finished(&view, session.as_deref()).into())
+    }
+}
+
+/// How often `execute` looks for the end of a run before answering with a task.
+const TASK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A background execution as a task.
+fn task(view: &HandleView) -> Task {
+    let status = match view.status.as_str() {
+        "running" => TaskStatus::Working,
+        "cancelled" => TaskStatus::Cancelled,
+        _ => TaskStatus::Completed,
+    };
+    let updated = view.ended_at.clone().unwrap_or_else(|| view.created_at.clone());
+    let expires = humantime::parse_rfc3339(&view.expires_at).ok();
+    let created = humantime::parse_rfc3339(&view.created_at).ok();
+    let mut task = Task::new(view.execution_id.clone(), status, view.created_at.clone(), updated)
+        .with_poll_interval_ms(CANCEL_POLL.as_millis() as u64);
+    if let (Some(created), Some(expires)) = (created, expires) {
+        if let Ok(ttl) = expires.duration_since(created) {
+            task = task.with_ttl_ms(ttl.as_millis() as u64);
         }
     }
+    task
+}
+
+/// The tool result of a background execution that ended.
+fn finished(view: &HandleView, session: Option<&str>) -> CallToolResult {
+    tool_result(view.result.clone().unwrap_or(Value::Null), session.or(view.session_id.as_deref()))
+}
+
+/// The tool result for an execution's body (what `POST /v1/execute` answers): the
+/// result as JSON text, the session, the console lines; a failure as `isError`.
+fn tool_result(mut structured: Value, session: Option<&str>) -> CallToolResult {
+    if let (Some(id), Some(fields)) = (session, structured.as_object_mut()) {
+        fields.insert("session".into(), Value::String(id.to_string()));
+    }
+    let lines: Vec<&str> = structured["logs"]
+        .as_array()
+        .map(|logs| logs.iter().filter_map(|l| l["message"].as_str()).collect())
+        .unwrap_or_default();
+    let logs = (!lines.is_empty()).then(|| lines.join("\n"));
+    let error = &structured["error"];
+    if error.is_object() {
+        let kind = error["kind"].as_str().unwrap_or("internal").to_string();
+        let mut message = error["message"].as_str().unwrap_or_default().to_string();
+        match (error["line"].as_u64(), error["column"].as_u64()) {
+            (Some(line), Some(column)) => message.push_str(&format!(" (line {line}, column {column})")),
+            (Some(line), None) => message.push_str(&format!(" (line {line})")),
+            _ => {}
+        }
+        return failure(&kind, &message, Some((structured, logs)));
+    }
+    let mut content = vec![ContentBlock::text(structured["result"].to_string())];
+    if let Some(id) = session {
+        content.push(ContentBlock::text(format!("session: {id}")));
+    }
+    if let Some(logs) = logs {
+        content.push(ContentBlock::text(format!("console:\n{logs}")));
+    }
+    let mut result = CallToolResult::success(content);
+    result.structured_content = Some(structured);
+    result
 }
 
 /// `search` and `execute` as `tools/list` shows them to a caller who sees `view`: the
@@ -343,7 +428,7 @@ fn execute_tool() -> Tool {
          `await` calls and `return` a JSON value. Call tools found with `search` as \
          `await tools.<server>.<tool>({...})`; run independent calls together with `Promise.all`. \
          A failed tool call throws an Error. `console.log` output is returned too. \
-         Time, memory and CPU are limited; there is no network or file access.",
+         Time, memory and CPU are limited; no network; files only in a session (`fs`, like node:fs/promises).",
         object(json!({
             "type": "object",
             "properties": {
@@ -361,7 +446,12 @@ impl ServerHandler for CodeMode {
     #[allow(deprecated)] // logging: see `CodeMode::execute`
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
-            ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_logging().build(),
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_logging()
+                .enable_tasks()
+                .build(),
         )
         .with_server_info(Implementation::new("sandgate", env!("CARGO_PKG_VERSION")))
         .with_instructions(
@@ -407,7 +497,7 @@ impl ServerHandler for CodeMode {
                 Err(e) => failure("invalid_request", &format!("search: {e}"), None),
             },
             "execute" => match serde_json::from_value::<ExecuteArgs>(args) {
-                Ok(args) => self.execute(principal, args, &context).await,
+                Ok(args) => return Ok(self.execute(principal, args, &context).await),
                 Err(e) => failure("invalid_request", &format!("execute: {e}"), None),
             },
             other => {
@@ -418,5 +508,43 @@ impl ServerHandler for CodeMode {
             }
         };
         Ok(result.into())
+    }
+
+    /// `tasks/get`: a background `execute` (its result once it ended); another
+    /// principal's task is unknown.
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        let principal = self.principal(&context.extensions)?;
+        let view = self.service.handle(&principal, &request.task_id).await.map_err(task_error)?;
+        let payload = match view.status.as_str() {
+            "running" => TaskPayload::Working,
+            "cancelled" => TaskPayload::Cancelled,
+            _ => {
+                let result = serde_json::to_value(finished(&view, None)).unwrap_or(Value::Null);
+                TaskPayload::Completed { result: result.as_object().cloned().unwrap_or_default() }
+            }
+        };
+        Ok(GetTaskResult::new(DetailedTask::new(task(&view), payload)))
+    }
+
+    /// `tasks/cancel`: cancels a background `execute` (recorded as `cancelled`).
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let principal = self.principal(&context.extensions)?;
+        self.service.cancel_handle(&principal, &request.task_id).await.map_err(task_error)?;
+        Ok(())
+    }
+}
+
+fn task_error(error: crate::service::ServiceError) -> McpError {
+    match error {
+        crate::service::ServiceError::NotFound(message) => McpError::invalid_params(message, None),
+        other => McpError::internal_error(other.to_string(), None),
     }
 }

@@ -409,6 +409,7 @@ fn compile_limits(
     };
     let fuel = at_least_one(raw.fuel, "fuel");
     let wall_ms = at_least_one(raw.wall_ms, "wall_ms");
+    let background_wall_ms = at_least_one(raw.background_wall_ms, "background_wall_ms");
     let code_bytes = at_least_one(raw.code_bytes, "code_bytes");
     let concurrent =
         at_least_one(raw.concurrent.map(|v| Spanned::new(v.span(), u64::from(*v.get_ref()))), "concurrent")
@@ -431,6 +432,7 @@ fn compile_limits(
         fuel,
         memory_bytes,
         wall_ms,
+        background_wall_ms,
         output_bytes: raw.output_bytes.map(Spanned::into_inner),
         result_bytes: raw.result_bytes.map(Spanned::into_inner),
         host_calls: raw.host_calls.map(Spanned::into_inner),

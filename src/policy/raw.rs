@@ -38,6 +38,7 @@ pub(super) struct RawLimits {
     pub fuel: Option<Spanned<u64>>,
     pub memory_bytes: Option<Spanned<u64>>,
     pub wall_ms: Option<Spanned<u64>>,
+    pub background_wall_ms: Option<Spanned<u64>>,
     pub output_bytes: Option<Spanned<u64>>,
     pub result_bytes: Option<Spanned<u64>>,
     pub host_calls: Option<Spanned<u32>>,

@@ -14,6 +14,10 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Wall-clock limit in milliseconds, including time parked on host calls. Default 5,000.
     pub wall_ms: u64,
+    /// The wall-clock limit of an execution started in the background
+    /// (`POST /v1/executions`, MCP tasks), which is its ceiling in place of `wall_ms`.
+    /// Default 600,000 (10 minutes).
+    pub background_wall_ms: u64,
     /// Console output cap in bytes. Default 64 KiB.
     pub output_bytes: u64,
     /// Result cap in bytes of JSON. Default 1 MiB.
@@ -37,6 +41,7 @@ impl Default for Limits {
             fuel: 10_000_000_000,
             memory_bytes: 64 << 20,
             wall_ms: 5_000,
+            background_wall_ms: 600_000,
             output_bytes: 64 << 10,
             result_bytes: 1 << 20,
             host_calls: 100,
@@ -56,6 +61,7 @@ pub struct PartialLimits {
     pub fuel: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub wall_ms: Option<u64>,
+    pub background_wall_ms: Option<u64>,
     pub output_bytes: Option<u64>,
     pub result_bytes: Option<u64>,
     pub host_calls: Option<u32>,
@@ -73,6 +79,7 @@ impl PartialLimits {
             fuel: self.fuel.max(other.fuel),
             memory_bytes: self.memory_bytes.max(other.memory_bytes),
             wall_ms: self.wall_ms.max(other.wall_ms),
+            background_wall_ms: self.background_wall_ms.max(other.background_wall_ms),
             output_bytes: self.output_bytes.max(other.output_bytes),
             result_bytes: self.result_bytes.max(other.result_bytes),
             host_calls: self.host_calls.max(other.host_calls),
@@ -89,6 +96,7 @@ impl PartialLimits {
             fuel: self.fuel.unwrap_or(defaults.fuel),
             memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
             wall_ms: self.wall_ms.unwrap_or(defaults.wall_ms),
+            background_wall_ms: self.background_wall_ms.unwrap_or(defaults.background_wall_ms),
             output_bytes: self.output_bytes.unwrap_or(defaults.output_bytes),
             result_bytes: self.result_bytes.unwrap_or(defaults.result_bytes),
             host_calls: self.host_calls.unwrap_or(defaults.host_calls),
@@ -101,6 +109,12 @@ impl PartialLimits {
 }
 
 impl Limits {
+    /// The ceiling of an execution started in the background: its wall-clock limit is
+    /// `background_wall_ms` (never less than `wall_ms`).
+    pub fn for_background(&self) -> Limits {
+        Limits { wall_ms: self.background_wall_ms.max(self.wall_ms), ..*self }
+    }
+
     /// The limits for one request: the ceiling, lowered where the request asks.
     /// Asking for more than the ceiling is an error naming the field and the ceiling.
     pub fn lowered_by(&self, request: &PartialLimits) -> Result<Limits, String> {
@@ -121,6 +135,7 @@ impl Limits {
             fuel: pick("fuel", self.fuel, request.fuel)?,
             memory_bytes: pick("memory_bytes", self.memory_bytes, request.memory_bytes)?,
             wall_ms: pick("wall_ms", self.wall_ms, request.wall_ms)?,
+            background_wall_ms: pick("background_wall_ms", self.background_wall_ms, request.background_wall_ms)?,
             output_bytes: pick("output_bytes", self.output_bytes, request.output_bytes)?,
             result_bytes: pick("result_bytes", self.result_bytes, request.result_bytes)?,
             host_calls: pick("host_calls", self.host_calls, request.host_calls)?,

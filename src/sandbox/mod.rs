@@ -91,6 +91,9 @@ pub struct Job {
     /// The capability behind `fs.*` calls for this execution alone (its session's
     /// workspace and the mounts its policies grant); `None`: no file access.
     pub files: Option<Arc<dyn Capability>>,
+    /// The execution's id when the caller chose it (a background execution's handle
+    /// is known before it runs); a fresh UUIDv7 otherwise.
+    pub id: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -243,7 +246,7 @@ impl Sandbox {
             () = cancel.cancelled() => return Err(Rejected::Cancelled),
         }
         let started = Instant::now();
-        let execution_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        let execution_id = job.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string().into());
         let outcome = self.run(job, events, cpu.clone(), execution_id, cancel).await;
         cpu.release();
         drop(admission);

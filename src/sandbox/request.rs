@@ -78,6 +78,7 @@ impl ExecuteRequest {
             call_policy,
             session: None,
             files: None,
+            id: None,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! shutdown, executions get the grace period to finish and are then cancelled the
 //! same way. Either way nothing started escapes the ledger.
 
+mod handles;
 mod reload;
 mod running;
 mod sessions;
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use handles::{Event as HandleEvent, Following, HandleView, CANCEL_POLL};
 pub use reload::Policies;
 pub use running::{Running, RunningSlot};
 pub use sessions::SessionView;
@@ -156,6 +158,10 @@ pub struct Service {
     executions: TaskTracker,
     /// Cancelled when the shutdown grace period ends: executions still running stop.
     stop: CancellationToken,
+    /// Background executions running on this replica.
+    handles: handles::Handles,
+    /// How long a background execution's result is kept.
+    result_ttl: Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -260,6 +266,8 @@ impl Service {
             running: Arc::new(Running::default()),
             executions: TaskTracker::new(),
             stop: CancellationToken::new(),
+            handles: handles::Handles::default(),
+            result_ttl: config.result_ttl,
         })
     }
 
@@ -373,6 +381,17 @@ impl Service {
     /// Checks `request` against the principal's policies and rate limits and takes a
     /// sandbox slot.
     pub async fn prepare(&self, principal: Arc<Principal>, request: ExecuteRequest) -> Result<Prepared, ServiceError> {
+        self.prepare_as(principal, request, false).await
+    }
+
+    /// [`Service::prepare`], for an execution in the background when `background`:
+    /// its wall-clock ceiling is then `limits.background_wall_ms`.
+    async fn prepare_as(
+        &self,
+        principal: Arc<Principal>,
+        request: ExecuteRequest,
+        background: bool,
+    ) -> Result<Prepared, ServiceError> {
         let capabilities = self.policies.current().capabilities(&principal);
         let Some(ceiling) = capabilities.limits else {
             return Err(ServiceError::Forbidden(format!(
@@ -380,6 +399,7 @@ impl Service {
                 principal.user, principal.team, principal.key
             )));
         };
+        let ceiling = if background { ceiling.for_background() } else { ceiling };
         if let Some(per_minute) = capabilities.rate.executions_per_minute {
             self.ledger.store().take(&principal.user, "executions", per_minute).await?.map_err(|retry_after_secs| {
                 ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }
@@ -477,7 +497,7 @@ impl Service {
                 Ok(outcome)
             }
         });
-        Execution { task, cancel_if_dropped: Some(cancel.drop_guard()) }
+        Execution { task, cancel: cancel.clone(), cancel_if_dropped: Some(cancel.drop_guard()) }
     }
 
     /// The token that, once cancelled, cancels every execution still running: the
@@ -553,7 +573,15 @@ impl Service {
 /// A started execution (see [`Service::start`]).
 pub struct Execution {
     task: tokio::task::JoinHandle<Result<Outcome, ServiceError>>,
+    cancel: CancellationToken,
     cancel_if_dropped: Option<tokio_util::sync::DropGuard>,
+}
+
+impl Execution {
+    /// Cancels the execution; awaiting it still gives its (cancelled) outcome, recorded.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
 }
 
 impl std::future::Future for Execution {

@@ -282,6 +282,31 @@ impl SessionRecord {
     }
 }
 
+/// An execution started in the background (`POST /v1/executions`): its status, and
+/// its result once it ended, kept until `expires_at_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandleRecord {
+    /// The execution's id (the ledger's `executions.id` once it is recorded).
+    pub id: String,
+    pub user: String,
+    pub team: String,
+    pub key: String,
+    pub session_id: Option<String>,
+    /// `running`, then `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub created_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    /// When it is forgotten: its result's TTL after it ended (while it runs: the end
+    /// of its longest possible run plus that TTL, so a replica's death cannot leave it
+    /// forever).
+    pub expires_at_ms: i64,
+    /// Someone asked to cancel it (on whichever replica); the replica running it
+    /// cancels it.
+    pub cancel_requested: bool,
+    /// The result body (`POST /v1/execute`'s JSON) once it ended.
+    pub body: Option<String>,
+}
+
 /// What taking a session for an execution found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lease {
@@ -385,6 +410,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// One entry of session `id`'s workspace.
     fn session_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<Option<StoredFile>, StoreError>>;
+
+    /// Adds a background execution (and forgets those whose time is over).
+    fn create_handle<'a>(&'a self, handle: &'a HandleRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Background execution `id`, unless it is forgotten by `now_ms`.
+    fn handle<'a>(&'a self, id: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Option<HandleRecord>, StoreError>>;
+
+    /// Records the end of background execution `id`: its `status` and result `body`,
+    /// kept until `expires_at_ms`.
+    fn finish_handle<'a>(
+        &'a self,
+        id: &'a str,
+        status: &'a str,
+        body: &'a str,
+        ended_at_ms: i64,
+        expires_at_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Asks for background execution `id` to be cancelled; `false` when it is not
+    /// running.
+    fn cancel_handle<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Answers when the store can serve (the readiness check).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -39,8 +39,8 @@ use tokio_postgres::types::ToSql;
 
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, FileChange, Hold, Lease, Overdrawn, Record, SessionRecord, Store, StoreError,
-    StoredFile, StoredKey,
+    now_ms, Balance, BudgetLine, FileChange, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord, Store,
+    StoreError, StoredFile, StoredKey,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -343,6 +343,23 @@ const MIGRATIONS: &[&str] = &[
         data BYTEA,
         PRIMARY KEY (session_id, path)
     );
+    "#,
+    // 5: executions started in the background, and their results for a while.
+    r#"
+    CREATE TABLE execution_handles (
+        id TEXT PRIMARY KEY,
+        "user" TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        session_id TEXT,
+        status TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        ended_at_ms BIGINT,
+        expires_at_ms BIGINT NOT NULL,
+        cancel_requested BOOLEAN NOT NULL DEFAULT false,
+        body TEXT
+    );
+    CREATE INDEX execution_handles_expiry ON execution_handles (expires_at_ms);
     "#,
 ];
 
@@ -689,6 +706,25 @@ fn session_at(row: &tokio_postgres::Row, at: usize) -> SessionRecord {
         image_bytes: count(9),
         files: count(10),
         file_bytes: count(11),
+    }
+}
+
+const HANDLE_COLUMNS: &str = r#"id, "user", team, key, session_id, status, created_at_ms, ended_at_ms, expires_at_ms,
+    cancel_requested, body"#;
+
+fn handle_row(row: &tokio_postgres::Row) -> HandleRecord {
+    HandleRecord {
+        id: row.get(0),
+        user: row.get(1),
+        team: row.get(2),
+        key: row.get(3),
+        session_id: row.get(4),
+        status: row.get(5),
+        created_at_ms: row.get(6),
+        ended_at_ms: row.get(7),
+        expires_at_ms: row.get(8),
+        cancel_requested: row.get(9),
+        body: row.get(10),
     }
 }
 
@@ -1085,6 +1121,90 @@ impl Store for PgStore {
                 .await
                 .map_err(err)?;
             Ok(row.as_ref().map(file_row))
+        }
+        .boxed()
+    }
+
+    fn create_handle<'a>(&'a self, handle: &'a HandleRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let sql = format!(
+                "WITH gone AS (DELETE FROM execution_handles WHERE expires_at_ms <= $7)
+                 INSERT INTO execution_handles ({HANDLE_COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            );
+            trip("execution_handles");
+            client
+                .execute(
+                    &sql,
+                    &[
+                        &handle.id,
+                        &handle.user,
+                        &handle.team,
+                        &handle.key,
+                        &handle.session_id,
+                        &handle.status,
+                        &handle.created_at_ms,
+                        &handle.ended_at_ms,
+                        &handle.expires_at_ms,
+                        &handle.cancel_requested,
+                        &handle.body,
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn handle<'a>(&'a self, id: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Option<HandleRecord>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let sql = format!("SELECT {HANDLE_COLUMNS} FROM execution_handles WHERE id = $1 AND expires_at_ms > $2");
+            trip("execution_handles");
+            let row = client.query_opt(&sql, &[&id, &now_ms]).await.map_err(err)?;
+            Ok(row.as_ref().map(handle_row))
+        }
+        .boxed()
+    }
+
+    fn finish_handle<'a>(
+        &'a self,
+        id: &'a str,
+        status: &'a str,
+        body: &'a str,
+        ended_at_ms: i64,
+        expires_at_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("execution_handles");
+            client
+                .execute(
+                    "UPDATE execution_handles SET status = $2, body = $3, ended_at_ms = $4, expires_at_ms = $5
+                     WHERE id = $1",
+                    &[&id, &status, &body, &ended_at_ms, &expires_at_ms],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn cancel_handle<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("execution_handles");
+            let changed = client
+                .execute(
+                    "UPDATE execution_handles SET cancel_requested = true WHERE id = $1 AND status = 'running'",
+                    &[&id],
+                )
+                .await
+                .map_err(err)?;
+            Ok(changed == 1)
         }
         .boxed()
     }

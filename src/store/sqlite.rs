@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, FileChange, Hold, Lease, Overdrawn, Record, SessionRecord, SpendScope, Store,
-    StoreError, StoredFile, StoredKey,
+    now_ms, Balance, BudgetLine, FileChange, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord, SpendScope,
+    Store, StoreError, StoredFile, StoredKey,
 };
 
 /// How hard a commit waits for the disk.
@@ -136,6 +136,21 @@ const MIGRATIONS: &[&str] = &[
         data BLOB,
         PRIMARY KEY (session_id, path)
     );",
+    // 7: executions started in the background, and their results for a while.
+    "CREATE TABLE execution_handles (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        session_id TEXT,
+        status TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER,
+        expires_at_ms INTEGER NOT NULL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        body TEXT
+    );
+    CREATE INDEX execution_handles_expiry ON execution_handles (expires_at_ms);",
 ];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -449,6 +464,25 @@ fn apply_files(tx: &rusqlite::Transaction<'_>, id: &str, files: &[FileChange]) -
     )
     .map_err(err)?;
     Ok(())
+}
+
+const HANDLE_COLUMNS: &str =
+    "id, user, team, key, session_id, status, created_at_ms, ended_at_ms, expires_at_ms, cancel_requested, body";
+
+fn handle_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HandleRecord> {
+    Ok(HandleRecord {
+        id: row.get(0)?,
+        user: row.get(1)?,
+        team: row.get(2)?,
+        key: row.get(3)?,
+        session_id: row.get(4)?,
+        status: row.get(5)?,
+        created_at_ms: row.get(6)?,
+        ended_at_ms: row.get(7)?,
+        expires_at_ms: row.get(8)?,
+        cancel_requested: row.get(9)?,
+        body: row.get(10)?,
+    })
 }
 
 fn file_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
@@ -798,6 +832,77 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(err)
+        })
+    }
+
+    fn create_handle<'a>(&'a self, handle: &'a HandleRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        let handle = handle.clone();
+        self.blocking(move |inner| {
+            let writer = lock(&inner.writer);
+            writer
+                .execute("DELETE FROM execution_handles WHERE expires_at_ms <= ?1", params![handle.created_at_ms])
+                .map_err(err)?;
+            writer
+                .execute(
+                    &format!("INSERT INTO execution_handles ({HANDLE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                    params![
+                        handle.id,
+                        handle.user,
+                        handle.team,
+                        handle.key,
+                        handle.session_id,
+                        handle.status,
+                        handle.created_at_ms,
+                        handle.ended_at_ms,
+                        handle.expires_at_ms,
+                        handle.cancel_requested,
+                        handle.body
+                    ],
+                )
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn handle<'a>(&'a self, id: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Option<HandleRecord>, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            let sql = format!("SELECT {HANDLE_COLUMNS} FROM execution_handles WHERE id = ?1 AND expires_at_ms > ?2");
+            lock(&inner.reader).query_row(&sql, params![id, now_ms], handle_row).optional().map_err(err)
+        })
+    }
+
+    fn finish_handle<'a>(
+        &'a self,
+        id: &'a str,
+        status: &'a str,
+        body: &'a str,
+        ended_at_ms: i64,
+        expires_at_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let (id, status, body) = (id.to_string(), status.to_string(), body.to_string());
+        self.blocking(move |inner| {
+            lock(&inner.writer)
+                .execute(
+                    "UPDATE execution_handles SET status = ?2, body = ?3, ended_at_ms = ?4, expires_at_ms = ?5
+                     WHERE id = ?1",
+                    params![id, status, body, ended_at_ms, expires_at_ms],
+                )
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn cancel_handle<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            let changed = lock(&inner.writer)
+                .execute(
+                    "UPDATE execution_handles SET cancel_requested = 1 WHERE id = ?1 AND status = 'running'",
+                    params![id],
+                )
+                .map_err(err)?;
+            Ok(changed == 1)
         })
     }
 

@@ -27,6 +27,7 @@ fn job(code: &str, language: Language, session: Option<&MemoryImage>) -> Job {
         call_policy: Arc::new(AllowAll),
         session: session.map(|image| Arc::new(image.clone())),
         files: None,
+        id: None,
     }
 }
 

@@ -1,0 +1,107 @@
+//! Executions in the background: `POST /v1/executions` (the body of `POST /v1/execute`)
+//! answers 202 with the execution's id at once; `GET /v1/executions/{id}` gives its
+//! status and, once it ended, its result; `GET /v1/executions/{id}/events` streams its
+//! console lines (`log`) and its result (`result`) as server-sent events; `DELETE`
+//! cancels it. Another principal's execution is a 404.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+
+use super::{ApiError, AppState};
+use crate::sandbox::{ErrorKind, ExecuteRequest};
+use crate::service::{HandleEvent, HandleView};
+
+pub(super) async fn start(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    let bytes = super::read_body(&headers, body, app.config.http.max_body_bytes).await?;
+    let request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
+    })?;
+    let view = app.service.start_handle(principal, request).await?;
+    let location = format!("/v1/executions/{}", view.execution_id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+pub(super) async fn show(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<HandleView>, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    Ok(Json(app.service.handle(&principal, &id).await?))
+}
+
+pub(super) async fn cancel(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    let view = app.service.cancel_handle(&principal, &id).await?;
+    let status = if view.running() { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((status, Json(view)).into_response())
+}
+
+fn log_event(line: &impl serde::Serialize) -> Result<Event, Infallible> {
+    Ok(Event::default().event("log").json_data(line).unwrap_or_default())
+}
+
+pub(super) async fn events(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = super::authenticate(&app, &headers)?;
+    // 404 now, before the stream starts, for an execution the caller cannot see.
+    app.service.handle(&principal, &id).await?;
+    let following = app.service.follow_handle(&principal, &id);
+    let live = following.is_some();
+    let lines = match following {
+        // Running here: the lines so far, then each as it comes, until it ends.
+        Some(following) => {
+            let so_far = futures::stream::iter(following.so_far).map(|line| log_event(&line));
+            let next = futures::stream::unfold(following.next, |mut next| async move {
+                loop {
+                    match next.recv().await {
+                        Ok(HandleEvent::Log(line)) => return Some((log_event(&line), next)),
+                        // A follower too slow for the buffer misses lines here; the
+                        // result carries every line.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Ok(HandleEvent::Ended) | Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+            so_far.chain(next).boxed()
+        }
+        None => futures::stream::empty().boxed(),
+    };
+    // Then the result, from the store (on another replica: when the store says it ended).
+    let ended = futures::stream::once(async move {
+        match app.service.wait_handle(&principal, &id).await {
+            Ok(view) => {
+                let result = view.result.clone().unwrap_or_default();
+                let mut events: Vec<Result<Event, Infallible>> = Vec::new();
+                if !live {
+                    let logs = result.get("logs").and_then(|l| l.as_array()).cloned().unwrap_or_default();
+                    events.extend(logs.iter().map(log_event));
+                }
+                events.push(Ok(Event::default().event("result").json_data(result).unwrap_or_default()));
+                futures::stream::iter(events)
+            }
+            Err(error) => {
+                let error = ApiError::from(error);
+                let body = serde_json::json!({ "error": { "kind": error.kind, "message": error.message } });
+                futures::stream::iter(vec![Ok(Event::default().event("error").json_data(body).unwrap_or_default())])
+            }
+        }
+    })
+    .flatten();
+    Ok(Sse::new(lines.chain(ended)).keep_alive(KeepAlive::default()).into_response())
+}

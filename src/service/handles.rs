@@ -1,0 +1,254 @@
+//! Executions started in the background, for runs longer than a request should be
+//! held open: [`Service::start_handle`] answers at once with the execution's id; the
+//! execution runs as a task of the service (not of any request) under the caller's
+//! `limits.background_wall_ms`, and is recorded like any other.
+//!
+//! Its status, and its result once it ends, live in the store for
+//! `[sandbox] result_ttl_s`, so any replica answers for it. Its console lines stream
+//! from the replica running it ([`Service::handle_events`]); another replica follows
+//! the store and gives the lines with the result. A cancel on any replica is a flag in
+//! the store that the running replica checks every [`CANCEL_POLL`]; on the running
+//! replica it takes effect at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Service, ServiceError};
+use crate::auth::Principal;
+use crate::sandbox::{ErrorKind, ExecuteRequest, LogLine, Outcome};
+use crate::store::{now_ms, HandleRecord};
+
+/// How often a running background execution checks the store for a cancel made on
+/// another replica, and how often a follower on another replica reads its status.
+pub const CANCEL_POLL: Duration = Duration::from_millis(500);
+
+/// Background executions running on this replica.
+#[derive(Default)]
+pub struct Handles {
+    running: Mutex<HashMap<String, Arc<Local>>>,
+}
+
+/// One background execution running here.
+struct Local {
+    user: String,
+    cancel: CancellationToken,
+    /// Console lines so far, for a follower that arrives late.
+    lines: Mutex<Vec<LogLine>>,
+    events: broadcast::Sender<Event>,
+}
+
+/// What a follower of a background execution receives.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Log(LogLine),
+    /// It ended; its result is in the store.
+    Ended,
+}
+
+/// A background execution as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HandleView {
+    pub execution_id: String,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// When it (and its result) is forgotten.
+    pub expires_at: String,
+    /// The body `POST /v1/execute` would have answered, once it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+impl HandleView {
+    pub fn running(&self) -> bool {
+        self.status == "running"
+    }
+}
+
+impl From<HandleRecord> for HandleView {
+    fn from(handle: HandleRecord) -> Self {
+        Self {
+            execution_id: handle.id,
+            status: handle.status,
+            session_id: handle.session_id,
+            created_at: super::sessions::time(handle.created_at_ms),
+            ended_at: handle.ended_at_ms.map(super::sessions::time),
+            expires_at: super::sessions::time(handle.expires_at_ms),
+            result: handle.body.and_then(|body| serde_json::from_str(&body).ok()),
+        }
+    }
+}
+
+/// What a follower gets: the lines so far and the stream of what comes, or `None`
+/// when the execution is not running on this replica.
+pub struct Following {
+    pub so_far: Vec<LogLine>,
+    pub next: broadcast::Receiver<Event>,
+}
+
+fn status_of(outcome: &Outcome) -> &'static str {
+    match &outcome.error {
+        None if outcome.ok => "succeeded",
+        Some(error) if error.kind == ErrorKind::Cancelled => "cancelled",
+        _ => "failed",
+    }
+}
+
+impl Service {
+    /// Starts `request` in the background for `principal`: checked and admitted as
+    /// [`Service::prepare`] does (a refusal is an error now, not a failed handle), then
+    /// running on its own; returns its handle.
+    pub async fn start_handle(
+        self: &Arc<Self>,
+        principal: Arc<Principal>,
+        request: ExecuteRequest,
+    ) -> Result<HandleView, ServiceError> {
+        let session_id = request.session_id.clone();
+        let mut prepared = self.prepare_as(principal.clone(), request, true).await?;
+        let id = uuid::Uuid::now_v7().to_string();
+        prepared.job.id = Some(id.clone().into());
+        let now = now_ms();
+        let longest = prepared.job.limits.wall_ms + self.sandbox.config().queue_timeout.as_millis() as u64;
+        let ttl_ms = self.result_ttl.as_millis() as i64;
+        let record = HandleRecord {
+            id: id.clone(),
+            user: principal.user.clone(),
+            team: principal.team.clone(),
+            key: principal.key.clone(),
+            session_id,
+            status: "running".into(),
+            created_at_ms: now,
+            ended_at_ms: None,
+            expires_at_ms: now + longest as i64 + ttl_ms,
+            cancel_requested: false,
+            body: None,
+        };
+        self.ledger.store().create_handle(&record).await?;
+
+        let (events, _) = broadcast::channel(1024);
+        let local = Arc::new(Local {
+            user: principal.user.clone(),
+            cancel: CancellationToken::new(),
+            lines: Mutex::new(Vec::new()),
+            events,
+        });
+        self.handles.running.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), local.clone());
+        let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<LogLine>();
+        let execution = self.start(prepared, Some(lines_tx));
+        let service = self.clone();
+        let handle_id = id.clone();
+        tokio::spawn(async move {
+            let store = service.ledger.store().clone();
+            let forward = {
+                let local = local.clone();
+                async move {
+                    while let Some(line) = lines_rx.recv().await {
+                        local.lines.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
+                        let _ = local.events.send(Event::Log(line));
+                    }
+                }
+            };
+            let watch = {
+                let (store, id, cancel) = (store.clone(), handle_id.clone(), local.cancel.clone());
+                async move {
+                    loop {
+                        tokio::time::sleep(CANCEL_POLL).await;
+                        if let Ok(Some(handle)) = store.handle(&id, now_ms()).await {
+                            if handle.cancel_requested {
+                                cancel.cancel();
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            let cancel = local.cancel.clone();
+            let run = async move {
+                tokio::pin!(execution);
+                tokio::select! {
+                    outcome = &mut execution => outcome,
+                    () = cancel.cancelled() => {
+                        execution.cancel();
+                        execution.await
+                    }
+                }
+            };
+            // A cancel made on another replica reaches this one through the store.
+            let watcher = tokio::spawn(watch);
+            let (result, ()) = tokio::join!(run, forward);
+            watcher.abort();
+            let ended = now_ms();
+            let (status, body) = match result {
+                Ok(outcome) => (status_of(&outcome), serde_json::to_string(&outcome).unwrap_or_default()),
+                Err(error) => {
+                    let kind = error.kind();
+                    let status = if kind == "cancelled" { "cancelled" } else { "failed" };
+                    let body =
+                        serde_json::json!({ "ok": false, "error": { "kind": kind, "message": error.to_string() } });
+                    (status, body.to_string())
+                }
+            };
+            if let Err(error) = store.finish_handle(&handle_id, status, &body, ended, ended + ttl_ms).await {
+                tracing::warn!(%error, execution_id = %handle_id, "could not record a background execution's end");
+            }
+            service.handles.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle_id);
+            let _ = local.events.send(Event::Ended);
+        });
+        Ok(record.into())
+    }
+
+    /// Background execution `id`, when it is `principal`'s.
+    pub async fn handle(&self, principal: &Principal, id: &str) -> Result<HandleView, ServiceError> {
+        match self.ledger.store().handle(id, now_ms()).await? {
+            Some(handle) if handle.user == principal.user => Ok(handle.into()),
+            _ => Err(ServiceError::NotFound(format!("no execution `{id}`"))),
+        }
+    }
+
+    /// Cancels background execution `id` of `principal`, on whichever replica runs
+    /// it; an execution that already ended stays as it ended. Returns its view.
+    pub async fn cancel_handle(&self, principal: &Principal, id: &str) -> Result<HandleView, ServiceError> {
+        let view = self.handle(principal, id).await?;
+        if view.running() {
+            self.ledger.store().cancel_handle(id).await?;
+            if let Some(local) = self.local_handle(id) {
+                local.cancel.cancel();
+            }
+        }
+        Ok(view)
+    }
+
+    fn local_handle(&self, id: &str) -> Option<Arc<Local>> {
+        self.handles.running.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Follows background execution `id` of `principal` when it runs on this replica.
+    pub fn follow_handle(&self, principal: &Principal, id: &str) -> Option<Following> {
+        let local = self.local_handle(id).filter(|local| local.user == principal.user)?;
+        // Subscribe before reading the lines so far, so no line falls between them.
+        let next = local.events.subscribe();
+        let so_far = local.lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(Following { so_far, next })
+    }
+
+    /// Waits until background execution `id` of `principal` has ended (reading the
+    /// store every [`CANCEL_POLL`]) and returns it.
+    pub async fn wait_handle(&self, principal: &Principal, id: &str) -> Result<HandleView, ServiceError> {
+        loop {
+            let view = self.handle(principal, id).await?;
+            if !view.running() {
+                return Ok(view);
+            }
+            tokio::time::sleep(CANCEL_POLL).await;
+        }
+    }
+}
