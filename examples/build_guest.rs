@@ -1,4 +1,5 @@
-//! Builds the guest and pre-initialises it into `guest/sandgate_guest.wasm`.
+//! Builds the guests and pre-initialises them into `guest/sandgate_guest.wasm`
+//! (QuickJS) and `guest/sandgate_python.wasm` (Monty).
 //!
 //! ```text
 //! cargo run --example build_guest            # rebuild and write the committed file
@@ -6,9 +7,9 @@
 //! ```
 //!
 //! Steps: `cargo build --release` in `guest/` (wasm32-wasip1, see guest/.cargo/config.toml),
-//! then Wizer: instantiate the module, call its `wizer-initialize` export (which builds
-//! the QuickJS runtime, context and prelude), and snapshot memory and globals into a
-//! new module. The guest sees zeroed clocks and randomness while it initialises, so
+//! then, for each guest, Wizer: instantiate the module, call its `wizer-initialize`
+//! export (which builds the QuickJS runtime, context and prelude, or warms Monty up),
+//! and snapshot memory and globals into a new module. The guest sees zeroed clocks and randomness while it initialises, so
 //! the same sources give the same bytes, which is what `--check` relies on.
 
 use std::path::{Path, PathBuf};
@@ -50,9 +51,13 @@ impl InstanceState for Snapshot<'_> {
     }
 }
 
-/// Builds the guest with the paths of this checkout and of the cargo home mapped to
+/// The guests: crate, then the committed file.
+const GUESTS: [(&str, &str); 2] =
+    [("sandgate_guest", "sandgate_guest.wasm"), ("sandgate_python_guest", "sandgate_python.wasm")];
+
+/// Builds the guests with the paths of this checkout and of the cargo home mapped to
 /// fixed names, so the bytes do not depend on where the sources live.
-fn build_raw_guest(guest_dir: &Path) -> anyhow::Result<PathBuf> {
+fn build_raw_guests(guest_dir: &Path) -> anyhow::Result<()> {
     let guest = guest_dir.canonicalize()?;
     let checkout = guest.parent().unwrap_or(&guest).to_path_buf();
     let cargo_home = std::env::var_os("CARGO_HOME")
@@ -68,7 +73,7 @@ fn build_raw_guest(guest_dir: &Path) -> anyhow::Result<PathBuf> {
     .join("\x1f");
     let cflags = format!("--target=wasm32-wasi -ffile-prefix-map={}=/src", checkout.display());
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--locked"])
+        .args(["build", "--release", "--locked", "-p", "sandgate-guest", "-p", "sandgate-python-guest"])
         .current_dir(&guest)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env("CFLAGS_wasm32_wasip1", cflags)
@@ -81,7 +86,7 @@ fn build_raw_guest(guest_dir: &Path) -> anyhow::Result<PathBuf> {
         "building the guest failed; it needs `rustup target add wasm32-wasip1` and clang, lld, llvm, \
          wasi-libc and libclang-rt-14-dev-wasm32 (see the README)"
     );
-    Ok(guest_dir.join("target/wasm32-wasip1/release/sandgate_guest.wasm"))
+    Ok(())
 }
 
 async fn wizen(raw: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -113,25 +118,29 @@ async fn main() -> anyhow::Result<ExitCode> {
     let check = std::env::args().any(|a| a == "--check");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let guest_dir = root.join("guest");
-    let out = guest_dir.join("sandgate_guest.wasm");
-    let raw_path = build_raw_guest(&guest_dir)?;
-    let raw = std::fs::read(&raw_path)?;
-    let wizened = wizen(&raw).await?;
-    if check {
-        let committed = std::fs::read(&out).unwrap_or_default();
-        if committed != wizened {
-            eprintln!(
-                "{} differs from a fresh build of guest/ ({} vs {} bytes): run `cargo run --example build_guest` and commit it",
-                out.display(),
-                committed.len(),
-                wizened.len()
-            );
-            return Ok(ExitCode::FAILURE);
+    build_raw_guests(&guest_dir)?;
+    let mut failed = false;
+    for (name, file) in GUESTS {
+        let out = guest_dir.join(file);
+        let raw = std::fs::read(guest_dir.join(format!("target/wasm32-wasip1/release/{name}.wasm")))?;
+        let wizened = wizen(&raw).await?;
+        if check {
+            let committed = std::fs::read(&out).unwrap_or_default();
+            if committed != wizened {
+                eprintln!(
+                    "{} differs from a fresh build of guest/ ({} vs {} bytes): run `cargo run --example build_guest` and commit it",
+                    out.display(),
+                    committed.len(),
+                    wizened.len()
+                );
+                failed = true;
+            } else {
+                eprintln!("{} matches a fresh build of guest/ ({} bytes)", out.display(), wizened.len());
+            }
+            continue;
         }
-        eprintln!("{} matches a fresh build of guest/ ({} bytes)", out.display(), wizened.len());
-        return Ok(ExitCode::SUCCESS);
+        std::fs::write(&out, &wizened)?;
+        eprintln!("wrote {} ({} bytes; raw guest {} bytes)", out.display(), wizened.len(), raw.len());
     }
-    std::fs::write(&out, &wizened)?;
-    eprintln!("wrote {} ({} bytes; raw guest {} bytes)", out.display(), wizened.len(), raw.len());
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -61,8 +61,9 @@ pub enum Command {
         /// Policy directory; overrides `policies` in the config file.
         #[arg(long)]
         policies: Option<PathBuf>,
-        /// The code's language; default: typescript for `.ts` files, else javascript.
-        #[arg(long, value_parser = ["javascript", "typescript"])]
+        /// The code's language; default: typescript for `.ts` files, python for `.py`,
+        /// else javascript.
+        #[arg(long, value_parser = ["javascript", "typescript", "python"])]
         language: Option<String>,
         /// Run in this session (`sandgate session open`): what the code declares stays
         /// for the session's next execution.
@@ -361,11 +362,10 @@ async fn exec(
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config, policies)?;
     telemetry::init_logging(LogFormat::Text);
-    let typescript = match language.as_deref() {
-        Some(language) => language == "typescript",
-        None => file.extension().is_some_and(|ext| ext == "ts" || ext == "mts"),
+    let language = match language.as_deref() {
+        Some(language) => language.parse::<Language>().map_err(|e| anyhow::anyhow!(e))?,
+        None => Language::of_file(&file),
     };
-    let language = if typescript { Language::Typescript } else { Language::Javascript };
     let code = if file.as_os_str() == "-" {
         let mut code = String::new();
         std::io::stdin().read_to_string(&mut code)?;
@@ -401,7 +401,7 @@ async fn session(command: SessionCommand) -> anyhow::Result<ExitCode> {
     let local = Principal::local();
     let shown = match command {
         SessionCommand::Open { language, ttl_s, .. } => {
-            let language = if language == "typescript" { Language::Typescript } else { Language::Javascript };
+            let language = language.parse::<Language>().map_err(|e| anyhow::anyhow!(e))?;
             serde_json::to_value(SessionView::from(service.open_session(&local, language, ttl_s).await?))?
         }
         SessionCommand::List { .. } => {

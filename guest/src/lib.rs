@@ -50,25 +50,8 @@ use std::cell::{Cell, RefCell};
 use rquickjs::context::EvalOptions;
 use rquickjs::{Array, Context, Ctx, Function, Persistent, Promise, Runtime, Value};
 
-mod host {
-    #[link(wasm_import_module = "sandgate_v1")]
-    extern "C" {
-        pub fn request_len(which: u32) -> i32;
-        pub fn request_read(which: u32, ptr: *mut u8, len: u32) -> i32;
-        pub fn max_result() -> i32;
-        pub fn log(level: u32, ptr: *const u8, len: u32);
-        pub fn call(name_ptr: *const u8, name_len: u32, args_ptr: *const u8, args_len: u32) -> i32;
-        pub fn wait() -> i64;
-        pub fn reply_read(id: u32, ptr: *mut u8, len: u32) -> i32;
-        pub fn source_ready();
-        pub fn finish(status: u32, ptr: *const u8, len: u32);
-    }
-
-    #[link(wasm_import_module = "wasi_snapshot_preview1")]
-    extern "C" {
-        pub fn random_get(buf: *mut u8, len: usize) -> u16;
-    }
-}
+use sandgate_guest_abi as abi;
+use sandgate_guest_abi::{fail, fault, finish};
 
 /// QuickJS's stack limit, below the 2 MiB shadow stack the guest is linked with (see
 /// [`enable_stack_check`]).
@@ -88,56 +71,6 @@ thread_local! {
     static RANDOM: Cell<u64> = const { Cell::new(0x853c_49e6_748f_ea9b) };
 }
 
-fn request(which: u32) -> String {
-    // SAFETY: the host writes at most `len` bytes into the buffer we own.
-    unsafe {
-        let len = host::request_len(which).max(0) as usize;
-        let mut buf = vec![0u8; len];
-        let written = host::request_read(which, buf.as_mut_ptr(), len as u32).max(0) as usize;
-        buf.truncate(written);
-        String::from_utf8_lossy(&buf).into_owned()
-    }
-}
-
-fn finish(status: u32, text: &str) {
-    // SAFETY: the host only reads `text.len()` bytes from a live slice.
-    unsafe { host::finish(status, text.as_ptr(), text.len() as u32) }
-}
-
-/// Reports an error of `kind` the guest itself found (status 1).
-fn fail(kind: &str, message: &str, position: Option<(u32, u32)>) {
-    let mut text = format!("{{\"kind\":{},\"message\":{}", json_string(kind), json_string(message));
-    if let Some((line, column)) = position {
-        text.push_str(&format!(",\"line\":{line},\"column\":{column}"));
-    }
-    text.push('}');
-    finish(1, &text);
-}
-
-/// Reports a fault of the guest runtime itself (status 2): the host's `internal`.
-fn fault(message: &str) {
-    finish(2, message);
-}
-
-/// `text` as a JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for ch in text.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// wyrand: a small, fast generator; seeded from WASI at the start of every run so a
 /// snapshot never replays the same sequence.
 fn next_random() -> f64 {
@@ -151,15 +84,11 @@ fn next_random() -> f64 {
 }
 
 fn reseed() {
-    let mut seed = [0u8; 8];
-    // SAFETY: `seed` is a live 8-byte buffer.
-    unsafe { host::random_get(seed.as_mut_ptr(), seed.len()) };
-    RANDOM.with(|state| state.set(u64::from_le_bytes(seed)));
+    RANDOM.with(|state| state.set(abi::random_seed()));
 }
 
 fn host_call<'js>(ctx: Ctx<'js>, name: String, args: String) -> rquickjs::Result<i32> {
-    // SAFETY: both slices are live for the duration of the call.
-    let id = unsafe { host::call(name.as_ptr(), name.len() as u32, args.as_ptr(), args.len() as u32) };
+    let id = abi::call(&name, &args);
     if id > 0 {
         return Ok(id);
     }
@@ -171,8 +100,7 @@ fn host_call<'js>(ctx: Ctx<'js>, name: String, args: String) -> rquickjs::Result
 }
 
 fn host_log(level: u32, line: String) {
-    // SAFETY: `line` is live for the duration of the call.
-    unsafe { host::log(level, line.as_ptr(), line.len() as u32) }
+    abi::log(level, &line)
 }
 
 /// Turns on QuickJS's own stack check, so deep recursion throws a catchable
@@ -274,25 +202,23 @@ pub extern "C" fn run() {
 /// The code as JavaScript: TypeScript has its types stripped. `None` when it cannot
 /// be, after reporting why. Ends the preparation phase either way.
 fn prepare() -> Option<String> {
-    let code = request(0);
-    let prepared = match request(2).as_str() {
+    let code = abi::request(abi::CODE);
+    let prepared = match abi::request(abi::LANGUAGE).as_str() {
         "typescript" => sandgate_typescript::strip_types(&code).map_err(|error| {
             fail("syntax", &error.message, Some((error.line, error.column)));
         }),
         _ => Ok(code),
     };
-    // SAFETY: a plain notification with no memory arguments.
-    unsafe { host::source_ready() };
+    abi::source_ready();
     prepared.ok()
 }
 
 fn drive<'js>(ctx: &Ctx<'js>, state: &State, code: String) -> rquickjs::Result<()> {
-    let input = request(1);
-    // SAFETY: a plain query with no memory arguments.
-    let max_result = unsafe { host::max_result() }.max(0);
+    let input = abi::request(abi::INPUT);
+    let max_result = abi::max_result();
     let run = state.run.clone().restore(ctx)?;
     let complete = state.complete.clone().restore(ctx)?;
-    let eval_script = match request(3).as_str() {
+    let eval_script = match abi::request(abi::MODE).as_str() {
         "session" => Some(state.eval_script.clone().restore(ctx)?),
         _ => None,
     };
@@ -305,23 +231,14 @@ fn drive<'js>(ctx: &Ctx<'js>, state: &State, code: String) -> rquickjs::Result<(
             finish(if ok { 0 } else { 1 }, &text);
             return Ok(());
         }
-        // SAFETY: a plain query with no memory arguments.
-        let ready = unsafe { host::wait() };
-        if ready < 0 {
+        let Some((id, reply)) = abi::wait() else {
             fail(
                 "unsettled",
                 "the code's promise can never settle: no host call is in flight and no job is queued",
                 None,
             );
             return Ok(());
-        }
-        let id = (ready >> 32) as u32;
-        let len = (ready & 0xffff_ffff) as usize;
-        let mut buf = vec![0u8; len];
-        // SAFETY: the host writes at most `len` bytes into the buffer we own.
-        let written = unsafe { host::reply_read(id, buf.as_mut_ptr(), len as u32) }.max(0) as usize;
-        buf.truncate(written);
-        let reply = String::from_utf8_lossy(&buf).into_owned();
+        };
         let _: Value = complete.call((id as i32, reply))?;
     }
 }

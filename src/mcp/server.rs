@@ -434,7 +434,7 @@ fn execute_tool() -> Tool {
             "properties": {
                 "code": { "type": "string", "description": "TypeScript (or JavaScript) function body" },
                 "input": { "description": "Any JSON value, readable as the global `input`" },
-                "language": { "type": "string", "enum": ["typescript", "javascript"], "description": "Default typescript" },
+                "language": { "type": "string", "enum": ["typescript", "javascript", "python"], "description": "Default typescript; python: a script, its last expression the result" },
                 "session": { "type": "string", "description": "\"new\", or the session from an earlier result: globals persist, the last expression is the result" }
             },
             "required": ["code"]

@@ -24,6 +24,9 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, Module, OptL
 /// The pre-initialised guest, built from `guest/` (see the README's "Guest").
 pub static GUEST_WASM: &[u8] = include_bytes!("../../guest/sandgate_guest.wasm");
 
+/// The pre-initialised Python guest (Monty), built from `guest/python/`.
+pub static PYTHON_WASM: &[u8] = include_bytes!("../../guest/sandgate_python.wasm");
+
 /// Time between epoch ticks: the granularity of wall-clock limits and of yielding.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 

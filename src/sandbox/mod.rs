@@ -156,6 +156,8 @@ pub struct Outcome {
 pub struct Sandbox {
     engine: Engine,
     pre: InstancePre<HostState>,
+    /// The Python guest, linked to the same host functions.
+    python: InstancePre<HostState>,
     registry: Arc<Registry>,
     admission: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
@@ -181,10 +183,13 @@ impl Sandbox {
         })?;
         engine::start_ticker(&engine);
         let module = engine::load_module(&engine, engine::GUEST_WASM, config.cache_dir.as_deref())?;
+        let python = engine::load_module(&engine, engine::PYTHON_WASM, config.cache_dir.as_deref())?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         let pre = linker.instantiate_pre(&module).map_err(|e| anyhow::anyhow!("cannot link the guest: {e}"))?;
+        let python =
+            linker.instantiate_pre(&python).map_err(|e| anyhow::anyhow!("cannot link the Python guest: {e}"))?;
         let cpu_slots = match config.cpu_slots {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n as usize,
@@ -192,6 +197,7 @@ impl Sandbox {
         Ok(Self {
             engine,
             pre,
+            python,
             registry: Arc::new(registry),
             admission: Arc::new(Semaphore::new(config.max_concurrent as usize)),
             cpu: Arc::new(Semaphore::new(cpu_slots)),
@@ -272,7 +278,11 @@ impl Sandbox {
         let limits = job.limits;
         let preparing = match job.language {
             Language::Typescript => Some(prepare_limits(&limits, job.code.len())),
-            Language::Javascript => None,
+            Language::Javascript | Language::Python => None,
+        };
+        let pre = match job.language {
+            Language::Python => &self.python,
+            Language::Javascript | Language::Typescript => &self.pre,
         };
         let input = match &job.input {
             Some(value) => serde_json::to_string(value).unwrap_or_default(),
@@ -311,12 +321,14 @@ impl Sandbox {
 
         let session = job.session;
         let run = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = pre.instantiate_async(&mut store).await?;
             let memory = instance
                 .get_memory(&mut store, "memory")
                 .ok_or_else(|| wasmtime::Error::msg("the guest exports no memory"))?;
-            self.pristine.get_or_init(|| memory.data(&store).into());
             if let Some(image) = &session {
+                // Sessions run the JavaScript guest: its fresh memory is what images
+                // are the difference from.
+                self.pristine.get_or_init(|| memory.data(&store).into());
                 image.restore(&mut store, &memory)?;
             }
             let entry = instance.get_typed_func::<(), ()>(&mut store, "run")?;

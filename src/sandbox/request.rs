@@ -43,13 +43,40 @@ pub enum Language {
     /// so errors point at the code as submitted); constructs that emit code, such as
     /// `enum`, are refused.
     Typescript,
+    /// Python (Monty), a second guest behind the same doors: the code is a script
+    /// whose last expression is the result.
+    Python,
+}
+
+impl std::str::FromStr for Language {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "javascript" => Ok(Self::Javascript),
+            "typescript" => Ok(Self::Typescript),
+            "python" => Ok(Self::Python),
+            other => Err(format!("unknown language `{other}`: javascript, typescript or python")),
+        }
+    }
 }
 
 impl Language {
+    /// The language a file's name implies: `.ts`/`.mts` TypeScript, `.py` Python,
+    /// anything else JavaScript.
+    pub fn of_file(path: &std::path::Path) -> Self {
+        match path.extension().and_then(|ext| ext.to_str()) {
+            Some("ts" | "mts") => Self::Typescript,
+            Some("py") => Self::Python,
+            _ => Self::Javascript,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Javascript => "javascript",
             Self::Typescript => "typescript",
+            Self::Python => "python",
         }
     }
 }
@@ -68,6 +95,11 @@ impl ExecuteRequest {
         }
         if self.code.trim().is_empty() {
             return Err(Rejected::Invalid("`code` is empty".into()));
+        }
+        if self.language == Language::Python && self.session_id.is_some() {
+            return Err(Rejected::Invalid(
+                "sessions run JavaScript or TypeScript for now; Python sessions are not supported yet".into(),
+            ));
         }
         Ok(Job {
             code: self.code,

@@ -18,6 +18,7 @@ mod models;
 mod operations;
 mod policies;
 mod postgres;
+mod python;
 mod replicas;
 mod results;
 mod search;

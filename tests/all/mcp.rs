@@ -342,6 +342,10 @@ fn code_mode_calls() -> Value {
         { "tool": "search", "arguments": { "query": "bake a chocolate cake for the party" } },
         { "tool": "execute", "arguments": { "code": "const kept: number = 40", "session": "new" } },
         { "tool": "execute", "arguments": { "code": "kept + 2", "session": "$session" } },
+        { "tool": "execute", "arguments": { "language": "python", "code":
+            "import asyncio\ntotal, echo = await asyncio.gather(\n    tools.everything.get_sum(a=19, b=23),\n    tools.remote.echo(message='both'),\n)\nprint('got both')\n{'sum': total, 'echo': echo}" } },
+        { "tool": "execute", "arguments": { "language": "python", "code": "await tools.everything.get_env()" } },
+        { "tool": "execute", "arguments": { "language": "python", "code": "await tools.everything.get_sum(a='not a number', b=1)" } },
     ])
 }
 
@@ -399,6 +403,22 @@ fn check_code_mode_session(lines: &[Value]) {
     let continued = &lines[7];
     assert_eq!(continued["structured"]["result"], 42, "{continued}");
     assert_eq!(continued["structured"]["session"], session, "{continued}");
+
+    // The same in Python: real upstream tools called together, a denied one, an
+    // upstream error.
+    let python = &lines[8];
+    assert_eq!(python["is_error"], false, "{python}");
+    let result = &python["structured"]["result"];
+    assert!(result["sum"].to_string().contains("42"), "{python}");
+    assert!(result["echo"].to_string().contains("both"), "{python}");
+    assert_eq!(python["logs"], json!(["got both"]), "{python}");
+    let denied = &lines[9];
+    assert_eq!(denied["is_error"], true, "{denied}");
+    assert_eq!(denied["structured"]["error"]["kind"], "tool_denied", "{denied}");
+    assert_eq!(denied["structured"]["error"]["name"], "PermissionError", "{denied}");
+    let upstream = &lines[10];
+    assert_eq!(upstream["is_error"], true, "{upstream}");
+    assert_eq!(upstream["structured"]["error"]["kind"], "tool_error", "{upstream}");
 }
 
 #[test]

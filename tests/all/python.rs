@@ -1,0 +1,197 @@
+//! Python (`language: "python"`, the Monty guest) under the same contract as
+//! JavaScript: results, input, console, errors with their kinds and positions, the
+//! same doors (tools, models) and the same limits, written as hostile Python.
+
+use serde_json::{json, Value};
+
+use crate::harness::{base, client, run};
+
+async fn python(code: &str) -> Value {
+    run(json!({ "language": "python", "code": code })).await
+}
+
+async fn python_with(code: &str, limits: Value) -> Value {
+    run(json!({ "language": "python", "code": code, "limits": limits })).await
+}
+
+async fn value(code: &str) -> Value {
+    let body = python(code).await;
+    assert_eq!(body["ok"], true, "{code}: {body}");
+    body["result"].clone()
+}
+
+async fn error(code: &str) -> Value {
+    let body = python(code).await;
+    assert_eq!(body["ok"], false, "{code}: {body}");
+    body["error"].clone()
+}
+
+#[tokio::test]
+async fn the_last_expression_is_the_result_as_json() {
+    assert_eq!(
+        value("x = [i * i for i in range(5)]\n{'squares': x, 'sum': sum(x)}").await,
+        json!({"squares": [0, 1, 4, 9, 16], "sum": 30})
+    );
+    // Key order is the dict's own.
+    let code = "{'b': 1, 'a': 2, 'c': {'z': None, 'y': (1.5, True, 'text')}}";
+    let body = json!({"language": "python", "code": code});
+    let text = client().post(format!("{}/v1/execute", base())).json(&body).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#""result":{"b":1,"a":2,"c":{"z":null,"y":[1.5,true,"text"]}}"#), "{text}");
+    assert_eq!(value("x = 1").await, Value::Null, "a statement last: None");
+    assert_eq!(value("{1: 'one'}").await, json!({"1": "one"}), "int keys become strings, as json.dumps does");
+    let body = run(json!({"language": "python", "code": "input['n'] * 2", "input": {"n": 21}})).await;
+    assert_eq!(body["result"], 42, "{body}");
+    assert_eq!(value("input is None").await, true);
+    // Anything JSON cannot carry is an exception naming the type.
+    for (code, named) in [("{1, 2}", "`set`"), ("b'x'", "`bytes`"), ("len", "builtin"), ("class A: pass\nA()", "`A`")] {
+        let error = error(code).await;
+        assert_eq!(error["kind"], "exception", "{code}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(named) && message.contains("JSON cannot carry"), "{code}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn print_is_the_console() {
+    let body = python("print('hello', 42)\nprint('a\\nb', end='')\nprint('c')\n7").await;
+    assert_eq!(body["result"], 7);
+    let lines: Vec<&str> = body["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert_eq!(lines, ["hello 42", "a", "bc"]);
+    assert!(body["logs"].as_array().unwrap().iter().all(|l| l["level"] == "log"));
+}
+
+#[tokio::test]
+async fn errors_carry_kind_name_position_and_traceback() {
+    let syntax = error("x = 1\ndef f(:\n    pass").await;
+    assert_eq!(
+        (syntax["kind"].clone(), syntax["name"].clone(), syntax["line"].clone()),
+        (json!("syntax"), json!("SyntaxError"), json!(2))
+    );
+    assert!(syntax["column"].as_u64().unwrap() >= 1, "{syntax}");
+
+    let thrown = error("def inner(n):\n    return 10 / n\n\ndef outer():\n    return inner(0)\n\nouter()").await;
+    assert_eq!(thrown["kind"], "exception");
+    assert_eq!(thrown["name"], "ZeroDivisionError");
+    assert_eq!(thrown["message"], "division by zero");
+    assert_eq!((thrown["line"].clone(), thrown["column"].clone()), (json!(2), json!(12)), "{thrown}");
+    let stack = thrown["stack"].as_str().unwrap();
+    assert!(
+        stack.contains("line 7, in <module>") && stack.contains("in outer") && stack.contains("in inner"),
+        "{stack}"
+    );
+
+    let raised = error("raise ValueError('bad value')").await;
+    assert_eq!(
+        (raised["kind"].clone(), raised["name"].clone(), raised["message"].clone()),
+        (json!("exception"), json!("ValueError"), json!("bad value"))
+    );
+    // A host kind cannot be forged by raising: only errors sandgate made carry one.
+    let forged = error("raise PermissionError('no tool `test.echo` is available to this caller')").await;
+    assert_eq!(forged["kind"], "exception");
+}
+
+#[tokio::test]
+async fn tools_and_models_are_the_same_doors() {
+    // Keyword arguments, or one dict.
+    assert_eq!(value("await tools.test.echo(a=1, b=[2, 3])").await, json!({"a": 1, "b": [2, 3]}));
+    assert_eq!(value("await tools.test.echo({'nested': {'k': 'v'}})").await, json!({"nested": {"k": "v"}}));
+    let who = value("(await tools.test.whoami())['user']").await;
+    assert_eq!(who, "local");
+    // Calls awaited together run together: three 600 ms calls fit a 1,500 ms wall clock.
+    let body = python_with(
+        "import asyncio\nr = await asyncio.gather(tools.test.sleep(ms=600), tools.test.sleep(ms=600), tools.test.sleep(ms=600))\n[x['slept_ms'] for x in r]",
+        json!({"wall_ms": 1500}),
+    )
+    .await;
+    assert_eq!(body["result"], json!([600, 600, 600]), "{body}");
+    // A failed call raises; caught, the code goes on; uncaught, the outcome has its kind.
+    assert_eq!(value("try:\n    await tools.test.fail(message='boom')\nexcept RuntimeError as e:\n    out = 'caught ' + str(e)\nout").await, "caught boom");
+    let failed = error("await tools.test.fail(message='boom')").await;
+    assert_eq!((failed["kind"].clone(), failed["message"].clone()), (json!("tool_error"), json!("boom")));
+    let denied = error("await tools.github.delete_repo(name='x')").await;
+    assert_eq!(
+        (denied["kind"].clone(), denied["name"].clone()),
+        (json!("tool_denied"), json!("PermissionError")),
+        "{denied}"
+    );
+    let model = error("await model.chat(messages=[{'role': 'user', 'content': 'hi'}])").await;
+    assert_eq!(model["kind"], "model_denied", "{model}");
+    let mixed = error("await tools.test.echo({'a': 1}, b=2)").await;
+    assert_eq!(mixed["name"], "TypeError", "{mixed}");
+    // Forgetting `await` says so.
+    let unawaited = error("tools.test.echo(a=1)").await;
+    assert!(unawaited["message"].as_str().unwrap().contains("await"), "{unawaited}");
+}
+
+#[tokio::test]
+async fn nothing_else_reaches_out() {
+    for code in [
+        "open('/etc/passwd').read()",
+        "import os\nos.listdir('/')",
+        "import os\nos.getenv('HOME')",
+        "__import__('os')",
+        "import sys\nsys.modules['os']",
+        "import socket",
+        "import subprocess",
+        "from pathlib import Path\nPath('/etc/passwd').read_text()",
+    ] {
+        let body = python(code).await;
+        assert_eq!(body["ok"], false, "{code}: {body}");
+        assert_eq!(body["error"]["kind"], "exception", "{code}: {body}");
+        assert!(!body.to_string().contains("root:"), "{code}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn the_limits_are_the_same() {
+    let spin = python_with("while True:\n    pass", json!({"fuel": 1_000_000_000})).await;
+    assert_eq!(spin["error"]["kind"], "out_of_fuel", "{spin}");
+    let wall = python_with("while True:\n    pass", json!({"wall_ms": 300})).await;
+    assert!(matches!(wall["error"]["kind"].as_str(), Some("timeout")), "{wall}");
+    let after_call = python_with("await tools.test.echo(a=1)\nwhile True:\n    pass", json!({"wall_ms": 300})).await;
+    assert_eq!(after_call["error"]["kind"], "timeout", "{after_call}");
+    let bomb =
+        python_with("x = 'a' * 1000\ny = [x * 1000 for _ in range(100000)]", json!({"memory_bytes": 33_554_432})).await;
+    assert_eq!(bomb["error"]["kind"], "out_of_memory", "{bomb}");
+    let deep = error("def r(n):\n    return r(n + 1)\nr(0)").await;
+    assert_eq!((deep["kind"].clone(), deep["name"].clone()), (json!("exception"), json!("RecursionError")));
+    let flood = python_with("for i in range(1000000):\n    print('line', i)", json!({"output_bytes": 10_000})).await;
+    assert_eq!(flood["error"]["kind"], "output_limit", "{flood}");
+    let huge = python_with("'x' * 2_000_000", json!({"result_bytes": 1_000_000})).await;
+    assert_eq!(huge["error"]["kind"], "output_limit", "{huge}");
+    let calls = python_with("for i in range(10):\n    await tools.test.echo(i=i)", json!({"tool_calls": 3})).await;
+    assert_eq!(calls["error"]["kind"], "call_limit", "{calls}");
+    // A value whose __repr__ raises is not called upon: the result is refused by type.
+    let repr = error("class A:\n    def __repr__(self):\n        raise ValueError('no')\nA()").await;
+    assert_eq!(repr["kind"], "exception");
+}
+
+/// `sandgate exec` picks Python by the file's name (or `--language python`).
+#[test]
+fn the_cli_runs_python_files() {
+    let dir = crate::harness::temp_dir("python-cli");
+    let file = dir.join("script.py");
+    std::fs::write(&file, "import math\nprint('computing')\n{'root': math.sqrt(input['n'])}\n").unwrap();
+    let output = crate::binary::sandgate()
+        .args(["exec", "--input", r#"{"n": 16}"#])
+        .arg(&file)
+        .output()
+        .expect("sandgate exec runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let body: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(body["result"], json!({"root": 4.0}), "{body}");
+    assert_eq!(body["logs"][0]["message"], "computing");
+    let piped = crate::binary::sandgate()
+        .args(["exec", "--language", "python", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"sum(range(10))")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let body: Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!(body["result"], 45, "{body}");
+}
