@@ -107,15 +107,8 @@ impl SessionLease {
         self.returned = true;
         let mut image = outcome.session_image.take().filter(|_| outcome.ok).map(|image| image.encode());
         if let Some(bytes) = &image {
-            let others: u64 = self
-                .store
-                .sessions(&self.user, now_ms())
-                .await?
-                .iter()
-                .filter(|s| s.id != self.id)
-                .map(|s| s.image_bytes)
-                .sum();
-            let total = others + bytes.len() as u64;
+            let (_, all) = self.store.session_totals(&self.user, now_ms()).await?;
+            let total = all.saturating_sub(self.session.image_bytes) + bytes.len() as u64;
             if total > self.max_bytes {
                 image = None;
                 outcome.ok = false;
@@ -184,6 +177,11 @@ impl Service {
                 principal.user, principal.team, principal.key
             ))
         })?;
+        if language == Language::Python {
+            return Err(ServiceError::Invalid(
+                "sessions run JavaScript or TypeScript for now; Python sessions are not supported yet".into(),
+            ));
+        }
         let ttl_s = match ttl_s {
             Some(0) => return Err(ServiceError::Invalid("ttl_s must be at least 1".into())),
             Some(ttl) if ttl > grant.idle_ttl_s => {
@@ -197,8 +195,8 @@ impl Service {
         };
         let store = self.ledger.store();
         let now = now_ms();
-        let open = store.sessions(&principal.user, now).await?.len();
-        if open >= grant.max as usize {
+        let (open, _) = store.session_totals(&principal.user, now).await?;
+        if open >= u64::from(grant.max) {
             return Err(ServiceError::TooManySessions { user: principal.user.clone(), limit: grant.max });
         }
         let session = SessionRecord {

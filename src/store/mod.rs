@@ -376,6 +376,10 @@ pub trait Store: Send + Sync + 'static {
     /// `user`'s live sessions, oldest first.
     fn sessions<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Vec<SessionRecord>, StoreError>>;
 
+    /// How many live sessions `user` has, and the bytes of their images: what the
+    /// policy caps are checked against, without reading every session.
+    fn session_totals<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<(u64, u64), StoreError>>;
+
     /// Ends session `id`, image and all; `false` when there is none.
     fn end_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 

@@ -361,6 +361,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX execution_handles_expiry ON execution_handles (expires_at_ms);
     "#,
+    // 6: sessions found by when they expire, so the sweep reads only those.
+    "CREATE INDEX sessions_expiry ON sessions ((used_at_ms + ttl_ms));",
 ];
 
 const DIALECT: Dialect = Dialect {
@@ -969,6 +971,23 @@ impl Store for PgStore {
             trip("sessions");
             let rows = client.query(&sql, &[&user, &now_ms]).await.map_err(err)?;
             Ok(rows.iter().map(session_row).collect())
+        }
+        .boxed()
+    }
+
+    fn session_totals<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<(u64, u64), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("sessions");
+            let row = client
+                .query_one(
+                    r#"SELECT count(*), coalesce(sum(image_bytes), 0)::BIGINT FROM sessions
+                       WHERE "user" = $1 AND used_at_ms + ttl_ms > $2"#,
+                    &[&user, &now_ms],
+                )
+                .await
+                .map_err(err)?;
+            Ok((row.get::<_, i64>(0).max(0) as u64, row.get::<_, i64>(1).max(0) as u64))
         }
         .boxed()
     }

@@ -151,6 +151,8 @@ const MIGRATIONS: &[&str] = &[
         body TEXT
     );
     CREATE INDEX execution_handles_expiry ON execution_handles (expires_at_ms);",
+    // 8: sessions found by when they expire, so the sweep reads only those.
+    "CREATE INDEX sessions_expiry ON sessions (used_at_ms + ttl_ms);",
 ];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -717,6 +719,19 @@ impl Store for SqliteStore {
             let mut statement = reader.prepare_cached(&sql).map_err(err)?;
             let rows = statement.query_map(params![user, now_ms], session_row).map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+    }
+
+    fn session_totals<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<(u64, u64), StoreError>> {
+        let user = user.to_string();
+        self.blocking(move |inner| {
+            lock(&inner.reader)
+                .query_row(
+                    "SELECT count(*), coalesce(sum(image_bytes), 0) FROM sessions WHERE user = ?1 AND used_at_ms + ttl_ms > ?2",
+                    params![user, now_ms],
+                    |row| Ok((row.get::<_, i64>(0)?.max(0) as u64, row.get::<_, i64>(1)?.max(0) as u64)),
+                )
+                .map_err(err)
         })
     }
 

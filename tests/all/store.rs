@@ -367,6 +367,8 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         assert!(other.return_session("s1", "run-3", None, Some(now + 20), &[]).await.unwrap());
         let kept = store.session("s1", now + 20).await.unwrap().unwrap();
         assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
+        assert_eq!(other.session_totals("alice", now + 20).await.unwrap(), (2, 100_000), "{backend:?}");
+        assert_eq!(other.session_totals("carol", now + 20).await.unwrap(), (0, 0), "{backend:?}");
         // A lease given back with no execution run (it was refused) changes nothing.
         assert!(matches!(
             other.lease_session("s1", "alice", "refused", now + 5_000, now + 30).await.unwrap(),

@@ -1,0 +1,133 @@
+//! `cargo bench --bench sessions`: what idle sessions cost the server. The real
+//! binary (release) serves on SQLite; this load script opens `SANDGATE_BENCH_SESSIONS`
+//! sessions (default 10,000), runs one execution in each so each keeps state, and
+//! reports the server's resident memory before and after, the state they keep in the
+//! store, and how long an execution in the oldest session takes (its state restored
+//! from the store) against a fresh execution.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+fn start(dir: &std::path::Path) -> (Child, String) {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/bench.toml"),
+        "[[policy]]\nname = \"bench\"\nprincipals = [\"*\"]\n[policy.limits]\n\
+         [policy.sessions]\nmax = 1000000\nmax_bytes = 1099511627776\nidle_ttl_s = 86400\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("sandgate.toml"), "policies = \"policies\"\n[ledger]\npath = \"ledger.db\"\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.join("sandgate.toml"))
+        .env_remove("SANDGATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sandgate starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("sandgate listening on ").expect("ready line").to_string();
+    (child, base)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> Value {
+    let response = client.post(url).json(&body).send().await.expect("the server answers");
+    response.json().await.expect("a JSON body")
+}
+
+fn main() {
+    let count: usize = std::env::var("SANDGATE_BENCH_SESSIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let dir = std::env::temp_dir().join(format!("sandgate-sessions-bench-{}", std::process::id()));
+    let (mut child, base) = start(&dir);
+    let pid = child.id();
+    sandgate::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let execute = |body: Value| post(&client, format!("{base}/v1/execute"), body);
+        for _ in 0..50 {
+            assert_eq!(execute(json!({"code": "return 1"})).await["ok"], true);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = resident_kib(pid);
+
+        let started = Instant::now();
+        let ids: Vec<String> = futures::stream::iter(0..count)
+            .map(|i| {
+                let client = client.clone();
+                let base = base.clone();
+                async move {
+                    let opened = post(&client, format!("{base}/v1/sessions"), json!({})).await;
+                    let id = opened["session_id"].as_str().expect("a session").to_string();
+                    let code = format!("let state = {{ n: {i}, rows: [1, 2, 3], note: 'session {i}' }}");
+                    let ran = post(&client, format!("{base}/v1/execute"), json!({"session_id": id, "code": code})).await;
+                    assert_eq!(ran["ok"], true, "{ran}");
+                    id
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let opening = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = resident_kib(pid);
+
+        let (mut fresh, mut restored) = (Vec::new(), Vec::new());
+        for _ in 0..30 {
+            let t = Instant::now();
+            assert_eq!(execute(json!({"code": "return [1, 2, 3].length"})).await["result"], 3);
+            fresh.push(t.elapsed());
+            let t = Instant::now();
+            let body = execute(json!({"session_id": ids[0], "code": "state.rows.length + state.n"})).await;
+            assert_eq!(body["result"], 3, "{body}");
+            restored.push(t.elapsed());
+        }
+        let shown = client.get(format!("{base}/v1/sessions/{}", ids[count - 1])).send().await.unwrap();
+        let shown: Value = shown.json().await.unwrap();
+        let ledger = std::fs::metadata(dir.join("ledger.db")).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "{count} sessions opened and run once in {:.1} s ({:.1} ms each, 8 at a time)",
+            opening.as_secs_f64(),
+            opening.as_secs_f64() * 1e3 / count as f64
+        );
+        println!(
+            "server resident memory: {:.1} MiB idle, {:.1} MiB with {count} idle sessions (+{:.1} MiB)",
+            idle as f64 / 1024.0,
+            after as f64 / 1024.0,
+            (after as f64 - idle as f64) / 1024.0
+        );
+        println!(
+            "state per session: {} KiB; store file {:.0} MiB",
+            shown["state_bytes"].as_u64().unwrap_or(0) / 1024,
+            ledger as f64 / (1 << 20) as f64
+        );
+        println!(
+            "oldest session's execution (state restored from the store), over HTTP: p50 {:.2} ms (fresh execution p50 {:.2} ms)",
+            percentile(&mut restored, 0.5),
+            percentile(&mut fresh, 0.5)
+        );
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
