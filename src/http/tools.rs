@@ -1,6 +1,6 @@
-//! `GET /v1/tools?format=json|typescript`: the upstream MCP tools the caller may use,
-//! as JSON (servers and tools with their schemas and declarations) or as one
-//! TypeScript declaration file.
+//! `GET /v1/tools?format=json|typescript|python`: the upstream MCP tools the caller may
+//! use, as JSON (servers and tools with their schemas, declarations and Python stubs),
+//! as one TypeScript declaration file, or as one Python stub module.
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -41,10 +41,17 @@ pub(super) async fn list(
             );
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
         }
+        "python" | "py" => {
+            let body = format!(
+                "\"\"\"Tools callable from sandgate Python code as `await tools.<server>.<tool>(**args)`.\"\"\"\n\n{}",
+                view.python()
+            );
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+        }
         other => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorKind::InvalidRequest,
-            format!("unknown format `{other}`: use `json` or `typescript`"),
+            format!("unknown format `{other}`: use `json`, `typescript` or `python`"),
         )),
     }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::declarations::{self, ToolDecl};
+use super::python_stubs;
 use super::search::{Document, Match, Method, SearchIndex};
 use crate::policy::Capabilities;
 
@@ -57,6 +58,9 @@ pub struct CatalogTool {
     pub output_schema: Option<Value>,
     /// The TypeScript declaration, as it appears inside `declare namespace tools.<server>`.
     pub declaration: String,
+    /// The Python stub, as it appears inside its server's class (see
+    /// [`super::python_stubs`]).
+    pub python: String,
 }
 
 /// All upstream tools, sorted by server then name, with a search index.
@@ -99,13 +103,14 @@ impl Catalog {
                     n += 1;
                     type_name = format!("{pascal}{n}");
                 }
-                let declaration = declarations::tool(&ToolDecl {
+                let decl = ToolDecl {
                     name: &js_name,
                     type_name: &type_name,
                     description: description.as_deref(),
                     input_schema: &input_schema,
                     output_schema: output_schema.as_ref(),
-                });
+                };
+                let (declaration, python) = (declarations::tool(&decl), python_stubs::tool(&decl));
                 tools.push(CatalogTool {
                     name: format!("{}.{js_name}", summary.name),
                     server: summary.name.clone(),
@@ -116,6 +121,7 @@ impl Catalog {
                     input_schema,
                     output_schema,
                     declaration,
+                    python,
                 });
             }
             summaries.push(summary);
@@ -277,6 +283,13 @@ impl<'a> View<'a> {
         (tools, quality)
     }
 
+    /// Python stubs for every visible tool: one module.
+    pub fn python(&self) -> String {
+        python(self.tools(), |server| {
+            self.catalog.servers.iter().find(|s| s.name == server).and_then(|s| s.description.clone())
+        })
+    }
+
     /// Declarations for every visible tool: one `declare namespace tools.<server>`
     /// per server.
     pub fn typescript(&self) -> String {
@@ -286,19 +299,40 @@ impl<'a> View<'a> {
     }
 }
 
+/// Python stubs for `tools`: one module, each server a class in `class tools`, in
+/// order of first appearance.
+pub fn python<'a>(
+    tools: impl IntoIterator<Item = &'a CatalogTool>,
+    describe: impl Fn(&str) -> Option<String>,
+) -> String {
+    let servers: Vec<String> = group(tools, |tool| tool.python.clone())
+        .into_iter()
+        .map(|(server, stubs)| python_stubs::server(server, describe(server).as_deref(), &stubs))
+        .collect();
+    python_stubs::module(&servers)
+}
+
+/// `tools` grouped by server in order of first appearance, each as `render` makes it.
+fn group<'a>(
+    tools: impl IntoIterator<Item = &'a CatalogTool>,
+    render: impl Fn(&CatalogTool) -> String,
+) -> Vec<(&'a str, Vec<String>)> {
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    for tool in tools {
+        match groups.iter_mut().find(|(server, _)| *server == tool.server) {
+            Some((_, items)) => items.push(render(tool)),
+            None => groups.push((&tool.server, vec![render(tool)])),
+        }
+    }
+    groups
+}
+
 /// Declarations for `tools`, grouped by server in order of first appearance.
 pub fn typescript<'a>(
     tools: impl IntoIterator<Item = &'a CatalogTool>,
     describe: impl Fn(&str) -> Option<String>,
 ) -> String {
-    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
-    for tool in tools {
-        match groups.iter_mut().find(|(server, _)| *server == tool.server) {
-            Some((_, decls)) => decls.push(tool.declaration.clone()),
-            None => groups.push((&tool.server, vec![tool.declaration.clone()])),
-        }
-    }
-    groups
+    group(tools, |tool| tool.declaration.clone())
         .into_iter()
         .map(|(server, decls)| declarations::namespace(server, describe(server).as_deref(), &decls))
         .collect::<Vec<_>>()

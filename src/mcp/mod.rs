@@ -14,6 +14,7 @@
 pub mod capability;
 pub mod catalog;
 pub mod declarations;
+pub mod python_stubs;
 pub mod search;
 pub mod server;
 pub mod upstream;

@@ -102,6 +102,7 @@ impl CodeMode {
 
     async fn search(&self, principal: &Principal, args: SearchArgs) -> CallToolResult {
         let limit = args.limit.unwrap_or(SEARCH_DEFAULT_LIMIT).clamp(1, SEARCH_MAX_LIMIT);
+        let python = args.language == Some(Language::Python);
         let (catalog, capabilities) = self.service.tool_catalog(principal);
         let view = catalog.view_for(&capabilities);
         let (found, quality) = view.find(Method::Hybrid, &args.query, limit);
@@ -124,7 +125,7 @@ impl CodeMode {
             "tools": found.iter().map(|t| json!({
                 "name": format!("tools.{}", t.name),
                 "description": t.description,
-                "declaration": t.declaration,
+                "declaration": if python { &t.python } else { &t.declaration },
             })).collect::<Vec<_>>(),
             "total": view.len(),
             "match": if weak { "weak" } else { "good" },
@@ -154,10 +155,14 @@ impl CodeMode {
             structured["servers"] = Value::Array(servers);
         }
         if !found.is_empty() {
-            let declarations = super::catalog::typescript(found.iter().copied(), |_| None);
             let lead = if weak { "The closest tools anyway" } else { "" };
+            let (comment, declarations, call) = if python {
+                ("#", super::catalog::python(found.iter().copied(), |_| None), "(**args)")
+            } else {
+                ("//", super::catalog::typescript(found.iter().copied(), |_| None), "(args)")
+            };
             text.push_str(&format!(
-                "// {lead}{}{} of {} tools; call them in `execute` as `await tools.<server>.<tool>(args)`.\n{declarations}",
+                "{comment} {lead}{}{} of {} tools; call them in `execute` as `await tools.<server>.<tool>{call}`.\n{declarations}",
                 if weak { ": " } else { "" },
                 found.len(),
                 view.len()
@@ -379,6 +384,9 @@ struct SearchArgs {
     query: String,
     #[serde(default)]
     limit: Option<usize>,
+    /// `python` for Python stubs; TypeScript declarations otherwise.
+    #[serde(default)]
+    language: Option<Language>,
 }
 
 #[derive(Deserialize)]
@@ -412,7 +420,8 @@ fn search_tool(servers: &str) -> Tool {
             "type": "object",
             "properties": {
                 "query": { "type": "string", "description": "What you want to do, in a few words" },
-                "limit": { "type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT, "description": "Most results (default 5)" }
+                "limit": { "type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT, "description": "Most results (default 5)" },
+                "language": { "type": "string", "enum": ["typescript", "python"], "description": "Declarations to return (default typescript)" }
             },
             "required": ["query"]
         })),

@@ -188,6 +188,34 @@ fn declarations_for_the_real_servers_compile_with_tsc() {
     );
 }
 
+/// The Python stubs of the real servers pass `mypy --strict` (as a `.pyi` module), and
+/// so does Python written against them; mypy catches a wrong argument.
+#[test]
+fn python_stubs_for_the_real_servers_pass_mypy() {
+    crate::stub::require_python_module("mypy", "mypy");
+    let fixture = fixture();
+    let (status, stubs) = get_text(&format!("{}/v1/tools?format=python", fixture.server.base), &fixture.key);
+    assert_eq!(status, StatusCode::OK);
+    assert!(stubs.contains("class tools:") && stubs.contains("class everything:"), "{stubs}");
+    assert!(stubs.contains("async def get_sum(**args: Unpack[GetSumArgs])"), "{stubs}");
+    let dir = crate::harness::temp_dir("mypy");
+    std::fs::write(dir.join("sandgate_tools.pyi"), &stubs).unwrap();
+    let usage = "import asyncio\nfrom typing import Any\n\nfrom sandgate_tools import tools\n\n\nasync def main() -> Any:\n    echo, total = await asyncio.gather(\n        tools.everything.echo(message=\"hi\"), tools.remote.get_sum(a=1, b=2)\n    )\n    return echo, total\n";
+    let check = |extra: &str| {
+        std::fs::write(dir.join("usage.py"), format!("{usage}{extra}")).unwrap();
+        Command::new("python3")
+            .args(["-m", "mypy", "--strict", "--no-incremental", "--python-version", "3.11", "usage.py"])
+            .current_dir(&dir)
+            .output()
+            .expect("mypy runs")
+    };
+    let output = check("");
+    assert!(output.status.success(), "mypy rejected the stubs:\n{}\n{stubs}", String::from_utf8_lossy(&output.stdout));
+    let wrong = check("\n\nasync def wrong() -> Any:\n    return await tools.everything.get_sum(a=\"one\", b=2)\n");
+    assert!(!wrong.status.success(), "mypy should reject a str for an int");
+    assert!(String::from_utf8_lossy(&wrong.stdout).contains("get_sum"), "{}", String::from_utf8_lossy(&wrong.stdout));
+}
+
 #[tokio::test]
 async fn code_calls_tools_on_three_servers_concurrently() {
     let fixture = fixture();
@@ -346,6 +374,7 @@ fn code_mode_calls() -> Value {
             "import asyncio\ntotal, echo = await asyncio.gather(\n    tools.everything.get_sum(a=19, b=23),\n    tools.remote.echo(message='both'),\n)\nprint('got both')\n{'sum': total, 'echo': echo}" } },
         { "tool": "execute", "arguments": { "language": "python", "code": "await tools.everything.get_env()" } },
         { "tool": "execute", "arguments": { "language": "python", "code": "await tools.everything.get_sum(a='not a number', b=1)" } },
+        { "tool": "search", "arguments": { "query": "add two numbers sum", "limit": 3, "language": "python" } },
     ])
 }
 
@@ -419,6 +448,11 @@ fn check_code_mode_session(lines: &[Value]) {
     let upstream = &lines[10];
     assert_eq!(upstream["is_error"], true, "{upstream}");
     assert_eq!(upstream["structured"]["error"]["kind"], "tool_error", "{upstream}");
+    // `search` in Python mode answers with Python stubs.
+    let stubs = &lines[11];
+    let text = stubs["text"][0].as_str().unwrap();
+    assert!(text.contains("class tools:") && text.contains("async def get_sum(**args: Unpack[GetSumArgs])"), "{text}");
+    assert!(text.contains("(**args)`"), "{text}");
 }
 
 #[test]
