@@ -1,6 +1,7 @@
 //! `cargo bench --bench execute`: in-process latency of a trivial execution, a
 //! CPU-bound script against native QuickJS, memory per execution parked on a host
-//! call, and process start to first execution (cold and warm compile cache).
+//! call, the same three for Python (against native CPython and native Monty), and
+//! process start to first execution (cold and warm compile cache).
 //!
 //! Prints one line per figure; the README quotes them.
 
@@ -23,6 +24,41 @@ const primes = [];
 for (let n = 2; primes.length < 3000; n++) { if (primes.every(p => p * p > n || n % p)) primes.push(n); }
 return fib(24) + words.length + Object.keys(counts).length + primes[primes.length - 1];
 "#;
+
+/// The same work as [`CPU_SCRIPT`], in Python.
+const PYTHON_CPU_SCRIPT: &str = r#"
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+text = "".join([chr(97 + (i * 7) % 26) for i in range(20000)])
+words = sorted([text[i:i + 7] for i in range(0, len(text), 7)])
+counts = {}
+for w in words:
+    counts[w[0]] = counts.get(w[0], 0) + 1
+primes = []
+n = 2
+while len(primes) < 3000:
+    if all([p * p > n or n % p for p in primes]):
+        primes.append(n)
+    n += 1
+fib(24) + len(words) + len(counts) + primes[-1]
+"#;
+
+/// [`PYTHON_CPU_SCRIPT`] under native CPython (`python3`), timed inside the process.
+fn native_cpython(code: &str) -> Option<Duration> {
+    let script = format!("import time\n_t = time.perf_counter()\n{code}\nprint(time.perf_counter() - _t)\n");
+    let output = std::process::Command::new("python3").args(["-c", &script]).output().ok()?;
+    let seconds: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().ok()?;
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// [`PYTHON_CPU_SCRIPT`] under native Monty, in this process.
+fn native_monty(code: &str) -> Duration {
+    use monty_types::{CompileOptions, PrintWriter, ResourceTracker};
+    let started = Instant::now();
+    let runner = monty::MontyRun::new(code.to_string(), "main.py", Vec::new(), CompileOptions::default()).unwrap();
+    runner.run(Vec::new(), ResourceTracker::default(), PrintWriter::Disabled).unwrap();
+    started.elapsed()
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
@@ -83,6 +119,73 @@ fn job(code: &str, limits: Limits) -> Job {
     }
 }
 
+/// The Python guest's figures, measured the same way as JavaScript's above.
+async fn python(sandbox: &Arc<Sandbox>, limits: Limits) {
+    let python = |code: &str| Job { language: Language::Python, ..job(code, limits) };
+    for _ in 0..5_000 {
+        sandbox.execute(python("1 + 1"), None).await.unwrap();
+    }
+    let mut times = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let started = Instant::now();
+        let outcome = sandbox.execute(python("1 + 1"), None).await.unwrap();
+        times.push(started.elapsed());
+        assert!(outcome.ok);
+    }
+    times.sort();
+    println!(
+        "python: trivial execution in-process (\"1 + 1\"): p50 {:.1} µs, p99 {:.1} µs ({} runs)",
+        percentile(&times, 0.50).as_secs_f64() * 1e6,
+        percentile(&times, 0.99).as_secs_f64() * 1e6,
+        times.len()
+    );
+
+    let (mut sandboxed, mut monty, mut cpython) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let started = Instant::now();
+        let outcome = sandbox.execute(python(PYTHON_CPU_SCRIPT), None).await.unwrap();
+        sandboxed.push(started.elapsed());
+        assert!(outcome.ok, "{:?}", outcome.error);
+        monty.push(native_monty(PYTHON_CPU_SCRIPT));
+        cpython.extend(native_cpython(PYTHON_CPU_SCRIPT));
+    }
+    sandboxed.sort();
+    monty.sort();
+    cpython.sort();
+    let (s, m) = (percentile(&sandboxed, 0.5), percentile(&monty, 0.5));
+    let c = if cpython.is_empty() { None } else { Some(percentile(&cpython, 0.5)) };
+    println!(
+        "python: cpu-bound script: sandboxed {:.1} ms, native Monty {:.1} ms (ratio {:.2}x), native CPython {}",
+        s.as_secs_f64() * 1e3,
+        m.as_secs_f64() * 1e3,
+        s.as_secs_f64() / m.as_secs_f64(),
+        c.map_or("not installed".into(), |c| format!(
+            "{:.1} ms (ratio {:.2}x)",
+            c.as_secs_f64() * 1e3,
+            s.as_secs_f64() / c.as_secs_f64()
+        ))
+    );
+
+    let parked = 500;
+    let before = rss_bytes();
+    let handles: Vec<_> = (0..parked)
+        .map(|_| {
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move { sandbox.execute(python("await tools.test.sleep(ms=3000)\n1"), None).await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = rss_bytes();
+    for handle in handles {
+        assert!(handle.await.unwrap().ok);
+    }
+    println!(
+        "python: memory per parked execution: {:.0} KiB resident ({} parked at once)",
+        (during.saturating_sub(before)) as f64 / parked as f64 / 1024.0,
+        parked
+    );
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -112,6 +215,10 @@ fn main() {
     let sandbox = Arc::new(Sandbox::new(config, registry).unwrap());
     let limits = Limits { fuel: u64::MAX / 4, wall_ms: 60_000, ..Limits::default() };
 
+    if std::env::var_os("SANDGATE_BENCH_PYTHON_ONLY").is_some() {
+        runtime.block_on(python(&sandbox, limits));
+        return;
+    }
     if std::env::var_os("SANDGATE_BENCH_SESSIONS_ONLY").is_some() {
         runtime.block_on(sessions(&sandbox, limits));
         return;
@@ -183,6 +290,7 @@ fn main() {
             parked
         );
 
+        python(&sandbox, limits).await;
         sessions(&sandbox, limits).await;
     });
 

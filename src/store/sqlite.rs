@@ -153,6 +153,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX execution_handles_expiry ON execution_handles (expires_at_ms);",
     // 8: sessions found by when they expire, so the sweep reads only those.
     "CREATE INDEX sessions_expiry ON sessions (used_at_ms + ttl_ms);",
+    // 9: images in a table of their own. SQLite stores a row's columns in order, so
+    // every column after a large image in `sessions` (the counts, the file totals)
+    // cost a walk through the image's overflow pages: counting a user's sessions read
+    // all their images.
+    "CREATE TABLE session_images (session_id TEXT PRIMARY KEY, image BLOB NOT NULL);
+    INSERT INTO session_images (session_id, image) SELECT id, image FROM sessions WHERE image IS NOT NULL;
+    ALTER TABLE sessions DROP COLUMN image;",
 ];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -676,6 +683,8 @@ impl Store for SqliteStore {
                 .execute_batch(&format!(
                     "DELETE FROM session_files WHERE session_id IN (
                          SELECT id FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now}));
+                     DELETE FROM session_images WHERE session_id IN (
+                         SELECT id FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now}));
                      DELETE FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now});",
                     now = session.created_at_ms
                 ))
@@ -741,6 +750,7 @@ impl Store for SqliteStore {
             let mut writer = lock(&inner.writer);
             let tx = writer.transaction().map_err(err)?;
             tx.execute("DELETE FROM session_files WHERE session_id = ?1", params![id]).map_err(err)?;
+            tx.execute("DELETE FROM session_images WHERE session_id = ?1", params![id]).map_err(err)?;
             let ended = tx.execute("DELETE FROM sessions WHERE id = ?1", params![id]).map_err(err)? > 0;
             tx.commit().map_err(err)?;
             Ok(ended)
@@ -778,7 +788,10 @@ impl Store for SqliteStore {
                     .flatten();
                 return Ok(busy.map_or(Lease::Missing, |until_ms| Lease::Busy { until_ms }));
             }
-            let sql = format!("SELECT {SESSION_COLUMNS}, image FROM sessions WHERE id = ?1");
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS}, (SELECT image FROM session_images WHERE session_images.session_id = sessions.id)
+                 FROM sessions WHERE id = ?1"
+            );
             writer
                 .query_row(&sql, params![id], |row| {
                     Ok(Lease::Taken { session: session_row(row)?, image: row.get::<_, Option<Vec<u8>>>(12)? })
@@ -803,15 +816,23 @@ impl Store for SqliteStore {
             let tx = writer.transaction().map_err(err)?;
             let returned = tx
                 .execute(
-                    "UPDATE sessions SET image = coalesce(?3, image), image_bytes = coalesce(?4, image_bytes),
-                        used_at_ms = coalesce(?5, used_at_ms), executions = executions + (?5 IS NOT NULL),
+                    "UPDATE sessions SET image_bytes = coalesce(?3, image_bytes),
+                        used_at_ms = coalesce(?4, used_at_ms), executions = executions + (?4 IS NOT NULL),
                         lease = NULL, lease_until_ms = NULL
                      WHERE id = ?1 AND lease = ?2",
-                    params![id, lease, image, image_bytes, ran_at_ms],
+                    params![id, lease, image_bytes, ran_at_ms],
                 )
                 .map_err(err)?;
             if returned != 1 {
                 return Ok(false);
+            }
+            if let Some(image) = &image {
+                tx.execute(
+                    "INSERT INTO session_images (session_id, image) VALUES (?1, ?2)
+                     ON CONFLICT (session_id) DO UPDATE SET image = excluded.image",
+                    params![id, image],
+                )
+                .map_err(err)?;
             }
             if !files.is_empty() {
                 apply_files(&tx, &id, &files)?;
