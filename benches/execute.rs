@@ -119,25 +119,47 @@ fn job(code: &str, limits: Limits) -> Job {
     }
 }
 
+/// p50 and p99 of `runs` executions of `make()`, each awaited before the next.
+async fn latencies(sandbox: &Sandbox, runs: usize, make: impl Fn() -> Job) -> (Duration, Duration) {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let outcome = sandbox.execute(make(), None).await.unwrap();
+        times.push(started.elapsed());
+        assert!(outcome.ok, "{:?}", outcome.error);
+    }
+    times.sort();
+    (percentile(&times, 0.50), percentile(&times, 0.99))
+}
+
+/// Resident bytes per execution while `parked` of `make()` wait on a 3 s host call.
+async fn parked_memory(sandbox: &Arc<Sandbox>, parked: usize, make: impl Fn() -> Job) -> f64 {
+    let before = rss_bytes();
+    let handles: Vec<_> = (0..parked)
+        .map(|_| {
+            let (sandbox, job) = (sandbox.clone(), make());
+            tokio::spawn(async move { sandbox.execute(job, None).await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = rss_bytes();
+    for handle in handles {
+        assert!(handle.await.unwrap().ok);
+    }
+    during.saturating_sub(before) as f64 / parked as f64
+}
+
 /// The Python guest's figures, measured the same way as JavaScript's above.
 async fn python(sandbox: &Arc<Sandbox>, limits: Limits) {
     let python = |code: &str| Job { language: Language::Python, ..job(code, limits) };
     for _ in 0..5_000 {
         sandbox.execute(python("1 + 1"), None).await.unwrap();
     }
-    let mut times = Vec::with_capacity(10_000);
-    for _ in 0..10_000 {
-        let started = Instant::now();
-        let outcome = sandbox.execute(python("1 + 1"), None).await.unwrap();
-        times.push(started.elapsed());
-        assert!(outcome.ok);
-    }
-    times.sort();
+    let (p50, p99) = latencies(sandbox, 10_000, || python("1 + 1")).await;
     println!(
-        "python: trivial execution in-process (\"1 + 1\"): p50 {:.1} µs, p99 {:.1} µs ({} runs)",
-        percentile(&times, 0.50).as_secs_f64() * 1e6,
-        percentile(&times, 0.99).as_secs_f64() * 1e6,
-        times.len()
+        "python: trivial execution in-process (\"1 + 1\"): p50 {:.1} µs, p99 {:.1} µs (10000 runs)",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
     );
 
     let (mut sandboxed, mut monty, mut cpython) = (Vec::new(), Vec::new(), Vec::new());
@@ -166,24 +188,8 @@ async fn python(sandbox: &Arc<Sandbox>, limits: Limits) {
         ))
     );
 
-    let parked = 500;
-    let before = rss_bytes();
-    let handles: Vec<_> = (0..parked)
-        .map(|_| {
-            let sandbox = sandbox.clone();
-            tokio::spawn(async move { sandbox.execute(python("await tools.test.sleep(ms=3000)\n1"), None).await.unwrap() })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let during = rss_bytes();
-    for handle in handles {
-        assert!(handle.await.unwrap().ok);
-    }
-    println!(
-        "python: memory per parked execution: {:.0} KiB resident ({} parked at once)",
-        (during.saturating_sub(before)) as f64 / parked as f64 / 1024.0,
-        parked
-    );
+    let per = parked_memory(sandbox, 500, || python("await tools.test.sleep(ms=3000)\n1")).await;
+    println!("python: memory per parked execution: {:.0} KiB resident (500 parked at once)", per / 1024.0);
 }
 
 fn rss_bytes() -> u64 {
@@ -229,19 +235,11 @@ fn main() {
             sandbox.execute(job("return 1 + 1", limits), None).await.unwrap();
         }
         for code in ["1 + 1", "return 1 + 1"] {
-            let mut times = Vec::with_capacity(10_000);
-            for _ in 0..10_000 {
-                let started = Instant::now();
-                let outcome = sandbox.execute(job(code, limits), None).await.unwrap();
-                times.push(started.elapsed());
-                assert!(outcome.ok);
-            }
-            times.sort();
+            let (p50, p99) = latencies(&sandbox, 10_000, || job(code, limits)).await;
             println!(
-                "trivial execution in-process ({code:?}): p50 {:.1} µs, p99 {:.1} µs ({} runs)",
-                percentile(&times, 0.50).as_secs_f64() * 1e6,
-                percentile(&times, 0.99).as_secs_f64() * 1e6,
-                times.len()
+                "trivial execution in-process ({code:?}): p50 {:.1} µs, p99 {:.1} µs (10000 runs)",
+                p50.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6
             );
         }
         if std::env::var_os("SANDGATE_BENCH_TRIVIAL_ONLY").is_some() {
@@ -269,26 +267,8 @@ fn main() {
         );
 
         // Memory per execution parked on a host call.
-        let parked = 500;
-        let before = rss_bytes();
-        let handles: Vec<_> = (0..parked)
-            .map(|_| {
-                let sandbox = sandbox.clone();
-                tokio::spawn(async move {
-                    sandbox.execute(job("await tools.test.sleep({ms: 3000}); return 1", limits), None).await.unwrap()
-                })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let during = rss_bytes();
-        for handle in handles {
-            assert!(handle.await.unwrap().ok);
-        }
-        println!(
-            "memory per parked execution: {:.0} KiB resident ({} parked at once)",
-            (during.saturating_sub(before)) as f64 / parked as f64 / 1024.0,
-            parked
-        );
+        let per = parked_memory(&sandbox, 500, || job("await tools.test.sleep({ms: 3000}); return 1", limits)).await;
+        println!("memory per parked execution: {:.0} KiB resident (500 parked at once)", per / 1024.0);
 
         python(&sandbox, limits).await;
         sessions(&sandbox, limits).await;

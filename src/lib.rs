@@ -1,4 +1,4 @@
-//! sandgate runs agent-written JavaScript (or TypeScript) in a WebAssembly sandbox with hard limits.
+//! sandgate runs agent-written JavaScript, TypeScript or Python in a WebAssembly sandbox with hard limits.
 //! The only doors out of the sandbox are host functions sandgate controls.
 //!
 //! A request becomes a [`sandbox::Job`] (code, input, limits, principal); the
@@ -41,6 +41,7 @@
 //!   crate docs define the host ABI.
 //! - `guest/typescript/`: type stripping that keeps every position (oxc), compiled into the
 //!   guest so that its work is bounded by the sandbox's limits.
+//! - `guest/python/`: the Python guest (Monty), behind the same host ABI (`guest/abi/`).
 
 pub mod auth;
 pub mod cli;

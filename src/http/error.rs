@@ -38,6 +38,7 @@ impl From<Rejected> for ApiError {
             Rejected::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
             Rejected::Overloaded { retry_after_secs } => (StatusCode::SERVICE_UNAVAILABLE, Some(*retry_after_secs)),
             Rejected::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+            Rejected::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
         };
         if retry.is_some() {
             crate::telemetry::record_rejection("overloaded");

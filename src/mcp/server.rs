@@ -421,7 +421,7 @@ fn search_tool(servers: &str) -> Tool {
             "properties": {
                 "query": { "type": "string", "description": "What you want to do, in a few words" },
                 "limit": { "type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT, "description": "Most results (default 5)" },
-                "language": { "type": "string", "enum": ["typescript", "python"], "description": "Declarations to return (default typescript)" }
+                "language": { "enum": ["typescript", "python"] }
             },
             "required": ["query"]
         })),
@@ -437,13 +437,13 @@ fn execute_tool() -> Tool {
          `await` calls and `return` a JSON value. Call tools found with `search` as \
          `await tools.<server>.<tool>({...})`; run independent calls together with `Promise.all`. \
          A failed tool call throws an Error. `console.log` output is returned too. \
-         Time, memory and CPU are limited; no network; files only in a session (`fs`, like node:fs/promises).",
+         Time, memory and CPU are limited; no network; files via `fs` in a session.",
         object(json!({
             "type": "object",
             "properties": {
                 "code": { "type": "string", "description": "TypeScript (or JavaScript) function body" },
                 "input": { "description": "Any JSON value, readable as the global `input`" },
-                "language": { "type": "string", "enum": ["typescript", "javascript", "python"], "description": "Default typescript; python: a script, its last expression the result" },
+                "language": { "enum": ["typescript", "javascript", "python"], "description": "Default typescript" },
                 "session": { "type": "string", "description": "\"new\", or the session from an earlier result: globals persist, the last expression is the result" }
             },
             "required": ["code"]

@@ -118,6 +118,9 @@ pub enum Rejected {
     /// Cancelled while it waited for a CPU slot.
     #[error("the execution was cancelled before it started")]
     Cancelled,
+    /// A fault in sandgate itself (a guest that cannot be loaded).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Rejected {
@@ -126,6 +129,7 @@ impl Rejected {
             Self::Invalid(_) | Self::TooLarge { .. } => ErrorKind::InvalidRequest,
             Self::Overloaded { .. } => ErrorKind::Overloaded,
             Self::Cancelled => ErrorKind::Cancelled,
+            Self::Internal(_) => ErrorKind::Internal,
         }
     }
 }

@@ -156,8 +156,10 @@ pub struct Outcome {
 pub struct Sandbox {
     engine: Engine,
     pre: InstancePre<HostState>,
-    /// The Python guest, linked to the same host functions.
-    python: InstancePre<HostState>,
+    /// The Python guest, linked to the same host functions when the first Python
+    /// execution comes: a server that never runs Python never compiles it.
+    python: tokio::sync::OnceCell<InstancePre<HostState>>,
+    linker: Linker<HostState>,
     registry: Arc<Registry>,
     admission: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
@@ -183,13 +185,10 @@ impl Sandbox {
         })?;
         engine::start_ticker(&engine);
         let module = engine::load_module(&engine, engine::GUEST_WASM, config.cache_dir.as_deref())?;
-        let python = engine::load_module(&engine, engine::PYTHON_WASM, config.cache_dir.as_deref())?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         let pre = linker.instantiate_pre(&module).map_err(|e| anyhow::anyhow!("cannot link the guest: {e}"))?;
-        let python =
-            linker.instantiate_pre(&python).map_err(|e| anyhow::anyhow!("cannot link the Python guest: {e}"))?;
         let cpu_slots = match config.cpu_slots {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n as usize,
@@ -197,7 +196,8 @@ impl Sandbox {
         Ok(Self {
             engine,
             pre,
-            python,
+            python: tokio::sync::OnceCell::new(),
+            linker,
             registry: Arc::new(registry),
             admission: Arc::new(Semaphore::new(config.max_concurrent as usize)),
             cpu: Arc::new(Semaphore::new(cpu_slots)),
@@ -208,6 +208,24 @@ impl Sandbox {
 
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// The Python guest, compiled (or read from the compile cache) on first use.
+    async fn python(&self) -> anyhow::Result<&InstancePre<HostState>> {
+        self.python
+            .get_or_try_init(|| {
+                let (engine, linker, cache) = (self.engine.clone(), self.linker.clone(), self.config.cache_dir.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let module = engine::load_module(&engine, engine::PYTHON_WASM, cache.as_deref())?;
+                        linker
+                            .instantiate_pre(&module)
+                            .map_err(|e| anyhow::anyhow!("cannot link the Python guest: {e}"))
+                    })
+                    .await?
+                }
+            })
+            .await
     }
 
     /// Takes an execution slot, or says the server is full. Holding the returned
@@ -251,9 +269,20 @@ impl Sandbox {
             }
             () = cancel.cancelled() => return Err(Rejected::Cancelled),
         }
+        let pre = match job.language {
+            Language::Python => match self.python().await {
+                Ok(pre) => pre,
+                Err(error) => {
+                    cpu.release();
+                    tracing::error!(%error, "cannot load the Python guest");
+                    return Err(Rejected::Internal(format!("the Python guest cannot be loaded: {error}")));
+                }
+            },
+            Language::Javascript | Language::Typescript => &self.pre,
+        };
         let started = Instant::now();
         let execution_id = job.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string().into());
-        let outcome = self.run(job, events, cpu.clone(), execution_id, cancel).await;
+        let outcome = self.run(pre, job, events, cpu.clone(), execution_id, cancel).await;
         cpu.release();
         drop(admission);
         crate::telemetry::record_execution(&outcome, started.elapsed());
@@ -269,6 +298,7 @@ impl Sandbox {
 
     async fn run(
         &self,
+        pre: &InstancePre<HostState>,
         job: Job,
         events: Option<mpsc::UnboundedSender<LogLine>>,
         cpu: CpuSlot,
@@ -280,10 +310,7 @@ impl Sandbox {
             Language::Typescript => Some(prepare_limits(&limits, job.code.len())),
             Language::Javascript | Language::Python => None,
         };
-        let pre = match job.language {
-            Language::Python => &self.python,
-            Language::Javascript | Language::Typescript => &self.pre,
-        };
+
         let input = match &job.input {
             Some(value) => serde_json::to_string(value).unwrap_or_default(),
             None => String::new(),

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Service, ServiceError};
 use crate::auth::Principal;
 use crate::sandbox::{ErrorKind, ExecuteRequest, LogLine, Outcome};
-use crate::store::{now_ms, HandleRecord};
+use crate::store::{now_ms, HandleEnd, HandleRecord};
 
 /// How often a running background execution checks the store for a cancel made on
 /// another replica, and how often a follower on another replica reads its status.
@@ -197,7 +197,8 @@ impl Service {
                     (status, body.to_string())
                 }
             };
-            if let Err(error) = store.finish_handle(&handle_id, status, &body, ended, ended + ttl_ms).await {
+            let end = HandleEnd { status: status.into(), body, ended_at_ms: ended, expires_at_ms: ended + ttl_ms };
+            if let Err(error) = store.finish_handle(&handle_id, &end).await {
                 tracing::warn!(%error, execution_id = %handle_id, "could not record a background execution's end");
             }
             service.handles.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle_id);

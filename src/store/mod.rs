@@ -307,6 +307,16 @@ pub struct HandleRecord {
     pub body: Option<String>,
 }
 
+/// How a background execution ended: its status and result body, kept until
+/// `expires_at_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandleEnd {
+    pub status: String,
+    pub body: String,
+    pub ended_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
 /// What taking a session for an execution found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lease {
@@ -421,16 +431,8 @@ pub trait Store: Send + Sync + 'static {
     /// Background execution `id`, unless it is forgotten by `now_ms`.
     fn handle<'a>(&'a self, id: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Option<HandleRecord>, StoreError>>;
 
-    /// Records the end of background execution `id`: its `status` and result `body`,
-    /// kept until `expires_at_ms`.
-    fn finish_handle<'a>(
-        &'a self,
-        id: &'a str,
-        status: &'a str,
-        body: &'a str,
-        ended_at_ms: i64,
-        expires_at_ms: i64,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Records the end of background execution `id`.
+    fn finish_handle<'a>(&'a self, id: &'a str, end: &'a HandleEnd) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Asks for background execution `id` to be cancelled; `false` when it is not
     /// running.

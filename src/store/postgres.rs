@@ -39,8 +39,8 @@ use tokio_postgres::types::ToSql;
 
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, FileChange, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord, Store,
-    StoreError, StoredFile, StoredKey,
+    now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord,
+    Store, StoreError, StoredFile, StoredKey,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -1188,14 +1188,7 @@ impl Store for PgStore {
         .boxed()
     }
 
-    fn finish_handle<'a>(
-        &'a self,
-        id: &'a str,
-        status: &'a str,
-        body: &'a str,
-        ended_at_ms: i64,
-        expires_at_ms: i64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn finish_handle<'a>(&'a self, id: &'a str, end: &'a HandleEnd) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let client = self.client().await?;
             trip("execution_handles");
@@ -1203,7 +1196,7 @@ impl Store for PgStore {
                 .execute(
                     "UPDATE execution_handles SET status = $2, body = $3, ended_at_ms = $4, expires_at_ms = $5
                      WHERE id = $1",
-                    &[&id, &status, &body, &ended_at_ms, &expires_at_ms],
+                    &[&id, &end.status, &end.body, &end.ended_at_ms, &end.expires_at_ms],
                 )
                 .await
                 .map_err(err)?;

@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, FileChange, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord, SpendScope,
-    Store, StoreError, StoredFile, StoredKey,
+    now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord,
+    SpendScope, Store, StoreError, StoredFile, StoredKey,
 };
 
 /// How hard a commit waits for the disk.
@@ -908,21 +908,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn finish_handle<'a>(
-        &'a self,
-        id: &'a str,
-        status: &'a str,
-        body: &'a str,
-        ended_at_ms: i64,
-        expires_at_ms: i64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let (id, status, body) = (id.to_string(), status.to_string(), body.to_string());
+    fn finish_handle<'a>(&'a self, id: &'a str, end: &'a HandleEnd) -> BoxFuture<'a, Result<(), StoreError>> {
+        let (id, end) = (id.to_string(), end.clone());
         self.blocking(move |inner| {
             lock(&inner.writer)
                 .execute(
                     "UPDATE execution_handles SET status = ?2, body = ?3, ended_at_ms = ?4, expires_at_ms = ?5
                      WHERE id = ?1",
-                    params![id, status, body, ended_at_ms, expires_at_ms],
+                    params![id, end.status, end.body, end.ended_at_ms, end.expires_at_ms],
                 )
                 .map_err(err)?;
             Ok(())

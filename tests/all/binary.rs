@@ -33,6 +33,32 @@ pub(crate) fn start(mut command: Command) -> (Child, String) {
     (child, base)
 }
 
+/// A served binary, killed when dropped (a failing test leaves no server behind).
+pub(crate) struct Running {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Running {
+    pub(crate) fn serve(extra: &[&str]) -> Self {
+        let (child, base) = serve(extra);
+        Self { child, base }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub(crate) fn stop(&mut self) {
+        terminate(&self.child);
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub(crate) fn terminate(child: &Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

@@ -9,8 +9,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::binary::{serve, served_dir, terminate};
-use crate::harness::{api_key, client, ApiKey};
+use crate::binary::{served_dir, terminate, Running};
+use crate::harness::{api_key, call, client, ApiKey};
 
 const POLICY: &str = r#"[[policy]]
 name = "all"
@@ -24,17 +24,10 @@ allow = ["test.*"]
 "#;
 
 struct Served {
-    child: std::process::Child,
+    _server: Running,
     base: String,
     alice: String,
     bob: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The real binary with `tools.test`, results kept `ttl_s`, keys for alice and bob;
@@ -55,18 +48,8 @@ fn config(label: &str, ttl_s: u64) -> (std::path::PathBuf, String, String) {
 
 fn start(label: &str, ttl_s: u64) -> Served {
     let (config, alice, bob) = config(label, ttl_s);
-    let (child, base) = serve(&["--config", config.to_str().unwrap()]);
-    Served { child, base, alice, bob }
-}
-
-async fn call(method: Method, url: String, key: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = client().request(method, url).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let server = Running::serve(&["--config", config.to_str().unwrap()]);
+    Served { base: server.base.clone(), _server: server, alice, bob }
 }
 
 async fn start_run(base: &str, key: &str, body: Value) -> String {

@@ -110,6 +110,19 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Sends `method` to `url` as `key` with the JSON `body`; returns the status and the
+/// body as JSON (a body that is not JSON as a string).
+pub async fn call(method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = client().request(method, url).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
 /// POSTs `body` to `/v1/execute` on `base`; returns status and JSON body.
 pub async fn post_to(base: &str, body: Value) -> (StatusCode, Value) {
     post_as(base, None, body).await

@@ -121,7 +121,7 @@ async fn typescript_runs_in_a_session_too() {
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::harness::{api_key, client, start_server_with, ApiKey, TestServer};
+use crate::harness::{api_key, call, client, start_server_with, ApiKey, TestServer};
 
 const SESSION_POLICY: &str = r#"
 [[policy]]
@@ -153,17 +153,6 @@ fn server() -> Sessions {
     let ApiKey { token: carol, entry: c } = api_key("carol", "carol", "labs", "member");
     let config = format!("[sandbox]\ntest_capability = true\n{a}{b}{c}");
     Sessions { server: start_server_with(&config, SESSION_POLICY), alice, bob, carol }
-}
-
-async fn call(method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = client().request(method, url).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 async fn execute(base: &str, key: &str, session: &str, code: &str) -> (StatusCode, Value) {

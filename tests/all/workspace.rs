@@ -3,17 +3,15 @@
 //! attempts (`..`, absolute paths, symlinks planted in a mount, long names, many
 //! small files).
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 
-use crate::binary::{serve, served_dir, terminate};
-use crate::harness::{api_key, client, ApiKey};
+use crate::binary::{served_dir, Running};
+use crate::harness::{api_key, call, client, ApiKey};
 
 struct Served {
-    child: Child,
+    server: Running,
     base: String,
     config: PathBuf,
     /// A read-only mount (`datasets`) and a writable one (`out`), on the host.
@@ -21,13 +19,6 @@ struct Served {
     out: PathBuf,
     alice: String,
     bob: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The real binary with keys for alice (sessions, files, two mounts; quotas of 4,096
@@ -69,19 +60,8 @@ principals = ["user:bob"]
     let ApiKey { token: bob, entry: b } = api_key("bob", "bob", "labs", "member");
     let config = dir.join("sandgate.toml");
     std::fs::write(&config, format!("policies = \"policies\"\n[ledger]\npath = \"ledger.db\"\n{a}{b}")).unwrap();
-    let (child, base) = serve(&["--config", config.to_str().unwrap()]);
-    Served { child, base, config, datasets, out, alice, bob }
-}
-
-async fn call(method: Method, url: String, key: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = client().request(method, url).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    let server = Running::serve(&["--config", config.to_str().unwrap()]);
+    Served { base: server.base.clone(), server, config, datasets, out, alice, bob }
 }
 
 async fn open(base: &str, key: &str) -> String {
@@ -254,10 +234,9 @@ async fn a_workspace_keeps_its_files_across_executions_and_a_restart() {
     assert_eq!(std::fs::read_to_string(served.datasets.join("cities.csv")).unwrap(), "name,pop\nLyon,522000\n");
 
     // The workspace lives in the store: a restart between two executions keeps it.
-    terminate(&served.child);
-    served.child.wait().unwrap();
-    let (child, base) = serve(&["--config", served.config.to_str().unwrap()]);
-    served.child = child;
+    served.server.stop();
+    served.server = Running::serve(&["--config", served.config.to_str().unwrap()]);
+    let base = served.server.base.clone();
     let again =
         ok(&base, &alice, s, r#"[await fs.readFile("data/notes.txt"), await fs.readFile("in/table.csv")]"#).await;
     assert_eq!(again, json!(["hello world", "a,b\n1,2\n"]));
