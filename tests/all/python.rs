@@ -52,12 +52,27 @@ async fn the_last_expression_is_the_result_as_json() {
 }
 
 #[tokio::test]
-async fn print_is_the_console() {
+async fn print_and_console_are_the_console() {
     let body = python("print('hello', 42)\nprint('a\\nb', end='')\nprint('c')\n7").await;
     assert_eq!(body["result"], 7);
     let lines: Vec<&str> = body["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
     assert_eq!(lines, ["hello 42", "a", "bc"]);
     assert!(body["logs"].as_array().unwrap().iter().all(|l| l["level"] == "log"));
+    // The levels JavaScript's console has, in order with print().
+    let body = python(
+        "print('start', end='')\nconsole.info('info', 1)\nconsole.warn('careful', [1, 2])\nconsole.error('bad')\nconsole.log({'k': None})",
+    )
+    .await;
+    let lines: Vec<(String, String)> = body["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["level"].as_str().unwrap().to_string(), l["message"].as_str().unwrap().to_string()))
+        .collect();
+    let expected =
+        [("log", "start"), ("info", "info 1"), ("warn", "careful [1, 2]"), ("error", "bad"), ("log", "{'k': None}")];
+    assert_eq!(lines, expected.map(|(l, m)| (l.to_string(), m.to_string())), "{body}");
+    assert_eq!(error("console.shout('x')").await["name"], "AttributeError");
 }
 
 #[tokio::test]
@@ -161,9 +176,15 @@ async fn the_limits_are_the_same() {
     assert_eq!(huge["error"]["kind"], "output_limit", "{huge}");
     let calls = python_with("for i in range(10):\n    await tools.test.echo(i=i)", json!({"tool_calls": 3})).await;
     assert_eq!(calls["error"]["kind"], "call_limit", "{calls}");
-    // A value whose __repr__ raises is not called upon: the result is refused by type.
+    // A value whose __repr__ or __del__ raises is not called upon: the result is refused
+    // by its type, and the sandbox goes on.
     let repr = error("class A:\n    def __repr__(self):\n        raise ValueError('no')\nA()").await;
     assert_eq!(repr["kind"], "exception");
+    let del = error("class B:\n    def __del__(self):\n        raise ValueError('no')\nB()").await;
+    assert_eq!(del["kind"], "exception");
+    assert!(del["message"].as_str().unwrap().contains("`B`"), "{del}");
+    let dropped = "class B:\n    def __del__(self):\n        raise ValueError('no')\nitems = [B() for _ in range(3)]\nitems = None\n1";
+    assert_eq!(value(dropped).await, 1);
 }
 
 /// `sandgate exec` picks Python by the file's name (or `--language python`).

@@ -8,7 +8,8 @@
 //! The code is a script; the value of its last expression is the result, as JSON
 //! (`dict` with string keys, `list`, `tuple`, `str`, `int`, `float`, `bool`, `None`;
 //! anything else is an `exception` naming the type). `input` is a global.
-//! `print()` lines are console lines. `tools.<server>.<tool>(**kwargs)` (or one dict
+//! `print()` lines are console lines (level `log`), and `console.log/info/warn/error`
+//! write one line at that level, as in JavaScript. `tools.<server>.<tool>(**kwargs)` (or one dict
 //! argument) and `model.chat(**request)` start host calls and return awaitables, so
 //! `asyncio.gather` runs them concurrently on the host. A failed call raises, and
 //! when nothing catches it the outcome carries the host's kind (`tool_denied`, ...).
@@ -39,6 +40,26 @@ const FILENAME: &str = "<code>";
 /// Identities of the host objects (fixed, so the snapshot is reproducible).
 const TOOLS: MontyUuid = MontyUuid::from_bytes(*b"sandgate--tools\0");
 const MODEL: MontyUuid = MontyUuid::from_bytes(*b"sandgate--model\0");
+const CONSOLE: MontyUuid = MontyUuid::from_bytes(*b"sandgate-console");
+
+/// `console.<method>`'s level, as JavaScript's console has them.
+fn console_level(method: &str) -> Option<u32> {
+    match method {
+        "log" | "debug" => Some(0),
+        "info" => Some(1),
+        "warn" => Some(2),
+        "error" => Some(3),
+        _ => None,
+    }
+}
+
+/// What `console.*` shows of a value: a string as it is, anything else as its repr.
+fn shown(value: &MontyObject) -> String {
+    match value {
+        MontyObject::String(s) => s.clone(),
+        other => other.py_repr(),
+    }
+}
 
 /// Console output, one host log line per line printed.
 #[derive(Default)]
@@ -248,12 +269,12 @@ pub extern "C" fn run() {
     };
     let mut run =
         Run { console: Console::default(), servers: HashMap::new(), calls: HashMap::new(), host_errors: Vec::new() };
-    let names = vec!["input".to_string(), "tools".to_string(), "model".to_string()];
+    let names = vec!["input".to_string(), "tools".to_string(), "model".to_string(), "console".to_string()];
     let runner = match MontyRun::new(code, FILENAME, names, CompileOptions::default()) {
         Ok(runner) => runner,
         Err(exception) => return abi::finish(1, &describe(&exception, &run, true)),
     };
-    let inputs = vec![input, host_object("tools", TOOLS), host_object("model", MODEL)];
+    let inputs = vec![input, host_object("tools", TOOLS), host_object("model", MODEL), host_object("console", CONSOLE)];
     let limits = ResourceLimits { max_suspensions: usize::MAX, ..ResourceLimits::default() };
     let progress = runner.start(inputs, ResourceTracker::new(limits), PrintWriter::Callback(&mut run.console));
     let outcome = drive(&mut run, progress);
@@ -283,6 +304,24 @@ fn drive(run: &mut Run, mut progress: Result<RunProgress, MontyException>) -> Re
     loop {
         progress = match progress? {
             RunProgress::Complete(value) => return Ok(value),
+            RunProgress::FunctionCall(call)
+                if call.object_id == Some(CONSOLE) || call.function_name.starts_with("console.") =>
+            {
+                let method = call.function_name.strip_prefix("console.").unwrap_or(&call.function_name);
+                let result = match console_level(method) {
+                    Some(level) => {
+                        run.console.flush();
+                        let line: Vec<String> = call.args.iter().map(shown).collect();
+                        abi::log(level, &line.join(" "));
+                        ExtFunctionResult::Return(MontyObject::None)
+                    }
+                    None => ExtFunctionResult::Error(MontyException::new(
+                        ExcType::AttributeError,
+                        Some(format!("'console' object has no attribute '{method}'")),
+                    )),
+                };
+                call.resume(result, PrintWriter::Callback(&mut run.console))
+            }
             RunProgress::FunctionCall(call) => {
                 let Some(name) = run.call_name(call.object_id, &call.function_name) else {
                     let error = MontyException::new(
@@ -316,6 +355,13 @@ fn drive(run: &mut Run, mut progress: Result<RunProgress, MontyException>) -> Re
             RunProgress::NameLookup(lookup) => {
                 let result = match lookup.object_id() {
                     Some(id) if id == TOOLS => NameLookupResult::Value(run.server_object(&lookup.name)),
+                    Some(id) if id == CONSOLE => match console_level(&lookup.name) {
+                        Some(_) => NameLookupResult::Value(MontyObject::Function {
+                            name: format!("console.{}", lookup.name),
+                            docstring: None,
+                        }),
+                        None => NameLookupResult::Undefined,
+                    },
                     Some(id) => match run.call_name(Some(id), &lookup.name) {
                         Some(name) => NameLookupResult::Value(MontyObject::Function { name, docstring: None }),
                         None => NameLookupResult::Undefined,
