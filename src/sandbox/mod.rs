@@ -164,9 +164,9 @@ pub struct Sandbox {
     admission: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
     config: SandboxConfig,
-    /// The memory every fresh instance starts with, taken from the first one: what
-    /// session images are the difference from.
-    pristine: std::sync::OnceLock<Arc<[u8]>>,
+    /// The memory every fresh instance of each guest (JavaScript, Python) starts with,
+    /// taken from the first one: what session images are the difference from.
+    pristine: [std::sync::OnceLock<Arc<[u8]>>; 2],
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -202,7 +202,7 @@ impl Sandbox {
             admission: Arc::new(Semaphore::new(config.max_concurrent as usize)),
             cpu: Arc::new(Semaphore::new(cpu_slots)),
             config,
-            pristine: std::sync::OnceLock::new(),
+            pristine: [std::sync::OnceLock::new(), std::sync::OnceLock::new()],
         })
     }
 
@@ -347,15 +347,15 @@ impl Sandbox {
         });
 
         let session = job.session;
+        let pristine = &self.pristine[usize::from(job.language == Language::Python)];
         let run = async {
             let instance = pre.instantiate_async(&mut store).await?;
             let memory = instance
                 .get_memory(&mut store, "memory")
                 .ok_or_else(|| wasmtime::Error::msg("the guest exports no memory"))?;
             if let Some(image) = &session {
-                // Sessions run the JavaScript guest: its fresh memory is what images
-                // are the difference from.
-                self.pristine.get_or_init(|| memory.data(&store).into());
+                // The guest's fresh memory is what its images are the difference from.
+                pristine.get_or_init(|| memory.data(&store).into());
                 image.restore(&mut store, &memory)?;
             }
             let entry = instance.get_typed_func::<(), ()>(&mut store, "run")?;
@@ -390,7 +390,7 @@ impl Sandbox {
                     let usage = usage(state);
                     let mut outcome = finish(state, Some(value), None, usage, started_at_ms, execution_id);
                     if session.is_some() {
-                        let pristine = self.pristine.get().cloned().unwrap_or_default();
+                        let pristine = pristine.get().cloned().unwrap_or_default();
                         outcome.session_image = Some(MemoryImage::capture(memory.data(&store), &pristine));
                     }
                     return outcome;

@@ -96,11 +96,6 @@ impl ExecuteRequest {
         if self.code.trim().is_empty() {
             return Err(Rejected::Invalid("`code` is empty".into()));
         }
-        if self.language == Language::Python && self.session_id.is_some() {
-            return Err(Rejected::Invalid(
-                "sessions run JavaScript or TypeScript for now; Python sessions are not supported yet".into(),
-            ));
-        }
         Ok(Job {
             code: self.code,
             language: self.language,

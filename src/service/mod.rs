@@ -35,8 +35,8 @@ use crate::mcp::{Catalog, Upstreams};
 use crate::model::{Answer, CallContext, Format, Gateway, ModelError};
 use crate::policy::{Capabilities, LoadContext, PolicyError};
 use crate::sandbox::{
-    Admission, CallPolicy, Capability, ErrorKind, ExecError, ExecuteRequest, HostCall, Job, LogLine, Outcome, Registry,
-    Rejected, Sandbox, TestCapability,
+    Admission, CallPolicy, Capability, ErrorKind, ExecError, ExecuteRequest, HostCall, Job, Language, LogLine, Outcome,
+    Registry, Rejected, Sandbox, TestCapability,
 };
 use crate::sessions::workspace::{Files, SessionFiles};
 use crate::sessions::Workspace;
@@ -411,7 +411,18 @@ impl Service {
                 let grant =
                     capabilities.sessions.ok_or_else(|| ServiceError::NotFound(format!("no session `{id}`")))?;
                 let hold = Duration::from_millis(ceiling.wall_ms) + self.sandbox.config().queue_timeout;
-                Some(self.lease_session(&principal, &id, grant.max_bytes, hold).await?)
+                let (lease, image) = self.lease_session(&principal, &id, grant.max_bytes, hold).await?;
+                // JavaScript and TypeScript share a guest; Python has its own, and a
+                // session's memory is one guest's.
+                let python = |language: &str| language == Language::Python.as_str();
+                if python(lease.language()) != python(request.language.as_str()) {
+                    return Err(ServiceError::Invalid(format!(
+                        "session `{id}` runs {}; this code is {}: open a session for it",
+                        lease.language(),
+                        request.language.as_str()
+                    )));
+                }
+                Some((lease, image))
             }
         };
         let files = capabilities.files.clone();

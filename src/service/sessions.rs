@@ -140,6 +140,11 @@ impl SessionLease {
     pub(super) fn id(&self) -> &str {
         &self.id
     }
+
+    /// The language the session was opened for.
+    pub(super) fn language(&self) -> &str {
+        &self.session.language
+    }
 }
 
 impl Drop for SessionLease {
@@ -177,11 +182,6 @@ impl Service {
                 principal.user, principal.team, principal.key
             ))
         })?;
-        if language == Language::Python {
-            return Err(ServiceError::Invalid(
-                "sessions run JavaScript or TypeScript for now; Python sessions are not supported yet".into(),
-            ));
-        }
         let ttl_s = match ttl_s {
             Some(0) => return Err(ServiceError::Invalid("ttl_s must be at least 1".into())),
             Some(ttl) if ttl > grant.idle_ttl_s => {

@@ -216,3 +216,47 @@ fn the_cli_runs_python_files() {
     let body: Value = serde_json::from_slice(&piped.stdout).unwrap();
     assert_eq!(body["result"], 45, "{body}");
 }
+
+/// A Python session keeps its globals, functions and objects, rolls back a failed
+/// execution, survives a restart of the real binary, and runs Python only.
+#[tokio::test]
+async fn python_sessions_keep_their_state() {
+    use crate::binary::{served_dir, Running};
+    use crate::harness::call;
+    use reqwest::Method;
+    let dir = served_dir("python-session");
+    std::fs::write(
+        dir.join("policies/all.toml"),
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\n",
+    )
+    .unwrap();
+    let config = dir.join("sandgate.toml");
+    let mut server = Running::serve(&["--config", config.to_str().unwrap()]);
+    let base = server.base.clone();
+    let (status, opened) =
+        call(Method::POST, format!("{base}/v1/sessions"), "", Some(json!({"language": "python"}))).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{opened}");
+    assert_eq!(opened["language"], "python");
+    let id = opened["session_id"].as_str().unwrap().to_string();
+    let run = |base: String, code: &'static str| {
+        let id = id.clone();
+        async move {
+            let body = json!({"session_id": id, "language": "python", "code": code});
+            call(Method::POST, format!("{base}/v1/execute"), "", Some(body)).await.1
+        }
+    };
+    assert_eq!(run(base.clone(), "x = 41\ndef ask(n):\n    return x + n\nrows = [1, 2]").await["ok"], true);
+    assert_eq!(run(base.clone(), "rows.append(ask(1))\nrows").await["result"], json!([1, 2, 42]));
+    // A failure leaves the session as it was.
+    let failed = run(base.clone(), "rows.append(99)\nx = 0\nraise ValueError('no')").await;
+    assert_eq!(failed["error"]["name"], "ValueError", "{failed}");
+    assert_eq!(run(base.clone(), "[x, rows]").await["result"], json!([41, [1, 2, 42]]));
+    // A session's memory is one guest's: JavaScript cannot run in it.
+    let body = json!({"session_id": id, "language": "javascript", "code": "x"});
+    let (status, wrong) = call(Method::POST, format!("{base}/v1/execute"), "", Some(body)).await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{wrong}");
+    // Its state lives in the store: a restart keeps it.
+    server.stop();
+    server = Running::serve(&["--config", config.to_str().unwrap()]);
+    assert_eq!(run(server.base.clone(), "ask(len(rows))").await["result"], 44);
+}

@@ -26,13 +26,58 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use monty::{MontyRun, RunProgress};
+use std::cell::RefCell;
+
+use monty::{MontyRepl, MontyRun, ReplProgress, ReplStartError, RunProgress};
 use monty_types::{
     CompileOptions, DictPairs, ExcType, ExtFunctionResult, MontyClassInstance, MontyClassType, MontyException,
     MontyObject, MontyUuid, NameLookupResult, PrintWriter, PrintWriterCallback, ResourceLimits, ResourceTracker,
 };
 use sandgate_guest_abi as abi;
 use serde_json::Value;
+
+/// Drives the interpreter through its suspensions to the end: the same loop over a
+/// script's `RunProgress` and a session's `ReplProgress`, which have the same shape.
+macro_rules! drive {
+    ($run:expr, $progress:expr, $P:ident, $complete:pat => $done:expr, $err:ident => $failed:expr) => {{
+        let run: &mut Run = $run;
+        let mut progress = $progress;
+        loop {
+            let step = match progress {
+                Ok(step) => step,
+                Err($err) => break $failed,
+            };
+            progress = match step {
+                $complete => break $done,
+                $P::FunctionCall(call)
+                    if call.object_id == Some(CONSOLE) || call.function_name.starts_with("console.") =>
+                {
+                    let method = call.function_name.strip_prefix("console.").unwrap_or(&call.function_name);
+                    let result = console_call(run, method, &call.args);
+                    call.resume(result, PrintWriter::Callback(&mut run.console))
+                }
+                $P::FunctionCall(call) => {
+                    match host_call(run, call.object_id, &call.function_name, &call.args, &call.kwargs, call.call_id) {
+                        None => call.resume_pending(PrintWriter::Callback(&mut run.console)),
+                        Some(result) => call.resume(result, PrintWriter::Callback(&mut run.console)),
+                    }
+                }
+                $P::NameLookup(lookup) => {
+                    let result = name_lookup(run, lookup.object_id(), &lookup.name);
+                    lookup.resume(result, PrintWriter::Callback(&mut run.console))
+                }
+                $P::ResolveFutures(pending) => match resolve(run, pending.pending_call_ids()) {
+                    Resolved::Call(id, result) => {
+                        pending.resume(vec![(id, result)], PrintWriter::Callback(&mut run.console))
+                    }
+                    Resolved::Stale => Ok($P::ResolveFutures(pending)),
+                    Resolved::Unsettled => break Ended::Reported,
+                },
+                $P::OsCall(os) => os.resume(no_os(), PrintWriter::Callback(&mut run.console)),
+            };
+        }
+    }};
+}
 
 /// The name the code's frames carry in tracebacks.
 const FILENAME: &str = "<code>";
@@ -255,6 +300,24 @@ pub extern "C" fn wizer_initialize() {
     runner.run(Vec::new(), ResourceTracker::default(), PrintWriter::Disabled).expect("the warm-up script runs");
 }
 
+/// How a run ended.
+enum Ended {
+    Value(MontyObject),
+    Raised(MontyException),
+    /// The outcome is reported already (an execution that can never settle).
+    Reported,
+}
+
+thread_local! {
+    /// A session's interpreter: its globals live on in the guest's memory, which the
+    /// host carries from one execution to the next.
+    static REPL: RefCell<Option<MontyRepl>> = const { RefCell::new(None) };
+}
+
+fn limits() -> ResourceTracker {
+    ResourceTracker::new(ResourceLimits { max_suspensions: usize::MAX, ..ResourceLimits::default() })
+}
+
 /// Runs the request the host holds and reports its outcome through `finish`.
 #[no_mangle]
 pub extern "C" fn run() {
@@ -269,18 +332,44 @@ pub extern "C" fn run() {
     };
     let mut run =
         Run { console: Console::default(), servers: HashMap::new(), calls: HashMap::new(), host_errors: Vec::new() };
-    let names = vec!["input".to_string(), "tools".to_string(), "model".to_string(), "console".to_string()];
-    let runner = match MontyRun::new(code, FILENAME, names, CompileOptions::default()) {
-        Ok(runner) => runner,
-        Err(exception) => return abi::finish(1, &describe(&exception, &run, true)),
+    let globals = vec![
+        ("input".to_string(), input),
+        ("tools".to_string(), host_object("tools", TOOLS)),
+        ("model".to_string(), host_object("model", MODEL)),
+        ("console".to_string(), host_object("console", CONSOLE)),
+    ];
+    let ended = if abi::request(abi::MODE) == "session" {
+        let repl = REPL
+            .with(|slot| slot.borrow_mut().take())
+            .unwrap_or_else(|| MontyRepl::new(FILENAME, limits(), CompileOptions::default()));
+        let progress = repl.feed_start(&code, globals, PrintWriter::Callback(&mut run.console));
+        drive!(
+            &mut run,
+            progress,
+            ReplProgress,
+            ReplProgress::Complete { repl, value } => {
+                REPL.with(|slot| *slot.borrow_mut() = Some(repl));
+                Ended::Value(value)
+            },
+            failed => {
+                let ReplStartError { repl, error } = *failed;
+                REPL.with(|slot| *slot.borrow_mut() = Some(repl));
+                Ended::Raised(error)
+            }
+        )
+    } else {
+        let (names, values): (Vec<String>, Vec<MontyObject>) = globals.into_iter().unzip();
+        match MontyRun::new(code, FILENAME, names, CompileOptions::default()) {
+            Ok(runner) => {
+                let progress = runner.start(values, limits(), PrintWriter::Callback(&mut run.console));
+                drive!(&mut run, progress, RunProgress, RunProgress::Complete(value) => Ended::Value(value), error => Ended::Raised(error))
+            }
+            Err(exception) => Ended::Raised(exception),
+        }
     };
-    let inputs = vec![input, host_object("tools", TOOLS), host_object("model", MODEL), host_object("console", CONSOLE)];
-    let limits = ResourceLimits { max_suspensions: usize::MAX, ..ResourceLimits::default() };
-    let progress = runner.start(inputs, ResourceTracker::new(limits), PrintWriter::Callback(&mut run.console));
-    let outcome = drive(&mut run, progress);
     run.console.flush();
-    match outcome {
-        Ok(value) => match to_json(&value) {
+    match ended {
+        Ended::Value(value) => match to_json(&value) {
             Ok(json) => {
                 let text = json.to_string();
                 if text.len() as i64 > i64::from(abi::max_result()) {
@@ -295,122 +384,120 @@ pub extern "C" fn run() {
             }
             Err(what) => abi::fail("exception", &format!("the result is {what}, which JSON cannot carry"), None),
         },
-        Err(exception) => abi::finish(1, &describe(&exception, &run, false)),
+        Ended::Raised(exception) => {
+            let syntax = exception.exc_type() == ExcType::SyntaxError;
+            abi::finish(1, &describe(&exception, &run, syntax))
+        }
+        Ended::Reported => {}
     }
 }
 
-/// Drives the interpreter through its suspensions to the end.
-fn drive(run: &mut Run, mut progress: Result<RunProgress, MontyException>) -> Result<MontyObject, MontyException> {
-    loop {
-        progress = match progress? {
-            RunProgress::Complete(value) => return Ok(value),
-            RunProgress::FunctionCall(call)
-                if call.object_id == Some(CONSOLE) || call.function_name.starts_with("console.") =>
-            {
-                let method = call.function_name.strip_prefix("console.").unwrap_or(&call.function_name);
-                let result = match console_level(method) {
-                    Some(level) => {
-                        run.console.flush();
-                        let line: Vec<String> = call.args.iter().map(shown).collect();
-                        abi::log(level, &line.join(" "));
-                        ExtFunctionResult::Return(MontyObject::None)
-                    }
-                    None => ExtFunctionResult::Error(MontyException::new(
-                        ExcType::AttributeError,
-                        Some(format!("'console' object has no attribute '{method}'")),
-                    )),
-                };
-                call.resume(result, PrintWriter::Callback(&mut run.console))
-            }
-            RunProgress::FunctionCall(call) => {
-                let Some(name) = run.call_name(call.object_id, &call.function_name) else {
-                    let error = MontyException::new(
-                        ExcType::NameError,
-                        Some(format!("name '{}' is not defined", call.function_name)),
-                    );
-                    progress = call.resume(ExtFunctionResult::Error(error), PrintWriter::Callback(&mut run.console));
-                    continue;
-                };
-                let args = match call_args(&call.args, &call.kwargs) {
-                    Ok(args) => args.to_string(),
-                    Err(why) => {
-                        let error = MontyException::new(ExcType::TypeError, Some(format!("{name}(): {why}")));
-                        progress =
-                            call.resume(ExtFunctionResult::Error(error), PrintWriter::Callback(&mut run.console));
-                        continue;
-                    }
-                };
-                let id = abi::call(&name, &args);
-                if id <= 0 {
-                    let error = MontyException::new(
-                        ExcType::RuntimeError,
-                        Some("host call limit reached for this execution".into()),
-                    );
-                    progress = call.resume(ExtFunctionResult::Error(error), PrintWriter::Callback(&mut run.console));
-                    continue;
-                }
-                run.calls.insert(id as u32, call.call_id);
-                call.resume_pending(PrintWriter::Callback(&mut run.console))
-            }
-            RunProgress::NameLookup(lookup) => {
-                let result = match lookup.object_id() {
-                    Some(id) if id == TOOLS => NameLookupResult::Value(run.server_object(&lookup.name)),
-                    Some(id) if id == CONSOLE => match console_level(&lookup.name) {
-                        Some(_) => NameLookupResult::Value(MontyObject::Function {
-                            name: format!("console.{}", lookup.name),
-                            docstring: None,
-                        }),
-                        None => NameLookupResult::Undefined,
-                    },
-                    Some(id) => match run.call_name(Some(id), &lookup.name) {
-                        Some(name) => NameLookupResult::Value(MontyObject::Function { name, docstring: None }),
-                        None => NameLookupResult::Undefined,
-                    },
-                    None => NameLookupResult::Undefined,
-                };
-                lookup.resume(result, PrintWriter::Callback(&mut run.console))
-            }
-            RunProgress::ResolveFutures(pending) => {
-                let Some((host_id, reply)) = abi::wait() else {
-                    abi::fail(
-                        "unsettled",
-                        "the code awaits a call that can never complete: no host call is in flight",
-                        None,
-                    );
-                    return Err(MontyException::new(ExcType::RuntimeError, Some("unsettled".into())));
-                };
-                let Some(call_id) = run.calls.remove(&host_id) else {
-                    progress = Ok(RunProgress::ResolveFutures(pending));
-                    continue;
-                };
-                if !pending.pending_call_ids().contains(&call_id) {
-                    progress = Ok(RunProgress::ResolveFutures(pending));
-                    continue;
-                }
-                let result = match serde_json::from_str::<Value>(&reply) {
-                    Ok(Value::Object(reply)) => match (reply.get("ok"), reply.get("error")) {
-                        (_, Some(error)) => {
-                            let kind = error["kind"].as_str().unwrap_or("tool_error");
-                            let message = error["message"].as_str().unwrap_or("the call failed");
-                            ExtFunctionResult::Error(run.host_error(kind, message))
-                        }
-                        (Some(value), None) => ExtFunctionResult::Return(from_json(value)),
-                        (None, None) => ExtFunctionResult::Return(MontyObject::None),
-                    },
-                    _ => ExtFunctionResult::Error(MontyException::new(
-                        ExcType::RuntimeError,
-                        Some("the host's reply cannot be read".into()),
-                    )),
-                };
-                pending.resume(vec![(call_id, result)], PrintWriter::Callback(&mut run.console))
-            }
-            RunProgress::OsCall(os) => {
-                let error = MontyException::new(
-                    ExcType::PermissionError,
-                    Some("there is no file or OS access from Python in sandgate".into()),
-                );
-                os.resume(ExtFunctionResult::Error(error), PrintWriter::Callback(&mut run.console))
-            }
-        };
+/// What to resume a call on `console` with: its line written at its level.
+fn console_call(run: &mut Run, method: &str, args: &[MontyObject]) -> ExtFunctionResult {
+    match console_level(method) {
+        Some(level) => {
+            run.console.flush();
+            let line: Vec<String> = args.iter().map(shown).collect();
+            abi::log(level, &line.join(" "));
+            ExtFunctionResult::Return(MontyObject::None)
+        }
+        None => ExtFunctionResult::Error(MontyException::new(
+            ExcType::AttributeError,
+            Some(format!("'console' object has no attribute '{method}'")),
+        )),
     }
+}
+
+/// Starts the host call a call on `tools` or `model` names: `None` when it started
+/// (resume with a pending future), else what to resume with at once.
+fn host_call(
+    run: &mut Run,
+    object: Option<MontyUuid>,
+    function: &str,
+    args: &[MontyObject],
+    kwargs: &[(MontyObject, MontyObject)],
+    call_id: u32,
+) -> Option<ExtFunctionResult> {
+    let Some(name) = run.call_name(object, function) else {
+        let error = MontyException::new(ExcType::NameError, Some(format!("name '{function}' is not defined")));
+        return Some(ExtFunctionResult::Error(error));
+    };
+    let args = match call_args(args, kwargs) {
+        Ok(args) => args.to_string(),
+        Err(why) => {
+            return Some(ExtFunctionResult::Error(MontyException::new(
+                ExcType::TypeError,
+                Some(format!("{name}(): {why}")),
+            )))
+        }
+    };
+    let id = abi::call(&name, &args);
+    if id <= 0 {
+        let error =
+            MontyException::new(ExcType::RuntimeError, Some("host call limit reached for this execution".into()));
+        return Some(ExtFunctionResult::Error(error));
+    }
+    run.calls.insert(id as u32, call_id);
+    None
+}
+
+/// What an attribute of a host object (or an unknown name) resolves to.
+fn name_lookup(run: &mut Run, object: Option<MontyUuid>, name: &str) -> NameLookupResult {
+    match object {
+        Some(id) if id == TOOLS => NameLookupResult::Value(run.server_object(name)),
+        Some(id) if id == CONSOLE => match console_level(name) {
+            Some(_) => {
+                NameLookupResult::Value(MontyObject::Function { name: format!("console.{name}"), docstring: None })
+            }
+            None => NameLookupResult::Undefined,
+        },
+        Some(id) => match run.call_name(Some(id), name) {
+            Some(name) => NameLookupResult::Value(MontyObject::Function { name, docstring: None }),
+            None => NameLookupResult::Undefined,
+        },
+        None => NameLookupResult::Undefined,
+    }
+}
+
+/// What waiting for the host's next reply gives.
+enum Resolved {
+    /// A pending call's result.
+    Call(u32, ExtFunctionResult),
+    /// A reply to a call nothing waits for any more.
+    Stale,
+    /// Nothing is in flight: the code can never settle (reported).
+    Unsettled,
+}
+
+fn resolve(run: &mut Run, pending: &[u32]) -> Resolved {
+    let Some((host_id, reply)) = abi::wait() else {
+        abi::fail("unsettled", "the code awaits a call that can never complete: no host call is in flight", None);
+        return Resolved::Unsettled;
+    };
+    let Some(call_id) = run.calls.remove(&host_id).filter(|id| pending.contains(id)) else {
+        return Resolved::Stale;
+    };
+    let result = match serde_json::from_str::<Value>(&reply) {
+        Ok(Value::Object(reply)) => match (reply.get("ok"), reply.get("error")) {
+            (_, Some(error)) => {
+                let kind = error["kind"].as_str().unwrap_or("tool_error");
+                let message = error["message"].as_str().unwrap_or("the call failed");
+                ExtFunctionResult::Error(run.host_error(kind, message))
+            }
+            (Some(value), None) => ExtFunctionResult::Return(from_json(value)),
+            (None, None) => ExtFunctionResult::Return(MontyObject::None),
+        },
+        _ => ExtFunctionResult::Error(MontyException::new(
+            ExcType::RuntimeError,
+            Some("the host's reply cannot be read".into()),
+        )),
+    };
+    Resolved::Call(call_id, result)
+}
+
+fn no_os() -> ExtFunctionResult {
+    ExtFunctionResult::Error(MontyException::new(
+        ExcType::PermissionError,
+        Some("there is no file or OS access from Python in sandgate".into()),
+    ))
 }
