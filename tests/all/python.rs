@@ -143,7 +143,6 @@ async fn nothing_else_reaches_out() {
     for code in [
         "open('/etc/passwd').read()",
         "import os\nos.listdir('/')",
-        "import os\nos.getenv('HOME')",
         "__import__('os')",
         "import sys\nsys.modules['os']",
         "import socket",
@@ -155,6 +154,16 @@ async fn nothing_else_reaches_out() {
         assert_eq!(body["error"]["kind"], "exception", "{code}: {body}");
         assert!(!body.to_string().contains("root:"), "{code}: {body}");
     }
+    // The environment is empty and the clock is UTC, as JavaScript has them.
+    assert_eq!(
+        value("import os\n[os.getenv('HOME'), os.getenv('PATH', 'unset'), os.environ]").await,
+        json!([null, "unset", {}])
+    );
+    let now = value("from datetime import datetime, date, timezone, timedelta\nn = datetime.now()\nz = datetime.now(timezone(timedelta(hours=2)))\n[n.year, n.isoformat(), date.today().isoformat(), z.isoformat()[-6:]]").await;
+    let year = now[0].as_i64().unwrap();
+    assert!((2024..3000).contains(&year), "{now}");
+    assert!(now[1].as_str().unwrap().starts_with(&now[2].as_str().unwrap()[..4]), "{now}");
+    assert_eq!(now[3], "+02:00", "{now}");
 }
 
 #[tokio::test]

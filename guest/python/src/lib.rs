@@ -13,7 +13,8 @@
 //! argument) and `model.chat(**request)` start host calls and return awaitables, so
 //! `asyncio.gather` runs them concurrently on the host. A failed call raises, and
 //! when nothing catches it the outcome carries the host's kind (`tool_denied`, ...).
-//! There is no file or OS access.
+//! There is no file access; the clock is UTC (`datetime.now()`, `date.today()`) and
+//! the environment is empty, as for JavaScript.
 //!
 //! Monty suspends at every host call (`RunProgress::FunctionCall`): the guest starts
 //! the host call and resumes with a pending future; when every task waits
@@ -30,8 +31,9 @@ use std::cell::RefCell;
 
 use monty::{MontyRepl, MontyRun, ReplProgress, ReplStartError, RunProgress};
 use monty_types::{
-    CompileOptions, DictPairs, ExcType, ExtFunctionResult, MontyClassInstance, MontyClassType, MontyException,
-    MontyObject, MontyUuid, NameLookupResult, PrintWriter, PrintWriterCallback, ResourceLimits, ResourceTracker,
+    CompileOptions, DictPairs, ExcType, ExtFunctionResult, MontyClassInstance, MontyClassType, MontyDate,
+    MontyDateTime, MontyException, MontyObject, MontyUuid, NameLookupResult, OsFunctionCall, PrintWriter,
+    PrintWriterCallback, ResourceLimits, ResourceTracker,
 };
 use sandgate_guest_abi as abi;
 use serde_json::Value;
@@ -73,7 +75,10 @@ macro_rules! drive {
                     Resolved::Stale => Ok($P::ResolveFutures(pending)),
                     Resolved::Unsettled => break Ended::Reported,
                 },
-                $P::OsCall(os) => os.resume(no_os(), PrintWriter::Callback(&mut run.console)),
+                $P::OsCall(os) => {
+                    let result = os_call(&os.function_call);
+                    os.resume(result, PrintWriter::Callback(&mut run.console))
+                }
             };
         }
     }};
@@ -495,9 +500,52 @@ fn resolve(run: &mut Run, pending: &[u32]) -> Resolved {
     Resolved::Call(call_id, result)
 }
 
-fn no_os() -> ExtFunctionResult {
-    ExtFunctionResult::Error(MontyException::new(
-        ExcType::PermissionError,
-        Some("there is no file or OS access from Python in sandgate".into()),
-    ))
+/// What an OS call gets: the clock (UTC, as JavaScript's `Date`), an empty
+/// environment, and no files.
+fn os_call(call: &OsFunctionCall) -> ExtFunctionResult {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    match call {
+        OsFunctionCall::DateToday => {
+            let (year, month, day, ..) = civil(now, 0);
+            ExtFunctionResult::Return(MontyObject::Date(MontyDate { year, month, day }))
+        }
+        OsFunctionCall::DateTimeNow(zone) => {
+            let offset = zone.as_ref().map_or(0, |z| z.offset_seconds);
+            let (year, month, day, hour, minute, second) = civil(now, offset);
+            ExtFunctionResult::Return(MontyObject::DateTime(MontyDateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                microsecond: now.subsec_micros(),
+                offset_seconds: zone.as_ref().map(|z| z.offset_seconds),
+                timezone_name: zone.as_ref().and_then(|z| z.name.clone()),
+            }))
+        }
+        OsFunctionCall::Getenv(args) => ExtFunctionResult::Return(args.default.clone()),
+        OsFunctionCall::GetEnviron => ExtFunctionResult::Return(MontyObject::Dict(DictPairs::from(Vec::new()))),
+        _ => ExtFunctionResult::Error(MontyException::new(
+            ExcType::PermissionError,
+            Some("there is no file or OS access from Python in sandgate".into()),
+        )),
+    }
+}
+
+/// The UTC civil date and time of `since_epoch`, shifted by `offset` seconds.
+fn civil(since_epoch: std::time::Duration, offset: i32) -> (i32, u8, u8, u8, u8, u8) {
+    let seconds = since_epoch.as_secs() as i64 + i64::from(offset);
+    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day, (rest / 3_600) as u8, (rest % 3_600 / 60) as u8, (rest % 60) as u8)
 }
