@@ -19,10 +19,7 @@ use crate::sandbox::{ErrorKind, ExecuteRequest};
 
 pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
-    let bytes = super::read_body(&headers, body, app.config.http.max_body_bytes).await?;
-    let request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
-    })?;
+    let request = execute_request(&app, &headers, body).await?;
     let prepared = app.service.prepare(principal, request).await?;
 
     if !wants_event_stream(&headers) {
@@ -49,6 +46,18 @@ pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, bod
         Ok::<_, Infallible>(event.unwrap_or_default())
     });
     Ok(Sse::new(logs.chain(result)).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// The body of `POST /v1/execute` (and `POST /v1/executions`), read and parsed.
+pub(super) async fn execute_request(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ExecuteRequest, ApiError> {
+    let bytes = super::read_body(headers, body, app.config.http.max_body_bytes).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
+    })
 }
 
 fn wants_event_stream(headers: &HeaderMap) -> bool {

@@ -15,15 +15,11 @@ use axum::Json;
 use futures::StreamExt;
 
 use super::{ApiError, AppState};
-use crate::sandbox::{ErrorKind, ExecuteRequest};
 use crate::service::{HandleEvent, HandleView};
 
 pub(super) async fn start(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
-    let bytes = super::read_body(&headers, body, app.config.http.max_body_bytes).await?;
-    let request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
-    })?;
+    let request = super::execute::execute_request(&app, &headers, body).await?;
     let view = app.service.start_handle(principal, request).await?;
     let location = format!("/v1/executions/{}", view.execution_id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())

@@ -38,7 +38,7 @@ use super::catalog::View;
 use super::search::{Match, Method};
 use crate::auth::Principal;
 use crate::sandbox::{ExecuteRequest, Language, LogLevel, LogLine, PartialLimits};
-use crate::service::{HandleView, Service, CANCEL_POLL};
+use crate::service::{HandleEvent, HandleView, Service, CANCEL_POLL};
 
 /// How long `execute` waits for a task-capable client before it answers with a task
 /// instead: shorter runs answer as usual, longer ones do not hold the request open.
@@ -270,25 +270,25 @@ impl CodeMode {
             .await
             .map_err(|error| failure(error.kind(), &error.to_string(), None))?;
         let id = view.execution_id.clone();
+        // The run is on this replica: wait for its end here, then read its result.
         let ended = async {
-            loop {
-                match self.service.handle(&principal, &id).await {
-                    Ok(view) if view.running() => tokio::time::sleep(TASK_POLL).await,
-                    other => return other,
+            if let Some(mut following) = self.service.follow_handle(&principal, &id) {
+                loop {
+                    match following.next.recv().await {
+                        Ok(HandleEvent::Ended) | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        Ok(HandleEvent::Log(_)) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    }
                 }
             }
+            self.service.handle(&principal, &id).await
         };
-        let view = match tokio::time::timeout(TASK_AFTER, ended).await {
-            Ok(Ok(view)) => view,
-            Ok(Err(error)) => return Err(failure(error.kind(), &error.to_string(), None)),
-            Err(_) => return Ok(CallToolResponse::Task(CreateTaskResult::new(task(&view)))),
-        };
-        Ok(finished(&view, session.as_deref()).into())
+        match tokio::time::timeout(TASK_AFTER, ended).await {
+            Ok(Ok(ended)) if !ended.running() => Ok(finished(&ended, session.as_deref()).into()),
+            Ok(Err(error)) => Err(failure(error.kind(), &error.to_string(), None)),
+            Ok(Ok(_)) | Err(_) => Ok(CallToolResponse::Task(CreateTaskResult::new(task(&view)))),
+        }
     }
 }
-
-/// How often `execute` looks for the end of a run before answering with a task.
-const TASK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A background execution as a task.
 fn task(view: &HandleView) -> Task {

@@ -346,7 +346,7 @@ impl Open {
         let added = bytes.len() as u64;
         match place {
             Place::Workspace => {
-                let bytes_after = self.bytes - if append { 0 } else { existing.unwrap_or(0) } + added;
+                let bytes_after = self.bytes.saturating_sub(if append { 0 } else { existing.unwrap_or(0) }) + added;
                 let files_after = self.files + u64::from(existing.is_none());
                 check_quota(grant, bytes_after, files_after, path)?;
             }
@@ -371,7 +371,7 @@ impl Open {
         file.write_all(&bytes).map_err(|e| io_error(e, "write", path))?;
         match place {
             Place::Workspace => {
-                self.bytes = self.bytes - if append { 0 } else { existing.unwrap_or(0) } + added;
+                self.bytes = self.bytes.saturating_sub(if append { 0 } else { existing.unwrap_or(0) }) + added;
                 self.files += u64::from(existing.is_none());
                 self.touched.insert(path.key());
                 self.dirty = true;
