@@ -146,7 +146,8 @@ impl Service {
         let execution = self.start(prepared, Some(lines_tx));
         let service = self.clone();
         let handle_id = id.clone();
-        tokio::spawn(async move {
+        // Tracked with the executions, so a shutdown waits for the end to be recorded.
+        self.executions.spawn(async move {
             let store = service.ledger.store().clone();
             let forward = {
                 let local = local.clone();

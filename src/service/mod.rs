@@ -517,12 +517,16 @@ impl Service {
         &self.stop
     }
 
-    /// Waits for executions to finish (after [`Service::cancel_on_shutdown`] they end
-    /// at once), then for model calls in flight up to `grace`, then commits every
-    /// record.
+    /// Waits up to `grace` for executions to finish, then cancels those still running
+    /// (background executions have no request to wait on, so the HTTP server's grace
+    /// period never reaches them) and waits for them to be recorded; then waits for
+    /// model calls in flight up to `grace` and commits every record.
     pub async fn finish(&self, grace: Duration) -> Result<(), StoreError> {
         self.executions.close();
-        self.executions.wait().await;
+        if tokio::time::timeout(grace, self.executions.wait()).await.is_err() {
+            self.stop.cancel();
+            self.executions.wait().await;
+        }
         self.gateway.stop(grace).await;
         self.ledger.flush().await
     }

@@ -299,3 +299,21 @@ async fn mcp_clients_with_tasks_poll_long_executions() {
     bob.cancel().await.unwrap();
     client.cancel().await.unwrap();
 }
+
+/// A server shut down while a background execution runs records how it ended (it is
+/// cancelled when the grace period is over), so no handle stays `running` forever.
+#[tokio::test]
+async fn a_shutdown_records_the_end_of_background_executions() {
+    let (config, alice, _) = config("handles-shutdown", 600);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[http]\nshutdown_grace_ms = 500\n")).unwrap();
+    let mut server = Running::serve(&["--config", config.to_str().unwrap()]);
+    let id = start_run(&server.base, &alice, json!({"code": "await tools.test.sleep({ms: 60000}); 1"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop();
+    let server = Running::serve(&["--config", config.to_str().unwrap()]);
+    let (status, view) = call(Method::GET, format!("{}/v1/executions/{id}", server.base), &alice, None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert_eq!(view["result"]["error"]["kind"], "cancelled", "{view}");
+}
