@@ -503,23 +503,25 @@ fn resolve(run: &mut Run, pending: &[u32]) -> Resolved {
 /// What an OS call gets: the clock (UTC, as JavaScript's `Date`), an empty
 /// environment, and no files.
 fn os_call(call: &OsFunctionCall) -> ExtFunctionResult {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    use chrono::{Datelike, Timelike};
+    let now = chrono::Utc::now().naive_utc();
     match call {
-        OsFunctionCall::DateToday => {
-            let (year, month, day, ..) = civil(now, 0);
-            ExtFunctionResult::Return(MontyObject::Date(MontyDate { year, month, day }))
-        }
+        OsFunctionCall::DateToday => ExtFunctionResult::Return(MontyObject::Date(MontyDate {
+            year: now.year(),
+            month: now.month() as u8,
+            day: now.day() as u8,
+        })),
         OsFunctionCall::DateTimeNow(zone) => {
             let offset = zone.as_ref().map_or(0, |z| z.offset_seconds);
-            let (year, month, day, hour, minute, second) = civil(now, offset);
+            let wall = now + chrono::TimeDelta::seconds(i64::from(offset));
             ExtFunctionResult::Return(MontyObject::DateTime(MontyDateTime {
-                year,
-                month,
-                day,
-                hour,
-                minute,
-                second,
-                microsecond: now.subsec_micros(),
+                year: wall.year(),
+                month: wall.month() as u8,
+                day: wall.day() as u8,
+                hour: wall.hour() as u8,
+                minute: wall.minute() as u8,
+                second: wall.second() as u8,
+                microsecond: wall.and_utc().timestamp_subsec_micros().min(999_999),
                 offset_seconds: zone.as_ref().map(|z| z.offset_seconds),
                 timezone_name: zone.as_ref().and_then(|z| z.name.clone()),
             }))
@@ -531,21 +533,4 @@ fn os_call(call: &OsFunctionCall) -> ExtFunctionResult {
             Some("there is no file or OS access from Python in sandgate".into()),
         )),
     }
-}
-
-/// The UTC civil date and time of `since_epoch`, shifted by `offset` seconds.
-fn civil(since_epoch: std::time::Duration, offset: i32) -> (i32, u8, u8, u8, u8, u8) {
-    let seconds = since_epoch.as_secs() as i64 + i64::from(offset);
-    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
-    (year, month, day, (rest / 3_600) as u8, (rest % 3_600 / 60) as u8, (rest % 60) as u8)
 }
