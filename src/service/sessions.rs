@@ -19,7 +19,6 @@ use serde::Serialize;
 
 use super::{Service, ServiceError};
 use crate::auth::Principal;
-use crate::policy::FilesGrant;
 use crate::sandbox::{ErrorKind, ExecError, Language, MemoryImage, Outcome};
 use crate::sessions::FilePath;
 use crate::store::{now_ms, FileChange, Lease, Record, SessionEvent, SessionRecord, Store, StoredFile};
@@ -288,10 +287,6 @@ fn file_error(message: String) -> ServiceError {
 const UPLOAD_HOLD: Duration = Duration::from_secs(30);
 
 impl Service {
-    fn files_grant(&self, principal: &Principal) -> FilesGrant {
-        self.policies.current().capabilities(principal).files
-    }
-
     /// The entries of session `id`'s workspace (no bytes), when it is `principal`'s.
     pub async fn session_files(&self, principal: &Principal, id: &str) -> Result<Vec<StoredFile>, ServiceError> {
         self.session(principal, id).await?;
@@ -339,9 +334,9 @@ impl Service {
         if path.is_root() {
             return Err(file_error("EISDIR: the workspace itself is a directory; name a file".into()));
         }
-        let grant = self.files_grant(principal);
-        let max_bytes = self.policies.current().capabilities(principal).sessions.map_or(0, |g| g.max_bytes);
-        let (lease, _) = self.lease_session(principal, id, max_bytes, UPLOAD_HOLD).await?;
+        let grant = self.policies.current().capabilities(principal).files;
+        // The image cap (0 here) is checked only when an execution gives a session back.
+        let (lease, _) = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
         let entries = self.ledger.store().session_files(id, false).await?;
         let find = |key: &str| entries.iter().find(|f| f.path == key);
         let mut changes = Vec::new();

@@ -240,7 +240,7 @@ async fn sessions_over_http_keep_state_for_their_owner_one_execution_at_a_time()
 /// between two executions of one session.
 #[tokio::test]
 async fn a_session_survives_a_restart_of_the_server() {
-    use crate::binary::{serve, served_dir, terminate};
+    use crate::binary::{served_dir, Running};
     let dir = served_dir("session-restart");
     std::fs::write(
         dir.join("policies/all.toml"),
@@ -248,7 +248,8 @@ async fn a_session_survives_a_restart_of_the_server() {
     )
     .unwrap();
     let config = dir.join("sandgate.toml");
-    let (mut first, base) = serve(&["--config", config.to_str().unwrap()]);
+    let mut server = Running::serve(&["--config", config.to_str().unwrap()]);
+    let base = server.base.clone();
     let opened: Value =
         client().post(format!("{base}/v1/sessions")).json(&json!({})).send().await.unwrap().json().await.unwrap();
     let id = opened["session_id"].as_str().unwrap().to_string();
@@ -261,14 +262,12 @@ async fn a_session_survives_a_restart_of_the_server() {
     };
     let made = run(base.clone(), "let answer = 41; function ask() { return answer + 1 }").await;
     assert_eq!(made["ok"], true, "{made}");
-    terminate(&first);
-    first.wait().unwrap();
+    server.stop();
 
-    let (mut second, base) = serve(&["--config", config.to_str().unwrap()]);
-    let asked = run(base.clone(), "ask()").await;
+    let mut server = Running::serve(&["--config", config.to_str().unwrap()]);
+    let asked = run(server.base.clone(), "ask()").await;
     assert_eq!(asked["result"], 42, "{asked}");
-    terminate(&second);
-    second.wait().unwrap();
+    server.stop();
 }
 
 /// `sandgate session open|list|show|end` and `sandgate exec --session`, in process as the
