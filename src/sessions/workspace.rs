@@ -288,6 +288,7 @@ impl Open {
             "exists" => Ok(Value::Bool(self.stat(&path).is_ok())),
             "mkdir" => self.mkdir(grant, &path, flag(args, "recursive")),
             "rm" => self.rm(&path, flag(args, "recursive"), flag(args, "force")),
+            "rmdir" => self.rmdir(&path),
             "rename" => self.rename(&path, &FilePath::parse(arg(args, "to")?)?),
             other => Err(ExecError::new(ErrorKind::InvalidRequest, format!("no host function `fs.{other}`"))),
         }
@@ -481,6 +482,21 @@ impl Open {
             dir.remove_file(inner.relative())
         };
         removed.map_err(|e| io_error(e, "rm", path))?;
+        if matches!(place, Place::Workspace) {
+            self.dirty = true;
+            self.count()?;
+        }
+        Ok(Value::Null)
+    }
+
+    /// Removes an empty directory (Python's `rmdir`).
+    fn rmdir(&mut self, path: &FilePath) -> Result<Value, ExecError> {
+        let (place, dir, inner) = self.resolve(path)?;
+        self.writable(&place, path)?;
+        if inner.is_root() {
+            return Err(fail(format!("EPERM: '{path}' itself cannot be removed")));
+        }
+        dir.remove_dir(inner.relative()).map_err(|e| io_error(e, "rmdir", path))?;
         if matches!(place, Place::Workspace) {
             self.dirty = true;
             self.count()?;

@@ -140,18 +140,24 @@ async fn tools_and_models_are_the_same_doors() {
 
 #[tokio::test]
 async fn nothing_else_reaches_out() {
-    for code in [
-        "open('/etc/passwd').read()",
-        "import os\nos.listdir('/')",
-        "__import__('os')",
-        "import sys\nsys.modules['os']",
-        "import socket",
-        "import subprocess",
-        "from pathlib import Path\nPath('/etc/passwd').read_text()",
+    // File calls go to the host's `fs`, which refuses them without a file grant, as
+    // it does JavaScript's.
+    for (code, kind) in [
+        ("open('/etc/passwd').read()", "file_error"),
+        ("import os\nos.listdir('/')", "file_error"),
+        ("__import__('os')", "exception"),
+        ("import sys\nsys.modules['os']", "exception"),
+        ("import socket", "exception"),
+        ("import subprocess", "exception"),
+        ("from pathlib import Path\nPath('/etc/passwd').read_text()", "file_error"),
+        ("from pathlib import Path\nPath('notes.txt').write_text('x')", "file_error"),
     ] {
         let body = python(code).await;
         assert_eq!(body["ok"], false, "{code}: {body}");
-        assert_eq!(body["error"]["kind"], "exception", "{code}: {body}");
+        assert_eq!(body["error"]["kind"], kind, "{code}: {body}");
+        if kind == "file_error" {
+            assert_eq!(body["error"]["name"], "PermissionError", "{code}: {body}");
+        }
         assert!(!body.to_string().contains("root:"), "{code}: {body}");
     }
     // The environment is empty and the clock is UTC, as JavaScript has them.

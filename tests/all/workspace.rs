@@ -345,3 +345,149 @@ async fn escape_attempts_are_refused() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "the workspace is full: {body}");
     assert!(body["error"]["message"].as_str().unwrap().starts_with("EDQUOT"), "{body}");
 }
+
+/// A Python execution: its result, or its error as `[kind, name]`.
+async fn python(base: &str, key: &str, session: Option<&str>, code: &str) -> Result<Value, (Value, Value)> {
+    let mut body = json!({ "code": code, "language": "python" });
+    if let Some(session) = session {
+        body["session_id"] = json!(session);
+    }
+    let (_, body) = call(Method::POST, format!("{base}/v1/execute"), key, Some(body)).await;
+    if body["ok"] == true {
+        Ok(body["result"].clone())
+    } else {
+        Err((json!([body["error"]["kind"], body["error"]["name"]]), body["error"]["message"].clone()))
+    }
+}
+
+#[tokio::test]
+async fn python_reaches_the_same_workspace_with_open_and_pathlib() {
+    let served = start("workspace-python");
+    let (alice, bob, base) = (served.alice.clone(), served.bob.clone(), served.base.clone());
+    let (status, opened) =
+        call(Method::POST, format!("{base}/v1/sessions"), &alice, Some(json!({"language": "python"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let id = opened["session_id"].as_str().unwrap().to_string();
+    let s = Some(id.as_str());
+
+    let written = python(
+        &base,
+        &alice,
+        s,
+        r#"from pathlib import Path
+Path("data/raw").mkdir(parents=True)
+n = Path("notes.txt").write_text("hello")
+with open("notes.txt", "a") as f:
+    f.write(" world")
+Path("blob.bin").write_bytes(b"\x00\x01\xff")
+Path("data/raw/a.json").write_text('{"n": 1}')
+[n, sorted(str(p) for p in Path(".").iterdir()), sorted(str(p) for p in Path("data").iterdir())]"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        written,
+        json!([5, ["blob.bin", "data", "datasets", "notes.txt", "out"], ["data/raw"]]),
+        "mounts show at the top level, as in JavaScript"
+    );
+
+    // The next execution of the session, and JavaScript's view of the same files.
+    let read = python(
+        &base,
+        &alice,
+        s,
+        r#"from pathlib import Path
+import json
+p = Path("notes.txt")
+with open("data/raw/a.json") as f:
+    n = json.loads(f.read())["n"]
+[p.read_text(), list(Path("blob.bin").read_bytes()), n, p.exists(), p.is_file(), Path("data").is_dir(),
+ Path("nothing").exists(), p.stat().st_size, open("notes.txt").readlines()]"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read, json!(["hello world", [0, 1, 255], 1, true, true, true, false, 11, ["hello world"]]));
+    assert_eq!(get(&base, &alice, &id, "notes.txt").await, (StatusCode::OK, b"hello world".to_vec()));
+
+    // Python's exceptions for the host's file errors, catchable.
+    let caught = python(
+        &base,
+        &alice,
+        s,
+        r#"from pathlib import Path
+names = []
+for f in [lambda: Path("missing.txt").read_text(), lambda: open("data"), lambda: Path("data").mkdir(),
+          lambda: Path("data").rmdir(), lambda: Path("blob.bin").write_bytes(b"x" * 5000),
+          lambda: Path("datasets/cities.csv").write_text(""), lambda: Path("../secret.txt").read_text(),
+          lambda: Path("/etc/passwd").read_text(), lambda: Path("blob.bin").read_text()]:
+    try:
+        f()
+        names.append("none")
+    except Exception as e:
+        names.append(type(e).__name__)
+Path("data").mkdir(exist_ok=True)
+Path("data/raw/a.json").unlink()
+Path("data/raw").rmdir()
+Path("notes.txt").rename("data/notes.txt")
+names"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        caught,
+        json!([
+            "FileNotFoundError",
+            "IsADirectoryError",
+            "FileExistsError",
+            "OSError",
+            "OSError",
+            "PermissionError",
+            "PermissionError",
+            "PermissionError",
+            "UnicodeDecodeError"
+        ]),
+        "ENOENT, EISDIR, EEXIST, ENOTEMPTY, EDQUOT, EROFS, and a path leading outside"
+    );
+    let listing = python(&base, &alice, s, r#"import pathlib; sorted(str(p) for p in pathlib.Path("data").iterdir())"#)
+        .await
+        .unwrap();
+    assert_eq!(listing, json!(["data/notes.txt"]));
+
+    // Mounts, and a failure that rolls the workspace back with the interpreter's state.
+    let csv = python(&base, &alice, s, r#"open("datasets/cities.csv").read().splitlines()[1]"#).await.unwrap();
+    assert_eq!(csv, json!("Lyon,522000"));
+    let (error, _) =
+        python(&base, &alice, s, "open('stray.txt', 'w').write('x')\nraise ValueError('no')").await.unwrap_err();
+    assert_eq!(error, json!(["exception", "ValueError"]));
+    assert_eq!(get(&base, &alice, &id, "stray.txt").await.0, StatusCode::NOT_FOUND);
+
+    // Uncaught, a file error is the host's kind, with Python's class as its name.
+    let (error, message) = python(&base, &alice, s, r#"open("gone.txt").read()"#).await.unwrap_err();
+    assert_eq!(error, json!(["file_error", "FileNotFoundError"]), "{message}");
+
+    // Without a file grant (bob, outside a session), every file call is refused.
+    let (error, message) = python(&base, &bob, None, r#"open("b.txt", "w").write("b")"#).await.unwrap_err();
+    assert_eq!(error, json!(["file_error", "PermissionError"]), "{message}");
+    assert!(message.as_str().unwrap().starts_with("EACCES"), "{message}");
+
+    // A file call made while tool calls are in flight still returns its own reply.
+    let mixed = python(
+        &base,
+        &alice,
+        s,
+        r#"async def attempt(call):
+    try:
+        await call
+        return "none"
+    except Exception as e:
+        return type(e).__name__
+async def main():
+    first, second = attempt(tools.nothing.here()), attempt(tools.nothing.there())
+    text = open("data/notes.txt").read()
+    return [text, [await first, await second]]
+await main()"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(mixed, json!(["hello world", ["PermissionError", "PermissionError"]]));
+}

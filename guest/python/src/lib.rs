@@ -13,8 +13,10 @@
 //! argument) and `model.chat(**request)` start host calls and return awaitables, so
 //! `asyncio.gather` runs them concurrently on the host. A failed call raises, and
 //! when nothing catches it the outcome carries the host's kind (`tool_denied`, ...).
-//! There is no file access; the clock is UTC (`datetime.now()`, `date.today()`) and
-//! the environment is empty, as for JavaScript.
+//! `open()` and `pathlib.Path` reach the session's workspace and the policy's mounts
+//! through the host's `fs` capability, as JavaScript's `fs` does (see `file_call`);
+//! without a grant every file call raises `PermissionError`. The clock is UTC
+//! (`datetime.now()`, `date.today()`) and the environment is empty, as for JavaScript.
 //!
 //! Monty suspends at every host call (`RunProgress::FunctionCall`): the guest starts
 //! the host call and resumes with a pending future; when every task waits
@@ -31,12 +33,12 @@ use std::cell::RefCell;
 
 use monty::{MontyRepl, MontyRun, ReplProgress, ReplStartError, RunProgress};
 use monty_types::{
-    CompileOptions, DictPairs, ExcType, ExtFunctionResult, MontyClassInstance, MontyClassType, MontyDate,
-    MontyDateTime, MontyException, MontyObject, MontyUuid, NameLookupResult, OsFunctionCall, PrintWriter,
-    PrintWriterCallback, ResourceLimits, ResourceTracker,
+    CompileOptions, DictPairs, ExcType, ExtFunctionResult, FileMode, MontyClassInstance, MontyClassType, MontyDate,
+    MontyDateTime, MontyException, MontyFileHandle, MontyObject, MontyUuid, NameLookupResult, OsFunctionCall,
+    PrintWriter, PrintWriterCallback, ResourceLimits, ResourceTracker,
 };
 use sandgate_guest_abi as abi;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Drives the interpreter through its suspensions to the end: the same loop over a
 /// script's `RunProgress` and a session's `ReplProgress`, which have the same shape.
@@ -76,7 +78,7 @@ macro_rules! drive {
                     Resolved::Unsettled => break Ended::Reported,
                 },
                 $P::OsCall(os) => {
-                    let result = os_call(&os.function_call);
+                    let result = os_call(run, os.function_call.clone());
                     os.resume(result, PrintWriter::Callback(&mut run.console))
                 }
             };
@@ -171,6 +173,9 @@ struct Run {
     /// Errors made from host replies, with the kind the host gave each: an uncaught
     /// one is reported with that kind.
     host_errors: Vec<(ExcType, String, String)>,
+    /// Replies to pending calls that came while a file call waited for its own, in
+    /// the order they came: `resolve` hands them out before waiting again.
+    early: std::collections::VecDeque<(u32, String)>,
 }
 
 impl Run {
@@ -198,10 +203,37 @@ impl Run {
         let exc_type = match kind {
             "tool_denied" | "model_denied" => ExcType::PermissionError,
             "invalid_request" => ExcType::ValueError,
+            // The host's file errors start with their POSIX code, as `fs` errors do
+            // in JavaScript; Python has a class for the common ones.
+            "file_error" => match message.split(':').next().unwrap_or_default() {
+                "ENOENT" => ExcType::FileNotFoundError,
+                "EEXIST" => ExcType::FileExistsError,
+                "EISDIR" => ExcType::IsADirectoryError,
+                "ENOTDIR" => ExcType::NotADirectoryError,
+                "EACCES" | "EPERM" | "EROFS" => ExcType::PermissionError,
+                "EILSEQ" => ExcType::UnicodeDecodeError,
+                _ => ExcType::OSError,
+            },
             _ => ExcType::RuntimeError,
         };
         self.host_errors.push((exc_type, message.to_string(), kind.to_string()));
         MontyException::new(exc_type, Some(message.to_string()))
+    }
+
+    /// The exception a host reply that is an error makes, or its value.
+    fn reply(&mut self, reply: &str) -> Result<MontyObject, MontyException> {
+        match serde_json::from_str::<Value>(reply) {
+            Ok(Value::Object(reply)) => match (reply.get("ok"), reply.get("error")) {
+                (_, Some(error)) => {
+                    let kind = error["kind"].as_str().unwrap_or("tool_error");
+                    let message = error["message"].as_str().unwrap_or("the call failed");
+                    Err(self.host_error(kind, message))
+                }
+                (Some(value), None) => Ok(from_json(value)),
+                (None, None) => Ok(MontyObject::None),
+            },
+            _ => Err(MontyException::new(ExcType::RuntimeError, Some("the host's reply cannot be read".into()))),
+        }
     }
 }
 
@@ -335,8 +367,13 @@ pub extern "C" fn run() {
             Err(error) => return abi::fault(&format!("the input is not JSON: {error}")),
         },
     };
-    let mut run =
-        Run { console: Console::default(), servers: HashMap::new(), calls: HashMap::new(), host_errors: Vec::new() };
+    let mut run = Run {
+        console: Console::default(),
+        servers: HashMap::new(),
+        calls: HashMap::new(),
+        host_errors: Vec::new(),
+        early: Default::default(),
+    };
     let globals = vec![
         ("input".to_string(), input),
         ("tools".to_string(), host_object("tools", TOOLS)),
@@ -475,46 +512,34 @@ enum Resolved {
 }
 
 fn resolve(run: &mut Run, pending: &[u32]) -> Resolved {
-    let Some((host_id, reply)) = abi::wait() else {
+    let next = run.early.pop_front().or_else(abi::wait);
+    let Some((host_id, reply)) = next else {
         abi::fail("unsettled", "the code awaits a call that can never complete: no host call is in flight", None);
         return Resolved::Unsettled;
     };
     let Some(call_id) = run.calls.remove(&host_id).filter(|id| pending.contains(id)) else {
         return Resolved::Stale;
     };
-    let result = match serde_json::from_str::<Value>(&reply) {
-        Ok(Value::Object(reply)) => match (reply.get("ok"), reply.get("error")) {
-            (_, Some(error)) => {
-                let kind = error["kind"].as_str().unwrap_or("tool_error");
-                let message = error["message"].as_str().unwrap_or("the call failed");
-                ExtFunctionResult::Error(run.host_error(kind, message))
-            }
-            (Some(value), None) => ExtFunctionResult::Return(from_json(value)),
-            (None, None) => ExtFunctionResult::Return(MontyObject::None),
-        },
-        _ => ExtFunctionResult::Error(MontyException::new(
-            ExcType::RuntimeError,
-            Some("the host's reply cannot be read".into()),
-        )),
+    let result = match run.reply(&reply) {
+        Ok(value) => ExtFunctionResult::Return(value),
+        Err(error) => ExtFunctionResult::Error(error),
     };
     Resolved::Call(call_id, result)
 }
 
 /// What an OS call gets: the clock (UTC, as JavaScript's `Date`), an empty
-/// environment, and no files.
-fn os_call(call: &OsFunctionCall) -> ExtFunctionResult {
+/// environment, and files through the host's `fs` capability (see [`file_call`]).
+fn os_call(run: &mut Run, call: OsFunctionCall) -> ExtFunctionResult {
     use chrono::{Datelike, Timelike};
     let now = chrono::Utc::now().naive_utc();
-    match call {
-        OsFunctionCall::DateToday => ExtFunctionResult::Return(MontyObject::Date(MontyDate {
-            year: now.year(),
-            month: now.month() as u8,
-            day: now.day() as u8,
-        })),
+    let result = match call {
+        OsFunctionCall::DateToday => {
+            Ok(MontyObject::Date(MontyDate { year: now.year(), month: now.month() as u8, day: now.day() as u8 }))
+        }
         OsFunctionCall::DateTimeNow(zone) => {
             let offset = zone.as_ref().map_or(0, |z| z.offset_seconds);
             let wall = now + chrono::TimeDelta::seconds(i64::from(offset));
-            ExtFunctionResult::Return(MontyObject::DateTime(MontyDateTime {
+            Ok(MontyObject::DateTime(MontyDateTime {
                 year: wall.year(),
                 month: wall.month() as u8,
                 day: wall.day() as u8,
@@ -526,11 +551,189 @@ fn os_call(call: &OsFunctionCall) -> ExtFunctionResult {
                 timezone_name: zone.as_ref().and_then(|z| z.name.clone()),
             }))
         }
-        OsFunctionCall::Getenv(args) => ExtFunctionResult::Return(args.default.clone()),
-        OsFunctionCall::GetEnviron => ExtFunctionResult::Return(MontyObject::Dict(DictPairs::from(Vec::new()))),
-        _ => ExtFunctionResult::Error(MontyException::new(
-            ExcType::PermissionError,
-            Some("there is no file or OS access from Python in sandgate".into()),
-        )),
+        OsFunctionCall::Getenv(args) => Ok(args.default),
+        OsFunctionCall::GetEnviron => Ok(MontyObject::Dict(DictPairs::from(Vec::new()))),
+        files => file_call(run, files),
+    };
+    match result {
+        Ok(value) => ExtFunctionResult::Return(value),
+        Err(error) => ExtFunctionResult::Error(error),
+    }
+}
+
+/// Calls the host's `fs.<method>` and waits for its reply: file calls are
+/// synchronous in Python. Replies to other calls that come first are kept for
+/// [`resolve`].
+fn fs(run: &mut Run, method: &str, args: Value) -> Result<MontyObject, MontyException> {
+    let id = abi::call(&format!("fs.{method}"), &args.to_string());
+    if id <= 0 {
+        return Err(MontyException::new(
+            ExcType::RuntimeError,
+            Some("host call limit reached for this execution".into()),
+        ));
+    }
+    loop {
+        let Some((ready, reply)) = abi::wait() else {
+            return Err(MontyException::new(ExcType::RuntimeError, Some("the host lost a file call".into())));
+        };
+        if ready == id as u32 {
+            return run.reply(&reply);
+        }
+        run.early.push_back((ready, reply));
+    }
+}
+
+/// Whether `path` is a directory (`Some(true)`), something else (`Some(false)`), or
+/// not there (`None`); other errors raise.
+fn kind_of(run: &mut Run, path: &str) -> Result<Option<bool>, MontyException> {
+    match fs(run, "stat", json!({ "path": path })) {
+        Ok(stat) => Ok(Some(stat_field(&stat, "type").is_some_and(|t| t == "directory"))),
+        Err(error) if error.exc_type() == ExcType::FileNotFoundError => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+fn stat_field(stat: &MontyObject, name: &str) -> Option<String> {
+    let MontyObject::Dict(pairs) = stat else { return None };
+    pairs.into_iter().find_map(|(key, value)| match (key, value) {
+        (MontyObject::String(key), MontyObject::String(value)) if key == name => Some(value.clone()),
+        (MontyObject::String(key), MontyObject::Int(value)) if key == name => Some(value.to_string()),
+        (MontyObject::String(key), MontyObject::Float(value)) if key == name => Some(value.to_string()),
+        _ => None,
+    })
+}
+
+/// `open`, `pathlib.Path`'s file methods and `os` file calls, over the same `fs`
+/// host capability JavaScript's `fs` uses: the session's workspace is the current
+/// directory, and mounts are directories in it. Paths are relative (an absolute one
+/// is refused, as in JavaScript). Errors are Python's: `FileNotFoundError`,
+/// `FileExistsError`, `IsADirectoryError`, `NotADirectoryError`, `PermissionError`
+/// (no file access, a read-only mount, a path leading outside), `OSError` (a
+/// quota, with its POSIX code).
+fn file_call(run: &mut Run, call: OsFunctionCall) -> Result<MontyObject, MontyException> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    match call {
+        OsFunctionCall::Exists(path) => fs(run, "exists", json!({ "path": path.as_str() })),
+        OsFunctionCall::IsFile(path) => Ok(MontyObject::Bool(kind_of(run, path.as_str())? == Some(false))),
+        OsFunctionCall::IsDir(path) => Ok(MontyObject::Bool(kind_of(run, path.as_str())? == Some(true))),
+        // The host follows no symbolic link, and shows none.
+        OsFunctionCall::IsSymlink(_) => Ok(MontyObject::Bool(false)),
+        OsFunctionCall::ReadText(path) => fs(run, "readFile", json!({ "path": path.as_str(), "encoding": "utf8" })),
+        OsFunctionCall::ReadBytes(path) => {
+            match fs(run, "readFile", json!({ "path": path.as_str(), "encoding": "base64" }))? {
+                MontyObject::String(text) => b64.decode(text).map(MontyObject::Bytes).map_err(|_| {
+                    MontyException::new(ExcType::RuntimeError, Some("the host's file bytes cannot be read".into()))
+                }),
+                _ => {
+                    Err(MontyException::new(ExcType::RuntimeError, Some("the host's file bytes cannot be read".into())))
+                }
+            }
+        }
+        OsFunctionCall::WriteText(args) => {
+            write(run, args.path.as_str(), &args.data, "utf8", false, args.data.chars().count())
+        }
+        OsFunctionCall::AppendText(args) => {
+            write(run, args.path.as_str(), &args.data, "utf8", true, args.data.chars().count())
+        }
+        OsFunctionCall::WriteBytes(args) => {
+            write(run, args.path.as_str(), &b64.encode(&args.data), "base64", false, args.data.len())
+        }
+        OsFunctionCall::AppendBytes(args) => {
+            write(run, args.path.as_str(), &b64.encode(&args.data), "base64", true, args.data.len())
+        }
+        OsFunctionCall::Stat(path) => {
+            let stat = fs(run, "stat", json!({ "path": path.as_str() }))?;
+            let size = stat_field(&stat, "size").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let mtime = stat_field(&stat, "mtimeMs").and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) / 1000.0;
+            Ok(match stat_field(&stat, "type").as_deref() {
+                Some("directory") => monty_types::dir_stat(0o755, mtime),
+                _ => monty_types::file_stat(0o644, size, mtime),
+            })
+        }
+        OsFunctionCall::Iterdir(path) => {
+            let names = fs(run, "readdir", json!({ "path": path.as_str() }))?;
+            let MontyObject::List(names) = names else { return Ok(MontyObject::List(Vec::new())) };
+            let base = normal(path.as_str());
+            Ok(MontyObject::List(
+                names
+                    .into_iter()
+                    .filter_map(|name| match name {
+                        MontyObject::String(name) if base == "." => Some(MontyObject::Path(name)),
+                        MontyObject::String(name) => Some(MontyObject::Path(format!("{base}/{name}"))),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
+        }
+        // Paths are relative to the workspace, so a resolved path is the normal form
+        // of the relative one.
+        OsFunctionCall::Resolve(path) | OsFunctionCall::Absolute(path) => Ok(MontyObject::Path(normal(path.as_str()))),
+        OsFunctionCall::Mkdir(args) => {
+            let path = args.path.as_str();
+            if args.exist_ok || args.parents {
+                match kind_of(run, path)? {
+                    Some(true) if args.exist_ok => return Ok(MontyObject::None),
+                    Some(_) => {
+                        return Err(run.host_error("file_error", &format!("EEXIST: already exists, mkdir '{path}'")))
+                    }
+                    None => {}
+                }
+            }
+            fs(run, "mkdir", json!({ "path": path, "recursive": args.parents })).map(|_| MontyObject::None)
+        }
+        OsFunctionCall::Unlink(path) => fs(run, "rm", json!({ "path": path.as_str() })).map(|_| MontyObject::None),
+        OsFunctionCall::Rmdir(path) => fs(run, "rmdir", json!({ "path": path.as_str() })).map(|_| MontyObject::None),
+        OsFunctionCall::Rename(args) => {
+            fs(run, "rename", json!({ "path": args.src.as_str(), "to": args.dst.as_str() })).map(|_| MontyObject::None)
+        }
+        OsFunctionCall::Open(args) => {
+            let path = args.path.as_str();
+            match args.mode {
+                FileMode::Read(_) | FileMode::ReadUpdate(_) => match kind_of(run, path)? {
+                    Some(false) => {}
+                    Some(true) => {
+                        return Err(run.host_error("file_error", &format!("EISDIR: is a directory, open '{path}'")))
+                    }
+                    None => {
+                        return Err(
+                            run.host_error("file_error", &format!("ENOENT: no such file or directory, open '{path}'"))
+                        )
+                    }
+                },
+                FileMode::Write(_) | FileMode::WriteUpdate(_) => {
+                    write(run, path, "", "utf8", false, 0)?;
+                }
+                FileMode::Append(_) | FileMode::AppendUpdate(_) => {
+                    write(run, path, "", "utf8", true, 0)?;
+                }
+            }
+            Ok(MontyObject::FileHandle(MontyFileHandle { path: path.to_string(), mode: args.mode, position: 0 }))
+        }
+        other => Err(other.on_no_handler()),
+    }
+}
+
+/// Writes (or appends) `data` in `encoding`; Python's answer is how much it wrote.
+fn write(
+    run: &mut Run,
+    path: &str,
+    data: &str,
+    encoding: &str,
+    append: bool,
+    written: usize,
+) -> Result<MontyObject, MontyException> {
+    fs(run, "writeFile", json!({ "path": path, "data": data, "encoding": encoding, "append": append }))?;
+    Ok(MontyObject::Int(written as i64))
+}
+
+/// `path` with `.` parts and repeated slashes dropped (`..` is left for the host to
+/// refuse); `.` for the workspace itself.
+fn normal(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.is_empty() {
+        ".".to_string()
+    } else {
+        format!("{}{}", if path.starts_with('/') { "/" } else { "" }, parts.join("/"))
     }
 }
