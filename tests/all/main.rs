@@ -8,6 +8,7 @@ mod browser;
 mod concurrency;
 mod departures;
 mod escape;
+mod grafana;
 mod handles;
 mod harness;
 mod hostile;
