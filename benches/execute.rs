@@ -116,6 +116,7 @@ fn job(code: &str, limits: Limits) -> Job {
         session: None,
         files: None,
         id: None,
+        trace: Default::default(),
     }
 }
 

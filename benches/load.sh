@@ -3,7 +3,8 @@
 #
 #   benches/load.sh [connections] [seconds]
 #
-# Builds the release binary, starts it on a loopback port on its embedded defaults and
+# SANDGATE_BENCH_BINARY=path runs that binary instead (to compare two builds);
+# otherwise it builds the release binary, starts it on a loopback port on its embedded defaults and
 # drives it with wrk (installed from Debian if missing). Prints wrk's summary; any
 # response other than a 200 shows there as "Non-2xx or 3xx responses".
 set -euo pipefail
@@ -15,10 +16,13 @@ port="${SANDGATE_BENCH_PORT:-18420}"
 if ! command -v wrk >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release --quiet
+binary="${SANDGATE_BENCH_BINARY:-}"
+if [ -z "$binary" ]; then
+  cargo build --release --quiet
+  binary="$PWD/target/release/sandgate"
+fi
 
 work="$(mktemp -d)"
-binary="$PWD/target/release/sandgate"
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"

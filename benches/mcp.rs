@@ -202,6 +202,7 @@ async fn call_latency() {
         limits: Default::default(),
         language: sandgate::sandbox::Language::Javascript,
         session_id: None,
+        trace: Default::default(),
     };
     let one = format!("return await tools.tracker.{tool}({{}})");
     let mut sandboxed = Vec::with_capacity(CALLS);

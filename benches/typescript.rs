@@ -31,6 +31,7 @@ fn job(code: &str) -> Job {
         session: None,
         files: None,
         id: None,
+        trace: Default::default(),
     }
 }
 

@@ -333,6 +333,7 @@ async fn serve(
         config.log_format = format;
     }
     telemetry::init_logging(config.log_format);
+    let traces = telemetry::trace::init(&config.telemetry)?;
     let listen = config.listen;
     let server = crate::Server::new(config).await?;
     if !listen.ip().is_loopback() && server.service().mode() == crate::service::Mode::Local {
@@ -348,6 +349,9 @@ async fn serve(
     tracing::info!(%addr, "listening");
     println!("sandgate listening on http://{addr}");
     server.serve(listener, crate::shutdown_signal()).await?;
+    if let Some(traces) = traces {
+        tokio::task::spawn_blocking(move || traces.shutdown()).await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -380,7 +384,7 @@ async fn exec(
         Some(text) => serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--limits: {e}"))?,
         None => PartialLimits::default(),
     };
-    let request = ExecuteRequest { code, input, limits, language, session_id: session };
+    let request = ExecuteRequest { code, input, limits, language, session_id: session, trace: Default::default() };
     let service = Service::new(&config).await?;
     service.upstreams().settled().await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await?;
@@ -428,6 +432,7 @@ async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow
 
     let config = load_config(config, policies)?;
     telemetry::init_logging(config.log_format);
+    let traces = telemetry::trace::init(&config.telemetry)?;
     let service = Arc::new(Service::new(&config).await?);
     let key = std::env::var("SANDGATE_API_KEY").ok();
     let principal = service.authenticate(key.as_deref()).map_err(|_| {
@@ -441,6 +446,9 @@ async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow
     let running = server.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     service.finish(std::time::Duration::from_secs(10)).await?;
+    if let Some(traces) = traces {
+        tokio::task::spawn_blocking(move || traces.shutdown()).await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

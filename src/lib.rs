@@ -36,7 +36,7 @@
 //! - [`http`]: the axum router, one file per surface, and `/mcp`; the Host, Origin and
 //!   Content-Type guard on every route ([`http::guard`]); connections with their
 //!   timeouts, cap and graceful shutdown ([`http::serve`]).
-//! - [`telemetry`]: `tracing` setup and Prometheus metrics.
+//! - [`telemetry`]: `tracing` setup, Prometheus metrics, OpenTelemetry traces.
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
 //!   crate docs define the host ABI.
 //! - `guest/typescript/`: type stripping that keeps every position (oxc), compiled into the

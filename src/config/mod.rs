@@ -49,6 +49,8 @@ pub struct Config {
     pub models: crate::model::Catalog,
     /// Upstream MCP servers and the Code Mode server's settings.
     pub mcp: crate::mcp::McpConfig,
+    /// Where OpenTelemetry traces go (`[telemetry]`).
+    pub telemetry: crate::telemetry::trace::TelemetryConfig,
     /// The file this configuration came from, if any (reloaded on SIGHUP).
     pub path: Option<PathBuf>,
 }
@@ -241,6 +243,16 @@ impl Config {
             }
         };
         let mcp = mcp::build(raw.mcp.unwrap_or_default(), path).map_err(|(key, message)| invalid(key, message))?;
+        let telemetry = raw.telemetry.unwrap_or_default();
+        if let Some(endpoint) = &telemetry.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid("telemetry.otlp_endpoint", format!("`{endpoint}` is not an http(s) URL")));
+            }
+        }
+        let telemetry = crate::telemetry::trace::TelemetryConfig {
+            otlp_endpoint: telemetry.otlp_endpoint,
+            service_name: telemetry.service_name,
+        };
         let mut keys: Vec<KeyEntry> = Vec::new();
         for key in raw.keys.unwrap_or_default() {
             let hash = crate::auth::parse_hash(&key.hash)
@@ -276,6 +288,7 @@ impl Config {
             keys,
             models,
             mcp,
+            telemetry,
             path: None,
         })
     }

@@ -22,6 +22,15 @@ pub(super) struct RawConfig {
     pub models: Option<std::collections::BTreeMap<String, RawModel>>,
     pub router: Option<RawRouter>,
     pub mcp: Option<RawMcp>,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// `[telemetry]`: OpenTelemetry traces.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
 }
 
 /// A cost tier: its models in fallback order.

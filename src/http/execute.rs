@@ -48,16 +48,20 @@ pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, bod
     Ok(Sse::new(logs.chain(result)).keep_alive(KeepAlive::default()).into_response())
 }
 
-/// The body of `POST /v1/execute` (and `POST /v1/executions`), read and parsed.
+/// The body of `POST /v1/execute` (and `POST /v1/executions`), read and parsed, with
+/// the caller's trace context from the headers.
 pub(super) async fn execute_request(
     app: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<ExecuteRequest, ApiError> {
     let bytes = super::read_body(headers, body, app.config.http.max_body_bytes).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let mut request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
-    })
+    })?;
+    // The execution's span joins the caller's trace.
+    request.trace = crate::telemetry::trace::from_headers(headers);
+    Ok(request)
 }
 
 fn wants_event_stream(headers: &HeaderMap) -> bool {

@@ -71,7 +71,8 @@ async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) ->
         Err(e) => return error(format, 400, "invalid_request_error", &format!("invalid JSON body: {e}"), None),
     };
     let version = headers.get("anthropic-version").and_then(|v| v.to_str().ok()).map(str::to_string);
-    match app.service.model_call(principal, format, body, version).await {
+    let parent = crate::telemetry::trace::from_headers(&headers);
+    match app.service.model_call(principal, format, body, version, parent).await {
         Ok(Answer::Whole { status, content_type, body, routed }) => {
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);

@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use super::Upstreams;
 use crate::sandbox::{Capability, ErrorKind, ExecError, HostCall};
+use crate::telemetry::trace;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 
 /// The tools of one upstream server, registered as `tools.<server>`.
 pub struct UpstreamTools {
@@ -38,27 +41,62 @@ impl Capability for UpstreamTools {
                     format!("MCP server `{server}` has no tool `{}` (search lists the tools there are)", call.method),
                 ));
             };
-            let args = match call.args {
-                Value::Object(map) => map,
-                Value::Null => serde_json::Map::new(),
-                other => {
-                    return Err(ExecError::new(
-                        ErrorKind::InvalidRequest,
-                        format!("`tools.{}` takes one object argument, not {}", tool.name, json_type(&other)),
-                    ))
-                }
-            };
-            let limit = pool.config().max_argument_bytes;
-            let size = serde_json::to_vec(&args).map(|v| v.len()).unwrap_or(usize::MAX);
-            if size > limit {
-                return Err(ExecError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("arguments to `tools.{}` are {size} bytes; the limit is {limit}", tool.name),
-                ));
+            let span = tool_span(&call, &tool.name, &server, &tool.upstream_name);
+            let result = call_upstream(&pool, &server, &tool, call.args, span.context()).await;
+            if let Err(error) = &result {
+                span.fail(error.kind.as_str(), &error.message);
             }
-            pool.call(&server, &tool.upstream_name, args).await
+            span.end();
+            result
         })
     }
+}
+
+/// Checks the arguments and calls the tool upstream.
+async fn call_upstream(
+    pool: &Upstreams,
+    server: &str,
+    tool: &crate::mcp::catalog::CatalogTool,
+    args: Value,
+    trace: &opentelemetry::Context,
+) -> Result<Value, ExecError> {
+    let args = match args {
+        Value::Object(map) => map,
+        Value::Null => serde_json::Map::new(),
+        other => {
+            return Err(ExecError::new(
+                ErrorKind::InvalidRequest,
+                format!("`tools.{}` takes one object argument, not {}", tool.name, json_type(&other)),
+            ))
+        }
+    };
+    let limit = pool.config().max_argument_bytes;
+    let size = serde_json::to_vec(&args).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > limit {
+        return Err(ExecError::new(
+            ErrorKind::InvalidRequest,
+            format!("arguments to `tools.{}` are {size} bytes; the limit is {limit}", tool.name),
+        ));
+    }
+    pool.call(server, &tool.upstream_name, args, trace).await
+}
+
+/// The span of one tool call (GenAI `execute_tool`, MCP `tools/call`), a child of the
+/// execution's span.
+fn tool_span(call: &HostCall, name: &str, server: &str, upstream_name: &str) -> trace::Span {
+    trace::Span::start(SpanKind::Client, &call.trace, || {
+        let mut attributes = trace::principal(&call.principal).to_vec();
+        attributes.extend([
+            KeyValue::new("gen_ai.operation.name", "execute_tool"),
+            KeyValue::new("gen_ai.tool.name", name.to_string()),
+            KeyValue::new("gen_ai.tool.type", "extension"),
+            KeyValue::new("mcp.method.name", "tools/call"),
+            KeyValue::new("sandgate.mcp.server", server.to_string()),
+            KeyValue::new("sandgate.mcp.tool", upstream_name.to_string()),
+            KeyValue::new("sandgate.execution_id", call.execution_id.to_string()),
+        ]);
+        (format!("execute_tool {name}"), attributes)
+    })
 }
 
 fn json_type(value: &Value) -> &'static str {

@@ -199,6 +199,7 @@ impl CodeMode {
             limits: PartialLimits::default(),
             language,
             session_id,
+            trace: caller_trace(context),
         };
         if context.client_capabilities().is_some_and(|caps| caps.supports_tasks()) {
             return self.execute_as_task(principal, request).await.unwrap_or_else(CallToolResponse::from);
@@ -548,6 +549,19 @@ impl ServerHandler for CodeMode {
         let principal = self.principal(&context.extensions)?;
         self.service.cancel_handle(&principal, &request.task_id).await.map_err(task_error)?;
         Ok(())
+    }
+}
+
+/// The caller's trace context: the request's `_meta.traceparent` (SEP-414), else the
+/// HTTP request's `traceparent` header.
+fn caller_trace(context: &RequestContext<RoleServer>) -> opentelemetry::Context {
+    use crate::telemetry::trace;
+    match context.meta.get_traceparent() {
+        Some(parent) => trace::from_traceparent(Some(parent), context.meta.get_tracestate()),
+        None => context
+            .extensions
+            .get::<http::request::Parts>()
+            .map_or_else(opentelemetry::Context::new, |parts| trace::from_headers(&parts.headers)),
     }
 }
 

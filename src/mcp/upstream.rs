@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, ClientConfig, Implementation, ProtocolVersion, Tool};
+use rmcp::model::{CallToolRequestParams, ClientConfig, Implementation, ProtocolVersion, RequestParamsMeta, Tool};
 use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
 use rmcp::{ClientHandler, ServiceExt};
 use serde_json::Value;
@@ -162,12 +162,21 @@ impl Upstreams {
         server: &str,
         tool: &str,
         args: serde_json::Map<String, Value>,
+        trace: &opentelemetry::Context,
     ) -> Result<Value, ExecError> {
         let upstream = self.upstream(server)?;
         let timeout = upstream.config.call_timeout;
         let started = Instant::now();
         let peer = upstream.ready_peer(timeout).await?;
-        let request = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
+        let mut request = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
+        // The caller's trace goes on to the tool (SEP-414: `_meta.traceparent`).
+        for (field, value) in crate::telemetry::trace::fields(trace) {
+            match field.as_str() {
+                "traceparent" => request.set_traceparent(&value),
+                "tracestate" => request.set_tracestate(&value),
+                _ => {}
+            }
+        }
         let remaining = timeout.saturating_sub(started.elapsed());
         let result = match tokio::time::timeout(remaining, peer.call_tool(request)).await {
             Err(_) => {

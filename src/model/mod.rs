@@ -64,6 +64,9 @@ pub use usage::{count_tokens, Tokens};
 use crate::auth::Principal;
 use crate::policy::Capabilities;
 use crate::store::{now_ms, Ledger, ModelCallRecord, Record};
+use crate::telemetry::trace;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use usage::StreamMeter;
 
 /// The API shape of a call.
@@ -83,6 +86,8 @@ pub struct CallContext {
     pub principal: Arc<Principal>,
     pub capabilities: Capabilities,
     pub execution_id: Option<String>,
+    /// The parent of each attempt's span: the execution's, or the proxy request's.
+    pub trace: opentelemetry::Context,
 }
 
 /// Why a model call was not answered.
@@ -620,7 +625,11 @@ impl Gateway {
                     tokio::time::sleep(jitter(settings.backoff, attempt - 1)).await;
                 }
                 let permit = self.concurrency[model.provider].clone().acquire_owned().await.ok();
-                let request = self.upstream_request(model, &upstream_body, anthropic_version.as_deref());
+                let span = attempt_span(&ctx, model, provider, attempt, &routed.fallbacks);
+                let mut request = self.upstream_request(model, &upstream_body, anthropic_version.as_deref());
+                for (field, value) in trace::fields(span.context()) {
+                    request = request.header(field, value);
+                }
                 // From here the provider may have the request: if this task is cut off
                 // before the call settles, `pending` records it at its estimate.
                 let mut pending = Pending {
@@ -640,6 +649,7 @@ impl Gateway {
                     timeout: provider.timeout,
                     calls: self.calls.clone(),
                     stop: self.stop.clone(),
+                    span: Some(span),
                     _permit: permit,
                 };
                 let failure = match tokio::time::timeout(provider.timeout, request.send()).await {
@@ -679,6 +689,10 @@ impl Gateway {
                 // This attempt was refused or never reached the provider: nothing to
                 // charge for it; the reservation goes on to the next attempt.
                 reservation = pending.reservation.take();
+                if let Some(span) = pending.span.take() {
+                    span.fail("upstream_error", &failure);
+                    span.end();
+                }
                 drop(pending);
                 breaker.failure(settings, &provider.name);
                 tracing::warn!(model = %model.name, attempt, %failure, "router: attempt failed");
@@ -774,6 +788,42 @@ impl Gateway {
     }
 }
 
+/// The span of one attempt at a model call (GenAI `chat`), its parent the execution's
+/// or the proxy request's span; earlier attempts of the same call are its
+/// `sandgate.fallbacks`.
+fn attempt_span(
+    ctx: &CallContext,
+    model: &Model,
+    provider: &Provider,
+    attempt: u32,
+    fallbacks: &[String],
+) -> trace::Span {
+    trace::Span::start(SpanKind::Client, &ctx.trace, || {
+        let mut attributes = trace::principal(&ctx.principal).to_vec();
+        let provider_name = match provider.kind {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        };
+        attributes.extend([
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("gen_ai.provider.name", provider_name),
+            KeyValue::new("gen_ai.request.model", model.upstream.clone()),
+            KeyValue::new("sandgate.model", model.name.clone()),
+            KeyValue::new("sandgate.tier", model.tier.clone()),
+            KeyValue::new("sandgate.provider", provider.name.clone()),
+            KeyValue::new("sandgate.attempt", i64::from(attempt)),
+        ]);
+        if !fallbacks.is_empty() {
+            let fallbacks: Vec<opentelemetry::StringValue> = fallbacks.iter().map(|f| f.clone().into()).collect();
+            attributes.push(KeyValue::new("sandgate.fallbacks", opentelemetry::Value::Array(fallbacks.into())));
+        }
+        if let Some(id) = &ctx.execution_id {
+            attributes.push(KeyValue::new("sandgate.execution_id", id.clone()));
+        }
+        (format!("chat {}", model.upstream), attributes)
+    })
+}
+
 fn content_type(response: &reqwest::Response) -> Option<String> {
     response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
@@ -846,6 +896,8 @@ struct Pending {
     timeout: Duration,
     calls: TaskTracker,
     stop: CancellationToken,
+    /// This attempt's `chat {model}` span, ended with the call's record.
+    span: Option<trace::Span>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -867,6 +919,21 @@ impl Pending {
     fn record_at(&mut self, tokens: Tokens, cost: i64, status: &str) -> Vec<Record> {
         metrics::counter!("sandgate_model_calls_total", "model" => self.model.name.clone(), "status" => status.to_string())
             .increment(1);
+        if let Some(span) = self.span.take() {
+            span.set(|| {
+                [
+                    KeyValue::new("gen_ai.usage.input_tokens", tokens.input as i64),
+                    KeyValue::new("gen_ai.usage.output_tokens", tokens.output as i64),
+                    KeyValue::new("sandgate.cost_usd", cost as f64 / 1e9),
+                    KeyValue::new("sandgate.status", status.to_string()),
+                    KeyValue::new("http.response.status_code", i64::from(self.status)),
+                ]
+            });
+            if !status.starts_with("ok") {
+                span.fail(status, &format!("{} call ended {status}", self.model.name));
+            }
+            span.end();
+        }
         let record = Record::Model(ModelCallRecord {
             execution_id: self.ctx.execution_id.clone(),
             user: self.ctx.principal.user.clone(),
@@ -904,6 +971,14 @@ impl Pending {
         };
         let (tokens, status) = if (200..300).contains(&self.status) {
             let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let Some(span) = &self.span {
+                let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+                span.set(|| {
+                    [("gen_ai.response.model", text("model")), ("gen_ai.response.id", text("id"))]
+                        .into_iter()
+                        .filter_map(|(key, value)| Some(KeyValue::new(key, value?)))
+                });
+            }
             match usage::from_response(self.kind, &value) {
                 (Some(tokens), _) => (tokens, "ok"),
                 (None, text) => {

@@ -31,6 +31,9 @@ pub struct HostCall {
     pub execution_id: Arc<str>,
     /// The execution's grants, as its caller supplied them (see [`CallPolicy::as_any`]).
     pub grants: Arc<dyn CallPolicy>,
+    /// The execution's span: the parent of any span the call makes, and what it passes
+    /// on to the next hop.
+    pub trace: opentelemetry::Context,
 }
 
 impl std::fmt::Debug for HostCall {

@@ -194,6 +194,7 @@ pub(crate) struct HostState {
     files: Option<Arc<dyn Capability>>,
     principal: Arc<Principal>,
     execution_id: Arc<str>,
+    trace: opentelemetry::Context,
     pub(crate) cpu: CpuSlot,
 }
 
@@ -218,6 +219,7 @@ pub(crate) struct HostSetup {
     /// The execution continues a session (request part 3 is `session`).
     pub(crate) session: bool,
     pub(crate) files: Option<Arc<dyn Capability>>,
+    pub(crate) trace: opentelemetry::Context,
 }
 
 impl HostState {
@@ -265,6 +267,7 @@ impl HostState {
             files: setup.files,
             principal: setup.principal,
             execution_id: setup.execution_id,
+            trace: setup.trace,
             cpu: setup.cpu,
         }
     }
@@ -564,6 +567,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                         principal: state.principal.clone(),
                         execution_id: state.execution_id.clone(),
                         grants: state.call_policy.clone(),
+                        trace: state.trace.clone(),
                     }))
                 })
             };

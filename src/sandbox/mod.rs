@@ -94,6 +94,8 @@ pub struct Job {
     /// The execution's id when the caller chose it (a background execution's handle
     /// is known before it runs); a fresh UUIDv7 otherwise.
     pub id: Option<Arc<str>>,
+    /// The trace context host calls take as their parent (the execution's span).
+    pub trace: opentelemetry::Context,
 }
 
 impl std::fmt::Debug for Job {
@@ -329,6 +331,7 @@ impl Sandbox {
             call_policy: job.call_policy,
             session: job.session.is_some(),
             files: job.files,
+            trace: job.trace,
         });
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -31,6 +31,10 @@ pub struct ExecuteRequest {
     /// the result.
     #[serde(default)]
     pub session_id: Option<String>,
+    /// The caller's trace context (from the request's `traceparent`, not its body):
+    /// the execution's span is its child.
+    #[serde(skip)]
+    pub trace: opentelemetry::Context,
 }
 
 /// The language submitted code is written in.
@@ -106,6 +110,7 @@ impl ExecuteRequest {
             session: None,
             files: None,
             id: None,
+            trace: self.trace,
         })
     }
 }

@@ -41,6 +41,7 @@ use crate::sandbox::{
 use crate::sessions::workspace::{Files, SessionFiles};
 use crate::sessions::Workspace;
 use crate::store::{CallRecord, ExecutionRecord, FileChange, Ledger, Record, StoreError, UsageQuery, UsageRow};
+use crate::telemetry::trace;
 use futures::future::BoxFuture;
 
 /// Why a request was not served.
@@ -189,6 +190,44 @@ impl CallPolicy for PolicyCalls {
     }
 }
 
+/// The span of one execution (see [`crate::telemetry::trace`]), under the caller's
+/// trace when the request carried one.
+fn execution_span(job: &Job, session: Option<&str>) -> trace::Span {
+    use opentelemetry::KeyValue;
+    trace::Span::start(opentelemetry::trace::SpanKind::Server, &job.trace, || {
+        let mut attributes = trace::principal(&job.principal).to_vec();
+        attributes.push(KeyValue::new("sandgate.language", job.language.as_str()));
+        if let Some(session) = session {
+            attributes.push(KeyValue::new("sandgate.session_id", session.to_string()));
+        }
+        (format!("execute {}", job.language.as_str()), attributes)
+    })
+}
+
+/// Ends an execution's span with its outcome and what it used.
+fn execution_ended(span: &trace::Span, result: &Result<Outcome, ServiceError>) {
+    use opentelemetry::KeyValue;
+    match result {
+        Ok(outcome) => {
+            span.set(|| {
+                [
+                    KeyValue::new("sandgate.execution_id", outcome.execution_id.clone()),
+                    KeyValue::new("sandgate.outcome", outcome.error.as_ref().map_or("ok", |e| e.kind.as_str())),
+                    KeyValue::new("sandgate.fuel", outcome.usage.fuel as i64),
+                    KeyValue::new("sandgate.wall_ms", outcome.usage.wall_ms as i64),
+                    KeyValue::new("sandgate.memory_bytes", outcome.usage.memory_bytes as i64),
+                    KeyValue::new("sandgate.host_calls", i64::from(outcome.usage.host_calls)),
+                ]
+            });
+            if let Some(error) = &outcome.error {
+                span.fail(error.kind.as_str(), &error.message);
+            }
+        }
+        Err(error) => span.fail(error.kind(), &error.to_string()),
+    }
+    span.end();
+}
+
 /// `model.chat(request)` inside the sandbox: the same router path as the proxy,
 /// attributed to the execution's principal and execution id, under the grants the
 /// execution started with.
@@ -209,6 +248,7 @@ impl Capability for ModelChat {
                 principal: call.principal.clone(),
                 capabilities,
                 execution_id: Some(call.execution_id.to_string()),
+                trace: call.trace.clone(),
             };
             match gateway.chat(ctx, call.args).await {
                 Ok(answer) => Ok(serde_json::to_value(answer).unwrap_or_default()),
@@ -466,10 +506,12 @@ impl Service {
     pub fn start(&self, prepared: Prepared, events: Option<mpsc::UnboundedSender<LogLine>>) -> Execution {
         let cancel = self.stop.child_token();
         let (sandbox, ledger) = (self.sandbox.clone(), self.ledger.clone());
-        let Prepared { job, admission, running, session, workspace } = prepared;
+        let Prepared { mut job, admission, running, session, workspace } = prepared;
+        let span = execution_span(&job, session.as_ref().map(|lease| lease.id()));
+        job.trace = span.context().clone();
         let task = self.executions.spawn({
             let cancel = cancel.clone();
-            async move {
+            let run = async move {
                 let principal = job.principal.clone();
                 let outcome = sandbox.run_admitted(admission, job, events, &cancel).await;
                 drop(running);
@@ -506,6 +548,11 @@ impl Service {
                 }
                 ledger.record(records(&principal, &outcome).into_iter().chain(events).collect()).await?;
                 Ok(outcome)
+            };
+            async move {
+                let result = run.await;
+                execution_ended(&span, &result);
+                result
             }
         });
         Execution { task, cancel: cancel.clone(), cancel_if_dropped: Some(cancel.drop_guard()) }
@@ -561,17 +608,54 @@ impl Service {
     }
 
     /// A model call from an SDK client (`/v1/chat/completions`, `/v1/messages`).
+    /// Its span (`POST /v1/chat/completions`, server) is a child of `parent`, the
+    /// caller's trace, and the parent of each attempt's.
     pub async fn model_call(
         &self,
         principal: Arc<Principal>,
         format: Format,
         body: serde_json::Value,
         anthropic_version: Option<String>,
+        parent: opentelemetry::Context,
     ) -> Result<Answer, ModelError> {
+        use opentelemetry::KeyValue;
+        let route = match format {
+            Format::Anthropic => "/v1/messages",
+            _ => "/v1/chat/completions",
+        };
+        let span = trace::Span::start(opentelemetry::trace::SpanKind::Server, &parent, || {
+            let mut attributes = trace::principal(&principal).to_vec();
+            attributes.extend([
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("http.route", route),
+                KeyValue::new("gen_ai.operation.name", "chat"),
+            ]);
+            if let Some(model) = body.get("model").and_then(serde_json::Value::as_str) {
+                attributes.push(KeyValue::new("gen_ai.request.model", model.to_string()));
+            }
+            (format!("POST {route}"), attributes)
+        });
         let capabilities = self.policies.current().capabilities(&principal);
-        self.gateway
-            .call(CallContext { principal, capabilities, execution_id: None }, format, body, anthropic_version)
-            .await
+        let ctx = CallContext { principal, capabilities, execution_id: None, trace: span.context().clone() };
+        let answer = self.gateway.call(ctx, format, body, anthropic_version).await;
+        match &answer {
+            Ok(Answer::Whole { status, routed, .. } | Answer::Stream { status, routed, .. }) => {
+                span.set(|| {
+                    [
+                        KeyValue::new("http.response.status_code", i64::from(*status)),
+                        KeyValue::new("sandgate.model", routed.model.clone()),
+                        KeyValue::new("sandgate.tier", routed.tier.clone()),
+                        KeyValue::new("sandgate.fallback_count", routed.fallbacks.len() as i64),
+                    ]
+                });
+            }
+            Err(error) => {
+                span.set(|| [KeyValue::new("http.response.status_code", i64::from(error.status()))]);
+                span.fail(error.kind(), &error.to_string());
+            }
+        }
+        span.end();
+        answer
     }
 
     /// The models, tiers and routing names `principal` may use.

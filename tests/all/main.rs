@@ -26,4 +26,5 @@ mod search;
 mod sessions;
 mod store;
 mod stub;
+mod traces;
 mod workspace;

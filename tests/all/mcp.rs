@@ -119,7 +119,7 @@ fn tool_names(tools: &Value) -> Vec<String> {
 }
 
 /// Waits until the catalog lists every one of `names` (servers connect in the background).
-fn wait_for_tools(base: &str, key: &str, names: &[&str]) {
+pub(crate) fn wait_for_tools(base: &str, key: &str, names: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let tools = tools_json(base, key);

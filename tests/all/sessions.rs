@@ -28,6 +28,7 @@ fn job(code: &str, language: Language, session: Option<&MemoryImage>) -> Job {
         session: session.map(|image| Arc::new(image.clone())),
         files: None,
         id: None,
+        trace: Default::default(),
     }
 }
 

@@ -61,6 +61,8 @@ pub struct StubRequest {
     pub authorization: Option<String>,
     pub x_api_key: Option<String>,
     pub anthropic_version: Option<String>,
+    /// The W3C trace context the caller passed on.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -223,6 +225,7 @@ fn record(state: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> Resu
         authorization: header(headers, "authorization"),
         x_api_key: header(headers, "x-api-key"),
         anthropic_version: header(headers, "anthropic-version"),
+        traceparent: header(headers, "traceparent"),
     });
     parsed
 }

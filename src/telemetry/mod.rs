@@ -1,10 +1,13 @@
-//! Logs (`tracing`, text or JSON) and Prometheus metrics.
+//! Logs (`tracing`, text or JSON), Prometheus metrics, and OpenTelemetry traces
+//! ([`trace`]).
 //!
 //! Metrics:
 //! - `sandgate_executions_total{outcome}`: executions by outcome (`ok` or an error kind);
 //! - `sandgate_execution_duration_seconds`: histogram of wall time per execution;
 //! - `sandgate_executions_in_flight`: executions admitted and not yet finished;
 //! - `sandgate_executions_rejected_total{reason}`: requests turned away before running.
+
+pub mod trace;
 
 use std::sync::OnceLock;
 
