@@ -95,6 +95,11 @@ impl KeyRing {
         self.by_hash.len()
     }
 
+    /// The principal of the key named `name`.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
+        self.by_hash.values().find(|p| p.key == name).cloned()
+    }
+
     /// The principal a presented key belongs to.
     pub fn authenticate(&self, presented: &str) -> Option<Arc<Principal>> {
         self.by_hash.get(&digest(presented)).cloned()

@@ -37,6 +37,7 @@
 //!   Content-Type guard on every route ([`http::guard`]); connections with their
 //!   timeouts, cap and graceful shutdown ([`http::serve`]).
 //! - [`telemetry`]: `tracing` setup, Prometheus metrics, OpenTelemetry traces.
+//! - [`console`]: the operator console at `/ui` (pages, charts, sign-in).
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
 //!   crate docs define the host ABI.
 //! - `guest/typescript/`: type stripping that keeps every position (oxc), compiled into the
@@ -46,6 +47,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod mcp;
 pub mod model;

@@ -88,6 +88,7 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, A
 pub fn router(state: AppState, stopping: CancellationToken) -> Router {
     let guard = Arc::new(guard::Guard::new(&state.config.http, state.service.mode()));
     let mcp = mcp::router(&state, stopping.clone());
+    let state_for_console = state.clone();
     let mut app = Router::new()
         .route("/v1/tools", get(tools::list))
         .route("/v1/execute", post(execute::execute))
@@ -110,7 +111,8 @@ pub fn router(state: AppState, stopping: CancellationToken) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(error::not_found)
         .with_state(state)
-        .merge(mcp);
+        .merge(mcp)
+        .merge(crate::console::router(state_for_console));
     if let Some(cors) = guard.cors() {
         app = app.layer(cors);
     }

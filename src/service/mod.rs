@@ -11,6 +11,8 @@
 //! shutdown, executions get the grace period to finish and are then cancelled the
 //! same way. Either way nothing started escapes the ledger.
 
+mod activity;
+pub use activity::MAX_LISTED;
 mod handles;
 mod reload;
 mod running;

@@ -27,6 +27,7 @@
 //! [`Record::Release`] committed in the same batch as the model call that spent them,
 //! so the spend and the release land together and a budget is never briefly free.
 
+mod activity;
 mod ledger;
 pub mod postgres;
 pub mod sqlite;
@@ -35,6 +36,7 @@ mod usage;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
+pub use activity::{CallRow, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
 pub use ledger::Ledger;
 pub use usage::{parse_time as usage_time, total, GroupBy, UsageQuery, UsageRow};
 
@@ -350,6 +352,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Totals per group for `query`.
     fn usage<'a>(&'a self, query: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>>;
+
+    /// The latest executions `query` selects, newest first.
+    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>>;
+
+    /// One execution with its host calls and model calls.
+    fn execution<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionDetail>, StoreError>>;
 
     /// Reserves `hold` against every line, atomically with every other reservation on
     /// any replica: `None` when held, else the line it would pass (nothing held).

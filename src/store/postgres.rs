@@ -37,6 +37,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 
+use super::activity::{self, CallRow, ExecutionDetail, ExecutionQuery, ExecutionRow};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord,
@@ -364,6 +365,22 @@ const MIGRATIONS: &[&str] = &[
     // 6: sessions found by when they expire, so the sweep reads only those.
     "CREATE INDEX sessions_expiry ON sessions ((used_at_ms + ttl_ms));",
 ];
+
+fn execution_row(row: &tokio_postgres::Row) -> ExecutionRow {
+    ExecutionRow {
+        id: row.get(0),
+        user: row.get(1),
+        team: row.get(2),
+        key: row.get(3),
+        started_at_ms: row.get(4),
+        ended_at_ms: row.get(5),
+        outcome: row.get(6),
+        fuel: row.get(7),
+        wall_ms: row.get(8),
+        memory_bytes: row.get(9),
+        host_calls: row.get(10),
+    }
+}
 
 const DIALECT: Dialect = Dialect {
     day: |time| format!("to_char(to_timestamp({time} / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
@@ -771,6 +788,59 @@ impl Store for PgStore {
                 }
             }
             Ok(totals.into_values().collect())
+        }
+        .boxed()
+    }
+
+    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(&activity::executions_sql(&DIALECT)).await.map_err(err)?;
+            trip("executions");
+            let (since, until) = (query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX));
+            let limit = i64::from(query.limit);
+            let rows =
+                client.query(&statement, &[&since, &until, &query.user, &query.outcome, &limit]).await.map_err(err)?;
+            Ok(rows.iter().map(execution_row).collect())
+        }
+        .boxed()
+    }
+
+    fn execution<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionDetail>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("execution");
+            let Some(row) = client.query_opt(&activity::execution_sql(&DIALECT), &[&id]).await.map_err(err)? else {
+                return Ok(None);
+            };
+            let calls = client
+                .query(&activity::calls_sql(&DIALECT), &[&id])
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|r| CallRow { name: r.get(0), started_at_ms: r.get(1), latency_ms: r.get(2), outcome: r.get(3) })
+                .collect();
+            let model_calls = client
+                .query(&activity::model_calls_sql(&DIALECT), &[&id])
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|r| {
+                    activity::model_call(
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
+                        r.get(4),
+                        r.get(5),
+                        r.get(6),
+                        r.get(7),
+                        r.get(8),
+                        r.get(9),
+                    )
+                })
+                .collect();
+            Ok(Some(ExecutionDetail { execution: execution_row(&row), calls, model_calls }))
         }
         .boxed()
     }

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::activity::{self, CallRow, ExecutionDetail, ExecutionQuery, ExecutionRow};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord,
@@ -506,6 +507,22 @@ fn file_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
 const DIALECT: Dialect =
     Dialect { day: |time| format!("strftime('%Y-%m-%d', {time} / 1000, 'unixepoch')"), param: |n| format!("?{n}") };
 
+fn execution_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRow> {
+    Ok(ExecutionRow {
+        id: row.get(0)?,
+        user: row.get(1)?,
+        team: row.get(2)?,
+        key: row.get(3)?,
+        started_at_ms: row.get(4)?,
+        ended_at_ms: row.get(5)?,
+        outcome: row.get(6)?,
+        fuel: row.get(7)?,
+        wall_ms: row.get(8)?,
+        memory_bytes: row.get(9)?,
+        host_calls: row.get(10)?,
+    })
+}
+
 fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
     let since = query.since_ms.unwrap_or(i64::MIN);
     let until = query.until_ms.unwrap_or(i64::MAX);
@@ -560,6 +577,72 @@ impl Store for SqliteStore {
     fn usage<'a>(&'a self, query: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
         let query = query.clone();
         self.blocking(move |inner| usage(&lock(&inner.reader), &query))
+    }
+
+    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>> {
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let reader = lock(&inner.reader);
+            let mut statement = reader.prepare_cached(&activity::executions_sql(&DIALECT)).map_err(err)?;
+            let rows = statement
+                .query_map(
+                    params![
+                        query.since_ms.unwrap_or(i64::MIN),
+                        query.until_ms.unwrap_or(i64::MAX),
+                        query.user,
+                        query.outcome,
+                        i64::from(query.limit)
+                    ],
+                    execution_row,
+                )
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+    }
+
+    fn execution<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionDetail>, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            let reader = lock(&inner.reader);
+            let execution = reader
+                .query_row(&activity::execution_sql(&DIALECT), params![id], execution_row)
+                .optional()
+                .map_err(err)?;
+            let Some(execution) = execution else { return Ok(None) };
+            let mut statement = reader.prepare_cached(&activity::calls_sql(&DIALECT)).map_err(err)?;
+            let calls = statement
+                .query_map(params![id], |row| {
+                    Ok(CallRow {
+                        name: row.get(0)?,
+                        started_at_ms: row.get(1)?,
+                        latency_ms: row.get(2)?,
+                        outcome: row.get(3)?,
+                    })
+                })
+                .map_err(err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            let mut statement = reader.prepare_cached(&activity::model_calls_sql(&DIALECT)).map_err(err)?;
+            let model_calls = statement
+                .query_map(params![id], |row| {
+                    Ok(activity::model_call(
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                        row.get(9)?,
+                    ))
+                })
+                .map_err(err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            Ok(Some(ExecutionDetail { execution, calls, model_calls }))
+        })
     }
 
     fn reserve<'a>(&'a self, hold: &'a Hold) -> BoxFuture<'a, Result<Option<Overdrawn>, StoreError>> {

@@ -6,6 +6,7 @@
 mod binary;
 mod browser;
 mod concurrency;
+mod console;
 mod departures;
 mod escape;
 mod grafana;

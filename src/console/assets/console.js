@@ -1,0 +1,59 @@
+// sandgate console: sign-in and sign-out (JSON posts, as the server's guard asks),
+// and live numbers on the overview (server-sent events). Pages work without it,
+// except signing in.
+"use strict";
+document.addEventListener("DOMContentLoaded", () => {
+  const signIn = document.getElementById("sign-in");
+  if (signIn) {
+    signIn.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = document.getElementById("sign-in-error");
+      error.textContent = "";
+      const response = await fetch("/ui/login", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ key: document.getElementById("key").value }),
+        credentials: "same-origin",
+      });
+      if (response.ok) {
+        location.assign("/ui");
+      } else {
+        error.textContent = "That key was not accepted.";
+        document.getElementById("key").focus();
+      }
+    });
+  }
+  const signOut = document.getElementById("sign-out");
+  if (signOut) {
+    signOut.addEventListener("click", async () => {
+      await fetch("/ui/logout", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+      location.assign("/ui/login");
+    });
+  }
+  const live = document.querySelector("[data-live]");
+  if (live && window.EventSource) {
+    const source = new EventSource(live.dataset.live);
+    const set = (id, value) => {
+      const element = document.getElementById(id);
+      if (element) element.textContent = String(value);
+    };
+    source.addEventListener("pulse", (event) => {
+      const pulse = JSON.parse(event.data);
+      set("pulse-executions", pulse.executions);
+      set("pulse-errors", pulse.errors);
+      set("pulse-p50", pulse.p50_ms);
+      set("pulse-p99", pulse.p99_ms);
+      set("live-at", "as of " + pulse.at + " (live)");
+      const bars = document.querySelectorAll("#per-minute rect");
+      const max = Math.max(1, ...pulse.per_minute);
+      bars.forEach((bar, i) => {
+        const value = pulse.per_minute[i] || 0;
+        const height = (value / max) * 180;
+        bar.setAttribute("y", (180 - height).toFixed(1));
+        bar.setAttribute("height", height.toFixed(1));
+        const title = bar.querySelector("title");
+        if (title) title.textContent = (59 - i) + " min ago: " + value + " executions";
+      });
+    });
+  }
+});

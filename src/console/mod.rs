@@ -1,0 +1,824 @@
+//! The operator console at `/ui`: pages served by the binary itself, with every
+//! asset compiled in (no CDN, no other process).
+//!
+//! Each page reads the same library calls as the API (`Service::usage` for `/ui/usage`
+//! as for `/v1/usage`, `Service::executions`, `Service::explain`), so no number it
+//! shows can differ from the API's. Admins see everyone; anyone else sees only their
+//! own rows.
+//!
+//! Sign-in: in local mode (no keys, loopback only) the console opens for the local
+//! admin. With keys, `/ui/login` takes a key once and the browser keeps a signed,
+//! HttpOnly, `SameSite=Strict` cookie (see [`session`]). The console sits behind the
+//! same Host, Origin and Content-Type guard as the API: its one form that changes
+//! anything (sign-in) posts JSON.
+
+pub mod html;
+pub mod session;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::auth::{Principal, Role};
+use crate::http::AppState;
+use crate::policy::Query as PolicyQuery;
+use crate::service::Mode;
+use crate::store::{self, now_ms, ExecutionQuery, ExecutionRow, GroupBy, UsageQuery, UsageRow};
+use html::{esc, num_cell, time, usd, Page};
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+
+/// What the console's handlers share.
+#[derive(Clone, Debug)]
+struct Console {
+    app: AppState,
+    signer: Arc<session::Signer>,
+}
+
+/// The console's routes, to merge into the application's router (behind its guard).
+pub fn router(app: AppState) -> Router {
+    let state = Console { app, signer: Arc::new(session::Signer::from_env()) };
+    Router::new()
+        .route("/ui", get(overview))
+        .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/events", get(events))
+        .route("/ui/usage", get(usage))
+        .route("/ui/usage.csv", get(usage_csv))
+        .route("/ui/executions", get(executions))
+        .route("/ui/executions/{id}", get(execution))
+        .route("/ui/policies", get(policies))
+        .route("/ui/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
+        .route("/ui/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
+        .with_state(state)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The signed-in viewer, or the response that sends the browser to sign in.
+fn viewer(console: &Console, headers: &HeaderMap) -> Result<Arc<Principal>, Redirect> {
+    if console.app.service.mode() == Mode::Local {
+        return Ok(Arc::new(Principal::local()));
+    }
+    let token = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| session::cookie(v, session::COOKIE));
+    token
+        .and_then(|token| console.signer.check(token, now_ms()))
+        .and_then(|name| console.app.service.key_principal(&name))
+        .ok_or_else(|| Redirect::to("/ui/login"))
+}
+
+fn page(title: &str, current: &str, viewer: &Principal, local: bool, body: String) -> Response {
+    let who = format!("{} (team {}, {})", viewer.user, viewer.team, viewer.role.as_str());
+    let page = Page { title, current, viewer: Some(&who), can_sign_out: !local, body };
+    let mut response = Html(page.render()).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn failure(status: StatusCode, message: &str) -> Response {
+    let page = Page {
+        title: "Something went wrong",
+        current: "",
+        viewer: None,
+        can_sign_out: false,
+        body: format!(r#"<p role="alert">{}</p><p><a href="/ui">Back to the console</a></p>"#, esc(message)),
+    };
+    (status, Html(page.render())).into_response()
+}
+
+fn service_failure(error: crate::service::ServiceError) -> Response {
+    let status = match &error {
+        crate::service::ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        crate::service::ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        crate::service::ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    failure(status, &error.to_string())
+}
+
+async fn login_page(State(console): State<Console>) -> Response {
+    if console.app.service.mode() == Mode::Local {
+        return Redirect::to("/ui").into_response();
+    }
+    let body = r#"<form id="sign-in" class="card">
+<p>Sign in with a sandgate API key (<code>sandgate key create</code> makes one). The browser keeps a signed cookie, not the key.</p>
+<p><label for="key">API key</label>
+<input id="key" name="key" type="password" autocomplete="off" required spellcheck="false"></p>
+<p><button type="submit">Sign in</button></p>
+<p id="sign-in-error" role="alert" class="error"></p>
+</form>"#;
+    let page = Page { title: "Sign in", current: "", viewer: None, can_sign_out: false, body: body.to_string() };
+    Html(page.render()).into_response()
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    key: String,
+}
+
+async fn login(State(console): State<Console>, headers: HeaderMap, body: Json<SignIn>) -> Response {
+    if console.app.service.mode() == Mode::Local {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let Ok(principal) = console.app.service.authenticate(Some(body.key.trim())) else {
+        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "that key is not a sandgate key here"})))
+            .into_response();
+    };
+    let token = console.signer.token(&principal.key, now_ms() + session::LIFETIME_MS);
+    let secure = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = format!(
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{}",
+        session::COOKIE,
+        session::LIFETIME_MS / 1000,
+        if secure { "; Secure" } else { "" }
+    );
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+async fn logout() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let cookie = format!("{}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0", session::COOKIE);
+    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("ASCII"));
+    response
+}
+
+/// What the overview shows, computed from the last hour's execution records.
+#[derive(Debug, Default, serde::Serialize)]
+struct Pulse {
+    executions: usize,
+    errors: usize,
+    p50_ms: i64,
+    p99_ms: i64,
+    /// Executions per minute, oldest first, the last 60 minutes.
+    per_minute: Vec<u64>,
+    /// Outcome kinds and their counts, most first.
+    outcomes: Vec<(String, u64)>,
+    at: String,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+async fn pulse(console: &Console, viewer: &Principal) -> Result<Pulse, crate::service::ServiceError> {
+    let now = now_ms();
+    let since = now - HOUR_MS;
+    let query = ExecutionQuery {
+        since_ms: Some(since),
+        until_ms: Some(now + 1),
+        limit: crate::service::MAX_LISTED,
+        ..ExecutionQuery::default()
+    };
+    let rows = console.app.service.executions(viewer, query).await?;
+    let mut per_minute = vec![0u64; 60];
+    let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut walls: Vec<i64> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let minute = ((row.started_at_ms - since) / 60_000).clamp(0, 59) as usize;
+        per_minute[minute] += 1;
+        *outcomes.entry(row.outcome.clone()).or_default() += 1;
+        walls.push(row.wall_ms);
+    }
+    walls.sort_unstable();
+    let at = |p: f64| walls.get(((walls.len() as f64 * p) as usize).min(walls.len().saturating_sub(1))).copied();
+    let mut outcomes: Vec<(String, u64)> = outcomes.into_iter().collect();
+    outcomes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(Pulse {
+        executions: rows.len(),
+        errors: rows.iter().filter(|r| r.outcome != "ok").count(),
+        p50_ms: at(0.5).unwrap_or(0),
+        p99_ms: at(0.99).unwrap_or(0),
+        per_minute,
+        outcomes,
+        at: time(now),
+    })
+}
+
+fn day_start(now: i64) -> i64 {
+    now - now.rem_euclid(86_400_000)
+}
+
+async fn overview(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let pulse = match pulse(&console, &viewer).await {
+        Ok(pulse) => pulse,
+        Err(error) => return service_failure(error),
+    };
+    let today = UsageQuery { group_by: GroupBy::Team, since_ms: Some(day_start(now_ms())), until_ms: None, user: None };
+    let spend = match console.app.service.usage(&viewer, today).await {
+        Ok(rows) => rows,
+        Err(error) => return service_failure(error),
+    };
+    let bars: Vec<(String, f64)> =
+        pulse.per_minute.iter().enumerate().map(|(i, n)| (format!("{} min ago", 59 - i), *n as f64)).collect();
+    let mut outcomes = String::new();
+    for (kind, count) in &pulse.outcomes {
+        outcomes.push_str(&format!(r#"<tr><th scope="row">{}</th>{}</tr>"#, esc(kind), num_cell("count", count)));
+    }
+    if outcomes.is_empty() {
+        outcomes.push_str(r#"<tr><td colspan="2">No executions in the last hour.</td></tr>"#);
+    }
+    let mut teams = String::new();
+    for row in &spend {
+        teams.push_str(&format!(
+            r#"<tr><th scope="row">{}</th>{}{}<td class="num" data-field="cost_usd" data-value="{}">{}</td></tr>"#,
+            esc(&row.group),
+            num_cell("model_calls", row.model_calls),
+            num_cell("executions", row.executions),
+            row.cost_usd,
+            usd(row.cost_usd)
+        ));
+    }
+    if teams.is_empty() {
+        teams.push_str(r#"<tr><td colspan="4">Nothing spent today.</td></tr>"#);
+    }
+    let body = format!(
+        r#"<section aria-labelledby="pulse-h" class="tiles" data-live="/ui/events">
+<h2 id="pulse-h">The last hour <span class="live" id="live-at" aria-live="polite">as of {at}</span></h2>
+<dl>
+<div><dt>Executions</dt><dd id="pulse-executions">{executions}</dd></div>
+<div><dt>Errors</dt><dd id="pulse-errors">{errors}</dd></div>
+<div><dt>p50 wall time</dt><dd><span id="pulse-p50">{p50}</span> ms</dd></div>
+<div><dt>p99 wall time</dt><dd><span id="pulse-p99">{p99}</span> ms</dd></div>
+</dl>
+{chart}
+</section>
+<section aria-labelledby="outcomes-h">
+<h2 id="outcomes-h">Outcomes, last hour</h2>
+<div class="scroll"><table id="outcomes"><thead><tr><th scope="col">Outcome</th><th scope="col">Executions</th></tr></thead><tbody>{outcomes}</tbody></table></div>
+</section>
+<section aria-labelledby="spend-h">
+<h2 id="spend-h">Model spend today (UTC), by team</h2>
+<div class="scroll"><table id="spend"><thead><tr><th scope="col">Team</th><th scope="col">Model calls</th><th scope="col">Executions</th><th scope="col">Cost (USD)</th></tr></thead><tbody>{teams}</tbody></table></div>
+</section>"#,
+        at = esc(&pulse.at),
+        executions = pulse.executions,
+        errors = pulse.errors,
+        p50 = pulse.p50_ms,
+        p99 = pulse.p99_ms,
+        chart = html::bar_chart("per-minute", "Executions per minute, the last hour", &bars, "executions"),
+    );
+    page("Overview", "overview", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+/// The overview's numbers every two seconds, as server-sent events.
+async fn events(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
+    };
+    let stream = futures::stream::unfold((console, viewer), |(console, viewer)| async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let event = match pulse(&console, &viewer).await {
+            Ok(pulse) => Event::default().event("pulse").json_data(&pulse).unwrap_or_default(),
+            Err(error) => Event::default().event("error").data(error.to_string()),
+        };
+        Some((Ok::<_, Infallible>(event), (console, viewer)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UsageParams {
+    group_by: Option<GroupBy>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+impl UsageParams {
+    fn query(&self) -> Result<UsageQuery, String> {
+        let bound =
+            |text: &Option<String>| text.as_deref().filter(|t| !t.is_empty()).map(store::usage_time).transpose();
+        Ok(UsageQuery {
+            group_by: self.group_by.unwrap_or(GroupBy::Team),
+            since_ms: bound(&self.since)?,
+            until_ms: bound(&self.until)?,
+            user: None,
+        })
+    }
+
+    fn link(&self, path: &str) -> String {
+        let mut parts = Vec::new();
+        if let Some(group) = self.group_by {
+            parts.push(format!("group_by={}", group_name(group)));
+        }
+        for (name, value) in [("since", &self.since), ("until", &self.until)] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                parts.push(format!("{name}={}", esc(value)));
+            }
+        }
+        if parts.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", parts.join("&amp;"))
+        }
+    }
+}
+
+fn group_name(group: GroupBy) -> &'static str {
+    match group {
+        GroupBy::User => "user",
+        GroupBy::Team => "team",
+        GroupBy::Model => "model",
+        GroupBy::Tier => "tier",
+        GroupBy::Day => "day",
+    }
+}
+
+/// The columns of the usage table and CSV, with each row's value.
+const USAGE_COLUMNS: [(&str, &str); 9] = [
+    ("executions", "Executions"),
+    ("model_calls", "Model calls"),
+    ("input_tokens", "Input tokens"),
+    ("output_tokens", "Output tokens"),
+    ("cost_usd", "Cost (USD)"),
+    ("fuel", "Fuel"),
+    ("wall_ms", "Wall ms"),
+    ("host_calls", "Host calls"),
+    ("file_bytes_written", "File bytes written"),
+];
+
+fn usage_value(row: &UsageRow, field: &str) -> String {
+    match field {
+        "executions" => row.executions.to_string(),
+        "model_calls" => row.model_calls.to_string(),
+        "input_tokens" => row.input_tokens.to_string(),
+        "output_tokens" => row.output_tokens.to_string(),
+        "cost_usd" => usd(row.cost_usd),
+        "fuel" => row.fuel.to_string(),
+        "wall_ms" => row.wall_ms.to_string(),
+        "host_calls" => row.host_calls.to_string(),
+        "file_bytes_written" => row.file_bytes_written.to_string(),
+        _ => String::new(),
+    }
+}
+
+async fn usage(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(rejection) => return failure(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let query = match params.query() {
+        Ok(query) => query,
+        Err(message) => return failure(StatusCode::BAD_REQUEST, &message),
+    };
+    let rows = match console.app.service.usage(&viewer, query.clone()).await {
+        Ok(rows) => rows,
+        Err(error) => return service_failure(error),
+    };
+    let totals = store::total(&rows);
+    let mut table = String::new();
+    for row in rows.iter().chain(std::iter::once(&totals)) {
+        let class = if row.group == "total" && std::ptr::eq(row, &totals) { r#" class="total""# } else { "" };
+        table.push_str(&format!(
+            r#"<tr{class} data-group="{}"><th scope="row">{}</th>"#,
+            esc(&row.group),
+            esc(&row.group)
+        ));
+        for (field, _) in USAGE_COLUMNS {
+            table.push_str(&num_cell(field, usage_value(row, field)));
+        }
+        table.push_str("</tr>");
+    }
+    let headings: String = USAGE_COLUMNS.iter().map(|(_, label)| format!(r#"<th scope="col">{label}</th>"#)).collect();
+    let costs = rows.iter().any(|r| r.cost_usd > 0.0);
+    let bars: Vec<(String, f64)> =
+        rows.iter().map(|r| (r.group.clone(), if costs { r.cost_usd } else { r.executions as f64 })).collect();
+    let what = if costs { "Cost (USD)" } else { "Executions" };
+    let group = query.group_by;
+    let options: String = ["team", "user", "model", "tier", "day"]
+        .iter()
+        .map(|g| {
+            let selected = if *g == group_name(group) { " selected" } else { "" };
+            format!(r#"<option value="{g}"{selected}>{g}</option>"#)
+        })
+        .collect();
+    let value = |v: &Option<String>| esc(v.as_deref().unwrap_or(""));
+    let scope = if viewer.role == Role::Admin { "everyone" } else { "your own usage" };
+    let body = format!(
+        r#"<form class="filters" method="get" action="/ui/usage">
+<p><label for="group_by">Group by</label> <select id="group_by" name="group_by">{options}</select></p>
+<p><label for="since">Since (UTC date)</label> <input id="since" name="since" type="date" value="{since}"></p>
+<p><label for="until">Until (UTC date, exclusive)</label> <input id="until" name="until" type="date" value="{until}"></p>
+<p><button type="submit">Show</button> <a class="button" id="csv" href="{csv}" download>Download CSV</a></p>
+</form>
+<p class="note">Showing {scope}: the same totals as <code>GET /v1/usage</code>.</p>
+{chart}
+<div class="scroll"><table id="usage"><thead><tr><th scope="col">{group}</th>{headings}</tr></thead><tbody>{table}</tbody></table></div>"#,
+        since = value(&params.since),
+        until = value(&params.until),
+        csv = params.link("/ui/usage.csv"),
+        chart = html::bar_chart("usage-chart", &format!("{what} by {}", group_name(group)), &bars, what),
+        group = group_name(group),
+    );
+    page("Usage", "usage", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+async fn usage_csv(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(rejection) => return failure(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let query = match params.query() {
+        Ok(query) => query,
+        Err(message) => return failure(StatusCode::BAD_REQUEST, &message),
+    };
+    let group = group_name(query.group_by);
+    let rows = match console.app.service.usage(&viewer, query).await {
+        Ok(rows) => rows,
+        Err(error) => return service_failure(error),
+    };
+    let mut csv = String::from(group);
+    for (field, _) in USAGE_COLUMNS {
+        csv.push(',');
+        csv.push_str(field);
+    }
+    csv.push('\n');
+    for row in &rows {
+        csv.push_str(&csv_field(&row.group));
+        for (field, _) in USAGE_COLUMNS {
+            csv.push(',');
+            csv.push_str(&usage_value(row, field));
+        }
+        csv.push('\n');
+    }
+    let mut response = csv.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    let name = format!("attachment; filename=\"sandgate-usage-by-{group}.csv\"");
+    headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&name).expect("ASCII"));
+    response
+}
+
+/// A CSV field, quoted when it needs to be; a leading formula character is defused.
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@']) { format!("'{text}") } else { text.to_string() };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ExecutionParams {
+    user: Option<String>,
+    outcome: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+async fn executions(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    params: Result<Query<ExecutionParams>, QueryRejection>,
+) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(rejection) => return failure(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let bound = |v: &Option<String>| text(v).map(|t| store::usage_time(&t)).transpose();
+    let (since, until) = match (bound(&params.since), bound(&params.until)) {
+        (Ok(since), Ok(until)) => (since, until),
+        (Err(message), _) | (_, Err(message)) => return failure(StatusCode::BAD_REQUEST, &message),
+    };
+    let query = ExecutionQuery {
+        user: text(&params.user),
+        outcome: text(&params.outcome),
+        since_ms: since,
+        until_ms: until,
+        limit: 200,
+    };
+    let rows = match console.app.service.executions(&viewer, query).await {
+        Ok(rows) => rows,
+        Err(error) => return service_failure(error),
+    };
+    let mut table = String::new();
+    for row in &rows {
+        table.push_str(&execution_row(row));
+    }
+    if table.is_empty() {
+        table.push_str(r#"<tr><td colspan="8">No executions match.</td></tr>"#);
+    }
+    let value = |v: &Option<String>| esc(v.as_deref().unwrap_or(""));
+    let user_filter = if viewer.role == Role::Admin {
+        format!(
+            r#"<p><label for="user">User</label> <input id="user" name="user" value="{}"></p>"#,
+            value(&params.user)
+        )
+    } else {
+        String::new()
+    };
+    let body = format!(
+        r#"<form class="filters" method="get" action="/ui/executions">
+{user_filter}<p><label for="outcome">Outcome</label> <input id="outcome" name="outcome" placeholder="ok, exception, timeout…" value="{outcome}"></p>
+<p><label for="since">Since (UTC)</label> <input id="since" name="since" type="date" value="{since}"></p>
+<p><label for="until">Until (UTC, exclusive)</label> <input id="until" name="until" type="date" value="{until}"></p>
+<p><button type="submit">Filter</button></p>
+</form>
+<p class="note">The latest 200, newest first.</p>
+<div class="scroll"><table id="executions"><thead><tr><th scope="col">Started (UTC)</th><th scope="col">Execution</th><th scope="col">User</th><th scope="col">Team</th><th scope="col">Outcome</th><th scope="col">Wall ms</th><th scope="col">Fuel</th><th scope="col">Host calls</th></tr></thead><tbody>{table}</tbody></table></div>"#,
+        outcome = value(&params.outcome),
+        since = value(&params.since),
+        until = value(&params.until),
+    );
+    page("Executions", "executions", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+fn execution_row(row: &ExecutionRow) -> String {
+    format!(
+        r#"<tr data-user="{user}"><td>{started}</td><td><a href="/ui/executions/{id}">{short}…</a></td><td>{user}</td><td>{team}</td><td class="outcome-{outcome}">{outcome}</td>{wall}{fuel}{calls}</tr>"#,
+        started = time(row.started_at_ms),
+        id = esc(&row.id),
+        short = esc(row.id.get(..13).unwrap_or(&row.id)),
+        user = esc(&row.user),
+        team = esc(&row.team),
+        outcome = esc(&row.outcome),
+        wall = num_cell("wall_ms", row.wall_ms),
+        fuel = num_cell("fuel", row.fuel),
+        calls = num_cell("host_calls", row.host_calls),
+    )
+}
+
+async fn execution(State(console): State<Console>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let detail = match console.app.service.execution(&viewer, &id).await {
+        Ok(detail) => detail,
+        Err(error) => return service_failure(error),
+    };
+    let run = &detail.execution;
+    let span = (run.ended_at_ms - run.started_at_ms).max(1) as f64;
+    // The timeline: the execution, then each call where it fell in it.
+    let mut lanes: Vec<(String, i64, i64, String)> =
+        vec![("execution".into(), run.started_at_ms, run.ended_at_ms - run.started_at_ms, run.outcome.clone())];
+    lanes.extend(detail.calls.iter().map(|c| (c.name.clone(), c.started_at_ms, c.latency_ms, c.outcome.clone())));
+    lanes.extend(
+        detail
+            .model_calls
+            .iter()
+            .map(|c| (format!("model {}", c.model), c.started_at_ms, c.latency_ms, c.status.clone())),
+    );
+    let lane_height = 22.0;
+    let mut svg = format!(
+        r#"<figure class="chart"><svg id="timeline" viewBox="0 0 720 {h}" role="img" aria-labelledby="timeline-title"><title id="timeline-title">Timeline of execution {id}: {n} calls</title>"#,
+        h = lanes.len() as f64 * lane_height + 4.0,
+        id = esc(&run.id),
+        n = lanes.len() - 1,
+    );
+    for (i, (name, start, length, outcome)) in lanes.iter().enumerate() {
+        let x = 200.0 + ((start - run.started_at_ms) as f64 / span * 510.0).clamp(0.0, 510.0);
+        let w = (*length as f64 / span * 510.0).clamp(2.0, 710.0 - x);
+        let y = i as f64 * lane_height + 2.0;
+        let class = if outcome.starts_with("ok") { "ok" } else { "bad" };
+        svg.push_str(&format!(
+            r#"<text x="0" y="{ty:.1}" class="lane">{name}</text><rect class="{class}" x="{x:.1}" y="{y:.1}" width="{w:.1}" height="16"><title>{name}: {length} ms, {outcome}</title></rect>"#,
+            ty = y + 13.0,
+            name = esc(name),
+            outcome = esc(outcome),
+        ));
+    }
+    svg.push_str("</svg><figcaption>Each call where it fell in the execution's wall time.</figcaption></figure>");
+    let mut calls = String::new();
+    for call in &detail.calls {
+        calls.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td>{}<td>{}</td></tr>",
+            time(call.started_at_ms),
+            esc(&call.name),
+            num_cell("latency_ms", call.latency_ms),
+            esc(&call.outcome)
+        ));
+    }
+    if calls.is_empty() {
+        calls.push_str(r#"<tr><td colspan="4">No host calls.</td></tr>"#);
+    }
+    let mut models = String::new();
+    for call in &detail.model_calls {
+        models.push_str(&format!(
+            r#"<tr><td>{}</td><td>{}</td><td>{}</td>{}{}<td class="num" data-field="cost_usd" data-value="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
+            time(call.started_at_ms),
+            esc(&call.model),
+            esc(&call.tier),
+            num_cell("input_tokens", call.input_tokens),
+            num_cell("output_tokens", call.output_tokens),
+            call.cost_usd,
+            usd(call.cost_usd),
+            esc(&call.status),
+            esc(&call.fallbacks.join("; "))
+        ));
+    }
+    if models.is_empty() {
+        models.push_str(r#"<tr><td colspan="8">No model calls.</td></tr>"#);
+    }
+    let limit = matches!(
+        run.outcome.as_str(),
+        "timeout" | "out_of_fuel" | "out_of_memory" | "stack_overflow" | "output_limit" | "call_limit"
+    );
+    let body = format!(
+        r#"<dl class="facts">
+<div><dt>Execution</dt><dd id="execution-id">{id}</dd></div>
+<div><dt>User</dt><dd>{user} (team {team}, key {key})</dd></div>
+<div><dt>Started</dt><dd>{started}</dd></div>
+<div><dt>Outcome</dt><dd id="execution-outcome">{outcome}{limit}</dd></div>
+<div><dt>Wall time</dt><dd>{wall} ms</dd></div>
+<div><dt>Fuel</dt><dd>{fuel}</dd></div>
+<div><dt>Peak memory</dt><dd>{memory} bytes</dd></div>
+<div><dt>Model cost</dt><dd id="execution-cost">{cost} USD</dd></div>
+</dl>
+{svg}
+<h2>Host calls</h2>
+<div class="scroll"><table id="calls"><thead><tr><th scope="col">Started</th><th scope="col">Call</th><th scope="col">Latency ms</th><th scope="col">Outcome</th></tr></thead><tbody>{calls}</tbody></table></div>
+<h2>Model calls</h2>
+<div class="scroll"><table id="model-calls"><thead><tr><th scope="col">Started</th><th scope="col">Model</th><th scope="col">Tier</th><th scope="col">Input tokens</th><th scope="col">Output tokens</th><th scope="col">Cost (USD)</th><th scope="col">Status</th><th scope="col">Fallbacks</th></tr></thead><tbody>{models}</tbody></table></div>
+<p class="note">Console lines are returned to the caller and not kept, so they are not shown here.</p>"#,
+        id = esc(&run.id),
+        user = esc(&run.user),
+        team = esc(&run.team),
+        key = esc(&run.key),
+        started = time(run.started_at_ms),
+        outcome = esc(&run.outcome),
+        limit = if limit { " (a limit was hit)" } else { "" },
+        wall = run.wall_ms,
+        fuel = run.fuel,
+        memory = run.memory_bytes,
+        cost = usd(detail.cost_usd()),
+    );
+    page("Execution", "executions", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ExplainParams {
+    user: Option<String>,
+    team: Option<String>,
+    what: Option<String>,
+    name: Option<String>,
+}
+
+async fn policies(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    params: Result<Query<ExplainParams>, QueryRejection>,
+) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(rejection) => return failure(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let set = console.app.service.policies().current();
+    let mut listing = String::new();
+    for policy in set.iter() {
+        listing.push_str(&format!(
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td><code>{}:{}</code></td></tr>",
+            esc(policy.name),
+            esc(policy.description.unwrap_or("")),
+            esc(&policy.file.display().to_string()),
+            policy.line
+        ));
+    }
+    let admin = viewer.role == Role::Admin;
+    let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let answer = match (text(&params.what), text(&params.name)) {
+        (Some(what), name) => {
+            // Members may ask only about themselves; an admin about anyone.
+            let (user, team) = (text(&params.user), text(&params.team));
+            let subject = if admin && (user.is_some() || team.is_some()) {
+                Principal {
+                    user: user.unwrap_or_else(|| viewer.user.clone()),
+                    team: team.unwrap_or_else(|| viewer.team.clone()),
+                    key: String::new(),
+                    role: Role::Member,
+                    local: false,
+                }
+            } else {
+                (*viewer).clone()
+            };
+            let query = match (what.as_str(), name) {
+                ("execute", _) => Some(PolicyQuery::Execute),
+                ("tool", Some(name)) => Some(PolicyQuery::Tool(name)),
+                ("model", Some(name)) => {
+                    let tier = console.app.config.models.models.get(&name).map(|m| m.tier.clone());
+                    Some(PolicyQuery::Model { name, tier })
+                }
+                ("tier", Some(name)) => Some(PolicyQuery::Tier(name.trim_start_matches("tier:").to_string())),
+                _ => None,
+            };
+            match query {
+                Some(query) => {
+                    let decision = console.app.service.explain(&subject, &query);
+                    let verdict = if decision.allowed { "allow" } else { "deny" };
+                    let rule = match &decision.rule {
+                        Some(rule) => format!(
+                            "<p>Decided by policy <strong>{}</strong>, <code>{}</code>, at <code>{}:{}</code>.</p>",
+                            esc(&rule.policy),
+                            esc(&rule.detail),
+                            esc(&rule.file.display().to_string()),
+                            rule.line
+                        ),
+                        None => "<p>No rule matched: denied by default.</p>".to_string(),
+                    };
+                    format!(
+                        r#"<section id="decision" class="card {verdict}" aria-live="polite"><h2>{verdict}: user {} (team {}), {}</h2><p id="decision-reason">{}</p>{rule}</section>"#,
+                        esc(&subject.user),
+                        esc(&subject.team),
+                        esc(&query.to_string()),
+                        esc(&decision.reason)
+                    )
+                }
+                None => r#"<p role="alert" class="error">Name the tool, model or tier to ask about.</p>"#.to_string(),
+            }
+        }
+        _ => String::new(),
+    };
+    let value = |v: &Option<String>| esc(v.as_deref().unwrap_or(""));
+    let who = if admin {
+        format!(
+            r#"<p><label for="explain-user">User</label> <input id="explain-user" name="user" value="{}" placeholder="{}"></p>
+<p><label for="explain-team">Team</label> <input id="explain-team" name="team" value="{}" placeholder="{}"></p>"#,
+            value(&params.user),
+            esc(&viewer.user),
+            value(&params.team),
+            esc(&viewer.team)
+        )
+    } else {
+        format!("<p>Asking as yourself: user {} (team {}).</p>", esc(&viewer.user), esc(&viewer.team))
+    };
+    let options: String =
+        [("tool", "call the tool"), ("model", "use the model"), ("tier", "use the tier"), ("execute", "run code")]
+            .iter()
+            .map(|(v, label)| {
+                let selected = if params.what.as_deref() == Some(v) { " selected" } else { "" };
+                format!(r#"<option value="{v}"{selected}>{label}</option>"#)
+            })
+            .collect();
+    let body = format!(
+        r#"<section aria-labelledby="explain-h">
+<h2 id="explain-h">Explain a decision</h2>
+<form id="explain" class="filters" method="get" action="/ui/policies">
+{who}
+<p><label for="explain-what">May they</label> <select id="explain-what" name="what">{options}</select></p>
+<p><label for="explain-name">Name</label> <input id="explain-name" name="name" value="{name}" placeholder="github.delete_repo, frontier, gpt-4.1"></p>
+<p><button type="submit">Explain</button></p>
+</form>
+{answer}
+</section>
+<section aria-labelledby="loaded-h">
+<h2 id="loaded-h">Policies in force ({count} from {files} files)</h2>
+<div class="scroll"><table id="policies"><thead><tr><th scope="col">Policy</th><th scope="col">Description</th><th scope="col">Where</th></tr></thead><tbody>{listing}</tbody></table></div>
+</section>"#,
+        name = value(&params.name),
+        count = set.iter().count(),
+        files = set.files(),
+    );
+    page("Policies", "policies", &viewer, console.app.service.mode() == Mode::Local, body)
+}

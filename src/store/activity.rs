@@ -1,0 +1,146 @@
+//! Activity queries: the latest executions, and one execution with its host calls
+//! and model calls. The SQL is the same on every store (placeholders differ).
+
+use serde::Serialize;
+
+use super::usage::Dialect;
+
+/// Which executions to list. Times are Unix milliseconds, `since` inclusive,
+/// `until` exclusive; newest first, at most `limit`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecutionQuery {
+    pub user: Option<String>,
+    pub outcome: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: u32,
+}
+
+/// One execution record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExecutionRow {
+    pub id: String,
+    pub user: String,
+    pub team: String,
+    pub key: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: i64,
+    /// `ok` or the error kind.
+    pub outcome: String,
+    pub fuel: i64,
+    pub wall_ms: i64,
+    pub memory_bytes: i64,
+    pub host_calls: i64,
+}
+
+/// One host call of an execution (a tool call, a file call, a refused call).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CallRow {
+    pub name: String,
+    pub started_at_ms: i64,
+    pub latency_ms: i64,
+    pub outcome: String,
+}
+
+/// One model call of an execution.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ModelCallRow {
+    pub model: String,
+    pub tier: String,
+    pub provider: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+    pub started_at_ms: i64,
+    pub latency_ms: i64,
+    pub status: String,
+    /// Models tried and failed before this one, with why.
+    pub fallbacks: Vec<String>,
+}
+
+/// An execution with everything it called, in the order the calls started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ExecutionDetail {
+    pub execution: ExecutionRow,
+    pub calls: Vec<CallRow>,
+    pub model_calls: Vec<ModelCallRow>,
+}
+
+impl ExecutionDetail {
+    /// What the execution's model calls cost.
+    pub fn cost_usd(&self) -> f64 {
+        self.model_calls.iter().fold(0.0, |sum, c| sum + c.cost_usd)
+    }
+}
+
+const EXECUTION_COLUMNS: &str =
+    "id, \"user\", team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms, memory_bytes, host_calls";
+
+/// Placeholders 1 to 5: since, until, user or NULL, outcome or NULL, limit.
+pub(super) fn executions_sql(dialect: &Dialect) -> String {
+    let p = |n| (dialect.param)(n);
+    format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions
+         WHERE started_at_ms >= {} AND started_at_ms < {}
+           AND (CAST({} AS TEXT) IS NULL OR \"user\" = {})
+           AND (CAST({} AS TEXT) IS NULL OR outcome = {})
+         ORDER BY started_at_ms DESC, id DESC LIMIT {}",
+        p(1),
+        p(2),
+        p(3),
+        p(3),
+        p(4),
+        p(4),
+        p(5)
+    )
+}
+
+/// Placeholder 1: the execution id.
+pub(super) fn execution_sql(dialect: &Dialect) -> String {
+    format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = {}", (dialect.param)(1))
+}
+
+/// Placeholder 1: the execution id.
+pub(super) fn calls_sql(dialect: &Dialect) -> String {
+    format!(
+        "SELECT name, started_at_ms, latency_ms, outcome FROM calls WHERE execution_id = {} ORDER BY started_at_ms, id",
+        (dialect.param)(1)
+    )
+}
+
+/// Placeholder 1: the execution id.
+pub(super) fn model_calls_sql(dialect: &Dialect) -> String {
+    format!(
+        "SELECT model, tier, provider, input_tokens, output_tokens, cost_nanousd, started_at_ms, latency_ms, status, \
+         fallback_chain FROM model_calls WHERE execution_id = {} ORDER BY started_at_ms, id",
+        (dialect.param)(1)
+    )
+}
+
+/// A model call row from its columns (as [`model_calls_sql`] selects them).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn model_call(
+    model: String,
+    tier: String,
+    provider: String,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_nanousd: i64,
+    started_at_ms: i64,
+    latency_ms: i64,
+    status: String,
+    fallback_chain: String,
+) -> ModelCallRow {
+    ModelCallRow {
+        model,
+        tier,
+        provider,
+        input_tokens,
+        output_tokens,
+        cost_usd: cost_nanousd as f64 / 1e9,
+        started_at_ms,
+        latency_ms,
+        status,
+        fallbacks: serde_json::from_str(&fallback_chain).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,152 @@
+//! The operator console in a real browser: Debian's chromium, headless, driven by
+//! selenium through chromium-driver (`tests/python/console_browser.py`), against the
+//! real binary after a scripted workload: executions that succeed and fail, tool
+//! calls, model calls through the stub provider (from code and through the proxy), a
+//! denied call and a budget refusal. Screenshots of every page are kept in
+//! `target/console-screenshots/`; with `SANDGATE_UPDATE_SCREENSHOTS=1` the overview's
+//! also replaces `docs/console-overview.png`, the one the README shows.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::binary::{sandgate, start, terminate};
+use crate::harness::*;
+use crate::stub::Stub;
+
+async fn run(base: &str, key: &str, code: &str) -> Value {
+    let (status, body) = call(Method::POST, format!("{base}/v1/execute"), key, Some(json!({ "code": code }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn the_console_shows_what_the_api_shows_in_a_real_browser() {
+    let stub = Stub::start();
+    let dir = temp_dir("console");
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/all.toml"),
+        r#"[[policy]]
+name = "labs"
+description = "The labs team: the test tools and economy models."
+principals = ["team:labs"]
+[policy.limits]
+[policy.tools]
+allow = ["test.*"]
+[policy.models]
+tiers = ["economy"]
+
+[[policy]]
+name = "no failing for bob"
+principals = ["user:bob"]
+[policy.tools]
+deny = ["test.fail"]
+[policy.budget]
+scope = "user"
+usd_per_day = 0.0000001
+"#,
+    )
+    .unwrap();
+    let ApiKey { token: alice, entry: a } = api_key("alice-laptop", "alice", "labs", "admin");
+    let ApiKey { token: bob, entry: b } = api_key("bob-laptop", "bob", "labs", "member");
+    let config = dir.join("sandgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"policies = "policies"
+[sandbox]
+test_capability = true
+
+[providers.openai]
+kind = "openai"
+base_url = "{}/v1"
+api_key_env = "SANDGATE_CONSOLE_PROVIDER_KEY"
+
+[models.cheap]
+provider = "openai"
+upstream = "gpt-cheap-ok"
+tier = "economy"
+input_per_mtok = 0.15
+output_per_mtok = 0.6
+{a}{b}"#,
+            stub.base
+        ),
+    )
+    .unwrap();
+    let mut command = sandgate();
+    command
+        .env("SANDGATE_CONSOLE_PROVIDER_KEY", "sk-stub-test")
+        .env("SANDGATE_LEDGER", dir.join("ledger.db"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config);
+    let (mut child, base) = start(command);
+
+    // The workload.
+    let body = run(
+        &base,
+        &alice,
+        "const echoed = await tools.test.echo({ n: 1 });\n\
+         const answer = await model.chat({ model: 'cheap', messages: [{ role: 'user', content: 'summarise the week' }] });\n\
+         return [echoed.n, answer.model];",
+    )
+    .await;
+    assert_eq!(body["result"], json!([1, "cheap"]), "{body}");
+    assert_eq!(run(&base, &alice, "throw new Error('no')").await["error"]["kind"], "exception");
+    assert_eq!(run(&base, &bob, "return (await tools.test.echo({ s: 'hi' })).s").await["result"], "hi");
+    let denied = run(&base, &bob, "return await tools.test.fail({})").await;
+    assert_eq!(denied["error"]["kind"], "tool_denied", "{denied}");
+    let (status, refused) = call(
+        Method::POST,
+        format!("{base}/v1/chat/completions"),
+        &bob,
+        Some(json!({ "model": "cheap", "messages": [{ "role": "user", "content": "hello" }] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "a budget refusal: {refused}");
+    let (status, answered) = call(
+        Method::POST,
+        format!("{base}/v1/chat/completions"),
+        &alice,
+        Some(json!({ "model": "cheap", "messages": [{ "role": "user", "content": "hello there" }] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answered}");
+
+    // The browser.
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/console_browser.py");
+    let output = tokio::task::spawn_blocking({
+        let (base, shots) = (base.clone(), shots.clone());
+        move || Command::new("python3").args([script, &base, &alice, &bob, "bob"]).arg(&shots).output().unwrap()
+    })
+    .await
+    .unwrap();
+    terminate(&child);
+    child.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the script's summary");
+    assert_eq!(seen["overview_executions"], 4, "{seen}");
+    // The execution that called a tool and a model opens as its timeline, with the
+    // model call's cost as the ledger has it.
+    assert_eq!(seen["execution_outcome"], "ok", "{seen}");
+    assert!(seen["execution_calls"][0].as_str().unwrap().contains("tools.test.echo"), "{seen}");
+    assert!(seen["execution_models"][0].as_str().unwrap().contains("cheap"), "{seen}");
+    let cost = seen["execution_cost"].as_str().unwrap().trim_end_matches(" USD").parse::<f64>().unwrap();
+    assert!(cost > 0.0, "{seen}");
+    assert!(seen["explain"].as_str().unwrap().starts_with("deny: user bob (team labs), tool test.fail"), "{seen}");
+    assert!(seen["explain_rule"].as_str().unwrap().contains("no failing for bob"), "{seen}");
+    for page in ["overview", "usage", "executions", "execution", "policies", "usage-narrow"] {
+        let file = shots.join(format!("{page}.png"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(bytes.starts_with(b"\x89PNG"), "{page} is a PNG");
+    }
+    if std::env::var_os("SANDGATE_UPDATE_SCREENSHOTS").is_some() {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::copy(shots.join("overview.png"), docs.join("console-overview.png")).unwrap();
+    }
+}
