@@ -158,6 +158,58 @@ async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
 }
 
 #[tokio::test]
+async fn executions_are_listed_newest_first_and_open_with_their_calls() {
+    for backend in BACKENDS {
+        let store = open(&fresh(backend).await).await;
+        let mut failed = execution("b", "bob", 2_000, 20);
+        if let Record::Execution(record) = &mut failed {
+            record.outcome = "timeout".into();
+        }
+        let mut call_of_a = model_call("alice", "t", 1_002, 0.000_5, (10, 2));
+        if let Record::Model(record) = &mut call_of_a {
+            record.execution_id = Some("a".into());
+        }
+        store
+            .append(&[
+                execution("a", "alice", 1_000, 10),
+                failed,
+                execution("c", "alice", 3_000, 30),
+                Record::Call(CallRecord {
+                    execution_id: "a".into(),
+                    user: "alice".into(),
+                    team: "t".into(),
+                    name: "tools.test.echo".into(),
+                    started_at_ms: 1_001,
+                    latency_ms: 1,
+                    outcome: "ok".into(),
+                }),
+                call_of_a,
+            ])
+            .await
+            .unwrap();
+        let ids = |rows: Vec<store::ExecutionRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let all = store::ExecutionQuery { limit: 10, ..Default::default() };
+        assert_eq!(ids(store.executions(&all).await.unwrap()), ["c", "b", "a"], "{backend:?}");
+        let alice = store::ExecutionQuery { user: Some("alice".into()), limit: 1, ..Default::default() };
+        assert_eq!(ids(store.executions(&alice).await.unwrap()), ["c"], "{backend:?}");
+        let timeouts = store::ExecutionQuery { outcome: Some("timeout".into()), limit: 10, ..Default::default() };
+        assert_eq!(ids(store.executions(&timeouts).await.unwrap()), ["b"], "{backend:?}");
+        let window =
+            store::ExecutionQuery { since_ms: Some(1_000), until_ms: Some(3_000), limit: 10, ..Default::default() };
+        assert_eq!(ids(store.executions(&window).await.unwrap()), ["b", "a"], "{backend:?}");
+
+        let detail = store.execution("a").await.unwrap().expect("execution a");
+        assert_eq!((detail.execution.user.as_str(), detail.execution.fuel), ("alice", 10), "{backend:?}");
+        assert_eq!(detail.calls.len(), 1, "{backend:?}");
+        assert_eq!((detail.calls[0].name.as_str(), detail.calls[0].outcome.as_str()), ("tools.test.echo", "ok"));
+        assert_eq!(detail.model_calls.len(), 1, "{backend:?}");
+        assert_eq!(detail.model_calls[0].fallbacks, ["a: HTTP 500"], "{backend:?}");
+        assert_eq!((detail.model_calls[0].input_tokens, detail.cost_usd()), (10, 0.000_5), "{backend:?}");
+        assert!(store.execution("nothing").await.unwrap().is_none(), "{backend:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_hold_is_all_or_nothing_and_ends_with_its_release() {
     for backend in BACKENDS {
         let (store, _) = replicas(backend).await;
