@@ -192,8 +192,8 @@ fn execution_of(server: &TestServer, user: &str) -> (String, String, Vec<(String
     (id, rows[0][1].as_str().unwrap().to_string(), calls)
 }
 
-const SLOW_CODE: &str =
-    "console.log('started'); await tools.test.echo({n: 1}); await tools.test.sleep({ms: 5000}); return 1";
+const SLOW_CODE: &str = "console.log('started'); await tools.test.echo({n: 1}); console.log('echoed'); \
+                         await tools.test.sleep({ms: 5000}); return 1";
 
 fn calls(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
@@ -213,13 +213,14 @@ async fn every_call_is_recorded_whatever_the_client_does() {
     assert_eq!(outcome, "cancelled");
     assert_eq!(recorded, calls(&[("tools.test.echo", "ok"), ("tools.test.sleep", "cancelled")]));
 
-    // SSE: the client reads the first console line, then closes the stream.
+    // SSE: the client reads the console line the code prints once its first call
+    // returned, then closes the stream.
     let first = hang_up_after(
         &base,
         "/v1/execute",
         &[("authorization", &bearer("sse")), ("accept", "text/event-stream")],
         &json!({"code": SLOW_CODE}),
-        |read| read.contains("started"),
+        |read| read.contains("echoed"),
     )
     .await;
     assert!(first.as_deref().is_some_and(|r| r.contains("event: log")), "{first:?}");
