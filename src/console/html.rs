@@ -37,8 +37,14 @@ pub struct Page<'a> {
     pub body: String,
 }
 
-const NAV: [(&str, &str); 4] =
-    [("overview", "/ui"), ("usage", "/ui/usage"), ("executions", "/ui/executions"), ("policies", "/ui/policies")];
+const NAV: [(&str, &str); 6] = [
+    ("overview", "/ui"),
+    ("usage", "/ui/usage"),
+    ("models", "/ui/models"),
+    ("tools", "/ui/tools"),
+    ("executions", "/ui/executions"),
+    ("policies", "/ui/policies"),
+];
 
 impl Page<'_> {
     pub fn render(&self) -> String {

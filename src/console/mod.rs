@@ -59,6 +59,8 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/executions", get(executions))
         .route("/ui/executions/{id}", get(execution))
         .route("/ui/policies", get(policies))
+        .route("/ui/models", get(models))
+        .route("/ui/tools", get(tools))
         .route("/ui/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/ui/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .with_state(state)
@@ -692,6 +694,156 @@ async fn execution(State(console): State<Console>, headers: HeaderMap, Path(id):
         cost = usd(detail.cost_usd()),
     );
     page("Execution", "executions", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The last day, for the models and tools pages.
+fn last_day(limit: u32) -> ExecutionQuery {
+    let now = now_ms();
+    ExecutionQuery { since_ms: Some(now - DAY_MS), until_ms: Some(now + 1), limit, ..ExecutionQuery::default() }
+}
+
+fn usage_table(id: &str, heading: &str, rows: &[UsageRow]) -> String {
+    let mut body = String::new();
+    for row in rows {
+        body.push_str(&format!(
+            r#"<tr data-group="{group}"><th scope="row">{group}</th>{}{}{}{}</tr>"#,
+            num_cell("model_calls", row.model_calls),
+            num_cell("input_tokens", row.input_tokens),
+            num_cell("output_tokens", row.output_tokens),
+            num_cell("cost_usd", usd(row.cost_usd)),
+            group = esc(&row.group),
+        ));
+    }
+    if body.is_empty() {
+        body.push_str(r#"<tr><td colspan="5">No model calls.</td></tr>"#);
+    }
+    format!(
+        r#"<div class="scroll"><table id="{id}"><thead><tr><th scope="col">{heading}</th><th scope="col">Calls</th><th scope="col">Input tokens</th><th scope="col">Output tokens</th><th scope="col">Cost (USD)</th></tr></thead><tbody>{body}</tbody></table></div>"#
+    )
+}
+
+async fn models(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let service = &console.app.service;
+    let by = |group_by| UsageQuery { group_by, since_ms: None, until_ms: None, user: None };
+    let (by_model, by_tier, recent) = match (
+        service.usage(&viewer, by(GroupBy::Model)).await,
+        service.usage(&viewer, by(GroupBy::Tier)).await,
+        service.model_calls(&viewer, last_day(crate::service::MAX_LISTED)).await,
+    ) {
+        (Ok(models), Ok(tiers), Ok(recent)) => (models, tiers, recent),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => return service_failure(error),
+    };
+    // Fallbacks: each model that failed before another answered, and why.
+    let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+    for call in &recent {
+        for fallback in &call.fallbacks {
+            *reasons.entry(fallback.clone()).or_default() += 1;
+        }
+    }
+    let mut reasons: Vec<(String, u64)> = reasons.into_iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut fallback_rows = String::new();
+    for (reason, count) in &reasons {
+        fallback_rows.push_str(&format!("<tr><td>{}</td>{}</tr>", esc(reason), num_cell("count", count)));
+    }
+    if fallback_rows.is_empty() {
+        fallback_rows.push_str(r#"<tr><td colspan="2">No fallbacks in the last day.</td></tr>"#);
+    }
+    let mut circuits = String::new();
+    for (provider, open) in service.circuits() {
+        let state = if open { "open: calls skip it until its cooldown ends" } else { "closed" };
+        circuits.push_str(&format!(
+            r#"<tr><th scope="row">{}</th><td data-field="circuit">{state}</td></tr>"#,
+            esc(&provider)
+        ));
+    }
+    if circuits.is_empty() {
+        circuits.push_str(r#"<tr><td colspan="2">No model providers are configured.</td></tr>"#);
+    }
+    let bars: Vec<(String, f64)> = by_model.iter().map(|r| (r.group.clone(), r.cost_usd)).collect();
+    let fell_back = recent.iter().filter(|c| !c.fallbacks.is_empty()).count();
+    let body = format!(
+        r#"<p class="note">All time, as <code>GET /v1/usage?group_by=model</code> and <code>group_by=tier</code> report it.</p>
+{chart}
+<h2>By model</h2>
+{models}
+<h2>By tier</h2>
+{tiers}
+<h2>Fallbacks, last day</h2>
+<p class="note">{fell_back} of the last {recent} model calls were answered after another model failed.</p>
+<div class="scroll"><table id="fallbacks"><thead><tr><th scope="col">Model that failed, and why</th><th scope="col">Times</th></tr></thead><tbody>{fallback_rows}</tbody></table></div>
+<h2>Circuit breakers</h2>
+<div class="scroll"><table id="circuits"><thead><tr><th scope="col">Provider</th><th scope="col">State</th></tr></thead><tbody>{circuits}</tbody></table></div>"#,
+        chart = html::bar_chart("model-cost", "Cost (USD) by model", &bars, "USD"),
+        models = usage_table("models", "Model", &by_model),
+        tiers = usage_table("tiers", "Tier", &by_tier),
+        recent = recent.len(),
+    );
+    page("Models", "models", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+async fn tools(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let stats = match console.app.service.call_stats(&viewer, last_day(0)).await {
+        Ok(stats) => stats,
+        Err(error) => return service_failure(error),
+    };
+    let catalog = console.app.service.upstreams().catalog();
+    let mut servers = String::new();
+    for (summary, tool_count) in catalog.server_tools() {
+        let prefix = format!("tools.{}.", summary.name);
+        let of_server: Vec<&crate::store::CallStats> = stats.iter().filter(|s| s.name.starts_with(&prefix)).collect();
+        let calls: i64 = of_server.iter().map(|s| s.calls).sum();
+        let errors: i64 = of_server.iter().map(|s| s.errors).sum();
+        let latency: i64 = of_server.iter().map(|s| s.latency_ms_total).sum();
+        let max = of_server.iter().map(|s| s.latency_ms_max).max().unwrap_or(0);
+        let rate = if calls > 0 { format!("{:.1}%", errors as f64 * 100.0 / calls as f64) } else { "–".into() };
+        let mean = if calls > 0 { format!("{:.1}", latency as f64 / calls as f64) } else { "–".into() };
+        servers.push_str(&format!(
+            r#"<tr data-group="{name}"><th scope="row">{name}</th><td data-field="status">{status}</td>{}{}{}<td class="num" data-field="error_rate">{rate}</td><td class="num" data-field="mean_latency_ms">{mean}</td>{}</tr>"#,
+            num_cell("tools", tool_count),
+            num_cell("calls", calls),
+            num_cell("errors", errors),
+            num_cell("max_latency_ms", max),
+            name = esc(&summary.name),
+            status = esc(&summary.status),
+        ));
+    }
+    if servers.is_empty() {
+        servers.push_str(r#"<tr><td colspan="8">No upstream MCP servers are configured.</td></tr>"#);
+    }
+    let mut per_tool = String::new();
+    for stat in &stats {
+        per_tool.push_str(&format!(
+            r#"<tr data-group="{name}"><th scope="row">{name}</th>{}{}{}{}</tr>"#,
+            num_cell("calls", stat.calls),
+            num_cell("errors", stat.errors),
+            num_cell("mean_latency_ms", format!("{:.1}", stat.latency_ms_total as f64 / stat.calls.max(1) as f64)),
+            num_cell("max_latency_ms", stat.latency_ms_max),
+            name = esc(&stat.name),
+        ));
+    }
+    if per_tool.is_empty() {
+        per_tool.push_str(r#"<tr><td colspan="5">No host calls in the last day.</td></tr>"#);
+    }
+    let scope = if viewer.role == Role::Admin { "everyone's" } else { "your own" };
+    let body = format!(
+        r#"<h2>Upstream MCP servers</h2>
+<p class="note">Status now; calls, errors (denied, failed or cancelled) and latency over the last day, {scope}.</p>
+<div class="scroll"><table id="servers"><thead><tr><th scope="col">Server</th><th scope="col">Status</th><th scope="col">Tools</th><th scope="col">Calls</th><th scope="col">Errors</th><th scope="col">Error rate</th><th scope="col">Mean ms</th><th scope="col">Max ms</th></tr></thead><tbody>{servers}</tbody></table></div>
+<h2>Every host call, last day</h2>
+<div class="scroll"><table id="calls-by-name"><thead><tr><th scope="col">Call</th><th scope="col">Calls</th><th scope="col">Errors</th><th scope="col">Mean ms</th><th scope="col">Max ms</th></tr></thead><tbody>{per_tool}</tbody></table></div>"#
+    );
+    page("Tools", "tools", &viewer, console.app.service.mode() == Mode::Local, body)
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -157,6 +157,11 @@ impl Catalog {
         servers(self) == servers(other) && tools(self) == tools(other)
     }
 
+    /// Every upstream server, ready or not, with how many tools it lists.
+    pub fn server_tools(&self) -> Vec<(&ServerSummary, usize)> {
+        self.servers.iter().map(|s| (s, self.tools.iter().filter(|t| t.server == s.name).count())).collect()
+    }
+
     /// A server's summary (its status among it).
     pub fn server(&self, name: &str) -> Option<&ServerSummary> {
         self.servers.iter().find(|s| s.name == name)

@@ -331,6 +331,12 @@ impl Gateway {
         }
     }
 
+    /// Each provider's circuit breaker: its name, and whether it is open now (calls
+    /// skip it until its cooldown ends).
+    pub fn circuits(&self) -> Vec<(String, bool)> {
+        self.catalog.providers.iter().zip(&self.breakers).map(|(p, b)| (p.name.clone(), b.is_open())).collect()
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }

@@ -34,6 +34,37 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("no execution `{id}`")))
     }
 
+    /// Host calls per name in `query`'s window (a non-admin's own only).
+    pub async fn call_stats(
+        &self,
+        principal: &Principal,
+        mut query: ExecutionQuery,
+    ) -> Result<Vec<crate::store::CallStats>, ServiceError> {
+        if principal.role != Role::Admin {
+            query.user = Some(principal.user.clone());
+        }
+        Ok(self.ledger.store().call_stats(&query).await?)
+    }
+
+    /// The latest model calls in `query`'s window, newest first (a non-admin's own
+    /// only).
+    pub async fn model_calls(
+        &self,
+        principal: &Principal,
+        mut query: ExecutionQuery,
+    ) -> Result<Vec<crate::store::ModelCallRow>, ServiceError> {
+        if principal.role != Role::Admin {
+            query.user = Some(principal.user.clone());
+        }
+        query.limit = query.limit.clamp(1, MAX_LISTED);
+        Ok(self.ledger.store().model_calls(&query).await?)
+    }
+
+    /// Each model provider's circuit breaker: its name and whether it is open.
+    pub fn circuits(&self) -> Vec<(String, bool)> {
+        self.gateway.circuits()
+    }
+
     /// The principal a configured key name belongs to (none once it is revoked).
     pub fn key_principal(&self, name: &str) -> Option<Arc<Principal>> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).by_name(name)

@@ -73,6 +73,48 @@ impl ExecutionDetail {
     }
 }
 
+/// Host calls of one name over a window: how many, how many failed, their latency.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CallStats {
+    pub name: String,
+    pub calls: i64,
+    /// Calls whose outcome was anything but `ok` (denied, failed, cancelled).
+    pub errors: i64,
+    pub latency_ms_total: i64,
+    pub latency_ms_max: i64,
+}
+
+/// Placeholders 1 to 3: since, until, user or NULL.
+pub(super) fn call_stats_sql(dialect: &Dialect) -> String {
+    let p = |n| (dialect.param)(n);
+    format!(
+        "SELECT name, COUNT(*), CAST(SUM(CASE WHEN outcome = 'ok' THEN 0 ELSE 1 END) AS BIGINT), \
+         CAST(SUM(latency_ms) AS BIGINT), CAST(MAX(latency_ms) AS BIGINT) FROM calls
+         WHERE started_at_ms >= {} AND started_at_ms < {} AND (CAST({} AS TEXT) IS NULL OR \"user\" = {})
+         GROUP BY name ORDER BY name",
+        p(1),
+        p(2),
+        p(3),
+        p(3)
+    )
+}
+
+/// Placeholders 1 to 4: since, until, user or NULL, limit. Newest first.
+pub(super) fn recent_model_calls_sql(dialect: &Dialect) -> String {
+    let p = |n| (dialect.param)(n);
+    format!(
+        "SELECT model, tier, provider, input_tokens, output_tokens, cost_nanousd, started_at_ms, latency_ms, status, \
+         fallback_chain FROM model_calls
+         WHERE started_at_ms >= {} AND started_at_ms < {} AND (CAST({} AS TEXT) IS NULL OR \"user\" = {})
+         ORDER BY started_at_ms DESC, id DESC LIMIT {}",
+        p(1),
+        p(2),
+        p(3),
+        p(3),
+        p(4)
+    )
+}
+
 const EXECUTION_COLUMNS: &str =
     "id, \"user\", team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms, memory_bytes, host_calls";
 

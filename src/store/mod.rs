@@ -36,7 +36,7 @@ mod usage;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-pub use activity::{CallRow, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
+pub use activity::{CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
 pub use ledger::Ledger;
 pub use usage::{parse_time as usage_time, total, GroupBy, UsageQuery, UsageRow};
 
@@ -358,6 +358,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// One execution with its host calls and model calls.
     fn execution<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionDetail>, StoreError>>;
+
+    /// Host calls per name over `query`'s window and user (its outcome and limit are
+    /// not used).
+    fn call_stats<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<CallStats>, StoreError>>;
+
+    /// The latest model calls in `query`'s window and user, newest first, at most its
+    /// limit (its outcome is not used).
+    fn model_calls<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ModelCallRow>, StoreError>>;
 
     /// Reserves `hold` against every line, atomically with every other reservation on
     /// any replica: `None` when held, else the line it would pass (nothing held).

@@ -37,7 +37,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 
-use super::activity::{self, CallRow, ExecutionDetail, ExecutionQuery, ExecutionRow};
+use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord,
@@ -365,6 +365,21 @@ const MIGRATIONS: &[&str] = &[
     // 6: sessions found by when they expire, so the sweep reads only those.
     "CREATE INDEX sessions_expiry ON sessions ((used_at_ms + ttl_ms));",
 ];
+
+fn model_call_row(r: &tokio_postgres::Row) -> ModelCallRow {
+    activity::model_call(
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+        r.get(7),
+        r.get(8),
+        r.get(9),
+    )
+}
 
 fn execution_row(row: &tokio_postgres::Row) -> ExecutionRow {
     ExecutionRow {
@@ -806,6 +821,42 @@ impl Store for PgStore {
         .boxed()
     }
 
+    fn call_stats<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<CallStats>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("call_stats");
+            let (since, until) = (query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX));
+            let rows =
+                client.query(&activity::call_stats_sql(&DIALECT), &[&since, &until, &query.user]).await.map_err(err)?;
+            Ok(rows
+                .iter()
+                .map(|r| CallStats {
+                    name: r.get(0),
+                    calls: r.get(1),
+                    errors: r.get(2),
+                    latency_ms_total: r.get(3),
+                    latency_ms_max: r.get(4),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn model_calls<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ModelCallRow>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("model_calls");
+            let (since, until) = (query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX));
+            let limit = i64::from(query.limit);
+            let rows = client
+                .query(&activity::recent_model_calls_sql(&DIALECT), &[&since, &until, &query.user, &limit])
+                .await
+                .map_err(err)?;
+            Ok(rows.iter().map(model_call_row).collect())
+        }
+        .boxed()
+    }
+
     fn execution<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionDetail>, StoreError>> {
         async move {
             let client = self.client().await?;
@@ -825,20 +876,7 @@ impl Store for PgStore {
                 .await
                 .map_err(err)?
                 .iter()
-                .map(|r| {
-                    activity::model_call(
-                        r.get(0),
-                        r.get(1),
-                        r.get(2),
-                        r.get(3),
-                        r.get(4),
-                        r.get(5),
-                        r.get(6),
-                        r.get(7),
-                        r.get(8),
-                        r.get(9),
-                    )
-                })
+                .map(model_call_row)
                 .collect();
             Ok(Some(ExecutionDetail { execution: execution_row(&row), calls, model_calls }))
         }

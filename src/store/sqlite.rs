@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::activity::{self, CallRow, ExecutionDetail, ExecutionQuery, ExecutionRow};
+use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord,
@@ -507,6 +507,21 @@ fn file_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
 const DIALECT: Dialect =
     Dialect { day: |time| format!("strftime('%Y-%m-%d', {time} / 1000, 'unixepoch')"), param: |n| format!("?{n}") };
 
+fn model_call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ModelCallRow> {
+    Ok(activity::model_call(
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+    ))
+}
+
 fn execution_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRow> {
     Ok(ExecutionRow {
         id: row.get(0)?,
@@ -600,6 +615,49 @@ impl Store for SqliteStore {
         })
     }
 
+    fn call_stats<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<CallStats>, StoreError>> {
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let reader = lock(&inner.reader);
+            let mut statement = reader.prepare_cached(&activity::call_stats_sql(&DIALECT)).map_err(err)?;
+            let rows = statement
+                .query_map(
+                    params![query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX), query.user],
+                    |row| {
+                        Ok(CallStats {
+                            name: row.get(0)?,
+                            calls: row.get(1)?,
+                            errors: row.get(2)?,
+                            latency_ms_total: row.get(3)?,
+                            latency_ms_max: row.get(4)?,
+                        })
+                    },
+                )
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+    }
+
+    fn model_calls<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ModelCallRow>, StoreError>> {
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let reader = lock(&inner.reader);
+            let mut statement = reader.prepare_cached(&activity::recent_model_calls_sql(&DIALECT)).map_err(err)?;
+            let rows = statement
+                .query_map(
+                    params![
+                        query.since_ms.unwrap_or(i64::MIN),
+                        query.until_ms.unwrap_or(i64::MAX),
+                        query.user,
+                        i64::from(query.limit)
+                    ],
+                    model_call_row,
+                )
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+    }
+
     fn execution<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionDetail>, StoreError>> {
         let id = id.to_string();
         self.blocking(move |inner| {
@@ -624,20 +682,7 @@ impl Store for SqliteStore {
                 .map_err(err)?;
             let mut statement = reader.prepare_cached(&activity::model_calls_sql(&DIALECT)).map_err(err)?;
             let model_calls = statement
-                .query_map(params![id], |row| {
-                    Ok(activity::model_call(
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                        row.get(5)?,
-                        row.get(6)?,
-                        row.get(7)?,
-                        row.get(8)?,
-                        row.get(9)?,
-                    ))
-                })
+                .query_map(params![id], model_call_row)
                 .map_err(err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;

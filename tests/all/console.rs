@@ -35,7 +35,7 @@ description = "The labs team: the test tools and economy models."
 principals = ["team:labs"]
 [policy.limits]
 [policy.tools]
-allow = ["test.*"]
+allow = ["test.*", "everything.*"]
 [policy.models]
 tiers = ["economy"]
 
@@ -60,6 +60,9 @@ usd_per_day = 0.0000001
 [sandbox]
 test_capability = true
 
+[mcp.servers.everything]
+command = "{everything}"
+
 [providers.openai]
 kind = "openai"
 base_url = "{}/v1"
@@ -72,7 +75,8 @@ tier = "economy"
 input_per_mtok = 0.15
 output_per_mtok = 0.6
 {a}{b}"#,
-            stub.base
+            stub.base,
+            everything = crate::mcp::npm_bin("mcp-server-everything").display()
         ),
     )
     .unwrap();
@@ -83,8 +87,15 @@ output_per_mtok = 0.6
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config);
     let (mut child, base) = start(command);
+    let ready = {
+        let (base, alice) = (base.clone(), alice.clone());
+        tokio::task::spawn_blocking(move || crate::mcp::wait_for_tools(&base, &alice, &["everything.echo"]))
+    };
+    ready.await.unwrap();
 
     // The workload.
+    let echoed = run(&base, &alice, "return await tools.everything.echo({ message: 'hi' })").await;
+    assert_eq!(echoed["ok"], true, "{echoed}");
     let body = run(
         &base,
         &alice,
@@ -95,6 +106,7 @@ output_per_mtok = 0.6
     .await;
     assert_eq!(body["result"], json!([1, "cheap"]), "{body}");
     assert_eq!(run(&base, &alice, "throw new Error('no')").await["error"]["kind"], "exception");
+
     assert_eq!(run(&base, &bob, "return (await tools.test.echo({ s: 'hi' })).s").await["result"], "hi");
     let denied = run(&base, &bob, "return await tools.test.fail({})").await;
     assert_eq!(denied["error"]["kind"], "tool_denied", "{denied}");
@@ -129,7 +141,11 @@ output_per_mtok = 0.6
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "the browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the script's summary");
-    assert_eq!(seen["overview_executions"], 4, "{seen}");
+    assert_eq!(seen["overview_executions"], 5, "{seen}");
+    assert_eq!(seen["tools"]["everything"]["calls"], "1", "{seen}");
+    assert_eq!(seen["tools"]["everything"]["status"], "ready", "{seen}");
+    assert_eq!(seen["calls"]["tools.test.fail"]["errors"], "1", "the denied call: {seen}");
+    assert_eq!(seen["calls"]["tools.test.echo"]["calls"], "2", "{seen}");
     // The execution that called a tool and a model opens as its timeline, with the
     // model call's cost as the ledger has it.
     assert_eq!(seen["execution_outcome"], "ok", "{seen}");
@@ -139,7 +155,7 @@ output_per_mtok = 0.6
     assert!(cost > 0.0, "{seen}");
     assert!(seen["explain"].as_str().unwrap().starts_with("deny: user bob (team labs), tool test.fail"), "{seen}");
     assert!(seen["explain_rule"].as_str().unwrap().contains("no failing for bob"), "{seen}");
-    for page in ["overview", "usage", "executions", "execution", "policies", "usage-narrow"] {
+    for page in ["overview", "usage", "models", "tools", "executions", "execution", "policies", "usage-narrow"] {
         let file = shots.join(format!("{page}.png"));
         let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(bytes.starts_with(b"\x89PNG"), "{page} is a PNG");

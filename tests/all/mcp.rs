@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::harness::{api_key, client, free_port, get_text, post_as, start_server_with, TestServer};
 
 /// `tests/mcp/node_modules/.bin/<name>`; panics with the fix when npm packages are missing.
-fn npm_bin(name: &str) -> PathBuf {
+pub(crate) fn npm_bin(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/node_modules/.bin").join(name);
     assert!(path.exists(), "{} is missing; run: npm ci --prefix tests/mcp (tests/run does)", path.display());
     path

@@ -158,7 +158,7 @@ async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
 }
 
 #[tokio::test]
-async fn executions_are_listed_newest_first_and_open_with_their_calls() {
+async fn executions_are_listed_newest_first_and_open_with_their_calls_and_calls_add_up() {
     for backend in BACKENDS {
         let store = open(&fresh(backend).await).await;
         let mut failed = execution("b", "bob", 2_000, 20);
@@ -206,6 +206,16 @@ async fn executions_are_listed_newest_first_and_open_with_their_calls() {
         assert_eq!(detail.model_calls[0].fallbacks, ["a: HTTP 500"], "{backend:?}");
         assert_eq!((detail.model_calls[0].input_tokens, detail.cost_usd()), (10, 0.000_5), "{backend:?}");
         assert!(store.execution("nothing").await.unwrap().is_none(), "{backend:?}");
+
+        let stats = store.call_stats(&store::ExecutionQuery::default()).await.unwrap();
+        assert_eq!(stats.len(), 1, "{backend:?}");
+        assert_eq!((stats[0].name.as_str(), stats[0].calls, stats[0].errors), ("tools.test.echo", 1, 0), "{backend:?}");
+        let bob = store::ExecutionQuery { user: Some("bob".into()), ..Default::default() };
+        assert!(store.call_stats(&bob).await.unwrap().is_empty(), "{backend:?}");
+        let recent = store.model_calls(&store::ExecutionQuery { limit: 5, ..Default::default() }).await.unwrap();
+        assert_eq!(recent.len(), 1, "{backend:?}");
+        assert_eq!((recent[0].model.as_str(), recent[0].fallbacks.len()), ("m", 1), "{backend:?}");
+        assert!(store.model_calls(&store::ExecutionQuery { limit: 5, ..bob }).await.unwrap().is_empty());
     }
 }
 

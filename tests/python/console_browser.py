@@ -122,6 +122,29 @@ def main():
         csv_link = driver.find_element(By.ID, "csv").get_attribute("href")
         expect("group_by=user" in csv_link, "the CSV link keeps the filters")
 
+        # Models: the same totals by model and tier as the API, fallbacks, breakers.
+        driver.get(BASE + "/ui/models")
+        for table_id, group_by in (("models", "model"), ("tiers", "tier")):
+            shown = table(driver, table_id)
+            report = api(f"/v1/usage?group_by={group_by}", ADMIN_KEY)
+            expect(set(shown) == {row["group"] for row in report["rows"]}, f"{table_id}: {sorted(shown)}")
+            for row in report["rows"]:
+                got = shown[row["group"]]
+                expect(got["model_calls"] == str(row["model_calls"]), f"{table_id} {row['group']} calls")
+                expect(got["input_tokens"] == str(row["input_tokens"]), f"{table_id} {row['group']} input")
+                expect(got["output_tokens"] == str(row["output_tokens"]), f"{table_id} {row['group']} output")
+                expect(got["cost_usd"] == f"{row['cost_usd']:.6f}", f"{table_id} {row['group']} cost")
+        expect(driver.find_elements(By.CSS_SELECTOR, "#circuits td[data-field=circuit]"), "the breakers are listed")
+        shot(driver, "models")
+
+        # Tools: each upstream server's status, tools and calls; every host call.
+        driver.get(BASE + "/ui/tools")
+        seen["tools"] = table(driver, "servers")
+        for row in driver.find_elements(By.CSS_SELECTOR, "#servers tbody tr[data-group]"):
+            seen["tools"][row.get_attribute("data-group")]["status"] = row.find_element(By.CSS_SELECTOR, "td[data-field=status]").text
+        seen["calls"] = table(driver, "calls-by-name")
+        shot(driver, "tools")
+
         # Executions: every user's, newest first; one opens as a timeline.
         driver.get(BASE + "/ui/executions")
         rows = driver.find_elements(By.CSS_SELECTOR, "#executions tbody tr[data-user]")
