@@ -95,6 +95,11 @@ impl KeyRing {
         self.by_hash.len()
     }
 
+    /// Every configured key's principal.
+    pub fn principals(&self) -> Vec<Arc<Principal>> {
+        self.by_hash.values().cloned().collect()
+    }
+
     /// The principal of the key named `name`.
     pub fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
         self.by_hash.values().find(|p| p.key == name).cloned()

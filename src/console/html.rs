@@ -37,12 +37,14 @@ pub struct Page<'a> {
     pub body: String,
 }
 
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 8] = [
     ("overview", "/ui"),
     ("usage", "/ui/usage"),
     ("models", "/ui/models"),
     ("tools", "/ui/tools"),
+    ("budgets", "/ui/budgets"),
     ("executions", "/ui/executions"),
+    ("sessions", "/ui/sessions"),
     ("policies", "/ui/policies"),
 ];
 
@@ -94,12 +96,19 @@ impl Page<'_> {
     }
 }
 
-/// A bar chart: one bar per `(label, value)`, with `title` as its accessible name.
+/// A bar chart: one bar per `(label, value)`, with `title` as its accessible name,
+/// scaled to the highest bar.
 pub fn bar_chart(id: &str, title: &str, bars: &[(String, f64)], unit: &str) -> String {
+    bar_chart_to(id, title, bars, unit, None)
+}
+
+/// [`bar_chart`] with a fixed top of the scale (100 for percentages).
+pub fn bar_chart_to(id: &str, title: &str, bars: &[(String, f64)], unit: &str, top: Option<f64>) -> String {
     const WIDTH: f64 = 720.0;
     const HEIGHT: f64 = 180.0;
     const AXIS: f64 = 24.0;
-    let max = bars.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max);
+    let highest = bars.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max);
+    let max = top.map_or(highest, |top| top.max(highest));
     let step = if bars.is_empty() { WIDTH } else { WIDTH / bars.len() as f64 };
     let mut svg = format!(
         r#"<figure class="chart"><svg id="{id}" viewBox="0 0 {WIDTH} {total}" role="img" aria-labelledby="{id}-title" preserveAspectRatio="none"><title id="{id}-title">{title}</title>"#,
@@ -131,7 +140,7 @@ pub fn bar_chart(id: &str, title: &str, bars: &[(String, f64)], unit: &str) -> S
         svg,
         r#"</svg><figcaption>{} (highest: {} {})</figcaption></figure>"#,
         esc(title),
-        trim_number(max),
+        trim_number(highest),
         esc(unit)
     );
     svg

@@ -61,6 +61,8 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/policies", get(policies))
         .route("/ui/models", get(models))
         .route("/ui/tools", get(tools))
+        .route("/ui/budgets", get(budgets))
+        .route("/ui/sessions", get(sessions))
         .route("/ui/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/ui/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .with_state(state)
@@ -236,6 +238,24 @@ async fn overview(State(console): State<Console>, headers: HeaderMap) -> Respons
         Ok(rows) => rows,
         Err(error) => return service_failure(error),
     };
+    let standing = match console.app.service.budgets(&viewer).await {
+        Ok(standing) => standing,
+        Err(error) => return service_failure(error),
+    };
+    let mut closest = String::new();
+    for line in standing.iter().take(5) {
+        closest.push_str(&format!(
+            r#"<tr><th scope="row">{} ({})</th><td>{}</td>{}<td class="num" data-field="share">{:.1}%</td></tr>"#,
+            esc(&line.scope),
+            line.period,
+            esc(&limit_text(line.limit_usd, line.limit_tokens)),
+            num_cell("used_usd", usd(line.used_usd)),
+            line.share() * 100.0
+        ));
+    }
+    if closest.is_empty() {
+        closest.push_str(r#"<tr><td colspan="4">No budget is in force.</td></tr>"#);
+    }
     let bars: Vec<(String, f64)> =
         pulse.per_minute.iter().enumerate().map(|(i, n)| (format!("{} min ago", 59 - i), *n as f64)).collect();
     let mut outcomes = String::new();
@@ -277,6 +297,11 @@ async fn overview(State(console): State<Console>, headers: HeaderMap) -> Respons
 <section aria-labelledby="spend-h">
 <h2 id="spend-h">Model spend today (UTC), by team</h2>
 <div class="scroll"><table id="spend"><thead><tr><th scope="col">Team</th><th scope="col">Model calls</th><th scope="col">Executions</th><th scope="col">Cost (USD)</th></tr></thead><tbody>{teams}</tbody></table></div>
+</section>
+<section aria-labelledby="closest-h">
+<h2 id="closest-h">Budgets closest to their limit</h2>
+<div class="scroll"><table id="closest"><thead><tr><th scope="col">Budget</th><th scope="col">Limit</th><th scope="col">Used USD</th><th scope="col">Of the limit</th></tr></thead><tbody>{closest}</tbody></table></div>
+<p class="note"><a href="/ui/budgets">Every budget</a></p>
 </section>"#,
         at = esc(&pulse.at),
         executions = pulse.executions,
@@ -844,6 +869,93 @@ async fn tools(State(console): State<Console>, headers: HeaderMap) -> Response {
 <div class="scroll"><table id="calls-by-name"><thead><tr><th scope="col">Call</th><th scope="col">Calls</th><th scope="col">Errors</th><th scope="col">Mean ms</th><th scope="col">Max ms</th></tr></thead><tbody>{per_tool}</tbody></table></div>"#
     );
     page("Tools", "tools", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+fn limit_text(limit_usd: Option<f64>, limit_tokens: Option<u64>) -> String {
+    match (limit_usd, limit_tokens) {
+        (Some(usd), Some(tokens)) => format!("{} USD, {tokens} tokens", html::trim_number(usd)),
+        (Some(usd), None) => format!("{} USD", html::trim_number(usd)),
+        (None, Some(tokens)) => format!("{tokens} tokens"),
+        (None, None) => "none".into(),
+    }
+}
+
+async fn budgets(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let standing = match console.app.service.budgets(&viewer).await {
+        Ok(standing) => standing,
+        Err(error) => return service_failure(error),
+    };
+    let mut rows = String::new();
+    for line in &standing {
+        rows.push_str(&format!(
+            r#"<tr data-group="{scope} {period}"><th scope="row">{scope}</th><td>{period} (since {since})</td><td>{limit}</td>{}{}{}{}{}<td class="num" data-field="share">{share:.1}%</td></tr>"#,
+            num_cell("spent_usd", usd(line.spent_usd)),
+            num_cell("held_usd", usd((line.used_usd - line.spent_usd).max(0.0))),
+            num_cell("used_usd", usd(line.used_usd)),
+            num_cell("spent_tokens", line.spent_tokens),
+            num_cell("used_tokens", line.used_tokens),
+            scope = esc(&line.scope),
+            period = line.period,
+            since = time(line.since_ms),
+            limit = esc(&limit_text(line.limit_usd, line.limit_tokens)),
+            share = line.share() * 100.0,
+        ));
+    }
+    if rows.is_empty() {
+        rows.push_str(r#"<tr><td colspan="9">No budget is in force.</td></tr>"#);
+    }
+    let bars: Vec<(String, f64)> =
+        standing.iter().map(|l| (format!("{} {}", l.scope, l.period), (l.share() * 100.0).min(999.0))).collect();
+    let scope = if viewer.role == Role::Admin { "every configured key's user and team" } else { "yours" };
+    let body = format!(
+        r#"<p class="note">Budgets in force for {scope}, closest to its limit first. Used is spent plus held: the
+reservations of model calls in flight, which a call settles or releases when it ends.</p>
+{chart}
+<div class="scroll"><table id="budgets"><thead><tr><th scope="col">Scope</th><th scope="col">Period</th><th scope="col">Limit</th><th scope="col">Spent USD</th><th scope="col">Held USD</th><th scope="col">Used USD</th><th scope="col">Spent tokens</th><th scope="col">Used tokens</th><th scope="col">Of the limit</th></tr></thead><tbody>{rows}</tbody></table></div>"#,
+        chart = html::bar_chart_to("budget-share", "Share of each budget used (%)", &bars, "%", Some(100.0)),
+    );
+    page("Budgets", "budgets", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+async fn sessions(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&console, &headers) {
+        Ok(viewer) => viewer,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let sessions = match console.app.service.live_sessions(&viewer).await {
+        Ok(sessions) => sessions,
+        Err(error) => return service_failure(error),
+    };
+    let mut rows = String::new();
+    for session in &sessions {
+        rows.push_str(&format!(
+            r#"<tr data-user="{user}"><td><code>{id}</code></td><td>{user}</td><td>{team}</td><td>{language}</td><td>{created}</td><td>{used}</td>{}{}{}{}</tr>"#,
+            num_cell("executions", session.executions),
+            num_cell("image_bytes", session.image_bytes),
+            num_cell("files", session.files),
+            num_cell("file_bytes", session.file_bytes),
+            id = esc(&session.id),
+            user = esc(&session.user),
+            team = esc(&session.team),
+            language = esc(&session.language),
+            created = time(session.created_at_ms),
+            used = time(session.used_at_ms),
+        ));
+    }
+    if rows.is_empty() {
+        rows.push_str(r#"<tr><td colspan="10">No live sessions.</td></tr>"#);
+    }
+    let total: u64 = sessions.iter().map(|s| s.image_bytes + s.file_bytes).sum();
+    let body = format!(
+        r#"<p class="note">{count} live sessions, {total} bytes of memory images and workspace files in the store.</p>
+<div class="scroll"><table id="sessions"><thead><tr><th scope="col">Session</th><th scope="col">User</th><th scope="col">Team</th><th scope="col">Language</th><th scope="col">Opened (UTC)</th><th scope="col">Last used</th><th scope="col">Executions</th><th scope="col">Image bytes</th><th scope="col">Files</th><th scope="col">File bytes</th></tr></thead><tbody>{rows}</tbody></table></div>"#,
+        count = sessions.len(),
+    );
+    page("Sessions", "sessions", &viewer, console.app.service.mode() == Mode::Local, body)
 }
 
 #[derive(Debug, Default, Deserialize)]

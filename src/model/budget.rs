@@ -90,8 +90,9 @@ fn month_start_ms(now_ms: i64) -> i64 {
     (days - day_of_month) * DAY_MS
 }
 
-/// The lines of `budget` for `principal` now, with the name of each line's period.
-fn lines(principal: &Principal, budget: &Budget) -> Vec<(&'static str, BudgetLine)> {
+/// The lines of `budget` for `principal` now, with the name of each line's period
+/// (`daily` or `monthly`).
+pub fn lines(principal: &Principal, budget: &Budget) -> Vec<(&'static str, BudgetLine)> {
     let now = now_ms();
     let (day, month) = (now - now.rem_euclid(DAY_MS), month_start_ms(now));
     let mut lines: Vec<(&'static str, BudgetLine)> = Vec::new();

@@ -57,7 +57,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use budget::{Budgets, Exceeded, Reservation};
+pub use budget::{lines as budget_lines, Budgets, Exceeded, Reservation};
 pub use catalog::{Catalog, Model, ModelCapability, Price, Provider, ProviderKind, RouterSettings, Tier};
 pub use usage::{count_tokens, Tokens};
 

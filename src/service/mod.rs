@@ -12,7 +12,7 @@
 //! same way. Either way nothing started escapes the ledger.
 
 mod activity;
-pub use activity::MAX_LISTED;
+pub use activity::{BudgetStanding, MAX_LISTED};
 mod handles;
 mod reload;
 mod running;

@@ -38,6 +38,10 @@ principals = ["team:labs"]
 allow = ["test.*", "everything.*"]
 [policy.models]
 tiers = ["economy"]
+[policy.sessions]
+[policy.budget]
+scope = "team"
+usd_per_day = 5
 
 [[policy]]
 name = "no failing for bob"
@@ -46,7 +50,7 @@ principals = ["user:bob"]
 deny = ["test.fail"]
 [policy.budget]
 scope = "user"
-usd_per_day = 0.0000001
+tokens_per_day = 1
 "#,
     )
     .unwrap();
@@ -126,6 +130,17 @@ output_per_mtok = 0.6
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{answered}");
+    let (status, opened) = call(Method::POST, format!("{base}/v1/sessions"), &alice, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let session = opened["session_id"].as_str().unwrap().to_string();
+    let (_, body) = call(
+        Method::POST,
+        format!("{base}/v1/execute"),
+        &alice,
+        Some(json!({ "code": "globalThis.kept = 41; kept + 1", "session_id": session })),
+    )
+    .await;
+    assert_eq!(body["result"], 42, "{body}");
 
     // The browser.
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
@@ -141,7 +156,10 @@ output_per_mtok = 0.6
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "the browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the script's summary");
-    assert_eq!(seen["overview_executions"], 5, "{seen}");
+    assert_eq!(seen["overview_executions"], 6, "{seen}");
+    assert_eq!(seen["sessions"], json!([session]), "{seen}");
+    assert_eq!(seen["budgets"]["user bob daily"]["used_tokens"], "0", "{seen}");
+    assert!(seen["budgets"]["team labs daily"]["spent_usd"].as_str().unwrap() > "0.000000", "{seen}");
     assert_eq!(seen["tools"]["everything"]["calls"], "1", "{seen}");
     assert_eq!(seen["tools"]["everything"]["status"], "ready", "{seen}");
     assert_eq!(seen["calls"]["tools.test.fail"]["errors"], "1", "the denied call: {seen}");
@@ -155,7 +173,18 @@ output_per_mtok = 0.6
     assert!(cost > 0.0, "{seen}");
     assert!(seen["explain"].as_str().unwrap().starts_with("deny: user bob (team labs), tool test.fail"), "{seen}");
     assert!(seen["explain_rule"].as_str().unwrap().contains("no failing for bob"), "{seen}");
-    for page in ["overview", "usage", "models", "tools", "executions", "execution", "policies", "usage-narrow"] {
+    for page in [
+        "overview",
+        "usage",
+        "models",
+        "tools",
+        "budgets",
+        "executions",
+        "execution",
+        "sessions",
+        "policies",
+        "usage-narrow",
+    ] {
         let file = shots.join(format!("{page}.png"));
         let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(bytes.starts_with(b"\x89PNG"), "{page} is a PNG");

@@ -17,6 +17,7 @@ Prints one JSON line with what it saw; exits non-zero on the first mismatch.
 import json
 import os
 import sys
+import time
 import urllib.request
 
 from selenium import webdriver
@@ -145,6 +146,19 @@ def main():
         seen["calls"] = table(driver, "calls-by-name")
         shot(driver, "tools")
 
+        # Budgets: each line in force, its spend as the ledger has it today.
+        driver.get(BASE + "/ui/budgets")
+        seen["budgets"] = table(driver, "budgets")
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        teams = {row["group"]: row for row in api(f"/v1/usage?group_by=team&since={day}", ADMIN_KEY)["rows"]}
+        expect(seen["budgets"]["team labs daily"]["spent_usd"] == f"{teams['labs']['cost_usd']:.6f}", "the team budget's spend")
+        shot(driver, "budgets")
+
+        # Sessions: live ones, with their owners and sizes.
+        driver.get(BASE + "/ui/sessions")
+        seen["sessions"] = [row.find_element(By.CSS_SELECTOR, "code").text for row in driver.find_elements(By.CSS_SELECTOR, "#sessions tbody tr[data-user]")]
+        shot(driver, "sessions")
+
         # Executions: every user's, newest first; one opens as a timeline.
         driver.get(BASE + "/ui/executions")
         rows = driver.find_elements(By.CSS_SELECTOR, "#executions tbody tr[data-user]")
@@ -205,6 +219,11 @@ def main():
         expect("not found" in driver.page_source.lower() or "no execution" in driver.page_source.lower(), "another user's execution is not found")
         driver.get(BASE + "/ui/policies")
         expect(not driver.find_elements(By.ID, "explain-user"), "a member explains only for themselves")
+        driver.get(BASE + "/ui/sessions")
+        expect(not driver.find_elements(By.CSS_SELECTOR, "#sessions tbody tr[data-user]"), "the member sees no one else's sessions")
+        driver.get(BASE + "/ui/budgets")
+        scopes = set(table(driver, "budgets"))
+        expect(scopes == {"user bob daily", "team labs daily"}, f"the member's budgets: {scopes}")
         # Narrow window: still usable.
         driver.set_window_size(420, 800)
         driver.get(BASE + "/ui/usage")
