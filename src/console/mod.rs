@@ -685,6 +685,17 @@ async fn execution(State(console): State<Console>, headers: HeaderMap, Path(id):
     if models.is_empty() {
         models.push_str(r#"<tr><td colspan="8">No model calls.</td></tr>"#);
     }
+    let mut logs = String::new();
+    for line in &detail.logs {
+        logs.push_str(&format!(
+            r#"<tr class="log-{level}"><td>{level}</td><td><pre>{message}</pre></td></tr>"#,
+            level = esc(&line.level),
+            message = esc(&line.message)
+        ));
+    }
+    if logs.is_empty() {
+        logs.push_str(r#"<tr><td colspan="2">It printed nothing.</td></tr>"#);
+    }
     let limit = matches!(
         run.outcome.as_str(),
         "timeout" | "out_of_fuel" | "out_of_memory" | "stack_overflow" | "output_limit" | "call_limit"
@@ -705,7 +716,10 @@ async fn execution(State(console): State<Console>, headers: HeaderMap, Path(id):
 <div class="scroll"><table id="calls"><thead><tr><th scope="col">Started</th><th scope="col">Call</th><th scope="col">Latency ms</th><th scope="col">Outcome</th></tr></thead><tbody>{calls}</tbody></table></div>
 <h2>Model calls</h2>
 <div class="scroll"><table id="model-calls"><thead><tr><th scope="col">Started</th><th scope="col">Model</th><th scope="col">Tier</th><th scope="col">Input tokens</th><th scope="col">Output tokens</th><th scope="col">Cost (USD)</th><th scope="col">Status</th><th scope="col">Fallbacks</th></tr></thead><tbody>{models}</tbody></table></div>
-<p class="note">Console lines are returned to the caller and not kept, so they are not shown here.</p>"#,
+<h2>Console</h2>
+<div class="scroll"><table id="logs"><thead><tr><th scope="col">Level</th><th scope="col">Line</th></tr></thead><tbody>{logs}</tbody></table></div>
+<p class="note">Up to 16 KiB of console lines are kept with each execution.</p>"#,
+        logs = logs,
         id = esc(&run.id),
         user = esc(&run.user),
         team = esc(&run.team),

@@ -192,6 +192,31 @@ impl CallPolicy for PolicyCalls {
     }
 }
 
+/// An execution's console lines as the ledger keeps them: a JSON array, cut to
+/// [`crate::store::MAX_LOG_BYTES`] with a last line saying how many were left out;
+/// empty when there are none.
+pub(crate) fn kept_logs(lines: &[LogLine]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut parts: Vec<String> = Vec::with_capacity(lines.len());
+    let mut size = 2;
+    for (i, line) in lines.iter().enumerate() {
+        let text = serde_json::to_string(line).unwrap_or_default();
+        if size + text.len() + 1 > crate::store::MAX_LOG_BYTES {
+            let note = LogLine {
+                level: crate::sandbox::LogLevel::Warn,
+                message: format!("[{} more lines not kept]", lines.len() - i),
+            };
+            parts.push(serde_json::to_string(&note).unwrap_or_default());
+            break;
+        }
+        size += text.len() + 1;
+        parts.push(text);
+    }
+    format!("[{}]", parts.join(","))
+}
+
 /// The span of one execution (see [`crate::telemetry::trace`]), under the caller's
 /// trace when the request carried one.
 fn execution_span(job: &Job, session: Option<&str>) -> trace::Span {
@@ -713,6 +738,7 @@ fn records(principal: &Principal, outcome: &Outcome) -> Vec<Record> {
         wall_ms: outcome.usage.wall_ms,
         memory_bytes: outcome.usage.memory_bytes,
         host_calls: outcome.usage.host_calls,
+        logs: kept_logs(&outcome.logs),
     }));
     for call in &outcome.calls {
         records.push(Record::Call(CallRecord {
@@ -726,4 +752,25 @@ fn records(principal: &Principal, outcome: &Outcome) -> Vec<Record> {
         }));
     }
     records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::LogLevel;
+
+    #[test]
+    fn kept_logs_are_json_cut_at_their_limit_with_a_note() {
+        assert_eq!(kept_logs(&[]), "");
+        let line = |message: &str| LogLine { level: LogLevel::Log, message: message.into() };
+        let kept: Vec<LogLine> = serde_json::from_str(&kept_logs(&[line("a"), line("b")])).unwrap();
+        assert_eq!(kept.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let long: Vec<LogLine> = (0..1_000).map(|i| line(&format!("line {i} {}", "x".repeat(40)))).collect();
+        let text = kept_logs(&long);
+        assert!(text.len() <= crate::store::MAX_LOG_BYTES + 100, "{}", text.len());
+        let kept: Vec<LogLine> = serde_json::from_str(&text).unwrap();
+        let last = kept.last().unwrap();
+        assert_eq!(last.level, LogLevel::Warn);
+        assert_eq!(last.message, format!("[{} more lines not kept]", 1_000 - (kept.len() - 1)));
+    }
 }

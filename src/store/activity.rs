@@ -58,12 +58,21 @@ pub struct ModelCallRow {
     pub fallbacks: Vec<String>,
 }
 
-/// An execution with everything it called, in the order the calls started.
+/// One console line of an execution, as kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LogRow {
+    pub level: String,
+    pub message: String,
+}
+
+/// An execution with everything it called, in the order the calls started, and its
+/// console lines.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ExecutionDetail {
     pub execution: ExecutionRow,
     pub calls: Vec<CallRow>,
     pub model_calls: Vec<ModelCallRow>,
+    pub logs: Vec<LogRow>,
 }
 
 impl ExecutionDetail {
@@ -140,6 +149,16 @@ pub(super) fn executions_sql(dialect: &Dialect) -> String {
 /// Placeholder 1: the execution id.
 pub(super) fn execution_sql(dialect: &Dialect) -> String {
     format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = {}", (dialect.param)(1))
+}
+
+/// Placeholder 1: the execution id.
+pub(super) fn logs_sql(dialect: &Dialect) -> String {
+    format!("SELECT logs FROM execution_logs WHERE execution_id = {}", (dialect.param)(1))
+}
+
+/// The kept lines, from the JSON the ledger holds (none when it holds none).
+pub(super) fn parse_logs(text: Option<String>) -> Vec<LogRow> {
+    text.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
 }
 
 /// Placeholder 1: the execution id.

@@ -36,7 +36,7 @@ mod usage;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-pub use activity::{CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
+pub use activity::{CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, LogRow, ModelCallRow};
 pub use ledger::Ledger;
 pub use usage::{parse_time as usage_time, total, GroupBy, UsageQuery, UsageRow};
 
@@ -56,7 +56,13 @@ pub struct ExecutionRecord {
     pub wall_ms: u64,
     pub memory_bytes: u64,
     pub host_calls: u32,
+    /// Its console lines as a JSON array of `{level, message}` (cut to
+    /// [`MAX_LOG_BYTES`]); empty when it printed none, and then nothing is stored.
+    pub logs: String,
 }
+
+/// The most bytes of console lines kept with an execution's record.
+pub const MAX_LOG_BYTES: usize = 16 * 1024;
 
 /// One host call (tool or other capability) made by an execution.
 #[derive(Clone, Debug, PartialEq, Serialize)]

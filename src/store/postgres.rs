@@ -364,6 +364,33 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 6: sessions found by when they expire, so the sweep reads only those.
     "CREATE INDEX sessions_expiry ON sessions ((used_at_ms + ttl_ms));",
+    // 7: executions' console lines, for the console's execution page (only those that
+    // printed any), appended with the rest of a batch by a function that wraps
+    // sandgate_append (which stays, for replicas not yet upgraded).
+    r#"
+    CREATE TABLE execution_logs (execution_id TEXT PRIMARY KEY, logs TEXT NOT NULL);
+    CREATE FUNCTION sandgate_append_with_logs(
+        e_id TEXT[], e_user TEXT[], e_team TEXT[], e_key TEXT[], e_started BIGINT[], e_ended BIGINT[],
+        e_outcome TEXT[], e_fuel BIGINT[], e_wall BIGINT[], e_memory BIGINT[], e_calls BIGINT[],
+        c_execution TEXT[], c_user TEXT[], c_team TEXT[], c_name TEXT[], c_started BIGINT[],
+        c_latency BIGINT[], c_outcome TEXT[],
+        m_execution TEXT[], m_user TEXT[], m_team TEXT[], m_key TEXT[], m_model TEXT[], m_tier TEXT[],
+        m_provider TEXT[], m_input BIGINT[], m_output BIGINT[], m_cached BIGINT[], m_cost BIGINT[],
+        m_started BIGINT[], m_latency BIGINT[], m_status TEXT[], m_chain TEXT[], m_tags TEXT[],
+        releases TEXT[],
+        s_session TEXT[], s_user TEXT[], s_team TEXT[], s_key TEXT[], s_at BIGINT[], s_event TEXT[],
+        s_bytes BIGINT[], l_execution TEXT[], l_logs TEXT[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM sandgate_append(e_id, e_user, e_team, e_key, e_started, e_ended, e_outcome, e_fuel, e_wall,
+            e_memory, e_calls, c_execution, c_user, c_team, c_name, c_started, c_latency, c_outcome,
+            m_execution, m_user, m_team, m_key, m_model, m_tier, m_provider, m_input, m_output, m_cached,
+            m_cost, m_started, m_latency, m_status, m_chain, m_tags, releases, s_session, s_user, s_team,
+            s_key, s_at, s_event, s_bytes);
+        INSERT INTO execution_logs (execution_id, logs) SELECT * FROM unnest(l_execution, l_logs)
+        ON CONFLICT (execution_id) DO UPDATE SET logs = EXCLUDED.logs;
+    END $$;
+    "#,
 ];
 
 fn model_call_row(r: &tokio_postgres::Row) -> ModelCallRow {
@@ -571,6 +598,8 @@ struct Columns {
     s_at: Vec<i64>,
     s_event: Vec<String>,
     s_bytes: Vec<i64>,
+    l_execution: Vec<String>,
+    l_logs: Vec<String>,
 }
 
 impl Columns {
@@ -598,6 +627,10 @@ impl Columns {
                     c.e_wall.push(to_i64(r.wall_ms));
                     c.e_memory.push(to_i64(r.memory_bytes));
                     c.e_calls.push(r.host_calls.into());
+                    if !r.logs.is_empty() {
+                        c.l_execution.push(r.id.clone());
+                        c.l_logs.push(r.logs.clone());
+                    }
                 }
                 Record::Execution(_) => {}
                 Record::Call(r) => {
@@ -642,7 +675,7 @@ impl Columns {
         c
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 42] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 44] {
         [
             &self.e_id,
             &self.e_user,
@@ -686,13 +719,15 @@ impl Columns {
             &self.s_at,
             &self.s_event,
             &self.s_bytes,
+            &self.l_execution,
+            &self.l_logs,
         ]
     }
 }
 
-const APPEND: &str = "SELECT sandgate_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                      $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, \
-                      $36, $37, $38, $39, $40, $41, $42)";
+const APPEND: &str = "SELECT sandgate_append_with_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                      $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, \
+                      $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44)";
 
 /// The lines in locking order, with their places in the hold, as the columns the
 /// functions take.
@@ -878,7 +913,17 @@ impl Store for PgStore {
                 .iter()
                 .map(model_call_row)
                 .collect();
-            Ok(Some(ExecutionDetail { execution: execution_row(&row), calls, model_calls }))
+            let logs = client
+                .query_opt(&activity::logs_sql(&DIALECT), &[&id])
+                .await
+                .map_err(err)?
+                .map(|row| row.get::<_, String>(0));
+            Ok(Some(ExecutionDetail {
+                execution: execution_row(&row),
+                calls,
+                model_calls,
+                logs: activity::parse_logs(logs),
+            }))
         }
         .boxed()
     }

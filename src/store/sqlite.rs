@@ -161,6 +161,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE session_images (session_id TEXT PRIMARY KEY, image BLOB NOT NULL);
     INSERT INTO session_images (session_id, image) SELECT id, image FROM sessions WHERE image IS NOT NULL;
     ALTER TABLE sessions DROP COLUMN image;",
+    // 10: executions' console lines, for the console's execution page (only those
+    // that printed any).
+    "CREATE TABLE execution_logs (execution_id TEXT PRIMARY KEY, logs TEXT NOT NULL);",
 ];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -315,6 +318,9 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .map_err(err)?;
+        let mut logs = tx
+            .prepare_cached("INSERT OR REPLACE INTO execution_logs (execution_id, logs) VALUES (?1, ?2)")
+            .map_err(err)?;
         let mut call = tx
             .prepare_cached(
                 "INSERT INTO calls (execution_id, user, team, name, started_at_ms, latency_ms, outcome)
@@ -349,6 +355,7 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
                         to_i64(r.memory_bytes),
                         r.host_calls
                     ])
+                    .and_then(|_| if r.logs.is_empty() { Ok(0) } else { logs.execute(params![r.id, r.logs]) })
                     .map(drop),
                 Record::Call(r) => call
                     .execute(params![
@@ -686,7 +693,11 @@ impl Store for SqliteStore {
                 .map_err(err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;
-            Ok(Some(ExecutionDetail { execution, calls, model_calls }))
+            let logs = reader
+                .query_row(&activity::logs_sql(&DIALECT), params![id], |row| row.get::<_, String>(0))
+                .optional()
+                .map_err(err)?;
+            Ok(Some(ExecutionDetail { execution, calls, model_calls, logs: activity::parse_logs(logs) }))
         })
     }
 

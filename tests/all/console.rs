@@ -103,7 +103,8 @@ output_per_mtok = 0.6
     let body = run(
         &base,
         &alice,
-        "const echoed = await tools.test.echo({ n: 1 });\n\
+        "console.log('weekly summary for <b>labs</b>');\n\
+         const echoed = await tools.test.echo({ n: 1 });\n\
          const answer = await model.chat({ model: 'cheap', messages: [{ role: 'user', content: 'summarise the week' }] });\n\
          return [echoed.n, answer.model];",
     )
@@ -169,6 +170,11 @@ output_per_mtok = 0.6
     assert_eq!(seen["execution_outcome"], "ok", "{seen}");
     assert!(seen["execution_calls"][0].as_str().unwrap().contains("tools.test.echo"), "{seen}");
     assert!(seen["execution_models"][0].as_str().unwrap().contains("cheap"), "{seen}");
+    assert_eq!(
+        seen["execution_logs"],
+        json!(["log\nweekly summary for <b>labs</b>"]),
+        "kept, and shown as text: {seen}"
+    );
     let cost = seen["execution_cost"].as_str().unwrap().trim_end_matches(" USD").parse::<f64>().unwrap();
     assert!(cost > 0.0, "{seen}");
     assert!(seen["explain"].as_str().unwrap().starts_with("deny: user bob (team labs), tool test.fail"), "{seen}");

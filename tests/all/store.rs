@@ -58,6 +58,7 @@ fn execution(id: &str, user: &str, at: i64, fuel: u64) -> Record {
         wall_ms: 5,
         memory_bytes: 1,
         host_calls: 2,
+        logs: String::new(),
     })
 }
 
@@ -169,9 +170,13 @@ async fn executions_are_listed_newest_first_and_open_with_their_calls_and_calls_
         if let Record::Model(record) = &mut call_of_a {
             record.execution_id = Some("a".into());
         }
+        let mut printed = execution("a", "alice", 1_000, 10);
+        if let Record::Execution(record) = &mut printed {
+            record.logs = r#"[{"level":"log","message":"hello"},{"level":"warn","message":"careful"}]"#.into();
+        }
         store
             .append(&[
-                execution("a", "alice", 1_000, 10),
+                printed,
                 failed,
                 execution("c", "alice", 3_000, 30),
                 Record::Call(CallRecord {
@@ -206,6 +211,9 @@ async fn executions_are_listed_newest_first_and_open_with_their_calls_and_calls_
         assert_eq!(detail.model_calls[0].fallbacks, ["a: HTTP 500"], "{backend:?}");
         assert_eq!((detail.model_calls[0].input_tokens, detail.cost_usd()), (10, 0.000_5), "{backend:?}");
         assert!(store.execution("nothing").await.unwrap().is_none(), "{backend:?}");
+        let lines: Vec<(String, String)> = detail.logs.into_iter().map(|l| (l.level, l.message)).collect();
+        assert_eq!(lines, [("log".into(), "hello".into()), ("warn".into(), "careful".into())], "{backend:?}");
+        assert!(store.execution("b").await.unwrap().unwrap().logs.is_empty(), "nothing printed, nothing kept");
 
         let stats = store.call_stats(&store::ExecutionQuery::default()).await.unwrap();
         assert_eq!(stats.len(), 1, "{backend:?}");

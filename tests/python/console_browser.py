@@ -179,6 +179,7 @@ def main():
         seen["execution_calls"] = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#calls tbody tr")]
         seen["execution_models"] = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#model-calls tbody tr")]
         seen["execution_cost"] = driver.find_element(By.ID, "execution-cost").text
+        seen["execution_logs"] = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#logs tbody tr")]
         shot(driver, "execution")
         # The member's own execution id, to try as the member later.
         driver.get(BASE + "/ui/executions?user=" + MEMBER_USER)
