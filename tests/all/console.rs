@@ -201,3 +201,57 @@ output_per_mtok = 0.6
         std::fs::copy(shots.join("overview.png"), docs.join("console-overview.png")).unwrap();
     }
 }
+
+/// In local mode the console opens for the local admin, on loopback names only; with
+/// keys it asks for one. Either way it keeps the API's Host and Origin rules, and its
+/// sign-in takes JSON only.
+#[tokio::test]
+async fn the_console_keeps_the_apis_host_and_origin_rules() {
+    let local = crate::binary::Running::serve(&[]);
+    let page = client().get(format!("{}/ui", local.base)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("Signed in as <strong id=\"viewer\">local (team local, admin)"));
+    let foreign =
+        client().get(format!("{}/ui", local.base)).header("host", "sandgate.example.com").send().await.unwrap();
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN, "a non-loopback Host in local mode");
+    let from_page =
+        client().get(format!("{}/ui/usage", local.base)).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(from_page.status(), StatusCode::FORBIDDEN, "another web origin");
+    drop(local);
+
+    let dir = temp_dir("console-keys");
+    let ApiKey { token, entry } = api_key("carol-laptop", "carol", "ops", "member");
+    let config = dir.join("sandgate.toml");
+    std::fs::write(&config, entry).unwrap();
+    let keyed = crate::binary::Running::serve(&["--config", config.to_str().unwrap()]);
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let anonymous = no_redirects.get(format!("{}/ui/usage", keyed.base)).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
+    assert_eq!(anonymous.headers()["location"], "/ui/login");
+    let form = client()
+        .post(format!("{}/ui/login", keyed.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("key={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "a cross-site form cannot sign anyone in");
+    let wrong =
+        client().post(format!("{}/ui/login", keyed.base)).json(&json!({ "key": "sg_nope" })).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let signed = client().post(format!("{}/ui/login", keyed.base)).json(&json!({ "key": token })).send().await.unwrap();
+    assert_eq!(signed.status(), StatusCode::NO_CONTENT);
+    let cookie = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/ui"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains(&token), "the cookie does not carry the key");
+    let value = cookie.split(';').next().unwrap().to_string();
+    let page = client().get(format!("{}/ui/usage", keyed.base)).header("cookie", &value).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("carol (team ops, member)"));
+    let forged = value.replace("v1.", "v1.00");
+    let page = no_redirects.get(format!("{}/ui/usage", keyed.base)).header("cookie", &forged).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER, "a changed cookie is not a sign-in");
+}
