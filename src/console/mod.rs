@@ -19,7 +19,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -73,6 +72,31 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// The signed-in viewer of a page; a request without one is sent to sign in.
+struct Viewer(Arc<Principal>);
+
+impl axum::extract::FromRequestParts<Console> for Viewer {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, console: &Console) -> Result<Self, Redirect> {
+        viewer(console, &parts.headers).map(Viewer)
+    }
+}
+
+/// A page's query parameters; ones that do not parse are a 400 page.
+struct Params<T>(T);
+
+impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<Console> for Params<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, console: &Console) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, console).await {
+            Ok(Query(params)) => Ok(Params(params)),
+            Err(rejection) => Err(failure(StatusCode::BAD_REQUEST, &rejection.body_text())),
+        }
+    }
 }
 
 /// The signed-in viewer, or the response that sends the browser to sign in.
@@ -224,11 +248,7 @@ fn day_start(now: i64) -> i64 {
     now - now.rem_euclid(86_400_000)
 }
 
-async fn overview(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
+async fn overview(State(console): State<Console>, Viewer(viewer): Viewer) -> Response {
     let pulse = match pulse(&console, &viewer).await {
         Ok(pulse) => pulse,
         Err(error) => return service_failure(error),
@@ -407,17 +427,9 @@ fn usage_value(row: &UsageRow, field: &str) -> String {
 
 async fn usage(
     State(console): State<Console>,
-    headers: HeaderMap,
-    params: Result<Query<UsageParams>, QueryRejection>,
+    Viewer(viewer): Viewer,
+    Params(params): Params<UsageParams>,
 ) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
-    let params = match params {
-        Ok(Query(params)) => params,
-        Err(rejection) => return failure(StatusCode::BAD_REQUEST, &rejection.body_text()),
-    };
     let query = match params.query() {
         Ok(query) => query,
         Err(message) => return failure(StatusCode::BAD_REQUEST, &message),
@@ -476,17 +488,9 @@ async fn usage(
 
 async fn usage_csv(
     State(console): State<Console>,
-    headers: HeaderMap,
-    params: Result<Query<UsageParams>, QueryRejection>,
+    Viewer(viewer): Viewer,
+    Params(params): Params<UsageParams>,
 ) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
-    let params = match params {
-        Ok(Query(params)) => params,
-        Err(rejection) => return failure(StatusCode::BAD_REQUEST, &rejection.body_text()),
-    };
     let query = match params.query() {
         Ok(query) => query,
         Err(message) => return failure(StatusCode::BAD_REQUEST, &message),
@@ -538,17 +542,9 @@ struct ExecutionParams {
 
 async fn executions(
     State(console): State<Console>,
-    headers: HeaderMap,
-    params: Result<Query<ExecutionParams>, QueryRejection>,
+    Viewer(viewer): Viewer,
+    Params(params): Params<ExecutionParams>,
 ) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
-    let params = match params {
-        Ok(Query(params)) => params,
-        Err(rejection) => return failure(StatusCode::BAD_REQUEST, &rejection.body_text()),
-    };
     let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
     let bound = |v: &Option<String>| text(v).map(|t| store::usage_time(&t)).transpose();
     let (since, until) = match (bound(&params.since), bound(&params.until)) {
@@ -613,11 +609,7 @@ fn execution_row(row: &ExecutionRow) -> String {
     )
 }
 
-async fn execution(State(console): State<Console>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
+async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(id): Path<String>) -> Response {
     let detail = match console.app.service.execution(&viewer, &id).await {
         Ok(detail) => detail,
         Err(error) => return service_failure(error),
@@ -763,11 +755,7 @@ fn usage_table(id: &str, heading: &str, rows: &[UsageRow]) -> String {
     )
 }
 
-async fn models(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
+async fn models(State(console): State<Console>, Viewer(viewer): Viewer) -> Response {
     let service = &console.app.service;
     let by = |group_by| UsageQuery { group_by, since_ms: None, until_ms: None, user: None };
     let (by_model, by_tier, recent) = match (
@@ -827,11 +815,7 @@ async fn models(State(console): State<Console>, headers: HeaderMap) -> Response 
     page("Models", "models", &viewer, console.app.service.mode() == Mode::Local, body)
 }
 
-async fn tools(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
+async fn tools(State(console): State<Console>, Viewer(viewer): Viewer) -> Response {
     let stats = match console.app.service.call_stats(&viewer, last_day(0)).await {
         Ok(stats) => stats,
         Err(error) => return service_failure(error),
@@ -894,11 +878,7 @@ fn limit_text(limit_usd: Option<f64>, limit_tokens: Option<u64>) -> String {
     }
 }
 
-async fn budgets(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
+async fn budgets(State(console): State<Console>, Viewer(viewer): Viewer) -> Response {
     let standing = match console.app.service.budgets(&viewer).await {
         Ok(standing) => standing,
         Err(error) => return service_failure(error),
@@ -935,11 +915,7 @@ reservations of model calls in flight, which a call settles or releases when it 
     page("Budgets", "budgets", &viewer, console.app.service.mode() == Mode::Local, body)
 }
 
-async fn sessions(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
+async fn sessions(State(console): State<Console>, Viewer(viewer): Viewer) -> Response {
     let sessions = match console.app.service.live_sessions(&viewer).await {
         Ok(sessions) => sessions,
         Err(error) => return service_failure(error),
@@ -982,17 +958,9 @@ struct ExplainParams {
 
 async fn policies(
     State(console): State<Console>,
-    headers: HeaderMap,
-    params: Result<Query<ExplainParams>, QueryRejection>,
+    Viewer(viewer): Viewer,
+    Params(params): Params<ExplainParams>,
 ) -> Response {
-    let viewer = match viewer(&console, &headers) {
-        Ok(viewer) => viewer,
-        Err(redirect) => return redirect.into_response(),
-    };
-    let params = match params {
-        Ok(Query(params)) => params,
-        Err(rejection) => return failure(StatusCode::BAD_REQUEST, &rejection.body_text()),
-    };
     let set = console.app.service.policies().current();
     let mut listing = String::new();
     for policy in set.iter() {

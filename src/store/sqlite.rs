@@ -514,6 +514,18 @@ fn file_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
 const DIALECT: Dialect =
     Dialect { day: |time| format!("strftime('%Y-%m-%d', {time} / 1000, 'unixepoch')"), param: |n| format!("?{n}") };
 
+/// Every row `sql` gives for `params`, each made by `row`.
+fn all<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = connection.prepare_cached(sql).map_err(err)?;
+    let rows = statement.query_map(params, row).map_err(err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+}
+
 fn model_call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ModelCallRow> {
     Ok(activity::model_call(
         row.get(0)?,
@@ -604,64 +616,43 @@ impl Store for SqliteStore {
     fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>> {
         let query = query.clone();
         self.blocking(move |inner| {
-            let reader = lock(&inner.reader);
-            let mut statement = reader.prepare_cached(&activity::executions_sql(&DIALECT)).map_err(err)?;
-            let rows = statement
-                .query_map(
-                    params![
-                        query.since_ms.unwrap_or(i64::MIN),
-                        query.until_ms.unwrap_or(i64::MAX),
-                        query.user,
-                        query.outcome,
-                        i64::from(query.limit)
-                    ],
-                    execution_row,
-                )
-                .map_err(err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+            let params = params![
+                query.since_ms.unwrap_or(i64::MIN),
+                query.until_ms.unwrap_or(i64::MAX),
+                query.user,
+                query.outcome,
+                i64::from(query.limit)
+            ];
+            all(&lock(&inner.reader), &activity::executions_sql(&DIALECT), params, execution_row)
         })
     }
 
     fn call_stats<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<CallStats>, StoreError>> {
         let query = query.clone();
         self.blocking(move |inner| {
-            let reader = lock(&inner.reader);
-            let mut statement = reader.prepare_cached(&activity::call_stats_sql(&DIALECT)).map_err(err)?;
-            let rows = statement
-                .query_map(
-                    params![query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX), query.user],
-                    |row| {
-                        Ok(CallStats {
-                            name: row.get(0)?,
-                            calls: row.get(1)?,
-                            errors: row.get(2)?,
-                            latency_ms_total: row.get(3)?,
-                            latency_ms_max: row.get(4)?,
-                        })
-                    },
-                )
-                .map_err(err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+            let params = params![query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX), query.user];
+            all(&lock(&inner.reader), &activity::call_stats_sql(&DIALECT), params, |row| {
+                Ok(CallStats {
+                    name: row.get(0)?,
+                    calls: row.get(1)?,
+                    errors: row.get(2)?,
+                    latency_ms_total: row.get(3)?,
+                    latency_ms_max: row.get(4)?,
+                })
+            })
         })
     }
 
     fn model_calls<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ModelCallRow>, StoreError>> {
         let query = query.clone();
         self.blocking(move |inner| {
-            let reader = lock(&inner.reader);
-            let mut statement = reader.prepare_cached(&activity::recent_model_calls_sql(&DIALECT)).map_err(err)?;
-            let rows = statement
-                .query_map(
-                    params![
-                        query.since_ms.unwrap_or(i64::MIN),
-                        query.until_ms.unwrap_or(i64::MAX),
-                        query.user,
-                        i64::from(query.limit)
-                    ],
-                    model_call_row,
-                )
-                .map_err(err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+            let params = params![
+                query.since_ms.unwrap_or(i64::MIN),
+                query.until_ms.unwrap_or(i64::MAX),
+                query.user,
+                i64::from(query.limit)
+            ];
+            all(&lock(&inner.reader), &activity::recent_model_calls_sql(&DIALECT), params, model_call_row)
         })
     }
 
@@ -674,25 +665,15 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(err)?;
             let Some(execution) = execution else { return Ok(None) };
-            let mut statement = reader.prepare_cached(&activity::calls_sql(&DIALECT)).map_err(err)?;
-            let calls = statement
-                .query_map(params![id], |row| {
-                    Ok(CallRow {
-                        name: row.get(0)?,
-                        started_at_ms: row.get(1)?,
-                        latency_ms: row.get(2)?,
-                        outcome: row.get(3)?,
-                    })
+            let calls = all(&reader, &activity::calls_sql(&DIALECT), params![id], |row| {
+                Ok(CallRow {
+                    name: row.get(0)?,
+                    started_at_ms: row.get(1)?,
+                    latency_ms: row.get(2)?,
+                    outcome: row.get(3)?,
                 })
-                .map_err(err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
-            let mut statement = reader.prepare_cached(&activity::model_calls_sql(&DIALECT)).map_err(err)?;
-            let model_calls = statement
-                .query_map(params![id], model_call_row)
-                .map_err(err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
+            })?;
+            let model_calls = all(&reader, &activity::model_calls_sql(&DIALECT), params![id], model_call_row)?;
             let logs = reader
                 .query_row(&activity::logs_sql(&DIALECT), params![id], |row| row.get::<_, String>(0))
                 .optional()

@@ -67,19 +67,9 @@ test_capability = true
 [mcp.servers.everything]
 command = "{everything}"
 
-[providers.openai]
-kind = "openai"
-base_url = "{}/v1"
-api_key_env = "SANDGATE_CONSOLE_PROVIDER_KEY"
-
-[models.cheap]
-provider = "openai"
-upstream = "gpt-cheap-ok"
-tier = "economy"
-input_per_mtok = 0.15
-output_per_mtok = 0.6
+{}
 {a}{b}"#,
-            stub.base,
+            stub.openai_config("SANDGATE_CONSOLE_PROVIDER_KEY", &[("cheap", "gpt-cheap-ok", "economy")]),
             everything = crate::mcp::npm_bin("mcp-server-everything").display()
         ),
     )

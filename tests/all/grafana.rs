@@ -92,19 +92,8 @@ connect_timeout_ms = 2000
 [mcp.servers.missing]
 command = "/nonexistent/mcp-server"
 
-[providers.openai]
-kind = "openai"
-base_url = "{}/v1"
-api_key_env = "SANDGATE_GRAFANA_PROVIDER_KEY"
-
-[models.cheap]
-provider = "openai"
-upstream = "gpt-cheap-ok"
-tier = "economy"
-input_per_mtok = 0.15
-output_per_mtok = 0.6
-"#,
-            stub.base
+{}"#,
+            stub.openai_config("SANDGATE_GRAFANA_PROVIDER_KEY", &[("cheap", "gpt-cheap-ok", "economy")])
         ),
     )
     .unwrap();

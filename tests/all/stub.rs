@@ -115,6 +115,23 @@ impl Stub {
         Stub { addr, base: format!("http://{addr}"), state, shutdown: Mutex::new(Some(shutdown_tx)) }
     }
 
+    /// Configuration for an OpenAI-kind provider on this stub (its key read from
+    /// `key_env`) and `models` on it, each `(name, upstream, tier)` at 0.15 USD per
+    /// million input tokens and 0.60 per million output.
+    pub fn openai_config(&self, key_env: &str, models: &[(&str, &str, &str)]) -> String {
+        let mut config = format!(
+            "[providers.openai]\nkind = \"openai\"\nbase_url = \"{}/v1\"\napi_key_env = \"{key_env}\"\n",
+            self.base
+        );
+        for (name, upstream, tier) in models {
+            config.push_str(&format!(
+                "\n[models.{name}]\nprovider = \"openai\"\nupstream = \"{upstream}\"\ntier = \"{tier}\"\n\
+                 input_per_mtok = 0.15\noutput_per_mtok = 0.6\n"
+            ));
+        }
+        config
+    }
+
     /// Every request received, in order of arrival.
     pub fn requests(&self) -> Vec<StubRequest> {
         self.state.lock().unwrap().requests.clone()

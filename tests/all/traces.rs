@@ -171,29 +171,14 @@ async fn an_execution_is_one_trace_with_its_tool_and_model_calls() {
 [mcp.servers.recorder]
 url = "{mcp_url}"
 
-[providers.openai]
-kind = "openai"
-base_url = "{}/v1"
-api_key_env = "SANDGATE_TRACES_PROVIDER_KEY"
-
-[models.cheap-broken]
-provider = "openai"
-upstream = "gpt-cheap-500"
-tier = "economy"
-input_per_mtok = 0.1
-output_per_mtok = 0.4
-
-[models.cheap]
-provider = "openai"
-upstream = "gpt-cheap-ok"
-tier = "economy"
-input_per_mtok = 0.15
-output_per_mtok = 0.6
-
+{}
 [tiers.economy]
 models = ["cheap-broken", "cheap"]
 "#,
-            stub.base
+            stub.openai_config(
+                "SANDGATE_TRACES_PROVIDER_KEY",
+                &[("cheap-broken", "gpt-cheap-500", "economy"), ("cheap", "gpt-cheap-ok", "economy")]
+            )
         ),
     )
     .unwrap();
