@@ -170,7 +170,7 @@ pub fn time(ms: i64) -> String {
 /// A table cell holding a number: the exact value in `data-value`, for scripts and
 /// tests, and as its text.
 pub fn num_cell(field: &str, value: impl std::fmt::Display) -> String {
-    let value = value.to_string();
+    let value = esc(&value.to_string());
     format!(r#"<td class="num" data-field="{field}" data-value="{value}">{value}</td>"#, field = esc(field))
 }
 
