@@ -68,18 +68,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// about 10 MB of live objects, and what an execution in the latter adds over a fresh
 /// one (restoring its image before, capturing it after).
 async fn sessions(sandbox: &Sandbox, limits: Limits) {
-    let in_session =
-        |code: &str, image: &MemoryImage| Job { session: Some(Arc::new(image.clone())), ..job(code, limits) };
-    let trivial = sandbox.execute(in_session("let x = 1", &MemoryImage::default()), None).await.unwrap();
+    // The image passes by reference, as the service hands over the one it read.
+    let in_session = |code: &str, image: &Arc<MemoryImage>| Job { session: Some(image.clone()), ..job(code, limits) };
+    let fresh_image = Arc::new(MemoryImage::default());
+    let trivial = sandbox.execute(in_session("let x = 1", &fresh_image), None).await.unwrap();
     let trivial = trivial.session_image.expect("a session image");
     let big = "globalThis.rows = Array.from({ length: 100000 }, (_, i) => ({ id: i, name: 'row ' + i, tags: ['a', 'b'] })); rows.length";
-    let outcome = sandbox.execute(in_session(big, &MemoryImage::default()), None).await.unwrap();
+    let outcome = sandbox.execute(in_session(big, &fresh_image), None).await.unwrap();
     assert!(outcome.ok, "{:?}", outcome.error);
-    let mut image = outcome.session_image.expect("a session image");
+    let mut image = Arc::new(outcome.session_image.expect("a session image"));
     println!(
         "session image: {} KiB for `let x = 1`, {:.1} MiB holding 100,000 objects (memory {:.1} MiB)",
-        trivial.encode().len() / 1024,
-        image.encode().len() as f64 / (1 << 20) as f64,
+        trivial.encoded_len() / 1024,
+        image.encoded_len() as f64 / (1 << 20) as f64,
         image.size as f64 / (1 << 20) as f64
     );
     let (mut fresh, mut session) = (Vec::new(), Vec::new());
@@ -91,7 +92,7 @@ async fn sessions(sandbox: &Sandbox, limits: Limits) {
         let outcome = sandbox.execute(in_session("rows.length", &image), None).await.unwrap();
         session.push(started.elapsed());
         assert!(outcome.ok, "{:?}", outcome.error);
-        image = outcome.session_image.unwrap();
+        image = Arc::new(outcome.session_image.unwrap());
     }
     fresh.sort();
     session.sort();

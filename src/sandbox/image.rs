@@ -17,14 +17,26 @@ const WASM_PAGE: u64 = 65_536;
 const MAGIC: &[u8; 4] = b"SGMI";
 const VERSION: u32 = 1;
 
-/// The chunks of a guest memory that differ from the pristine image, and its size.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The chunks of a guest memory that differ from the pristine image, and its size,
+/// held as their encoding (see [`MemoryImage::encode`]): one buffer, so capturing
+/// an image is one growing allocation, and reading it from the store or writing it
+/// there copies nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryImage {
     /// The memory's size in bytes (a whole number of wasm pages); 0 for a session that
     /// has not run yet, whose state is the pristine image itself.
     pub size: u64,
-    /// `(chunk index, CHUNK bytes)`, in increasing index order.
-    pub chunks: Vec<(u32, Box<[u8]>)>,
+    /// `SGMI`, version, size, chunk count, then each chunk's index and bytes.
+    encoded: Vec<u8>,
+}
+
+/// Bytes before the first chunk: magic, version, size, count.
+const HEADER: usize = 20;
+
+impl Default for MemoryImage {
+    fn default() -> Self {
+        Self::with_chunks(0, std::iter::empty())
+    }
 }
 
 /// An image that cannot be read back: a different format, or cut short.
@@ -33,26 +45,46 @@ pub struct MemoryImage {
 pub struct ImageError(String);
 
 impl MemoryImage {
+    fn with_chunks<'a>(size: u64, chunks: impl Iterator<Item = (u32, &'a [u8])>) -> Self {
+        let mut encoded = Vec::with_capacity(HEADER);
+        encoded.extend_from_slice(MAGIC);
+        encoded.extend_from_slice(&VERSION.to_le_bytes());
+        encoded.extend_from_slice(&size.to_le_bytes());
+        encoded.extend_from_slice(&0u32.to_le_bytes());
+        let mut count = 0u32;
+        for (index, bytes) in chunks {
+            encoded.extend_from_slice(&index.to_le_bytes());
+            encoded.extend_from_slice(bytes);
+            count += 1;
+        }
+        encoded[16..HEADER].copy_from_slice(&count.to_le_bytes());
+        Self { size, encoded }
+    }
+
     /// The image of `memory`: its chunks that differ from `pristine` (those past
     /// the pristine size count when they hold anything but zeros).
     pub fn capture(memory: &[u8], pristine: &[u8]) -> Self {
-        let mut chunks = Vec::new();
-        for (index, chunk) in memory.chunks(CHUNK).enumerate() {
+        let changed = memory.chunks(CHUNK).enumerate().filter(|(index, chunk)| {
             let start = index * CHUNK;
-            let same = match pristine.get(start..start + chunk.len()) {
-                Some(before) => before == chunk,
-                None => chunk.iter().all(|&b| b == 0),
-            };
-            if !same {
-                chunks.push((index as u32, chunk.into()));
+            match pristine.get(start..start + chunk.len()) {
+                Some(before) => before != *chunk,
+                None => chunk.iter().any(|&b| b != 0),
             }
-        }
-        Self { size: memory.len() as u64, chunks }
+        });
+        Self::with_chunks(memory.len() as u64, changed.map(|(index, chunk)| (index as u32, chunk)))
+    }
+
+    /// Each changed chunk's index and bytes, in increasing index order.
+    pub fn chunks(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        self.encoded[HEADER..].chunks(4 + CHUNK).map(|entry| {
+            let (index, bytes) = entry.split_at(4);
+            (u32::from_le_bytes(index.try_into().expect("four bytes")), bytes)
+        })
     }
 
     /// Bytes the image takes once encoded.
     pub fn encoded_len(&self) -> usize {
-        20 + self.chunks.len() * (4 + CHUNK)
+        self.encoded.len()
     }
 
     /// Writes the image into `memory` of a fresh instance (pristine contents), growing
@@ -63,8 +95,8 @@ impl MemoryImage {
             memory.grow(&mut store, (self.size - current).div_ceil(WASM_PAGE))?;
         }
         let data = memory.data_mut(&mut store);
-        for (index, bytes) in &self.chunks {
-            let start = *index as usize * CHUNK;
+        for (index, bytes) in self.chunks() {
+            let start = index as usize * CHUNK;
             let target = data
                 .get_mut(start..start + bytes.len())
                 .ok_or_else(|| wasmtime::Error::msg("a session image chunk lies outside the guest's memory"))?;
@@ -76,21 +108,22 @@ impl MemoryImage {
     /// `SGMI`, version, size, chunk count, then each chunk's index and bytes
     /// (little-endian).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&self.size.to_le_bytes());
-        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
-        for (index, bytes) in &self.chunks {
-            out.extend_from_slice(&index.to_le_bytes());
-            out.extend_from_slice(bytes);
-        }
-        out
+        self.encoded.clone()
+    }
+
+    /// The encoding, without a copy.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.encoded
     }
 
     /// Reads what [`MemoryImage::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self, ImageError> {
-        let mut cursor = Cursor(bytes);
+        Self::from_bytes(bytes.to_vec())
+    }
+
+    /// [`MemoryImage::decode`], keeping the buffer instead of copying it.
+    pub fn from_bytes(encoded: Vec<u8>) -> Result<Self, ImageError> {
+        let mut cursor = Cursor(&encoded);
         if cursor.take(4)? != MAGIC {
             return Err(ImageError("it does not start with SGMI".into()));
         }
@@ -100,7 +133,6 @@ impl MemoryImage {
         }
         let size = u64::from_le_bytes(cursor.take(8)?.try_into().expect("eight bytes"));
         let count = cursor.u32()? as usize;
-        let mut chunks = Vec::with_capacity(count.min(1 << 16));
         let mut last = None;
         for _ in 0..count {
             let index = cursor.u32()?;
@@ -108,12 +140,12 @@ impl MemoryImage {
                 return Err(ImageError(format!("chunk {index} is out of order or past the memory's size")));
             }
             last = Some(index);
-            chunks.push((index, cursor.take(CHUNK)?.into()));
+            cursor.take(CHUNK)?;
         }
         if !cursor.0.is_empty() {
             return Err(ImageError("it has bytes after its last chunk".into()));
         }
-        Ok(Self { size, chunks })
+        Ok(Self { size, encoded })
     }
 }
 
@@ -147,14 +179,17 @@ mod tests {
         memory[4 * CHUNK] = 9;
         let image = MemoryImage::capture(&memory, &pristine);
         assert_eq!(image.size, 5 * CHUNK as u64);
-        assert_eq!(image.chunks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(image.chunks().map(|(i, _)| i).collect::<Vec<_>>(), [1, 4]);
         let bytes = image.encode();
         assert_eq!(bytes.len(), image.encoded_len());
         assert_eq!(MemoryImage::decode(&bytes).unwrap(), image);
         assert!(MemoryImage::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(MemoryImage::decode(b"nope").is_err());
-        let mut swapped = image.clone();
-        swapped.chunks.reverse();
+        let mut chunks: Vec<(u32, &[u8])> = image.chunks().collect();
+        chunks.reverse();
+        let swapped = MemoryImage::with_chunks(image.size, chunks.into_iter());
         assert!(MemoryImage::decode(&swapped.encode()).is_err(), "chunks out of order");
+        assert_eq!(MemoryImage::from_bytes(image.clone().into_bytes()).unwrap(), image);
+        assert_eq!(MemoryImage::decode(&MemoryImage::default().encode()).unwrap(), MemoryImage::default());
     }
 }

@@ -104,7 +104,7 @@ impl SessionLease {
         files: &[FileChange],
     ) -> Result<Option<u64>, ServiceError> {
         self.returned = true;
-        let mut image = outcome.session_image.take().filter(|_| outcome.ok).map(|image| image.encode());
+        let mut image = outcome.session_image.take().filter(|_| outcome.ok).map(MemoryImage::into_bytes);
         if let Some(bytes) = &image {
             let (_, all) = self.store.session_totals(&self.user, now_ms()).await?;
             let total = all.saturating_sub(self.session.image_bytes) + bytes.len() as u64;
@@ -268,7 +268,7 @@ impl Service {
                     session,
                 };
                 let image = match image {
-                    Some(bytes) => MemoryImage::decode(&bytes)
+                    Some(bytes) => MemoryImage::from_bytes(bytes)
                         .map_err(|e| ServiceError::Internal(format!("session `{id}` cannot be read: {e}")))?,
                     None => MemoryImage::default(),
                 };
