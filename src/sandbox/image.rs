@@ -63,15 +63,35 @@ impl MemoryImage {
 
     /// The image of `memory`: its chunks that differ from `pristine` (those past
     /// the pristine size count when they hold anything but zeros).
+    ///
+    /// The changed chunks are found first, so the buffer is allocated once at its
+    /// size and its pages made resident in one call rather than one fault each.
     pub fn capture(memory: &[u8], pristine: &[u8]) -> Self {
-        let changed = memory.chunks(CHUNK).enumerate().filter(|(index, chunk)| {
-            let start = index * CHUNK;
-            match pristine.get(start..start + chunk.len()) {
-                Some(before) => before != *chunk,
-                None => chunk.iter().any(|&b| b != 0),
-            }
-        });
-        Self::with_chunks(memory.len() as u64, changed.map(|(index, chunk)| (index as u32, chunk)))
+        let changed: Vec<u32> = memory
+            .chunks(CHUNK)
+            .enumerate()
+            .filter(|(index, chunk)| {
+                let start = index * CHUNK;
+                match pristine.get(start..start + chunk.len()) {
+                    Some(before) => before != *chunk,
+                    None => chunk.iter().any(|&b| b != 0),
+                }
+            })
+            .map(|(index, _)| index as u32)
+            .collect();
+        let mut encoded = Vec::with_capacity(HEADER + changed.len() * (4 + CHUNK));
+        let spare = encoded.spare_capacity_mut();
+        populate(spare.as_mut_ptr().cast(), spare.len());
+        encoded.extend_from_slice(MAGIC);
+        encoded.extend_from_slice(&VERSION.to_le_bytes());
+        encoded.extend_from_slice(&(memory.len() as u64).to_le_bytes());
+        encoded.extend_from_slice(&(changed.len() as u32).to_le_bytes());
+        for index in changed {
+            let start = index as usize * CHUNK;
+            encoded.extend_from_slice(&index.to_le_bytes());
+            encoded.extend_from_slice(&memory[start..(start + CHUNK).min(memory.len())]);
+        }
+        Self { size: memory.len() as u64, encoded }
     }
 
     /// Each changed chunk's index and bytes, in increasing index order.
@@ -95,6 +115,31 @@ impl MemoryImage {
             memory.grow(&mut store, (self.size - current).div_ceil(WASM_PAGE))?;
         }
         let data = memory.data_mut(&mut store);
+        // Runs of adjacent chunks are made resident in one call each, before they are
+        // written, instead of taking a page fault per chunk.
+        let (base, len) = (data.as_mut_ptr(), data.len());
+        let mut run: Option<(usize, usize)> = None;
+        let flush = |(from, to): (usize, usize)| {
+            let to = to.min(len);
+            if from < to {
+                // The run lies within the guest's memory: `populate` checks nothing else.
+                populate(base.wrapping_add(from), to - from);
+            }
+        };
+        for (index, _) in self.chunks() {
+            let start = index as usize * CHUNK;
+            run = match run {
+                Some((from, to)) if to == start => Some((from, start + CHUNK)),
+                Some(done) => {
+                    flush(done);
+                    Some((start, start + CHUNK))
+                }
+                None => Some((start, start + CHUNK)),
+            };
+        }
+        if let Some(done) = run {
+            flush(done);
+        }
         for (index, bytes) in self.chunks() {
             let start = index as usize * CHUNK;
             let target = data
@@ -147,6 +192,25 @@ impl MemoryImage {
         }
         Ok(Self { size, encoded })
     }
+}
+
+/// Makes the whole pages within `len` bytes at `start` resident and writable at once
+/// (`MADV_POPULATE_WRITE`), where they would otherwise fault in one by one as they are
+/// first written. Only a hint: ranges under 64 KiB, and any failure, are left to
+/// ordinary faults.
+fn populate(start: *mut u8, len: usize) {
+    const PAGE: usize = 4096;
+    let first = (start as usize).div_ceil(PAGE) * PAGE;
+    let end = (start as usize + len) / PAGE * PAGE;
+    if end <= first || end - first < 16 * PAGE {
+        return;
+    }
+    // SAFETY: [first, end) lies within the caller's writable allocation;
+    // MADV_POPULATE_WRITE only faults its pages in (copying any copy-on-write page it
+    // shares), and changes no byte's value.
+    let _ = unsafe {
+        rustix::mm::madvise(first as *mut std::ffi::c_void, end - first, rustix::mm::Advice::LinuxPopulateWrite)
+    };
 }
 
 struct Cursor<'a>(&'a [u8]);
