@@ -163,7 +163,12 @@ pub fn usd(value: f64) -> String {
 
 /// A Unix-millisecond time as UTC, to the second.
 pub fn time(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    // RFC 3339 ends with the year 9999; a later time is shown as its number.
+    const LAST_MS: i64 = 253_402_300_799_999;
+    if !(0..=LAST_MS).contains(&ms) {
+        return ms.to_string();
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
@@ -190,5 +195,8 @@ mod tests {
         assert_eq!(trim_number(0.25), "0.25");
         assert_eq!(usd(0.000_123_4), "0.000123");
         assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time(i64::MAX), i64::MAX.to_string(), "a time past the year 9999 does not panic");
+        assert_eq!(time(253_402_300_799_999), "9999-12-31T23:59:59Z");
+        assert_eq!(time(-1), "-1");
     }
 }
