@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Service, ServiceError};
 use crate::auth::{Principal, Role};
 use crate::policy::{Decision, Query};
-use crate::store::{BudgetLine, ExecutionDetail, ExecutionQuery, ExecutionRow, GroupBy, UsageQuery};
+use crate::store::{BudgetLine, ExecutionDetail, ExecutionQuery, ExecutionRow, GroupBy, UsageQuery, UsageRow};
 
 /// One budget line in force and where it stands.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -119,11 +119,22 @@ impl Service {
         let plain: Vec<BudgetLine> = lines.iter().map(|(_, line)| line.clone()).collect();
         let balances = self.ledger.store().balances(&plain).await?;
         let mut standing = Vec::with_capacity(lines.len());
+        // Lines of one kind and period share one usage report (every user's daily
+        // budget reads the same report by user since today).
+        let mut reports: Vec<((GroupBy, i64), Vec<UsageRow>)> = Vec::new();
         for ((period, line), balance) in lines.into_iter().zip(balances) {
             let (kind, name) = line.scope.parts();
             let group_by = if kind == "user" { GroupBy::User } else { GroupBy::Team };
-            let query = UsageQuery { group_by, since_ms: Some(line.since_ms), until_ms: None, user: None };
-            let spent = self.ledger.usage(query).await?.into_iter().find(|row| row.group == name).unwrap_or_default();
+            let key = (group_by, line.since_ms);
+            let at = match reports.iter().position(|(k, _)| *k == key) {
+                Some(at) => at,
+                None => {
+                    let query = UsageQuery { group_by, since_ms: Some(line.since_ms), until_ms: None, user: None };
+                    reports.push((key, self.ledger.usage(query).await?));
+                    reports.len() - 1
+                }
+            };
+            let spent = reports[at].1.iter().find(|row| row.group == name).cloned().unwrap_or_default();
             standing.push(BudgetStanding {
                 scope: format!("{kind} {name}"),
                 period,
