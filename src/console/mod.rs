@@ -198,6 +198,9 @@ async fn logout() -> Response {
 #[derive(Debug, Default, serde::Serialize)]
 struct Pulse {
     executions: usize,
+    /// The hour held more executions than one listing returns: the figures are of
+    /// the latest [`crate::service::MAX_LISTED`].
+    capped: bool,
     errors: usize,
     p50_ms: i64,
     p99_ms: i64,
@@ -235,6 +238,7 @@ async fn pulse(console: &Console, viewer: &Principal) -> Result<Pulse, crate::se
     outcomes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(Pulse {
         executions: rows.len(),
+        capped: rows.len() >= crate::service::MAX_LISTED as usize,
         errors: rows.iter().filter(|r| r.outcome != "ok").count(),
         p50_ms: at(0.5).unwrap_or(0),
         p99_ms: at(0.99).unwrap_or(0),
@@ -303,11 +307,12 @@ async fn overview(State(console): State<Console>, Viewer(viewer): Viewer) -> Res
         r#"<section aria-labelledby="pulse-h" class="tiles" data-live="/ui/events">
 <h2 id="pulse-h">The last hour <span class="live" id="live-at" aria-live="polite">as of {at}</span></h2>
 <dl>
-<div><dt>Executions</dt><dd id="pulse-executions">{executions}</dd></div>
+<div><dt>Executions</dt><dd id="pulse-executions">{executions}{plus}</dd></div>
 <div><dt>Errors</dt><dd id="pulse-errors">{errors}</dd></div>
 <div><dt>p50 wall time</dt><dd><span id="pulse-p50">{p50}</span> ms</dd></div>
 <div><dt>p99 wall time</dt><dd><span id="pulse-p99">{p99}</span> ms</dd></div>
 </dl>
+<p class="note">Counts, outcomes and times are of the hour's latest {max} executions at most; usage below is exact.</p>
 {chart}
 </section>
 <section aria-labelledby="outcomes-h">
@@ -325,9 +330,11 @@ async fn overview(State(console): State<Console>, Viewer(viewer): Viewer) -> Res
 </section>"#,
         at = esc(&pulse.at),
         executions = pulse.executions,
+        plus = if pulse.capped { "+" } else { "" },
         errors = pulse.errors,
         p50 = pulse.p50_ms,
         p99 = pulse.p99_ms,
+        max = crate::service::MAX_LISTED,
         chart = html::bar_chart("per-minute", "Executions per minute, the last hour", &bars, "executions"),
     );
     page("Overview", "overview", &viewer, console.app.service.mode() == Mode::Local, body)
