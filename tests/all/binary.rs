@@ -146,6 +146,17 @@ fn exec_prints_the_same_outcome_as_http() {
 }
 
 /// A config directory with a permissive policy and its own ledger.
+/// [`served_dir`] whose policy also grants sessions to everyone.
+pub(crate) fn sessions_dir(label: &str) -> std::path::PathBuf {
+    let dir = served_dir(label);
+    std::fs::write(
+        dir.join("policies/all.toml"),
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\n",
+    )
+    .unwrap();
+    dir
+}
+
 pub(crate) fn served_dir(label: &str) -> std::path::PathBuf {
     let dir = temp_dir(label);
     std::fs::create_dir_all(dir.join("policies")).unwrap();

@@ -236,15 +236,10 @@ fn the_cli_runs_python_files() {
 /// execution, survives a restart of the real binary, and runs Python only.
 #[tokio::test]
 async fn python_sessions_keep_their_state() {
-    use crate::binary::{served_dir, Running};
+    use crate::binary::Running;
     use crate::harness::call;
     use reqwest::Method;
-    let dir = served_dir("python-session");
-    std::fs::write(
-        dir.join("policies/all.toml"),
-        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\n",
-    )
-    .unwrap();
+    let dir = crate::binary::sessions_dir("python-session");
     let config = dir.join("sandgate.toml");
     let mut server = Running::serve(&["--config", config.to_str().unwrap()]);
     let base = server.base.clone();

@@ -241,13 +241,8 @@ async fn sessions_over_http_keep_state_for_their_owner_one_execution_at_a_time()
 /// between two executions of one session.
 #[tokio::test]
 async fn a_session_survives_a_restart_of_the_server() {
-    use crate::binary::{served_dir, Running};
-    let dir = served_dir("session-restart");
-    std::fs::write(
-        dir.join("policies/all.toml"),
-        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\n",
-    )
-    .unwrap();
+    use crate::binary::Running;
+    let dir = crate::binary::sessions_dir("session-restart");
     let config = dir.join("sandgate.toml");
     let mut server = Running::serve(&["--config", config.to_str().unwrap()]);
     let base = server.base.clone();
@@ -275,12 +270,7 @@ async fn a_session_survives_a_restart_of_the_server() {
 /// local user, on the store the configuration names.
 #[test]
 fn the_cli_opens_uses_and_ends_sessions() {
-    let dir = crate::binary::served_dir("session-cli");
-    std::fs::write(
-        dir.join("policies/all.toml"),
-        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\n",
-    )
-    .unwrap();
+    let dir = crate::binary::sessions_dir("session-cli");
     let config = dir.join("sandgate.toml");
     let cli = |args: &[&str], stdin: Option<&str>| {
         use std::io::Write;
