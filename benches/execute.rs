@@ -5,12 +5,13 @@
 //!
 //! Prints one line per figure; the README quotes them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandgate::auth::Principal;
 use sandgate::sandbox::{
-    AllowAll, Job, Language, Limits, MemoryImage, Registry, Sandbox, SandboxConfig, TestCapability,
+    AllowAll, Job, Language, Limits, MemoryFile, Outcome, Registry, Sandbox, SandboxConfig, TestCapability,
 };
 
 const CPU_SCRIPT: &str = r#"
@@ -68,41 +69,73 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// about 10 MB of live objects, and what an execution in the latter adds over a fresh
 /// one (restoring its image before, capturing it after).
 async fn sessions(sandbox: &Sandbox, limits: Limits) {
-    // The image passes by reference, as the service hands over the one it read.
-    let in_session = |code: &str, image: &Arc<MemoryImage>| Job { session: Some(image.clone()), ..job(code, limits) };
-    let fresh_image = Arc::new(MemoryImage::default());
-    let trivial = sandbox.execute(in_session("let x = 1", &fresh_image), None).await.unwrap();
-    let trivial = trivial.session_image.expect("a session image");
+    // As the service runs a session: its memory in a file the execution maps, and
+    // the pages an execution wrote written into the file after it.
+    let in_session = |code: &str, memory: &Arc<MemoryFile>| Job { session: Some(memory.clone()), ..job(code, limits) };
+    let open = || async { Arc::new(sandbox.session_memory(Language::Javascript, 0, []).await.unwrap()) };
+    let mut kept: BTreeMap<u32, usize> = BTreeMap::new();
+    let keep = |memory: &MemoryFile, outcome: Outcome, kept: &mut BTreeMap<u32, usize>| {
+        assert!(outcome.ok, "{:?}", outcome.error);
+        let written = outcome.session_image.expect("a session's written pages");
+        memory.apply(&written).unwrap();
+        for (page, bytes) in written.chunks() {
+            kept.insert(page, bytes.len());
+        }
+        written.len()
+    };
+    let trivial = open().await;
+    let mut trivial_kept = BTreeMap::new();
+    keep(&trivial, sandbox.execute(in_session("let x = 1", &trivial), None).await.unwrap(), &mut trivial_kept);
+    let memory = open().await;
     let big = "globalThis.rows = Array.from({ length: 100000 }, (_, i) => ({ id: i, name: 'row ' + i, tags: ['a', 'b'] })); rows.length";
-    let outcome = sandbox.execute(in_session(big, &fresh_image), None).await.unwrap();
-    assert!(outcome.ok, "{:?}", outcome.error);
-    let mut image = Arc::new(outcome.session_image.expect("a session image"));
+    keep(&memory, sandbox.execute(in_session(big, &memory), None).await.unwrap(), &mut kept);
+    let state = |kept: &BTreeMap<u32, usize>| kept.values().sum::<usize>();
     println!(
-        "session image: {} KiB for `let x = 1`, {:.1} MiB holding 100,000 objects (memory {:.1} MiB)",
-        trivial.encoded_len() / 1024,
-        image.encoded_len() as f64 / (1 << 20) as f64,
-        image.size as f64 / (1 << 20) as f64
+        "session state: {} KiB for `let x = 1`, {:.1} MiB holding 100,000 objects (memory {:.1} MiB)",
+        state(&trivial_kept) / 1024,
+        state(&kept) as f64 / (1 << 20) as f64,
+        memory.size() as f64 / (1 << 20) as f64
     );
-    let (mut fresh, mut session) = (Vec::new(), Vec::new());
+    let (mut fresh, mut session, mut written) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..200 {
         let started = Instant::now();
         assert!(sandbox.execute(job("1 + 1", limits), None).await.unwrap().ok);
         fresh.push(started.elapsed());
         let started = Instant::now();
-        let outcome = sandbox.execute(in_session("rows.length", &image), None).await.unwrap();
+        let outcome = sandbox.execute(in_session("rows.length", &memory), None).await.unwrap();
+        written.push(keep(&memory, outcome, &mut kept));
         session.push(started.elapsed());
-        assert!(outcome.ok, "{:?}", outcome.error);
-        image = Arc::new(outcome.session_image.unwrap());
     }
     fresh.sort();
     session.sort();
+    written.sort();
     let (f, s) = (percentile(&fresh, 0.5), percentile(&session, 0.5));
     println!(
-        "execution in a session holding 100,000 objects: p50 {:.2} ms, fresh p50 {:.3} ms, added {:.2} ms (p99 {:.2} ms)",
+        "execution in a session holding 100,000 objects: p50 {:.3} ms, fresh p50 {:.3} ms, added {:.3} ms (p99 {:.3} ms); {} pages written (p50)",
         s.as_secs_f64() * 1e3,
         f.as_secs_f64() * 1e3,
         s.saturating_sub(f).as_secs_f64() * 1e3,
-        percentile(&session, 0.99).as_secs_f64() * 1e3
+        percentile(&session, 0.99).as_secs_f64() * 1e3,
+        written[written.len() / 2]
+    );
+    // Making the memory again from its pages: a session's first execution on a
+    // replica (or after a restart), before the store read.
+    let pages: Vec<(u32, Vec<u8>)> = kept.keys().map(|&page| (page, vec![1u8; 4096])).collect();
+    let mut made = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let file = sandbox
+            .session_memory(Language::Javascript, memory.size(), pages.iter().map(|(p, b)| (*p, b.as_slice())))
+            .await
+            .unwrap();
+        made.push(started.elapsed());
+        drop(file);
+    }
+    made.sort();
+    println!(
+        "a session's memory made from its {} kept pages: p50 {:.2} ms",
+        pages.len(),
+        percentile(&made, 0.5).as_secs_f64() * 1e3
     );
 }
 

@@ -58,6 +58,25 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .async_stack_keep_resident(256 << 10);
+    let mut config = base_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))
+}
+
+/// Builds the engine session executions run on: the same settings, but linear
+/// memories from [`super::mapped::MappedMemories`] (allocated on demand, not pooled),
+/// so a session's memory can be mapped from its file instead of copied.
+pub fn build_session_engine() -> anyhow::Result<Engine> {
+    let mut config = base_config();
+    config
+        .with_host_memory(std::sync::Arc::new(super::mapped::MappedMemories))
+        .memory_may_move(false)
+        .allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the session wasm engine: {e}"))
+}
+
+/// Settings both engines share.
+fn base_config() -> Config {
     let mut config = Config::new();
     config
         .consume_fuel(true)
@@ -72,9 +91,8 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<Engine> {
         // No wasm-offset address maps: guest positions come from QuickJS, and the
         // smaller artifact compiles and loads faster.
         .generate_address_map(false)
-        .cranelift_opt_level(OptLevel::Speed)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))
+        .cranelift_opt_level(OptLevel::Speed);
+    config
 }
 
 /// Starts the process-wide epoch ticker for `engine`; it stops when the engine is

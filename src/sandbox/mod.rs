@@ -15,6 +15,7 @@ pub mod error;
 mod host;
 pub mod image;
 pub mod limits;
+pub mod mapped;
 mod request;
 pub mod wasi;
 
@@ -32,6 +33,7 @@ pub use error::{ErrorKind, ExecError, Rejected};
 pub use host::{HostCallRecord, LogLevel, LogLine, TRUNCATED};
 pub use image::MemoryImage;
 pub use limits::{Limits, PartialLimits};
+pub use mapped::MemoryFile;
 pub use request::{ExecuteRequest, Language};
 
 use crate::auth::Principal;
@@ -84,10 +86,11 @@ pub struct Job {
     pub principal: Arc<Principal>,
     /// Which host calls the principal may make.
     pub call_policy: Arc<dyn CallPolicy>,
-    /// Run in a session, starting from this image of its memory (the default image for
-    /// a session's first execution); `None` for a fresh execution. See
-    /// [`MemoryImage`] and the guest's docs on sessions.
-    pub session: Option<Arc<MemoryImage>>,
+    /// Run in a session, starting from its memory (see [`Sandbox::session_memory`]);
+    /// `None` for a fresh execution. The execution reads the file and never writes it:
+    /// the pages it changed come back as its outcome's `session_image`, for the
+    /// caller to keep (and [`MemoryFile::apply`]) or drop.
+    pub session: Option<Arc<MemoryFile>>,
     /// The capability behind `fs.*` calls for this execution alone (its session's
     /// workspace and the mounts its policies grant); `None`: no file access.
     pub files: Option<Arc<dyn Capability>>,
@@ -147,9 +150,10 @@ pub struct Outcome {
     /// The host calls the execution made, for the ledger.
     #[serde(skip)]
     pub calls: Vec<HostCallRecord>,
-    /// After a session's execution that succeeded: the session's memory image, from
-    /// which its next execution starts. A failed execution gives none, so the session
-    /// stays where it was before it.
+    /// After a session's execution that succeeded: the pages of the session's memory
+    /// it changed (and the memory's size), which written over the memory it started
+    /// from make the memory its next execution starts from. A failed execution gives
+    /// none, so the session stays where it was before it.
     #[serde(skip)]
     pub session_image: Option<MemoryImage>,
 }
@@ -166,9 +170,23 @@ pub struct Sandbox {
     admission: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
     config: SandboxConfig,
-    /// The memory every fresh instance of each guest (JavaScript, Python) starts with,
-    /// taken from the first one: what session images are the difference from.
-    pristine: [std::sync::OnceLock<Arc<[u8]>>; 2],
+    /// Session executions' engine and guests (see [`mapped`]), made on first use.
+    sessions: tokio::sync::OnceCell<SessionEngine>,
+    /// Each guest (JavaScript, Python) on the session engine, made on first use.
+    session_guests: [tokio::sync::OnceCell<SessionGuest>; 2],
+}
+
+/// The engine session executions run on, with the host functions linked.
+struct SessionEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+/// A guest on the session engine: its data segments emptied, and the memory they
+/// describe, which every session's memory starts from.
+struct SessionGuest {
+    pre: InstancePre<HostState>,
+    pristine: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -204,7 +222,8 @@ impl Sandbox {
             admission: Arc::new(Semaphore::new(config.max_concurrent as usize)),
             cpu: Arc::new(Semaphore::new(cpu_slots)),
             config,
-            pristine: [std::sync::OnceLock::new(), std::sync::OnceLock::new()],
+            sessions: tokio::sync::OnceCell::new(),
+            session_guests: [tokio::sync::OnceCell::new(), tokio::sync::OnceCell::new()],
         })
     }
 
@@ -228,6 +247,54 @@ impl Sandbox {
                 }
             })
             .await
+    }
+
+    /// `language`'s guest on the session engine, compiled (or read from the compile
+    /// cache) on first use, as the engine itself.
+    async fn session_guest(&self, language: Language) -> anyhow::Result<&SessionGuest> {
+        let sessions = self
+            .sessions
+            .get_or_try_init(|| async {
+                let engine = engine::build_session_engine()?;
+                engine::start_ticker(&engine);
+                let mut linker: Linker<HostState> = Linker::new(&engine);
+                wasi::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+                host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok::<_, anyhow::Error>(SessionEngine { engine, linker })
+            })
+            .await?;
+        let python = language == Language::Python;
+        self.session_guests[usize::from(python)]
+            .get_or_try_init(|| {
+                let (engine, linker, cache) =
+                    (sessions.engine.clone(), sessions.linker.clone(), self.config.cache_dir.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let wasm = if python { engine::PYTHON_WASM } else { engine::GUEST_WASM };
+                        let (stripped, pristine) = mapped::without_active_data(wasm)?;
+                        let module = engine::load_module(&engine, &stripped, cache.as_deref())?;
+                        let pre = linker
+                            .instantiate_pre(&module)
+                            .map_err(|e| anyhow::anyhow!("cannot link the session guest: {e}"))?;
+                        Ok(SessionGuest { pre, pristine: pristine.into() })
+                    })
+                    .await?
+                }
+            })
+            .await
+    }
+
+    /// A session's memory as an execution in it starts from, in a file of its own: a
+    /// fresh `language` guest's memory, `size` bytes long, with `pages` (those that
+    /// differ from it; none for a new session) written over it.
+    pub async fn session_memory<'a>(
+        &self,
+        language: Language,
+        size: u64,
+        pages: impl IntoIterator<Item = (u32, &'a [u8])>,
+    ) -> anyhow::Result<MemoryFile> {
+        let guest = self.session_guest(language).await?;
+        Ok(MemoryFile::create(&guest.pristine, size, pages)?)
     }
 
     /// Takes an execution slot, or says the server is full. Holding the returned
@@ -271,8 +338,16 @@ impl Sandbox {
             }
             () = cancel.cancelled() => return Err(Rejected::Cancelled),
         }
-        let pre = match job.language {
-            Language::Python => match self.python().await {
+        let pre = match (job.language, &job.session) {
+            (language, Some(_)) => match self.session_guest(language).await {
+                Ok(guest) => &guest.pre,
+                Err(error) => {
+                    cpu.release();
+                    tracing::error!(%error, "cannot load the session guest");
+                    return Err(Rejected::Internal(format!("the session guest cannot be loaded: {error}")));
+                }
+            },
+            (Language::Python, None) => match self.python().await {
                 Ok(pre) => pre,
                 Err(error) => {
                     cpu.release();
@@ -280,7 +355,7 @@ impl Sandbox {
                     return Err(Rejected::Internal(format!("the Python guest cannot be loaded: {error}")));
                 }
             },
-            Language::Javascript | Language::Typescript => &self.pre,
+            (Language::Javascript | Language::Typescript, None) => &self.pre,
         };
         let started = Instant::now();
         let execution_id = job.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string().into());
@@ -333,7 +408,7 @@ impl Sandbox {
             files: job.files,
             trace: job.trace,
         });
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
         // Fuel can be set only when the engine consumes fuel, which ours always does.
         let _ = store.set_fuel(store.data().fuel_granted);
@@ -350,16 +425,23 @@ impl Sandbox {
         });
 
         let session = job.session;
-        let pristine = &self.pristine[usize::from(job.language == Language::Python)];
         let run = async {
             let instance = pre.instantiate_async(&mut store).await?;
             let memory = instance
                 .get_memory(&mut store, "memory")
                 .ok_or_else(|| wasmtime::Error::msg("the guest exports no memory"))?;
-            if let Some(image) = &session {
-                // The guest's fresh memory is what its images are the difference from.
-                pristine.get_or_init(|| memory.data(&store).into());
-                image.restore(&mut store, &memory)?;
+            if let Some(file) = &session {
+                // Grown first (through the store's limiter, like any growth), then
+                // the session's file mapped over it.
+                let (size, current) = (file.size(), memory.data_size(&store) as u64);
+                if size > current {
+                    memory.grow(&mut store, (size - current).div_ceil(65_536))?;
+                }
+                // SAFETY: a fresh instance of the session engine (whose memories are
+                // `MappedMemories`), its memory grown to the file's size; nothing
+                // borrows it while the file is mapped.
+                unsafe { file.map_over(memory.data_mut(&mut store)) }
+                    .map_err(|e| wasmtime::Error::msg(format!("cannot map the session's memory: {e}")))?;
             }
             let entry = instance.get_typed_func::<(), ()>(&mut store, "run")?;
             entry.call_async(&mut store, ()).await?;
@@ -393,8 +475,18 @@ impl Sandbox {
                     let usage = usage(state);
                     let mut outcome = finish(state, Some(value), None, usage, started_at_ms, execution_id);
                     if session.is_some() {
-                        let pristine = pristine.get().cloned().unwrap_or_default();
-                        outcome.session_image = Some(MemoryImage::capture(memory.data(&store), &pristine));
+                        let data = memory.data(&store);
+                        match mapped::written_pages(data) {
+                            Ok(written) => outcome.session_image = Some(MemoryImage::from_pages(data, &written)),
+                            Err(error) => {
+                                outcome.ok = false;
+                                outcome.result = None;
+                                outcome.error = Some(ExecError::new(
+                                    ErrorKind::Internal,
+                                    format!("cannot read which pages the execution changed: {error}"),
+                                ));
+                            }
+                        }
                     }
                     return outcome;
                 }

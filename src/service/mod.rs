@@ -14,6 +14,7 @@
 mod activity;
 pub use activity::{BudgetStanding, MAX_LISTED};
 mod handles;
+mod memories;
 mod reload;
 mod running;
 mod sessions;
@@ -165,6 +166,8 @@ pub struct Service {
     handles: handles::Handles,
     /// How long a background execution's result is kept.
     result_ttl: Duration,
+    /// Sessions' memories kept since their last execution here.
+    memories: Arc<memories::MemoryCache>,
 }
 
 impl std::fmt::Debug for Service {
@@ -335,6 +338,7 @@ impl Service {
             stop: CancellationToken::new(),
             handles: handles::Handles::default(),
             result_ttl: config.result_ttl,
+            memories: Default::default(),
         })
     }
 
@@ -386,8 +390,9 @@ impl Service {
         Ok(())
     }
 
-    /// Refreshes the store's keys every [`KEY_REFRESH`] until the service stops; a
-    /// store that does not answer leaves the keys in force as they are.
+    /// Refreshes the store's keys every [`KEY_REFRESH`] until the service stops (a
+    /// store that does not answer leaves the keys in force as they are), and lets
+    /// sessions' memories unused for long go.
     pub fn watch_keys(self: &Arc<Self>) {
         let service = Arc::downgrade(self);
         let stop = self.stop.clone();
@@ -400,6 +405,7 @@ impl Service {
                     _ = ticks.tick() => {}
                 }
                 let Some(service) = service.upgrade() else { return };
+                service.memories.sweep(std::time::Instant::now());
                 if let Err(error) = service.refresh_stored_keys().await {
                     tracing::warn!(%error, "cannot refresh the store's keys; keeping the keys in force");
                 }
@@ -478,7 +484,7 @@ impl Service {
                 let grant =
                     capabilities.sessions.ok_or_else(|| ServiceError::NotFound(format!("no session `{id}`")))?;
                 let hold = Duration::from_millis(ceiling.wall_ms) + self.sandbox.config().queue_timeout;
-                let (lease, image) = self.lease_session(&principal, &id, grant.max_bytes, hold).await?;
+                let mut lease = self.lease_session(&principal, &id, grant.max_bytes, hold).await?;
                 // JavaScript and TypeScript share a guest; Python has its own, and a
                 // session's memory is one guest's.
                 let python = |language: &str| language == Language::Python.as_str();
@@ -489,13 +495,14 @@ impl Service {
                         request.language.as_str()
                     )));
                 }
-                Some((lease, image))
+                let memory = self.session_memory(&mut lease, request.language).await?;
+                Some((lease, memory))
             }
         };
         let files = capabilities.files.clone();
         let mut job = request.into_job(&ceiling, principal.clone(), Arc::new(PolicyCalls(capabilities)))?;
-        let session = session.map(|(lease, image)| {
-            job.session = Some(Arc::new(image));
+        let session = session.map(|(lease, memory)| {
+            job.session = Some(memory);
             lease
         });
         let workspace = Workspace::new(

@@ -1,12 +1,14 @@
 //! Sessions: handles a principal opens, whose executions share the realm's globals.
 //!
-//! A session is a row in the store with its memory image (see
-//! [`crate::sandbox::MemoryImage`]). An execution in a session takes a lease on it (a
-//! second one meanwhile gets 409, on any replica), starts from its image, and gives
-//! the lease back with the next image when it succeeded, or with none when it failed:
-//! a failed execution (exception, syntax, any limit) leaves the session as it was
-//! before it. An idle session holds no instance and no CPU, only its bytes in the
-//! store, so it survives a restart and can continue on any replica.
+//! A session is a row in the store with the pages of its memory (see
+//! [`crate::sandbox::mapped`]). An execution in a session takes a lease on it (a
+//! second one meanwhile gets 409, on any replica), starts from its memory (kept on
+//! this replica since the session's last execution here, if none ran elsewhere
+//! since: [`super::memories`]), and gives the lease back with the pages it wrote when
+//! it succeeded, or with none when it failed: a failed execution (exception, syntax,
+//! any limit) leaves the session as it was before it. An idle session holds no
+//! instance and no CPU, only its bytes in the store, so it survives a restart and
+//! can continue on any replica.
 //!
 //! Sessions belong to the principal that opened them: anyone else gets 404, as if it
 //! did not exist. A `[policy.sessions]` grant is needed to open one, and caps how many
@@ -17,11 +19,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::memories::{MemoryCache, SessionMemory};
 use super::{Service, ServiceError};
 use crate::auth::Principal;
-use crate::sandbox::{ErrorKind, ExecError, Language, MemoryImage, Outcome};
+use crate::sandbox::{ErrorKind, ExecError, Language, MemoryFile, Outcome};
 use crate::sessions::FilePath;
-use crate::store::{now_ms, FileChange, Lease, Record, SessionEvent, SessionRecord, Store, StoredFile};
+use crate::store::{now_ms, FileChange, Lease, MemoryWrite, Record, SessionEvent, SessionRecord, Store, StoredFile};
 
 /// The ledger record of `event` on session `id` of `principal`.
 pub(super) fn event(principal: &Principal, id: &str, event: &'static str, state_bytes: u64) -> Record {
@@ -83,6 +86,10 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// the session back unchanged and uncounted.
 pub(super) struct SessionLease {
     store: Arc<dyn Store>,
+    memories: Arc<MemoryCache>,
+    /// The session's memory, once an execution asked for it
+    /// ([`Service::session_memory`]).
+    memory: Option<SessionMemory>,
     id: String,
     lease: String,
     user: String,
@@ -93,23 +100,31 @@ pub(super) struct SessionLease {
 }
 
 impl SessionLease {
-    /// Gives the session back after `outcome`: with its new image when the execution
-    /// succeeded and the principal's sessions stay within their byte cap (else the
-    /// outcome becomes an `out_of_memory` failure and the session stays as it was).
-    /// The workspace `files` the execution changed go with the image, or not at all.
-    /// Returns the bytes of state it kept, if it kept any.
+    /// Gives the session back after `outcome`: with the pages its memory changed when
+    /// the execution succeeded and the principal's sessions stay within their byte
+    /// cap (else the outcome becomes an `out_of_memory` failure and the session stays
+    /// as it was). The workspace `files` the execution changed go with the pages, or
+    /// not at all. Returns the bytes of state the session keeps, if it kept any.
     pub(super) async fn give_back(
         mut self,
         outcome: &mut Outcome,
         files: &[FileChange],
     ) -> Result<Option<u64>, ServiceError> {
         self.returned = true;
-        let mut image = outcome.session_image.take().filter(|_| outcome.ok).map(MemoryImage::into_bytes);
-        if let Some(bytes) = &image {
-            let (_, all) = self.store.session_totals(&self.user, now_ms()).await?;
-            let total = all.saturating_sub(self.session.image_bytes) + bytes.len() as u64;
+        let mut memory = self.memory.take();
+        let written = outcome.session_image.take().filter(|_| outcome.ok);
+        let mut kept = None;
+        if let (Some(pages), Some(memory)) = (&written, &memory) {
+            let bytes = memory.kept_bytes_with(pages);
+            // Only a session whose state grows can pass the cap: most executions
+            // rewrite pages the store keeps already, and skip reading the totals.
+            let total = if bytes > self.session.image_bytes {
+                let (_, all) = self.store.session_totals(&self.user, now_ms()).await?;
+                all.saturating_sub(self.session.image_bytes) + bytes
+            } else {
+                0
+            };
             if total > self.max_bytes {
-                image = None;
                 outcome.ok = false;
                 outcome.result = None;
                 outcome.error = Some(ExecError::new(
@@ -120,11 +135,34 @@ impl SessionLease {
                         self.max_bytes
                     ),
                 ));
+            } else {
+                kept = Some(bytes);
             }
         }
-        let files = if image.is_some() { files } else { &[] };
-        self.store.return_session(&self.id, &self.lease, image.as_deref(), Some(now_ms()), files).await?;
-        Ok(image.map(|bytes| bytes.len() as u64))
+        let written = written.filter(|_| kept.is_some());
+        let write = match (&written, kept) {
+            (Some(pages), Some(bytes)) => {
+                Some(MemoryWrite { size: pages.size, pages: pages.chunks().collect(), bytes })
+            }
+            _ => None,
+        };
+        let files = if write.is_some() { files } else { &[] };
+        let returned = self.store.return_session(&self.id, &self.lease, write.as_ref(), Some(now_ms()), files).await?;
+        drop(write);
+        // The memory stays on this replica as the state after this execution, which
+        // the store now counts, with the pages it wrote (unless the file cannot take
+        // them: then the next execution reads the store).
+        if let (true, Some(mut memory)) = (returned, memory.take()) {
+            let applied = match &written {
+                Some(pages) => memory.apply(pages),
+                None => Ok(()),
+            };
+            match applied {
+                Ok(()) => self.memories.put(&self.id, self.session.executions + 1, memory),
+                Err(error) => tracing::warn!(%error, session = %self.id, "could not keep a session's memory here"),
+            }
+        }
+        Ok(kept)
     }
 
     /// Gives the session back with `files` changed and nothing else (an upload).
@@ -233,6 +271,7 @@ impl Service {
     /// Ends session `id`, when it is `principal`'s.
     pub async fn end_session(&self, principal: &Principal, id: &str) -> Result<(), ServiceError> {
         self.session(principal, id).await?;
+        self.memories.forget(id);
         if !self.ledger.store().end_session(id).await? {
             return Err(not_found(id));
         }
@@ -249,7 +288,7 @@ impl Service {
         id: &str,
         max_bytes: u64,
         hold: Duration,
-    ) -> Result<(SessionLease, MemoryImage), ServiceError> {
+    ) -> Result<SessionLease, ServiceError> {
         let store = self.ledger.store().clone();
         let lease = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
@@ -257,24 +296,44 @@ impl Service {
         match store.lease_session(id, &principal.user, &lease, until, now).await? {
             Lease::Missing => Err(not_found(id)),
             Lease::Busy { .. } => Err(ServiceError::SessionBusy(id.to_string())),
-            Lease::Taken { image, session } => {
-                let lease = SessionLease {
-                    store,
-                    id: id.to_string(),
-                    lease,
-                    user: principal.user.clone(),
-                    max_bytes,
-                    returned: false,
-                    session,
-                };
-                let image = match image {
-                    Some(bytes) => MemoryImage::from_bytes(bytes)
-                        .map_err(|e| ServiceError::Internal(format!("session `{id}` cannot be read: {e}")))?,
-                    None => MemoryImage::default(),
-                };
-                Ok((lease, image))
-            }
+            Lease::Taken { session } => Ok(SessionLease {
+                store,
+                memories: self.memories.clone(),
+                memory: None,
+                id: id.to_string(),
+                lease,
+                user: principal.user.clone(),
+                max_bytes,
+                returned: false,
+                session,
+            }),
         }
+    }
+
+    /// The memory the leased session's next execution starts from, as `language`'s
+    /// guest: the one this replica kept after the session's last execution when no
+    /// execution ran elsewhere since, else read from the store.
+    pub(super) async fn session_memory(
+        &self,
+        lease: &mut SessionLease,
+        language: Language,
+    ) -> Result<Arc<MemoryFile>, ServiceError> {
+        let id = lease.id.clone();
+        let memory = match self.memories.take(&id, lease.session.executions) {
+            Some(memory) => memory,
+            None => {
+                let stored = self.ledger.store().session_memory(&id).await?;
+                let pages = stored.pages.iter().map(|(page, bytes)| (*page, bytes.as_slice()));
+                let file =
+                    self.sandbox.session_memory(language, stored.size, pages).await.map_err(|e| {
+                        ServiceError::Internal(format!("session `{id}`'s memory cannot be made: {e:#}"))
+                    })?;
+                SessionMemory::new(file, &stored)
+            }
+        };
+        let file = memory.file.clone();
+        lease.memory = Some(memory);
+        Ok(file)
     }
 }
 
@@ -336,7 +395,7 @@ impl Service {
         }
         let grant = self.policies.current().capabilities(principal).files;
         // The image cap (0 here) is checked only when an execution gives a session back.
-        let (lease, _) = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
+        let lease = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
         let entries = self.ledger.store().session_files(id, false).await?;
         let find = |key: &str| entries.iter().find(|f| f.path == key);
         let mut changes = Vec::new();
@@ -375,7 +434,7 @@ impl Service {
         if path.is_root() {
             return Err(file_error("EPERM: the workspace itself cannot be removed; end the session".into()));
         }
-        let (lease, _) = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
+        let lease = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
         if self.ledger.store().session_file(id, &path.key()).await?.is_none() {
             return Err(ServiceError::NotFound(format!("ENOENT: no file '{path}' in session `{id}`")));
         }

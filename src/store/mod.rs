@@ -15,12 +15,14 @@
 //! Keys created with `sandgate key create` against a store live in it too; every
 //! replica reads them again every few seconds (`service::KEY_REFRESH`), so a key
 //! created or revoked on any machine is in force everywhere without a restart.
-//! A session is a row with its memory image (see `sandbox::MemoryImage`): an
-//! execution takes a lease on it (so one session runs one execution at a time,
-//! whichever replica serves it), reads the image, and returns the lease with the next
-//! image. A lease a dead replica never returned ends at its deadline. A session's
-//! workspace files are rows beside it, changed only by whoever holds the lease and
-//! in the same transaction as the image, so memory and files move together.
+//! A session is a row, with the pages of its memory that differ from a fresh guest's
+//! as rows beside it (see `sandbox::MemoryImage`): an execution takes a lease on it
+//! (so one session runs one execution at a time, whichever replica serves it), reads
+//! its pages unless the replica has them already, and returns the lease with the
+//! pages the execution wrote. A lease a dead replica never returned ends at its
+//! deadline. A session's workspace files are rows beside it too, changed only by
+//! whoever holds the lease and in the same transaction as the pages, so memory and
+//! files move together.
 //!
 //! Nothing outside this module opens a database. Records go in through [`Ledger`], which
 //! commits them in batches (group commit); reservations are released by a
@@ -232,8 +234,11 @@ pub struct SessionRecord {
     pub used_at_ms: i64,
     /// How long it lives unused.
     pub ttl_ms: i64,
+    /// Executions that ran in it. Its memory changes only with an execution's return,
+    /// which counts one more, so this also tells a replica whether the memory it
+    /// kept from the session's last execution here is still the session's.
     pub executions: u64,
-    /// Bytes of its memory image (0: none yet).
+    /// Bytes of its kept memory pages (0: none yet).
     pub image_bytes: u64,
     /// Files and directories in its workspace.
     pub files: u64,
@@ -325,12 +330,58 @@ pub struct HandleEnd {
     pub expires_at_ms: i64,
 }
 
+/// Pages of a session's memory to keep, written over those the store has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryWrite<'a> {
+    /// The memory's size in bytes.
+    pub size: u64,
+    /// Each page's index and its [`PAGE`] bytes.
+    pub pages: Vec<(u32, &'a [u8])>,
+    /// Bytes of the session's kept pages once these are written (the caller knows
+    /// which are new): what the byte caps count.
+    pub bytes: u64,
+}
+
+/// A session's memory as the store keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredMemory {
+    /// The memory's size in bytes (0 before the session's first successful
+    /// execution).
+    pub size: u64,
+    /// Its kept pages, by increasing index: each one's index and [`PAGE`] bytes.
+    pub pages: Vec<(u32, Vec<u8>)>,
+}
+
+/// Bytes of a memory page as sessions keep them.
+pub const PAGE: usize = 4096;
+
+/// A session image as sandgate stored it before memories were kept page by page:
+/// `SGMI`, version 1, the memory's size (u64), the page count (u32), then each page's
+/// index (u32) and bytes, little-endian. `None` when it is not one.
+pub(crate) fn legacy_image(bytes: &[u8]) -> Option<StoredMemory> {
+    let header = bytes.get(..20)?;
+    if &header[..4] != b"SGMI" || header[4..8] != 1u32.to_le_bytes() {
+        return None;
+    }
+    let size = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    let count = u32::from_le_bytes(header[16..20].try_into().ok()?) as usize;
+    let entries = &bytes[20..];
+    if entries.len() != count.checked_mul(4 + PAGE)? {
+        return None;
+    }
+    let pages = entries
+        .chunks_exact(4 + PAGE)
+        .map(|entry| (u32::from_le_bytes(entry[..4].try_into().expect("four bytes")), entry[4..].to_vec()))
+        .collect();
+    Some(StoredMemory { size, pages })
+}
+
 /// What taking a session for an execution found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lease {
-    /// Taken until the lease's deadline: the session and its image (`None` before its
-    /// first successful execution).
-    Taken { session: SessionRecord, image: Option<Vec<u8>> },
+    /// Taken until the lease's deadline (its memory is read apart:
+    /// [`Store::session_memory`]).
+    Taken { session: SessionRecord },
     /// Another execution holds it, until `until_ms` at the latest.
     Busy { until_ms: i64 },
     /// No live session has that id.
@@ -412,7 +463,7 @@ pub trait Store: Send + Sync + 'static {
     /// policy caps are checked against, without reading every session.
     fn session_totals<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<(u64, u64), StoreError>>;
 
-    /// Ends session `id`, image and all; `false` when there is none.
+    /// Ends session `id`, memory and all; `false` when there is none.
     fn end_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Takes live session `id` of `user` for one execution, as `lease`, until
@@ -426,17 +477,20 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Lease, StoreError>>;
 
+    /// Session `id`'s memory: its size and kept pages.
+    fn session_memory<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredMemory, StoreError>>;
+
     /// Gives session `id` back: after an execution that ended at `ran_at_ms` (counted
-    /// as the session's last use), with its next `image` (none when the execution
-    /// failed, which leaves the session as it was); with `ran_at_ms` `None` when no
-    /// execution ran (it was refused before starting). `files` are applied in order,
-    /// in the same transaction. `false` (nothing changed) when `lease` no longer holds
-    /// it.
+    /// as the session's last use), with the `memory` pages it wrote (none when the
+    /// execution failed, which leaves the session as it was); with `ran_at_ms` `None`
+    /// when no execution ran (it was refused before starting). `files` are applied in
+    /// order, in the same transaction. `false` (nothing changed) when `lease` no
+    /// longer holds it.
     fn return_session<'a>(
         &'a self,
         id: &'a str,
         lease: &'a str,
-        image: Option<&'a [u8]>,
+        memory: Option<&'a MemoryWrite<'a>>,
         ran_at_ms: Option<i64>,
         files: &'a [FileChange],
     ) -> BoxFuture<'a, Result<bool, StoreError>>;

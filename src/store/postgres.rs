@@ -40,8 +40,8 @@ use tokio_postgres::types::ToSql;
 use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord,
-    Store, StoreError, StoredFile, StoredKey,
+    now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, MemoryWrite, Overdrawn, Record,
+    SessionRecord, Store, StoreError, StoredFile, StoredKey, StoredMemory,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -391,6 +391,18 @@ const MIGRATIONS: &[&str] = &[
         ON CONFLICT (execution_id) DO UPDATE SET logs = EXCLUDED.logs;
     END $$;
     "#,
+    // 8: a session's memory as one row per kept page, so an execution writes only
+    // the pages it changed; `sessions.image` is converted by `convert_images` and
+    // dropped in the same transaction.
+    r#"
+    CREATE TABLE session_pages (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        page INTEGER NOT NULL,
+        bytes BYTEA NOT NULL,
+        PRIMARY KEY (session_id, page)
+    );
+    ALTER TABLE sessions ADD COLUMN memory_size BIGINT NOT NULL DEFAULT 0;
+    "#,
 ];
 
 fn model_call_row(r: &tokio_postgres::Row) -> ModelCallRow {
@@ -538,6 +550,9 @@ impl PgStore {
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tx.batch_execute(sql).await.map_err(|e| StoreError(format!("migration {}: {e}", index + 1)))?;
+            if index + 1 == PAGES_MIGRATION {
+                convert_images(&tx).await?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
                 &[&(index as i64 + 1), &now_ms()],
@@ -547,6 +562,35 @@ impl PgStore {
         }
         tx.commit().await.map_err(err)
     }
+}
+
+/// The migration after which [`convert_images`] runs.
+const PAGES_MIGRATION: usize = 8;
+
+/// Moves each session's image (one `image` column, `sandbox::MemoryImage`'s first
+/// encoding) into `session_pages`, then drops the column.
+async fn convert_images(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let rows = tx.query("SELECT id, image FROM sessions WHERE image IS NOT NULL", &[]).await.map_err(err)?;
+    for row in rows {
+        let (id, image): (String, Vec<u8>) = (row.get(0), row.get(1));
+        let memory = super::legacy_image(&image)
+            .ok_or_else(|| StoreError(format!("session `{id}`'s image cannot be read; the store is damaged")))?;
+        let (pages, bytes): (Vec<i32>, Vec<&[u8]>) =
+            memory.pages.iter().map(|(page, bytes)| (*page as i32, bytes.as_slice())).unzip();
+        tx.execute(
+            "INSERT INTO session_pages (session_id, page, bytes) SELECT $1, * FROM unnest($2::INTEGER[], $3::BYTEA[])",
+            &[&id, &pages, &bytes],
+        )
+        .await
+        .map_err(err)?;
+        tx.execute(
+            "UPDATE sessions SET memory_size = $2, image_bytes = $3 WHERE id = $1",
+            &[&id, &to_i64(memory.size), &to_i64((memory.pages.len() * super::PAGE) as u64)],
+        )
+        .await
+        .map_err(err)?;
+    }
+    tx.batch_execute("ALTER TABLE sessions DROP COLUMN image").await.map_err(err)
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -1170,11 +1214,11 @@ impl Store for PgStore {
                      UPDATE sessions SET lease = $2, lease_until_ms = $3
                      WHERE id = $1 AND \"user\" = $5 AND used_at_ms + ttl_ms > $4
                        AND (lease IS NULL OR lease_until_ms <= $4)
-                     RETURNING {SESSION_COLUMNS}, image
+                     RETURNING {SESSION_COLUMNS}
                  )
-                 SELECT true, {SESSION_COLUMNS}, image, NULL::BIGINT FROM taken
+                 SELECT true, {SESSION_COLUMNS}, NULL::BIGINT FROM taken
                  UNION ALL
-                 SELECT false, {SESSION_COLUMNS}, NULL::BYTEA, lease_until_ms FROM sessions
+                 SELECT false, {SESSION_COLUMNS}, lease_until_ms FROM sessions
                  WHERE id = $1 AND \"user\" = $5 AND used_at_ms + ttl_ms > $4 AND NOT EXISTS (SELECT 1 FROM taken)"
             );
             trip("sessions");
@@ -1184,10 +1228,38 @@ impl Store for PgStore {
             };
             let taken: bool = row.get(0);
             Ok(if taken {
-                Lease::Taken { session: session_at(&row, 1), image: row.get(13) }
+                Lease::Taken { session: session_at(&row, 1) }
             } else {
-                Lease::Busy { until_ms: row.get::<_, Option<i64>>(14).unwrap_or(now_ms) }
+                Lease::Busy { until_ms: row.get::<_, Option<i64>>(13).unwrap_or(now_ms) }
             })
+        }
+        .boxed()
+    }
+
+    fn session_memory<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredMemory, StoreError>> {
+        async move {
+            let mut client = self.client().await?;
+            // One snapshot, so the size and the pages are of the same moment.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(err)?;
+            trip("sessions");
+            let size = tx
+                .query_opt("SELECT memory_size FROM sessions WHERE id = $1", &[&id])
+                .await
+                .map_err(err)?
+                .map_or(0, |row| row.get::<_, i64>(0));
+            let rows = tx
+                .query("SELECT page, bytes FROM session_pages WHERE session_id = $1 ORDER BY page", &[&id])
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            let pages = rows.iter().map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, Vec<u8>>(1))).collect();
+            Ok(StoredMemory { size: size as u64, pages })
         }
         .boxed()
     }
@@ -1196,21 +1268,23 @@ impl Store for PgStore {
         &'a self,
         id: &'a str,
         lease: &'a str,
-        image: Option<&'a [u8]>,
+        memory: Option<&'a MemoryWrite<'a>>,
         ran_at_ms: Option<i64>,
         files: &'a [FileChange],
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
-            const RETURN: &str =
-                "UPDATE sessions SET image = coalesce($3, image), image_bytes = coalesce($4, image_bytes),
-                    used_at_ms = coalesce($5::BIGINT, used_at_ms),
-                    executions = executions + CASE WHEN $5::BIGINT IS NULL THEN 0 ELSE 1 END,
+            const RETURN: &str = "UPDATE sessions SET image_bytes = coalesce($3, image_bytes),
+                    memory_size = coalesce($5, memory_size),
+                    used_at_ms = coalesce($4::BIGINT, used_at_ms),
+                    executions = executions + CASE WHEN $4::BIGINT IS NULL THEN 0 ELSE 1 END,
                     lease = NULL, lease_until_ms = NULL
                  WHERE id = $1 AND lease = $2";
             let mut client = self.client().await?;
-            let image_bytes = image.map(|image| image.len() as i64);
-            let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &image, &image_bytes, &ran_at_ms];
-            if files.is_empty() {
+            let bytes = memory.map(|memory| to_i64(memory.bytes));
+            let size = memory.map(|memory| to_i64(memory.size));
+            let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
+            let pages = memory.filter(|memory| !memory.pages.is_empty());
+            if files.is_empty() && pages.is_none() {
                 // The common case: one statement, no transaction around it.
                 trip("sessions");
                 return Ok(client.execute(RETURN, &params).await.map_err(err)? == 1);
@@ -1221,7 +1295,20 @@ impl Store for PgStore {
             if returned != 1 {
                 return Ok(false);
             }
-            {
+            if let Some(memory) = pages {
+                let (pages, bytes): (Vec<i32>, Vec<&[u8]>) =
+                    memory.pages.iter().map(|(page, bytes)| (*page as i32, *bytes)).unzip();
+                trip("session_pages");
+                tx.execute(
+                    "INSERT INTO session_pages (session_id, page, bytes)
+                     SELECT $1, * FROM unnest($2::INTEGER[], $3::BYTEA[])
+                     ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes",
+                    &[&id, &pages, &bytes],
+                )
+                .await
+                .map_err(err)?;
+            }
+            if !files.is_empty() {
                 let put = tx
                     .prepare_cached(
                         "INSERT INTO session_files (session_id, path, dir, size, data) VALUES ($1, $2, $3, $4, $5)

@@ -18,8 +18,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, Overdrawn, Record, SessionRecord,
-    SpendScope, Store, StoreError, StoredFile, StoredKey,
+    now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, MemoryWrite, Overdrawn, Record,
+    SessionRecord, SpendScope, Store, StoreError, StoredFile, StoredKey, StoredMemory,
 };
 
 /// How hard a commit waits for the disk.
@@ -164,7 +164,47 @@ const MIGRATIONS: &[&str] = &[
     // 10: executions' console lines, for the console's execution page (only those
     // that printed any).
     "CREATE TABLE execution_logs (execution_id TEXT PRIMARY KEY, logs TEXT NOT NULL);",
+    // 11: a session's memory as one row per kept page, so an execution writes only
+    // the pages it changed; `session_images` is converted by `convert_images` and
+    // dropped in the same transaction.
+    "CREATE TABLE session_pages (
+        session_id TEXT NOT NULL,
+        page INTEGER NOT NULL,
+        bytes BLOB NOT NULL,
+        PRIMARY KEY (session_id, page)
+    ) WITHOUT ROWID;
+    ALTER TABLE sessions ADD COLUMN memory_size INTEGER NOT NULL DEFAULT 0;",
 ];
+
+/// The migration after which [`convert_images`] runs.
+const PAGES_MIGRATION: usize = 11;
+
+/// Moves each session's image (one blob, `sandbox::MemoryImage`'s first encoding)
+/// into `session_pages`, then drops the images' table.
+fn convert_images(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+    let images: Vec<(String, Vec<u8>)> = {
+        let mut statement = tx.prepare("SELECT session_id, image FROM session_images").map_err(err)?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)?
+    };
+    for (id, image) in images {
+        let memory = super::legacy_image(&image)
+            .ok_or_else(|| StoreError(format!("session `{id}`'s image cannot be read; the ledger is damaged")))?;
+        for (page, bytes) in &memory.pages {
+            tx.execute(
+                "INSERT INTO session_pages (session_id, page, bytes) VALUES (?1, ?2, ?3)",
+                params![id, page, bytes],
+            )
+            .map_err(err)?;
+        }
+        tx.execute(
+            "UPDATE sessions SET memory_size = ?2, image_bytes = ?3 WHERE id = ?1",
+            params![id, to_i64(memory.size), to_i64((memory.pages.len() * super::PAGE) as u64)],
+        )
+        .map_err(err)?;
+    }
+    tx.execute_batch("DROP TABLE session_images").map_err(err)
+}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
@@ -296,6 +336,9 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(sql).map_err(|e| StoreError(format!("migration {}: {e}", index + 1)))?;
+        if index + 1 == PAGES_MIGRATION {
+            convert_images(&tx)?;
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
             params![index as i64 + 1, now_ms()],
@@ -803,7 +846,7 @@ impl Store for SqliteStore {
                 .execute_batch(&format!(
                     "DELETE FROM session_files WHERE session_id IN (
                          SELECT id FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now}));
-                     DELETE FROM session_images WHERE session_id IN (
+                     DELETE FROM session_pages WHERE session_id IN (
                          SELECT id FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now}));
                      DELETE FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now});",
                     now = session.created_at_ms
@@ -870,7 +913,7 @@ impl Store for SqliteStore {
             let mut writer = lock(&inner.writer);
             let tx = writer.transaction().map_err(err)?;
             tx.execute("DELETE FROM session_files WHERE session_id = ?1", params![id]).map_err(err)?;
-            tx.execute("DELETE FROM session_images WHERE session_id = ?1", params![id]).map_err(err)?;
+            tx.execute("DELETE FROM session_pages WHERE session_id = ?1", params![id]).map_err(err)?;
             let ended = tx.execute("DELETE FROM sessions WHERE id = ?1", params![id]).map_err(err)? > 0;
             tx.commit().map_err(err)?;
             Ok(ended)
@@ -908,15 +951,33 @@ impl Store for SqliteStore {
                     .flatten();
                 return Ok(busy.map_or(Lease::Missing, |until_ms| Lease::Busy { until_ms }));
             }
-            let sql = format!(
-                "SELECT {SESSION_COLUMNS}, (SELECT image FROM session_images WHERE session_images.session_id = sessions.id)
-                 FROM sessions WHERE id = ?1"
-            );
-            writer
-                .query_row(&sql, params![id], |row| {
-                    Ok(Lease::Taken { session: session_row(row)?, image: row.get::<_, Option<Vec<u8>>>(12)? })
-                })
-                .map_err(err)
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
+            writer.query_row(&sql, params![id], |row| Ok(Lease::Taken { session: session_row(row)? })).map_err(err)
+        })
+    }
+
+    fn session_memory<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredMemory, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            // One read transaction, so the size and the pages are of the same moment.
+            let mut reader = lock(&inner.reader);
+            let tx = reader.transaction().map_err(err)?;
+            let size: i64 = tx
+                .query_row("SELECT memory_size FROM sessions WHERE id = ?1", params![id], |row| row.get(0))
+                .optional()
+                .map_err(err)?
+                .unwrap_or(0);
+            let mut statement = tx
+                .prepare_cached("SELECT page, bytes FROM session_pages WHERE session_id = ?1 ORDER BY page")
+                .map_err(err)?;
+            let pages = statement
+                .query_map(params![id], |row| Ok((row.get::<_, u32>(0)?, row.get::<_, Vec<u8>>(1)?)))
+                .map_err(err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            drop(statement);
+            tx.commit().map_err(err)?;
+            Ok(StoredMemory { size: size as u64, pages })
         })
     }
 
@@ -924,35 +985,44 @@ impl Store for SqliteStore {
         &'a self,
         id: &'a str,
         lease: &'a str,
-        image: Option<&'a [u8]>,
+        memory: Option<&'a MemoryWrite<'a>>,
         ran_at_ms: Option<i64>,
         files: &'a [FileChange],
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let (id, lease, image) = (id.to_string(), lease.to_string(), image.map(<[u8]>::to_vec));
+        let (id, lease) = (id.to_string(), lease.to_string());
+        let memory = memory.map(|m| {
+            (m.size, m.bytes, m.pages.iter().map(|(page, bytes)| (*page, bytes.to_vec())).collect::<Vec<_>>())
+        });
         let files = files.to_vec();
         self.blocking(move |inner| {
-            let image_bytes = image.as_ref().map(|image| image.len() as i64);
+            let (size, bytes) = match &memory {
+                Some((size, bytes, _)) => (Some(to_i64(*size)), Some(to_i64(*bytes))),
+                None => (None, None),
+            };
             let mut writer = lock(&inner.writer);
             let tx = writer.transaction().map_err(err)?;
             let returned = tx
                 .execute(
-                    "UPDATE sessions SET image_bytes = coalesce(?3, image_bytes),
+                    "UPDATE sessions SET image_bytes = coalesce(?3, image_bytes), memory_size = coalesce(?5, memory_size),
                         used_at_ms = coalesce(?4, used_at_ms), executions = executions + (?4 IS NOT NULL),
                         lease = NULL, lease_until_ms = NULL
                      WHERE id = ?1 AND lease = ?2",
-                    params![id, lease, image_bytes, ran_at_ms],
+                    params![id, lease, bytes, ran_at_ms, size],
                 )
                 .map_err(err)?;
             if returned != 1 {
                 return Ok(false);
             }
-            if let Some(image) = &image {
-                tx.execute(
-                    "INSERT INTO session_images (session_id, image) VALUES (?1, ?2)
-                     ON CONFLICT (session_id) DO UPDATE SET image = excluded.image",
-                    params![id, image],
-                )
-                .map_err(err)?;
+            if let Some((_, _, pages)) = &memory {
+                let mut put = tx
+                    .prepare_cached(
+                        "INSERT INTO session_pages (session_id, page, bytes) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes",
+                    )
+                    .map_err(err)?;
+                for (page, bytes) in pages {
+                    put.execute(params![id, page, bytes]).map_err(err)?;
+                }
             }
             if !files.is_empty() {
                 apply_files(&tx, &id, &files)?;

@@ -1,10 +1,12 @@
-//! Session state in the sandbox: a session's code runs as a global script, and its
-//! memory image carries what it declared into the session's next execution.
+//! Session state in the sandbox: a session's code runs as a global script, and the
+//! pages of its memory it wrote carry what it declared into the session's next
+//! execution.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use sandgate::auth::Principal;
-use sandgate::sandbox::{AllowAll, Job, Language, Limits, MemoryImage, Outcome, Registry, Sandbox, SandboxConfig};
+use sandgate::sandbox::{AllowAll, Job, Language, Limits, MemoryFile, Outcome, Registry, Sandbox, SandboxConfig};
 
 use crate::harness::cache_dir;
 
@@ -17,7 +19,32 @@ fn sandbox() -> &'static Sandbox {
     })
 }
 
-fn job(code: &str, language: Language, session: Option<&MemoryImage>) -> Job {
+/// A session as the service keeps it: its memory, and every page it kept (as the
+/// store would).
+struct Session {
+    memory: Arc<MemoryFile>,
+    pages: BTreeMap<u32, Vec<u8>>,
+}
+
+impl Session {
+    async fn new(language: Language) -> Self {
+        let memory = sandbox().session_memory(language, 0, []).await.expect("a session's memory");
+        Self { memory: Arc::new(memory), pages: BTreeMap::new() }
+    }
+
+    /// The session made again from its kept pages alone, as after a restart.
+    async fn reopened(&self, language: Language) -> Self {
+        let pages = self.pages.iter().map(|(page, bytes)| (*page, bytes.as_slice()));
+        let memory = sandbox().session_memory(language, self.memory.size(), pages).await.expect("a session's memory");
+        Self { memory: Arc::new(memory), pages: self.pages.clone() }
+    }
+
+    fn kept_bytes(&self) -> usize {
+        self.pages.len() * 4096
+    }
+}
+
+fn job(code: &str, language: Language, session: Option<&Session>) -> Job {
     Job {
         code: code.into(),
         language,
@@ -25,14 +52,14 @@ fn job(code: &str, language: Language, session: Option<&MemoryImage>) -> Job {
         limits: Limits { wall_ms: 2_000, ..Limits::default() },
         principal: Arc::new(Principal::local()),
         call_policy: Arc::new(AllowAll),
-        session: session.map(|image| Arc::new(image.clone())),
+        session: session.map(|session| session.memory.clone()),
         files: None,
         id: None,
         trace: Default::default(),
     }
 }
 
-async fn run(code: &str, session: Option<&MemoryImage>) -> Outcome {
+async fn run(code: &str, session: Option<&Session>) -> Outcome {
     sandbox().execute(job(code, Language::Javascript, session), None).await.expect("the execution runs")
 }
 
@@ -41,17 +68,26 @@ fn result(outcome: &Outcome) -> String {
     outcome.result.as_ref().map(|r| r.get().to_string()).unwrap_or_default()
 }
 
-/// Runs `code` in the session at `image` and moves the session on.
-async fn step(code: &str, image: &mut MemoryImage) -> String {
-    let outcome = run(code, Some(image)).await;
+/// Keeps what a successful execution in `session` wrote, as the service does.
+fn keep(session: &mut Session, outcome: Outcome) {
+    let written = outcome.session_image.expect("a session's successful execution gives the pages it wrote");
+    session.memory.apply(&written).expect("the memory takes them");
+    for (page, bytes) in written.chunks() {
+        session.pages.insert(page, bytes.to_vec());
+    }
+}
+
+/// Runs `code` in `session` and moves the session on.
+async fn step(code: &str, session: &mut Session) -> String {
+    let outcome = run(code, Some(session)).await;
     let value = result(&outcome);
-    *image = outcome.session_image.expect("a session's successful execution gives its image");
+    keep(session, outcome);
     value
 }
 
 #[tokio::test]
 async fn a_session_keeps_what_its_code_declared() {
-    let mut session = MemoryImage::default();
+    let mut session = Session::new(Language::Javascript).await;
     assert_eq!(step("let x = 1", &mut session).await, "null");
     assert_eq!(step("x + 1", &mut session).await, "2");
     assert_eq!(step("const f = (a) => a * 3; class C { m() { return f(x) } }; new C().m()", &mut session).await, "3");
@@ -64,7 +100,7 @@ async fn a_session_keeps_what_its_code_declared() {
 
     // Nothing leaks into a fresh execution, or into another session.
     assert_eq!(result(&run("typeof x", None).await), r#""undefined""#);
-    assert_eq!(result(&run("typeof x", Some(&MemoryImage::default())).await), r#""undefined""#);
+    assert_eq!(result(&run("typeof x", Some(&Session::new(Language::Javascript).await)).await), r#""undefined""#);
     let fresh = run("let x = 1; return x", None).await;
     assert_eq!(result(&fresh), "1");
     assert!(fresh.session_image.is_none(), "a fresh execution has no session to carry");
@@ -72,7 +108,7 @@ async fn a_session_keeps_what_its_code_declared() {
 
 #[tokio::test]
 async fn a_failed_execution_leaves_the_session_where_it_was() {
-    let mut session = MemoryImage::default();
+    let mut session = Session::new(Language::Javascript).await;
     step("let n = 1", &mut session).await;
     let thrown = run("n = 5; throw new Error('boom')", Some(&session)).await;
     assert!(!thrown.ok && thrown.session_image.is_none());
@@ -91,28 +127,34 @@ async fn a_failed_execution_leaves_the_session_where_it_was() {
 }
 
 #[tokio::test]
-async fn an_image_reads_back_from_bytes_and_grows_with_the_heap() {
-    let mut session = MemoryImage::default();
+async fn a_session_is_made_again_from_its_pages_and_grows_with_the_heap() {
+    let mut session = Session::new(Language::Javascript).await;
     step("let greeting = 'hello'", &mut session).await;
-    let small = session.encode().len();
-    let mut session = MemoryImage::decode(&session.encode()).unwrap();
+    let small = session.kept_bytes();
+    // A trivial step writes a few pages, not the memory.
+    let outcome = run("greeting.length", Some(&session)).await;
+    let written = outcome.session_image.as_ref().map_or(0, |pages| pages.len());
+    assert!(written < 64, "{written} pages written by reading a string");
+    keep(&mut session, outcome);
+    let mut session = session.reopened(Language::Javascript).await;
     assert_eq!(step("greeting + ' again'", &mut session).await, r#""hello again""#);
     step("globalThis.big = 'ab'.repeat(1 << 20); big.length", &mut session).await;
-    let large = session.encode().len();
+    let large = session.kept_bytes();
     assert!(large > small + (2 << 20), "{small} then {large} bytes");
-    assert_eq!(step("big.length", &mut session).await, "2097152");
-    println!("session image: {small} bytes after a string, {large} with 2 MiB more");
+    let mut session = session.reopened(Language::Javascript).await;
+    assert_eq!(step("big.length + greeting.length", &mut session).await, "2097157");
+    println!("session state: {small} bytes after a string, {large} with 2 MiB more");
 }
 
 #[tokio::test]
 async fn typescript_runs_in_a_session_too() {
-    let mut session = MemoryImage::default();
+    let mut session = Session::new(Language::Typescript).await;
     let outcome = sandbox()
         .execute(job("let t: number = 4; interface P { x: number }", Language::Typescript, Some(&session)), None)
         .await
         .unwrap();
     result(&outcome);
-    session = outcome.session_image.unwrap();
+    keep(&mut session, outcome);
     assert_eq!(step("t * 2", &mut session).await, "8");
 }
 
@@ -307,4 +349,38 @@ fn the_cli_opens_uses_and_ends_sessions() {
     let (code, _, stderr) = cli(&["exec", "--session", &id, "-"], Some("y"));
     assert_ne!(code, Some(0));
     assert!(stderr.contains("no session"), "{stderr}");
+}
+
+/// Two replicas on one PostgreSQL, taking turns at one session: each execution
+/// starts from the state the last one left, on whichever replica it ran, though each
+/// replica keeps the memory of the session's last execution there.
+#[tokio::test]
+async fn a_session_moves_between_replicas_with_its_latest_state() {
+    use reqwest::Method;
+    let ApiKey { token: alice, entry } = api_key("alice", "alice", "labs", "member");
+    let url = crate::postgres::database().await;
+    let config = format!("[sandbox]\ntest_capability = true\n{entry}\n[store]\nurl = \"{url}\"\npool = 4\n");
+    let replicas = [start_server_with(&config, SESSION_POLICY), start_server_with(&config, SESSION_POLICY)];
+    let (status, opened) =
+        call(Method::POST, format!("{}/v1/sessions", replicas[0].base), &alice, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let id = opened["session_id"].as_str().unwrap().to_string();
+    let (_, body) = execute(&replicas[0].base, &alice, &id, "globalThis.rows = []; let n = 0").await;
+    assert_eq!(body["ok"], true, "{body}");
+    for turn in 1..=6u64 {
+        let base = &replicas[(turn % 2) as usize].base;
+        let (_, body) = execute(base, &alice, &id, "n += 1; rows.push('x'.repeat(10000)); [n, rows.length]").await;
+        assert_eq!(body["result"], json!([turn, turn]), "turn {turn}: {body}");
+    }
+    // A failure on one replica leaves the other, and itself, where the session was.
+    let (_, body) = execute(&replicas[1].base, &alice, &id, "n = 100; throw new Error('no')").await;
+    assert_eq!(body["error"]["kind"], "exception", "{body}");
+    let (_, body) = execute(&replicas[0].base, &alice, &id, "n").await;
+    assert_eq!(body["result"], 6, "{body}");
+    let (_, body) = execute(&replicas[1].base, &alice, &id, "n += 1").await;
+    assert_eq!(body["result"], 7, "{body}");
+    let (_, body) = execute(&replicas[1].base, &alice, &id, "n").await;
+    assert_eq!(body["result"], 7, "{body}");
+    let (_, body) = execute(&replicas[0].base, &alice, &id, "[n, rows.length]").await;
+    assert_eq!(body["result"], json!([7, 6]), "{body}");
 }

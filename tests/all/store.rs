@@ -343,6 +343,81 @@ async fn replicas_starting_together_migrate_once() {
     assert!(latest >= 2 && applied == latest, "{applied} migrations applied for version {latest}");
 }
 
+/// A session image as stores kept it before pages had rows of their own: `SGMI`,
+/// version 1, size, count, then each page's index and bytes.
+fn legacy_image(size: u64, pages: &[(u32, u8)]) -> Vec<u8> {
+    let mut image = b"SGMI".to_vec();
+    image.extend_from_slice(&1u32.to_le_bytes());
+    image.extend_from_slice(&size.to_le_bytes());
+    image.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+    for (page, fill) in pages {
+        image.extend_from_slice(&page.to_le_bytes());
+        image.extend_from_slice(&[*fill; store::PAGE]);
+    }
+    image
+}
+
+/// A store written before session memories were kept page by page: its images
+/// become pages when it is opened, and its sessions go on from them.
+#[tokio::test]
+async fn a_stored_session_image_becomes_pages_on_upgrade() {
+    for backend in BACKENDS {
+        let config = fresh(backend).await;
+        let now = store::now_ms();
+        let store = open(&config).await;
+        store.create_session(&session("old", "alice", now, 60_000)).await.unwrap();
+        drop(store);
+        let image = legacy_image(1 << 20, &[(2, 5), (7, 6)]);
+        // Back to the schema before the pages, holding the image as it was kept then.
+        match &config {
+            StoreConfig::Sqlite { path, .. } => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                db.execute_batch(
+                    "CREATE TABLE session_images (session_id TEXT PRIMARY KEY, image BLOB NOT NULL);
+                     DROP TABLE session_pages;
+                     ALTER TABLE sessions DROP COLUMN memory_size;
+                     DELETE FROM schema_migrations WHERE version = 11;",
+                )
+                .unwrap();
+                db.execute("INSERT INTO session_images VALUES ('old', ?1)", [&image]).unwrap();
+                db.execute("UPDATE sessions SET image_bytes = ?1 WHERE id = 'old'", [image.len() as i64]).unwrap();
+            }
+            StoreConfig::Postgres { url, .. } => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client
+                    .batch_execute(
+                        "ALTER TABLE sessions ADD COLUMN image BYTEA;
+                         DROP TABLE session_pages;
+                         ALTER TABLE sessions DROP COLUMN memory_size;
+                         DELETE FROM schema_migrations WHERE version = 8;",
+                    )
+                    .await
+                    .unwrap();
+                client.execute("UPDATE sessions SET image = $1 WHERE id = 'old'", &[&image]).await.unwrap();
+            }
+        }
+        let store = open(&config).await;
+        let memory = store.session_memory("old").await.unwrap();
+        assert_eq!(
+            memory,
+            store::StoredMemory { size: 1 << 20, pages: vec![(2, vec![5; store::PAGE]), (7, vec![6; store::PAGE])] },
+            "{backend:?}"
+        );
+        let session = store.session("old", now).await.unwrap().unwrap();
+        assert_eq!(session.image_bytes, 2 * store::PAGE as u64, "{backend:?}");
+        // And it goes on from there.
+        assert!(matches!(
+            store.lease_session("old", "alice", "next", now + 5_000, now).await.unwrap(),
+            store::Lease::Taken { .. }
+        ));
+        let page = vec![9u8; store::PAGE];
+        let write = store::MemoryWrite { size: 1 << 20, pages: vec![(7, &page[..])], bytes: 2 * store::PAGE as u64 };
+        assert!(store.return_session("old", "next", Some(&write), Some(now + 1), &[]).await.unwrap());
+        assert_eq!(store.session_memory("old").await.unwrap().pages[1], (7, page), "{backend:?}");
+    }
+}
+
 #[tokio::test]
 async fn keys_are_created_once_by_name_listed_and_revoked() {
     use sandgate::auth::{digest, KeyEntry, Role};
@@ -390,7 +465,7 @@ fn session(id: &str, user: &str, now: i64, ttl_ms: i64) -> store::SessionRecord 
 }
 
 #[tokio::test]
-async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
+async fn a_session_runs_one_execution_at_a_time_and_keeps_its_memory_pages() {
     use store::Lease;
     for backend in BACKENDS {
         let (store, other) = replicas(backend).await;
@@ -403,13 +478,14 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
 
         // Another user's session is missing to them, busy or not.
         assert_eq!(store.lease_session("s3", "alice", "x", now + 5_000, now).await.unwrap(), Lease::Missing);
-        // The first execution finds no image; a second one meanwhile finds it busy.
-        let Lease::Taken { session: taken, image: None } =
+        // The first execution finds no memory; a second one meanwhile finds it busy.
+        let Lease::Taken { session: taken } =
             store.lease_session("s1", "alice", "run-1", now + 5_000, now).await.unwrap()
         else {
             panic!("{backend:?}: the session is free");
         };
         assert_eq!((taken.user.as_str(), taken.executions), ("alice", 0));
+        assert_eq!(store.session_memory("s1").await.unwrap(), store::StoredMemory::default(), "{backend:?}");
         assert_eq!(
             other.lease_session("s1", "alice", "run-2", now + 5_000, now).await.unwrap(),
             Lease::Busy { until_ms: now + 5_000 }
@@ -419,25 +495,42 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
             Lease::Missing,
             "{backend:?}: not even busy to another user"
         );
-        let image = vec![7u8; 100_000];
-        assert!(store.return_session("s1", "run-1", Some(&image), Some(now + 10), &[]).await.unwrap(), "{backend:?}");
+        let (one, two, three) = (vec![1u8; store::PAGE], vec![2u8; store::PAGE], vec![3u8; store::PAGE]);
+        let first = store::MemoryWrite { size: 1 << 20, pages: vec![(3, &one[..]), (9, &two[..])], bytes: 8192 };
+        assert!(store.return_session("s1", "run-1", Some(&first), Some(now + 10), &[]).await.unwrap(), "{backend:?}");
         assert!(
             !store.return_session("s1", "run-1", None, Some(now + 11), &[]).await.unwrap(),
             "{backend:?}: the lease is over"
         );
 
-        // The next execution, on any replica, starts from that image.
-        let Lease::Taken { session: taken, image: Some(read) } =
+        // The next execution, on any replica, starts from those pages; its pages are
+        // written over them, page by page.
+        let Lease::Taken { session: taken } =
             other.lease_session("s1", "alice", "run-3", now + 5_000, now).await.unwrap()
         else {
-            panic!("{backend:?}: the image is there");
+            panic!("{backend:?}: the session is free again");
         };
-        assert_eq!((read.len(), taken.executions, taken.image_bytes), (100_000, 1, 100_000), "{backend:?}");
-        // A failed execution returns no image: the last one stays.
-        assert!(other.return_session("s1", "run-3", None, Some(now + 20), &[]).await.unwrap());
+        assert_eq!((taken.executions, taken.image_bytes), (1, 8192), "{backend:?}");
+        let read = other.session_memory("s1").await.unwrap();
+        assert_eq!(read, store::StoredMemory { size: 1 << 20, pages: vec![(3, one.clone()), (9, two.clone())] });
+        let next = store::MemoryWrite { size: 2 << 20, pages: vec![(1, &three[..]), (9, &one[..])], bytes: 12_288 };
+        assert!(other.return_session("s1", "run-3", Some(&next), Some(now + 15), &[]).await.unwrap());
+        let read = store.session_memory("s1").await.unwrap();
+        assert_eq!(
+            read,
+            store::StoredMemory { size: 2 << 20, pages: vec![(1, three.clone()), (3, one.clone()), (9, one.clone())] },
+            "{backend:?}"
+        );
+        // A failed execution returns no pages: the last ones stay.
+        assert!(matches!(
+            store.lease_session("s1", "alice", "run-4", now + 5_000, now).await.unwrap(),
+            Lease::Taken { .. }
+        ));
+        assert!(store.return_session("s1", "run-4", None, Some(now + 20), &[]).await.unwrap());
+        assert_eq!(other.session_memory("s1").await.unwrap(), read, "{backend:?}");
         let kept = store.session("s1", now + 20).await.unwrap().unwrap();
-        assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
-        assert_eq!(other.session_totals("alice", now + 20).await.unwrap(), (2, 100_000), "{backend:?}");
+        assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (3, 12_288, now + 20), "{backend:?}");
+        assert_eq!(other.session_totals("alice", now + 20).await.unwrap(), (2, 12_288), "{backend:?}");
         assert_eq!(other.session_totals("carol", now + 20).await.unwrap(), (0, 0), "{backend:?}");
         // A lease given back with no execution run (it was refused) changes nothing.
         assert!(matches!(
@@ -446,7 +539,7 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         ));
         assert!(other.return_session("s1", "refused", None, None, &[]).await.unwrap());
         let kept = store.session("s1", now + 40).await.unwrap().unwrap();
-        assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (2, 100_000, now + 20), "{backend:?}");
+        assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (3, 12_288, now + 20), "{backend:?}");
 
         // A lease whose holder died ends at its deadline.
         assert!(matches!(
@@ -470,6 +563,8 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_image() {
         assert!(store.session("s1", expires).await.unwrap().is_none(), "{backend:?}: idle past its TTL");
         assert_eq!(store.lease_session("s1", "alice", "late", expires + 5_000, expires).await.unwrap(), Lease::Missing);
         assert!(store.sessions("alice", expires + 70_000).await.unwrap().is_empty());
+        assert!(store.end_session("s1").await.unwrap());
+        assert_eq!(other.session_memory("s1").await.unwrap(), store::StoredMemory::default(), "{backend:?}");
     }
 }
 

@@ -1,0 +1,341 @@
+//! Session memories mapped from a file instead of copied (Linux).
+//!
+//! A session's memory can be tens of megabytes. Copying it into a fresh instance
+//! before each execution, and comparing and copying it out after, costs milliseconds
+//! for an execution that touches a few pages. Here the whole memory of a session
+//! lives in a [`MemoryFile`] (a `memfd`), and an execution maps that file privately
+//! (copy-on-write) where its linear memory lies: restoring is one `mmap`, pages are
+//! read only when the code touches them, and the pages it wrote are the ones the
+//! kernel had to copy, which `/proc/self/pagemap` lists (present, and no longer
+//! backed by the file). Capturing reads only those pages.
+//!
+//! Wasmtime's pooling allocator owns its own mappings, so session executions run on
+//! a second engine whose linear memories come from [`MappedMemories`] (plain
+//! reservations this module can map over), and on a variant of the guest whose
+//! active data segments are emptied ([`without_active_data`]): the file already
+//! holds everything those segments would write, and writing them again would both
+//! cost the copy and overwrite the session's state.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
+
+use super::image::{MemoryImage, CHUNK};
+
+const PAGE: usize = CHUNK;
+
+/// `wasm` with every active data segment emptied (same count, same offsets), and the
+/// memory those segments describe: its initial size, with their bytes in place.
+/// Passive segments are kept as they are.
+pub fn without_active_data(wasm: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    use wasmparser::{DataKind, Operator, Parser, Payload};
+    let mut module = wasm_encoder::Module::new();
+    let mut memory = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload?;
+        match &payload {
+            Payload::MemorySection(reader) => {
+                for ty in reader.clone() {
+                    let ty = ty?;
+                    if memory.is_empty() {
+                        memory = vec![0u8; (ty.initial as usize) << 16];
+                    }
+                }
+            }
+            Payload::DataSection(reader) => {
+                let mut section = wasm_encoder::DataSection::new();
+                for segment in reader.clone() {
+                    let segment = segment?;
+                    match segment.kind {
+                        DataKind::Passive => {
+                            section.passive(segment.data.iter().copied());
+                        }
+                        DataKind::Active { memory_index, offset_expr } => {
+                            let Ok(Operator::I32Const { value }) = offset_expr.get_operators_reader().read() else {
+                                anyhow::bail!("a data segment's offset is not a constant");
+                            };
+                            let start = value as u32 as usize;
+                            let target = memory
+                                .get_mut(start..start + segment.data.len())
+                                .ok_or_else(|| anyhow::anyhow!("a data segment lies outside the initial memory"))?;
+                            target.copy_from_slice(segment.data);
+                            section.active(
+                                memory_index,
+                                &wasm_encoder::ConstExpr::i32_const(value),
+                                std::iter::empty(),
+                            );
+                        }
+                    }
+                }
+                module.section(&section);
+                continue;
+            }
+            _ => {}
+        }
+        if let Some((id, range)) = payload.as_section() {
+            module.section(&wasm_encoder::RawSection { id, data: &wasm[range] });
+        }
+    }
+    Ok((module.finish(), memory))
+}
+
+/// A session's whole memory, in a file of its own (anonymous, in memory).
+#[derive(Debug)]
+pub struct MemoryFile {
+    file: File,
+    /// The memory's size in bytes; the file's length.
+    size: Mutex<u64>,
+}
+
+impl MemoryFile {
+    /// A memory of `size` bytes (at least `pristine`'s): `pristine`, with `pages`
+    /// (each a page index and its [`CHUNK`] bytes) written over it.
+    pub fn create<'a>(
+        pristine: &[u8],
+        size: u64,
+        pages: impl IntoIterator<Item = (u32, &'a [u8])>,
+    ) -> io::Result<Self> {
+        let fd = rustix::fs::memfd_create("sandgate-session", rustix::fs::MemfdFlags::CLOEXEC)?;
+        let file = File::from(fd);
+        let size = size.max(pristine.len() as u64);
+        file.set_len(size)?;
+        file.write_all_at(pristine, 0)?;
+        for (index, bytes) in pages {
+            if (index as u64 + 1) * CHUNK as u64 > size || bytes.len() != CHUNK {
+                return Err(io::Error::other(format!("page {index} lies outside the memory's {size} bytes")));
+            }
+            file.write_all_at(bytes, index as u64 * CHUNK as u64)?;
+        }
+        Ok(Self { file, size: Mutex::new(size) })
+    }
+
+    /// The memory's size in bytes.
+    pub fn size(&self) -> u64 {
+        *self.size.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `image`'s chunks over the file, growing it to the image's size.
+    pub fn apply(&self, image: &MemoryImage) -> io::Result<()> {
+        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        if image.size > *size {
+            self.file.set_len(image.size)?;
+            *size = image.size;
+        }
+        for (index, bytes) in image.chunks() {
+            self.file.write_all_at(bytes, index as u64 * CHUNK as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Maps the file privately over `memory`'s first bytes (the file's length), so
+    /// the memory reads as the file and the pages it writes are its own copies.
+    ///
+    /// # Safety
+    /// `memory` must be the linear memory of a live instance of the session engine
+    /// (see [`MappedMemories`]), at least the file's length, and nothing may hold a
+    /// reference into it while this runs.
+    pub unsafe fn map_over(&self, memory: &mut [u8]) -> io::Result<()> {
+        let size = self.size() as usize;
+        if memory.len() < size {
+            return Err(io::Error::other("the memory is smaller than the session's file"));
+        }
+        // SAFETY: [memory, memory + size) is ours (the caller's contract); MAP_FIXED
+        // replaces its pages with the file's, at the same address.
+        unsafe {
+            rustix::mm::mmap(
+                memory.as_mut_ptr().cast(),
+                size,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED,
+                &self.file,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The pages of `memory` written since it was mapped by [`MemoryFile::map_over`] (or
+/// since its reservation was made): present, and not a page of a file. Pages past the
+/// file that were only read count too (they hold zeros); nothing written is missed.
+pub fn written_pages(memory: &[u8]) -> io::Result<Vec<u32>> {
+    // Opened once: reads at an offset share it safely across threads.
+    static PAGEMAP: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+    let pagemap = match PAGEMAP.get() {
+        Some(file) => file,
+        None => {
+            let file = File::open("/proc/self/pagemap")?;
+            PAGEMAP.get_or_init(|| file)
+        }
+    };
+    let first = memory.as_ptr() as usize / PAGE;
+    let count = memory.len() / PAGE;
+    let mut written = Vec::new();
+    let mut entries = vec![0u8; 8 * 4096];
+    let mut done = 0;
+    while done < count {
+        let batch = (count - done).min(4096);
+        let buffer = &mut entries[..batch * 8];
+        pagemap.read_exact_at(buffer, ((first + done) * 8) as u64)?;
+        for (i, entry) in buffer.chunks_exact(8).enumerate() {
+            let entry = u64::from_le_bytes(entry.try_into().expect("eight bytes"));
+            let present = entry & (1 << 63) != 0;
+            let file_or_shared = entry & (1 << 61) != 0;
+            if present && !file_or_shared {
+                written.push((done + i) as u32);
+            }
+        }
+        done += batch;
+    }
+    Ok(written)
+}
+
+/// Makes the linear memories of the session engine: a reservation of the size and
+/// guard wasmtime asks for, inaccessible past the memory's current size, that
+/// [`MemoryFile::map_over`] can map a session's file over.
+#[derive(Debug, Default)]
+pub struct MappedMemories;
+
+// SAFETY: each memory is a fresh private reservation; see `Reservation`.
+unsafe impl MemoryCreator for MappedMemories {
+    fn new_memory(
+        &self,
+        _ty: MemoryType,
+        minimum: usize,
+        maximum: Option<usize>,
+        reserved_size_in_bytes: Option<usize>,
+        guard_size_in_bytes: usize,
+    ) -> Result<Box<dyn LinearMemory>, String> {
+        let capacity = reserved_size_in_bytes.or(maximum).ok_or("the session engine reserves memories")?;
+        let total = capacity.checked_add(guard_size_in_bytes).ok_or("reservation overflow")?;
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| format!("cannot reserve a session memory: {e}"))?;
+        let mut memory = Reservation { base: base as usize, size: 0, capacity, total };
+        memory.grow_to(minimum).map_err(|e| e.to_string())?;
+        Ok(Box::new(memory))
+    }
+}
+
+/// One linear memory: `total` bytes reserved at `base`, of which the first `size`
+/// are readable and writable.
+struct Reservation {
+    base: usize,
+    size: usize,
+    capacity: usize,
+    total: usize,
+}
+
+// SAFETY: the bytes before `size` are mapped read-write and zero until written (or
+// mapped from a session's file, which is what the memory then holds); everything
+// after them, guard included, is inaccessible; the base never moves.
+unsafe impl LinearMemory for Reservation {
+    fn byte_size(&self) -> usize {
+        self.size
+    }
+
+    fn byte_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
+        if new_size > self.capacity {
+            return Err(wasmtime::Error::msg("a session memory cannot grow past its reservation"));
+        }
+        if new_size > self.size {
+            let start = self.size.div_ceil(PAGE) * PAGE;
+            let end = new_size.div_ceil(PAGE) * PAGE;
+            if end > start {
+                // SAFETY: [start, end) lies within the reservation.
+                unsafe {
+                    rustix::mm::mprotect(
+                        (self.base + start) as *mut std::ffi::c_void,
+                        end - start,
+                        MprotectFlags::READ | MprotectFlags::WRITE,
+                    )
+                }
+                .map_err(|e| wasmtime::Error::msg(format!("cannot grow a session memory: {e}")))?;
+            }
+            self.size = new_size;
+        }
+        Ok(())
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.base as *mut u8
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: the whole reservation, mapped in `new_memory`, and no longer used.
+        let _ = unsafe { rustix::mm::munmap(self.base as *mut std::ffi::c_void, self.total) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapped_file_reads_as_the_file_and_lists_only_the_pages_written() {
+        let mut pristine = vec![0u8; 16 * PAGE];
+        pristine[3 * PAGE] = 3;
+        let page = vec![7u8; PAGE];
+        let file = MemoryFile::create(&pristine, 32 * PAGE as u64, [(5, &page[..])]).unwrap();
+        assert_eq!(file.size(), 32 * PAGE as u64);
+        assert!(MemoryFile::create(&pristine, 16 * PAGE as u64, [(16, &page[..])]).is_err(), "a page past the end");
+
+        let mut memories = MappedMemories
+            .new_memory(MemoryType::new(1, None), 64 * PAGE, None, Some(1 << 30), 1 << 20)
+            .expect("a reservation");
+        memories.grow_to(64 * PAGE).unwrap();
+        // SAFETY: the reservation is ours, made just above, and grown to 64 pages.
+        let memory = unsafe { std::slice::from_raw_parts_mut(memories.as_ptr(), 64 * PAGE) };
+        // SAFETY: nothing else refers to it.
+        unsafe { file.map_over(memory) }.unwrap();
+        assert_eq!((memory[3 * PAGE], memory[5 * PAGE], memory[6 * PAGE]), (3, 7, 0));
+        assert!(written_pages(memory).unwrap().is_empty(), "reading the file writes nothing");
+        memory[5 * PAGE + 1] = 1;
+        memory[9 * PAGE] = 2;
+        memory[40 * PAGE] = 4;
+        assert_eq!(written_pages(memory).unwrap(), [5, 9, 40]);
+        // Past the file, a page read is a page of zeros: it counts, harmlessly.
+        assert_eq!(memory[50 * PAGE], 0);
+        assert_eq!(written_pages(memory).unwrap(), [5, 9, 40, 50]);
+
+        // Those pages, written into the file, are what the next mapping reads.
+        let written = MemoryImage::from_pages(memory, &[5, 9, 40]);
+        file.apply(&written).unwrap();
+        assert_eq!(file.size(), 64 * PAGE as u64, "the file grows with the memory");
+        let mut again = MappedMemories
+            .new_memory(MemoryType::new(1, None), 64 * PAGE, None, Some(1 << 30), 1 << 20)
+            .expect("a reservation");
+        again.grow_to(64 * PAGE).unwrap();
+        // SAFETY: as above.
+        let memory = unsafe { std::slice::from_raw_parts_mut(again.as_ptr(), 64 * PAGE) };
+        // SAFETY: as above.
+        unsafe { file.map_over(memory) }.unwrap();
+        assert_eq!((memory[5 * PAGE + 1], memory[9 * PAGE], memory[40 * PAGE], memory[3 * PAGE]), (1, 2, 4, 3));
+    }
+
+    #[test]
+    fn emptying_the_data_segments_keeps_the_module_and_its_memory() {
+        let (stripped, pristine) = without_active_data(crate::sandbox::engine::GUEST_WASM).unwrap();
+        wasmparser::Validator::new().validate_all(&stripped).expect("a valid module");
+        assert!(stripped.len() < crate::sandbox::engine::GUEST_WASM.len());
+        assert_eq!(pristine.len() % 65_536, 0);
+        assert!(pristine.iter().any(|&b| b != 0));
+    }
+}

@@ -1,0 +1,219 @@
+//! Sessions' memories as this replica keeps them between executions.
+//!
+//! The store holds a session's memory as pages (those that differ from a fresh
+//! guest's). An execution needs it whole, as a [`MemoryFile`] the sandbox maps; making
+//! one means reading every page from the store. So after an execution the file stays
+//! here, under the session's id and its execution count, and the session's next
+//! execution on this replica takes it back if the count is still the one it left
+//! (no execution ran elsewhere since), then pays only for the pages it touches. Only
+//! the pages an execution wrote go to the store, and the same pages are written into
+//! the file once the store has them.
+//!
+//! The files are held up to [`MemoryCache::BUDGET`] bytes, least recently used
+//! leaving first, and for [`MemoryCache::IDLE`] at most: an idle session costs
+//! nothing here once it has been pushed out or that time has passed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::sandbox::{MemoryFile, MemoryImage};
+use crate::store::{StoredMemory, PAGE};
+
+/// A session's memory: the file executions map, and which pages the store keeps.
+#[derive(Debug)]
+pub(super) struct SessionMemory {
+    pub file: Arc<MemoryFile>,
+    /// A bit per page: set when the store keeps that page.
+    kept: Vec<u64>,
+    kept_count: u64,
+}
+
+impl SessionMemory {
+    /// The memory in `file`, made from `stored`.
+    pub fn new(file: MemoryFile, stored: &StoredMemory) -> Self {
+        let mut memory = Self { file: Arc::new(file), kept: Vec::new(), kept_count: 0 };
+        for (page, _) in &stored.pages {
+            memory.keep(*page);
+        }
+        memory
+    }
+
+    fn keep(&mut self, page: u32) {
+        let (word, bit) = (page as usize / 64, page % 64);
+        if self.kept.len() <= word {
+            self.kept.resize(word + 1, 0);
+        }
+        if self.kept[word] & (1 << bit) == 0 {
+            self.kept[word] |= 1 << bit;
+            self.kept_count += 1;
+        }
+    }
+
+    fn is_kept(&self, page: u32) -> bool {
+        self.kept.get(page as usize / 64).is_some_and(|word| word & (1 << (page % 64)) != 0)
+    }
+
+    /// Bytes of the pages the store keeps.
+    #[cfg(test)]
+    pub fn kept_bytes(&self) -> u64 {
+        self.kept_count * PAGE as u64
+    }
+
+    /// Bytes the store would keep once `written` is written too.
+    pub fn kept_bytes_with(&self, written: &MemoryImage) -> u64 {
+        let new = written.chunks().filter(|(page, _)| !self.is_kept(*page)).count() as u64;
+        (self.kept_count + new) * PAGE as u64
+    }
+
+    /// Writes `written` (which the store now keeps) into the file.
+    pub fn apply(&mut self, written: &MemoryImage) -> std::io::Result<()> {
+        self.file.apply(written)?;
+        for (page, _) in written.chunks() {
+            self.keep(page);
+        }
+        Ok(())
+    }
+}
+
+/// Recently used sessions' memories, by session id.
+#[derive(Debug, Default)]
+pub(super) struct MemoryCache {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    bytes: u64,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The session's execution count this memory is the state after.
+    executions: u64,
+    memory: SessionMemory,
+    used: u64,
+    kept_at: Instant,
+}
+
+impl MemoryCache {
+    /// Bytes of memory files kept at most.
+    pub const BUDGET: u64 = 256 << 20;
+    /// How long a memory is kept unused.
+    pub const IDLE: Duration = Duration::from_secs(300);
+
+    /// Takes session `id`'s memory out, when the one here is its state after
+    /// `executions` executions; a stale one is dropped.
+    pub fn take(&self, id: &str, executions: u64) -> Option<SessionMemory> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = inner.entries.remove(id)?;
+        inner.bytes -= entry.memory.file.size();
+        inner.report();
+        (entry.executions == executions).then_some(entry.memory)
+    }
+
+    /// Keeps `memory` as session `id`'s state after `executions` executions, making
+    /// room by dropping the least recently used.
+    pub fn put(&self, id: &str, executions: u64, memory: SessionMemory) {
+        let size = memory.file.size();
+        if size > Self::BUDGET {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = inner.entries.remove(id) {
+            inner.bytes -= old.memory.file.size();
+        }
+        while inner.bytes + size > Self::BUDGET {
+            let Some(oldest) = inner.entries.iter().min_by_key(|(_, e)| e.used).map(|(id, _)| id.clone()) else {
+                break;
+            };
+            if let Some(gone) = inner.entries.remove(&oldest) {
+                inner.bytes -= gone.memory.file.size();
+            }
+        }
+        inner.clock += 1;
+        let used = inner.clock;
+        inner.bytes += size;
+        inner.entries.insert(id.to_string(), Entry { executions, memory, used, kept_at: Instant::now() });
+        inner.report();
+    }
+
+    /// Drops the memories unused for [`MemoryCache::IDLE`] at `now`.
+    pub fn sweep(&self, now: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = inner.entries.len();
+        inner.entries.retain(|_, entry| now.duration_since(entry.kept_at) < Self::IDLE);
+        if inner.entries.len() != before {
+            inner.bytes = inner.entries.values().map(|entry| entry.memory.file.size()).sum();
+            inner.report();
+        }
+    }
+
+    /// Forgets session `id`'s memory (the session ended).
+    pub fn forget(&self, id: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(gone) = inner.entries.remove(id) {
+            inner.bytes -= gone.memory.file.size();
+        }
+        inner.report();
+    }
+}
+
+impl Inner {
+    /// `sandgate_session_memories_bytes` and `sandgate_session_memories`.
+    fn report(&self) {
+        metrics::gauge!("sandgate_session_memories_bytes").set(self.bytes as f64);
+        metrics::gauge!("sandgate_session_memories").set(self.entries.len() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(size: u64) -> SessionMemory {
+        let stored = StoredMemory { size, pages: vec![(1, vec![7; PAGE])] };
+        let file = MemoryFile::create(&vec![0; size as usize], size, stored.pages.iter().map(|(i, b)| (*i, &b[..])))
+            .expect("a memory file");
+        SessionMemory::new(file, &stored)
+    }
+
+    #[test]
+    fn keeps_the_latest_state_only_and_within_budget() {
+        let cache = MemoryCache::default();
+        cache.put("a", 3, memory(1 << 20));
+        assert!(cache.take("a", 4).is_none(), "a state after another count is stale");
+        assert!(cache.take("a", 3).is_none(), "a stale one is dropped");
+        cache.put("a", 3, memory(1 << 20));
+        let taken = cache.take("a", 3).expect("the same count");
+        assert_eq!(taken.kept_bytes(), PAGE as u64);
+        assert!(cache.take("a", 3).is_none(), "taking takes it out");
+        // Past the budget, the least recently used go first.
+        let each = MemoryCache::BUDGET / 4;
+        for (i, id) in ["b", "c", "d", "e", "f"].iter().enumerate() {
+            cache.put(id, i as u64, memory(each));
+        }
+        assert!(cache.take("b", 0).is_none());
+        assert!(cache.take("f", 4).is_some());
+        // Unused for long enough, they go.
+        cache.sweep(Instant::now());
+        assert!(cache.take("e", 3).is_some(), "used just now");
+        cache.put("e", 3, memory(1 << 20));
+        cache.sweep(Instant::now() + MemoryCache::IDLE);
+        assert!(cache.take("e", 3).is_none());
+    }
+
+    #[test]
+    fn counts_the_pages_it_would_keep() {
+        let mut memory = memory(1 << 20);
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[PAGE] = 9;
+        bytes[2 * PAGE] = 9;
+        let written = MemoryImage::from_pages(&bytes, &[1, 2]);
+        assert_eq!(memory.kept_bytes_with(&written), 2 * PAGE as u64, "page 1 is kept already");
+        memory.apply(&written).unwrap();
+        assert_eq!(memory.kept_bytes(), 2 * PAGE as u64);
+    }
+}
