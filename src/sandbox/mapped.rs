@@ -160,8 +160,9 @@ impl MemoryFile {
 }
 
 /// The pages of `memory` written since it was mapped by [`MemoryFile::map_over`] (or
-/// since its reservation was made): present, and not a page of a file. Pages past the
-/// file that were only read count too (they hold zeros); nothing written is missed.
+/// since its reservation was made): present and not a page of a file, or swapped out.
+/// Pages past the file that were only read count too (they hold zeros); nothing
+/// written is missed.
 pub fn written_pages(memory: &[u8]) -> io::Result<Vec<u32>> {
     // Opened once: reads at an offset share it safely across threads.
     static PAGEMAP: std::sync::OnceLock<File> = std::sync::OnceLock::new();
@@ -184,8 +185,11 @@ pub fn written_pages(memory: &[u8]) -> io::Result<Vec<u32>> {
         for (i, entry) in buffer.chunks_exact(8).enumerate() {
             let entry = u64::from_le_bytes(entry.try_into().expect("eight bytes"));
             let present = entry & (1 << 63) != 0;
+            // Only a page of its own (written, so copied) can be swapped out: the
+            // file's pages are dropped and read again instead.
+            let swapped = entry & (1 << 62) != 0;
             let file_or_shared = entry & (1 << 61) != 0;
-            if present && !file_or_shared {
+            if swapped || (present && !file_or_shared) {
                 written.push((done + i) as u32);
             }
         }
@@ -222,6 +226,10 @@ unsafe impl MemoryCreator for MappedMemories {
             )
         }
         .map_err(|e| format!("cannot reserve a session memory: {e}"))?;
+        // Small pages only: a huge page written at one byte would count as 512
+        // written pages in `written_pages`. Only a hint; failure changes nothing else.
+        // SAFETY: the range is the reservation just made.
+        let _ = unsafe { rustix::mm::madvise(base, total, rustix::mm::Advice::LinuxNoHugepage) };
         let mut memory = Reservation { base: base as usize, size: 0, capacity, total };
         memory.grow_to(minimum).map_err(|e| e.to_string())?;
         Ok(Box::new(memory))
