@@ -296,6 +296,23 @@ impl Drop for Reservation {
 mod tests {
     use super::*;
 
+    /// A 64-page memory of the session engine's kind with `file` mapped over it.
+    fn reservation(file: &MemoryFile) -> Box<dyn LinearMemory> {
+        let mut memory = MappedMemories
+            .new_memory(MemoryType::new(1, None), 64 * PAGE, None, Some(1 << 30), 1 << 20)
+            .expect("a reservation");
+        memory.grow_to(64 * PAGE).unwrap();
+        // SAFETY: the reservation is ours, made just above, grown to 64 pages, and
+        // nothing else refers to it.
+        unsafe { file.map_over(std::slice::from_raw_parts_mut(memory.as_ptr(), 64 * PAGE)) }.unwrap();
+        memory
+    }
+
+    fn bytes(memory: &mut Box<dyn LinearMemory>) -> &mut [u8] {
+        // SAFETY: 64 pages, readable and writable, borrowed with the memory.
+        unsafe { std::slice::from_raw_parts_mut(memory.as_ptr(), 64 * PAGE) }
+    }
+
     #[test]
     fn a_mapped_file_reads_as_the_file_and_lists_only_the_pages_written() {
         let mut pristine = vec![0u8; 16 * PAGE];
@@ -305,14 +322,8 @@ mod tests {
         assert_eq!(file.size(), 32 * PAGE as u64);
         assert!(MemoryFile::create(&pristine, 16 * PAGE as u64, [(16, &page[..])]).is_err(), "a page past the end");
 
-        let mut memories = MappedMemories
-            .new_memory(MemoryType::new(1, None), 64 * PAGE, None, Some(1 << 30), 1 << 20)
-            .expect("a reservation");
-        memories.grow_to(64 * PAGE).unwrap();
-        // SAFETY: the reservation is ours, made just above, and grown to 64 pages.
-        let memory = unsafe { std::slice::from_raw_parts_mut(memories.as_ptr(), 64 * PAGE) };
-        // SAFETY: nothing else refers to it.
-        unsafe { file.map_over(memory) }.unwrap();
+        let mut memories = reservation(&file);
+        let memory = bytes(&mut memories);
         assert_eq!((memory[3 * PAGE], memory[5 * PAGE], memory[6 * PAGE]), (3, 7, 0));
         assert!(written_pages(memory).unwrap().is_empty(), "reading the file writes nothing");
         memory[5 * PAGE + 1] = 1;
@@ -327,14 +338,8 @@ mod tests {
         let written = MemoryImage::from_pages(memory, &[5, 9, 40]);
         file.apply(&written).unwrap();
         assert_eq!(file.size(), 64 * PAGE as u64, "the file grows with the memory");
-        let mut again = MappedMemories
-            .new_memory(MemoryType::new(1, None), 64 * PAGE, None, Some(1 << 30), 1 << 20)
-            .expect("a reservation");
-        again.grow_to(64 * PAGE).unwrap();
-        // SAFETY: as above.
-        let memory = unsafe { std::slice::from_raw_parts_mut(again.as_ptr(), 64 * PAGE) };
-        // SAFETY: as above.
-        unsafe { file.map_over(memory) }.unwrap();
+        let mut again = reservation(&file);
+        let memory = bytes(&mut again);
         assert_eq!((memory[5 * PAGE + 1], memory[9 * PAGE], memory[40 * PAGE], memory[3 * PAGE]), (1, 2, 4, 3));
     }
 
