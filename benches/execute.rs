@@ -91,10 +91,13 @@ async fn sessions(sandbox: &Sandbox, limits: Limits) {
     keep(&memory, sandbox.execute(in_session(big, &memory), None).await.unwrap(), &mut kept);
     let state = |kept: &BTreeMap<u32, usize>| kept.values().sum::<usize>();
     println!(
-        "session state: {} KiB for `let x = 1`, {:.1} MiB holding 100,000 objects (memory {:.1} MiB)",
+        "session state: {} KiB for `let x = 1`, {:.1} MiB holding 100,000 objects (memory {:.1} MiB); \
+         their memory files hold {} KiB and {:.1} MiB",
         state(&trivial_kept) / 1024,
         state(&kept) as f64 / (1 << 20) as f64,
-        memory.size() as f64 / (1 << 20) as f64
+        memory.size() as f64 / (1 << 20) as f64,
+        trivial.held_bytes() / 1024,
+        memory.held_bytes() as f64 / (1 << 20) as f64
     );
     let (mut fresh, mut session, mut written) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..200 {

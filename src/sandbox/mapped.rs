@@ -2,12 +2,14 @@
 //!
 //! A session's memory can be tens of megabytes. Copying it into a fresh instance
 //! before each execution, and comparing and copying it out after, costs milliseconds
-//! for an execution that touches a few pages. Here the whole memory of a session
-//! lives in a [`MemoryFile`] (a `memfd`), and an execution maps that file privately
-//! (copy-on-write) where its linear memory lies: restoring is one `mmap`, pages are
-//! read only when the code touches them, and the pages it wrote are the ones the
-//! kernel had to copy, which `/proc/self/pagemap` lists (present, and no longer
-//! backed by the file). Capturing reads only those pages.
+//! for an execution that touches a few pages. Here a guest's fresh memory lives in a
+//! file ([`Pristine`], a `memfd`) and a session's own pages in a sparse file of its
+//! own ([`MemoryFile`]), and an execution maps both privately (copy-on-write) where
+//! its linear memory lies: restoring is an `mmap` for the fresh memory and one per
+//! run of the session's pages, pages are read only when the code touches them, and
+//! the pages it wrote are the ones the kernel had to copy, which `/proc/self/pagemap`
+//! lists (present, and no longer backed by a file). Capturing reads only those pages.
+//! An idle session's file takes only the pages it changed.
 //!
 //! Wasmtime's pooling allocator owns its own mappings, so session executions run on
 //! a second engine whose linear memories come from [`MappedMemories`] (plain
@@ -19,7 +21,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
@@ -83,77 +85,192 @@ pub fn without_active_data(wasm: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     Ok((module.finish(), memory))
 }
 
-/// A session's whole memory, in a file of its own (anonymous, in memory).
+/// A guest's fresh memory, in a file every session's memory maps beneath its own
+/// pages.
+#[derive(Debug)]
+pub struct Pristine {
+    file: File,
+    bytes: Vec<u8>,
+}
+
+impl Pristine {
+    /// `bytes` (a whole number of pages) in a file of their own.
+    pub fn new(bytes: Vec<u8>) -> io::Result<Self> {
+        let file = File::from(rustix::fs::memfd_create("sandgate-pristine", rustix::fs::MemfdFlags::CLOEXEC)?);
+        file.write_all_at(&bytes, 0)?;
+        Ok(Self { file, bytes })
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Page `index` of it; zeros past its end.
+    fn page(&self, index: usize) -> &[u8] {
+        const ZEROS: [u8; PAGE] = [0; PAGE];
+        self.bytes.get(index * PAGE..(index + 1) * PAGE).unwrap_or(&ZEROS)
+    }
+}
+
+/// Fewer pages than this between two runs of a session's own pages are filled in
+/// its file (with what the memory holds there, the pristine pages), so mapping it
+/// takes one `mmap` per run and runs are at least this far apart.
+const GAP: usize = 16;
+
+/// A session's memory: a fresh guest's ([`Pristine`]) with the session's own pages
+/// over it, those in a file of their own (anonymous, in memory, sparse: only the
+/// pages it holds take memory).
 #[derive(Debug)]
 pub struct MemoryFile {
+    pristine: Arc<Pristine>,
     file: File,
+    state: Mutex<Held>,
+}
+
+/// What a [`MemoryFile`] holds.
+#[derive(Debug)]
+struct Held {
     /// The memory's size in bytes; the file's length.
-    size: Mutex<u64>,
+    size: u64,
+    /// A bit per page: set when the file holds that page.
+    pages: Vec<u64>,
+    count: u64,
+}
+
+impl Held {
+    fn has(&self, page: usize) -> bool {
+        self.pages.get(page / 64).is_some_and(|word| word & (1 << (page % 64)) != 0)
+    }
+
+    fn set(&mut self, page: usize) {
+        if self.pages.len() <= page / 64 {
+            self.pages.resize(page / 64 + 1, 0);
+        }
+        if !self.has(page) {
+            self.pages[page / 64] |= 1 << (page % 64);
+            self.count += 1;
+        }
+    }
+
+    /// The runs of held pages, as `[start, end)` page ranges.
+    fn runs(&self) -> Vec<(usize, usize)> {
+        let total = self.size as usize / PAGE;
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for page in (0..total).filter(|&page| self.has(page)) {
+            match runs.last_mut() {
+                Some(run) if run.1 == page => run.1 = page + 1,
+                _ => runs.push((page, page + 1)),
+            }
+        }
+        runs
+    }
 }
 
 impl MemoryFile {
     /// A memory of `size` bytes (at least `pristine`'s): `pristine`, with `pages`
-    /// (each a page index and its [`CHUNK`] bytes) written over it.
+    /// (each a page index and its [`CHUNK`] bytes) over it.
     pub fn create<'a>(
-        pristine: &[u8],
+        pristine: Arc<Pristine>,
         size: u64,
         pages: impl IntoIterator<Item = (u32, &'a [u8])>,
     ) -> io::Result<Self> {
-        let fd = rustix::fs::memfd_create("sandgate-session", rustix::fs::MemfdFlags::CLOEXEC)?;
-        let file = File::from(fd);
+        let file = File::from(rustix::fs::memfd_create("sandgate-session", rustix::fs::MemfdFlags::CLOEXEC)?);
         let size = size.max(pristine.len() as u64);
         file.set_len(size)?;
-        file.write_all_at(pristine, 0)?;
-        for (index, bytes) in pages {
-            if (index as u64 + 1) * CHUNK as u64 > size || bytes.len() != CHUNK {
-                return Err(io::Error::other(format!("page {index} lies outside the memory's {size} bytes")));
-            }
-            file.write_all_at(bytes, index as u64 * CHUNK as u64)?;
-        }
-        Ok(Self { file, size: Mutex::new(size) })
+        let this = Self { pristine, file, state: Mutex::new(Held { size, pages: Vec::new(), count: 0 }) };
+        this.write(size, pages)?;
+        Ok(this)
     }
 
     /// The memory's size in bytes.
     pub fn size(&self) -> u64 {
-        *self.size.lock().unwrap_or_else(|e| e.into_inner())
+        self.held().size
     }
 
-    /// Writes `image`'s chunks over the file, growing it to the image's size.
+    /// Bytes of the pages the file holds: the memory it takes.
+    pub fn held_bytes(&self) -> u64 {
+        self.held().count * PAGE as u64
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `image`'s chunks over the memory, growing it to the image's size.
     pub fn apply(&self, image: &MemoryImage) -> io::Result<()> {
-        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
-        if image.size > *size {
-            self.file.set_len(image.size)?;
-            *size = image.size;
+        self.write(image.size, image.chunks())
+    }
+
+    fn write<'a>(&self, size: u64, pages: impl IntoIterator<Item = (u32, &'a [u8])>) -> io::Result<()> {
+        let mut held = self.held();
+        if size > held.size {
+            self.file.set_len(size)?;
+            held.size = size;
         }
-        for (index, bytes) in image.chunks() {
+        for (index, bytes) in pages {
+            if (index as u64 + 1) * CHUNK as u64 > held.size || bytes.len() != CHUNK {
+                return Err(io::Error::other(format!("page {index} lies outside the memory's {} bytes", held.size)));
+            }
             self.file.write_all_at(bytes, index as u64 * CHUNK as u64)?;
+            held.set(index as usize);
+        }
+        // Short gaps between runs are filled with what the memory holds there.
+        let runs = held.runs();
+        for pair in runs.windows(2) {
+            let (end, next) = (pair[0].1, pair[1].0);
+            if next - end < GAP {
+                for page in end..next {
+                    self.file.write_all_at(self.pristine.page(page), (page * PAGE) as u64)?;
+                    held.set(page);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Maps the file privately over `memory`'s first bytes (the file's length), so
-    /// the memory reads as the file and the pages it writes are its own copies.
+    /// Maps the memory privately over `memory`'s first bytes (the memory's size):
+    /// the pristine file, then each run of the session's own pages from its file, so
+    /// the memory reads as the session's and the pages it writes are its own copies.
+    /// Past the pristine memory, pages the file does not hold stay as the fresh
+    /// instance has them: zeros.
     ///
     /// # Safety
-    /// `memory` must be the linear memory of a live instance of the session engine
-    /// (see [`MappedMemories`]), at least the file's length, and nothing may hold a
+    /// `memory` must be the linear memory of a fresh instance of the session engine
+    /// (see [`MappedMemories`]), at least the memory's size, and nothing may hold a
     /// reference into it while this runs.
     pub unsafe fn map_over(&self, memory: &mut [u8]) -> io::Result<()> {
-        let size = self.size() as usize;
-        if memory.len() < size {
-            return Err(io::Error::other("the memory is smaller than the session's file"));
+        let held = self.held();
+        if (memory.len() as u64) < held.size {
+            return Err(io::Error::other("the instance's memory is smaller than the session's"));
         }
-        // SAFETY: [memory, memory + size) is ours (the caller's contract); MAP_FIXED
-        // replaces its pages with the file's, at the same address.
-        unsafe {
-            rustix::mm::mmap(
-                memory.as_mut_ptr().cast(),
-                size,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::FIXED,
-                &self.file,
-                0,
-            )?;
+        let base = memory.as_mut_ptr();
+        let map = |file: &File, start: usize, len: usize| {
+            // SAFETY: [base + start, base + start + len) lies within `memory`, which is
+            // ours (the caller's contract); MAP_FIXED replaces its pages with the
+            // file's at the same offset.
+            unsafe {
+                rustix::mm::mmap(
+                    base.add(start).cast(),
+                    len,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::PRIVATE | MapFlags::FIXED,
+                    file,
+                    start as u64,
+                )
+            }
+            .map(drop)
+        };
+        if !self.pristine.is_empty() {
+            map(&self.pristine.file, 0, self.pristine.len())?;
+        }
+        for (start, end) in held.runs() {
+            map(&self.file, start * PAGE, (end - start) * PAGE)?;
         }
         Ok(())
     }
@@ -308,39 +425,48 @@ mod tests {
         memory
     }
 
-    fn bytes(memory: &mut Box<dyn LinearMemory>) -> &mut [u8] {
+    fn bytes_of(memory: &mut Box<dyn LinearMemory>) -> &mut [u8] {
         // SAFETY: 64 pages, readable and writable, borrowed with the memory.
         unsafe { std::slice::from_raw_parts_mut(memory.as_ptr(), 64 * PAGE) }
     }
 
     #[test]
-    fn a_mapped_file_reads_as_the_file_and_lists_only_the_pages_written() {
-        let mut pristine = vec![0u8; 16 * PAGE];
-        pristine[3 * PAGE] = 3;
+    fn a_mapped_memory_reads_as_the_session_and_lists_only_the_pages_written() {
+        let mut bytes = vec![0u8; 16 * PAGE];
+        bytes[3 * PAGE] = 3;
+        let pristine = Arc::new(Pristine::new(bytes).unwrap());
         let page = vec![7u8; PAGE];
-        let file = MemoryFile::create(&pristine, 32 * PAGE as u64, [(5, &page[..])]).unwrap();
-        assert_eq!(file.size(), 32 * PAGE as u64);
-        assert!(MemoryFile::create(&pristine, 16 * PAGE as u64, [(16, &page[..])]).is_err(), "a page past the end");
+        let file = MemoryFile::create(pristine.clone(), 32 * PAGE as u64, [(5, &page[..])]).unwrap();
+        assert_eq!((file.size(), file.held_bytes()), (32 * PAGE as u64, PAGE as u64));
+        let outside = MemoryFile::create(pristine.clone(), 16 * PAGE as u64, [(16, &page[..])]);
+        assert!(outside.is_err(), "a page past the end");
 
         let mut memories = reservation(&file);
-        let memory = bytes(&mut memories);
+        let memory = bytes_of(&mut memories);
         assert_eq!((memory[3 * PAGE], memory[5 * PAGE], memory[6 * PAGE]), (3, 7, 0));
-        assert!(written_pages(memory).unwrap().is_empty(), "reading the file writes nothing");
+        assert!(written_pages(memory).unwrap().is_empty(), "reading the files writes nothing");
         memory[5 * PAGE + 1] = 1;
         memory[9 * PAGE] = 2;
         memory[40 * PAGE] = 4;
         assert_eq!(written_pages(memory).unwrap(), [5, 9, 40]);
-        // Past the file, a page read is a page of zeros: it counts, harmlessly.
+        // Past the files, a page read is a page of zeros: it counts, harmlessly.
         assert_eq!(memory[50 * PAGE], 0);
         assert_eq!(written_pages(memory).unwrap(), [5, 9, 40, 50]);
 
-        // Those pages, written into the file, are what the next mapping reads.
+        // Those pages, written into the file, are what the next mapping reads; the
+        // short gap between pages 5 and 9 is filled from the pristine memory, so
+        // pages 5 to 9 are one run.
         let written = MemoryImage::from_pages(memory, &[5, 9, 40]);
         file.apply(&written).unwrap();
-        assert_eq!(file.size(), 64 * PAGE as u64, "the file grows with the memory");
+        assert_eq!(file.size(), 64 * PAGE as u64, "the memory grows");
+        assert_eq!(file.held().runs(), [(5, 10), (40, 41)]);
+        assert_eq!(file.held_bytes(), 6 * PAGE as u64);
         let mut again = reservation(&file);
-        let memory = bytes(&mut again);
+        let memory = bytes_of(&mut again);
         assert_eq!((memory[5 * PAGE + 1], memory[9 * PAGE], memory[40 * PAGE], memory[3 * PAGE]), (1, 2, 4, 3));
+        assert_eq!(memory[6 * PAGE], 0);
+        assert!(written_pages(memory).unwrap().is_empty());
+        assert_eq!((memory[41 * PAGE], memory[50 * PAGE]), (0, 0));
     }
 
     #[test]

@@ -186,7 +186,7 @@ struct SessionEngine {
 /// describe, which every session's memory starts from.
 struct SessionGuest {
     pre: InstancePre<HostState>,
-    pristine: Arc<[u8]>,
+    pristine: Arc<mapped::Pristine>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -276,7 +276,7 @@ impl Sandbox {
                         let pre = linker
                             .instantiate_pre(&module)
                             .map_err(|e| anyhow::anyhow!("cannot link the session guest: {e}"))?;
-                        Ok(SessionGuest { pre, pristine: pristine.into() })
+                        Ok(SessionGuest { pre, pristine: Arc::new(mapped::Pristine::new(pristine)?) })
                     })
                     .await?
                 }
@@ -294,7 +294,7 @@ impl Sandbox {
         pages: impl IntoIterator<Item = (u32, &'a [u8])>,
     ) -> anyhow::Result<MemoryFile> {
         let guest = self.session_guest(language).await?;
-        Ok(MemoryFile::create(&guest.pristine, size, pages)?)
+        Ok(MemoryFile::create(guest.pristine.clone(), size, pages)?)
     }
 
     /// Takes an execution slot, or says the server is full. Holding the returned

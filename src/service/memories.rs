@@ -77,9 +77,16 @@ impl SessionMemory {
 }
 
 /// Recently used sessions' memories, by session id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct MemoryCache {
     inner: Mutex<Inner>,
+    budget: u64,
+}
+
+impl Default for MemoryCache {
+    fn default() -> Self {
+        Self::with_budget(Self::BUDGET)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -94,22 +101,29 @@ struct Entry {
     /// The session's execution count this memory is the state after.
     executions: u64,
     memory: SessionMemory,
+    /// Bytes its file takes, as counted when it was put here.
+    bytes: u64,
     used: u64,
     kept_at: Instant,
 }
 
 impl MemoryCache {
-    /// Bytes of memory files kept at most.
+    /// Bytes of memory files kept at most (the pages they hold).
     pub const BUDGET: u64 = 256 << 20;
     /// How long a memory is kept unused.
     pub const IDLE: Duration = Duration::from_secs(300);
+
+    /// A cache of at most `budget` bytes.
+    pub fn with_budget(budget: u64) -> Self {
+        Self { inner: Mutex::default(), budget }
+    }
 
     /// Takes session `id`'s memory out, when the one here is its state after
     /// `executions` executions; a stale one is dropped.
     pub fn take(&self, id: &str, executions: u64) -> Option<SessionMemory> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let entry = inner.entries.remove(id)?;
-        inner.bytes -= entry.memory.file.size();
+        inner.bytes -= entry.bytes;
         inner.report();
         (entry.executions == executions).then_some(entry.memory)
     }
@@ -117,26 +131,26 @@ impl MemoryCache {
     /// Keeps `memory` as session `id`'s state after `executions` executions, making
     /// room by dropping the least recently used.
     pub fn put(&self, id: &str, executions: u64, memory: SessionMemory) {
-        let size = memory.file.size();
-        if size > Self::BUDGET {
+        let size = memory.file.held_bytes();
+        if size > self.budget {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = inner.entries.remove(id) {
-            inner.bytes -= old.memory.file.size();
+            inner.bytes -= old.bytes;
         }
-        while inner.bytes + size > Self::BUDGET {
+        while inner.bytes + size > self.budget {
             let Some(oldest) = inner.entries.iter().min_by_key(|(_, e)| e.used).map(|(id, _)| id.clone()) else {
                 break;
             };
             if let Some(gone) = inner.entries.remove(&oldest) {
-                inner.bytes -= gone.memory.file.size();
+                inner.bytes -= gone.bytes;
             }
         }
         inner.clock += 1;
         let used = inner.clock;
         inner.bytes += size;
-        inner.entries.insert(id.to_string(), Entry { executions, memory, used, kept_at: Instant::now() });
+        inner.entries.insert(id.to_string(), Entry { executions, memory, bytes: size, used, kept_at: Instant::now() });
         inner.report();
     }
 
@@ -146,7 +160,7 @@ impl MemoryCache {
         let before = inner.entries.len();
         inner.entries.retain(|_, entry| now.duration_since(entry.kept_at) < Self::IDLE);
         if inner.entries.len() != before {
-            inner.bytes = inner.entries.values().map(|entry| entry.memory.file.size()).sum();
+            inner.bytes = inner.entries.values().map(|entry| entry.bytes).sum();
             inner.report();
         }
     }
@@ -155,7 +169,7 @@ impl MemoryCache {
     pub fn forget(&self, id: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(gone) = inner.entries.remove(id) {
-            inner.bytes -= gone.memory.file.size();
+            inner.bytes -= gone.bytes;
         }
         inner.report();
     }
@@ -173,47 +187,49 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn memory(size: u64) -> SessionMemory {
-        let stored = StoredMemory { size, pages: vec![(1, vec![7; PAGE])] };
-        let file = MemoryFile::create(&vec![0; size as usize], size, stored.pages.iter().map(|(i, b)| (*i, &b[..])))
+    /// A memory of 1 MiB whose session changed its first `pages` pages.
+    fn memory(pages: u32) -> SessionMemory {
+        let page = vec![7; PAGE];
+        let stored = StoredMemory { size: 1 << 20, pages: (0..pages).map(|i| (i, page.clone())).collect() };
+        let pristine = Arc::new(crate::sandbox::mapped::Pristine::new(vec![0; 64 * 1024]).unwrap());
+        let file = MemoryFile::create(pristine, 1 << 20, stored.pages.iter().map(|(i, b)| (*i, &b[..])))
             .expect("a memory file");
         SessionMemory::new(file, &stored)
     }
 
     #[test]
     fn keeps_the_latest_state_only_and_within_budget() {
-        let cache = MemoryCache::default();
-        cache.put("a", 3, memory(1 << 20));
+        let cache = MemoryCache::with_budget(40 * PAGE as u64);
+        cache.put("a", 3, memory(1));
         assert!(cache.take("a", 4).is_none(), "a state after another count is stale");
         assert!(cache.take("a", 3).is_none(), "a stale one is dropped");
-        cache.put("a", 3, memory(1 << 20));
+        cache.put("a", 3, memory(1));
         let taken = cache.take("a", 3).expect("the same count");
         assert_eq!(taken.kept_bytes(), PAGE as u64);
         assert!(cache.take("a", 3).is_none(), "taking takes it out");
         // Past the budget, the least recently used go first.
-        let each = MemoryCache::BUDGET / 4;
         for (i, id) in ["b", "c", "d", "e", "f"].iter().enumerate() {
-            cache.put(id, i as u64, memory(each));
+            cache.put(id, i as u64, memory(10));
         }
         assert!(cache.take("b", 0).is_none());
         assert!(cache.take("f", 4).is_some());
         // Unused for long enough, they go.
         cache.sweep(Instant::now());
         assert!(cache.take("e", 3).is_some(), "used just now");
-        cache.put("e", 3, memory(1 << 20));
+        cache.put("e", 3, memory(1));
         cache.sweep(Instant::now() + MemoryCache::IDLE);
         assert!(cache.take("e", 3).is_none());
     }
 
     #[test]
     fn counts_the_pages_it_would_keep() {
-        let mut memory = memory(1 << 20);
+        let mut memory = memory(2);
         let mut bytes = vec![0u8; 1 << 20];
         bytes[PAGE] = 9;
         bytes[2 * PAGE] = 9;
         let written = MemoryImage::from_pages(&bytes, &[1, 2]);
-        assert_eq!(memory.kept_bytes_with(&written), 2 * PAGE as u64, "page 1 is kept already");
+        assert_eq!(memory.kept_bytes_with(&written), 3 * PAGE as u64, "page 1 is kept already");
         memory.apply(&written).unwrap();
-        assert_eq!(memory.kept_bytes(), 2 * PAGE as u64);
+        assert_eq!(memory.kept_bytes(), 3 * PAGE as u64);
     }
 }
