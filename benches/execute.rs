@@ -92,12 +92,14 @@ async fn sessions(sandbox: &Sandbox, limits: Limits) {
     let state = |kept: &BTreeMap<u32, usize>| kept.values().sum::<usize>();
     println!(
         "session state: {} KiB for `let x = 1`, {:.1} MiB holding 100,000 objects (memory {:.1} MiB); \
-         their memory files hold {} KiB and {:.1} MiB",
+         their memory files hold {} KiB and {:.1} MiB, in {} and {} runs",
         state(&trivial_kept) / 1024,
         state(&kept) as f64 / (1 << 20) as f64,
         memory.size() as f64 / (1 << 20) as f64,
         trivial.held_bytes() / 1024,
-        memory.held_bytes() as f64 / (1 << 20) as f64
+        memory.held_bytes() as f64 / (1 << 20) as f64,
+        trivial.runs(),
+        memory.runs()
     );
     let (mut fresh, mut session, mut written) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..200 {

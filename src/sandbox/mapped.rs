@@ -123,6 +123,12 @@ impl Pristine {
 /// takes one `mmap` per run and runs are at least this far apart.
 const GAP: usize = 16;
 
+/// Runs a session's file is mapped in at most: past this, the smallest gaps are
+/// filled too. Each run is a mapping of the process while the session runs, and a
+/// process has a fixed number of them (`vm.max_map_count`, 65,530 by default); code
+/// that scatters its writes must not be able to use them up.
+pub const MAX_RUNS: usize = 64;
+
 /// A session's memory: a fresh guest's ([`Pristine`]) with the session's own pages
 /// over it, those in a file of their own (anonymous, in memory, sparse: only the
 /// pages it holds take memory).
@@ -220,18 +226,28 @@ impl MemoryFile {
             self.file.write_all_at(bytes, index as u64 * CHUNK as u64)?;
             held.set(index as usize);
         }
-        // Short gaps between runs are filled with what the memory holds there.
+        // Short gaps between runs are filled with what the memory holds there, and
+        // the smallest others while there are too many runs.
         let runs = held.runs();
-        for pair in runs.windows(2) {
-            let (end, next) = (pair[0].1, pair[1].0);
-            if next - end < GAP {
-                for page in end..next {
+        let mut gaps: Vec<(usize, usize)> = runs.windows(2).map(|pair| (pair[0].1, pair[1].0)).collect();
+        gaps.sort_by_key(|&(end, next)| (next - end, end));
+        let short = gaps.iter().take_while(|&&(end, next)| next - end < GAP).count();
+        let fill = short.max((runs.len().saturating_sub(MAX_RUNS)).min(gaps.len()));
+        for &(end, next) in &gaps[..fill] {
+            for page in end..next {
+                // Past the fresh memory the file's hole reads as the zeros it holds.
+                if page < self.pristine.len() / PAGE {
                     self.file.write_all_at(self.pristine.page(page), (page * PAGE) as u64)?;
-                    held.set(page);
                 }
+                held.set(page);
             }
         }
         Ok(())
+    }
+
+    /// How many runs of its own pages the file holds: the mappings it takes.
+    pub fn runs(&self) -> usize {
+        self.held().runs().len()
     }
 
     /// Maps the memory privately over `memory`'s first bytes (the memory's size):
@@ -467,6 +483,37 @@ mod tests {
         assert_eq!(memory[6 * PAGE], 0);
         assert!(written_pages(memory).unwrap().is_empty());
         assert_eq!((memory[41 * PAGE], memory[50 * PAGE]), (0, 0));
+    }
+
+    #[test]
+    fn scattered_pages_are_mapped_in_a_bounded_number_of_runs() {
+        let pristine = Arc::new(Pristine::new(vec![5u8; 64 * PAGE]).unwrap());
+        let page = vec![9u8; PAGE];
+        // A page in every 20: 410 runs, if nothing joined them.
+        let pages: Vec<(u32, &[u8])> = (0..410).map(|i| (i * 20, &page[..])).collect();
+        let file = MemoryFile::create(pristine, 8192 * PAGE as u64, pages).unwrap();
+        assert_eq!(file.runs(), MAX_RUNS);
+        let mut memory = MappedMemories
+            .new_memory(MemoryType::new(1, None), 8192 * PAGE, None, Some(1 << 30), 1 << 20)
+            .expect("a reservation");
+        memory.grow_to(8192 * PAGE).unwrap();
+        // SAFETY: the reservation is ours, made just above and grown to 8192 pages.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(memory.as_ptr(), 8192 * PAGE) };
+        // SAFETY: nothing else refers to it.
+        unsafe { file.map_over(bytes) }.unwrap();
+        // The session's pages, the fresh memory below them, zeros past it: filling
+        // the gaps changed nothing the memory reads.
+        for index in [0, 1, 20, 21, 40, 63, 64, 100, 8180, 8181] {
+            let expected = if index % 20 == 0 {
+                9
+            } else if index < 64 {
+                5
+            } else {
+                0
+            };
+            assert_eq!(bytes[index * PAGE], expected, "page {index}");
+        }
+        assert!(written_pages(&bytes[..64 * PAGE]).unwrap().is_empty());
     }
 
     #[test]
