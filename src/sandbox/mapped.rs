@@ -245,6 +245,28 @@ impl MemoryFile {
         Ok(())
     }
 
+    /// The pages of `memory` (mapped from this file by [`MemoryFile::map_over`]) that
+    /// differ from what the file and the fresh memory hold: what [`written_pages`]
+    /// finds, by comparing every page instead, where `/proc/self/pagemap` cannot be
+    /// read (some sandboxed kernels do not have it). Milliseconds for a large memory.
+    pub fn changed_pages(&self, memory: &[u8]) -> io::Result<Vec<u32>> {
+        let held = self.held();
+        let mut page = vec![0u8; PAGE];
+        let mut changed = Vec::new();
+        for (index, bytes) in memory.chunks_exact(PAGE).enumerate() {
+            let before: &[u8] = if held.has(index) && index * PAGE < held.size as usize {
+                self.file.read_exact_at(&mut page, (index * PAGE) as u64)?;
+                &page
+            } else {
+                self.pristine.page(index)
+            };
+            if bytes != before {
+                changed.push(index as u32);
+            }
+        }
+        Ok(changed)
+    }
+
     /// How many runs of its own pages the file holds: the mappings it takes.
     pub fn runs(&self) -> usize {
         self.held().runs().len()
@@ -468,6 +490,8 @@ mod tests {
         // Past the files, a page read is a page of zeros: it counts, harmlessly.
         assert_eq!(memory[50 * PAGE], 0);
         assert_eq!(written_pages(memory).unwrap(), [5, 9, 40, 50]);
+        // Comparing finds what changed (reading every page, so it comes last here).
+        assert_eq!(file.changed_pages(memory).unwrap(), [5, 9, 40]);
 
         // Those pages, written into the file, are what the next mapping reads; the
         // short gap between pages 5 and 9 is filled from the pristine memory, so

@@ -474,9 +474,9 @@ impl Sandbox {
                 Some(GuestOutcome::Value(value)) => {
                     let usage = usage(state);
                     let mut outcome = finish(state, Some(value), None, usage, started_at_ms, execution_id);
-                    if session.is_some() {
+                    if let Some(file) = &session {
                         let data = memory.data(&store);
-                        match mapped::written_pages(data) {
+                        match mapped::written_pages(data).or_else(|_| file.changed_pages(data)) {
                             Ok(written) => outcome.session_image = Some(MemoryImage::from_pages(data, &written)),
                             Err(error) => {
                                 outcome.ok = false;
