@@ -166,13 +166,14 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE execution_logs (execution_id TEXT PRIMARY KEY, logs TEXT NOT NULL);",
     // 11: a session's memory as one row per kept page, so an execution writes only
     // the pages it changed; `session_images` is converted by `convert_images` and
-    // dropped in the same transaction.
+    // dropped in the same transaction. A rowid table: its rows (4 KiB each) are too
+    // large for a WITHOUT ROWID one, which keeps rows in its key's B-tree.
     "CREATE TABLE session_pages (
         session_id TEXT NOT NULL,
         page INTEGER NOT NULL,
         bytes BLOB NOT NULL,
         PRIMARY KEY (session_id, page)
-    ) WITHOUT ROWID;
+    );
     ALTER TABLE sessions ADD COLUMN memory_size INTEGER NOT NULL DEFAULT 0;",
 ];
 
