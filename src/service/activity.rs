@@ -40,6 +40,13 @@ impl BudgetStanding {
 /// The most executions one listing returns.
 pub const MAX_LISTED: u32 = 10_000;
 
+/// Narrows `query` to `principal`'s own rows unless they are an admin.
+fn own_only(principal: &Principal, query: &mut ExecutionQuery) {
+    if principal.role != Role::Admin {
+        query.user = Some(principal.user.clone());
+    }
+}
+
 impl Service {
     /// The latest executions `query` selects, newest first (a non-admin's own only).
     pub async fn executions(
@@ -47,9 +54,7 @@ impl Service {
         principal: &Principal,
         mut query: ExecutionQuery,
     ) -> Result<Vec<ExecutionRow>, ServiceError> {
-        if principal.role != Role::Admin {
-            query.user = Some(principal.user.clone());
-        }
+        own_only(principal, &mut query);
         query.limit = query.limit.clamp(1, MAX_LISTED);
         Ok(self.ledger.store().executions(&query).await?)
     }
@@ -68,9 +73,7 @@ impl Service {
         principal: &Principal,
         mut query: ExecutionQuery,
     ) -> Result<Vec<crate::store::CallStats>, ServiceError> {
-        if principal.role != Role::Admin {
-            query.user = Some(principal.user.clone());
-        }
+        own_only(principal, &mut query);
         Ok(self.ledger.store().call_stats(&query).await?)
     }
 
@@ -81,9 +84,7 @@ impl Service {
         principal: &Principal,
         mut query: ExecutionQuery,
     ) -> Result<Vec<crate::store::ModelCallRow>, ServiceError> {
-        if principal.role != Role::Admin {
-            query.user = Some(principal.user.clone());
-        }
+        own_only(principal, &mut query);
         query.limit = query.limit.clamp(1, MAX_LISTED);
         Ok(self.ledger.store().model_calls(&query).await?)
     }

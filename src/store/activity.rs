@@ -16,6 +16,13 @@ pub struct ExecutionQuery {
     pub limit: u32,
 }
 
+impl ExecutionQuery {
+    /// `[since, until)` as the SQL binds it: open ends as the widest bounds.
+    pub fn window(&self) -> (i64, i64) {
+        (self.since_ms.unwrap_or(i64::MIN), self.until_ms.unwrap_or(i64::MAX))
+    }
+}
+
 /// One execution record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ExecutionRow {

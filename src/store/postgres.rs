@@ -891,7 +891,7 @@ impl Store for PgStore {
             let client = self.client().await?;
             let statement = client.prepare_cached(&activity::executions_sql(&DIALECT)).await.map_err(err)?;
             trip("executions");
-            let (since, until) = (query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX));
+            let (since, until) = query.window();
             let limit = i64::from(query.limit);
             let rows =
                 client.query(&statement, &[&since, &until, &query.user, &query.outcome, &limit]).await.map_err(err)?;
@@ -904,7 +904,7 @@ impl Store for PgStore {
         async move {
             let client = self.client().await?;
             trip("call_stats");
-            let (since, until) = (query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX));
+            let (since, until) = query.window();
             let rows =
                 client.query(&activity::call_stats_sql(&DIALECT), &[&since, &until, &query.user]).await.map_err(err)?;
             Ok(rows
@@ -925,7 +925,7 @@ impl Store for PgStore {
         async move {
             let client = self.client().await?;
             trip("model_calls");
-            let (since, until) = (query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX));
+            let (since, until) = query.window();
             let limit = i64::from(query.limit);
             let rows = client
                 .query(&activity::recent_model_calls_sql(&DIALECT), &[&since, &until, &query.user, &limit])

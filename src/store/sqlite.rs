@@ -660,13 +660,8 @@ impl Store for SqliteStore {
     fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>> {
         let query = query.clone();
         self.blocking(move |inner| {
-            let params = params![
-                query.since_ms.unwrap_or(i64::MIN),
-                query.until_ms.unwrap_or(i64::MAX),
-                query.user,
-                query.outcome,
-                i64::from(query.limit)
-            ];
+            let (since, until) = query.window();
+            let params = params![since, until, query.user, query.outcome, i64::from(query.limit)];
             all(&lock(&inner.reader), &activity::executions_sql(&DIALECT), params, execution_row)
         })
     }
@@ -674,7 +669,8 @@ impl Store for SqliteStore {
     fn call_stats<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<CallStats>, StoreError>> {
         let query = query.clone();
         self.blocking(move |inner| {
-            let params = params![query.since_ms.unwrap_or(i64::MIN), query.until_ms.unwrap_or(i64::MAX), query.user];
+            let (since, until) = query.window();
+            let params = params![since, until, query.user];
             all(&lock(&inner.reader), &activity::call_stats_sql(&DIALECT), params, |row| {
                 Ok(CallStats {
                     name: row.get(0)?,
@@ -690,12 +686,8 @@ impl Store for SqliteStore {
     fn model_calls<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ModelCallRow>, StoreError>> {
         let query = query.clone();
         self.blocking(move |inner| {
-            let params = params![
-                query.since_ms.unwrap_or(i64::MIN),
-                query.until_ms.unwrap_or(i64::MAX),
-                query.user,
-                i64::from(query.limit)
-            ];
+            let (since, until) = query.window();
+            let params = params![since, until, query.user, i64::from(query.limit)];
             all(&lock(&inner.reader), &activity::recent_model_calls_sql(&DIALECT), params, model_call_row)
         })
     }
