@@ -139,36 +139,53 @@ pub struct MemoryFile {
     state: Mutex<Held>,
 }
 
+/// A set of page indices, a bit each.
+#[derive(Clone, Debug, Default)]
+pub struct PageSet {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl PageSet {
+    pub fn contains(&self, page: usize) -> bool {
+        self.words.get(page / 64).is_some_and(|word| word & (1 << (page % 64)) != 0)
+    }
+
+    pub fn insert(&mut self, page: usize) {
+        if self.words.len() <= page / 64 {
+            self.words.resize(page / 64 + 1, 0);
+        }
+        if !self.contains(page) {
+            self.words[page / 64] |= 1 << (page % 64);
+            self.len += 1;
+        }
+    }
+
+    /// How many pages it holds.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// What a [`MemoryFile`] holds.
 #[derive(Debug)]
 struct Held {
     /// The memory's size in bytes; the file's length.
     size: u64,
-    /// A bit per page: set when the file holds that page.
-    pages: Vec<u64>,
-    count: u64,
+    /// The pages the file holds.
+    pages: PageSet,
 }
 
 impl Held {
-    fn has(&self, page: usize) -> bool {
-        self.pages.get(page / 64).is_some_and(|word| word & (1 << (page % 64)) != 0)
-    }
-
-    fn set(&mut self, page: usize) {
-        if self.pages.len() <= page / 64 {
-            self.pages.resize(page / 64 + 1, 0);
-        }
-        if !self.has(page) {
-            self.pages[page / 64] |= 1 << (page % 64);
-            self.count += 1;
-        }
-    }
-
     /// The runs of held pages, as `[start, end)` page ranges.
     fn runs(&self) -> Vec<(usize, usize)> {
         let total = self.size as usize / PAGE;
         let mut runs: Vec<(usize, usize)> = Vec::new();
-        for page in (0..total).filter(|&page| self.has(page)) {
+        for page in (0..total).filter(|&page| self.pages.contains(page)) {
             match runs.last_mut() {
                 Some(run) if run.1 == page => run.1 = page + 1,
                 _ => runs.push((page, page + 1)),
@@ -189,7 +206,7 @@ impl MemoryFile {
         let file = File::from(rustix::fs::memfd_create("sandgate-session", rustix::fs::MemfdFlags::CLOEXEC)?);
         let size = size.max(pristine.len() as u64);
         file.set_len(size)?;
-        let this = Self { pristine, file, state: Mutex::new(Held { size, pages: Vec::new(), count: 0 }) };
+        let this = Self { pristine, file, state: Mutex::new(Held { size, pages: PageSet::default() }) };
         this.write(size, pages)?;
         Ok(this)
     }
@@ -201,7 +218,7 @@ impl MemoryFile {
 
     /// Bytes of the pages the file holds: the memory it takes.
     pub fn held_bytes(&self) -> u64 {
-        self.held().count * PAGE as u64
+        self.held().pages.len() * PAGE as u64
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -224,7 +241,7 @@ impl MemoryFile {
                 return Err(io::Error::other(format!("page {index} lies outside the memory's {} bytes", held.size)));
             }
             self.file.write_all_at(bytes, index as u64 * CHUNK as u64)?;
-            held.set(index as usize);
+            held.pages.insert(index as usize);
         }
         // Short gaps between runs are filled with what the memory holds there, and
         // the smallest others while there are too many runs.
@@ -239,7 +256,7 @@ impl MemoryFile {
                 if page < self.pristine.len() / PAGE {
                     self.file.write_all_at(self.pristine.page(page), (page * PAGE) as u64)?;
                 }
-                held.set(page);
+                held.pages.insert(page);
             }
         }
         Ok(())
@@ -254,7 +271,7 @@ impl MemoryFile {
         let mut page = vec![0u8; PAGE];
         let mut changed = Vec::new();
         for (index, bytes) in memory.chunks_exact(PAGE).enumerate() {
-            let before: &[u8] = if held.has(index) && index * PAGE < held.size as usize {
+            let before: &[u8] = if held.pages.contains(index) && index * PAGE < held.size as usize {
                 self.file.read_exact_at(&mut page, (index * PAGE) as u64)?;
                 &page
             } else {

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sandbox::mapped::PageSet;
 use crate::sandbox::{MemoryFile, MemoryImage};
 use crate::store::{StoredMemory, PAGE};
 
@@ -24,53 +25,37 @@ use crate::store::{StoredMemory, PAGE};
 #[derive(Debug)]
 pub(super) struct SessionMemory {
     pub file: Arc<MemoryFile>,
-    /// A bit per page: set when the store keeps that page.
-    kept: Vec<u64>,
-    kept_count: u64,
+    /// The pages the store keeps.
+    kept: PageSet,
 }
 
 impl SessionMemory {
     /// The memory in `file`, made from `stored`.
     pub fn new(file: MemoryFile, stored: &StoredMemory) -> Self {
-        let mut memory = Self { file: Arc::new(file), kept: Vec::new(), kept_count: 0 };
+        let mut kept = PageSet::default();
         for (page, _) in &stored.pages {
-            memory.keep(*page);
+            kept.insert(*page as usize);
         }
-        memory
-    }
-
-    fn keep(&mut self, page: u32) {
-        let (word, bit) = (page as usize / 64, page % 64);
-        if self.kept.len() <= word {
-            self.kept.resize(word + 1, 0);
-        }
-        if self.kept[word] & (1 << bit) == 0 {
-            self.kept[word] |= 1 << bit;
-            self.kept_count += 1;
-        }
-    }
-
-    fn is_kept(&self, page: u32) -> bool {
-        self.kept.get(page as usize / 64).is_some_and(|word| word & (1 << (page % 64)) != 0)
+        Self { file: Arc::new(file), kept }
     }
 
     /// Bytes of the pages the store keeps.
     #[cfg(test)]
     pub fn kept_bytes(&self) -> u64 {
-        self.kept_count * PAGE as u64
+        self.kept.len() * PAGE as u64
     }
 
     /// Bytes the store would keep once `written` is written too.
     pub fn kept_bytes_with(&self, written: &MemoryImage) -> u64 {
-        let new = written.chunks().filter(|(page, _)| !self.is_kept(*page)).count() as u64;
-        (self.kept_count + new) * PAGE as u64
+        let new = written.chunks().filter(|(page, _)| !self.kept.contains(*page as usize)).count() as u64;
+        (self.kept.len() + new) * PAGE as u64
     }
 
     /// Writes `written` (which the store now keeps) into the file.
     pub fn apply(&mut self, written: &MemoryImage) -> std::io::Result<()> {
         self.file.apply(written)?;
         for (page, _) in written.chunks() {
-            self.keep(page);
+            self.kept.insert(page as usize);
         }
         Ok(())
     }
