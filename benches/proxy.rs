@@ -1,4 +1,5 @@
-//! `cargo bench --bench proxy`: latency sandgate's model proxy adds at a fixed request
+//! `cargo bench --bench proxy`: how long counting a request's tokens takes at worst;
+//! latency sandgate's model proxy adds at a fixed request
 //! rate (non-streaming and streaming), its maximum proxied throughput, and — when the
 //! LiteLLM proxy is installed (`pip install 'litellm[proxy]'`) — LiteLLM on the same
 //! stub at a rate it can sustain.
@@ -89,10 +90,35 @@ fn start_litellm(stub_base: &str) -> Option<(String, std::process::Child)> {
     None
 }
 
+/// How long the budget's token count takes on the inputs that cost it most: one long
+/// run of letters (the tokenizer's merging is quadratic in a piece's length) and
+/// large requests. Each is the median of five counts.
+fn token_counting_worst_cases() {
+    let prose = "The quick brown fox jumps over the lazy dog, again and again. ".repeat(1 << 14);
+    let cases: [(&str, String); 4] = [
+        ("100 KB single word", "a".repeat(100_000)),
+        ("1 MB single word", "a".repeat(1 << 20)),
+        ("1 MB prose", prose.clone()),
+        ("8 MB single word", "a".repeat(8 << 20)),
+    ];
+    for (label, text) in cases {
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                std::hint::black_box(sandgate::model::count_tokens(&text));
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!("token count, {label}: {:.1} ms", times[2].as_secs_f64() * 1e3);
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    token_counting_worst_cases();
     let stub = stub::Stub::start();
     let sandgate = start_sandgate(&stub.base);
     let direct_url = format!("{}/v1/chat/completions", stub.base);

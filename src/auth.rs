@@ -100,9 +100,9 @@ impl KeyRing {
         self.by_hash.values().cloned().collect()
     }
 
-    /// The principal of the key named `name`.
-    pub fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
-        self.by_hash.values().find(|p| p.key == name).cloned()
+    /// The principal of the key whose SHA-256 is `hash`.
+    pub fn by_hash(&self, hash: &[u8; 32]) -> Option<Arc<Principal>> {
+        self.by_hash.get(hash).cloned()
     }
 
     /// The principal a presented key belongs to.

@@ -490,10 +490,25 @@ async fn key_create(
                 .await?
                 .create_key(&store::StoredKey { entry, created_at_ms: store::now_ms() })
                 .await?;
-            anyhow::ensure!(created, "the store has a key named `{name}`; revoke it first or choose another name");
+            anyhow::ensure!(
+                created,
+                "the store has or had a key named `{name}` (a revoked key's name stays reserved); choose another name"
+            );
             "the store; every server on it has it within seconds".to_string()
         }
         KeyHome::Config => {
+            // A name the store has, or had, stays its key's.
+            let store_exists = match &config.store {
+                store::StoreConfig::Sqlite { path, .. } => path.exists(),
+                store::StoreConfig::Postgres { .. } => true,
+            };
+            if store_exists {
+                let used = store::open(&config.store).await?.key_name_used(&name).await?;
+                anyhow::ensure!(
+                    !used,
+                    "the store has or had a key named `{name}` (a revoked key's name stays reserved); choose another name"
+                );
+            }
             record_key_in_file(&path, &name, &user, &team, role, &key)?;
             format!("{}; send SIGHUP to a running server to load it", path.display())
         }

@@ -119,7 +119,8 @@ impl Server {
         let app = http::router(self.state.clone(), stopping.clone());
         let http = self.state.config.http.clone();
         let grace_over = service.cancel_on_shutdown().clone();
-        let grace_ends = http::serve::serve(listener, app, http, shutdown, stopping, grace_over).await;
+        let reserved = service.fd_plan().reserved;
+        let grace_ends = http::serve::serve(listener, app, http, shutdown, stopping, grace_over, reserved).await;
         service.finish(grace_ends.saturating_duration_since(std::time::Instant::now())).await?;
         Ok(())
     }

@@ -39,6 +39,9 @@
 //! In mode `session` the code is evaluated as one global script with top-level await,
 //! by the language's own rules: its declarations (`let`, `const`, `function`,
 //! `class`) stay in the realm, and its completion value is the result, as in a REPL.
+//! A top-level `return` still gives the result, as outside a session: a script cannot
+//! return, so such a `return` is rewritten to end the script with its value
+//! ([`sandgate_typescript::session_script`]).
 //! Everything the guest keeps lives in its linear memory, and `run` returns with the
 //! stack where it started, so the host carries a session from one execution to the
 //! next by saving the memory after one `run` and writing it back before the next.
@@ -209,6 +212,12 @@ fn prepare() -> Option<String> {
         }),
         _ => Ok(code),
     };
+    // A session's code is a global script, which cannot `return`: a top-level return
+    // is rewritten to end the script with its value (see `session_script`).
+    let prepared = prepared.map(|code| match abi::request(abi::MODE).as_str() {
+        "session" => sandgate_typescript::session_script(&code).unwrap_or(code),
+        _ => code,
+    });
     abi::source_ready();
     prepared.ok()
 }

@@ -305,6 +305,23 @@
     return indirectEval(BODY_PREFIX + code + "\n})");
   }
 
+  // The own property of what a session's top-level `return` throws (see
+  // `sandgate_typescript::session_script`): a script cannot `return`, so it throws.
+  const RETURN_KEY = "__sandgate_return__";
+
+  // `[value]` when `error` is what a session's top-level `return value` threw, else null.
+  // Code that throws such an object itself just ends with that value, as a return would.
+  function returnedValue(error) {
+    try {
+      if (error !== null && typeof error === "object" && hasOwn(error, RETURN_KEY)) {
+        return [error[RETURN_KEY]];
+      }
+    } catch (_) {
+      // A Proxy's trap threw: not the marker.
+    }
+    return null;
+  }
+
   function isSyntaxError(error) {
     return error !== null && typeof error === "object" && getPrototypeOf(error) === syntaxErrorPrototype;
   }
@@ -316,6 +333,8 @@
   // with top-level await: its declarations stay in the realm for the session's next
   // execution, and its completion value is the result. It starts the script at once
   // and returns a promise of `{value}`; a syntax error throws before anything runs.
+  // A top-level `return value` (rewritten by the guest, since a script cannot return)
+  // ends the script by throwing `{__sandgate_return__: value}`, which is the result.
   async function run(code, inputJson, maxResultBytes, evalScript) {
     g.input = inputJson.length === 0 ? null : parse(inputJson);
     let fn;
@@ -329,7 +348,15 @@
         return failure(isSyntaxError(error) ? "syntax" : "exception", error, "");
       }
       prefix = "";
-      fn = async () => (await completion).value;
+      fn = async () => {
+        try {
+          return (await completion).value;
+        } catch (error) {
+          const returned = returnedValue(error);
+          if (returned === null) throw error;
+          return returned[0];
+        }
+      };
     } else {
       try {
         fn = compile(code);

@@ -35,6 +35,11 @@ pub struct Config {
     /// How long a background execution's result is kept after it ends
     /// (`[sandbox] result_ttl_s`, default one hour).
     pub result_ttl: Duration,
+    /// Where this process keeps its private scratch directory (workspace copies,
+    /// spooled uploads; see [`crate::sessions::scratch`]): `[sandbox] scratch_dir`,
+    /// else `$XDG_RUNTIME_DIR/sandgate`, else `scratch` in the default cache
+    /// directory.
+    pub scratch_dir: PathBuf,
     /// Connections, timeouts and the Host/Origin rules of the HTTP server.
     pub http: HttpConfig,
     /// Where policies come from.
@@ -187,6 +192,13 @@ impl Config {
             Some(dir) => Some(dir),
             None => std::env::var_os("SANDGATE_CACHE_DIR").map(PathBuf::from).or(defaults.cache_dir),
         };
+        let scratch_dir = match sandbox.scratch_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(invalid("sandbox.scratch_dir", "must name a directory".into()))
+            }
+            Some(dir) => relative_to(path, dir),
+            None => default_scratch_dir(),
+        };
         let http = http_config(raw.http.unwrap_or_default()).map_err(|(key, message)| invalid(key, message))?;
         let policies = match raw.policies {
             Some(dir) => PolicySource::Dir(relative_to(path, dir)),
@@ -281,6 +293,7 @@ impl Config {
                 Some(seconds) => Duration::from_secs(seconds),
                 None => DEFAULT_RESULT_TTL,
             },
+            scratch_dir,
             http,
             policies,
             tiers,
@@ -334,6 +347,14 @@ fn http_config(raw: raw::RawHttp) -> Result<HttpConfig, (&'static str, String)> 
 }
 
 /// A path from the configuration file, taken relative to the file's directory.
+/// `$XDG_RUNTIME_DIR/sandgate`, else `scratch` in the default cache directory.
+fn default_scratch_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("sandgate"),
+        None => crate::sandbox::engine::default_cache_dir().join("scratch"),
+    }
+}
+
 fn relative_to(config: &Path, path: PathBuf) -> PathBuf {
     if path.is_absolute() {
         return path;

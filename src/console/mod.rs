@@ -13,11 +13,11 @@
 //! anything (sign-in) posts JSON.
 
 pub mod html;
-pub mod session;
+pub mod pulse;
+pub mod signin;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -41,12 +41,14 @@ const JS: &str = include_str!("assets/console.js");
 #[derive(Clone, Debug)]
 struct Console {
     app: AppState,
-    signer: Arc<session::Signer>,
+    signer: Arc<signin::Signer>,
+    pulses: Arc<pulse::Pulses>,
 }
 
 /// The console's routes, to merge into the application's router (behind its guard).
 pub fn router(app: AppState) -> Router {
-    let state = Console { app, signer: Arc::new(session::Signer::from_env()) };
+    let state =
+        Console { app, signer: Arc::new(signin::Signer::from_env()), pulses: Arc::new(pulse::Pulses::default()) };
     Router::new()
         .route("/ui", get(overview))
         .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
@@ -65,6 +67,25 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/ui/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .with_state(state)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// What every console response tells the browser: run only the console's own script
+/// and style (no inline code, so injected markup cannot run), never inside another
+/// site's frame, never guess a content type, send no referrer.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+             form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -81,7 +102,7 @@ impl axum::extract::FromRequestParts<Console> for Viewer {
     type Rejection = Redirect;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, console: &Console) -> Result<Self, Redirect> {
-        viewer(console, &parts.headers).map(Viewer)
+        viewer(console, &parts.headers).await.map(Viewer)
     }
 }
 
@@ -99,20 +120,31 @@ impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<Cons
     }
 }
 
-/// The signed-in viewer, or the response that sends the browser to sign in.
-fn viewer(console: &Console, headers: &HeaderMap) -> Result<Arc<Principal>, Redirect> {
-    if console.app.service.mode() == Mode::Local {
-        return Ok(Arc::new(Principal::local()));
-    }
+/// The sign-in secret the request's cookie carries, when the cookie is intact and
+/// not expired.
+fn sign_in(console: &Console, headers: &HeaderMap) -> Option<String> {
     let token = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| session::cookie(v, session::COOKIE));
-    token
-        .and_then(|token| console.signer.check(token, now_ms()))
-        .and_then(|name| console.app.service.key_principal(&name))
-        .ok_or_else(|| Redirect::to("/ui/login"))
+        .find_map(|v| signin::cookie(v, signin::COOKIE))?;
+    console.signer.check(token, now_ms())
+}
+
+/// The signed-in viewer, or the response that sends the browser to sign in.
+async fn viewer(console: &Console, headers: &HeaderMap) -> Result<Arc<Principal>, Redirect> {
+    if console.app.service.mode() == Mode::Local {
+        return Ok(Arc::new(Principal::local()));
+    }
+    let Some(secret) = sign_in(console, headers) else { return Err(Redirect::to("/ui/login")) };
+    match console.app.service.console_viewer(&secret).await {
+        Ok(Some(viewer)) => Ok(viewer),
+        Ok(None) => Err(Redirect::to("/ui/login")),
+        Err(error) => {
+            tracing::warn!(%error, "cannot check a console sign-in");
+            Err(Redirect::to("/ui/login"))
+        }
+    }
 }
 
 fn page(title: &str, current: &str, viewer: &Principal, local: bool, body: String) -> Response {
@@ -164,20 +196,36 @@ struct SignIn {
     key: String,
 }
 
-async fn login(State(console): State<Console>, headers: HeaderMap, body: Json<SignIn>) -> Response {
+async fn login(State(console): State<Console>, headers: HeaderMap, body: axum::body::Body) -> Response {
     if console.app.service.mode() == Mode::Local {
         return StatusCode::NO_CONTENT.into_response();
     }
-    let Ok(principal) = console.app.service.authenticate(Some(body.key.trim())) else {
-        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "that key is not a sandgate key here"})))
+    // Read like every API body: a body that does not arrive in time is a 408.
+    let body = match crate::http::read_body(&headers, body, 64 << 10).await {
+        Ok(bytes) => bytes,
+        Err(error) => return error.into_response(),
+    };
+    let Ok(body) = serde_json::from_slice::<SignIn>(&body) else {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "send {\"key\": \"...\"} as JSON"})))
             .into_response();
     };
-    let token = console.signer.token(&principal.key, now_ms() + session::LIFETIME_MS);
+    let secret = match console.app.service.console_sign_in(body.key.trim(), signin::LIFETIME_MS).await {
+        Ok((secret, _)) => secret,
+        Err(crate::service::ServiceError::Unauthorized) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({"error": "that key is not a sandgate key here"})),
+            )
+                .into_response()
+        }
+        Err(error) => return service_failure(error),
+    };
+    let token = console.signer.token(&secret, now_ms() + signin::LIFETIME_MS);
     let secure = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     let cookie = format!(
         "{}={token}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{}",
-        session::COOKIE,
-        session::LIFETIME_MS / 1000,
+        signin::COOKIE,
+        signin::LIFETIME_MS / 1000,
         if secure { "; Secure" } else { "" }
     );
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -187,65 +235,18 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: Json<Si
     response
 }
 
-async fn logout() -> Response {
+/// Signs out: the sign-in ends on the server (on every replica), whoever holds a copy
+/// of the cookie, and the browser forgets it.
+async fn logout(State(console): State<Console>, headers: HeaderMap) -> Response {
+    if let Some(secret) = sign_in(&console, &headers) {
+        if let Err(error) = console.app.service.console_sign_out(&secret).await {
+            return service_failure(error);
+        }
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let cookie = format!("{}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0", session::COOKIE);
+    let cookie = format!("{}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0", signin::COOKIE);
     response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("ASCII"));
     response
-}
-
-/// What the overview shows, computed from the last hour's execution records.
-#[derive(Debug, Default, serde::Serialize)]
-struct Pulse {
-    executions: usize,
-    /// The hour held more executions than one listing returns: the figures are of
-    /// the latest [`crate::service::MAX_LISTED`].
-    capped: bool,
-    errors: usize,
-    p50_ms: i64,
-    p99_ms: i64,
-    /// Executions per minute, oldest first, the last 60 minutes.
-    per_minute: Vec<u64>,
-    /// Outcome kinds and their counts, most first.
-    outcomes: Vec<(String, u64)>,
-    at: String,
-}
-
-const HOUR_MS: i64 = 3_600_000;
-
-async fn pulse(console: &Console, viewer: &Principal) -> Result<Pulse, crate::service::ServiceError> {
-    let now = now_ms();
-    let since = now - HOUR_MS;
-    let query = ExecutionQuery {
-        since_ms: Some(since),
-        until_ms: Some(now + 1),
-        limit: crate::service::MAX_LISTED,
-        ..ExecutionQuery::default()
-    };
-    let rows = console.app.service.executions(viewer, query).await?;
-    let mut per_minute = vec![0u64; 60];
-    let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut walls: Vec<i64> = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let minute = ((row.started_at_ms - since) / 60_000).clamp(0, 59) as usize;
-        per_minute[minute] += 1;
-        *outcomes.entry(row.outcome.clone()).or_default() += 1;
-        walls.push(row.wall_ms);
-    }
-    walls.sort_unstable();
-    let at = |p: f64| walls.get(((walls.len() as f64 * p) as usize).min(walls.len().saturating_sub(1))).copied();
-    let mut outcomes: Vec<(String, u64)> = outcomes.into_iter().collect();
-    outcomes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    Ok(Pulse {
-        executions: rows.len(),
-        capped: rows.len() >= crate::service::MAX_LISTED as usize,
-        errors: rows.iter().filter(|r| r.outcome != "ok").count(),
-        p50_ms: at(0.5).unwrap_or(0),
-        p99_ms: at(0.99).unwrap_or(0),
-        per_minute,
-        outcomes,
-        at: time(now),
-    })
 }
 
 fn day_start(now: i64) -> i64 {
@@ -253,7 +254,7 @@ fn day_start(now: i64) -> i64 {
 }
 
 async fn overview(State(console): State<Console>, Viewer(viewer): Viewer) -> Response {
-    let pulse = match pulse(&console, &viewer).await {
+    let pulse = match console.pulses.pulse(&console.app.service, &viewer).await {
         Ok(pulse) => pulse,
         Err(error) => return service_failure(error),
     };
@@ -307,12 +308,12 @@ async fn overview(State(console): State<Console>, Viewer(viewer): Viewer) -> Res
         r#"<section aria-labelledby="pulse-h" class="tiles" data-live="/ui/events">
 <h2 id="pulse-h">The last hour <span class="live" id="live-at" aria-live="polite">as of {at}</span></h2>
 <dl>
-<div><dt>Executions</dt><dd id="pulse-executions">{executions}{plus}</dd></div>
+<div><dt>Executions</dt><dd id="pulse-executions">{executions}</dd></div>
 <div><dt>Errors</dt><dd id="pulse-errors">{errors}</dd></div>
 <div><dt>p50 wall time</dt><dd><span id="pulse-p50">{p50}</span> ms</dd></div>
 <div><dt>p99 wall time</dt><dd><span id="pulse-p99">{p99}</span> ms</dd></div>
 </dl>
-<p class="note">Counts, outcomes and times are of the hour's latest {max} executions at most; usage below is exact.</p>
+<p class="note">Counts and outcomes are of every execution; wall times are of the latest {max} at most.</p>
 {chart}
 </section>
 <section aria-labelledby="outcomes-h">
@@ -330,7 +331,6 @@ async fn overview(State(console): State<Console>, Viewer(viewer): Viewer) -> Res
 </section>"#,
         at = esc(&pulse.at),
         executions = pulse.executions,
-        plus = if pulse.capped { "+" } else { "" },
         errors = pulse.errors,
         p50 = pulse.p50_ms,
         p99 = pulse.p99_ms,
@@ -341,18 +341,27 @@ async fn overview(State(console): State<Console>, Viewer(viewer): Viewer) -> Res
 }
 
 /// The overview's numbers every two seconds, as server-sent events.
+/// The overview's figures as they change, every [`pulse::TICK`]: one computation per
+/// scope and tick, however many watch; at most [`pulse::MAX_STREAMS`] streams per
+/// principal (429 past them).
 async fn events(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&console, &headers) {
+    let viewer = match viewer(&console, &headers).await {
         Ok(viewer) => viewer,
         Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
     };
-    let stream = futures::stream::unfold((console, viewer), |(console, viewer)| async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let event = match pulse(&console, &viewer).await {
-            Ok(pulse) => Event::default().event("pulse").json_data(&pulse).unwrap_or_default(),
+    let Some(held) = console.pulses.stream(&viewer) else {
+        let message = format!("at most {} live streams per principal", pulse::MAX_STREAMS);
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, message).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        return response;
+    };
+    let stream = futures::stream::unfold((console, viewer, held), |(console, viewer, held)| async move {
+        tokio::time::sleep(pulse::TICK).await;
+        let event = match console.pulses.pulse(&console.app.service, &viewer).await {
+            Ok(pulse) => Event::default().event("pulse").json_data(&*pulse).unwrap_or_default(),
             Err(error) => Event::default().event("error").data(error.to_string()),
         };
-        Some((Ok::<_, Infallible>(event), (console, viewer)))
+        Some((Ok::<_, Infallible>(event), (console, viewer, held)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }

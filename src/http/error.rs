@@ -74,6 +74,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::SessionBusy(_) => (StatusCode::CONFLICT, None, false),
             ServiceError::TooManySessions { .. } => (StatusCode::TOO_MANY_REQUESTS, None, false),
             ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, None, false),
+            ServiceError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, None, false),
             ServiceError::File(message) if message.starts_with("EDQUOT") => {
                 (StatusCode::PAYLOAD_TOO_LARGE, None, false)
             }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, AppState};
 use crate::sandbox::{ErrorKind, ExecuteRequest};
@@ -29,9 +29,9 @@ pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, bod
 
     // The execution is cancelled if this stream is dropped (the client went away)
     // before its result is sent; it is recorded either way.
-    let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+    let (lines_tx, lines_rx) = mpsc::channel(crate::sandbox::LINE_BUFFER);
     let finished = app.service.start(prepared, Some(lines_tx));
-    let logs = UnboundedReceiverStream::new(lines_rx)
+    let logs = ReceiverStream::new(lines_rx)
         .map(|line| Ok::<_, Infallible>(Event::default().event("log").json_data(line).unwrap_or_default()));
     let result = futures::stream::once(async move {
         let event = match finished.await {

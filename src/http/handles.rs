@@ -14,7 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 
+use serde_json::value::RawValue;
+
 use super::{ApiError, AppState};
+use crate::sandbox::LogLine;
 use crate::service::{HandleEvent, HandleView};
 
 pub(super) async fn start(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -82,13 +85,19 @@ pub(super) async fn events(
     let ended = futures::stream::once(async move {
         match app.service.wait_handle(&principal, &id).await {
             Ok(view) => {
-                let result = view.result.clone().unwrap_or_default();
                 let mut events: Vec<Result<Event, Infallible>> = Vec::new();
+                let result = view.result.as_deref().map_or("null", RawValue::get);
                 if !live {
-                    let logs = result.get("logs").and_then(|l| l.as_array()).cloned().unwrap_or_default();
-                    events.extend(logs.iter().map(log_event));
+                    /// The lines of a stored result, read without the rest of it.
+                    #[derive(serde::Deserialize)]
+                    struct Lines {
+                        #[serde(default)]
+                        logs: Vec<LogLine>,
+                    }
+                    let lines = serde_json::from_str::<Lines>(result).map(|l| l.logs).unwrap_or_default();
+                    events.extend(lines.iter().map(log_event));
                 }
-                events.push(Ok(Event::default().event("result").json_data(result).unwrap_or_default()));
+                events.push(Ok(Event::default().event("result").data(result)));
                 futures::stream::iter(events)
             }
             Err(error) => {

@@ -56,6 +56,16 @@ async fn gate(State((app, sessions)): State<(AppState, Arc<Sessions>)>, mut requ
         Err(error) => return error.into_response(),
     };
     request.extensions_mut().insert(principal.clone());
+    // A message is read here, under the server's body timeout and size cap, so a body
+    // that does not arrive in time is a 408 like on every other route.
+    if request.method() == Method::POST {
+        let (parts, body) = request.into_parts();
+        let bytes = match super::read_body(&parts.headers, body, app.config.http.max_body_bytes).await {
+            Ok(bytes) => bytes,
+            Err(error) => return error.into_response(),
+        };
+        request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    }
     let session = request.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
     let Some(id) = session else {
         let response = next.run(request).await;

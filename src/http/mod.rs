@@ -50,7 +50,7 @@ pub struct AppState {
 /// Reads a request body up to `limit` bytes; a declared `Content-Length` over the
 /// cap is refused before anything is read (413), and a body that does not arrive
 /// within the body timeout is 408.
-async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -75,6 +75,18 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit: usize) ->
         }
         ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("cannot read the request body: {e}"))
     })
+}
+
+/// Why a streamed request body broke off: its timeout (408) or anything else.
+fn body_error(error: axum::Error) -> crate::service::BodyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(cause) = source {
+        if let Some(timeout) = cause.downcast_ref::<serve::BodyTimeout>() {
+            return crate::service::BodyError::TimedOut(timeout.to_string());
+        }
+        source = cause.source();
+    }
+    crate::service::BodyError::Failed(error.to_string())
 }
 
 /// The caller of a request, from its bearer token.

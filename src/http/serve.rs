@@ -16,7 +16,8 @@
 //!
 //! At most `max_connections` connections are open, and never so many that the
 //! process runs out of file descriptors (the soft limit is raised to the hard one at
-//! start, and 64 are kept back for the store, upstreams and the cache). At the cap, a
+//! start, and what executions, kept session memories, the store, upstreams and the
+//! cache need is kept back: `service::fds`). At the cap, a
 //! new connection closes the longest-quiet connection that has no request in flight;
 //! if every connection is busy, the new one is closed instead. So idle and
 //! half-open connections, however many, can never keep `/healthz` or an execution
@@ -49,8 +50,6 @@ use tower::ServiceExt;
 
 use crate::config::HttpConfig;
 
-/// File descriptors kept back from connections for everything else the process opens.
-const RESERVED_FDS: u64 = 64;
 /// How long connections get to send the responses of executions cancelled at the end
 /// of the shutdown grace period.
 const CANCELLED_RESPONSES: Duration = Duration::from_secs(1);
@@ -203,9 +202,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     stopping: CancellationToken,
     grace_over: CancellationToken,
+    reserved_fds: u64,
 ) -> Instant {
     let config = Arc::new(config);
-    let cap = connection_cap(config.max_connections);
+    let cap = connection_cap(config.max_connections, reserved_fds);
     let registry = Arc::new(Registry::default());
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -255,32 +255,15 @@ pub async fn serve(
     grace_ends
 }
 
-/// The connection cap: the configured one, kept below the open-file limit.
-fn connection_cap(configured: usize) -> usize {
-    let Some(files) = raise_open_file_limit() else { return configured };
-    let room = files.saturating_sub(RESERVED_FDS).max(16) as usize;
+/// The connection cap: the configured one, kept below the open-file limit less the
+/// descriptors the service keeps back (`reserved`, see `service::fds`).
+fn connection_cap(configured: usize, reserved: u64) -> usize {
+    let Some(files) = crate::service::fds::raise_open_file_limit() else { return configured };
+    let room = files.saturating_sub(reserved).max(crate::service::fds::MIN_CONNECTIONS) as usize;
     if room < configured {
         tracing::warn!(configured, cap = room, open_files = files, "the open-file limit lowers http.max_connections");
     }
     configured.min(room)
-}
-
-/// Raises the soft open-file limit to the hard one; returns the limit in force.
-fn raise_open_file_limit() -> Option<u64> {
-    #[cfg(unix)]
-    {
-        use rustix::process::{getrlimit, setrlimit, Resource};
-        let mut limit = getrlimit(Resource::Nofile);
-        if limit.current < limit.maximum {
-            limit.current = limit.maximum;
-            if setrlimit(Resource::Nofile, limit).is_err() {
-                limit = getrlimit(Resource::Nofile);
-            }
-        }
-        limit.current
-    }
-    #[cfg(not(unix))]
-    None
 }
 
 async fn serve_connection(

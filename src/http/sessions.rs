@@ -8,14 +8,16 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
 use crate::sandbox::{ErrorKind, Language};
-use crate::service::SessionView as View;
+use futures::StreamExt;
+
+use crate::service::{FileRead, SessionView as View};
 use crate::store::StoredFile;
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,22 +87,32 @@ pub(super) async fn files(
     Ok(Json(serde_json::json!({ "files": files.iter().map(entry).collect::<Vec<_>>() })).into_response())
 }
 
-/// `GET /v1/sessions/{id}/files/{path}`: a file's bytes, or a directory's entries.
+/// `GET /v1/sessions/{id}/files/{path}`: a file's bytes, streamed a chunk at a time,
+/// or a directory's entries.
 pub(super) async fn get_file(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
-    let (file, entries) = app.service.session_file(&principal, &id, &path).await?;
-    if file.dir {
-        return Ok(Json(serde_json::json!({ "files": entries.iter().map(entry).collect::<Vec<_>>() })).into_response());
+    match app.service.session_file(&principal, &id, &path).await? {
+        FileRead::Dir(entries) => {
+            Ok(Json(serde_json::json!({ "files": entries.iter().map(entry).collect::<Vec<_>>() })).into_response())
+        }
+        FileRead::File(download) => {
+            let length = download.file.size;
+            let mut response = Body::from_stream(download.into_stream()).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            Ok(response)
+        }
     }
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], file.data).into_response())
 }
 
 /// `PUT /v1/sessions/{id}/files/{path}`: the body becomes the file (parent directories
-/// are made), within the workspace's quotas.
+/// are made), within the workspace's quotas. Nothing of the body is read before the
+/// caller, the session and the quota are checked; then it is streamed to disk.
 pub(super) async fn put_file(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -108,9 +120,9 @@ pub(super) async fn put_file(
     body: Body,
 ) -> Result<Response, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
-    let limit = app.service.policies().current().capabilities(&principal).files.max_bytes;
-    let data = super::read_body(&headers, body, usize::try_from(limit).unwrap_or(usize::MAX)).await?;
-    let size = app.service.put_session_file(&principal, &id, &path, data.to_vec()).await?;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let stream = body.into_data_stream().map(|chunk| chunk.map_err(super::body_error));
+    let size = app.service.upload(&principal, &id, &path, declared, stream).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "path": path, "size": size }))).into_response())
 }
 

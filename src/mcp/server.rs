@@ -222,7 +222,7 @@ impl CodeMode {
         };
         // The execution is cancelled (and still recorded) if the client cancels the
         // request or rmcp drops this handler.
-        let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<LogLine>();
+        let (lines_tx, mut lines_rx) = mpsc::channel::<LogLine>(crate::sandbox::LINE_BUFFER);
         let run = self.service.start(prepared, Some(lines_tx));
         let progress_token = context.meta.get_progress_token();
         let mut sent = 0u32;
@@ -313,7 +313,8 @@ fn task(view: &HandleView) -> Task {
 
 /// The tool result of a background execution that ended.
 fn finished(view: &HandleView, session: Option<&str>) -> CallToolResult {
-    tool_result(view.result.clone().unwrap_or(Value::Null), session.or(view.session_id.as_deref()))
+    let body = view.result.as_ref().and_then(|body| serde_json::from_str(body.get()).ok()).unwrap_or(Value::Null);
+    tool_result(body, session.or(view.session_id.as_deref()))
 }
 
 /// The tool result for an execution's body (what `POST /v1/execute` answers): the

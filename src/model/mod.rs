@@ -59,7 +59,7 @@ use tokio_util::task::TaskTracker;
 
 pub use budget::{lines as budget_lines, Budgets, Exceeded, Reservation};
 pub use catalog::{Catalog, Model, ModelCapability, Price, Provider, ProviderKind, RouterSettings, Tier};
-pub use usage::{count_tokens, Tokens};
+pub use usage::{count_tokens, estimate_tokens, Tokens};
 
 use crate::auth::Principal;
 use crate::policy::Capabilities;
@@ -210,7 +210,7 @@ struct Needs {
 }
 
 impl Needs {
-    fn of(body: &Value, default_max: u64) -> Self {
+    async fn of(body: &Value, default_max: u64) -> Self {
         let max_output = ["max_tokens", "max_completion_tokens"]
             .iter()
             .find_map(|k| body.get(*k).and_then(Value::as_u64))
@@ -227,7 +227,7 @@ impl Needs {
             Some("json_object" | "json_schema")
         );
         Needs {
-            input_tokens: count_tokens(&usage::request_text(body)),
+            input_tokens: usage::estimate_tokens(usage::request_text(body)).await,
             max_output,
             tools: body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()),
             vision,
@@ -607,7 +607,7 @@ impl Gateway {
         let requested_name = body.get("model").and_then(Value::as_str).unwrap_or("auto").to_string();
         let requested = Requested::parse(&requested_name);
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-        let needs = Needs::of(&body, self.catalog.router.default_max_tokens);
+        let needs = Needs::of(&body, self.catalog.router.default_max_tokens).await;
         let (tier, candidates) = self.select(&requested, format, &ctx, &needs)?;
         let (candidates, reservation) = self.reserve(&ctx, format, &needs, tier, candidates).await?;
         let tags = json!({"user": body.get("user"), "metadata": body.get("metadata")});
@@ -988,7 +988,8 @@ impl Pending {
             match usage::from_response(self.kind, &value) {
                 (Some(tokens), _) => (tokens, "ok"),
                 (None, text) => {
-                    (Tokens { input: self.estimated_input, output: count_tokens(&text), cached: 0 }, "ok_estimated")
+                    let output = estimate_tokens(text).await;
+                    (Tokens { input: self.estimated_input, output, cached: 0 }, "ok_estimated")
                 }
             }
         } else {
@@ -1036,9 +1037,15 @@ impl Metered {
         let record = if self.meter.saw_usage {
             pending.record(self.meter.tokens, status)
         } else if ended {
-            let output = count_tokens(&self.meter.text);
-            let tokens = Tokens { input: pending.estimated_input, output, cached: 0 };
-            pending.record(tokens, &format!("{status}_estimated"))
+            // Counted off the async workers (this runs inside a poll), then recorded.
+            let (text, status) = (std::mem::take(&mut self.meter.text), format!("{status}_estimated"));
+            pending.calls.clone().spawn(async move {
+                let output = estimate_tokens(text).await;
+                let tokens = Tokens { input: pending.estimated_input, output, cached: 0 };
+                let record = pending.record(tokens, &status);
+                pending.ledger.record_detached(record);
+            });
+            return;
         } else {
             pending.record_reserved(status)
         };

@@ -368,7 +368,18 @@ fn compile_policy(
                 errors.push(source.error(&mount.name.span(), format!("mount name `{name}` is used twice")));
                 continue;
             }
-            grant.mounts.push(super::MountGrant { path, name: name.clone(), writable });
+            let max_bytes_per_day = match mount.max_bytes_per_day {
+                Some(quota) if !writable => {
+                    errors.push(source.error(
+                        &quota.span(),
+                        format!("mount `{name}` is read-only: max_bytes_per_day applies to `mode = \"rw\"` only"),
+                    ));
+                    continue;
+                }
+                Some(quota) => quota.into_inner(),
+                None => grant.max_bytes,
+            };
+            grant.mounts.push(super::MountGrant { path, name: name.clone(), writable, max_bytes_per_day });
         }
         policy.files = Some(At { line, value: grant });
     }

@@ -217,6 +217,9 @@ pub struct MountGrant {
     pub name: String,
     /// `mode = "rw"`; read-only otherwise.
     pub writable: bool,
+    /// Bytes each principal may write to it per UTC day, over all its executions and
+    /// on every replica (`max_bytes_per_day`; default the policy's `files.max_bytes`).
+    pub max_bytes_per_day: u64,
 }
 
 /// Checks a mount's `as` name: one plain path component.

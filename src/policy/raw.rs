@@ -105,6 +105,7 @@ pub(super) struct RawMount {
     #[serde(rename = "as")]
     pub name: Spanned<String>,
     pub mode: Option<Spanned<String>>,
+    pub max_bytes_per_day: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -58,6 +58,23 @@ impl LogLevel {
 /// The marker appended when console output is cut at its cap.
 pub const TRUNCATED: &str = "[truncated]";
 
+/// What every console line costs against `output_bytes` on top of its own bytes.
+///
+/// A line is more than its text wherever it goes: an object on the host, a JSON
+/// object in the response and the stored result, an event on a stream. Charging each
+/// one this much makes an empty line cost something, so `for(;;) console.log('')`
+/// ends at the output cap (64 KiB by default: 2,048 empty lines) instead of making
+/// millions of lines until its fuel runs out.
+pub const LINE_COST: u64 = 32;
+
+/// Console lines buffered for a live stream (`Accept: text/event-stream`, a background
+/// execution's followers, MCP progress) before the stream falls behind. A stream that
+/// falls behind misses lines, and is told how many; the result carries every line.
+pub const LINE_BUFFER: usize = 256;
+
+/// Where an execution's console lines go as they are written (see [`LINE_BUFFER`]).
+pub type LineSender = mpsc::Sender<LogLine>;
+
 /// A CPU slot: an execution holds one while guest code runs and gives it up while it
 /// waits on host calls or at each epoch tick, so a full server queues work instead of
 /// slowing every execution down.
@@ -177,7 +194,9 @@ pub(crate) struct HostState {
     created: std::time::Instant,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) log_bytes: u64,
-    pub(crate) events: Option<mpsc::UnboundedSender<LogLine>>,
+    pub(crate) events: Option<LineSender>,
+    /// Lines the live stream missed since it last took one (it fell behind).
+    skipped: u64,
     /// A limit enforced by trapping: the trap's cause.
     pub(crate) limit_hit: Option<ExecError>,
     pub(crate) calls_started: u32,
@@ -210,7 +229,7 @@ pub(crate) struct HostSetup {
     pub(crate) input: String,
     pub(crate) language: Language,
     pub(crate) preparing: Option<Preparing>,
-    pub(crate) events: Option<mpsc::UnboundedSender<LogLine>>,
+    pub(crate) events: Option<LineSender>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) principal: Arc<Principal>,
     pub(crate) execution_id: Arc<str>,
@@ -253,6 +272,7 @@ impl HostState {
             logs: Vec::new(),
             log_bytes: 0,
             events: setup.events,
+            skipped: 0,
             limit_hit: None,
             calls_started: 0,
             tool_calls: 0,
@@ -274,8 +294,23 @@ impl HostState {
 
     fn push_log(&mut self, line: LogLine) {
         if let Some(events) = &self.events {
-            // A closed stream only means the client went away; the run goes on.
-            let _ = events.send(line.clone());
+            // A stream that fell behind is told what it missed before its next line;
+            // a closed one only means the client went away, and the run goes on.
+            if self.skipped > 0 {
+                let note = LogLine {
+                    level: LogLevel::Warn,
+                    message: format!(
+                        "[{} lines not streamed: the stream fell behind; the result has them]",
+                        self.skipped
+                    ),
+                };
+                if events.try_send(note).is_ok() {
+                    self.skipped = 0;
+                }
+            }
+            if self.skipped > 0 || events.try_send(line.clone()).is_err() {
+                self.skipped += u64::from(!events.is_closed());
+            }
         }
         self.logs.push(line);
     }
@@ -479,17 +514,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         MODULE,
         "log",
         |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
-            let bytes = guest_bytes(&mut caller, ptr, len)?;
+            // Never copy more than the cap could take.
+            let room = caller.data().limits.output_bytes.saturating_sub(caller.data().log_bytes);
+            let wanted = (len.max(0) as u64).min(room.saturating_sub(LINE_COST).saturating_add(1));
+            let bytes = guest_bytes(&mut caller, ptr, wanted as i32)?;
             let state = caller.data_mut();
             let level = LogLevel::from_abi(level);
-            let room = state.limits.output_bytes.saturating_sub(state.log_bytes) as usize;
-            if bytes.len() <= room {
-                state.log_bytes += bytes.len() as u64;
+            // Each line costs its bytes and `LINE_COST`.
+            if len.max(0) as u64 + LINE_COST <= room {
+                state.log_bytes += bytes.len() as u64 + LINE_COST;
                 let message = String::from_utf8_lossy(&bytes).into_owned();
                 state.push_log(LogLine { level, message });
                 return Ok(());
             }
-            let mut cut = room;
+            let mut cut = room.saturating_sub(LINE_COST) as usize;
             while cut > 0 && !is_char_boundary(&bytes, cut) {
                 cut -= 1;
             }

@@ -31,7 +31,10 @@ pub struct Limits {
     /// Size of the submitted code in bytes. Default 256 KiB.
     pub code_bytes: u64,
     /// Executions one principal may have at once (running, queued or parked), so one
-    /// caller cannot take every admission slot. Default 32.
+    /// caller cannot take every admission slot. Never above `sandbox.max_concurrent`;
+    /// 0 (the default) means the server's default share, half of
+    /// `sandbox.max_concurrent`, so that one principal can never starve the rest
+    /// unless an operator's policy says so.
     pub concurrent: u32,
 }
 
@@ -48,7 +51,7 @@ impl Default for Limits {
             tool_calls: 100,
             model_calls: 20,
             code_bytes: 256 << 10,
-            concurrent: 32,
+            concurrent: 0,
         }
     }
 }
@@ -109,6 +112,16 @@ impl PartialLimits {
 }
 
 impl Limits {
+    /// Executions one principal may have at once on a server admitting
+    /// `max_concurrent`: `concurrent` when a policy set it (never above
+    /// `max_concurrent`), else half of `max_concurrent` (at least one).
+    pub fn share_of(&self, max_concurrent: u32) -> u32 {
+        match self.concurrent {
+            0 => (max_concurrent / 2).max(1),
+            set => set.min(max_concurrent),
+        }
+    }
+
     /// The ceiling of an execution started in the background: its wall-clock limit is
     /// `background_wall_ms` (never less than `wall_ms`).
     pub fn for_background(&self) -> Limits {

@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
 
 pub use capability::{AllowAll, CallPolicy, Capability, HostCall, Registry, TestCapability};
 pub use error::{ErrorKind, ExecError, Rejected};
-pub use host::{HostCallRecord, LogLevel, LogLine, TRUNCATED};
+pub use host::{HostCallRecord, LineSender, LogLevel, LogLine, LINE_BUFFER, LINE_COST, TRUNCATED};
 pub use image::MemoryImage;
 pub use limits::{Limits, PartialLimits};
 pub use mapped::MemoryFile;
@@ -306,7 +306,7 @@ impl Sandbox {
     }
 
     /// Runs `job`: [`Sandbox::admit`], then [`Sandbox::run_admitted`].
-    pub async fn execute(&self, job: Job, events: Option<mpsc::UnboundedSender<LogLine>>) -> Result<Outcome, Rejected> {
+    pub async fn execute(&self, job: Job, events: Option<LineSender>) -> Result<Outcome, Rejected> {
         let admission = self.admit()?;
         self.run_admitted(admission, job, events, &CancellationToken::new()).await
     }
@@ -323,7 +323,7 @@ impl Sandbox {
         &self,
         admission: Admission,
         job: Job,
-        events: Option<mpsc::UnboundedSender<LogLine>>,
+        events: Option<LineSender>,
         cancel: &CancellationToken,
     ) -> Result<Outcome, Rejected> {
         if job.code.len() as u64 > job.limits.code_bytes {
@@ -377,7 +377,7 @@ impl Sandbox {
         &self,
         pre: &InstancePre<HostState>,
         job: Job,
-        events: Option<mpsc::UnboundedSender<LogLine>>,
+        events: Option<LineSender>,
         cpu: CpuSlot,
         execution_id: Arc<str>,
         cancel: &CancellationToken,
@@ -472,22 +472,26 @@ impl Sandbox {
             Some(Err(_elapsed)) => Some(timeout_error(limits.wall_ms)),
             Some(Ok(Ok(memory))) => match state.outcome.take() {
                 Some(GuestOutcome::Value(value)) => {
-                    let usage = usage(state);
-                    let mut outcome = finish(state, Some(value), None, usage, started_at_ms, execution_id);
+                    let mut usage = usage(state);
+                    let mut written = None;
+                    let mut error = None;
                     if let Some(file) = &session {
                         let data = memory.data(&store);
-                        match mapped::written_pages(data).or_else(|_| file.changed_pages(data)) {
-                            Ok(written) => outcome.session_image = Some(MemoryImage::from_pages(data, &written)),
-                            Err(error) => {
-                                outcome.ok = false;
-                                outcome.result = None;
-                                outcome.error = Some(ExecError::new(
-                                    ErrorKind::Internal,
-                                    format!("cannot read which pages the execution changed: {error}"),
-                                ));
+                        match changed_pages(file, data, limits.fuel.saturating_sub(usage.fuel)) {
+                            Ok((pages, compared)) => {
+                                usage.fuel += compared.fuel;
+                                usage.wall_ms += compared.wall_ms;
+                                written = Some(MemoryImage::from_pages(data, &pages));
                             }
+                            Err(failed) => error = Some(failed),
                         }
                     }
+                    let state = store.data_mut();
+                    if let Some(error) = error {
+                        return finish(state, None, Some(error), usage, started_at_ms, execution_id);
+                    }
+                    let mut outcome = finish(state, Some(value), None, usage, started_at_ms, execution_id);
+                    outcome.session_image = written;
                     return outcome;
                 }
                 Some(GuestOutcome::Failed(error)) => Some(error),
@@ -498,6 +502,44 @@ impl Sandbox {
         let usage = usage(state);
         finish(state, None, error, usage, started_at_ms, execution_id)
     }
+}
+
+/// Fuel charged for each page of a session's memory compared to find the pages an
+/// execution wrote, where `/proc/self/pagemap` cannot say: comparing is about 8 ns a
+/// byte here, which is what this much fuel buys, so a large session pays for it like
+/// for any other work (it was 20 ms for 50 MiB, unmetered).
+pub const FUEL_PER_COMPARED_PAGE: u64 = 32_768;
+
+/// What finding an execution's written pages by comparing cost it.
+struct Compared {
+    fuel: u64,
+    wall_ms: u64,
+}
+
+/// The pages of a session's memory `data` an execution wrote: read from the kernel's
+/// page map when it can be, else found by comparing every page, which is charged to
+/// the execution (fuel, within the `fuel_left` it has, and wall time). Over its fuel,
+/// the execution ends `out_of_fuel` and the session stays as it was.
+fn changed_pages(file: &MemoryFile, data: &[u8], fuel_left: u64) -> Result<(Vec<u32>, Compared), ExecError> {
+    if let Ok(written) = mapped::written_pages(data) {
+        return Ok((written, Compared { fuel: 0, wall_ms: 0 }));
+    }
+    let pages = (data.len() / 4096) as u64;
+    let fuel = pages.saturating_mul(FUEL_PER_COMPARED_PAGE);
+    if fuel > fuel_left {
+        return Err(ExecError::new(
+            ErrorKind::OutOfFuel,
+            format!(
+                "finding which of the session's {pages} memory pages the execution changed takes {fuel} fuel, more \
+                 than the {fuel_left} it had left; the session is as it was before this execution"
+            ),
+        ));
+    }
+    let started = Instant::now();
+    let written = file.changed_pages(data).map_err(|error| {
+        ExecError::new(ErrorKind::Internal, format!("cannot read which pages the execution changed: {error}"))
+    })?;
+    Ok((written, Compared { fuel, wall_ms: started.elapsed().as_millis() as u64 }))
 }
 
 fn unix_millis() -> i64 {
@@ -552,6 +594,28 @@ pub(crate) fn prepare_limits(limits: &Limits, code_bytes: usize) -> host::Prepar
     }
 }
 
+/// Whether the guest's runtime ended it for an allocation it could not make: Rust
+/// writes `memory allocation of N bytes failed` when the allocator refuses, and
+/// panics with `capacity overflow` for a request larger than a 32-bit guest can
+/// address (`[0] * 10**9` in Python), before the allocator, and so the memory limit,
+/// ever sees it. Only the guest's runtime writes to its standard error (the code's
+/// output goes to the console), so the code cannot claim this.
+fn allocation_failed(diagnostics: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(diagnostics);
+    let mut lines = text.lines().map(str::trim);
+    let failed_allocation = |line: &str| {
+        line.strip_prefix("memory allocation of ")
+            .and_then(|rest| rest.strip_suffix(" bytes failed"))
+            .is_some_and(|bytes| !bytes.is_empty() && bytes.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut panicked = false;
+    lines.any(|line| {
+        let overflow = panicked && line == "capacity overflow";
+        panicked = line.contains("panicked at");
+        overflow || failed_allocation(line)
+    })
+}
+
 /// Names the cause of a trap: a limit the host enforced, or the engine's own trap.
 fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> ExecError {
     if let Some(hit) = state.limit_hit.take() {
@@ -595,6 +659,13 @@ fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> E
             ExecError::new(ErrorKind::StackOverflow, "the guest's stack overflowed (past the bottom of its memory)")
         }
         Some(Trap::Interrupt) => timeout_error(limits.wall_ms),
+        _ if allocation_failed(&state.wasi.diagnostics) => ExecError::new(
+            ErrorKind::OutOfMemory,
+            format!(
+                "the code asked for more memory at once than the guest can address; its memory limit is {} bytes",
+                limits.memory_bytes
+            ),
+        ),
         _ => {
             let diagnostics = String::from_utf8_lossy(&state.wasi.diagnostics).trim().to_string();
             let mut message = format!("the guest faulted: {error}");
@@ -604,5 +675,18 @@ fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> E
             tracing::error!(%message, "guest fault");
             ExecError::new(ErrorKind::Internal, message)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allocation_failures_are_read_from_the_runtimes_own_words() {
+        let panic = b"thread '<unnamed>' (1) panicked at /rustc/abc/library/alloc/src/raw_vec/mod.rs:28:5:\ncapacity overflow\n";
+        assert!(super::allocation_failed(panic));
+        assert!(super::allocation_failed(b"memory allocation of 8000000000 bytes failed\n"));
+        assert!(!super::allocation_failed(b"capacity overflow\n"), "only as a panic's message");
+        assert!(!super::allocation_failed(b"memory allocation of many bytes failed"));
+        assert!(!super::allocation_failed(b"thread panicked at src/lib.rs:1:1:\nindex out of bounds\n"));
     }
 }

@@ -59,6 +59,19 @@ impl Service {
         Ok(self.ledger.store().executions(&query).await?)
     }
 
+    /// Executions in `query`'s window counted per minute and outcome, with the wall
+    /// times of the latest `query.limit` (a non-admin's own only), all computed by
+    /// the store.
+    pub async fn pulse(
+        &self,
+        principal: &Principal,
+        mut query: ExecutionQuery,
+    ) -> Result<crate::store::PulseRows, ServiceError> {
+        own_only(principal, &mut query);
+        query.limit = query.limit.clamp(1, MAX_LISTED);
+        Ok(self.ledger.store().pulse(&query).await?)
+    }
+
     /// One execution with its host calls and model calls.
     pub async fn execution(&self, principal: &Principal, id: &str) -> Result<ExecutionDetail, ServiceError> {
         let detail = self.ledger.store().execution(id).await?;
@@ -171,11 +184,6 @@ impl Service {
         }
         sessions.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.id.cmp(&b.id)));
         Ok(sessions)
-    }
-
-    /// The principal a configured key name belongs to (none once it is revoked).
-    pub fn key_principal(&self, name: &str) -> Option<Arc<Principal>> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).by_name(name)
     }
 
     /// What the policy set in force decides for `principal` and `query`, with the rule

@@ -15,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Service, ServiceError};
 use crate::auth::Principal;
 use crate::sandbox::{ErrorKind, ExecuteRequest, LogLine, Outcome};
-use crate::store::{now_ms, HandleEnd, HandleRecord};
+use crate::store::{now_ms, HandleEnd, HandleRecord, Owner};
 
 /// How often a running background execution checks the store for a cancel made on
 /// another replica, and how often a follower on another replica reads its status.
@@ -35,7 +36,8 @@ pub struct Handles {
 
 /// One background execution running here.
 struct Local {
-    user: String,
+    /// Who started it: the only one who may follow it.
+    owner: Owner,
     cancel: CancellationToken,
     /// Console lines so far, for a follower that arrives late.
     lines: Mutex<Vec<LogLine>>,
@@ -63,9 +65,10 @@ pub struct HandleView {
     pub ended_at: Option<String>,
     /// When it (and its result) is forgotten.
     pub expires_at: String,
-    /// The body `POST /v1/execute` would have answered, once it ended.
+    /// The body `POST /v1/execute` would have answered, once it ended: kept as the
+    /// JSON text it was stored as and served as it is, never parsed again.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<RawValue>>,
 }
 
 impl HandleView {
@@ -83,7 +86,7 @@ impl From<HandleRecord> for HandleView {
             created_at: super::sessions::time(handle.created_at_ms),
             ended_at: handle.ended_at_ms.map(super::sessions::time),
             expires_at: super::sessions::time(handle.expires_at_ms),
-            result: handle.body.and_then(|body| serde_json::from_str(&body).ok()),
+            result: handle.body.and_then(|body| RawValue::from_string(body).ok()),
         }
     }
 }
@@ -93,6 +96,36 @@ impl From<HandleRecord> for HandleView {
 pub struct Following {
     pub so_far: Vec<LogLine>,
     pub next: broadcast::Receiver<Event>,
+}
+
+/// The most bytes of a background execution's result body the store keeps. Console
+/// lines go first when a body is larger (the note that replaces them says how many
+/// there were), then the result itself (the body then says it was too large).
+pub const MAX_KEPT_BYTES: usize = 16 << 20;
+
+/// `outcome` as the body the store keeps: `POST /v1/execute`'s JSON, within
+/// [`MAX_KEPT_BYTES`].
+pub(crate) fn kept_body(outcome: &mut Outcome) -> String {
+    let body = serde_json::to_string(&*outcome).unwrap_or_default();
+    if body.len() <= MAX_KEPT_BYTES {
+        return body;
+    }
+    let lines = std::mem::take(&mut outcome.logs);
+    outcome.logs.push(LogLine {
+        level: crate::sandbox::LogLevel::Warn,
+        message: format!("[{} console lines not kept: the result was too large to keep with them]", lines.len()),
+    });
+    let body = serde_json::to_string(&*outcome).unwrap_or_default();
+    if body.len() <= MAX_KEPT_BYTES {
+        return body;
+    }
+    outcome.ok = false;
+    outcome.result = None;
+    outcome.error = Some(crate::sandbox::ExecError::new(
+        ErrorKind::OutputLimit,
+        format!("the result was larger than the {MAX_KEPT_BYTES} bytes a background execution's result may keep"),
+    ));
+    serde_json::to_string(&*outcome).unwrap_or_default()
 }
 
 fn status_of(outcome: &Outcome) -> &'static str {
@@ -136,13 +169,13 @@ impl Service {
 
         let (events, _) = broadcast::channel(1024);
         let local = Arc::new(Local {
-            user: principal.user.clone(),
+            owner: Owner::of(&principal),
             cancel: CancellationToken::new(),
             lines: Mutex::new(Vec::new()),
             events,
         });
         self.handles.running.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), local.clone());
-        let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<LogLine>();
+        let (lines_tx, mut lines_rx) = mpsc::channel::<LogLine>(crate::sandbox::LINE_BUFFER);
         let execution = self.start(prepared, Some(lines_tx));
         let service = self.clone();
         let handle_id = id.clone();
@@ -189,7 +222,10 @@ impl Service {
             watcher.abort();
             let ended = now_ms();
             let (status, body) = match result {
-                Ok(outcome) => (status_of(&outcome), serde_json::to_string(&outcome).unwrap_or_default()),
+                Ok(mut outcome) => {
+                    let body = kept_body(&mut outcome);
+                    (status_of(&outcome), body)
+                }
                 Err(error) => {
                     let kind = error.kind();
                     let status = if kind == "cancelled" { "cancelled" } else { "failed" };
@@ -208,10 +244,11 @@ impl Service {
         Ok(record.into())
     }
 
-    /// Background execution `id`, when it is `principal`'s.
+    /// Background execution `id`, when `principal` started it (the same user with
+    /// another key, or in another team, is someone else).
     pub async fn handle(&self, principal: &Principal, id: &str) -> Result<HandleView, ServiceError> {
         match self.ledger.store().handle(id, now_ms()).await? {
-            Some(handle) if handle.user == principal.user => Ok(handle.into()),
+            Some(handle) if handle.owned_by(principal) => Ok(handle.into()),
             _ => Err(ServiceError::NotFound(format!("no execution `{id}`"))),
         }
     }
@@ -235,7 +272,7 @@ impl Service {
 
     /// Follows background execution `id` of `principal` when it runs on this replica.
     pub fn follow_handle(&self, principal: &Principal, id: &str) -> Option<Following> {
-        let local = self.local_handle(id).filter(|local| local.user == principal.user)?;
+        let local = self.local_handle(id).filter(|local| local.owner.is(principal))?;
         // Subscribe before reading the lines so far, so no line falls between them.
         let next = local.events.subscribe();
         let so_far = local.lines.lock().unwrap_or_else(|e| e.into_inner()).clone();

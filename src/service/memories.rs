@@ -66,6 +66,8 @@ impl SessionMemory {
 pub(super) struct MemoryCache {
     inner: Mutex<Inner>,
     budget: u64,
+    /// Memories kept at most: each holds a file descriptor (see `service::fds`).
+    max_entries: usize,
 }
 
 impl Default for MemoryCache {
@@ -100,7 +102,12 @@ impl MemoryCache {
 
     /// A cache of at most `budget` bytes.
     pub fn with_budget(budget: u64) -> Self {
-        Self { inner: Mutex::default(), budget }
+        Self::with_limits(budget, usize::MAX)
+    }
+
+    /// A cache of at most `budget` bytes in at most `max_entries` memories.
+    pub fn with_limits(budget: u64, max_entries: usize) -> Self {
+        Self { inner: Mutex::default(), budget, max_entries: max_entries.max(1) }
     }
 
     /// Takes session `id`'s memory out, when the one here is its state after
@@ -124,7 +131,7 @@ impl MemoryCache {
         if let Some(old) = inner.entries.remove(id) {
             inner.bytes -= old.bytes;
         }
-        while inner.bytes + size > self.budget {
+        while inner.bytes + size > self.budget || inner.entries.len() >= self.max_entries {
             let Some(oldest) = inner.entries.iter().min_by_key(|(_, e)| e.used).map(|(id, _)| id.clone()) else {
                 break;
             };

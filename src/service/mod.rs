@@ -13,23 +13,24 @@
 
 mod activity;
 pub use activity::{BudgetStanding, MAX_LISTED};
+pub mod fds;
 mod handles;
 mod memories;
 mod reload;
-mod running;
 mod sessions;
+pub mod shares;
+mod signin;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use handles::{Event as HandleEvent, Following, HandleView, CANCEL_POLL};
 pub use reload::Policies;
-pub use running::{Running, RunningSlot};
-pub use sessions::SessionView;
+pub use sessions::{BodyError, Download, FileRead, SessionView};
+pub use shares::{Shares, Slot};
 
 use crate::auth::{KeyEntry, KeyRing, Principal};
 use crate::config::Config;
@@ -38,11 +39,11 @@ use crate::mcp::{Catalog, Upstreams};
 use crate::model::{Answer, CallContext, Format, Gateway, ModelError};
 use crate::policy::{Capabilities, LoadContext, PolicyError};
 use crate::sandbox::{
-    Admission, CallPolicy, Capability, ErrorKind, ExecError, ExecuteRequest, HostCall, Job, Language, LogLine, Outcome,
-    Registry, Rejected, Sandbox, TestCapability,
+    Admission, CallPolicy, Capability, ErrorKind, ExecError, ExecuteRequest, HostCall, Job, Language, Limits,
+    LineSender, LogLine, Outcome, Registry, Rejected, Sandbox, TestCapability,
 };
-use crate::sessions::workspace::{Files, SessionFiles};
-use crate::sessions::Workspace;
+use crate::sessions::workspace::{Files, MountWrites, SessionFiles};
+use crate::sessions::{Scratch, Workspace};
 use crate::store::{CallRecord, ExecutionRecord, FileChange, Ledger, Record, StoreError, UsageQuery, UsageRow};
 use crate::telemetry::trace;
 use futures::future::BoxFuture;
@@ -88,6 +89,9 @@ pub enum ServiceError {
     /// must be); the message starts with a POSIX-style code.
     #[error("{0}")]
     File(String),
+    /// A request's body did not arrive in time.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// A fault in sandgate itself.
     #[error("{0}")]
     Internal(String),
@@ -104,7 +108,7 @@ impl ServiceError {
             Self::NotFound(_) => "not_found",
             Self::SessionBusy(_) => "session_busy",
             Self::TooManySessions { .. } => "rate_limited",
-            Self::Invalid(_) => ErrorKind::InvalidRequest.as_str(),
+            Self::Invalid(_) | Self::BodyTimeout(_) => ErrorKind::InvalidRequest.as_str(),
             Self::File(_) => ErrorKind::FileError.as_str(),
             Self::Internal(_) => ErrorKind::Internal.as_str(),
         }
@@ -116,7 +120,7 @@ impl ServiceError {
 pub struct Prepared {
     job: Job,
     admission: Admission,
-    running: RunningSlot,
+    running: Slot<String>,
     session: Option<sessions::SessionLease>,
     /// The execution's files, to commit or drop when it ends.
     workspace: Option<Arc<Workspace>>,
@@ -157,7 +161,7 @@ pub struct Service {
     ledger: Ledger,
     gateway: Arc<Gateway>,
     upstreams: Arc<Upstreams>,
-    running: Arc<Running>,
+    running: Arc<Shares<String>>,
     /// Executions in flight, each a task of its own.
     executions: TaskTracker,
     /// Cancelled when the shutdown grace period ends: executions still running stop.
@@ -168,6 +172,12 @@ pub struct Service {
     result_ttl: Duration,
     /// Sessions' memories kept since their last execution here.
     memories: Arc<memories::MemoryCache>,
+    /// How the process's file descriptors are shared out.
+    fd_plan: fds::FdPlan,
+    /// This process's private directory for workspace copies and spooled uploads.
+    scratch: Arc<Scratch>,
+    /// File uploads and downloads in flight, per principal.
+    transfers: Arc<Shares<shares::PrincipalKey>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -317,7 +327,9 @@ impl Service {
             let tools = UpstreamTools { server: server.name.clone(), pool: upstreams.clone() };
             registry.register(format!("tools.{}", server.name), Arc::new(tools));
         }
-        let sandbox_config = config.sandbox.clone();
+        let fd_plan = fds::plan(fds::raise_open_file_limit(), config.sandbox.max_concurrent);
+        let mut sandbox_config = config.sandbox.clone();
+        sandbox_config.max_concurrent = fd_plan.max_concurrent;
         let sandbox =
             tokio::task::spawn_blocking(move || crate::sandbox::Sandbox::new(sandbox_config, registry)).await??;
         let stored: Vec<KeyEntry> = ledger.store().keys().await?.into_iter().map(|k| k.entry).collect();
@@ -333,13 +345,23 @@ impl Service {
             ledger,
             gateway,
             upstreams,
-            running: Arc::new(Running::default()),
+            running: Default::default(),
             executions: TaskTracker::new(),
             stop: CancellationToken::new(),
             handles: handles::Handles::default(),
             result_ttl: config.result_ttl,
-            memories: Default::default(),
+            memories: Arc::new(memories::MemoryCache::with_limits(memories::MemoryCache::BUDGET, fd_plan.memories)),
+            fd_plan,
+            scratch: Arc::new(Scratch::create(&config.scratch_dir).map_err(|e| {
+                anyhow::anyhow!("cannot make the scratch directory in {}: {e}", config.scratch_dir.display())
+            })?),
+            transfers: Default::default(),
         })
+    }
+
+    /// How the process's file descriptors are shared out (see [`fds`]).
+    pub fn fd_plan(&self) -> fds::FdPlan {
+        self.fd_plan
     }
 
     pub fn sandbox(&self) -> &Arc<Sandbox> {
@@ -473,6 +495,7 @@ impl Service {
             )));
         };
         let ceiling = if background { ceiling.for_background() } else { ceiling };
+        let ceiling = Limits { concurrent: ceiling.share_of(self.sandbox.config().max_concurrent), ..ceiling };
         if let Some(per_minute) = capabilities.rate.executions_per_minute {
             self.ledger.store().take(&principal.user, "executions", per_minute).await?.map_err(|retry_after_secs| {
                 ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }
@@ -510,15 +533,18 @@ impl Service {
                 .as_ref()
                 .map(|lease| SessionFiles { store: self.ledger.store().clone(), session_id: lease.id().to_string() }),
             files,
+            job.limits.result_bytes,
+            self.scratch.clone(),
+            MountWrites { store: self.ledger.store().clone(), owner: crate::store::Owner::of(&principal) },
         );
         let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
         job.files = workspace.clone().map(|workspace| Arc::new(Files(workspace)) as Arc<dyn Capability>);
         // A full server answers 503 whoever asks; a caller over their own share, 429.
         let admission = self.sandbox.admit()?;
-        let limit = ceiling.concurrent.min(self.sandbox.config().max_concurrent);
+        let limit = job.limits.concurrent;
         let running = self
             .running
-            .enter(&principal.user, limit)
+            .enter(principal.user.clone(), limit)
             .ok_or_else(|| ServiceError::TooManyRunning { user: principal.user.clone(), limit })?;
         Ok(Prepared { job, admission, running, session, workspace })
     }
@@ -526,18 +552,14 @@ impl Service {
     /// Runs a prepared execution and commits its records before returning: an
     /// outcome this returns is in the ledger. Dropping this future cancels the
     /// execution, which is still recorded (see the module docs).
-    pub async fn run(
-        &self,
-        prepared: Prepared,
-        events: Option<mpsc::UnboundedSender<LogLine>>,
-    ) -> Result<Outcome, ServiceError> {
+    pub async fn run(&self, prepared: Prepared, events: Option<LineSender>) -> Result<Outcome, ServiceError> {
         self.start(prepared, events).await
     }
 
     /// Starts a prepared execution now, as a task of its own, and returns its handle:
     /// awaiting it gives what [`Service::run`] gives; dropping it first cancels the
     /// execution.
-    pub fn start(&self, prepared: Prepared, events: Option<mpsc::UnboundedSender<LogLine>>) -> Execution {
+    pub fn start(&self, prepared: Prepared, events: Option<LineSender>) -> Execution {
         let cancel = self.stop.child_token();
         let (sandbox, ledger) = (self.sandbox.clone(), self.ledger.clone());
         let Prepared { mut job, admission, running, session, workspace } = prepared;

@@ -20,11 +20,16 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::memories::{MemoryCache, SessionMemory};
+use super::shares::{principal_key, PrincipalKey, Slot, MAX_TRANSFERS};
 use super::{Service, ServiceError};
 use crate::auth::Principal;
+use crate::policy::SessionGrant;
 use crate::sandbox::{ErrorKind, ExecError, Language, MemoryFile, Outcome};
 use crate::sessions::FilePath;
-use crate::store::{now_ms, FileChange, Lease, MemoryWrite, Record, SessionEvent, SessionRecord, Store, StoredFile};
+use crate::store::{
+    now_ms, FileChange, Lease, MemoryCap, MemoryWrite, Owner, Record, Returned, SessionEvent, SessionRecord, Store,
+    StoredFile,
+};
 
 /// The ledger record of `event` on session `id` of `principal`.
 pub(super) fn event(principal: &Principal, id: &str, event: &'static str, state_bytes: u64) -> Record {
@@ -113,18 +118,27 @@ impl SessionLease {
         self.returned = true;
         let mut memory = self.memory.take();
         let written = outcome.session_image.take().filter(|_| outcome.ok);
-        let mut kept = None;
-        if let (Some(pages), Some(memory)) = (&written, &memory) {
-            let bytes = memory.kept_bytes_with(pages);
-            // Only a session whose state grows can pass the cap: most executions
-            // rewrite pages the store keeps already, and skip reading the totals.
-            let total = if bytes > self.session.image_bytes {
-                let (_, all) = self.store.session_totals(&self.user, now_ms()).await?;
-                all.saturating_sub(self.session.image_bytes) + bytes
-            } else {
-                0
-            };
-            if total > self.max_bytes {
+        let write = match (&written, &memory) {
+            (Some(pages), Some(memory)) => {
+                let bytes = memory.kept_bytes_with(pages);
+                // Only a session whose state grows can pass the cap: most executions
+                // rewrite pages the store keeps already, and skip the check. The
+                // store checks it inside the return's transaction, so returns that
+                // would pass it together cannot.
+                let cap = (bytes > self.session.image_bytes)
+                    .then(|| MemoryCap { user: self.user.clone(), max_bytes: self.max_bytes });
+                Some(MemoryWrite { size: pages.size, pages: pages.chunks().collect(), bytes, cap })
+            }
+            _ => None,
+        };
+        let kept = write.as_ref().map(|write| write.bytes);
+        let files = if write.is_some() { files } else { &[] };
+        let returned = self.store.return_session(&self.id, &self.lease, write.as_ref(), Some(now_ms()), files).await?;
+        drop(write);
+        match returned {
+            Returned::Done => {}
+            Returned::NotHeld => return Ok(None),
+            Returned::OverCap { total } => {
                 outcome.ok = false;
                 outcome.result = None;
                 outcome.error = Some(ExecError::new(
@@ -135,24 +149,13 @@ impl SessionLease {
                         self.max_bytes
                     ),
                 ));
-            } else {
-                kept = Some(bytes);
+                return Ok(None);
             }
         }
-        let written = written.filter(|_| kept.is_some());
-        let write = match (&written, kept) {
-            (Some(pages), Some(bytes)) => {
-                Some(MemoryWrite { size: pages.size, pages: pages.chunks().collect(), bytes })
-            }
-            _ => None,
-        };
-        let files = if write.is_some() { files } else { &[] };
-        let returned = self.store.return_session(&self.id, &self.lease, write.as_ref(), Some(now_ms()), files).await?;
-        drop(write);
         // The memory stays on this replica as the state after this execution, which
         // the store now counts, with the pages it wrote (unless the file cannot take
         // them: then the next execution reads the store).
-        if let (true, Some(mut memory)) = (returned, memory.take()) {
+        if let Some(mut memory) = memory.take() {
             let applied = match &written {
                 Some(pages) => memory.apply(pages),
                 None => Ok(()),
@@ -168,10 +171,10 @@ impl SessionLease {
     /// Gives the session back with `files` changed and nothing else (an upload).
     async fn give_back_files(mut self, files: &[FileChange]) -> Result<(), ServiceError> {
         self.returned = true;
-        if !self.store.return_session(&self.id, &self.lease, None, None, files).await? {
-            return Err(ServiceError::SessionBusy(self.id.clone()));
+        match self.store.return_session(&self.id, &self.lease, None, None, files).await? {
+            Returned::Done => Ok(()),
+            Returned::NotHeld | Returned::OverCap { .. } => Err(ServiceError::SessionBusy(self.id.clone())),
         }
-        Ok(())
     }
 
     pub(super) fn id(&self) -> &str {
@@ -213,12 +216,7 @@ impl Service {
         language: Language,
         ttl_s: Option<u64>,
     ) -> Result<SessionRecord, ServiceError> {
-        let grant = self.policies.current().capabilities(principal).sessions.ok_or_else(|| {
-            ServiceError::Forbidden(format!(
-                "no policy lets user `{}` (team `{}`, key `{}`) open sessions ([policy.sessions])",
-                principal.user, principal.team, principal.key
-            ))
-        })?;
+        let grant = self.sessions_grant(principal)?;
         let ttl_s = match ttl_s {
             Some(0) => return Err(ServiceError::Invalid("ttl_s must be at least 1".into())),
             Some(ttl) if ttl > grant.idle_ttl_s => {
@@ -255,15 +253,31 @@ impl Service {
         Ok(session)
     }
 
-    /// `principal`'s live sessions, oldest first.
-    pub async fn sessions(&self, principal: &Principal) -> Result<Vec<SessionRecord>, ServiceError> {
-        Ok(self.ledger.store().sessions(&principal.user, now_ms()).await?)
+    /// `principal`'s sessions grant, or why it has none: every session and file route
+    /// asks for it first.
+    pub(super) fn sessions_grant(&self, principal: &Principal) -> Result<SessionGrant, ServiceError> {
+        self.policies.current().capabilities(principal).sessions.ok_or_else(|| {
+            ServiceError::Forbidden(format!(
+                "no policy lets user `{}` (team `{}`, key `{}`) use sessions ([policy.sessions])",
+                principal.user, principal.team, principal.key
+            ))
+        })
     }
 
-    /// Session `id`, when it is `principal`'s.
+    /// `principal`'s live sessions, oldest first: those it opened itself (the same
+    /// user with another key, or in another team, is someone else).
+    pub async fn sessions(&self, principal: &Principal) -> Result<Vec<SessionRecord>, ServiceError> {
+        self.sessions_grant(principal)?;
+        let mut sessions = self.ledger.store().sessions(&principal.user, now_ms()).await?;
+        sessions.retain(|session| session.owned_by(principal));
+        Ok(sessions)
+    }
+
+    /// Session `id`, when `principal` opened it.
     pub async fn session(&self, principal: &Principal, id: &str) -> Result<SessionRecord, ServiceError> {
+        self.sessions_grant(principal)?;
         match self.ledger.store().session(id, now_ms()).await? {
-            Some(session) if session.user == principal.user => Ok(session),
+            Some(session) if session.owned_by(principal) => Ok(session),
             _ => Err(not_found(id)),
         }
     }
@@ -293,7 +307,7 @@ impl Service {
         let lease = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
         let until = now + (hold + LEASE_MARGIN).as_millis() as i64;
-        match store.lease_session(id, &principal.user, &lease, until, now).await? {
+        match store.lease_session(id, &Owner::of(principal), &lease, until, now).await? {
             Lease::Missing => Err(not_found(id)),
             Lease::Busy { .. } => Err(ServiceError::SessionBusy(id.to_string())),
             Lease::Taken { session } => Ok(SessionLease {
@@ -342,6 +356,66 @@ fn file_error(message: String) -> ServiceError {
     ServiceError::File(message)
 }
 
+/// A read of one workspace entry ([`Service::session_file`]).
+pub enum FileRead {
+    /// A directory's entries (no bytes).
+    Dir(Vec<StoredFile>),
+    /// A file, to read a chunk at a time.
+    File(Download),
+}
+
+/// A file being downloaded: its bytes come from the store a chunk at a time, as the
+/// client reads them. It counts as one of its principal's transfers until dropped.
+pub struct Download {
+    pub file: StoredFile,
+    store: Arc<dyn Store>,
+    session_id: String,
+    _transfer: Slot<PrincipalKey>,
+}
+
+impl Download {
+    /// The file's bytes, a chunk at a time. If the file is rewritten or removed while
+    /// it is read, the stream ends with an error instead of mixing two versions.
+    pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>> {
+        use futures::StreamExt;
+        let chunks = self.file.chunks();
+        futures::stream::unfold((self, 0u64), move |(download, seq)| async move {
+            if seq >= chunks {
+                return None;
+            }
+            let chunk =
+                download.store.file_chunk(&download.session_id, &download.file.path, download.file.version, seq);
+            let item = match chunk.await {
+                Ok(Some(bytes)) => Ok(bytes::Bytes::from(bytes)),
+                Ok(None) => Err(std::io::Error::other(format!("'{}' changed while it was read", download.file.path))),
+                Err(error) => Err(std::io::Error::other(error.to_string())),
+            };
+            // After an error the stream ends.
+            let next = if item.is_ok() { seq + 1 } else { chunks };
+            Some((item, (download, next)))
+        })
+        .boxed()
+    }
+}
+
+/// Why a request's body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It did not arrive in time (408).
+    TimedOut(String),
+    /// The client broke it off, or sent what cannot be read.
+    Failed(String),
+}
+
+impl BodyError {
+    fn into_service(self) -> ServiceError {
+        match self {
+            Self::TimedOut(message) => ServiceError::BodyTimeout(message),
+            Self::Failed(message) => ServiceError::Invalid(format!("cannot read the request body: {message}")),
+        }
+    }
+}
+
 /// How long an upload may hold its session.
 const UPLOAD_HOLD: Duration = Duration::from_secs(30);
 
@@ -352,47 +426,65 @@ impl Service {
         Ok(self.ledger.store().session_files(id, false).await?)
     }
 
-    /// One entry of session `id`'s workspace, with its bytes (a directory: its
-    /// entries, without bytes).
-    pub async fn session_file(
-        &self,
-        principal: &Principal,
-        id: &str,
-        path: &str,
-    ) -> Result<(StoredFile, Vec<StoredFile>), ServiceError> {
+    /// One entry of session `id`'s workspace: a file to read a chunk at a time, or a
+    /// directory's entries.
+    pub async fn session_file(&self, principal: &Principal, id: &str, path: &str) -> Result<FileRead, ServiceError> {
         let path = FilePath::parse(path).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         self.session(principal, id).await?;
         let store = self.ledger.store();
         if path.is_root() {
-            return Ok((StoredFile::dir(String::new()), store.session_files(id, false).await?));
+            return Ok(FileRead::Dir(store.session_files(id, false).await?));
         }
         let file = store
             .session_file(id, &path.key())
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("ENOENT: no file '{path}' in session `{id}`")))?;
-        let entries = if file.dir {
+        if file.dir {
             let prefix = format!("{}/", path.key());
-            store.session_files(id, false).await?.into_iter().filter(|f| f.path.starts_with(&prefix)).collect()
-        } else {
-            Vec::new()
-        };
-        Ok((file, entries))
+            let entries =
+                store.session_files(id, false).await?.into_iter().filter(|f| f.path.starts_with(&prefix)).collect();
+            return Ok(FileRead::Dir(entries));
+        }
+        let transfer = self.transfer(principal)?;
+        Ok(FileRead::File(Download { file, store: store.clone(), session_id: id.to_string(), _transfer: transfer }))
     }
 
-    /// Writes `data` to `path` in session `id`'s workspace (making its parent
-    /// directories), within the workspace's quotas. Waits for no execution: a session
-    /// running one is busy (409).
-    pub async fn put_session_file(
+    /// A place for one more upload or download of `principal` (429 past
+    /// [`MAX_TRANSFERS`]).
+    fn transfer(&self, principal: &Principal) -> Result<Slot<PrincipalKey>, ServiceError> {
+        self.transfers.enter(principal_key(principal), MAX_TRANSFERS).ok_or(ServiceError::RateLimited {
+            what: "file transfers at once",
+            per_minute: MAX_TRANSFERS,
+            retry_after_secs: 1,
+        })
+    }
+
+    /// Writes the upload `body` (`declared` bytes long, when the client said) to
+    /// `path` in session `id`'s workspace, making its parent directories, within the
+    /// workspace's quotas. Everything is checked before a byte of the body is read
+    /// (the sessions grant, the session and its owner, the path, the quota against a
+    /// declared length); then the body goes to a private file on disk as it arrives,
+    /// refused the moment it passes the quota, and into the store a chunk at a time.
+    /// Waits for no execution: a session running one is busy (409).
+    pub async fn upload<S>(
         &self,
         principal: &Principal,
         id: &str,
         path: &str,
-        data: Vec<u8>,
-    ) -> Result<u64, ServiceError> {
+        declared: Option<u64>,
+        mut body: S,
+    ) -> Result<u64, ServiceError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, BodyError>> + Unpin,
+    {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
         let path = FilePath::parse(path).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         if path.is_root() {
             return Err(file_error("EISDIR: the workspace itself is a directory; name a file".into()));
         }
+        self.sessions_grant(principal)?;
+        let transfer = self.transfer(principal)?;
         let grant = self.policies.current().capabilities(principal).files;
         // The image cap (0 here) is checked only when an execution gives a session back.
         let lease = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
@@ -412,18 +504,47 @@ impl Service {
         if existing.is_some_and(|e| e.dir) {
             return Err(file_error(format!("EISDIR: '{path}' is a directory")));
         }
-        let size = data.len() as u64;
-        let bytes = lease.session.file_bytes - existing.map_or(0, |e| e.size) + size;
         let files = lease.session.files + changes.len() as u64 + u64::from(existing.is_none());
-        if bytes > grant.max_bytes || files > grant.max_files {
-            return Err(file_error(format!(
+        let others = lease.session.file_bytes.saturating_sub(existing.map_or(0, |e| e.size));
+        let over = |bytes: u64| {
+            file_error(format!(
                 "EDQUOT: '{path}' would bring the workspace to {bytes} bytes in {files} files and directories, past \
                  its quota of {} bytes and {} files (files.max_bytes, files.max_files)",
                 grant.max_bytes, grant.max_files
-            )));
+            ))
+        };
+        if files > grant.max_files || others + declared.unwrap_or(0) > grant.max_bytes {
+            return Err(over(others + declared.unwrap_or(0)));
         }
-        changes.push(FileChange::Put(StoredFile::file(path.key(), data)));
+        let room = grant.max_bytes.saturating_sub(others);
+        let spool = self.scratch.file().map_err(|e| ServiceError::Internal(format!("cannot spool the upload: {e}")))?;
+        let mut writer = tokio::fs::File::from_std(
+            spool.file.try_clone().map_err(|e| ServiceError::Internal(format!("cannot spool the upload: {e}")))?,
+        );
+        let mut size = 0u64;
+        let receive = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(BodyError::into_service)?;
+                size += chunk.len() as u64;
+                if size > room {
+                    return Err(over(others + size));
+                }
+                writer.write_all(&chunk).await.map_err(|e| ServiceError::Internal(format!("cannot spool: {e}")))?;
+            }
+            writer.flush().await.map_err(|e| ServiceError::Internal(format!("cannot spool: {e}")))
+        };
+        match tokio::time::timeout(UPLOAD_HOLD, receive).await {
+            Ok(received) => received?,
+            Err(_) => {
+                return Err(ServiceError::BodyTimeout(format!(
+                    "the upload did not arrive within {} s",
+                    UPLOAD_HOLD.as_secs()
+                )))
+            }
+        }
+        changes.push(FileChange::Spooled { path: path.key(), size, from: spool.path().to_path_buf() });
         lease.give_back_files(&changes).await?;
+        drop((spool, transfer));
         self.ledger.record(vec![event(principal, id, "files_written", size)]).await?;
         Ok(size)
     }
@@ -434,6 +555,7 @@ impl Service {
         if path.is_root() {
             return Err(file_error("EPERM: the workspace itself cannot be removed; end the session".into()));
         }
+        self.sessions_grant(principal)?;
         let lease = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
         if self.ledger.store().session_file(id, &path.key()).await?.is_none() {
             return Err(ServiceError::NotFound(format!("ENOENT: no file '{path}' in session `{id}`")));

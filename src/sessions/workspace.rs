@@ -36,9 +36,10 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use super::path::{FilePath, PathError};
+use super::scratch::{Scratch, ScratchDir};
 use crate::policy::FilesGrant;
 use crate::sandbox::{Capability, ErrorKind, ExecError, HostCall};
-use crate::store::{FileChange, Store, StoredFile};
+use crate::store::{FileChange, Owner, Store, StoredFile};
 
 /// The session whose workspace an execution works in.
 pub struct SessionFiles {
@@ -51,7 +52,21 @@ pub struct SessionFiles {
 pub struct Workspace {
     session: Option<SessionFiles>,
     grant: FilesGrant,
+    /// The largest reply a host call may give the code (`limits.result_bytes`): a
+    /// read whose reply would be larger is refused before the file is read.
+    reply_bytes: u64,
+    /// Where the session's files are written out for the execution.
+    scratch: Arc<Scratch>,
+    /// Where each principal's daily writes to mounts are counted.
+    mount_writes: MountWrites,
     state: tokio::sync::Mutex<State>,
+}
+
+/// Who writes, and the store that counts what they wrote to each mount per day
+/// (`max_bytes_per_day`), across executions and replicas.
+pub struct MountWrites {
+    pub store: Arc<dyn Store>,
+    pub owner: Owner,
 }
 
 enum State {
@@ -65,7 +80,7 @@ enum State {
 /// A workspace written out for this execution, and the mounts opened for it.
 struct Open {
     /// The session's files (`None` outside a session).
-    root: Option<cap_tempfile::TempDir>,
+    root: Option<ScratchDir>,
     /// What the workspace held when it was written out: path → is a directory.
     original: BTreeMap<String, bool>,
     /// Paths this execution wrote or created.
@@ -135,8 +150,53 @@ fn flag(args: &Value, name: &str) -> bool {
 }
 
 impl Workspace {
-    pub fn new(session: Option<SessionFiles>, grant: FilesGrant) -> Self {
-        Self { session, grant, state: tokio::sync::Mutex::new(State::Closed) }
+    pub fn new(
+        session: Option<SessionFiles>,
+        grant: FilesGrant,
+        reply_bytes: u64,
+        scratch: Arc<Scratch>,
+        mount_writes: MountWrites,
+    ) -> Self {
+        Self { session, grant, reply_bytes, scratch, mount_writes, state: tokio::sync::Mutex::new(State::Closed) }
+    }
+
+    /// Counts a `writeFile` into a writable mount against its writer's daily quota
+    /// there, before anything is written: refused with `EDQUOT` past it. (A write that
+    /// then fails stays counted: the quota errs on the safe side.)
+    async fn count_mount_write(&self, method: &str, args: &Value) -> Result<(), ExecError> {
+        if method != "writeFile" {
+            return Ok(());
+        }
+        let Some(first) = args.get("path").and_then(Value::as_str).and_then(|p| FilePath::parse(p).ok()) else {
+            return Ok(());
+        };
+        let Some(mount) =
+            first.parts().first().and_then(|name| self.grant.mounts.iter().find(|m| m.writable && &m.name == name))
+        else {
+            return Ok(());
+        };
+        let data = args.get("data").and_then(Value::as_str).unwrap_or_default();
+        let bytes = match args.get("encoding").and_then(Value::as_str) {
+            Some("base64") => (data.len() as u64).div_ceil(4) * 3,
+            _ => data.len() as u64,
+        };
+        let now = crate::store::now_ms();
+        let day = now - now.rem_euclid(86_400_000);
+        let path = mount.path.to_string_lossy();
+        let taken = self
+            .mount_writes
+            .store
+            .take_mount_bytes(&self.mount_writes.owner, &path, day, bytes, mount.max_bytes_per_day)
+            .await
+            .map_err(|e| ExecError::new(ErrorKind::Unavailable, e.to_string()))?;
+        match taken {
+            None => Ok(()),
+            Some(written) => Err(fail(format!(
+                "EDQUOT: writing {bytes} bytes to mount `{}` would take this principal past the {} bytes it may write \
+                 there per day ({written} written today; max_bytes_per_day)",
+                mount.name, mount.max_bytes_per_day
+            ))),
+        }
     }
 
     /// Whether the code has any file access at all.
@@ -162,6 +222,7 @@ impl Workspace {
 
     /// Runs one `fs.<method>` call.
     async fn call(self: Arc<Self>, method: String, args: Value) -> Result<Value, ExecError> {
+        self.count_mount_write(&method, &args).await?;
         let mut state = self.state.lock().await;
         if matches!(*state, State::Closed) {
             *state = match self.open().await {
@@ -177,10 +238,10 @@ impl Workspace {
             }
             State::Closed => unreachable!("opened above"),
         };
-        let grant = self.grant.clone();
+        let (grant, reply_bytes) = (self.grant.clone(), self.reply_bytes);
         let (open, result) = blocking(move || {
             let mut open = open;
-            let result = open.call(&grant, &method, &args);
+            let result = open.call(&grant, reply_bytes, &method, &args);
             (open, result)
         })
         .await?;
@@ -201,6 +262,7 @@ impl Workspace {
             None => None,
         };
         let mounts = self.grant.mounts.clone();
+        let scratch = self.scratch.clone();
         blocking(move || {
             let ambient = cap_std::ambient_authority();
             let mut open = Open {
@@ -222,8 +284,7 @@ impl Workspace {
                 mount_bytes: 0,
             };
             if let Some(stored) = stored {
-                let root = cap_tempfile::TempDir::new(ambient)
-                    .map_err(|e| fail(format!("EIO: cannot prepare the workspace: {e}")))?;
+                let root = scratch.dir().map_err(|e| fail(format!("EIO: cannot prepare the workspace: {e}")))?;
                 for file in stored {
                     let path = FilePath::parse(&file.path)?;
                     let written = if file.dir {
@@ -278,10 +339,10 @@ impl Open {
         }
     }
 
-    fn call(&mut self, grant: &FilesGrant, method: &str, args: &Value) -> Result<Value, ExecError> {
+    fn call(&mut self, grant: &FilesGrant, reply_bytes: u64, method: &str, args: &Value) -> Result<Value, ExecError> {
         let path = FilePath::parse(arg(args, "path")?)?;
         match method {
-            "readFile" => self.read_file(grant, &path, args),
+            "readFile" => self.read_file(grant, reply_bytes, &path, args),
             "writeFile" => self.write_file(grant, &path, args),
             "readdir" => self.readdir(&path),
             "stat" => self.stat(&path),
@@ -294,7 +355,13 @@ impl Open {
         }
     }
 
-    fn read_file(&self, grant: &FilesGrant, path: &FilePath, args: &Value) -> Result<Value, ExecError> {
+    fn read_file(
+        &self,
+        grant: &FilesGrant,
+        reply_bytes: u64,
+        path: &FilePath,
+        args: &Value,
+    ) -> Result<Value, ExecError> {
         let (_, dir, inner) = self.resolve(path)?;
         let metadata = dir.metadata(inner.relative()).map_err(|e| io_error(e, "open", path))?;
         if metadata.is_dir() {
@@ -310,8 +377,26 @@ impl Open {
                 grant.max_bytes
             )));
         }
+        // The reply is the file's text (at least its length) or its base64 (4 bytes for
+        // every 3), in a small envelope: one that could never fit is refused from the
+        // file's size, before a byte is read.
+        let encoding = args.get("encoding").and_then(Value::as_str).unwrap_or("utf8");
+        let least_reply = match encoding {
+            "base64" => metadata.len().div_ceil(3) * 4,
+            _ => metadata.len(),
+        } + REPLY_ENVELOPE;
+        if least_reply > reply_bytes {
+            return Err(ExecError::new(
+                ErrorKind::OutputLimit,
+                format!(
+                    "'{path}' is {} bytes: read as {encoding}, its reply would be at least {least_reply} bytes, over the \
+                     {reply_bytes}-byte limit on a host call's reply (limits.result_bytes)",
+                    metadata.len()
+                ),
+            ));
+        }
         let bytes = dir.read(inner.relative()).map_err(|e| io_error(e, "read", path))?;
-        match args.get("encoding").and_then(Value::as_str).unwrap_or("utf8") {
+        match encoding {
             "base64" => Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))),
             "utf8" | "utf-8" => String::from_utf8(bytes)
                 .map(Value::String)
@@ -593,6 +678,9 @@ impl Open {
         Ok(changes)
     }
 }
+
+/// The bytes a host call's reply adds around its value (`{"ok":"..."}`).
+const REPLY_ENVELOPE: u64 = 10;
 
 fn check_quota(grant: &FilesGrant, bytes: u64, files: u64, path: &FilePath) -> Result<(), ExecError> {
     if bytes > grant.max_bytes {

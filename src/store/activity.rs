@@ -100,6 +100,58 @@ pub struct CallStats {
     pub latency_ms_max: i64,
 }
 
+/// Executions over a window, counted in the store: per minute and outcome, and the
+/// wall time of the latest of them at two percentiles.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PulseRows {
+    /// (start of the minute in Unix milliseconds, outcome, executions).
+    pub buckets: Vec<(i64, String, i64)>,
+    /// The median and 99th percentile wall time of the window's latest
+    /// [`ExecutionQuery::limit`] executions.
+    pub p50_ms: i64,
+    pub p99_ms: i64,
+    /// How many executions those percentiles are of.
+    pub sample: i64,
+}
+
+/// Placeholders 1 to 3: since, until, user or NULL. Executions per minute and outcome.
+pub(super) fn pulse_sql(dialect: &Dialect) -> String {
+    let p = |n| (dialect.param)(n);
+    format!(
+        "SELECT (started_at_ms / 60000) * 60000, outcome, COUNT(*) FROM executions
+         WHERE started_at_ms >= {} AND started_at_ms < {} AND (CAST({} AS TEXT) IS NULL OR \"user\" = {})
+         GROUP BY 1, 2",
+        p(1),
+        p(2),
+        p(3),
+        p(3)
+    )
+}
+
+/// Placeholders 1 to 5: since, until, user or NULL, how many of the latest, the
+/// offset. The wall time at that offset among the window's latest executions.
+pub(super) fn wall_at_sql(dialect: &Dialect) -> String {
+    let p = |n| (dialect.param)(n);
+    format!(
+        "SELECT wall_ms FROM (SELECT wall_ms FROM executions
+             WHERE started_at_ms >= {} AND started_at_ms < {} AND (CAST({} AS TEXT) IS NULL OR \"user\" = {})
+             ORDER BY started_at_ms DESC LIMIT {}) AS latest
+         ORDER BY wall_ms LIMIT 1 OFFSET {}",
+        p(1),
+        p(2),
+        p(3),
+        p(3),
+        p(4),
+        p(5)
+    )
+}
+
+/// The offsets of the median and the 99th percentile among `n` sorted values.
+pub(super) fn percentile_offsets(n: i64) -> (i64, i64) {
+    let at = |p: f64| ((n as f64 * p) as i64).min(n - 1).max(0);
+    (at(0.5), at(0.99))
+}
+
 /// Placeholders 1 to 3: since, until, user or NULL.
 pub(super) fn call_stats_sql(dialect: &Dialect) -> String {
     let p = |n| (dialect.param)(n);

@@ -38,7 +38,9 @@ mod usage;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-pub use activity::{CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, LogRow, ModelCallRow};
+pub use activity::{
+    CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, LogRow, ModelCallRow, PulseRows,
+};
 pub use ledger::Ledger;
 pub use usage::{parse_time as usage_time, total, GroupBy, UsageQuery, UsageRow};
 
@@ -220,6 +222,26 @@ pub struct StoredKey {
     pub created_at_ms: i64,
 }
 
+/// Whose something is: the whole principal that made it (user, team and key), which
+/// alone may use it. Another key of the same user is someone else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub user: String,
+    pub team: String,
+    pub key: String,
+}
+
+impl Owner {
+    pub fn of(principal: &crate::auth::Principal) -> Self {
+        Self { user: principal.user.clone(), team: principal.team.clone(), key: principal.key.clone() }
+    }
+
+    /// Whether `principal` is this owner.
+    pub fn is(&self, principal: &crate::auth::Principal) -> bool {
+        self.user == principal.user && self.team == principal.team && self.key == principal.key
+    }
+}
+
 /// A session as the store keeps it, its image apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -255,25 +277,41 @@ pub struct StoredFile {
     pub dir: bool,
     /// The file's length.
     pub size: u64,
+    /// Which writing of the file this is: every write gives a file a new version, so
+    /// a reader going through its chunks one at a time ([`Store::file_chunk`]) finds
+    /// out when the file changed under it.
+    pub version: i64,
     /// The file's bytes, when they were asked for.
     pub data: Vec<u8>,
 }
 
 impl StoredFile {
     pub fn file(path: String, data: Vec<u8>) -> Self {
-        Self { path, dir: false, size: data.len() as u64, data }
+        Self { path, dir: false, size: data.len() as u64, version: 0, data }
     }
 
     pub fn dir(path: String) -> Self {
-        Self { path, dir: true, size: 0, data: Vec::new() }
+        Self { path, dir: true, size: 0, version: 0, data: Vec::new() }
+    }
+
+    /// How many [`FILE_CHUNK`]s its bytes take.
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(FILE_CHUNK as u64)
     }
 }
+
+/// Bytes of one row of a file's contents: files are kept, written and read this
+/// much at a time, so no request ever holds more than a chunk of a file.
+pub const FILE_CHUNK: usize = 1 << 20;
 
 /// A change to a session's workspace, applied with the lease's return.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileChange {
     /// Writes a file or makes a directory at `path`, replacing what was there.
     Put(StoredFile),
+    /// Writes the file at `path` from the local file `from` (an upload spooled to
+    /// disk), `size` bytes, read a chunk at a time.
+    Spooled { path: String, size: u64, from: std::path::PathBuf },
     /// Removes `path` and everything under it.
     Remove(String),
 }
@@ -283,12 +321,81 @@ impl FileChange {
     pub fn bytes(&self) -> u64 {
         match self {
             Self::Put(file) => file.size,
+            Self::Spooled { size, .. } => *size,
             Self::Remove(_) => 0,
         }
     }
 }
 
+/// A new file version (see [`StoredFile::version`]).
+pub(crate) fn new_version() -> i64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    i64::from_le_bytes(bytes)
+}
+
+/// The chunks of a spooled upload, read one at a time.
+pub(crate) fn spooled_chunks(
+    from: &std::path::Path,
+    size: u64,
+) -> Result<impl Iterator<Item = Result<Vec<u8>, StoreError>>, StoreError> {
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(from).map_err(|e| StoreError(format!("cannot read the upload's spool file: {e}")))?;
+    let mut left = size;
+    Ok(std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let take = left.min(FILE_CHUNK as u64) as usize;
+        left -= take as u64;
+        let mut chunk = vec![0u8; take];
+        Some(
+            file.read_exact(&mut chunk).map(|()| chunk).map_err(|e| StoreError(format!("cannot read the upload: {e}"))),
+        )
+    }))
+}
+
+/// A signed-in console browser, kept in the store so that any replica knows it and
+/// a sign-out ends it everywhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// The SHA-256 (hex) of the random secret the browser's cookie carries.
+    pub id: String,
+    /// Who signed in: `key:` and the hex SHA-256 of the API key they presented (so a
+    /// new key that takes an old key's name is someone else).
+    pub subject: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// Caps a session's return checks inside its transaction, against every session of
+/// the same user, so that concurrent returns cannot pass them together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryCap {
+    pub user: String,
+    /// Bytes of kept memory all of `user`'s live sessions may hold.
+    pub max_bytes: u64,
+}
+
+/// What returning a session did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Returned {
+    /// It is back, with what the return carried.
+    Done,
+    /// The lease no longer held it: nothing changed.
+    NotHeld,
+    /// The memory would have brought its user's sessions to `total` bytes, past their
+    /// cap: it is back unchanged (no pages, no files, not counted as used).
+    OverCap { total: u64 },
+}
+
 impl SessionRecord {
+    /// Whether `principal` opened it (and so may use it).
+    pub fn owned_by(&self, principal: &crate::auth::Principal) -> bool {
+        self.user == principal.user && self.team == principal.team && self.key == principal.key
+    }
+
     /// When it ends unless it is used before.
     pub fn expires_at_ms(&self) -> i64 {
         self.used_at_ms.saturating_add(self.ttl_ms)
@@ -320,6 +427,13 @@ pub struct HandleRecord {
     pub body: Option<String>,
 }
 
+impl HandleRecord {
+    /// Whether `principal` started it (and so may see, follow and cancel it).
+    pub fn owned_by(&self, principal: &crate::auth::Principal) -> bool {
+        self.user == principal.user && self.team == principal.team && self.key == principal.key
+    }
+}
+
 /// How a background execution ended: its status and result body, kept until
 /// `expires_at_ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,6 +454,9 @@ pub struct MemoryWrite<'a> {
     /// Bytes of the session's kept pages once these are written (the caller knows
     /// which are new): what the byte caps count.
     pub bytes: u64,
+    /// The cap to check inside the return's transaction (when the session's state
+    /// grows).
+    pub cap: Option<MemoryCap>,
 }
 
 /// A session's memory as the store keeps it.
@@ -413,6 +530,10 @@ pub trait Store: Send + Sync + 'static {
     /// The latest executions `query` selects, newest first.
     fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>>;
 
+    /// Executions in `query`'s window and user counted per minute and outcome, and
+    /// the wall times of the latest `query.limit` of them (its outcome is not used).
+    fn pulse<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<PulseRows, StoreError>>;
+
     /// One execution with its host calls and model calls.
     fn execution<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionDetail>, StoreError>>;
 
@@ -441,8 +562,13 @@ pub trait Store: Send + Sync + 'static {
         per_minute: u32,
     ) -> BoxFuture<'a, Result<Result<(), u64>, StoreError>>;
 
-    /// Adds `key`; `false` (nothing written) when a live key already has its name.
+    /// Adds `key`; `false` (nothing written) when a key, live or revoked, already has
+    /// its name: a revoked key's name stays reserved, so nothing that named the old
+    /// key (a console sign-in, a usage report) can ever mean the new one.
     fn create_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Whether any key, live or revoked, has ever had the name `name`.
+    fn key_name_used<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Revokes the live key named `name`; `false` when there is none.
     fn revoke_key<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
@@ -466,12 +592,12 @@ pub trait Store: Send + Sync + 'static {
     /// Ends session `id`, memory and all; `false` when there is none.
     fn end_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Takes live session `id` of `user` for one execution, as `lease`, until
-    /// `until_ms`. Another user's session is [`Lease::Missing`], busy or not.
+    /// Takes live session `id` of `owner` for one execution, as `lease`, until
+    /// `until_ms`. Another principal's session is [`Lease::Missing`], busy or not.
     fn lease_session<'a>(
         &'a self,
         id: &'a str,
-        user: &'a str,
+        owner: &'a Owner,
         lease: &'a str,
         until_ms: i64,
         now_ms: i64,
@@ -484,8 +610,9 @@ pub trait Store: Send + Sync + 'static {
     /// as the session's last use), with the `memory` pages it wrote (none when the
     /// execution failed, which leaves the session as it was); with `ran_at_ms` `None`
     /// when no execution ran (it was refused before starting). `files` are applied in
-    /// order, in the same transaction. `false` (nothing changed) when `lease` no
-    /// longer holds it.
+    /// order, in the same transaction. [`Returned::NotHeld`] (nothing changed) when
+    /// `lease` no longer holds it; [`Returned::OverCap`] when the memory's cap refused
+    /// it.
     fn return_session<'a>(
         &'a self,
         id: &'a str,
@@ -493,13 +620,49 @@ pub trait Store: Send + Sync + 'static {
         memory: Option<&'a MemoryWrite<'a>>,
         ran_at_ms: Option<i64>,
         files: &'a [FileChange],
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    ) -> BoxFuture<'a, Result<Returned, StoreError>>;
 
     /// Session `id`'s workspace, by path; with each file's bytes when `data`.
     fn session_files<'a>(&'a self, id: &'a str, data: bool) -> BoxFuture<'a, Result<Vec<StoredFile>, StoreError>>;
 
-    /// One entry of session `id`'s workspace.
+    /// One entry of session `id`'s workspace, without its bytes (read them a chunk
+    /// at a time with [`Store::file_chunk`]).
     fn session_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<Option<StoredFile>, StoreError>>;
+
+    /// Chunk `seq` of the file at `path` in session `id`, as long as the file is still
+    /// at `version`: `None` when it changed (or went) since.
+    fn file_chunk<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+        version: i64,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Adds `bytes` to what `owner` wrote to the mounted host directory `mount` on the
+    /// UTC day that starts at `day_ms`, if that stays within `limit`: `None` when added,
+    /// else what was written that day already (nothing added). Atomic across replicas.
+    fn take_mount_bytes<'a>(
+        &'a self,
+        owner: &'a Owner,
+        mount: &'a str,
+        day_ms: i64,
+        bytes: u64,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
+
+    /// Adds a signed-in console browser (and forgets those whose time is over).
+    fn create_console_session<'a>(&'a self, session: &'a ConsoleSession) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The console browser `id`, unless it signed out or its time is over at `now_ms`.
+    fn console_session<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<ConsoleSession>, StoreError>>;
+
+    /// Signs console browser `id` out, on every replica.
+    fn end_console_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Adds a background execution (and forgets those whose time is over).
     fn create_handle<'a>(&'a self, handle: &'a HandleRecord) -> BoxFuture<'a, Result<(), StoreError>>;

@@ -37,11 +37,13 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 
-use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
+use super::activity::{
+    self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow, PulseRows,
+};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, MemoryWrite, Overdrawn, Record,
-    SessionRecord, Store, StoreError, StoredFile, StoredKey, StoredMemory,
+    now_ms, Balance, BudgetLine, ConsoleSession, FileChange, HandleEnd, HandleRecord, Hold, Lease, MemoryWrite,
+    Overdrawn, Owner, Record, Returned, SessionRecord, Store, StoreError, StoredFile, StoredKey, StoredMemory,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -402,6 +404,44 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session_id, page)
     );
     ALTER TABLE sessions ADD COLUMN memory_size BIGINT NOT NULL DEFAULT 0;
+    "#,
+    // 9: workspace files as rows of `FILE_CHUNK` (1 MiB) bytes, so an upload or a
+    // download holds one chunk at a time (the files' bytes move here); each file's
+    // version, so a reader notices a file rewritten under it; and signed-in console
+    // browsers, so a sign-out ends a sign-in on every replica; bytes each principal
+    // wrote to each mounted directory per day, for its quota.
+    r#"
+    CREATE TABLE session_file_chunks (
+        session_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        bytes BYTEA NOT NULL,
+        PRIMARY KEY (session_id, path, seq),
+        FOREIGN KEY (session_id, path) REFERENCES session_files (session_id, path) ON DELETE CASCADE
+    );
+    ALTER TABLE session_files ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+    INSERT INTO session_file_chunks (session_id, path, seq, bytes)
+        SELECT session_id, path, g, substring(data FROM g * 1048576 + 1 FOR 1048576)
+        FROM session_files, generate_series(0, (length(data) - 1) / 1048576) AS g
+        WHERE NOT dir AND data IS NOT NULL AND length(data) > 0;
+    UPDATE session_files SET data = NULL, version = (random() * 9e18)::BIGINT WHERE NOT dir;
+    CREATE TABLE console_sessions (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        ended_at_ms BIGINT
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_at_ms);
+    CREATE TABLE mount_writes (
+        "user" TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        mount TEXT NOT NULL,
+        day_ms BIGINT NOT NULL,
+        bytes BIGINT NOT NULL,
+        PRIMARY KEY ("user", team, key, mount, day_ms)
+    );
     "#,
 ];
 
@@ -846,8 +886,39 @@ fn file_row(row: &tokio_postgres::Row) -> StoredFile {
         path: row.get(0),
         dir: row.get(1),
         size: row.get::<_, i64>(2).max(0) as u64,
-        data: row.get::<_, Option<Vec<u8>>>(3).unwrap_or_default(),
+        version: row.get(3),
+        data: Vec::new(),
     }
+}
+
+/// A read-only transaction that sees one moment of the database throughout.
+async fn snapshot(client: &mut deadpool_postgres::Client) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(err)
+}
+
+/// Writes a file's chunks, in order, inside `tx`.
+async fn put_chunks(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &str,
+    path: &str,
+    chunks: impl Iterator<Item = Result<Vec<u8>, StoreError>>,
+) -> Result<(), StoreError> {
+    let insert = tx
+        .prepare_cached("INSERT INTO session_file_chunks (session_id, path, seq, bytes) VALUES ($1, $2, $3, $4)")
+        .await
+        .map_err(err)?;
+    for (seq, chunk) in chunks.enumerate() {
+        let chunk = chunk?;
+        trip("session_files");
+        tx.execute(&insert, &[&id, &path, &(seq as i32), &chunk]).await.map_err(err)?;
+    }
+    Ok(())
 }
 
 fn used(nanos: i64, tokens: i64) -> Balance {
@@ -896,6 +967,34 @@ impl Store for PgStore {
             let rows =
                 client.query(&statement, &[&since, &until, &query.user, &query.outcome, &limit]).await.map_err(err)?;
             Ok(rows.iter().map(execution_row).collect())
+        }
+        .boxed()
+    }
+
+    fn pulse<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<PulseRows, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let (since, until) = query.window();
+            trip("activity");
+            let rows =
+                client.query(&activity::pulse_sql(&DIALECT), &[&since, &until, &query.user]).await.map_err(err)?;
+            let buckets: Vec<(i64, String, i64)> =
+                rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+            let total: i64 = buckets.iter().map(|(_, _, n)| n).sum();
+            let sample = total.min(i64::from(query.limit));
+            let (p50, p99) = activity::percentile_offsets(sample);
+            let mut walls = [0i64; 2];
+            if sample > 0 {
+                for (wall, offset) in walls.iter_mut().zip([p50, p99]) {
+                    trip("activity");
+                    let row = client
+                        .query_opt(&activity::wall_at_sql(&DIALECT), &[&since, &until, &query.user, &sample, &offset])
+                        .await
+                        .map_err(err)?;
+                    *wall = row.map_or(0, |row| row.get(0));
+                }
+            }
+            Ok(PulseRows { buckets, p50_ms: walls[0], p99_ms: walls[1], sample })
         }
         .boxed()
     }
@@ -1060,13 +1159,27 @@ impl Store for PgStore {
             trip("keys");
             let inserted = client
                 .execute(
-                    "INSERT INTO api_keys (name, \"user\", team, role, hash, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)
+                    "INSERT INTO api_keys (name, \"user\", team, role, hash, created_at_ms)
+                     SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE name = $1)
                      ON CONFLICT DO NOTHING",
                     &[&e.name, &e.user, &e.team, &e.role.as_str(), &e.hash.as_slice(), &key.created_at_ms],
                 )
                 .await
                 .map_err(err)?;
             Ok(inserted == 1)
+        }
+        .boxed()
+    }
+
+    fn key_name_used<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("keys");
+            let row = client
+                .query_one("SELECT EXISTS (SELECT 1 FROM api_keys WHERE name = $1)", &[&name])
+                .await
+                .map_err(err)?;
+            Ok(row.get(0))
         }
         .boxed()
     }
@@ -1201,7 +1314,7 @@ impl Store for PgStore {
     fn lease_session<'a>(
         &'a self,
         id: &'a str,
-        user: &'a str,
+        owner: &'a Owner,
         lease: &'a str,
         until_ms: i64,
         now_ms: i64,
@@ -1212,18 +1325,20 @@ impl Store for PgStore {
             let sql = format!(
                 "WITH taken AS (
                      UPDATE sessions SET lease = $2, lease_until_ms = $3
-                     WHERE id = $1 AND \"user\" = $5 AND used_at_ms + ttl_ms > $4
+                     WHERE id = $1 AND \"user\" = $5 AND team = $6 AND key = $7 AND used_at_ms + ttl_ms > $4
                        AND (lease IS NULL OR lease_until_ms <= $4)
                      RETURNING {SESSION_COLUMNS}
                  )
                  SELECT true, {SESSION_COLUMNS}, NULL::BIGINT FROM taken
                  UNION ALL
                  SELECT false, {SESSION_COLUMNS}, lease_until_ms FROM sessions
-                 WHERE id = $1 AND \"user\" = $5 AND used_at_ms + ttl_ms > $4 AND NOT EXISTS (SELECT 1 FROM taken)"
+                 WHERE id = $1 AND \"user\" = $5 AND team = $6 AND key = $7 AND used_at_ms + ttl_ms > $4
+                   AND NOT EXISTS (SELECT 1 FROM taken)"
             );
             trip("sessions");
-            let Some(row) = client.query_opt(&sql, &[&id, &lease, &until_ms, &now_ms, &user]).await.map_err(err)?
-            else {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+                [&id, &lease, &until_ms, &now_ms, &owner.user, &owner.team, &owner.key];
+            let Some(row) = client.query_opt(&sql, &params).await.map_err(err)? else {
                 return Ok(Lease::Missing);
             };
             let taken: bool = row.get(0);
@@ -1240,13 +1355,7 @@ impl Store for PgStore {
         async move {
             let mut client = self.client().await?;
             // One snapshot, so the size and the pages are of the same moment.
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(err)?;
+            let tx = snapshot(&mut client).await?;
             trip("sessions");
             let size = tx
                 .query_opt("SELECT memory_size FROM sessions WHERE id = $1", &[&id])
@@ -1271,7 +1380,7 @@ impl Store for PgStore {
         memory: Option<&'a MemoryWrite<'a>>,
         ran_at_ms: Option<i64>,
         files: &'a [FileChange],
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Returned, StoreError>> {
         async move {
             const RETURN: &str = "UPDATE sessions SET image_bytes = coalesce($3, image_bytes),
                     memory_size = coalesce($5, memory_size),
@@ -1284,16 +1393,49 @@ impl Store for PgStore {
             let size = memory.map(|memory| to_i64(memory.size));
             let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
             let pages = memory.filter(|memory| !memory.pages.is_empty());
-            if files.is_empty() && pages.is_none() {
+            let cap = memory.and_then(|memory| memory.cap.as_ref());
+            let held = |returned: u64| if returned == 1 { Returned::Done } else { Returned::NotHeld };
+            if files.is_empty() && pages.is_none() && cap.is_none() {
                 // The common case: one statement, no transaction around it.
                 trip("sessions");
-                return Ok(client.execute(RETURN, &params).await.map_err(err)? == 1);
+                return Ok(held(client.execute(RETURN, &params).await.map_err(err)?));
             }
             let tx = client.transaction().await.map_err(err)?;
+            if let (Some(cap), Some(bytes)) = (cap, bytes) {
+                // Returns of the same user's sessions take turns here, on any replica,
+                // so that together they cannot pass the cap.
+                trip("sessions");
+                tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&cap.user])
+                    .await
+                    .map_err(err)?;
+                let row = tx
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND lease = $2),
+                            (SELECT coalesce(sum(image_bytes), 0)::BIGINT FROM sessions
+                             WHERE \"user\" = $3 AND id != $1 AND used_at_ms + ttl_ms > $4)",
+                        &[&id, &lease, &cap.user, &now_ms()],
+                    )
+                    .await
+                    .map_err(err)?;
+                if !row.get::<_, bool>(0) {
+                    return Ok(Returned::NotHeld);
+                }
+                let total = row.get::<_, i64>(1).max(0) as u64 + bytes.max(0) as u64;
+                if total > cap.max_bytes {
+                    tx.execute(
+                        "UPDATE sessions SET lease = NULL, lease_until_ms = NULL WHERE id = $1 AND lease = $2",
+                        &[&id, &lease],
+                    )
+                    .await
+                    .map_err(err)?;
+                    tx.commit().await.map_err(err)?;
+                    return Ok(Returned::OverCap { total });
+                }
+            }
             trip("sessions");
             let returned = tx.execute(RETURN, &params).await.map_err(err)?;
             if returned != 1 {
-                return Ok(false);
+                return Ok(Returned::NotHeld);
             }
             if let Some(memory) = pages {
                 let (pages, bytes): (Vec<i32>, Vec<&[u8]>) =
@@ -1311,10 +1453,15 @@ impl Store for PgStore {
             if !files.is_empty() {
                 let put = tx
                     .prepare_cached(
-                        "INSERT INTO session_files (session_id, path, dir, size, data) VALUES ($1, $2, $3, $4, $5)
+                        "INSERT INTO session_files (session_id, path, dir, size, data, version)
+                         VALUES ($1, $2, $3, $4, NULL, $5)
                          ON CONFLICT (session_id, path)
-                         DO UPDATE SET dir = excluded.dir, size = excluded.size, data = excluded.data",
+                         DO UPDATE SET dir = excluded.dir, size = excluded.size, data = NULL, version = excluded.version",
                     )
+                    .await
+                    .map_err(err)?;
+                let clear = tx
+                    .prepare_cached("DELETE FROM session_file_chunks WHERE session_id = $1 AND path = $2")
                     .await
                     .map_err(err)?;
                 let remove = tx
@@ -1328,9 +1475,49 @@ impl Store for PgStore {
                     trip("session_files");
                     match change {
                         FileChange::Put(file) => {
-                            let data = (!file.dir).then_some(&file.data);
-                            let size = i64::try_from(file.size).unwrap_or(i64::MAX);
-                            tx.execute(&put, &[&id, &file.path, &file.dir, &size, &data]).await.map_err(err)?;
+                            let size = to_i64(file.size);
+                            let version = super::new_version();
+                            tx.execute(&put, &[&id, &file.path, &file.dir, &size, &version]).await.map_err(err)?;
+                            tx.execute(&clear, &[&id, &file.path]).await.map_err(err)?;
+                            if !file.dir {
+                                let chunks = file.data.chunks(super::FILE_CHUNK).map(|c| Ok(c.to_vec()));
+                                put_chunks(&tx, id, &file.path, chunks).await?;
+                            }
+                        }
+                        FileChange::Spooled { path, size, from } => {
+                            let (size_i64, version) = (to_i64(*size), super::new_version());
+                            tx.execute(&put, &[&id, path, &false, &size_i64, &version]).await.map_err(err)?;
+                            tx.execute(&clear, &[&id, path]).await.map_err(err)?;
+                            // Read on the blocking pool a chunk at a time.
+                            let (from, size) = (from.clone(), *size);
+                            let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+                            let reader = tokio::task::spawn_blocking(move || {
+                                match super::spooled_chunks(&from, size) {
+                                    Ok(chunks) => {
+                                        for chunk in chunks {
+                                            if sender.blocking_send(chunk).is_err() {
+                                                return;
+                                            }
+                                        }
+                                    }
+                                    Err(error) => {
+                                        let _ = sender.blocking_send(Err(error));
+                                    }
+                                }
+                            });
+                            let mut seq = 0i32;
+                            while let Some(chunk) = receiver.recv().await {
+                                let chunk = chunk?;
+                                trip("session_files");
+                                tx.execute(
+                                    "INSERT INTO session_file_chunks (session_id, path, seq, bytes) VALUES ($1, $2, $3, $4)",
+                                    &[&id, path, &seq, &chunk],
+                                )
+                                .await
+                                .map_err(err)?;
+                                seq += 1;
+                            }
+                            reader.await.map_err(|e| StoreError(e.to_string()))?;
                         }
                         FileChange::Remove(path) => {
                             tx.execute(&remove, &[&id, path]).await.map_err(err)?;
@@ -1348,22 +1535,37 @@ impl Store for PgStore {
                 .map_err(err)?;
             }
             tx.commit().await.map_err(err)?;
-            Ok(true)
+            Ok(Returned::Done)
         }
         .boxed()
     }
 
     fn session_files<'a>(&'a self, id: &'a str, data: bool) -> BoxFuture<'a, Result<Vec<StoredFile>, StoreError>> {
         async move {
-            let client = self.client().await?;
-            let sql = if data {
-                "SELECT path, dir, size, data FROM session_files WHERE session_id = $1 ORDER BY path"
-            } else {
-                "SELECT path, dir, size, NULL::BYTEA FROM session_files WHERE session_id = $1 ORDER BY path"
-            };
+            let mut client = self.client().await?;
+            // One snapshot, so the list and the bytes are of the same moment.
+            let tx = snapshot(&mut client).await?;
             trip("session_files");
-            let rows = client.query(sql, &[&id]).await.map_err(err)?;
-            Ok(rows.iter().map(file_row).collect())
+            let rows = tx
+                .query("SELECT path, dir, size, version FROM session_files WHERE session_id = $1 ORDER BY path", &[&id])
+                .await
+                .map_err(err)?;
+            let mut files: Vec<StoredFile> = rows.iter().map(file_row).collect();
+            if data {
+                let chunks = tx
+                    .prepare_cached(
+                        "SELECT bytes FROM session_file_chunks WHERE session_id = $1 AND path = $2 ORDER BY seq",
+                    )
+                    .await
+                    .map_err(err)?;
+                for file in files.iter_mut().filter(|file| !file.dir) {
+                    trip("session_files");
+                    let rows = tx.query(&chunks, &[&id, &file.path]).await.map_err(err)?;
+                    file.data = rows.iter().flat_map(|row| row.get::<_, Vec<u8>>(0)).collect();
+                }
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(files)
         }
         .boxed()
     }
@@ -1374,12 +1576,135 @@ impl Store for PgStore {
             trip("session_files");
             let row = client
                 .query_opt(
-                    "SELECT path, dir, size, data FROM session_files WHERE session_id = $1 AND path = $2",
+                    "SELECT path, dir, size, version FROM session_files WHERE session_id = $1 AND path = $2",
                     &[&id, &path],
                 )
                 .await
                 .map_err(err)?;
             Ok(row.as_ref().map(file_row))
+        }
+        .boxed()
+    }
+
+    fn file_chunk<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+        version: i64,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("session_files");
+            let seq = i32::try_from(seq).unwrap_or(i32::MAX);
+            let row = client
+                .query_opt(
+                    "SELECT c.bytes FROM session_file_chunks c
+                     JOIN session_files f ON f.session_id = c.session_id AND f.path = c.path
+                     WHERE c.session_id = $1 AND c.path = $2 AND f.version = $3 AND c.seq = $4",
+                    &[&id, &path, &version, &seq],
+                )
+                .await
+                .map_err(err)?;
+            Ok(row.map(|row| row.get(0)))
+        }
+        .boxed()
+    }
+
+    fn take_mount_bytes<'a>(
+        &'a self,
+        owner: &'a Owner,
+        mount: &'a str,
+        day_ms: i64,
+        bytes: u64,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            let (bytes, limit) = (to_i64(bytes), to_i64(limit));
+            trip("mount_writes");
+            // One statement: the row is added to only while it stays within the limit,
+            // so concurrent writers on any replica cannot pass it together.
+            let row = client
+                .query_opt(
+                    "INSERT INTO mount_writes (\"user\", team, key, mount, day_ms, bytes)
+                     SELECT $1::TEXT, $2::TEXT, $3::TEXT, $4::TEXT, $5::BIGINT, $6::BIGINT WHERE $6::BIGINT <= $7::BIGINT
+                     ON CONFLICT (\"user\", team, key, mount, day_ms)
+                     DO UPDATE SET bytes = mount_writes.bytes + excluded.bytes
+                     WHERE mount_writes.bytes + excluded.bytes <= $7::BIGINT
+                     RETURNING bytes",
+                    &[&owner.user, &owner.team, &owner.key, &mount, &day_ms, &bytes, &limit],
+                )
+                .await
+                .map_err(err)?;
+            if row.is_some() {
+                return Ok(None);
+            }
+            let written = client
+                .query_opt(
+                    "SELECT bytes FROM mount_writes
+                     WHERE \"user\" = $1 AND team = $2 AND key = $3 AND mount = $4 AND day_ms = $5",
+                    &[&owner.user, &owner.team, &owner.key, &mount, &day_ms],
+                )
+                .await
+                .map_err(err)?;
+            Ok(Some(written.map_or(0, |row| row.get::<_, i64>(0).max(0) as u64)))
+        }
+        .boxed()
+    }
+
+    fn create_console_session<'a>(&'a self, session: &'a ConsoleSession) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("console_sessions");
+            client
+                .execute(
+                    "WITH gone AS (DELETE FROM console_sessions WHERE expires_at_ms <= $3)
+                     INSERT INTO console_sessions (id, subject, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)",
+                    &[&session.id, &session.subject, &session.created_at_ms, &session.expires_at_ms],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn console_session<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<ConsoleSession>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("console_sessions");
+            let row = client
+                .query_opt(
+                    "SELECT id, subject, created_at_ms, expires_at_ms FROM console_sessions
+                     WHERE id = $1 AND expires_at_ms > $2 AND ended_at_ms IS NULL",
+                    &[&id, &now_ms],
+                )
+                .await
+                .map_err(err)?;
+            Ok(row.map(|row| ConsoleSession {
+                id: row.get(0),
+                subject: row.get(1),
+                created_at_ms: row.get(2),
+                expires_at_ms: row.get(3),
+            }))
+        }
+        .boxed()
+    }
+
+    fn end_console_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("console_sessions");
+            client
+                .execute("UPDATE console_sessions SET ended_at_ms = $2 WHERE id = $1", &[&id, &now_ms()])
+                .await
+                .map_err(err)?;
+            Ok(())
         }
         .boxed()
     }

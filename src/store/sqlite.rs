@@ -15,11 +15,14 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow};
+use super::activity::{
+    self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow, PulseRows,
+};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, FileChange, HandleEnd, HandleRecord, Hold, Lease, MemoryWrite, Overdrawn, Record,
-    SessionRecord, SpendScope, Store, StoreError, StoredFile, StoredKey, StoredMemory,
+    now_ms, Balance, BudgetLine, ConsoleSession, FileChange, HandleEnd, HandleRecord, Hold, Lease, MemoryWrite,
+    Overdrawn, Owner, Record, Returned, SessionRecord, SpendScope, Store, StoreError, StoredFile, StoredKey,
+    StoredMemory,
 };
 
 /// How hard a commit waits for the disk.
@@ -175,10 +178,80 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session_id, page)
     );
     ALTER TABLE sessions ADD COLUMN memory_size INTEGER NOT NULL DEFAULT 0;",
+    // 12: workspace files as rows of `FILE_CHUNK` bytes, so an upload or a download
+    // holds one chunk at a time (`convert_file_chunks` moves the files' bytes); each
+    // file's version, so a reader notices a file rewritten under it; and signed-in
+    // console browsers, so a sign-out ends a sign-in on every replica; bytes each
+    // principal wrote to each mounted directory per day, for its quota.
+    "CREATE TABLE session_file_chunks (
+        session_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        bytes BLOB NOT NULL,
+        PRIMARY KEY (session_id, path, seq)
+    );
+    ALTER TABLE session_files ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE console_sessions (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_at_ms);
+    CREATE TABLE mount_writes (
+        user TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key TEXT NOT NULL,
+        mount TEXT NOT NULL,
+        day_ms INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (user, team, key, mount, day_ms)
+    );",
 ];
 
 /// The migration after which [`convert_images`] runs.
 const PAGES_MIGRATION: usize = 11;
+/// The migration after which [`convert_file_chunks`] runs.
+const CHUNKS_MIGRATION: usize = 12;
+
+/// Moves each workspace file's bytes (one `data` blob) into `session_file_chunks`.
+fn convert_file_chunks(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+    let files: Vec<(String, String)> =
+        all(tx, "SELECT session_id, path FROM session_files WHERE dir = 0 AND data IS NOT NULL", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    for (id, path) in files {
+        let data: Vec<u8> = tx
+            .query_row("SELECT data FROM session_files WHERE session_id = ?1 AND path = ?2", params![id, path], |row| {
+                row.get(0)
+            })
+            .map_err(err)?;
+        put_chunks(tx, &id, &path, data.chunks(super::FILE_CHUNK).map(|chunk| Ok(chunk.to_vec())))?;
+        tx.execute(
+            "UPDATE session_files SET data = NULL, version = ?3 WHERE session_id = ?1 AND path = ?2",
+            params![id, path, super::new_version()],
+        )
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Writes a file's chunks, in order (inside the caller's transaction).
+fn put_chunks(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    path: &str,
+    chunks: impl Iterator<Item = Result<Vec<u8>, StoreError>>,
+) -> Result<(), StoreError> {
+    let mut insert = tx
+        .prepare_cached("INSERT INTO session_file_chunks (session_id, path, seq, bytes) VALUES (?1, ?2, ?3, ?4)")
+        .map_err(err)?;
+    for (seq, chunk) in chunks.enumerate() {
+        insert.execute(params![id, path, seq as i64, chunk?]).map_err(err)?;
+    }
+    Ok(())
+}
 
 /// Moves each session's image (one blob, `sandbox::MemoryImage`'s first encoding)
 /// into `session_pages`, then drops the images' table.
@@ -263,8 +336,12 @@ struct Inner {
     /// counter updates that follow it, so that a counter read from the ledger meanwhile
     /// counts every model call exactly once.
     writer: Mutex<Connection>,
-    /// Usage reports, on a second connection so they never wait behind a commit.
-    reader: Mutex<Connection>,
+    /// Reads (usage reports, activity, sessions), on connections of their own so they
+    /// never wait behind a commit, and several of them, so one slow report does not
+    /// hold up every other read.
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next read that finds every reader busy waits.
+    next_reader: std::sync::atomic::AtomicUsize,
     counters: Mutex<Counters>,
     buckets: Mutex<HashMap<(String, &'static str), Bucket>>,
 }
@@ -284,11 +361,13 @@ impl SqliteStore {
         }
         let mut writer = connect(path, synchronous)?;
         migrate(&mut writer)?;
-        let reader = connect(path, synchronous)?;
+        let readers =
+            (0..READERS).map(|_| connect(path, synchronous).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
-                reader: Mutex::new(reader),
+                readers,
+                next_reader: Default::default(),
                 counters: Mutex::new(Counters::default()),
                 buckets: Mutex::new(HashMap::new()),
             }),
@@ -339,6 +418,9 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(sql).map_err(|e| StoreError(format!("migration {}: {e}", index + 1)))?;
         if index + 1 == PAGES_MIGRATION {
             convert_images(&tx)?;
+        }
+        if index + 1 == CHUNKS_MIGRATION {
+            convert_file_chunks(&tx)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
@@ -457,14 +539,30 @@ fn spent(connection: &Connection, scope: &SpendScope, since_ms: i64) -> Result<B
         .map_err(err)
 }
 
+/// Read connections (see [`Inner::reader`]).
+const READERS: usize = 4;
+
 impl Inner {
+    /// A read connection: a free one if there is one, else the next in turn.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        for reader in &self.readers {
+            match reader.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let next = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
+        lock(&self.readers[next])
+    }
+
     /// The counters, with every key in `lines` read from the ledger if it is new.
     fn counters_for(&self, lines: &[BudgetLine]) -> Result<MutexGuard<'_, Counters>, StoreError> {
         let mut counters = lock(&self.counters);
         for line in lines {
             let key = (line.scope.clone(), line.since_ms);
             if let std::collections::hash_map::Entry::Vacant(entry) = counters.spent.entry(key) {
-                entry.insert(spent(&lock(&self.reader), &line.scope, line.since_ms)?);
+                entry.insert(spent(&self.reader(), &line.scope, line.since_ms)?);
             }
         }
         Ok(counters)
@@ -496,24 +594,42 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
 fn apply_files(tx: &rusqlite::Transaction<'_>, id: &str, files: &[FileChange]) -> Result<(), StoreError> {
     let mut put = tx
         .prepare_cached(
-            "INSERT INTO session_files (session_id, path, dir, size, data) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (session_id, path) DO UPDATE SET dir = excluded.dir, size = excluded.size, data = excluded.data",
+            "INSERT INTO session_files (session_id, path, dir, size, data, version) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+             ON CONFLICT (session_id, path) DO UPDATE SET dir = excluded.dir, size = excluded.size, data = NULL,
+                 version = excluded.version",
         )
         .map_err(err)?;
+    let mut clear =
+        tx.prepare_cached("DELETE FROM session_file_chunks WHERE session_id = ?1 AND path = ?2").map_err(err)?;
     let mut remove = tx
         .prepare_cached(
             "DELETE FROM session_files
              WHERE session_id = ?1 AND (path = ?2 OR substr(path, 1, length(?2) + 1) = ?2 || '/')",
         )
         .map_err(err)?;
+    let mut remove_chunks = tx
+        .prepare_cached(
+            "DELETE FROM session_file_chunks
+             WHERE session_id = ?1 AND (path = ?2 OR substr(path, 1, length(?2) + 1) = ?2 || '/')",
+        )
+        .map_err(err)?;
     for change in files {
         match change {
             FileChange::Put(file) => {
-                let data = (!file.dir).then_some(&file.data);
-                put.execute(params![id, file.path, file.dir, to_i64(file.size), data]).map_err(err)?;
+                put.execute(params![id, file.path, file.dir, to_i64(file.size), super::new_version()]).map_err(err)?;
+                clear.execute(params![id, file.path]).map_err(err)?;
+                if !file.dir {
+                    put_chunks(tx, id, &file.path, file.data.chunks(super::FILE_CHUNK).map(|c| Ok(c.to_vec())))?;
+                }
+            }
+            FileChange::Spooled { path, size, from } => {
+                put.execute(params![id, path, false, to_i64(*size), super::new_version()]).map_err(err)?;
+                clear.execute(params![id, path]).map_err(err)?;
+                put_chunks(tx, id, path, super::spooled_chunks(from, *size)?)?;
             }
             FileChange::Remove(path) => {
                 remove.execute(params![id, path]).map_err(err)?;
+                remove_chunks.execute(params![id, path]).map_err(err)?;
             }
         }
     }
@@ -551,8 +667,20 @@ fn file_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
         path: row.get(0)?,
         dir: row.get(1)?,
         size: row.get::<_, i64>(2)?.max(0) as u64,
-        data: row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
+        version: row.get(3)?,
+        data: Vec::new(),
     })
+}
+
+/// The bytes of the file at `path`, from its chunks.
+fn file_data(connection: &Connection, id: &str, path: &str) -> Result<Vec<u8>, StoreError> {
+    let chunks = all(
+        connection,
+        "SELECT bytes FROM session_file_chunks WHERE session_id = ?1 AND path = ?2 ORDER BY seq",
+        params![id, path],
+        |row| row.get::<_, Vec<u8>>(0),
+    )?;
+    Ok(chunks.concat())
 }
 
 const DIALECT: Dialect =
@@ -654,7 +782,7 @@ impl Store for SqliteStore {
 
     fn usage<'a>(&'a self, query: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
         let query = query.clone();
-        self.blocking(move |inner| usage(&lock(&inner.reader), &query))
+        self.blocking(move |inner| usage(&inner.reader(), &query))
     }
 
     fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>> {
@@ -662,7 +790,34 @@ impl Store for SqliteStore {
         self.blocking(move |inner| {
             let (since, until) = query.window();
             let params = params![since, until, query.user, query.outcome, i64::from(query.limit)];
-            all(&lock(&inner.reader), &activity::executions_sql(&DIALECT), params, execution_row)
+            all(&inner.reader(), &activity::executions_sql(&DIALECT), params, execution_row)
+        })
+    }
+
+    fn pulse<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<PulseRows, StoreError>> {
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let (since, until) = query.window();
+            let reader = inner.reader();
+            let buckets = all(&reader, &activity::pulse_sql(&DIALECT), params![since, until, query.user], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+            let total: i64 = buckets.iter().map(|(_, _, n)| n).sum();
+            let sample = total.min(i64::from(query.limit));
+            let (p50, p99) = activity::percentile_offsets(sample);
+            let wall_at = |offset: i64| {
+                reader
+                    .query_row(
+                        &activity::wall_at_sql(&DIALECT),
+                        params![since, until, query.user, sample, offset],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .optional()
+                    .map(Option::unwrap_or_default)
+                    .map_err(err)
+            };
+            let (p50_ms, p99_ms) = if sample > 0 { (wall_at(p50)?, wall_at(p99)?) } else { (0, 0) };
+            Ok(PulseRows { buckets, p50_ms, p99_ms, sample })
         })
     }
 
@@ -671,7 +826,7 @@ impl Store for SqliteStore {
         self.blocking(move |inner| {
             let (since, until) = query.window();
             let params = params![since, until, query.user];
-            all(&lock(&inner.reader), &activity::call_stats_sql(&DIALECT), params, |row| {
+            all(&inner.reader(), &activity::call_stats_sql(&DIALECT), params, |row| {
                 Ok(CallStats {
                     name: row.get(0)?,
                     calls: row.get(1)?,
@@ -688,14 +843,14 @@ impl Store for SqliteStore {
         self.blocking(move |inner| {
             let (since, until) = query.window();
             let params = params![since, until, query.user, i64::from(query.limit)];
-            all(&lock(&inner.reader), &activity::recent_model_calls_sql(&DIALECT), params, model_call_row)
+            all(&inner.reader(), &activity::recent_model_calls_sql(&DIALECT), params, model_call_row)
         })
     }
 
     fn execution<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionDetail>, StoreError>> {
         let id = id.to_string();
         self.blocking(move |inner| {
-            let reader = lock(&inner.reader);
+            let reader = inner.reader();
             let execution = reader
                 .query_row(&activity::execution_sql(&DIALECT), params![id], execution_row)
                 .optional()
@@ -779,11 +934,22 @@ impl Store for SqliteStore {
         self.blocking(move |inner| {
             let e = &key.entry;
             let inserted = lock(&inner.writer).execute(
-                "INSERT INTO api_keys (name, user, team, role, hash, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO api_keys (name, user, team, role, hash, created_at_ms)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE name = ?1)
                  ON CONFLICT DO NOTHING",
                 params![e.name, e.user, e.team, e.role.as_str(), e.hash.as_slice(), key.created_at_ms],
             );
             Ok(inserted.map_err(err)? == 1)
+        })
+    }
+
+    fn key_name_used<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let name = name.to_string();
+        self.blocking(move |inner| {
+            inner
+                .reader()
+                .query_row("SELECT EXISTS (SELECT 1 FROM api_keys WHERE name = ?1)", params![name], |row| row.get(0))
+                .map_err(err)
         })
     }
 
@@ -800,7 +966,7 @@ impl Store for SqliteStore {
 
     fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>> {
         self.blocking(|inner| {
-            let reader = lock(&inner.reader);
+            let reader = inner.reader();
             let mut statement = reader
                 .prepare_cached(
                     "SELECT name, user, team, role, hash, created_at_ms FROM api_keys
@@ -839,6 +1005,8 @@ impl Store for SqliteStore {
                 .execute_batch(&format!(
                     "DELETE FROM session_files WHERE session_id IN (
                          SELECT id FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now}));
+                     DELETE FROM session_file_chunks WHERE session_id IN (
+                         SELECT id FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now}));
                      DELETE FROM session_pages WHERE session_id IN (
                          SELECT id FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now}));
                      DELETE FROM sessions WHERE used_at_ms + ttl_ms <= {now} AND (lease IS NULL OR lease_until_ms <= {now});",
@@ -869,14 +1037,14 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.blocking(move |inner| {
             let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1 AND used_at_ms + ttl_ms > ?2");
-            lock(&inner.reader).query_row(&sql, params![id, now_ms], session_row).optional().map_err(err)
+            inner.reader().query_row(&sql, params![id, now_ms], session_row).optional().map_err(err)
         })
     }
 
     fn sessions<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<Vec<SessionRecord>, StoreError>> {
         let user = user.to_string();
         self.blocking(move |inner| {
-            let reader = lock(&inner.reader);
+            let reader = inner.reader();
             let sql = format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE user = ?1 AND used_at_ms + ttl_ms > ?2
                  ORDER BY created_at_ms, id"
@@ -890,7 +1058,7 @@ impl Store for SqliteStore {
     fn session_totals<'a>(&'a self, user: &'a str, now_ms: i64) -> BoxFuture<'a, Result<(u64, u64), StoreError>> {
         let user = user.to_string();
         self.blocking(move |inner| {
-            lock(&inner.reader)
+            inner.reader()
                 .query_row(
                     "SELECT count(*), coalesce(sum(image_bytes), 0) FROM sessions WHERE user = ?1 AND used_at_ms + ttl_ms > ?2",
                     params![user, now_ms],
@@ -906,6 +1074,7 @@ impl Store for SqliteStore {
             let mut writer = lock(&inner.writer);
             let tx = writer.transaction().map_err(err)?;
             tx.execute("DELETE FROM session_files WHERE session_id = ?1", params![id]).map_err(err)?;
+            tx.execute("DELETE FROM session_file_chunks WHERE session_id = ?1", params![id]).map_err(err)?;
             tx.execute("DELETE FROM session_pages WHERE session_id = ?1", params![id]).map_err(err)?;
             let ended = tx.execute("DELETE FROM sessions WHERE id = ?1", params![id]).map_err(err)? > 0;
             tx.commit().map_err(err)?;
@@ -916,27 +1085,28 @@ impl Store for SqliteStore {
     fn lease_session<'a>(
         &'a self,
         id: &'a str,
-        user: &'a str,
+        owner: &'a Owner,
         lease: &'a str,
         until_ms: i64,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Lease, StoreError>> {
-        let (id, user, lease) = (id.to_string(), user.to_string(), lease.to_string());
+        let (id, owner, lease) = (id.to_string(), owner.clone(), lease.to_string());
         self.blocking(move |inner| {
             let writer = lock(&inner.writer);
             let taken = writer
                 .execute(
                     "UPDATE sessions SET lease = ?2, lease_until_ms = ?3
-                     WHERE id = ?1 AND user = ?5 AND used_at_ms + ttl_ms > ?4
+                     WHERE id = ?1 AND user = ?5 AND team = ?6 AND key = ?7 AND used_at_ms + ttl_ms > ?4
                        AND (lease IS NULL OR lease_until_ms <= ?4)",
-                    params![id, lease, until_ms, now_ms, user],
+                    params![id, lease, until_ms, now_ms, owner.user, owner.team, owner.key],
                 )
                 .map_err(err)?;
             if taken == 0 {
                 let busy: Option<i64> = writer
                     .query_row(
-                        "SELECT lease_until_ms FROM sessions WHERE id = ?1 AND user = ?3 AND used_at_ms + ttl_ms > ?2",
-                        params![id, now_ms, user],
+                        "SELECT lease_until_ms FROM sessions
+                         WHERE id = ?1 AND user = ?3 AND team = ?4 AND key = ?5 AND used_at_ms + ttl_ms > ?2",
+                        params![id, now_ms, owner.user, owner.team, owner.key],
                         |row| row.get::<_, Option<i64>>(0),
                     )
                     .optional()
@@ -953,7 +1123,7 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.blocking(move |inner| {
             // One read transaction, so the size and the pages are of the same moment.
-            let mut reader = lock(&inner.reader);
+            let mut reader = inner.reader();
             let tx = reader.transaction().map_err(err)?;
             let size: i64 = tx
                 .query_row("SELECT memory_size FROM sessions WHERE id = ?1", params![id], |row| row.get(0))
@@ -981,8 +1151,9 @@ impl Store for SqliteStore {
         memory: Option<&'a MemoryWrite<'a>>,
         ran_at_ms: Option<i64>,
         files: &'a [FileChange],
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Returned, StoreError>> {
         let (id, lease) = (id.to_string(), lease.to_string());
+        let cap = memory.and_then(|m| m.cap.clone());
         let memory = memory.map(|m| {
             (m.size, m.bytes, m.pages.iter().map(|(page, bytes)| (*page, bytes.to_vec())).collect::<Vec<_>>())
         });
@@ -994,6 +1165,38 @@ impl Store for SqliteStore {
             };
             let mut writer = lock(&inner.writer);
             let tx = writer.transaction().map_err(err)?;
+            // The cap counts every live session of the user, read in this transaction
+            // (this connection writes one transaction at a time, so returns that
+            // would pass it together are checked one after the other).
+            if let (Some(cap), Some(bytes)) = (&cap, bytes) {
+                let held: Option<i64> = tx
+                    .query_row("SELECT 1 FROM sessions WHERE id = ?1 AND lease = ?2", params![id, lease], |row| {
+                        row.get(0)
+                    })
+                    .optional()
+                    .map_err(err)?;
+                if held.is_none() {
+                    return Ok(Returned::NotHeld);
+                }
+                let others: i64 = tx
+                    .query_row(
+                        "SELECT coalesce(sum(image_bytes), 0) FROM sessions
+                         WHERE user = ?1 AND id != ?2 AND used_at_ms + ttl_ms > ?3",
+                        params![cap.user, id, now_ms()],
+                        |row| row.get(0),
+                    )
+                    .map_err(err)?;
+                let total = others.max(0) as u64 + bytes.max(0) as u64;
+                if total > cap.max_bytes {
+                    tx.execute(
+                        "UPDATE sessions SET lease = NULL, lease_until_ms = NULL WHERE id = ?1 AND lease = ?2",
+                        params![id, lease],
+                    )
+                    .map_err(err)?;
+                    tx.commit().map_err(err)?;
+                    return Ok(Returned::OverCap { total });
+                }
+            }
             let returned = tx
                 .execute(
                     "UPDATE sessions SET image_bytes = coalesce(?3, image_bytes), memory_size = coalesce(?5, memory_size),
@@ -1004,7 +1207,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(err)?;
             if returned != 1 {
-                return Ok(false);
+                return Ok(Returned::NotHeld);
             }
             if let Some((_, _, pages)) = &memory {
                 let mut put = tx
@@ -1021,36 +1224,157 @@ impl Store for SqliteStore {
                 apply_files(&tx, &id, &files)?;
             }
             tx.commit().map_err(err)?;
-            Ok(true)
+            Ok(Returned::Done)
         })
     }
 
     fn session_files<'a>(&'a self, id: &'a str, data: bool) -> BoxFuture<'a, Result<Vec<StoredFile>, StoreError>> {
         let id = id.to_string();
         self.blocking(move |inner| {
-            let reader = lock(&inner.reader);
-            let sql = if data {
-                "SELECT path, dir, size, data FROM session_files WHERE session_id = ?1 ORDER BY path"
-            } else {
-                "SELECT path, dir, size, NULL FROM session_files WHERE session_id = ?1 ORDER BY path"
-            };
-            let mut statement = reader.prepare_cached(sql).map_err(err)?;
-            let rows = statement.query_map(params![id], file_row).map_err(err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+            // One read transaction, so the list and the bytes are of the same moment.
+            let mut reader = inner.reader();
+            let tx = reader.transaction().map_err(err)?;
+            let mut files = all(
+                &tx,
+                "SELECT path, dir, size, version FROM session_files WHERE session_id = ?1 ORDER BY path",
+                params![id],
+                file_row,
+            )?;
+            if data {
+                for file in files.iter_mut().filter(|file| !file.dir) {
+                    file.data = file_data(&tx, &id, &file.path)?;
+                }
+            }
+            tx.commit().map_err(err)?;
+            Ok(files)
         })
     }
 
     fn session_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<Option<StoredFile>, StoreError>> {
         let (id, path) = (id.to_string(), path.to_string());
         self.blocking(move |inner| {
-            lock(&inner.reader)
+            inner
+                .reader()
                 .query_row(
-                    "SELECT path, dir, size, data FROM session_files WHERE session_id = ?1 AND path = ?2",
+                    "SELECT path, dir, size, version FROM session_files WHERE session_id = ?1 AND path = ?2",
                     params![id, path],
                     file_row,
                 )
                 .optional()
                 .map_err(err)
+        })
+    }
+
+    fn file_chunk<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+        version: i64,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let (id, path) = (id.to_string(), path.to_string());
+        self.blocking(move |inner| {
+            inner
+                .reader()
+                .query_row(
+                    "SELECT c.bytes FROM session_file_chunks c
+                     JOIN session_files f ON f.session_id = c.session_id AND f.path = c.path
+                     WHERE c.session_id = ?1 AND c.path = ?2 AND f.version = ?3 AND c.seq = ?4",
+                    params![id, path, version, to_i64(seq)],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(err)
+        })
+    }
+
+    fn take_mount_bytes<'a>(
+        &'a self,
+        owner: &'a Owner,
+        mount: &'a str,
+        day_ms: i64,
+        bytes: u64,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let (owner, mount) = (owner.clone(), mount.to_string());
+        self.blocking(move |inner| {
+            let mut writer = lock(&inner.writer);
+            let tx = writer.transaction().map_err(err)?;
+            let written: i64 = tx
+                .query_row(
+                    "SELECT coalesce((SELECT bytes FROM mount_writes
+                       WHERE user = ?1 AND team = ?2 AND key = ?3 AND mount = ?4 AND day_ms = ?5), 0)",
+                    params![owner.user, owner.team, owner.key, mount, day_ms],
+                    |row| row.get(0),
+                )
+                .map_err(err)?;
+            let written = written.max(0) as u64;
+            if written.saturating_add(bytes) > limit {
+                return Ok(Some(written));
+            }
+            tx.execute(
+                "INSERT INTO mount_writes (user, team, key, mount, day_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user, team, key, mount, day_ms) DO UPDATE SET bytes = bytes + excluded.bytes",
+                params![owner.user, owner.team, owner.key, mount, day_ms, to_i64(bytes)],
+            )
+            .map_err(err)?;
+            tx.execute("DELETE FROM mount_writes WHERE day_ms < ?1", params![day_ms - 7 * 86_400_000]).map_err(err)?;
+            tx.commit().map_err(err)?;
+            Ok(None)
+        })
+    }
+
+    fn create_console_session<'a>(&'a self, session: &'a ConsoleSession) -> BoxFuture<'a, Result<(), StoreError>> {
+        let session = session.clone();
+        self.blocking(move |inner| {
+            let writer = lock(&inner.writer);
+            writer
+                .execute("DELETE FROM console_sessions WHERE expires_at_ms <= ?1", params![session.created_at_ms])
+                .map_err(err)?;
+            writer
+                .execute(
+                    "INSERT INTO console_sessions (id, subject, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![session.id, session.subject, session.created_at_ms, session.expires_at_ms],
+                )
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn console_session<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<ConsoleSession>, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            inner
+                .reader()
+                .query_row(
+                    "SELECT id, subject, created_at_ms, expires_at_ms FROM console_sessions
+                     WHERE id = ?1 AND expires_at_ms > ?2 AND ended_at_ms IS NULL",
+                    params![id, now_ms],
+                    |row| {
+                        Ok(ConsoleSession {
+                            id: row.get(0)?,
+                            subject: row.get(1)?,
+                            created_at_ms: row.get(2)?,
+                            expires_at_ms: row.get(3)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(err)
+        })
+    }
+
+    fn end_console_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            lock(&inner.writer)
+                .execute("UPDATE console_sessions SET ended_at_ms = ?2 WHERE id = ?1", params![id, now_ms()])
+                .map_err(err)?;
+            Ok(())
         })
     }
 
@@ -1087,7 +1411,7 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.blocking(move |inner| {
             let sql = format!("SELECT {HANDLE_COLUMNS} FROM execution_handles WHERE id = ?1 AND expires_at_ms > ?2");
-            lock(&inner.reader).query_row(&sql, params![id, now_ms], handle_row).optional().map_err(err)
+            inner.reader().query_row(&sql, params![id, now_ms], handle_row).optional().map_err(err)
         })
     }
 
@@ -1119,6 +1443,6 @@ impl Store for SqliteStore {
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.blocking(|inner| lock(&inner.reader).query_row("SELECT 1", [], |_| Ok(())).map_err(err))
+        self.blocking(|inner| inner.reader().query_row("SELECT 1", [], |_| Ok(())).map_err(err))
     }
 }

@@ -28,11 +28,21 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    ));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Whether logs carry ANSI colours: only on a terminal, and never when `NO_COLOR` is
+/// set to anything but the empty string (<https://no-color.org>). Logs written to a
+/// file, a pipe, or an MCP client that launched `sandgate mcp` stay plain text.
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -81,4 +91,16 @@ pub(crate) fn record_execution(outcome: &Outcome, elapsed: std::time::Duration) 
 
 pub(crate) fn record_rejection(reason: &'static str) {
     metrics::counter!("sandgate_executions_rejected_total", "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::colours(true, None));
+        assert!(super::colours(true, Some(OsStr::new(""))));
+        assert!(!super::colours(true, Some(OsStr::new("1"))));
+        assert!(!super::colours(false, None));
+    }
 }

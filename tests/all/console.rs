@@ -241,7 +241,7 @@ async fn the_console_keeps_the_apis_host_and_origin_rules() {
     let page = client().get(format!("{}/ui/usage", keyed.base)).header("cookie", &value).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.unwrap().contains("carol (team ops, member)"));
-    let forged = value.replace("v1.", "v1.00");
+    let forged = value.replace("v2.", "v2.00");
     let page = no_redirects.get(format!("{}/ui/usage", keyed.base)).header("cookie", &forged).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::SEE_OTHER, "a changed cookie is not a sign-in");
 }

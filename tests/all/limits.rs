@@ -54,8 +54,11 @@ async fn a_console_flood_is_cut_at_the_cap_and_marked() {
     assert_eq!(body["error"]["kind"], "output_limit", "{body}");
     let logs = body["logs"].as_array().unwrap();
     assert_eq!(logs.last().unwrap()["message"], "[truncated]");
-    let kept: usize = logs[..logs.len() - 1].iter().map(|l| l["message"].as_str().unwrap().len()).sum();
-    assert_eq!(kept, 1000, "output is kept up to the cap exactly");
+    let lines = &logs[..logs.len() - 1];
+    let kept: usize = lines.iter().map(|l| l["message"].as_str().unwrap().len()).sum();
+    // Each line costs its bytes and LINE_COST; the cut line too.
+    let charged = kept + lines.len() * sandgate::sandbox::LINE_COST as usize;
+    assert_eq!(charged, 1000, "output is kept up to the cap exactly");
     assert_healthy().await;
 }
 

@@ -27,5 +27,6 @@ mod search;
 mod sessions;
 mod store;
 mod stub;
+mod surfaces;
 mod traces;
 mod workspace;

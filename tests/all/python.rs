@@ -106,6 +106,36 @@ async fn errors_carry_kind_name_position_and_traceback() {
 }
 
 #[tokio::test]
+async fn kinds_say_what_happened_not_what_the_code_claims() {
+    // `syntax` is for code that does not parse, not for a raised SyntaxError.
+    let raised = error("raise SyntaxError('x')").await;
+    assert_eq!(
+        (raised["kind"].clone(), raised["name"].clone()),
+        (json!("exception"), json!("SyntaxError")),
+        "{raised}"
+    );
+    // A host error keeps its kind however it travels; the same text raised anew is
+    // the code's own exception.
+    let caught = error("try:\n    await tools.test.fail(message='boom')\nexcept RuntimeError as e:\n    raise e").await;
+    assert_eq!(caught["kind"], "tool_error", "{caught}");
+    let copied = error(
+        "try:\n    await tools.test.fail(message='boom')\nexcept RuntimeError as e:\n    raise RuntimeError(str(e))",
+    )
+    .await;
+    assert_eq!(copied["kind"], "exception", "{copied}");
+    // Asking for more memory than the guest can address is `out_of_memory`, never
+    // `internal`.
+    for code in ["[0] * 10**9", "'a' * 2**31"] {
+        let body = python(code).await;
+        assert_eq!(body["error"]["kind"], "out_of_memory", "{code}: {body}");
+    }
+    // A range's length is exact.
+    assert_eq!(value("len(range(10**18))").await, json!(1_000_000_000_000_000_000u64));
+    assert_eq!(value("range(10**18)[-3:][0]").await, json!(999_999_999_999_999_997u64));
+    assert_eq!(value("range(10**18) == range(10**18 + 5)").await, json!(false));
+}
+
+#[tokio::test]
 async fn tools_and_models_are_the_same_doors() {
     // Keyword arguments, or one dict.
     assert_eq!(value("await tools.test.echo(a=1, b=[2, 3])").await, json!({"a": 1, "b": [2, 3]}));

@@ -147,6 +147,35 @@ async fn a_session_is_made_again_from_its_pages_and_grows_with_the_heap() {
 }
 
 #[tokio::test]
+async fn a_top_level_return_gives_the_same_result_in_and_out_of_a_session() {
+    let programs = [
+        ("let a = 20; return a + 1", "21"),
+        ("const rows = [1, 2]; if (rows.length > 1) return rows.length * 10; return 0", "20"),
+        ("let hit = null;\nfor (const n of [3, 4, 5]) {\n  if (n % 2 === 0) return n;\n}\nreturn -1", "4"),
+        ("try { return 'tried' } finally { globalThis.cleaned = true }", r#""tried""#),
+        ("const { x, y: [z] } = { x: 1, y: [2] };\nreturn\nx + z", "null"),
+        ("class Box { constructor(v) { this.v = v } }\nfunction twice(n) { return n * 2 }\nreturn twice(new Box(4).v)", "8"),
+        ("return await Promise.resolve('later')", r#""later""#),
+    ];
+    for (code, expected) in programs {
+        assert_eq!(result(&run(code, None).await), expected, "fresh: {code}");
+        let mut session = Session::new(Language::Javascript).await;
+        assert_eq!(step(code, &mut session).await, expected, "in a session: {code}");
+    }
+    // What a returning snippet declared is there in the session's next execution.
+    let mut session = Session::new(Language::Javascript).await;
+    assert_eq!(step("const base = 40; function add(n) { return base + n }\nreturn add(1)", &mut session).await, "41");
+    assert_eq!(step("add(2)", &mut session).await, "42");
+    assert_eq!(step("class K { k() { return base } }\nif (base) return new K().k()", &mut session).await, "40");
+    assert_eq!(step("new K().k() + 2", &mut session).await, "42");
+    // A return inside a function is the function's, as always.
+    assert_eq!(step("const f = () => { return 5 }; f()", &mut session).await, "5");
+    // And an error keeps its position in the code as submitted.
+    let error = run("let q = 1;\nif (q) return null.x", Some(&session)).await.error.unwrap();
+    assert_eq!((error.kind.as_str(), error.line), ("exception", Some(2)), "{error:?}");
+}
+
+#[tokio::test]
 async fn typescript_runs_in_a_session_too() {
     let mut session = Session::new(Language::Typescript).await;
     let outcome = sandbox()

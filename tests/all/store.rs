@@ -357,6 +357,73 @@ fn legacy_image(size: u64, pages: &[(u32, u8)]) -> Vec<u8> {
     image
 }
 
+/// A store written before files were kept in chunks: each file's bytes become its
+/// chunks when it is opened, and read back the same.
+#[tokio::test]
+async fn stored_workspace_files_become_chunks_on_upgrade() {
+    for backend in BACKENDS {
+        let config = fresh(backend).await;
+        let now = store::now_ms();
+        let store = open(&config).await;
+        store.create_session(&session("old", "alice", now, 60_000)).await.unwrap();
+        drop(store);
+        let big: Vec<u8> = (0..store::FILE_CHUNK + 10).map(|i| (i % 7) as u8).collect();
+        // Back to the schema before chunks, holding the files as they were kept then.
+        match &config {
+            StoreConfig::Sqlite { path, .. } => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                db.execute_batch(
+                    "DROP TABLE session_file_chunks;
+                     DROP TABLE console_sessions;
+                     DROP TABLE mount_writes;
+                     ALTER TABLE session_files DROP COLUMN version;
+                     DELETE FROM schema_migrations WHERE version >= 12;
+                     INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd', 1, 0, NULL);
+                     INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd/e', 0, 0, x'');",
+                )
+                .unwrap();
+                db.execute(
+                    "INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd/big', 0, ?1, ?2)",
+                    rusqlite::params![big.len() as i64, big],
+                )
+                .unwrap();
+            }
+            StoreConfig::Postgres { url, .. } => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client
+                    .batch_execute(
+                        "DROP TABLE session_file_chunks;
+                         DROP TABLE console_sessions;
+                         DROP TABLE mount_writes;
+                         ALTER TABLE session_files DROP COLUMN version;
+                         DELETE FROM schema_migrations WHERE version >= 9;
+                         INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd', true, 0, NULL);
+                         INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd/e', false, 0, '');",
+                    )
+                    .await
+                    .unwrap();
+                client
+                    .execute(
+                        "INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd/big', false, $1, $2)",
+                        &[&(big.len() as i64), &big],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let store = open(&config).await;
+        let files = store.session_files("old", true).await.unwrap();
+        let read: Vec<(&str, bool, &[u8])> =
+            files.iter().map(|f| (f.path.as_str(), f.dir, f.data.as_slice())).collect();
+        assert_eq!(read, [("d", true, &[][..]), ("d/big", false, &big[..]), ("d/e", false, &[][..])], "{backend:?}");
+        let file = store.session_file("old", "d/big").await.unwrap().unwrap();
+        assert_eq!(file.chunks(), 2);
+        let last = store.file_chunk("old", "d/big", file.version, 1).await.unwrap().unwrap();
+        assert_eq!(last.len(), 10, "{backend:?}");
+    }
+}
+
 /// A store written before session memories were kept page by page: its images
 /// become pages when it is opened, and its sessions go on from them.
 #[tokio::test]
@@ -376,7 +443,11 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                     "CREATE TABLE session_images (session_id TEXT PRIMARY KEY, image BLOB NOT NULL);
                      DROP TABLE session_pages;
                      ALTER TABLE sessions DROP COLUMN memory_size;
-                     DELETE FROM schema_migrations WHERE version = 11;",
+                     DROP TABLE session_file_chunks;
+                     DROP TABLE console_sessions;
+                     DROP TABLE mount_writes;
+                     ALTER TABLE session_files DROP COLUMN version;
+                     DELETE FROM schema_migrations WHERE version >= 11;",
                 )
                 .unwrap();
                 db.execute("INSERT INTO session_images VALUES ('old', ?1)", [&image]).unwrap();
@@ -390,7 +461,11 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                         "ALTER TABLE sessions ADD COLUMN image BYTEA;
                          DROP TABLE session_pages;
                          ALTER TABLE sessions DROP COLUMN memory_size;
-                         DELETE FROM schema_migrations WHERE version = 8;",
+                         DROP TABLE session_file_chunks;
+                         DROP TABLE console_sessions;
+                         DROP TABLE mount_writes;
+                         ALTER TABLE session_files DROP COLUMN version;
+                         DELETE FROM schema_migrations WHERE version >= 8;",
                     )
                     .await
                     .unwrap();
@@ -408,12 +483,16 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
         assert_eq!(session.image_bytes, 2 * store::PAGE as u64, "{backend:?}");
         // And it goes on from there.
         assert!(matches!(
-            store.lease_session("old", "alice", "next", now + 5_000, now).await.unwrap(),
+            store.lease_session("old", &owner("alice"), "next", now + 5_000, now).await.unwrap(),
             store::Lease::Taken { .. }
         ));
         let page = vec![9u8; store::PAGE];
-        let write = store::MemoryWrite { size: 1 << 20, pages: vec![(7, &page[..])], bytes: 2 * store::PAGE as u64 };
-        assert!(store.return_session("old", "next", Some(&write), Some(now + 1), &[]).await.unwrap());
+        let write =
+            store::MemoryWrite { size: 1 << 20, pages: vec![(7, &page[..])], bytes: 2 * store::PAGE as u64, cap: None };
+        assert_eq!(
+            store.return_session("old", "next", Some(&write), Some(now + 1), &[]).await.unwrap(),
+            store::Returned::Done
+        );
         assert_eq!(store.session_memory("old").await.unwrap().pages[1], (7, page), "{backend:?}");
     }
 }
@@ -441,10 +520,16 @@ async fn keys_are_created_once_by_name_listed_and_revoked() {
         assert!(other.revoke_key("laptop").await.unwrap(), "{backend:?}");
         assert!(!store.revoke_key("laptop").await.unwrap(), "{backend:?}: already revoked");
         assert_eq!(store.keys().await.unwrap(), [key("ci", "sg_three")], "{backend:?}");
-        // A revoked key's name can be given to a new key.
-        assert!(store.create_key(&key("laptop", "sg_four")).await.unwrap(), "{backend:?}");
-        assert_eq!(store.keys().await.unwrap().len(), 2, "{backend:?}");
+        // A revoked key's name stays reserved: a new key never takes the name an old
+        // one signed in with.
+        assert!(!store.create_key(&key("laptop", "sg_four")).await.unwrap(), "{backend:?}");
+        assert_eq!(store.keys().await.unwrap().len(), 1, "{backend:?}");
     }
+}
+
+/// The principal [`session`] records as a session's owner.
+fn owner(user: &str) -> store::Owner {
+    store::Owner { user: user.into(), team: "t".into(), key: "k".into() }
 }
 
 fn session(id: &str, user: &str, now: i64, ttl_ms: i64) -> store::SessionRecord {
@@ -477,44 +562,66 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_memory_pages() {
         assert_eq!(listed, ["s1", "s2"], "{backend:?}");
 
         // Another user's session is missing to them, busy or not.
-        assert_eq!(store.lease_session("s3", "alice", "x", now + 5_000, now).await.unwrap(), Lease::Missing);
+        assert_eq!(store.lease_session("s3", &owner("alice"), "x", now + 5_000, now).await.unwrap(), Lease::Missing);
         // The first execution finds no memory; a second one meanwhile finds it busy.
         let Lease::Taken { session: taken } =
-            store.lease_session("s1", "alice", "run-1", now + 5_000, now).await.unwrap()
+            store.lease_session("s1", &owner("alice"), "run-1", now + 5_000, now).await.unwrap()
         else {
             panic!("{backend:?}: the session is free");
         };
         assert_eq!((taken.user.as_str(), taken.executions), ("alice", 0));
         assert_eq!(store.session_memory("s1").await.unwrap(), store::StoredMemory::default(), "{backend:?}");
         assert_eq!(
-            other.lease_session("s1", "alice", "run-2", now + 5_000, now).await.unwrap(),
+            other.lease_session("s1", &owner("alice"), "run-2", now + 5_000, now).await.unwrap(),
             Lease::Busy { until_ms: now + 5_000 }
         );
         assert_eq!(
-            other.lease_session("s1", "bob", "run-2", now + 5_000, now).await.unwrap(),
+            other.lease_session("s1", &owner("bob"), "run-2", now + 5_000, now).await.unwrap(),
             Lease::Missing,
             "{backend:?}: not even busy to another user"
         );
+        let other_key = store::Owner { key: "another key".into(), ..owner("alice") };
+        assert_eq!(
+            other.lease_session("s1", &other_key, "run-2", now + 5_000, now).await.unwrap(),
+            Lease::Missing,
+            "{backend:?}: nor to the same user with another key"
+        );
+        let other_team = store::Owner { team: "another team".into(), ..owner("alice") };
+        assert_eq!(
+            other.lease_session("s1", &other_team, "run-2", now + 5_000, now).await.unwrap(),
+            Lease::Missing,
+            "{backend:?}: nor in another team"
+        );
         let (one, two, three) = (vec![1u8; store::PAGE], vec![2u8; store::PAGE], vec![3u8; store::PAGE]);
-        let first = store::MemoryWrite { size: 1 << 20, pages: vec![(3, &one[..]), (9, &two[..])], bytes: 8192 };
-        assert!(store.return_session("s1", "run-1", Some(&first), Some(now + 10), &[]).await.unwrap(), "{backend:?}");
-        assert!(
-            !store.return_session("s1", "run-1", None, Some(now + 11), &[]).await.unwrap(),
+        let first =
+            store::MemoryWrite { size: 1 << 20, pages: vec![(3, &one[..]), (9, &two[..])], bytes: 8192, cap: None };
+        assert_eq!(
+            store.return_session("s1", "run-1", Some(&first), Some(now + 10), &[]).await.unwrap(),
+            store::Returned::Done,
+            "{backend:?}"
+        );
+        assert_eq!(
+            store.return_session("s1", "run-1", None, Some(now + 11), &[]).await.unwrap(),
+            store::Returned::NotHeld,
             "{backend:?}: the lease is over"
         );
 
         // The next execution, on any replica, starts from those pages; its pages are
         // written over them, page by page.
         let Lease::Taken { session: taken } =
-            other.lease_session("s1", "alice", "run-3", now + 5_000, now).await.unwrap()
+            other.lease_session("s1", &owner("alice"), "run-3", now + 5_000, now).await.unwrap()
         else {
             panic!("{backend:?}: the session is free again");
         };
         assert_eq!((taken.executions, taken.image_bytes), (1, 8192), "{backend:?}");
         let read = other.session_memory("s1").await.unwrap();
         assert_eq!(read, store::StoredMemory { size: 1 << 20, pages: vec![(3, one.clone()), (9, two.clone())] });
-        let next = store::MemoryWrite { size: 2 << 20, pages: vec![(1, &three[..]), (9, &one[..])], bytes: 12_288 };
-        assert!(other.return_session("s1", "run-3", Some(&next), Some(now + 15), &[]).await.unwrap());
+        let next =
+            store::MemoryWrite { size: 2 << 20, pages: vec![(1, &three[..]), (9, &one[..])], bytes: 12_288, cap: None };
+        assert_eq!(
+            other.return_session("s1", "run-3", Some(&next), Some(now + 15), &[]).await.unwrap(),
+            store::Returned::Done
+        );
         let read = store.session_memory("s1").await.unwrap();
         assert_eq!(
             read,
@@ -523,10 +630,13 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_memory_pages() {
         );
         // A failed execution returns no pages: the last ones stay.
         assert!(matches!(
-            store.lease_session("s1", "alice", "run-4", now + 5_000, now).await.unwrap(),
+            store.lease_session("s1", &owner("alice"), "run-4", now + 5_000, now).await.unwrap(),
             Lease::Taken { .. }
         ));
-        assert!(store.return_session("s1", "run-4", None, Some(now + 20), &[]).await.unwrap());
+        assert_eq!(
+            store.return_session("s1", "run-4", None, Some(now + 20), &[]).await.unwrap(),
+            store::Returned::Done
+        );
         assert_eq!(other.session_memory("s1").await.unwrap(), read, "{backend:?}");
         let kept = store.session("s1", now + 20).await.unwrap().unwrap();
         assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (3, 12_288, now + 20), "{backend:?}");
@@ -534,34 +644,37 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_memory_pages() {
         assert_eq!(other.session_totals("carol", now + 20).await.unwrap(), (0, 0), "{backend:?}");
         // A lease given back with no execution run (it was refused) changes nothing.
         assert!(matches!(
-            other.lease_session("s1", "alice", "refused", now + 5_000, now + 30).await.unwrap(),
+            other.lease_session("s1", &owner("alice"), "refused", now + 5_000, now + 30).await.unwrap(),
             Lease::Taken { .. }
         ));
-        assert!(other.return_session("s1", "refused", None, None, &[]).await.unwrap());
+        assert_eq!(other.return_session("s1", "refused", None, None, &[]).await.unwrap(), store::Returned::Done);
         let kept = store.session("s1", now + 40).await.unwrap().unwrap();
         assert_eq!((kept.executions, kept.image_bytes, kept.used_at_ms), (3, 12_288, now + 20), "{backend:?}");
 
         // A lease whose holder died ends at its deadline.
         assert!(matches!(
-            store.lease_session("s2", "alice", "dead", now + 50, now).await.unwrap(),
+            store.lease_session("s2", &owner("alice"), "dead", now + 50, now).await.unwrap(),
             Lease::Taken { .. }
         ));
         assert!(matches!(
-            other.lease_session("s2", "alice", "next", now + 5_000, now + 10).await.unwrap(),
+            other.lease_session("s2", &owner("alice"), "next", now + 5_000, now + 10).await.unwrap(),
             Lease::Busy { .. }
         ));
         assert!(matches!(
-            other.lease_session("s2", "alice", "next", now + 5_000, now + 60).await.unwrap(),
+            other.lease_session("s2", &owner("alice"), "next", now + 5_000, now + 60).await.unwrap(),
             Lease::Taken { .. }
         ));
 
         // Ended or expired sessions are gone.
         assert!(store.end_session("s3").await.unwrap(), "{backend:?}");
         assert!(!store.end_session("s3").await.unwrap());
-        assert_eq!(store.lease_session("s3", "bob", "x", now + 5_000, now).await.unwrap(), Lease::Missing);
+        assert_eq!(store.lease_session("s3", &owner("bob"), "x", now + 5_000, now).await.unwrap(), Lease::Missing);
         let expires = kept.expires_at_ms();
         assert!(store.session("s1", expires).await.unwrap().is_none(), "{backend:?}: idle past its TTL");
-        assert_eq!(store.lease_session("s1", "alice", "late", expires + 5_000, expires).await.unwrap(), Lease::Missing);
+        assert_eq!(
+            store.lease_session("s1", &owner("alice"), "late", expires + 5_000, expires).await.unwrap(),
+            Lease::Missing
+        );
         assert!(store.sessions("alice", expires + 70_000).await.unwrap().is_empty());
         assert!(store.end_session("s1").await.unwrap());
         assert_eq!(other.session_memory("s1").await.unwrap(), store::StoredMemory::default(), "{backend:?}");
@@ -582,16 +695,23 @@ async fn workspace_files_change_with_the_lease_and_go_with_the_session() {
             let store = store.clone();
             async move {
                 assert!(matches!(
-                    store.lease_session(id, "alice", name, now + 5_000, now).await.unwrap(),
+                    store.lease_session(id, &owner("alice"), name, now + 5_000, now).await.unwrap(),
                     Lease::Taken { .. }
                 ));
             }
         };
         lease("w1", "a").await;
         let changes = [dir("d"), dir("d/e"), put("d/e/f.txt", b"hello"), put("g.bin", &[0, 255]), put("dd", b"x")];
-        assert!(store.return_session("w1", "a", None, Some(now), &changes).await.unwrap(), "{backend:?}");
+        assert_eq!(
+            store.return_session("w1", "a", None, Some(now), &changes).await.unwrap(),
+            store::Returned::Done,
+            "{backend:?}"
+        );
         // Only the lease's holder changes files.
-        assert!(!other.return_session("w1", "a", None, Some(now), &[put("late", b"x")]).await.unwrap());
+        assert_eq!(
+            other.return_session("w1", "a", None, Some(now), &[put("late", b"x")]).await.unwrap(),
+            store::Returned::NotHeld
+        );
 
         let listed = other.session_files("w1", false).await.unwrap();
         let paths: Vec<(&str, bool, u64, usize)> =
@@ -608,26 +728,152 @@ async fn workspace_files_change_with_the_lease_and_go_with_the_session() {
             "{backend:?}"
         );
         let read = other.session_file("w1", "g.bin").await.unwrap().unwrap();
-        assert_eq!(read.data, [0, 255], "{backend:?}");
+        assert_eq!((read.size, read.chunks()), (2, 1), "{backend:?}");
+        assert_eq!(other.file_chunk("w1", "g.bin", read.version, 0).await.unwrap().unwrap(), [0, 255], "{backend:?}");
         let shown = other.session("w1", now).await.unwrap().unwrap();
         assert_eq!((shown.files, shown.file_bytes), (5, 8), "{backend:?}");
 
         // A removal takes what is under the path, and only that (not `dd`).
         lease("w1", "b").await;
         let changes = [FileChange::Remove("d".into()), put("g.bin", b"replaced")];
-        assert!(other.return_session("w1", "b", None, Some(now), &changes).await.unwrap());
+        assert_eq!(other.return_session("w1", "b", None, Some(now), &changes).await.unwrap(), store::Returned::Done);
         let with_data = store.session_files("w1", true).await.unwrap();
         let paths: Vec<(&str, &[u8])> = with_data.iter().map(|f| (f.path.as_str(), f.data.as_slice())).collect();
         assert_eq!(paths, [("dd", &b"x"[..]), ("g.bin", &b"replaced"[..])], "{backend:?}");
+        // A reader of the old version finds it gone rather than reading the new one.
+        assert_eq!(store.file_chunk("w1", "g.bin", read.version, 0).await.unwrap(), None, "{backend:?}");
         let shown = store.session("w1", now).await.unwrap().unwrap();
         assert_eq!((shown.files, shown.file_bytes), (2, 9), "{backend:?}");
 
         // Files end with their session, whether it is ended or expires.
         lease("w2", "c").await;
-        assert!(store.return_session("w2", "c", None, None, &[put("x", b"x")]).await.unwrap());
+        assert_eq!(
+            store.return_session("w2", "c", None, None, &[put("x", b"x")]).await.unwrap(),
+            store::Returned::Done
+        );
         assert!(store.end_session("w1").await.unwrap());
         assert!(store.session_files("w1", false).await.unwrap().is_empty(), "{backend:?}");
         store.create_session(&session("w3", "alice", now + 2_000, 60_000)).await.unwrap();
         assert!(store.session_files("w2", false).await.unwrap().is_empty(), "{backend:?}: swept when it expired");
+    }
+}
+
+#[tokio::test]
+async fn large_files_are_kept_and_read_a_chunk_at_a_time() {
+    use store::{FileChange, Lease, FILE_CHUNK};
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let now = store::now_ms();
+        store.create_session(&session("big", "alice", now, 60_000)).await.unwrap();
+        // An upload spooled to disk goes in a chunk at a time.
+        let bytes: Vec<u8> = (0..FILE_CHUNK * 2 + 123).map(|i| (i % 251) as u8).collect();
+        let spool = crate::harness::temp_dir("spool").join("upload");
+        std::fs::write(&spool, &bytes).unwrap();
+        let upload = FileChange::Spooled { path: "data.bin".into(), size: bytes.len() as u64, from: spool };
+        assert!(matches!(
+            store.lease_session("big", &owner("alice"), "up", now + 5_000, now).await.unwrap(),
+            Lease::Taken { .. }
+        ));
+        assert_eq!(store.return_session("big", "up", None, None, &[upload]).await.unwrap(), store::Returned::Done);
+        let file = other.session_file("big", "data.bin").await.unwrap().unwrap();
+        assert_eq!((file.size, file.chunks()), (bytes.len() as u64, 3), "{backend:?}");
+        let mut read = Vec::new();
+        for seq in 0..file.chunks() {
+            read.extend(other.file_chunk("big", "data.bin", file.version, seq).await.unwrap().unwrap());
+        }
+        assert!(read == bytes, "{backend:?}: the chunks make the file");
+        assert_eq!(other.file_chunk("big", "data.bin", file.version, 3).await.unwrap(), None);
+        let whole = store.session_files("big", true).await.unwrap();
+        assert!(whole[0].data == bytes, "{backend:?}: an execution's copy is the whole file");
+        assert_eq!(store.session("big", now).await.unwrap().unwrap().file_bytes, bytes.len() as u64);
+    }
+}
+
+#[tokio::test]
+async fn a_users_sessions_stay_under_their_memory_cap_however_many_return_at_once() {
+    use store::{Lease, MemoryCap, MemoryWrite, Returned};
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let now = store::now_ms();
+        for id in ["c1", "c2", "c3"] {
+            store.create_session(&session(id, "carol", now, 60_000)).await.unwrap();
+            let Lease::Taken { .. } = store.lease_session(id, &owner("carol"), id, now + 5_000, now).await.unwrap()
+            else {
+                panic!("{backend:?}: {id} is free");
+            };
+        }
+        // Three returns of 40 KiB each at once, against a cap of 100 KiB: at most two
+        // fit, whichever replica each comes through.
+        let page = vec![7u8; store::PAGE];
+        let returns = ["c1", "c2", "c3"].map(|id| {
+            let store = if id == "c2" { other.clone() } else { store.clone() };
+            let page = page.clone();
+            async move {
+                let pages: Vec<(u32, &[u8])> = (0..10).map(|n| (n, &page[..])).collect();
+                let cap = Some(MemoryCap { user: "carol".into(), max_bytes: 100 << 10 });
+                let write = MemoryWrite { size: 1 << 20, pages, bytes: 40 << 10, cap };
+                store.return_session(id, id, Some(&write), Some(now + 1), &[]).await.unwrap()
+            }
+        });
+        let results = futures::future::join_all(returns).await;
+        let done = results.iter().filter(|r| **r == Returned::Done).count();
+        assert_eq!(done, 2, "{backend:?}: {results:?}");
+        assert!(results.iter().any(|r| matches!(r, Returned::OverCap { total } if *total == 120 << 10)), "{results:?}");
+        let (open, bytes) = store.session_totals("carol", now + 2).await.unwrap();
+        assert_eq!((open, bytes), (3, 80 << 10), "{backend:?}");
+        // The refused one is free again, as it was.
+        for id in ["c1", "c2", "c3"] {
+            assert!(matches!(
+                store.lease_session(id, &owner("carol"), "again", now + 5_000, now + 3).await.unwrap(),
+                Lease::Taken { .. }
+            ));
+        }
+    }
+}
+
+#[tokio::test]
+async fn console_sign_ins_end_on_every_replica_and_when_their_time_is_over() {
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let now = store::now_ms();
+        let signed_in = |id: &str, expires_at_ms: i64| store::ConsoleSession {
+            id: id.into(),
+            subject: "key:abcd".into(),
+            created_at_ms: now,
+            expires_at_ms,
+        };
+        store.create_console_session(&signed_in("one", now + 60_000)).await.unwrap();
+        store.create_console_session(&signed_in("two", now + 60_000)).await.unwrap();
+        store.create_console_session(&signed_in("short", now + 10)).await.unwrap();
+        assert_eq!(other.console_session("one", now).await.unwrap(), Some(signed_in("one", now + 60_000)));
+        assert_eq!(other.console_session("short", now + 10).await.unwrap(), None, "{backend:?}: its time is over");
+        other.end_console_session("one").await.unwrap();
+        assert_eq!(store.console_session("one", now).await.unwrap(), None, "{backend:?}: signed out everywhere");
+        assert!(store.console_session("two", now).await.unwrap().is_some(), "{backend:?}: only that one");
+        assert_eq!(store.console_session("nobody", now).await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn mount_writes_stay_within_each_principals_daily_quota_across_replicas() {
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let day = 86_400_000 * 20_000;
+        let alice = owner("alice");
+        let takes = (0..6).map(|i| {
+            let store = if i % 2 == 0 { store.clone() } else { other.clone() };
+            let alice = alice.clone();
+            async move { store.take_mount_bytes(&alice, "/srv/reports", day, 40, 100).await.unwrap() }
+        });
+        let results = futures::future::join_all(takes).await;
+        assert_eq!(results.iter().filter(|r| r.is_none()).count(), 2, "{backend:?}: {results:?}");
+        assert_eq!(store.take_mount_bytes(&alice, "/srv/reports", day, 21, 100).await.unwrap(), Some(80));
+        assert_eq!(store.take_mount_bytes(&alice, "/srv/reports", day, 20, 100).await.unwrap(), None);
+        // Another principal, mount or day has its own.
+        let bob = owner("bob");
+        assert_eq!(store.take_mount_bytes(&bob, "/srv/reports", day, 100, 100).await.unwrap(), None);
+        assert_eq!(store.take_mount_bytes(&alice, "/srv/other", day, 100, 100).await.unwrap(), None);
+        assert_eq!(other.take_mount_bytes(&alice, "/srv/reports", day + 86_400_000, 100, 100).await.unwrap(), None);
+        assert_eq!(other.take_mount_bytes(&alice, "/srv/reports", day, 101, 100).await.unwrap(), Some(100));
     }
 }

@@ -177,6 +177,8 @@ fn router(state: Shared) -> Router {
         .route("/v1/models", get(models))
         .fallback(not_found)
         .with_state(state)
+        // Providers take requests far larger than axum's default of 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
 }
 
 // ---------------------------------------------------------------------------------

@@ -33,9 +33,9 @@ use std::cell::RefCell;
 
 use monty::{MontyRepl, MontyRun, ReplProgress, ReplStartError, RunProgress};
 use monty_types::{
-    CompileOptions, DictPairs, ExcType, ExtFunctionResult, FileMode, MontyClassInstance, MontyClassType, MontyDate,
-    MontyDateTime, MontyException, MontyFileHandle, MontyObject, MontyUuid, NameLookupResult, OsFunctionCall,
-    PrintWriter, PrintWriterCallback, ResourceLimits, ResourceTracker,
+    CompileOptions, DictPairs, ExcData, ExcType, ExtFunctionResult, FileMode, JsonErrorData, MontyClassInstance,
+    MontyClassType, MontyDate, MontyDateTime, MontyException, MontyFileHandle, MontyObject, MontyUuid,
+    NameLookupResult, OsFunctionCall, PrintWriter, PrintWriterCallback, ResourceLimits, ResourceTracker,
 };
 use sandgate_guest_abi as abi;
 use serde_json::{json, Value};
@@ -170,9 +170,6 @@ struct Run {
     servers: HashMap<MontyUuid, String>,
     /// Host call id → Monty call id, for calls in flight.
     calls: HashMap<u32, u32>,
-    /// Errors made from host replies, with the kind the host gave each: an uncaught
-    /// one is reported with that kind.
-    host_errors: Vec<(ExcType, String, String)>,
     /// Replies to pending calls that came while a file call waited for its own, in
     /// the order they came: `resolve` hands them out before waiting again.
     early: std::collections::VecDeque<(u32, String)>,
@@ -216,8 +213,7 @@ impl Run {
             },
             _ => ExcType::RuntimeError,
         };
-        self.host_errors.push((exc_type, message.to_string(), kind.to_string()));
-        MontyException::new(exc_type, Some(message.to_string()))
+        MontyException::new(exc_type, Some(message.to_string())).with_data(host_mark(kind))
     }
 
     /// The exception a host reply that is an error makes, or its value.
@@ -300,25 +296,58 @@ fn to_json(value: &MontyObject) -> Result<Value, String> {
     })
 }
 
+/// What marks an exception made from a host reply (see [`host_mark`]).
+const HOST_ERROR: &str = "sandgate: an error the host replied with";
+
+/// The mark an exception made from a host reply carries: the host's kind, in the
+/// exception's structured payload. Monty keeps that payload with the exception object
+/// wherever it goes (`except ... as e: raise e`, a bare `raise`, a global, `gather`),
+/// shows the code only `.args`, and fills one for nothing the code raises itself but a
+/// `json.JSONDecodeError` from `json.loads`, with `json`'s own message and a line of
+/// at least 1. So a new exception the code raises, whatever its type and text, has no
+/// host kind.
+fn host_mark(kind: &str) -> ExcData {
+    ExcData::Json(Box::new(JsonErrorData {
+        msg: HOST_ERROR.to_string(),
+        doc: Some(kind.to_string()),
+        pos: 0,
+        lineno: 0,
+        colno: 0,
+    }))
+}
+
+/// The host's kind for an exception made from a host reply (see [`host_mark`]).
+fn host_kind(exception: &MontyException) -> Option<&str> {
+    match exception.data() {
+        ExcData::Json(data) if data.msg == HOST_ERROR && data.lineno == 0 => data.doc.as_deref(),
+        _ => None,
+    }
+}
+
+/// Whether the parser or compiler refused the code, rather than the code raising
+/// `SyntaxError` as it ran: Monty builds a compile error's one frame with
+/// `hide_frame_name` (CPython's `File "...", line N`, without `, in <module>`), and a
+/// raised exception's frames never have it. Script and session alike.
+fn refused(exception: &MontyException) -> bool {
+    exception.exc_type() == ExcType::SyntaxError && exception.traceback().iter().any(|frame| frame.hide_frame_name)
+}
+
 /// The error object for an exception that ended the run.
-fn describe(exception: &MontyException, run: &Run, syntax: bool) -> String {
+fn describe(exception: &MontyException) -> String {
     let exc_type = exception.exc_type();
     let message = exception.message().unwrap_or_default().to_string();
-    let kind = if syntax {
-        "syntax".to_string()
-    } else {
-        run.host_errors
-            .iter()
-            .find(|(t, m, _)| *t == exc_type && *m == message)
-            .map_or_else(|| "exception".to_string(), |(_, _, kind)| kind.clone())
-    };
+    let kind = if refused(exception) { "syntax" } else { host_kind(exception).unwrap_or("exception") };
     let mut error = serde_json::Map::new();
-    error.insert("kind".into(), Value::String(kind));
+    error.insert("kind".into(), Value::String(kind.to_string()));
     let name: &'static str = exc_type.into();
     error.insert("name".into(), Value::String(name.to_string()));
     let shown = if message.is_empty() { name.to_string() } else { message };
     error.insert("message".into(), Value::String(shown));
-    if let Some(frame) = exception.traceback().iter().rev().find(|f| f.filename == FILENAME) {
+    // A script's frames are all `<code>`; a session names each snippet it runs
+    // `<python-input-N>`, and the frames of a function an earlier one defined carry
+    // that one's name and lines. The outermost frame is the code that ran.
+    let code = exception.traceback().first().map(|f| f.filename.as_str());
+    if let Some(frame) = exception.traceback().iter().rev().find(|f| Some(f.filename.as_str()) == code) {
         error.insert("line".into(), Value::from(frame.start.line));
         error.insert("column".into(), Value::from(frame.start.column));
     }
@@ -351,8 +380,31 @@ thread_local! {
     static REPL: RefCell<Option<MontyRepl>> = const { RefCell::new(None) };
 }
 
+/// The most one allocation can ask for in a 32-bit guest: Rust refuses more
+/// (`capacity overflow`, a panic) before the allocator sees the request.
+const MAX_ALLOCATION: usize = isize::MAX as usize;
+
 fn limits() -> ResourceTracker {
-    ResourceTracker::new(ResourceLimits { max_suspensions: usize::MAX, ..ResourceLimits::default() })
+    // No allocator reports live memory to Monty here (`monty-alloc` would), so
+    // `max_memory` bounds only what one operation says it will allocate (`'a' * n`,
+    // `[0] * n`, `bytes(n)`, `str.ljust`, ...): Monty raises `MemoryError` instead of
+    // asking for it. Smaller requests meet the host's memory limit in the allocator.
+    ResourceTracker::new(ResourceLimits {
+        max_suspensions: usize::MAX,
+        max_memory: Some(MAX_ALLOCATION),
+        ..ResourceLimits::default()
+    })
+}
+
+/// The bytes an operation asked for when Monty refused it for `max_memory`: its
+/// `MemoryError` says `memory limit exceeded: N bytes > L bytes` (and is uncatchable),
+/// at a frame shown with a caret, which a `raise` statement's frame never is.
+fn refused_allocation(exception: &MontyException) -> Option<usize> {
+    if exception.exc_type() != ExcType::MemoryError || exception.traceback().last()?.hide_caret {
+        return None;
+    }
+    let rest = exception.message()?.strip_prefix("memory limit exceeded: ")?;
+    rest.strip_suffix(&format!(" bytes > {MAX_ALLOCATION} bytes"))?.parse().ok()
 }
 
 /// Runs the request the host holds and reports its outcome through `finish`.
@@ -367,13 +419,8 @@ pub extern "C" fn run() {
             Err(error) => return abi::fault(&format!("the input is not JSON: {error}")),
         },
     };
-    let mut run = Run {
-        console: Console::default(),
-        servers: HashMap::new(),
-        calls: HashMap::new(),
-        host_errors: Vec::new(),
-        early: Default::default(),
-    };
+    let mut run =
+        Run { console: Console::default(), servers: HashMap::new(), calls: HashMap::new(), early: Default::default() };
     let globals = vec![
         ("input".to_string(), input),
         ("tools".to_string(), host_object("tools", TOOLS)),
@@ -381,9 +428,11 @@ pub extern "C" fn run() {
         ("console".to_string(), host_object("console", CONSOLE)),
     ];
     let ended = if abi::request(abi::MODE) == "session" {
-        let repl = REPL
+        let mut repl = REPL
             .with(|slot| slot.borrow_mut().take())
             .unwrap_or_else(|| MontyRepl::new(FILENAME, limits(), CompileOptions::default()));
+        // A session made before a change of limits takes the current ones.
+        *repl.tracker_mut() = limits();
         let progress = repl.feed_start(&code, globals, PrintWriter::Callback(&mut run.console));
         drive!(
             &mut run,
@@ -427,8 +476,13 @@ pub extern "C" fn run() {
             Err(what) => abi::fail("exception", &format!("the result is {what}, which JSON cannot carry"), None),
         },
         Ended::Raised(exception) => {
-            let syntax = exception.exc_type() == ExcType::SyntaxError;
-            abi::finish(1, &describe(&exception, &run, syntax))
+            if let Some(bytes) = refused_allocation(&exception) {
+                // Limits are the host's to report: end as the Rust runtime does when an
+                // allocation fails, which the host reads in the guest's stderr.
+                eprintln!("memory allocation of {bytes} bytes failed");
+                std::process::abort();
+            }
+            abi::finish(1, &describe(&exception))
         }
         Ended::Reported => {}
     }

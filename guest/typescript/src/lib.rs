@@ -45,6 +45,15 @@
 //! contain values, constructor parameter properties, `import x = …` and `export = …`. A few
 //! positions where blanking would change the meaning through a line break are rejected too
 //! (see [`strip_types`]).
+//!
+//! # Sessions
+//!
+//! In a session the code runs as a global script instead, where a top-level `return` is a syntax
+//! error; [`session_script`] rewrites such code so that it still ends with the returned value.
+
+mod session;
+
+pub use session::session_script;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -39,7 +39,7 @@ document.addEventListener("DOMContentLoaded", () => {
     };
     source.addEventListener("pulse", (event) => {
       const pulse = JSON.parse(event.data);
-      set("pulse-executions", pulse.executions + (pulse.capped ? "+" : ""));
+      set("pulse-executions", pulse.executions);
       set("pulse-errors", pulse.errors);
       set("pulse-p50", pulse.p50_ms);
       set("pulse-p99", pulse.p99_ms);

@@ -1,10 +1,19 @@
-//! The console's sign-in: a key is presented once, and the browser keeps a signed
-//! token naming it (HttpOnly, `SameSite=Strict`, path `/ui`), never the key itself.
+//! The console's sign-in cookie: a key is presented once, and the browser keeps a
+//! signed token for a sign-in the store records (HttpOnly, `SameSite=Strict`, path
+//! `/ui`), never the key itself.
 //!
-//! The token is `v1.<key name>.<expiry ms>.<HMAC-SHA256>`; each request checks the
-//! signature, the expiry, and that the key still exists, so revoking a key signs its
-//! browsers out. The signing secret is `SANDGATE_CONSOLE_SECRET` when set (give every
-//! replica the same one), else random per process (a restart signs everyone out).
+//! The token is `v2.<sign-in secret>.<expiry ms>.<HMAC-SHA256>`. The store keeps only
+//! the secret's SHA-256, with whom it signed in: the hash of the key presented (see
+//! [`crate::service::Service::console_sign_in`]). A request checks the signature and
+//! the expiry here (a forged or stale cookie costs no store read), then the sign-in
+//! in the store, then that the key still exists. So:
+//! - the cookie is bound to the key itself: a key revoked and another created under
+//!   the same name (or a store key and a config key sharing one) is someone else;
+//! - signing out ends the sign-in on every replica, whoever kept a copy of the cookie;
+//! - revoking a key signs its browsers out.
+//!
+//! The signing secret is `SANDGATE_CONSOLE_SECRET` when set (give every replica the
+//! same one), else random per process (a restart signs everyone out).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -45,30 +54,32 @@ impl Signer {
         mac
     }
 
-    /// A token for key `name`, valid until `expires_ms`.
-    pub fn token(&self, name: &str, expires_ms: i64) -> String {
-        let payload = format!("v1.{}.{expires_ms}", hex(name.as_bytes()));
+    /// A token for the sign-in whose secret is `sign_in` (hex), valid until
+    /// `expires_ms`.
+    pub fn token(&self, sign_in: &str, expires_ms: i64) -> String {
+        let payload = format!("v2.{sign_in}.{expires_ms}");
         let signature = hex(&self.mac(&payload).finalize().into_bytes());
         format!("{payload}.{signature}")
     }
 
-    /// The key name a token signed here names, if it is intact and not expired.
+    /// The sign-in secret a token signed here carries, if it is intact and not
+    /// expired.
     pub fn check(&self, token: &str, now_ms: i64) -> Option<String> {
         let (payload, signature) = token.rsplit_once('.')?;
         let mut parts = payload.split('.');
-        let (version, name, expires) = (parts.next()?, parts.next()?, parts.next()?);
-        if version != "v1" || parts.next().is_some() {
+        let (version, sign_in, expires) = (parts.next()?, parts.next()?, parts.next()?);
+        if version != "v2" || parts.next().is_some() || sign_in.is_empty() {
             return None;
         }
         self.mac(payload).verify_slice(&unhex(signature)?).ok()?;
         if expires.parse::<i64>().ok()? <= now_ms {
             return None;
         }
-        String::from_utf8(unhex(name)?).ok()
+        Some(sign_in.to_string())
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -89,19 +100,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_name_their_key_until_they_expire_and_cannot_be_forged() {
+    fn tokens_carry_their_sign_in_until_they_expire_and_cannot_be_forged() {
         let signer = Signer { secret: b"0123456789abcdef0123".to_vec() };
-        let token = signer.token("alice's laptop", 2_000);
-        assert_eq!(signer.check(&token, 1_000).as_deref(), Some("alice's laptop"));
+        let token = signer.token("ab12", 2_000);
+        assert_eq!(signer.check(&token, 1_000).as_deref(), Some("ab12"));
         assert_eq!(signer.check(&token, 2_000), None, "expired");
         let other = Signer { secret: b"another secret, another replica".to_vec() };
         assert_eq!(other.check(&token, 1_000), None, "another secret");
         let (payload, signature) = token.rsplit_once('.').unwrap();
-        let forged = payload.replace(&hex(b"alice's laptop"), &hex(b"admin")) + "." + signature;
-        assert_eq!(signer.check(&forged, 1_000), None, "a changed name");
+        let forged = payload.replace("ab12", "cd34") + "." + signature;
+        assert_eq!(signer.check(&forged, 1_000), None, "a changed sign-in");
         let later = payload.replace(".2000", ".9999999") + "." + signature;
         assert_eq!(signer.check(&later, 1_000), None, "a changed expiry");
-        assert_eq!(signer.check("v1.zz.1.00", 0), None);
+        // The first version of the cookie named a key; it is no longer taken.
+        let old = {
+            let payload = format!("v1.{}.2000", hex(b"admin"));
+            format!("{payload}.{}", hex(&signer.mac(&payload).finalize().into_bytes()))
+        };
+        assert_eq!(signer.check(&old, 1_000), None, "a cookie naming a key");
+        assert_eq!(signer.check("v2.zz.1.00", 0), None);
         assert_eq!(signer.check("", 0), None);
         assert_eq!(cookie("a=1; sandgate_console=xyz; b=2", COOKIE), Some("xyz"));
         assert_eq!(cookie("a=1", COOKIE), None);

@@ -1,0 +1,66 @@
+//! Console sign-ins, kept in the store so that every replica knows them and a
+//! sign-out ends one everywhere (the cookie itself is in `console::signin`).
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::{Mode, Service, ServiceError};
+use crate::auth::Principal;
+use crate::store::{now_ms, ConsoleSession};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How the store names a sign-in: the SHA-256 of its secret, so a copy of the store
+/// cannot sign anyone in.
+fn stored_id(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Who a sign-in with `key` is: the key itself (its hash), not its name.
+fn key_subject(key_hash: &[u8; 32]) -> String {
+    format!("key:{}", hex(key_hash))
+}
+
+impl Service {
+    /// Signs a console browser in with the API key `key`, for `lifetime_ms`: the
+    /// sign-in's secret, for the browser's cookie, and who signed in.
+    pub async fn console_sign_in(&self, key: &str, lifetime_ms: i64) -> Result<(String, Arc<Principal>), ServiceError> {
+        let principal = self.authenticate(Some(key))?;
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| ServiceError::Internal(format!("no random source: {e}")))?;
+        let secret = hex(&secret);
+        let now = now_ms();
+        let session = ConsoleSession {
+            id: stored_id(&secret),
+            subject: key_subject(&crate::auth::digest(key)),
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(lifetime_ms),
+        };
+        self.ledger.store().create_console_session(&session).await?;
+        Ok((secret, principal))
+    }
+
+    /// Who the console sign-in with `secret` is, while it lasts and its key exists.
+    pub async fn console_viewer(&self, secret: &str) -> Result<Option<Arc<Principal>>, ServiceError> {
+        if self.mode == Mode::Local {
+            return Ok(Some(Arc::new(Principal::local())));
+        }
+        let Some(session) = self.ledger.store().console_session(&stored_id(secret), now_ms()).await? else {
+            return Ok(None);
+        };
+        let Some(hash) =
+            session.subject.strip_prefix("key:").and_then(|hex| crate::auth::parse_hash(&format!("sha256:{hex}")).ok())
+        else {
+            return Ok(None);
+        };
+        Ok(self.keys.read().unwrap_or_else(|e| e.into_inner()).by_hash(&hash))
+    }
+
+    /// Ends the console sign-in with `secret`, on every replica.
+    pub async fn console_sign_out(&self, secret: &str) -> Result<(), ServiceError> {
+        Ok(self.ledger.store().end_console_session(&stored_id(secret)).await?)
+    }
+}
