@@ -10,9 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandgate::auth::Principal;
-use sandgate::sandbox::{
-    AllowAll, Job, Language, Limits, MemoryFile, Outcome, Registry, Sandbox, SandboxConfig, TestCapability,
-};
+use sandgate::limits::Limits;
+use sandgate::request::Language;
+use sandgate::sandbox::{Call, Door, Doors, ExecError, Job, MemoryFile, Outcome, Pending, Sandbox, SandboxConfig};
+
+/// A `tools` door with the test server alone, for executions parked on a call.
+struct TestTools;
+
+impl Door for TestTools {
+    fn call(&self, call: Call) -> Result<Pending, ExecError> {
+        let tool = call.method.strip_prefix("test.").unwrap_or(&call.method).to_string();
+        Ok(sandgate::mcp::door::test_tool(tool, call.args, Arc::new(Principal::local()), call.execution_id))
+    }
+}
 
 const CPU_SCRIPT: &str = r#"
 function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
@@ -145,18 +155,7 @@ async fn sessions(sandbox: &Sandbox, limits: Limits) {
 }
 
 fn job(code: &str, limits: Limits) -> Job {
-    Job {
-        code: code.into(),
-        language: Language::Javascript,
-        input: None,
-        limits,
-        principal: Arc::new(Principal::local()),
-        call_policy: Arc::new(AllowAll),
-        session: None,
-        files: None,
-        id: None,
-        trace: Default::default(),
-    }
+    Job { doors: Doors::default().with("tools", Arc::new(TestTools)), ..Job::new(code, Language::Javascript, limits) }
 }
 
 /// p50 and p99 of `runs` executions of `make()`, each awaited before the next.
@@ -255,10 +254,8 @@ fn main() {
     }
     let cache = format!("{}/../bench-cache", env!("CARGO_MANIFEST_DIR"));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let mut registry = Registry::default();
-    registry.register("tools.test", Arc::new(TestCapability));
     let config = SandboxConfig { cache_dir: Some(cache.into()), max_concurrent: 1024, ..Default::default() };
-    let sandbox = Arc::new(Sandbox::new(config, registry).unwrap());
+    let sandbox = Arc::new(Sandbox::new(config).unwrap());
     let limits = Limits { fuel: u64::MAX / 4, wall_ms: 60_000, ..Limits::default() };
 
     if std::env::var_os("SANDGATE_BENCH_PYTHON_ONLY").is_some() {

@@ -196,11 +196,11 @@ async fn call_latency() {
     let service = server.service().clone();
     service.upstreams().settled().await;
     let principal = Arc::new(sandgate::auth::Principal::local());
-    let request = |code: String| sandgate::sandbox::ExecuteRequest {
+    let request = |code: String| sandgate::request::ExecuteRequest {
         code,
         input: None,
         limits: Default::default(),
-        language: sandgate::sandbox::Language::Javascript,
+        language: sandgate::request::Language::Javascript,
         session_id: None,
         trace: Default::default(),
     };

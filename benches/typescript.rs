@@ -14,25 +14,14 @@
 #[path = "../tests/corpus/typescript.rs"]
 mod corpus;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sandgate::auth::Principal;
-use sandgate::sandbox::{AllowAll, Job, Language, Limits, Registry, Sandbox, SandboxConfig};
+use sandgate::limits::Limits;
+use sandgate::request::Language;
+use sandgate::sandbox::{Job, Sandbox, SandboxConfig};
 
 fn job(code: &str) -> Job {
-    Job {
-        code: code.into(),
-        language: Language::Typescript,
-        input: None,
-        limits: Limits { wall_ms: 60_000, ..Limits::default() },
-        principal: Arc::new(Principal::local()),
-        call_policy: Arc::new(AllowAll),
-        session: None,
-        files: None,
-        id: None,
-        trace: Default::default(),
-    }
+    Job::new(code, Language::Typescript, Limits { wall_ms: 60_000, ..Limits::default() })
 }
 
 /// The process's peak resident set so far, in bytes.
@@ -106,7 +95,7 @@ fn main() {
     let cache = format!("{}/../bench-cache", env!("CARGO_MANIFEST_DIR"));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let config = SandboxConfig { cache_dir: Some(cache.into()), ..Default::default() };
-    let sandbox = Sandbox::new(config, Registry::default()).unwrap();
+    let sandbox = Sandbox::new(config).unwrap();
     let mut inputs =
         vec![("realistic TypeScript (200 KiB)", realistic()), ("type declarations only (200 KiB)", declarations())];
     inputs.extend(corpus::corpus());

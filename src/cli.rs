@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::{digest, generate_key, hash_key, KeyEntry, Principal, Role, KEY_PREFIX};
 use crate::config::{Config, PolicySource};
+use crate::limits::PartialLimits;
 use crate::policy::{LoadContext, PolicySet, Query};
-use crate::sandbox::{ExecuteRequest, Language, PartialLimits};
+use crate::request::{ExecuteRequest, Language};
 use crate::service::{Service, SessionView};
 use crate::store::{self, GroupBy, UsageQuery};
 use crate::telemetry::{self, LogFormat};
@@ -558,7 +559,6 @@ async fn key_list(path: PathBuf) -> anyhow::Result<ExitCode> {
         println!("{:<24} {:<16} {:<16} {:<7} {:<7} -", key.name, key.user, key.team, key.role.as_str(), "config");
     }
     for key in &stored {
-        let created = std::time::UNIX_EPOCH + std::time::Duration::from_millis(key.created_at_ms.max(0) as u64);
         let e = &key.entry;
         println!(
             "{:<24} {:<16} {:<16} {:<7} {:<7} {}",
@@ -567,7 +567,7 @@ async fn key_list(path: PathBuf) -> anyhow::Result<ExitCode> {
             e.team,
             e.role.as_str(),
             "store",
-            humantime::format_rfc3339_seconds(created)
+            crate::time::rfc3339_seconds(key.created_at_ms)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -163,13 +163,7 @@ pub fn usd(value: f64) -> String {
 
 /// A Unix-millisecond time as UTC, to the second.
 pub fn time(ms: i64) -> String {
-    // RFC 3339 ends with the year 9999; a later time is shown as its number.
-    const LAST_MS: i64 = 253_402_300_799_999;
-    if !(0..=LAST_MS).contains(&ms) {
-        return ms.to_string();
-    }
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
+    crate::time::rfc3339_seconds(ms)
 }
 
 /// A table cell holding a number: the exact value in `data-value`, for scripts and

@@ -1,87 +1,91 @@
-//! The error body every endpoint uses: `{"error": {"kind", "message"}}`.
+//! The error body every endpoint uses: `{"error": {"kind", "message"}}`, and the one
+//! table that gives each kind its HTTP status ([`status`]). The console answers
+//! with the same statuses.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::sandbox::{ErrorKind, Rejected};
+use crate::error::Kind;
 use crate::service::ServiceError;
+
+/// The HTTP status of an error of each kind: sandgate's one table for HTTP. The
+/// kinds of an execution's own outcome (a fault of the code) are answered 200 with
+/// the outcome, not through this table; should one reach it, it is the request that
+/// could not be served, a 422.
+pub fn status(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+        Kind::Forbidden | Kind::ToolDenied | Kind::ModelDenied => StatusCode::FORBIDDEN,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::SessionBusy | Kind::FileError => StatusCode::CONFLICT,
+        Kind::RateLimited | Kind::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
+        Kind::InvalidRequest => StatusCode::BAD_REQUEST,
+        Kind::Overloaded | Kind::Unavailable | Kind::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::UpstreamError | Kind::ToolError => StatusCode::BAD_GATEWAY,
+        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Kind::Syntax
+        | Kind::Exception
+        | Kind::Timeout
+        | Kind::OutOfFuel
+        | Kind::OutOfMemory
+        | Kind::StackOverflow
+        | Kind::OutputLimit
+        | Kind::CallLimit
+        | Kind::Unsettled => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+/// The status of one service error: [`status`] of its kind, except where HTTP says
+/// more about a request: a body too large (413) or too slow (408), and a workspace
+/// quota passed (413).
+pub fn status_of(error: &ServiceError) -> StatusCode {
+    use crate::sandbox::Rejected;
+    match error {
+        ServiceError::Rejected(Rejected::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        ServiceError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        ServiceError::File(message) if message.starts_with("EDQUOT") => StatusCode::PAYLOAD_TOO_LARGE,
+        other => status(other.kind()),
+    }
+}
 
 /// An HTTP error: status, kind and message, and `Retry-After` for overload.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub kind: &'static str,
+    pub kind: Kind,
     pub message: String,
     pub retry_after_secs: Option<u64>,
-    /// Ask for a bearer token (401).
-    pub challenge: bool,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { status, kind: kind.as_str(), message: message.into(), retry_after_secs: None, challenge: false }
+    /// An error of `kind` with the status the table gives it.
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Self { status: status(kind), kind, message: message.into(), retry_after_secs: None }
     }
 
-    /// The same error under a request-level kind that is not an execution kind
-    /// (`forbidden`, `rate_limited`, `not_found`).
-    pub fn with_kind(mut self, kind: &'static str) -> Self {
-        self.kind = kind;
+    /// The same error with another status, for what HTTP says more precisely (413,
+    /// 408, 415).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
         self
-    }
-}
-
-impl From<Rejected> for ApiError {
-    fn from(rejected: Rejected) -> Self {
-        let (status, retry) = match &rejected {
-            Rejected::Invalid(_) => (StatusCode::BAD_REQUEST, None),
-            Rejected::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
-            Rejected::Overloaded { retry_after_secs } => (StatusCode::SERVICE_UNAVAILABLE, Some(*retry_after_secs)),
-            Rejected::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
-            Rejected::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
-        };
-        if retry.is_some() {
-            crate::telemetry::record_rejection("overloaded");
-        }
-        Self {
-            status,
-            kind: rejected.kind().as_str(),
-            message: rejected.to_string(),
-            retry_after_secs: retry,
-            challenge: false,
-        }
     }
 }
 
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
-        let kind = error.kind();
-        let message = error.to_string();
-        let (status, retry_after_secs, challenge) = match error {
-            ServiceError::Rejected(rejected) => return rejected.into(),
-            ServiceError::Unauthorized => (StatusCode::UNAUTHORIZED, None, true),
-            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, None, false),
-            ServiceError::RateLimited { retry_after_secs, .. } => {
-                crate::telemetry::record_rejection("rate_limited");
-                (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs), false)
-            }
-            ServiceError::TooManyRunning { .. } => {
-                crate::telemetry::record_rejection("concurrency");
-                (StatusCode::TOO_MANY_REQUESTS, Some(1), false)
-            }
-            ServiceError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, Some(1), false),
-            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, None, false),
-            ServiceError::SessionBusy(_) => (StatusCode::CONFLICT, None, false),
-            ServiceError::TooManySessions { .. } => (StatusCode::TOO_MANY_REQUESTS, None, false),
-            ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, None, false),
-            ServiceError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, None, false),
-            ServiceError::File(message) if message.starts_with("EDQUOT") => {
-                (StatusCode::PAYLOAD_TOO_LARGE, None, false)
-            }
-            ServiceError::File(_) => (StatusCode::CONFLICT, None, false),
-            ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None, false),
-        };
-        Self { status, kind, message, retry_after_secs, challenge }
+        Self {
+            status: status_of(&error),
+            kind: error.kind(),
+            retry_after_secs: error.retry_after_secs(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<crate::sandbox::Rejected> for ApiError {
+    fn from(rejected: crate::sandbox::Rejected) -> Self {
+        ServiceError::from(rejected).into()
     }
 }
 
@@ -92,7 +96,7 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if self.challenge {
+        if self.kind == Kind::Unauthorized {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
@@ -100,5 +104,21 @@ impl IntoResponse for ApiError {
 }
 
 pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, ErrorKind::InvalidRequest, format!("no route for {}", uri.path()))
+    ApiError::new(Kind::InvalidRequest, format!("no route for {}", uri.path())).with_status(StatusCode::NOT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_status_and_refusals_are_client_or_server_errors_as_they_should() {
+        for kind in Kind::ALL {
+            let code = status(kind).as_u16();
+            assert!((400..600).contains(&code), "{kind}: {code}");
+        }
+        assert_eq!(status(Kind::RateLimited), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(status(Kind::Overloaded), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(Kind::Unauthorized), StatusCode::UNAUTHORIZED);
+    }
 }

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, AppState};
-use crate::sandbox::{ErrorKind, ExecuteRequest};
+use crate::error::Kind;
+use crate::request::ExecuteRequest;
 
 pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
@@ -29,7 +30,7 @@ pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, bod
 
     // The execution is cancelled if this stream is dropped (the client went away)
     // before its result is sent; it is recorded either way.
-    let (lines_tx, lines_rx) = mpsc::channel(crate::sandbox::LINE_BUFFER);
+    let (lines_tx, lines_rx) = mpsc::channel(crate::service::LINE_BUFFER);
     let finished = app.service.start(prepared, Some(lines_tx));
     let logs = ReceiverStream::new(lines_rx)
         .map(|line| Ok::<_, Infallible>(Event::default().event("log").json_data(line).unwrap_or_default()));
@@ -56,9 +57,8 @@ pub(super) async fn execute_request(
     body: Body,
 ) -> Result<ExecuteRequest, ApiError> {
     let bytes = super::read_body(headers, body, app.config.http.max_body_bytes).await?;
-    let mut request: ExecuteRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
-    })?;
+    let mut request: ExecuteRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(Kind::InvalidRequest, format!("invalid request body: {e}")))?;
     // The execution's span joins the caller's trace.
     request.trace = crate::telemetry::trace::from_headers(headers);
     Ok(request)

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
 use crate::config::HttpConfig;
-use crate::sandbox::ErrorKind;
+use crate::error::Kind;
 use crate::service::Mode;
 
 /// Which `Host` values are accepted.
@@ -101,33 +101,26 @@ impl Guard {
                 _ => "add it to [http] allowed_hosts to accept it",
             };
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                ErrorKind::InvalidRequest,
+                Kind::Forbidden,
                 format!("Host `{}` is not allowed: {rule}", host.unwrap_or("")),
-            )
-            .with_kind("forbidden"));
+            ));
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
             let same = host.is_some_and(|host| same_origin(origin, host));
             if !same && !self.cors_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
                 crate::telemetry::record_rejection("origin");
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    ErrorKind::InvalidRequest,
-                    format!("requests from the web origin `{origin}` are refused: list it in [http] cors_origins to allow it"),
-                )
-                .with_kind("forbidden"));
+                return Err(ApiError::new(Kind::Forbidden, format!("requests from the web origin `{origin}` are refused: list it in [http] cors_origins to allow it")));
             }
         }
         if matches!(*method, Method::POST | Method::PATCH) && !is_json(headers) {
             crate::telemetry::record_rejection("content_type");
             let sent = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("none");
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorKind::InvalidRequest,
+                Kind::InvalidRequest,
                 format!("request bodies must be JSON: send `Content-Type: application/json` (got {sent})"),
-            ));
+            )
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
         Ok(())
     }

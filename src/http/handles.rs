@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde_json::value::RawValue;
 
 use super::{ApiError, AppState};
-use crate::sandbox::LogLine;
+use crate::service::LogLine;
 use crate::service::{HandleEvent, HandleView};
 
 pub(super) async fn start(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, AppState, Guarded};
 use crate::auth::Principal;
+use crate::error::Kind;
 use crate::mcp::McpConfig;
-use crate::sandbox::ErrorKind;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -79,9 +79,7 @@ async fn gate(State((app, sessions)): State<(AppState, Arc<Sessions>)>, mut requ
         };
     };
     let Some(active) = sessions.enter(&id, &principal) else {
-        return ApiError::new(StatusCode::NOT_FOUND, ErrorKind::InvalidRequest, "no such MCP session")
-            .with_kind("not_found")
-            .into_response();
+        return ApiError::new(Kind::NotFound, "no such MCP session").into_response();
     };
     let closing = request.method() == Method::DELETE;
     let response = next.run(request).await;
@@ -199,8 +197,7 @@ impl Sessions {
             Some(message) => {
                 let _ = self.manager.close_session(&id).await;
                 crate::telemetry::record_rejection("mcp_sessions");
-                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::InvalidRequest, message)
-                    .with_kind("rate_limited");
+                let mut error = ApiError::new(Kind::RateLimited, message);
                 error.retry_after_secs = Some(1);
                 Err(error)
             }

@@ -37,7 +37,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 
 use crate::auth::Principal;
 use crate::config::Config;
-use crate::sandbox::ErrorKind;
+use crate::error::Kind;
 use crate::service::Service;
 
 /// What every handler shares.
@@ -52,11 +52,8 @@ pub struct AppState {
 /// within the body timeout is 408.
 pub(crate) async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::InvalidRequest,
-            format!("request body is larger than {limit} bytes"),
-        )
+        ApiError::new(Kind::InvalidRequest, format!("request body is larger than {limit} bytes"))
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
     };
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
@@ -66,14 +63,15 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(error) = source {
             if let Some(timeout) = error.downcast_ref::<serve::BodyTimeout>() {
-                return ApiError::new(StatusCode::REQUEST_TIMEOUT, ErrorKind::InvalidRequest, timeout.to_string());
+                return ApiError::new(Kind::InvalidRequest, timeout.to_string())
+                    .with_status(StatusCode::REQUEST_TIMEOUT);
             }
             if error.is::<http_body_util::LengthLimitError>() {
                 return too_large();
             }
             source = error.source();
         }
-        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("cannot read the request body: {e}"))
+        ApiError::new(Kind::InvalidRequest, format!("cannot read the request body: {e}"))
     })
 }
 

@@ -17,6 +17,8 @@ use crate::auth::Principal;
 use crate::model::{Answer, Format, ModelError, Routed};
 use crate::service::ServiceError;
 
+/// An error in the route's format. Its status is the kind's (`super::error::status`),
+/// or the provider's own for an error passed on from it.
 fn error(format: Format, status: u16, kind: &str, message: &str, retry_after: Option<u64>) -> Response {
     let body = match format {
         Format::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
@@ -34,11 +36,8 @@ fn principal(app: &AppState, headers: &HeaderMap, format: Format) -> Result<std:
     let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
     let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     app.service.authenticate(bearer.or(api_key)).map_err(|e: ServiceError| {
-        let status = match e {
-            ServiceError::Unauthorized => 401,
-            _ => 403,
-        };
-        let kind = if format == Format::Anthropic { "authentication_error" } else { e.kind() };
+        let status = super::error::status(e.kind()).as_u16();
+        let kind = if format == Format::Anthropic { "authentication_error" } else { e.kind().as_str() };
         Box::new(error(format, status, kind, &e.to_string(), None))
     })
 }
@@ -111,7 +110,8 @@ async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) ->
                 ModelError::Store(_) => Some(1),
                 _ => None,
             };
-            error(format, e.status(), e.kind(), &e.to_string(), retry)
+            let status = e.upstream_status().unwrap_or_else(|| super::error::status(e.kind()).as_u16());
+            error(format, status, e.kind().as_str(), &e.to_string(), retry)
         }
     }
 }

@@ -14,9 +14,10 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::sandbox::{ErrorKind, Language};
+use crate::request::Language;
 use futures::StreamExt;
 
+use crate::error::Kind;
 use crate::service::{FileRead, SessionView as View};
 use crate::store::StoredFile;
 
@@ -34,9 +35,8 @@ pub(super) async fn open(State(app): State<AppState>, headers: HeaderMap, body: 
     let request: Open = if bytes.iter().all(u8::is_ascii_whitespace) {
         Open::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, format!("invalid request body: {e}"))
-        })?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(Kind::InvalidRequest, format!("invalid request body: {e}")))?
     };
     let session = app.service.open_session(&principal, request.language, request.ttl_s).await?;
     Ok((StatusCode::CREATED, Json(View::from(session))).into_response())

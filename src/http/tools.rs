@@ -2,14 +2,14 @@
 //! use, as JSON (servers and tools with their schemas, declarations and Python stubs),
 //! as one TypeScript declaration file, or as one Python stub module.
 
+use crate::error::Kind;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::sandbox::ErrorKind;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,8 +24,7 @@ pub(super) async fn list(
     query: Result<Query<ToolsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::new(Kind::InvalidRequest, e.body_text()))?;
     let (catalog, capabilities) = app.service.tool_catalog(&principal);
     let view = catalog.view_for(&capabilities);
     match query.format.as_deref().unwrap_or("json") {
@@ -49,8 +48,7 @@ pub(super) async fn list(
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
         }
         other => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::InvalidRequest,
+            Kind::InvalidRequest,
             format!("unknown format `{other}`: use `json`, `typescript` or `python`"),
         )),
     }

@@ -2,12 +2,12 @@
 //! group from the ledger. Admins see everyone; others see only their own usage.
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::sandbox::ErrorKind;
+use crate::error::Kind;
 use crate::store::{self, GroupBy, UsageQuery, UsageRow};
 
 #[derive(Debug, Deserialize)]
@@ -33,12 +33,9 @@ pub(super) async fn usage(
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Report>, ApiError> {
     let principal = super::authenticate(&app, &headers)?;
-    let Query(params) =
-        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e.body_text()))?;
+    let Query(params) = params.map_err(|e| ApiError::new(Kind::InvalidRequest, e.body_text()))?;
     let bound = |text: Option<String>| {
-        text.map(|t| store::usage_time(&t))
-            .transpose()
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, e))
+        text.map(|t| store::usage_time(&t)).transpose().map_err(|e| ApiError::new(Kind::InvalidRequest, e))
     };
     let query = UsageQuery {
         group_by: params.group_by,

@@ -7,13 +7,13 @@
 //!   its TypeScript declaration, and the per-principal view policies allow.
 //! - [`search`]: ranking tools for an agent's request in its own words (BM25F and
 //!   static embeddings), and saying when nothing fits.
-//! - [`capability`]: `tools.<server>.<tool>(args)` inside the sandbox.
+//! - [`door`]: the `tools` door, `tools.<server>.<tool>(args)` inside the sandbox.
 //! - [`server`]: the MCP server clients see, with exactly two tools, `search` and
 //!   `execute`, over streamable HTTP (`/mcp`) and stdio (`sandgate mcp`).
 
-pub mod capability;
 pub mod catalog;
 pub mod declarations;
+pub mod door;
 pub mod python_stubs;
 pub mod search;
 pub mod server;

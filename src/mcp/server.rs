@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use rmcp::model::ErrorCode;
 #[allow(deprecated)] // logging: see `CodeMode::execute`
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CreateTaskResult,
@@ -37,8 +38,12 @@ use tokio::sync::mpsc;
 use super::catalog::View;
 use super::search::{Match, Method};
 use crate::auth::Principal;
-use crate::sandbox::{ExecuteRequest, Language, LogLevel, LogLine, PartialLimits};
+use crate::error::Kind;
+use crate::limits::PartialLimits;
+use crate::request::{ExecuteRequest, Language};
+use crate::service::HandleStatus;
 use crate::service::{HandleEvent, HandleView, Service, CANCEL_POLL};
+use crate::service::{LogLevel, LogLine};
 
 /// How long `execute` waits for a task-capable client before it answers with a task
 /// instead: shorter runs answer as usual, longer ones do not hold the request open.
@@ -91,7 +96,7 @@ impl CodeMode {
         extensions
             .get::<axum::http::request::Parts>()
             .and_then(|parts| parts.extensions.get::<Arc<Principal>>().cloned())
-            .ok_or_else(|| McpError::invalid_request("the request carries no authenticated caller", None))
+            .ok_or_else(|| protocol_error(Kind::Unauthorized, "the request carries no authenticated caller".into()))
     }
 
     /// The two tools, described for `principal`.
@@ -222,7 +227,7 @@ impl CodeMode {
         };
         // The execution is cancelled (and still recorded) if the client cancels the
         // request or rmcp drops this handler.
-        let (lines_tx, mut lines_rx) = mpsc::channel::<LogLine>(crate::sandbox::LINE_BUFFER);
+        let (lines_tx, mut lines_rx) = mpsc::channel::<LogLine>(crate::service::LINE_BUFFER);
         let run = self.service.start(prepared, Some(lines_tx));
         let progress_token = context.meta.get_progress_token();
         let mut sent = 0u32;
@@ -230,7 +235,7 @@ impl CodeMode {
             let line = tokio::select! {
                 line = lines_rx.recv() => line,
                 () = context.ct.cancelled() => {
-                    return failure("cancelled", "the request was cancelled; the execution was stopped", None)
+                    return failure(Kind::Cancelled, "the request was cancelled; the execution was stopped", None)
                 }
             };
             let Some(line) = line else { break };
@@ -293,10 +298,10 @@ impl CodeMode {
 
 /// A background execution as a task.
 fn task(view: &HandleView) -> Task {
-    let status = match view.status.as_str() {
-        "running" => TaskStatus::Working,
-        "cancelled" => TaskStatus::Cancelled,
-        _ => TaskStatus::Completed,
+    let status = match view.status {
+        HandleStatus::Running => TaskStatus::Working,
+        HandleStatus::Cancelled => TaskStatus::Cancelled,
+        HandleStatus::Succeeded | HandleStatus::Failed => TaskStatus::Completed,
     };
     let updated = view.ended_at.clone().unwrap_or_else(|| view.created_at.clone());
     let expires = humantime::parse_rfc3339(&view.expires_at).ok();
@@ -330,14 +335,14 @@ fn tool_result(mut structured: Value, session: Option<&str>) -> CallToolResult {
     let logs = (!lines.is_empty()).then(|| lines.join("\n"));
     let error = &structured["error"];
     if error.is_object() {
-        let kind = error["kind"].as_str().unwrap_or("internal").to_string();
+        let kind = error["kind"].as_str().and_then(Kind::parse).unwrap_or(Kind::Internal);
         let mut message = error["message"].as_str().unwrap_or_default().to_string();
         match (error["line"].as_u64(), error["column"].as_u64()) {
             (Some(line), Some(column)) => message.push_str(&format!(" (line {line}, column {column})")),
             (Some(line), None) => message.push_str(&format!(" (line {line})")),
             _ => {}
         }
-        return failure(&kind, &message, Some((structured, logs)));
+        return failure(kind, &message, Some((structured, logs)));
     }
     let mut content = vec![ContentBlock::text(structured["result"].to_string())];
     if let Some(id) = session {
@@ -367,8 +372,24 @@ pub fn tool_list(view: &View<'_>) -> Vec<Tool> {
     vec![search_tool(&servers), execute_tool()]
 }
 
+/// How an error of each kind reaches an MCP client: sandgate's one table for MCP.
+///
+/// Whatever ends a call to `execute` or `search` (a fault of the code, a refusal, a
+/// door's answer) comes back as that tool's result with `isError`, the kind and the
+/// message ([`failure`]): that is what the model reads and acts on. A request the
+/// protocol itself refuses (a task that is not the caller's, say) is a JSON-RPC error
+/// whose code this table gives, with the kind in `data.kind`.
+fn protocol_error(kind: Kind, message: String) -> McpError {
+    let code = match kind {
+        Kind::NotFound | Kind::InvalidRequest => ErrorCode::INVALID_PARAMS,
+        Kind::Unauthorized | Kind::Forbidden => ErrorCode::INVALID_REQUEST,
+        _ => ErrorCode::INTERNAL_ERROR,
+    };
+    McpError::new(code, message, Some(json!({ "kind": kind })))
+}
+
 /// An `isError` result: `kind: message`, then any console output.
-fn failure(kind: &str, message: &str, outcome: Option<(Value, Option<String>)>) -> CallToolResult {
+fn failure(kind: Kind, message: &str, outcome: Option<(Value, Option<String>)>) -> CallToolResult {
     let (structured, logs) =
         outcome.unwrap_or_else(|| (json!({ "ok": false, "error": { "kind": kind, "message": message } }), None));
     let mut content = vec![ContentBlock::text(format!("{kind}: {message}"))];
@@ -505,11 +526,11 @@ impl ServerHandler for CodeMode {
         let result = match request.name.as_ref() {
             "search" => match serde_json::from_value::<SearchArgs>(args) {
                 Ok(args) => self.search(&principal, args).await,
-                Err(e) => failure("invalid_request", &format!("search: {e}"), None),
+                Err(e) => failure(Kind::InvalidRequest, &format!("search: {e}"), None),
             },
             "execute" => match serde_json::from_value::<ExecuteArgs>(args) {
                 Ok(args) => return Ok(self.execute(principal, args, &context).await),
-                Err(e) => failure("invalid_request", &format!("execute: {e}"), None),
+                Err(e) => failure(Kind::InvalidRequest, &format!("execute: {e}"), None),
             },
             other => {
                 return Err(McpError::invalid_params(
@@ -530,10 +551,10 @@ impl ServerHandler for CodeMode {
     ) -> Result<GetTaskResult, McpError> {
         let principal = self.principal(&context.extensions)?;
         let view = self.service.handle(&principal, &request.task_id).await.map_err(task_error)?;
-        let payload = match view.status.as_str() {
-            "running" => TaskPayload::Working,
-            "cancelled" => TaskPayload::Cancelled,
-            _ => {
+        let payload = match view.status {
+            HandleStatus::Running => TaskPayload::Working,
+            HandleStatus::Cancelled => TaskPayload::Cancelled,
+            HandleStatus::Succeeded | HandleStatus::Failed => {
                 let result = serde_json::to_value(finished(&view, None)).unwrap_or(Value::Null);
                 TaskPayload::Completed { result: result.as_object().cloned().unwrap_or_default() }
             }
@@ -567,8 +588,5 @@ fn caller_trace(context: &RequestContext<RoleServer>) -> opentelemetry::Context 
 }
 
 fn task_error(error: crate::service::ServiceError) -> McpError {
-    match error {
-        crate::service::ServiceError::NotFound(message) => McpError::invalid_params(message, None),
-        other => McpError::internal_error(other.to_string(), None),
-    }
+    protocol_error(error.kind(), error.to_string())
 }

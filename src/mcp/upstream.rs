@@ -23,7 +23,8 @@ use tokio::sync::{watch, Notify};
 
 use super::catalog::{Catalog, ServerSummary};
 use super::{McpConfig, Transport, UpstreamConfig};
-use crate::sandbox::{ErrorKind, ExecError};
+use crate::error::Kind;
+use crate::sandbox::ExecError;
 
 /// A connection that stays up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -209,9 +210,7 @@ impl Upstreams {
     }
 
     fn upstream(&self, server: &str) -> Result<&Arc<Upstream>, ExecError> {
-        self.servers
-            .get(server)
-            .ok_or_else(|| ExecError::new(ErrorKind::ToolDenied, format!("no MCP server `{server}`")))
+        self.servers.get(server).ok_or_else(|| ExecError::new(Kind::ToolDenied, format!("no MCP server `{server}`")))
     }
 
     fn rebuild_catalog(&self) {
@@ -406,7 +405,7 @@ fn backoff(failures: u32) -> Duration {
 }
 
 fn tool_error(message: String) -> ExecError {
-    ExecError::new(ErrorKind::ToolError, message)
+    ExecError::new(Kind::ToolError, message)
 }
 
 /// The first sentence (or line) of a server's description, at most 200 characters.
@@ -458,7 +457,7 @@ mod tests {
         assert_eq!(unwrap_result(two).unwrap(), serde_json::json!([1, "x"]));
         let failed = CallToolResult::error(vec![ContentBlock::text("no such file")]);
         let error = unwrap_result(failed).unwrap_err();
-        assert_eq!((error.kind, error.message.as_str()), (ErrorKind::ToolError, "no such file"));
+        assert_eq!((error.kind, error.message.as_str()), (Kind::ToolError, "no such file"));
     }
 
     #[test]

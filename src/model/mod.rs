@@ -43,6 +43,7 @@
 
 mod budget;
 mod catalog;
+pub mod door;
 mod usage;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -62,6 +63,7 @@ pub use catalog::{Catalog, Model, ModelCapability, Price, Provider, ProviderKind
 pub use usage::{count_tokens, estimate_tokens, Tokens};
 
 use crate::auth::Principal;
+use crate::error::Kind;
 use crate::policy::Capabilities;
 use crate::store::{now_ms, Ledger, ModelCallRecord, Record};
 use crate::telemetry::trace;
@@ -111,25 +113,24 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Self::Invalid(_) => "invalid_request",
-            Self::Denied(_) => "model_denied",
-            Self::Budget(_) => "budget_exceeded",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::Upstream { .. } | Self::Unavailable(_) => "upstream_error",
-            Self::Store(_) => "unavailable",
+            Self::Invalid(_) => Kind::InvalidRequest,
+            Self::Denied(_) => Kind::ModelDenied,
+            Self::Budget(_) => Kind::BudgetExceeded,
+            Self::RateLimited { .. } => Kind::RateLimited,
+            Self::Upstream { .. } | Self::Unavailable(_) => Kind::UpstreamError,
+            Self::Store(_) => Kind::Unavailable,
         }
     }
 
-    pub fn status(&self) -> u16 {
+    /// The provider's own status, for an error passed on from it: the model routes
+    /// answer with it, as the provider did. Every other error's status comes from its
+    /// kind (`http::error::status`).
+    pub fn upstream_status(&self) -> Option<u16> {
         match self {
-            Self::Invalid(_) => 400,
-            Self::Denied(_) => 403,
-            Self::Budget(_) | Self::RateLimited { .. } => 429,
-            Self::Upstream { status, .. } => *status,
-            Self::Unavailable(_) => 503,
-            Self::Store(_) => 503,
+            Self::Upstream { status, .. } => Some(*status),
+            _ => None,
         }
     }
 }
@@ -598,11 +599,12 @@ impl Gateway {
             return Err(ModelError::Invalid("the request body must be a JSON object".into()));
         }
         if let Some(per_minute) = ctx.capabilities.rate.model_calls_per_minute {
-            self.ledger
-                .store()
-                .take(&ctx.principal.user, "model_calls", per_minute)
-                .await?
-                .map_err(|retry_after_secs| ModelError::RateLimited { per_minute, retry_after_secs })?;
+            self.ledger.store().take(&ctx.principal.user, "model_calls", per_minute).await?.map_err(
+                |retry_after_secs| {
+                    crate::telemetry::record_rejection("rate_limited");
+                    ModelError::RateLimited { per_minute, retry_after_secs }
+                },
+            )?;
         }
         let requested_name = body.get("model").and_then(Value::as_str).unwrap_or("auto").to_string();
         let requested = Requested::parse(&requested_name);

@@ -12,7 +12,7 @@ use super::glob::Glob;
 use super::raw::{RawFile, RawLimits, RawPolicy};
 use super::{BudgetScope, Diagnostic, LoadContext, RuleRef};
 use crate::auth::{Principal, Role};
-use crate::sandbox::PartialLimits;
+use crate::limits::PartialLimits;
 
 /// The guest cannot start with less linear memory than this.
 const MIN_MEMORY_BYTES: u64 = 8 << 20;

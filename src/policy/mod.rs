@@ -56,8 +56,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
-use crate::sandbox::Limits;
-use crate::sandbox::PartialLimits;
+use crate::limits::{Limits, PartialLimits};
 use compile::{Compiled, Policy, Source};
 
 /// What validation needs from the rest of the configuration.

@@ -31,7 +31,7 @@ pub(super) struct RawPolicy {
     pub files: Option<Spanned<RawFiles>>,
 }
 
-/// Any subset of the fields of [`crate::sandbox::Limits`].
+/// Any subset of the fields of [`crate::limits::Limits`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {

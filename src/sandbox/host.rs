@@ -1,79 +1,36 @@
 //! The host side of the guest ABI (`sandgate_v1`, documented in the guest crate) and
 //! the per-execution state it works on.
 //!
-//! Host calls are asynchronous: `call` starts a capability future and returns an id
-//! at once; the guest keeps running JavaScript and, when its job queue is empty, calls
-//! `wait`, which parks the execution (giving up its CPU slot and burning no fuel)
-//! until the first in-flight call completes. `Promise.all` over several calls thus
-//! takes the longest of their latencies, not the sum.
+//! Each import is linked by a function of its own below ([`add_to_linker`] lists them).
+//! Host calls are asynchronous: `call` starts a call through one of the execution's
+//! doors ([`super::door`]) and returns an id at once; the guest keeps running and,
+//! when its job queue is empty, calls `wait`, which parks the execution (giving up its
+//! CPU slot and burning no fuel) until the first call in flight completes.
+//! `Promise.all` over several calls thus takes the longest of their latencies, not the
+//! sum.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Caller, Linker, ResourceLimiter};
 
-use super::capability::{CallPolicy, Capability, HostCall, Registry};
-use super::error::{ErrorKind, ExecError};
-use super::limits::Limits;
-use super::request::Language;
+use super::console::{Console, LineSender, LogLevel};
+use super::door::{Call, Doors};
+use super::error::ExecError;
 use super::wasi::{self, HasWasi, WasiState};
-use crate::auth::Principal;
+use crate::error::Kind;
+use crate::limits::Limits;
+use crate::request::Language;
+use crate::time::now_ms;
 
 const MODULE: &str = "sandgate_v1";
 /// Longest call name accepted (`tools.<server>.<tool>`).
 const MAX_CALL_NAME: usize = 512;
-
-/// One console line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    pub level: LogLevel,
-    pub message: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Log,
-    Info,
-    Warn,
-    Error,
-}
-
-impl LogLevel {
-    fn from_abi(level: i32) -> Self {
-        match level {
-            1 => Self::Info,
-            2 => Self::Warn,
-            3 => Self::Error,
-            _ => Self::Log,
-        }
-    }
-}
-
-/// The marker appended when console output is cut at its cap.
-pub const TRUNCATED: &str = "[truncated]";
-
-/// What every console line costs against `output_bytes` on top of its own bytes.
-///
-/// A line is more than its text wherever it goes: an object on the host, a JSON
-/// object in the response and the stored result, an event on a stream. Charging each
-/// one this much makes an empty line cost something, so `for(;;) console.log('')`
-/// ends at the output cap (64 KiB by default: 2,048 empty lines) instead of making
-/// millions of lines until its fuel runs out.
-pub const LINE_COST: u64 = 32;
-
-/// Console lines buffered for a live stream (`Accept: text/event-stream`, a background
-/// execution's followers, MCP progress) before the stream falls behind. A stream that
-/// falls behind misses lines, and is told how many; the result carries every line.
-pub const LINE_BUFFER: usize = 256;
-
-/// Where an execution's console lines go as they are written (see [`LINE_BUFFER`]).
-pub type LineSender = mpsc::Sender<LogLine>;
 
 /// A CPU slot: an execution holds one while guest code runs and gives it up while it
 /// waits on host calls or at each epoch tick, so a full server queues work instead of
@@ -192,26 +149,18 @@ pub(crate) struct HostState {
     /// What the preparation phase used, once it ended (TypeScript only).
     pub(crate) strip_usage: Option<super::StripUsage>,
     created: std::time::Instant,
-    pub(crate) logs: Vec<LogLine>,
-    pub(crate) log_bytes: u64,
-    pub(crate) events: Option<LineSender>,
-    /// Lines the live stream missed since it last took one (it fell behind).
-    skipped: u64,
+    /// The console door (`log`): every execution has it.
+    pub(crate) console: Console,
+    /// The execution's other doors (`call`).
+    doors: Doors,
     /// A limit enforced by trapping: the trap's cause.
     pub(crate) limit_hit: Option<ExecError>,
     pub(crate) calls_started: u32,
-    tool_calls: u32,
-    model_calls: u32,
     in_flight: FuturesUnordered<BoxFuture<'static, (u32, Vec<u8>, &'static str)>>,
     replies: HashMap<u32, Vec<u8>>,
     started: HashMap<u32, Started>,
     pub(crate) call_records: Vec<HostCallRecord>,
-    call_policy: Arc<dyn CallPolicy>,
     pub(crate) outcome: Option<GuestOutcome>,
-    registry: Arc<Registry>,
-    /// `fs.*` calls: this execution's own file capability.
-    files: Option<Arc<dyn Capability>>,
-    principal: Arc<Principal>,
     execution_id: Arc<str>,
     trace: opentelemetry::Context,
     pub(crate) cpu: CpuSlot,
@@ -229,15 +178,12 @@ pub(crate) struct HostSetup {
     pub(crate) input: String,
     pub(crate) language: Language,
     pub(crate) preparing: Option<Preparing>,
-    pub(crate) events: Option<LineSender>,
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) principal: Arc<Principal>,
+    pub(crate) lines: Option<LineSender>,
+    pub(crate) doors: Doors,
     pub(crate) execution_id: Arc<str>,
     pub(crate) cpu: CpuSlot,
-    pub(crate) call_policy: Arc<dyn CallPolicy>,
     /// The execution continues a session (request part 3 is `session`).
     pub(crate) session: bool,
-    pub(crate) files: Option<Arc<dyn Capability>>,
     pub(crate) trace: opentelemetry::Context,
 }
 
@@ -269,50 +215,19 @@ impl HostState {
             fuel_granted: fuel,
             strip_usage: None,
             created: std::time::Instant::now(),
-            logs: Vec::new(),
-            log_bytes: 0,
-            events: setup.events,
-            skipped: 0,
+            console: Console::new(setup.limits.output_bytes, setup.lines),
+            doors: setup.doors,
             limit_hit: None,
             calls_started: 0,
-            tool_calls: 0,
-            model_calls: 0,
             in_flight: FuturesUnordered::new(),
             replies: HashMap::new(),
             started: HashMap::new(),
             call_records: Vec::new(),
-            call_policy: setup.call_policy,
             outcome: None,
-            registry: setup.registry,
-            files: setup.files,
-            principal: setup.principal,
             execution_id: setup.execution_id,
             trace: setup.trace,
             cpu: setup.cpu,
         }
-    }
-
-    fn push_log(&mut self, line: LogLine) {
-        if let Some(events) = &self.events {
-            // A stream that fell behind is told what it missed before its next line;
-            // a closed one only means the client went away, and the run goes on.
-            if self.skipped > 0 {
-                let note = LogLine {
-                    level: LogLevel::Warn,
-                    message: format!(
-                        "[{} lines not streamed: the stream fell behind; the result has them]",
-                        self.skipped
-                    ),
-                };
-                if events.try_send(note).is_ok() {
-                    self.skipped = 0;
-                }
-            }
-            if self.skipped > 0 || events.try_send(line.clone()).is_err() {
-                self.skipped += u64::from(!events.is_closed());
-            }
-        }
-        self.logs.push(line);
     }
 
     /// Records calls still in flight as cancelled; called when the execution ends.
@@ -334,14 +249,6 @@ impl HostState {
         self.limit_hit = Some(error);
         wasmtime::format_err!(message)
     }
-}
-
-fn no_files() -> ExecError {
-    ExecError::new(
-        ErrorKind::FileError,
-        "EACCES: this execution has no file access: files live in a session's workspace (open a session) or in \
-         directories an operator mounts by policy ([policy.files] mounts)",
-    )
 }
 
 fn guest_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
@@ -397,24 +304,12 @@ impl GuestError {
     /// Never `internal`: nothing the code throws can claim a fault of sandgate.
     fn read(text: &str) -> ExecError {
         let Ok(error) = serde_json::from_str::<GuestError>(&well_formed_json(text)) else {
-            return ExecError::new(ErrorKind::Exception, "the code threw an error the sandbox cannot read");
+            return ExecError::new(Kind::Exception, "the code threw an error the sandbox cannot read");
         };
         // Kinds the host decides itself (limits, `internal`) never come from the
         // guest; the prelude reports a host-call kind only for errors the host made.
-        let kind = match error.kind.as_str().unwrap_or_default() {
-            "syntax" => ErrorKind::Syntax,
-            "unsettled" => ErrorKind::Unsettled,
-            "output_limit" => ErrorKind::OutputLimit,
-            "call_limit" => ErrorKind::CallLimit,
-            "tool_denied" => ErrorKind::ToolDenied,
-            "tool_error" => ErrorKind::ToolError,
-            "model_denied" => ErrorKind::ModelDenied,
-            "budget_exceeded" => ErrorKind::BudgetExceeded,
-            "invalid_request" => ErrorKind::InvalidRequest,
-            "unavailable" => ErrorKind::Unavailable,
-            "file_error" => ErrorKind::FileError,
-            _ => ErrorKind::Exception,
-        };
+        let kind = error.kind.as_str().and_then(Kind::parse).filter(|kind| kind.guest_may_report());
+        let kind = kind.unwrap_or(Kind::Exception);
         let text = |value: serde_json::Value| match value {
             serde_json::Value::String(text) if !text.is_empty() => Some(text),
             _ => None,
@@ -481,8 +376,21 @@ pub(crate) fn well_formed_json(json: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Adds the `sandgate_v1` functions to `linker`.
+/// Adds the `sandgate_v1` functions to `linker`, one function each.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    link_request(linker)?;
+    link_max_result(linker)?;
+    link_log(linker)?;
+    link_call(linker)?;
+    link_wait(linker)?;
+    link_reply_read(linker)?;
+    link_source_ready(linker)?;
+    link_finish(linker)
+}
+
+/// `request_len(which)` and `request_read(which, ptr, len)`: the code (handed over
+/// once, then emptied), `input`, the language and the mode.
+fn link_request(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, "request_len", |caller: Caller<'_, HostState>, which: i32| -> i32 {
         let state = caller.data();
         match which {
@@ -507,41 +415,44 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             put_guest_bytes(&mut caller, ptr, len, &bytes)
         },
     )?;
+    Ok(())
+}
+
+/// `max_result()`: the largest result the host accepts, so the guest can refuse a
+/// larger one before serialising it all.
+fn link_max_result(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, "max_result", |caller: Caller<'_, HostState>| -> i32 {
         caller.data().limits.result_bytes.min(i32::MAX as u64) as i32
     })?;
+    Ok(())
+}
+
+/// `log(level, ptr, len)`: one console line, through the console door; passing the
+/// output cap ends the execution.
+fn link_log(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         MODULE,
         "log",
         |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
-            // Never copy more than the cap could take.
-            let room = caller.data().limits.output_bytes.saturating_sub(caller.data().log_bytes);
-            let wanted = (len.max(0) as u64).min(room.saturating_sub(LINE_COST).saturating_add(1));
+            let len = len.max(0) as u64;
+            let wanted = caller.data().console.wanted(len);
             let bytes = guest_bytes(&mut caller, ptr, wanted as i32)?;
             let state = caller.data_mut();
-            let level = LogLevel::from_abi(level);
-            // Each line costs its bytes and `LINE_COST`.
-            if len.max(0) as u64 + LINE_COST <= room {
-                state.log_bytes += bytes.len() as u64 + LINE_COST;
-                let message = String::from_utf8_lossy(&bytes).into_owned();
-                state.push_log(LogLine { level, message });
-                return Ok(());
+            match state.console.write(LogLevel::from_abi(level), &bytes, len) {
+                Ok(()) => Ok(()),
+                Err(limit) => Err(state.trap(limit)),
             }
-            let mut cut = room.saturating_sub(LINE_COST) as usize;
-            while cut > 0 && !is_char_boundary(&bytes, cut) {
-                cut -= 1;
-            }
-            if cut > 0 {
-                let message = String::from_utf8_lossy(&bytes[..cut]).into_owned();
-                state.push_log(LogLine { level, message });
-            }
-            state.log_bytes = state.limits.output_bytes;
-            state.push_log(LogLine { level: LogLevel::Warn, message: TRUNCATED.into() });
-            let limit = state.limits.output_bytes;
-            Err(state
-                .trap(ExecError::new(ErrorKind::OutputLimit, format!("console output passed its {limit}-byte limit"))))
         },
     )?;
+    Ok(())
+}
+
+/// `call(name_ptr, name_len, args_ptr, args_len)`: starts a call through the door the
+/// name's first part names, and returns its id. The host counts every call against
+/// `limits.host_calls`; each door counts its own. A call refused before it starts
+/// rejects the guest's promise, and is recorded at once with its reason, whether or
+/// not the code ever awaits it; a limit ends the execution.
+fn link_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         MODULE,
         "call",
@@ -554,66 +465,47 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             let (limit, started) = (caller.data().limits.host_calls, caller.data().calls_started);
             if started >= limit {
                 return Err(caller.data_mut().trap(ExecError::new(
-                    ErrorKind::CallLimit,
+                    Kind::CallLimit,
                     format!("the code made more than its limit of {limit} host calls"),
                 )));
             }
             let max_args = caller.data().limits.result_bytes;
             let name = guest_bytes(&mut caller, name_ptr, name_len.min(MAX_CALL_NAME as i32 + 1))?;
-            let state_args = if (args_len.max(0) as u64) > max_args {
+            let args = if (args_len.max(0) as u64) > max_args {
                 Err(ExecError::new(
-                    ErrorKind::InvalidRequest,
+                    Kind::InvalidRequest,
                     format!("call arguments are {args_len} bytes; the limit is {max_args}"),
                 ))
             } else {
                 let bytes = guest_bytes(&mut caller, args_ptr, args_len)?;
                 serde_json::from_str::<serde_json::Value>(&well_formed_json(&String::from_utf8_lossy(&bytes)))
-                    .map_err(|e| ExecError::new(ErrorKind::InvalidRequest, format!("call arguments are not JSON: {e}")))
+                    .map_err(|e| ExecError::new(Kind::InvalidRequest, format!("call arguments are not JSON: {e}")))
             };
             let state = caller.data_mut();
             state.calls_started += 1;
             let id = state.calls_started;
             let name = String::from_utf8_lossy(&name).into_owned();
-            let (class, count, limit) = if name.starts_with("tools.") {
-                state.tool_calls += 1;
-                ("tool", state.tool_calls, state.limits.tool_calls)
-            } else if name.starts_with("model.") {
-                state.model_calls += 1;
-                ("model", state.model_calls, state.limits.model_calls)
-            } else {
-                ("host", state.calls_started, state.limits.host_calls)
-            };
-            if count > limit {
-                return Err(state.trap(ExecError::new(
-                    ErrorKind::CallLimit,
-                    format!("the code made more than its limit of {limit} {class} calls"),
-                )));
-            }
             let call = if name.len() > MAX_CALL_NAME {
-                Err(ExecError::new(ErrorKind::InvalidRequest, "host call name is too long"))
+                Err(ExecError::new(Kind::InvalidRequest, "host call name is too long"))
             } else {
-                state_args.and_then(|args| {
-                    state.call_policy.check(&name)?;
-                    let (capability, method) = match (name.strip_prefix("fs."), &state.files) {
-                        (Some(method), Some(files)) => (files.clone(), method.to_string()),
-                        (Some(_), None) => return Err(no_files()),
-                        (None, _) => state.registry.route(&name)?,
-                    };
-                    Ok(capability.call(HostCall {
-                        method,
+                args.and_then(|args| {
+                    let (door, method) = state.doors.route(&name)?;
+                    door.call(Call {
+                        method: method.to_string(),
                         args,
-                        principal: state.principal.clone(),
                         execution_id: state.execution_id.clone(),
-                        grants: state.call_policy.clone(),
                         trace: state.trace.clone(),
-                    }))
+                    })
                 })
             };
+            // A door's limit ends the execution, as the host's own does.
+            if let Err(error) = &call {
+                if error.kind == Kind::CallLimit {
+                    return Err(state.trap(error.clone()));
+                }
+            }
             let max_reply = state.limits.result_bytes as usize;
             match &call {
-                // A call refused before it starts (denied by policy, no such function,
-                // bad arguments) is recorded now with its reason, whether or not the
-                // code ever awaits the rejection.
                 Err(error) => state.call_records.push(HostCallRecord {
                     name: name.clone(),
                     started_at_ms: now_ms(),
@@ -638,7 +530,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let mut reply = envelope(result);
                 if reply.len() > max_reply {
                     reply = envelope(Err(ExecError::new(
-                        ErrorKind::OutputLimit,
+                        Kind::OutputLimit,
                         format!("reply of {} bytes is over the {max_reply}-byte limit", reply.len()),
                     )));
                 }
@@ -648,6 +540,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Ok(id as i32)
         },
     )?;
+    Ok(())
+}
+
+/// `wait()`: parks the execution until a call in flight completes (giving up its CPU
+/// slot meanwhile); `(id << 32) | reply length`, or -1 when none is in flight.
+fn link_wait(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap_async(MODULE, "wait", |mut caller: Caller<'_, HostState>, (): ()| {
         Box::new(async move {
             let state = caller.data_mut();
@@ -676,6 +574,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             }
         })
     })?;
+    Ok(())
+}
+
+/// `reply_read(id, ptr, len)`: a completed call's reply, once.
+fn link_reply_read(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         MODULE,
         "reply_read",
@@ -686,6 +589,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             put_guest_bytes(&mut caller, ptr, len, &reply)
         },
     )?;
+    Ok(())
+}
+
+/// `source_ready()`: TypeScript is stripped; the preparation phase and its tighter
+/// limits end.
+fn link_source_ready(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, "source_ready", |mut caller: Caller<'_, HostState>| -> wasmtime::Result<()> {
         let Some(phase) = caller.data_mut().preparing.take() else {
             return Ok(());
@@ -704,6 +613,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         });
         Ok(())
     })?;
+    Ok(())
+}
+
+/// `finish(status, ptr, len)`: the outcome, a result or an error the guest reports.
+fn link_finish(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         MODULE,
         "finish",
@@ -712,12 +626,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             let len_bytes = len.max(0) as u64;
             let outcome = if status == 0 && len_bytes > max {
                 GuestOutcome::Failed(ExecError::new(
-                    ErrorKind::OutputLimit,
+                    Kind::OutputLimit,
                     format!("result is {len} bytes; the limit is {max}"),
                 ))
             } else if len_bytes > MAX_ERROR_BYTES {
                 GuestOutcome::Failed(ExecError::new(
-                    ErrorKind::Exception,
+                    Kind::Exception,
                     format!("the code threw an error of {len} bytes, too large to report"),
                 ))
             } else {
@@ -727,12 +641,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     0 => match RawValue::from_string(well_formed_json(&text).into_owned()) {
                         Ok(raw) => GuestOutcome::Value(raw),
                         Err(e) => GuestOutcome::Failed(ExecError::new(
-                            ErrorKind::Exception,
+                            Kind::Exception,
                             format!("the code's result could not be read as JSON: {e}"),
                         )),
                     },
                     1 => GuestOutcome::Failed(GuestError::read(&text)),
-                    _ => GuestOutcome::Failed(ExecError::new(ErrorKind::Internal, format!("guest fault: {text}"))),
+                    _ => GuestOutcome::Failed(ExecError::new(Kind::Internal, format!("guest fault: {text}"))),
                 }
             };
             caller.data_mut().outcome = Some(outcome);
@@ -740,12 +654,4 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn is_char_boundary(bytes: &[u8], at: usize) -> bool {
-    at >= bytes.len() || (bytes[at] as i8) >= -0x40
 }

@@ -9,14 +9,13 @@
 //! code runs only while holding one of `cpu_slots` slots, given up at every epoch tick
 //! and while parked on host calls.
 
-pub mod capability;
+pub mod console;
+pub mod door;
 pub mod engine;
 pub mod error;
 mod host;
 pub mod image;
-pub mod limits;
 pub mod mapped;
-mod request;
 pub mod wasi;
 
 use std::sync::Arc;
@@ -28,15 +27,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
 
-pub use capability::{AllowAll, CallPolicy, Capability, HostCall, Registry, TestCapability};
-pub use error::{ErrorKind, ExecError, Rejected};
-pub use host::{HostCallRecord, LineSender, LogLevel, LogLine, LINE_BUFFER, LINE_COST, TRUNCATED};
+pub use console::{LineSender, LogLevel, LogLine, LINE_BUFFER, LINE_COST, TRUNCATED};
+pub use door::{Call, Counter, Door, Doors, Pending};
+pub use error::{ExecError, Rejected};
+pub use host::HostCallRecord;
 pub use image::MemoryImage;
-pub use limits::{Limits, PartialLimits};
 pub use mapped::MemoryFile;
-pub use request::{ExecuteRequest, Language};
 
-use crate::auth::Principal;
+use crate::error::Kind;
+use crate::limits::Limits;
+use crate::request::Language;
 use host::{CpuSlot, GuestOutcome, HostSetup, HostState};
 
 /// How the sandbox is set up; fixed for the life of a [`Sandbox`].
@@ -70,7 +70,6 @@ impl Default for SandboxConfig {
 #[derive(Debug)]
 pub struct Admission {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    _in_flight: crate::telemetry::InFlight,
 }
 
 /// One execution to run.
@@ -83,17 +82,14 @@ pub struct Job {
     pub language: Language,
     pub input: Option<serde_json::Value>,
     pub limits: Limits,
-    pub principal: Arc<Principal>,
-    /// Which host calls the principal may make.
-    pub call_policy: Arc<dyn CallPolicy>,
+    /// Its doors out, besides the console: built by the caller for this execution
+    /// alone, already bound to whoever submitted it (see [`door`]).
+    pub doors: Doors,
     /// Run in a session, starting from its memory (see [`Sandbox::session_memory`]);
     /// `None` for a fresh execution. The execution reads the file and never writes it:
     /// the pages it changed come back as its outcome's `session_image`, for the
     /// caller to keep (and [`MemoryFile::apply`]) or drop.
     pub session: Option<Arc<MemoryFile>>,
-    /// The capability behind `fs.*` calls for this execution alone (its session's
-    /// workspace and the mounts its policies grant); `None`: no file access.
-    pub files: Option<Arc<dyn Capability>>,
     /// The execution's id when the caller chose it (a background execution's handle
     /// is known before it runs); a fresh UUIDv7 otherwise.
     pub id: Option<Arc<str>>,
@@ -101,9 +97,26 @@ pub struct Job {
     pub trace: opentelemetry::Context,
 }
 
+impl Job {
+    /// `code` in `language` under `limits`, with no door but the console, fresh (not
+    /// in a session), with a new id.
+    pub fn new(code: impl Into<String>, language: Language, limits: Limits) -> Self {
+        Self {
+            code: code.into(),
+            language,
+            input: None,
+            limits,
+            doors: Doors::default(),
+            session: None,
+            id: None,
+            trace: opentelemetry::Context::default(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("limits", &self.limits).field("principal", &self.principal).finish_non_exhaustive()
+        f.debug_struct("Job").field("limits", &self.limits).field("doors", &self.doors).finish_non_exhaustive()
     }
 }
 
@@ -158,7 +171,7 @@ pub struct Outcome {
     pub session_image: Option<MemoryImage>,
 }
 
-/// The sandbox: engine, compiled guest, capability registry and admission control.
+/// The sandbox: engine, compiled guests and admission control.
 pub struct Sandbox {
     engine: Engine,
     pre: InstancePre<HostState>,
@@ -166,7 +179,6 @@ pub struct Sandbox {
     /// execution comes: a server that never runs Python never compiles it.
     python: tokio::sync::OnceCell<InstancePre<HostState>>,
     linker: Linker<HostState>,
-    registry: Arc<Registry>,
     admission: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
     config: SandboxConfig,
@@ -191,14 +203,14 @@ struct SessionGuest {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox").field("config", &self.config).field("registry", &self.registry).finish()
+        f.debug_struct("Sandbox").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
 impl Sandbox {
     /// Builds the engine, loads the guest (from the compile cache when possible) and
     /// links the host functions: the WASI shim ([`wasi`]) and the `sandgate_v1` ABI.
-    pub fn new(config: SandboxConfig, registry: Registry) -> anyhow::Result<Self> {
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
         let engine = engine::build_engine(&engine::EngineSettings {
             max_memory_bytes: config.max_memory_bytes,
             max_instances: config.max_concurrent.saturating_add(8),
@@ -218,7 +230,6 @@ impl Sandbox {
             pre,
             python: tokio::sync::OnceCell::new(),
             linker,
-            registry: Arc::new(registry),
             admission: Arc::new(Semaphore::new(config.max_concurrent as usize)),
             cpu: Arc::new(Semaphore::new(cpu_slots)),
             config,
@@ -302,17 +313,17 @@ impl Sandbox {
     pub fn admit(&self) -> Result<Admission, Rejected> {
         let permit =
             self.admission.clone().try_acquire_owned().map_err(|_| Rejected::Overloaded { retry_after_secs: 1 })?;
-        Ok(Admission { _permit: permit, _in_flight: crate::telemetry::InFlight::enter() })
+        Ok(Admission { _permit: permit })
     }
 
     /// Runs `job`: [`Sandbox::admit`], then [`Sandbox::run_admitted`].
-    pub async fn execute(&self, job: Job, events: Option<LineSender>) -> Result<Outcome, Rejected> {
+    pub async fn execute(&self, job: Job, lines: Option<LineSender>) -> Result<Outcome, Rejected> {
         let admission = self.admit()?;
-        self.run_admitted(admission, job, events, &CancellationToken::new()).await
+        self.run_admitted(admission, job, lines, &CancellationToken::new()).await
     }
 
     /// Runs `job` in the slot `admission` holds. Console lines are also sent to
-    /// `events` as they happen, when given. When `cancel` fires, the execution stops
+    /// `lines` as they happen, when given. When `cancel` fires, the execution stops
     /// at once (within an epoch tick, or at once when parked on host calls) and ends
     /// with the outcome `cancelled`.
     ///
@@ -323,7 +334,7 @@ impl Sandbox {
         &self,
         admission: Admission,
         job: Job,
-        events: Option<LineSender>,
+        lines: Option<LineSender>,
         cancel: &CancellationToken,
     ) -> Result<Outcome, Rejected> {
         if job.code.len() as u64 > job.limits.code_bytes {
@@ -357,12 +368,10 @@ impl Sandbox {
             },
             (Language::Javascript | Language::Typescript, None) => &self.pre,
         };
-        let started = Instant::now();
         let execution_id = job.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string().into());
-        let outcome = self.run(pre, job, events, cpu.clone(), execution_id, cancel).await;
+        let outcome = self.run(pre, job, lines, cpu.clone(), execution_id, cancel).await;
         cpu.release();
         drop(admission);
-        crate::telemetry::record_execution(&outcome, started.elapsed());
         tracing::debug!(
             execution_id = %outcome.execution_id,
             outcome = outcome.error.as_ref().map_or("ok", |e| e.kind.as_str()),
@@ -377,7 +386,7 @@ impl Sandbox {
         &self,
         pre: &InstancePre<HostState>,
         job: Job,
-        events: Option<LineSender>,
+        lines: Option<LineSender>,
         cpu: CpuSlot,
         execution_id: Arc<str>,
         cancel: &CancellationToken,
@@ -398,14 +407,11 @@ impl Sandbox {
             input,
             language: job.language,
             preparing,
-            events,
-            registry: self.registry.clone(),
-            principal: job.principal,
+            lines,
+            doors: job.doors,
             execution_id: execution_id.clone(),
             cpu: cpu.clone(),
-            call_policy: job.call_policy,
             session: job.session.is_some(),
-            files: job.files,
             trace: job.trace,
         });
         let mut store = Store::new(pre.module().engine(), state);
@@ -413,7 +419,7 @@ impl Sandbox {
         // Fuel can be set only when the engine consumes fuel, which ours always does.
         let _ = store.set_fuel(store.data().fuel_granted);
         let started = Instant::now();
-        let started_at_ms = unix_millis();
+        let started_at_ms = crate::time::now_ms();
         let deadline = started + Duration::from_millis(limits.wall_ms);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |context| {
@@ -466,7 +472,7 @@ impl Sandbox {
         };
         let error = match result {
             None => Some(ExecError::new(
-                ErrorKind::Cancelled,
+                Kind::Cancelled,
                 "the execution was cancelled: its caller went away or the server is shutting down",
             )),
             Some(Err(_elapsed)) => Some(timeout_error(limits.wall_ms)),
@@ -495,7 +501,7 @@ impl Sandbox {
                     return outcome;
                 }
                 Some(GuestOutcome::Failed(error)) => Some(error),
-                None => Some(ExecError::new(ErrorKind::Internal, "the guest ended without reporting an outcome")),
+                None => Some(ExecError::new(Kind::Internal, "the guest ended without reporting an outcome")),
             },
             Some(Ok(Err(trap))) => Some(classify(state, &trap, limits)),
         };
@@ -528,7 +534,7 @@ fn changed_pages(file: &MemoryFile, data: &[u8], fuel_left: u64) -> Result<(Vec<
     let fuel = pages.saturating_mul(FUEL_PER_COMPARED_PAGE);
     if fuel > fuel_left {
         return Err(ExecError::new(
-            ErrorKind::OutOfFuel,
+            Kind::OutOfFuel,
             format!(
                 "finding which of the session's {pages} memory pages the execution changed takes {fuel} fuel, more \
                  than the {fuel_left} it had left; the session is as it was before this execution"
@@ -537,13 +543,9 @@ fn changed_pages(file: &MemoryFile, data: &[u8], fuel_left: u64) -> Result<(Vec<
     }
     let started = Instant::now();
     let written = file.changed_pages(data).map_err(|error| {
-        ExecError::new(ErrorKind::Internal, format!("cannot read which pages the execution changed: {error}"))
+        ExecError::new(Kind::Internal, format!("cannot read which pages the execution changed: {error}"))
     })?;
     Ok((written, Compared { fuel, wall_ms: started.elapsed().as_millis() as u64 }))
-}
-
-fn unix_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn finish(
@@ -557,7 +559,7 @@ fn finish(
     Outcome {
         ok: error.is_none(),
         result: if error.is_none() { result } else { None },
-        logs: std::mem::take(&mut state.logs),
+        logs: std::mem::take(&mut state.console.lines),
         error,
         usage,
         execution_id: execution_id.to_string(),
@@ -568,7 +570,7 @@ fn finish(
 }
 
 fn timeout_error(wall_ms: u64) -> ExecError {
-    ExecError::new(ErrorKind::Timeout, format!("execution passed its wall-clock limit of {wall_ms} ms"))
+    ExecError::new(Kind::Timeout, format!("execution passed its wall-clock limit of {wall_ms} ms"))
 }
 
 /// Fuel the preparation phase may use per byte of code, on top of
@@ -625,7 +627,7 @@ fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> E
         // Stripping TypeScript passed a bound of its own: the code is too complex to
         // turn into JavaScript, which the caller can fix, so it is a `syntax` error.
         let refused = |why: String| {
-            ExecError::new(ErrorKind::Syntax, format!("the TypeScript could not be stripped of its types: {why}"))
+            ExecError::new(Kind::Syntax, format!("the TypeScript could not be stripped of its types: {why}"))
         };
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) if phase.fuel_is_bound => {
@@ -644,23 +646,23 @@ fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> E
     }
     if state.limiter.exceeded {
         return ExecError::new(
-            ErrorKind::OutOfMemory,
+            Kind::OutOfMemory,
             format!("execution passed its memory limit of {} bytes", limits.memory_bytes),
         );
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => {
-            ExecError::new(ErrorKind::OutOfFuel, format!("execution used all of its {} fuel", limits.fuel))
+            ExecError::new(Kind::OutOfFuel, format!("execution used all of its {} fuel", limits.fuel))
         }
-        Some(Trap::StackOverflow) => ExecError::new(ErrorKind::StackOverflow, "the guest's stack overflowed"),
+        Some(Trap::StackOverflow) => ExecError::new(Kind::StackOverflow, "the guest's stack overflowed"),
         // The guest's shadow stack sits at the bottom of its memory, so running past
         // it is an access below address 0.
         Some(Trap::MemoryOutOfBounds) => {
-            ExecError::new(ErrorKind::StackOverflow, "the guest's stack overflowed (past the bottom of its memory)")
+            ExecError::new(Kind::StackOverflow, "the guest's stack overflowed (past the bottom of its memory)")
         }
         Some(Trap::Interrupt) => timeout_error(limits.wall_ms),
         _ if allocation_failed(&state.wasi.diagnostics) => ExecError::new(
-            ErrorKind::OutOfMemory,
+            Kind::OutOfMemory,
             format!(
                 "the code asked for more memory at once than the guest can address; its memory limit is {} bytes",
                 limits.memory_bytes
@@ -673,7 +675,7 @@ fn classify(state: &mut HostState, error: &wasmtime::Error, limits: Limits) -> E
                 message.push_str(&format!(" ({diagnostics})"));
             }
             tracing::error!(%message, "guest fault");
-            ExecError::new(ErrorKind::Internal, message)
+            ExecError::new(Kind::Internal, message)
         }
     }
 }

@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Service, ServiceError};
 use crate::auth::Principal;
-use crate::sandbox::{ErrorKind, ExecuteRequest, LogLine, Outcome};
-use crate::store::{now_ms, HandleEnd, HandleRecord, Owner};
+use crate::error::Kind;
+use crate::request::ExecuteRequest;
+use crate::sandbox::{LogLine, Outcome};
+use crate::store::{now_ms, HandleEnd, HandleRecord, HandleStatus, Owner};
 
 /// How often a running background execution checks the store for a cancel made on
 /// another replica, and how often a follower on another replica reads its status.
@@ -57,7 +59,7 @@ pub enum Event {
 pub struct HandleView {
     pub execution_id: String,
     /// `running`, `succeeded`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: HandleStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     pub created_at: String,
@@ -73,7 +75,7 @@ pub struct HandleView {
 
 impl HandleView {
     pub fn running(&self) -> bool {
-        self.status == "running"
+        self.status == HandleStatus::Running
     }
 }
 
@@ -122,17 +124,17 @@ pub(crate) fn kept_body(outcome: &mut Outcome) -> String {
     outcome.ok = false;
     outcome.result = None;
     outcome.error = Some(crate::sandbox::ExecError::new(
-        ErrorKind::OutputLimit,
+        Kind::OutputLimit,
         format!("the result was larger than the {MAX_KEPT_BYTES} bytes a background execution's result may keep"),
     ));
     serde_json::to_string(&*outcome).unwrap_or_default()
 }
 
-fn status_of(outcome: &Outcome) -> &'static str {
+fn status_of(outcome: &Outcome) -> HandleStatus {
     match &outcome.error {
-        None if outcome.ok => "succeeded",
-        Some(error) if error.kind == ErrorKind::Cancelled => "cancelled",
-        _ => "failed",
+        None if outcome.ok => HandleStatus::Succeeded,
+        Some(error) if error.kind == Kind::Cancelled => HandleStatus::Cancelled,
+        _ => HandleStatus::Failed,
     }
 }
 
@@ -158,7 +160,7 @@ impl Service {
             team: principal.team.clone(),
             key: principal.key.clone(),
             session_id,
-            status: "running".into(),
+            status: HandleStatus::Running,
             created_at_ms: now,
             ended_at_ms: None,
             expires_at_ms: now + longest as i64 + ttl_ms,
@@ -228,13 +230,13 @@ impl Service {
                 }
                 Err(error) => {
                     let kind = error.kind();
-                    let status = if kind == "cancelled" { "cancelled" } else { "failed" };
+                    let status = if kind == Kind::Cancelled { HandleStatus::Cancelled } else { HandleStatus::Failed };
                     let body =
                         serde_json::json!({ "ok": false, "error": { "kind": kind, "message": error.to_string() } });
                     (status, body.to_string())
                 }
             };
-            let end = HandleEnd { status: status.into(), body, ended_at_ms: ended, expires_at_ms: ended + ttl_ms };
+            let end = HandleEnd { status, body, ended_at_ms: ended, expires_at_ms: ended + ttl_ms };
             if let Err(error) = store.finish_handle(&handle_id, &end).await {
                 tracing::warn!(%error, execution_id = %handle_id, "could not record a background execution's end");
             }

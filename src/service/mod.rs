@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::store::HandleStatus;
 pub use handles::{Event as HandleEvent, Following, HandleView, CANCEL_POLL};
 pub use reload::Policies;
 pub use sessions::{BodyError, Download, FileRead, SessionView};
@@ -34,19 +35,21 @@ pub use shares::{Shares, Slot};
 
 use crate::auth::{KeyEntry, KeyRing, Principal};
 use crate::config::Config;
-use crate::mcp::capability::UpstreamTools;
+use crate::error::Kind;
+use crate::limits::Limits;
 use crate::mcp::{Catalog, Upstreams};
 use crate::model::{Answer, CallContext, Format, Gateway, ModelError};
 use crate::policy::{Capabilities, LoadContext, PolicyError};
-use crate::sandbox::{
-    Admission, CallPolicy, Capability, ErrorKind, ExecError, ExecuteRequest, HostCall, Job, Language, Limits,
-    LineSender, LogLine, Outcome, Registry, Rejected, Sandbox, TestCapability,
-};
+use crate::request::{ExecuteRequest, Language};
+use crate::sandbox::{Admission, Counter, Doors, Job, LineSender, Rejected, Sandbox};
 use crate::sessions::workspace::{Files, MountWrites, SessionFiles};
 use crate::sessions::{Scratch, Workspace};
 use crate::store::{CallRecord, ExecutionRecord, FileChange, Ledger, Record, StoreError, UsageQuery, UsageRow};
-use crate::telemetry::trace;
-use futures::future::BoxFuture;
+use crate::telemetry::{trace, InFlight};
+
+/// What adapters speak of, re-exported so that they name the service, never the
+/// sandbox.
+pub use crate::sandbox::{LogLevel, LogLine, Outcome, LINE_BUFFER};
 
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
@@ -98,20 +101,44 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    pub fn kind(&self) -> &'static str {
+    /// Its kind in the one vocabulary (`crate::error`).
+    pub fn kind(&self) -> Kind {
         match self {
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::RateLimited { .. } | Self::TooManyRunning { .. } => "rate_limited",
-            Self::Rejected(rejected) => rejected.kind().as_str(),
-            Self::Store(_) => ErrorKind::Unavailable.as_str(),
-            Self::NotFound(_) => "not_found",
-            Self::SessionBusy(_) => "session_busy",
-            Self::TooManySessions { .. } => "rate_limited",
-            Self::Invalid(_) | Self::BodyTimeout(_) => ErrorKind::InvalidRequest.as_str(),
-            Self::File(_) => ErrorKind::FileError.as_str(),
-            Self::Internal(_) => ErrorKind::Internal.as_str(),
+            Self::Unauthorized => Kind::Unauthorized,
+            Self::Forbidden(_) => Kind::Forbidden,
+            Self::RateLimited { .. } | Self::TooManyRunning { .. } | Self::TooManySessions { .. } => Kind::RateLimited,
+            Self::Rejected(rejected) => rejected.kind(),
+            Self::Store(_) => Kind::Unavailable,
+            Self::NotFound(_) => Kind::NotFound,
+            Self::SessionBusy(_) => Kind::SessionBusy,
+            Self::Invalid(_) | Self::BodyTimeout(_) => Kind::InvalidRequest,
+            Self::File(_) => Kind::FileError,
+            Self::Internal(_) => Kind::Internal,
         }
+    }
+
+    /// When to try again, for a refusal that passes.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            Self::TooManyRunning { .. } | Self::Store(_) => Some(1),
+            Self::Rejected(Rejected::Overloaded { retry_after_secs }) => Some(*retry_after_secs),
+            Self::Rejected(Rejected::Cancelled) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// This refusal, counted in `sandgate_executions_rejected_total` where it is
+    /// decided, so every surface's refusals are counted once.
+    pub(super) fn counted(self) -> Self {
+        let reason = match &self {
+            Self::RateLimited { .. } | Self::TooManySessions { .. } => "rate_limited",
+            Self::TooManyRunning { .. } => "concurrency",
+            Self::Rejected(Rejected::Overloaded { .. }) => "overloaded",
+            _ => return self,
+        };
+        crate::telemetry::record_rejection(reason);
+        self
     }
 }
 
@@ -119,7 +146,11 @@ impl ServiceError {
 /// the principal's share.
 pub struct Prepared {
     job: Job,
+    /// Who submitted it: whose records it makes.
+    principal: Arc<Principal>,
     admission: Admission,
+    /// Counted in `sandgate_executions_in_flight` until it ends.
+    in_flight: InFlight,
     running: Slot<String>,
     session: Option<sessions::SessionLease>,
     /// The execution's files, to commit or drop when it ends.
@@ -161,6 +192,8 @@ pub struct Service {
     ledger: Ledger,
     gateway: Arc<Gateway>,
     upstreams: Arc<Upstreams>,
+    /// Whether the `tools` door serves the test server (`sandbox.test_capability`).
+    test_tools: bool,
     running: Arc<Shares<String>>,
     /// Executions in flight, each a task of its own.
     executions: TaskTracker,
@@ -183,25 +216,6 @@ pub struct Service {
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service").field("sandbox", &self.sandbox).finish_non_exhaustive()
-    }
-}
-
-/// Tool calls checked against the principal's policies.
-struct PolicyCalls(Capabilities);
-
-impl CallPolicy for PolicyCalls {
-    fn check(&self, name: &str) -> Result<(), ExecError> {
-        if let Some(tool) = name.strip_prefix("tools.") {
-            let decision = self.0.tool(tool);
-            if !decision.allowed {
-                return Err(ExecError::new(ErrorKind::ToolDenied, decision.to_string()));
-            }
-        }
-        Ok(())
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 
@@ -232,10 +246,10 @@ pub(crate) fn kept_logs(lines: &[LogLine]) -> String {
 
 /// The span of one execution (see [`crate::telemetry::trace`]), under the caller's
 /// trace when the request carried one.
-fn execution_span(job: &Job, session: Option<&str>) -> trace::Span {
+fn execution_span(job: &Job, principal: &Principal, session: Option<&str>) -> trace::Span {
     use opentelemetry::KeyValue;
     trace::Span::start(opentelemetry::trace::SpanKind::Server, &job.trace, || {
-        let mut attributes = trace::principal(&job.principal).to_vec();
+        let mut attributes = trace::principal(principal).to_vec();
         attributes.push(KeyValue::new("sandgate.language", job.language.as_str()));
         if let Some(session) = session {
             attributes.push(KeyValue::new("sandgate.session_id", session.to_string()));
@@ -263,47 +277,55 @@ fn execution_ended(span: &trace::Span, result: &Result<Outcome, ServiceError>) {
                 span.fail(error.kind.as_str(), &error.message);
             }
         }
-        Err(error) => span.fail(error.kind(), &error.to_string()),
+        Err(error) => span.fail(error.kind().as_str(), &error.to_string()),
     }
     span.end();
 }
 
-/// `model.chat(request)` inside the sandbox: the same router path as the proxy,
-/// attributed to the execution's principal and execution id, under the grants the
-/// execution started with.
-struct ModelChat(Arc<Gateway>);
+/// `request` as a job under `ceiling`: its limits lowered as it asks (never raised),
+/// its code checked; no door yet.
+fn job_of(request: ExecuteRequest, ceiling: &Limits) -> Result<Job, Rejected> {
+    let limits = ceiling.lowered_by(&request.limits).map_err(Rejected::Invalid)?;
+    if request.code.len() as u64 > limits.code_bytes {
+        return Err(Rejected::TooLarge { size: request.code.len(), limit: limits.code_bytes });
+    }
+    if request.code.trim().is_empty() {
+        return Err(Rejected::Invalid("`code` is empty".into()));
+    }
+    let mut job = Job::new(request.code, request.language, limits);
+    job.input = request.input;
+    job.trace = request.trace;
+    Ok(job)
+}
 
-impl Capability for ModelChat {
-    fn call(&self, call: HostCall) -> BoxFuture<'static, Result<serde_json::Value, ExecError>> {
-        let gateway = self.0.clone();
-        Box::pin(async move {
-            if call.method != "chat" {
-                return Err(ExecError::new(ErrorKind::InvalidRequest, format!("no function `model.{}`", call.method)));
-            }
-            let capabilities = match call.grants.as_any().downcast_ref::<PolicyCalls>() {
-                Some(grants) => grants.0.clone(),
-                None => Capabilities::none(),
-            };
-            let ctx = CallContext {
-                principal: call.principal.clone(),
-                capabilities,
-                execution_id: Some(call.execution_id.to_string()),
-                trace: call.trace.clone(),
-            };
-            match gateway.chat(ctx, call.args).await {
-                Ok(answer) => Ok(serde_json::to_value(answer).unwrap_or_default()),
-                Err(error) => {
-                    let kind = match &error {
-                        ModelError::Denied(_) => ErrorKind::ModelDenied,
-                        ModelError::Budget(_) | ModelError::RateLimited { .. } => ErrorKind::BudgetExceeded,
-                        ModelError::Invalid(_) => ErrorKind::InvalidRequest,
-                        ModelError::Store(_) => ErrorKind::Unavailable,
-                        _ => ErrorKind::ToolError,
-                    };
-                    Err(ExecError::new(kind, error.to_string()))
-                }
-            }
-        })
+impl Service {
+    /// The doors of one execution of `principal`, each bound to `grants` and counting
+    /// against `limits` (see [`crate::sandbox::door`]): `tools`, `model` and `fs`.
+    fn doors(
+        &self,
+        principal: &Arc<Principal>,
+        grants: Capabilities,
+        limits: &Limits,
+        workspace: Option<Arc<Workspace>>,
+    ) -> Doors {
+        let tools = crate::mcp::door::Tools {
+            upstreams: self.upstreams.clone(),
+            principal: principal.clone(),
+            grants: grants.clone(),
+            test: self.test_tools,
+            calls: Counter::new(limits.tool_calls, "tool calls"),
+        };
+        let model = crate::model::door::Model {
+            gateway: self.gateway.clone(),
+            principal: principal.clone(),
+            grants,
+            calls: Counter::new(limits.model_calls, "model calls"),
+        };
+        let files = match workspace {
+            Some(workspace) => Files::Workspace(workspace),
+            None => Files::None,
+        };
+        Doors::default().with("tools", Arc::new(tools)).with("model", Arc::new(model)).with("fs", Arc::new(files))
     }
 }
 
@@ -317,21 +339,11 @@ impl Service {
         let policies = Policies::load(config.policies.clone(), context).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ledger = Ledger::start(crate::store::open(&config.store).await?);
         let gateway = Arc::new(Gateway::new(config.models.clone(), ledger.clone())?);
-        let mut registry = Registry::default();
-        if config.test_capability {
-            registry.register("tools.test", Arc::new(TestCapability));
-        }
-        registry.register("model", Arc::new(ModelChat(gateway.clone())));
         let upstreams = Upstreams::start(config.mcp.clone());
-        for server in &config.mcp.servers {
-            let tools = UpstreamTools { server: server.name.clone(), pool: upstreams.clone() };
-            registry.register(format!("tools.{}", server.name), Arc::new(tools));
-        }
         let fd_plan = fds::plan(fds::raise_open_file_limit(), config.sandbox.max_concurrent);
         let mut sandbox_config = config.sandbox.clone();
         sandbox_config.max_concurrent = fd_plan.max_concurrent;
-        let sandbox =
-            tokio::task::spawn_blocking(move || crate::sandbox::Sandbox::new(sandbox_config, registry)).await??;
+        let sandbox = tokio::task::spawn_blocking(move || crate::sandbox::Sandbox::new(sandbox_config)).await??;
         let stored: Vec<KeyEntry> = ledger.store().keys().await?.into_iter().map(|k| k.entry).collect();
         let mode = if config.keys.is_empty() && stored.is_empty() { Mode::Local } else { Mode::Keyed };
         let sources = KeySources { file: config.keys.clone(), stored };
@@ -345,6 +357,7 @@ impl Service {
             ledger,
             gateway,
             upstreams,
+            test_tools: config.test_capability,
             running: Default::default(),
             executions: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -498,14 +511,13 @@ impl Service {
         let ceiling = Limits { concurrent: ceiling.share_of(self.sandbox.config().max_concurrent), ..ceiling };
         if let Some(per_minute) = capabilities.rate.executions_per_minute {
             self.ledger.store().take(&principal.user, "executions", per_minute).await?.map_err(|retry_after_secs| {
-                ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }
+                ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }.counted()
             })?;
         }
         let session = match request.session_id.clone() {
             None => None,
             Some(id) => {
-                let grant =
-                    capabilities.sessions.ok_or_else(|| ServiceError::NotFound(format!("no session `{id}`")))?;
+                let grant = self.sessions_grant(&principal)?;
                 let hold = Duration::from_millis(ceiling.wall_ms) + self.sandbox.config().queue_timeout;
                 let mut lease = self.lease_session(&principal, &id, grant.max_bytes, hold).await?;
                 // JavaScript and TypeScript share a guest; Python has its own, and a
@@ -523,7 +535,7 @@ impl Service {
             }
         };
         let files = capabilities.files.clone();
-        let mut job = request.into_job(&ceiling, principal.clone(), Arc::new(PolicyCalls(capabilities)))?;
+        let mut job = job_of(request, &ceiling)?;
         let session = session.map(|(lease, memory)| {
             job.session = Some(memory);
             lease
@@ -538,15 +550,15 @@ impl Service {
             MountWrites { store: self.ledger.store().clone(), owner: crate::store::Owner::of(&principal) },
         );
         let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
-        job.files = workspace.clone().map(|workspace| Arc::new(Files(workspace)) as Arc<dyn Capability>);
+        job.doors = self.doors(&principal, capabilities, &job.limits, workspace.clone());
         // A full server answers 503 whoever asks; a caller over their own share, 429.
-        let admission = self.sandbox.admit()?;
+        let admission = self.sandbox.admit().map_err(|overloaded| ServiceError::from(overloaded).counted())?;
         let limit = job.limits.concurrent;
         let running = self
             .running
             .enter(principal.user.clone(), limit)
-            .ok_or_else(|| ServiceError::TooManyRunning { user: principal.user.clone(), limit })?;
-        Ok(Prepared { job, admission, running, session, workspace })
+            .ok_or_else(|| ServiceError::TooManyRunning { user: principal.user.clone(), limit }.counted())?;
+        Ok(Prepared { job, principal, admission, running, session, workspace, in_flight: InFlight::enter() })
     }
 
     /// Runs a prepared execution and commits its records before returning: an
@@ -562,16 +574,18 @@ impl Service {
     pub fn start(&self, prepared: Prepared, events: Option<LineSender>) -> Execution {
         let cancel = self.stop.child_token();
         let (sandbox, ledger) = (self.sandbox.clone(), self.ledger.clone());
-        let Prepared { mut job, admission, running, session, workspace } = prepared;
-        let span = execution_span(&job, session.as_ref().map(|lease| lease.id()));
+        let Prepared { mut job, principal, admission, in_flight, running, session, workspace } = prepared;
+        let span = execution_span(&job, &principal, session.as_ref().map(|lease| lease.id()));
         job.trace = span.context().clone();
         let task = self.executions.spawn({
             let cancel = cancel.clone();
             let run = async move {
-                let principal = job.principal.clone();
+                let started = std::time::Instant::now();
                 let outcome = sandbox.run_admitted(admission, job, events, &cancel).await;
-                drop(running);
-                let mut outcome = outcome?;
+                drop((running, in_flight));
+                let mut outcome = outcome.map_err(|refused| ServiceError::from(refused).counted())?;
+                // The outcome is decided here, so its metrics are recorded here.
+                crate::telemetry::record_execution(&outcome, started.elapsed());
                 let (changes, mount_bytes) = match &workspace {
                     Some(workspace) => workspace.finish(outcome.ok).await,
                     None => (Ok(Vec::new()), 0),
@@ -706,8 +720,10 @@ impl Service {
                 });
             }
             Err(error) => {
-                span.set(|| [KeyValue::new("http.response.status_code", i64::from(error.status()))]);
-                span.fail(error.kind(), &error.to_string());
+                if let Some(status) = error.upstream_status() {
+                    span.set(|| [KeyValue::new("http.response.status_code", i64::from(status))]);
+                }
+                span.fail(error.kind().as_str(), &error.to_string());
             }
         }
         span.end();

@@ -23,8 +23,10 @@ use super::memories::{MemoryCache, SessionMemory};
 use super::shares::{principal_key, PrincipalKey, Slot, MAX_TRANSFERS};
 use super::{Service, ServiceError};
 use crate::auth::Principal;
+use crate::error::Kind;
 use crate::policy::SessionGrant;
-use crate::sandbox::{ErrorKind, ExecError, Language, MemoryFile, Outcome};
+use crate::request::Language;
+use crate::sandbox::{ExecError, MemoryFile, Outcome};
 use crate::sessions::FilePath;
 use crate::store::{
     now_ms, FileChange, Lease, MemoryCap, MemoryWrite, Owner, Record, Returned, SessionEvent, SessionRecord, Store,
@@ -62,8 +64,7 @@ pub struct SessionView {
 }
 
 pub(super) fn time(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
+    crate::time::rfc3339(ms)
 }
 
 impl From<SessionRecord> for SessionView {
@@ -142,7 +143,7 @@ impl SessionLease {
                 outcome.ok = false;
                 outcome.result = None;
                 outcome.error = Some(ExecError::new(
-                    ErrorKind::OutOfMemory,
+                    Kind::OutOfMemory,
                     format!(
                         "the session's state would bring this user's sessions to {total} bytes, past the {} their \
                          policies allow (sessions.max_bytes); the session is as it was before this execution",
@@ -232,7 +233,7 @@ impl Service {
         let now = now_ms();
         let (open, _) = store.session_totals(&principal.user, now).await?;
         if open >= u64::from(grant.max) {
-            return Err(ServiceError::TooManySessions { user: principal.user.clone(), limit: grant.max });
+            return Err(ServiceError::TooManySessions { user: principal.user.clone(), limit: grant.max }.counted());
         }
         let session = SessionRecord {
             id: format!("ses_{}", uuid::Uuid::now_v7().simple()),

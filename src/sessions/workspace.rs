@@ -32,13 +32,13 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use cap_std::fs::{Dir, OpenOptions};
-use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use super::path::{FilePath, PathError};
 use super::scratch::{Scratch, ScratchDir};
+use crate::error::Kind;
 use crate::policy::FilesGrant;
-use crate::sandbox::{Capability, ErrorKind, ExecError, HostCall};
+use crate::sandbox::{Call, Door, ExecError, Pending};
 use crate::store::{FileChange, Owner, Store, StoredFile};
 
 /// The session whose workspace an execution works in.
@@ -107,7 +107,7 @@ enum Place {
 }
 
 fn fail(message: impl Into<String>) -> ExecError {
-    ExecError::new(ErrorKind::FileError, message)
+    ExecError::new(Kind::FileError, message)
 }
 
 impl From<PathError> for ExecError {
@@ -142,7 +142,7 @@ fn io_error(error: io::Error, op: &str, path: &FilePath) -> ExecError {
 fn arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, ExecError> {
     args.get(name)
         .and_then(Value::as_str)
-        .ok_or_else(|| ExecError::new(ErrorKind::InvalidRequest, format!("`{name}` must be a string")))
+        .ok_or_else(|| ExecError::new(Kind::InvalidRequest, format!("`{name}` must be a string")))
 }
 
 fn flag(args: &Value, name: &str) -> bool {
@@ -188,7 +188,7 @@ impl Workspace {
             .store
             .take_mount_bytes(&self.mount_writes.owner, &path, day, bytes, mount.max_bytes_per_day)
             .await
-            .map_err(|e| ExecError::new(ErrorKind::Unavailable, e.to_string()))?;
+            .map_err(|e| ExecError::new(Kind::Unavailable, e.to_string()))?;
         match taken {
             None => Ok(()),
             Some(written) => Err(fail(format!(
@@ -234,7 +234,7 @@ impl Workspace {
             State::Open(open) => open,
             State::Broken(message) => {
                 *state = State::Broken(message.clone());
-                return Err(ExecError::new(ErrorKind::Unavailable, message));
+                return Err(ExecError::new(Kind::Unavailable, message));
             }
             State::Closed => unreachable!("opened above"),
         };
@@ -257,7 +257,7 @@ impl Workspace {
                     .store
                     .session_files(&session.session_id, true)
                     .await
-                    .map_err(|e| ExecError::new(ErrorKind::Unavailable, e.to_string()))?,
+                    .map_err(|e| ExecError::new(Kind::Unavailable, e.to_string()))?,
             ),
             None => None,
         };
@@ -309,7 +309,7 @@ impl Workspace {
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ExecError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ExecError::new(ErrorKind::Internal, format!("file operation failed: {e}")))
+        .map_err(|e| ExecError::new(Kind::Internal, format!("file operation failed: {e}")))
 }
 
 impl Open {
@@ -351,7 +351,7 @@ impl Open {
             "rm" => self.rm(&path, flag(args, "recursive"), flag(args, "force")),
             "rmdir" => self.rmdir(&path),
             "rename" => self.rename(&path, &FilePath::parse(arg(args, "to")?)?),
-            other => Err(ExecError::new(ErrorKind::InvalidRequest, format!("no host function `fs.{other}`"))),
+            other => Err(ExecError::new(Kind::InvalidRequest, format!("no host function `fs.{other}`"))),
         }
     }
 
@@ -387,7 +387,7 @@ impl Open {
         } + REPLY_ENVELOPE;
         if least_reply > reply_bytes {
             return Err(ExecError::new(
-                ErrorKind::OutputLimit,
+                Kind::OutputLimit,
                 format!(
                     "'{path}' is {} bytes: read as {encoding}, its reply would be at least {least_reply} bytes, over the \
                      {reply_bytes}-byte limit on a host call's reply (limits.result_bytes)",
@@ -700,11 +700,23 @@ fn check_quota(grant: &FilesGrant, bytes: u64, files: u64, path: &FilePath) -> R
     Ok(())
 }
 
-/// The `fs` capability of one execution.
-pub struct Files(pub Arc<Workspace>);
+/// The `fs` door of one execution: its workspace and mounts, or none at all.
+pub enum Files {
+    /// The execution's session workspace and the mounts its policies grant.
+    Workspace(Arc<Workspace>),
+    /// Neither: every call is refused with `EACCES`, saying where files live.
+    None,
+}
 
-impl Capability for Files {
-    fn call(&self, call: HostCall) -> BoxFuture<'static, Result<Value, ExecError>> {
-        Box::pin(self.0.clone().call(call.method, call.args))
+impl Door for Files {
+    fn call(&self, call: Call) -> Result<Pending, ExecError> {
+        match self {
+            Self::Workspace(workspace) => Ok(Box::pin(workspace.clone().call(call.method, call.args))),
+            Self::None => Err(ExecError::new(
+                Kind::FileError,
+                "EACCES: this execution has no file access: files live in a session's workspace (open a session) \
+                 or in directories an operator mounts by policy ([policy.files] mounts)",
+            )),
+        }
     }
 }

@@ -402,6 +402,38 @@ impl SessionRecord {
     }
 }
 
+/// Where a background execution stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandleStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl HandleStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status a store row names.
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "running" => Ok(Self::Running),
+            "succeeded" => Ok(Self::Succeeded),
+            "failed" => Ok(Self::Failed),
+            "cancelled" => Ok(Self::Cancelled),
+            other => Err(StoreError(format!("a background execution has an unknown status `{other}`"))),
+        }
+    }
+}
+
 /// An execution started in the background (`POST /v1/executions`): its status, and
 /// its result once it ended, kept until `expires_at_ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -413,7 +445,7 @@ pub struct HandleRecord {
     pub key: String,
     pub session_id: Option<String>,
     /// `running`, then `succeeded`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: HandleStatus,
     pub created_at_ms: i64,
     pub ended_at_ms: Option<i64>,
     /// When it is forgotten: its result's TTL after it ended (while it runs: the end
@@ -438,7 +470,7 @@ impl HandleRecord {
 /// `expires_at_ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandleEnd {
-    pub status: String,
+    pub status: HandleStatus,
     pub body: String,
     pub ended_at_ms: i64,
     pub expires_at_ms: i64,
@@ -702,10 +734,7 @@ pub async fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, Sto
     })
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use crate::time::now_ms;
 
 /// Seconds until one token is back in a bucket holding `tokens` that refills at
 /// `per_minute`.

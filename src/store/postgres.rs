@@ -42,8 +42,9 @@ use super::activity::{
 };
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, ConsoleSession, FileChange, HandleEnd, HandleRecord, Hold, Lease, MemoryWrite,
-    Overdrawn, Owner, Record, Returned, SessionRecord, Store, StoreError, StoredFile, StoredKey, StoredMemory,
+    now_ms, Balance, BudgetLine, ConsoleSession, FileChange, HandleEnd, HandleRecord, HandleStatus, Hold, Lease,
+    MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, Store, StoreError, StoredFile, StoredKey,
+    StoredMemory,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -865,20 +866,20 @@ fn session_at(row: &tokio_postgres::Row, at: usize) -> SessionRecord {
 const HANDLE_COLUMNS: &str = r#"id, "user", team, key, session_id, status, created_at_ms, ended_at_ms, expires_at_ms,
     cancel_requested, body"#;
 
-fn handle_row(row: &tokio_postgres::Row) -> HandleRecord {
-    HandleRecord {
+fn handle_row(row: &tokio_postgres::Row) -> Result<HandleRecord, StoreError> {
+    Ok(HandleRecord {
         id: row.get(0),
         user: row.get(1),
         team: row.get(2),
         key: row.get(3),
         session_id: row.get(4),
-        status: row.get(5),
+        status: HandleStatus::parse(row.get(5))?,
         created_at_ms: row.get(6),
         ended_at_ms: row.get(7),
         expires_at_ms: row.get(8),
         cancel_requested: row.get(9),
         body: row.get(10),
-    }
+    })
 }
 
 fn file_row(row: &tokio_postgres::Row) -> StoredFile {
@@ -1727,7 +1728,7 @@ impl Store for PgStore {
                         &handle.team,
                         &handle.key,
                         &handle.session_id,
-                        &handle.status,
+                        &handle.status.as_str(),
                         &handle.created_at_ms,
                         &handle.ended_at_ms,
                         &handle.expires_at_ms,
@@ -1748,7 +1749,7 @@ impl Store for PgStore {
             let sql = format!("SELECT {HANDLE_COLUMNS} FROM execution_handles WHERE id = $1 AND expires_at_ms > $2");
             trip("execution_handles");
             let row = client.query_opt(&sql, &[&id, &now_ms]).await.map_err(err)?;
-            Ok(row.as_ref().map(handle_row))
+            row.as_ref().map(handle_row).transpose()
         }
         .boxed()
     }
@@ -1761,7 +1762,7 @@ impl Store for PgStore {
                 .execute(
                     "UPDATE execution_handles SET status = $2, body = $3, ended_at_ms = $4, expires_at_ms = $5
                      WHERE id = $1",
-                    &[&id, &end.status, &end.body, &end.ended_at_ms, &end.expires_at_ms],
+                    &[&id, &end.status.as_str(), &end.body, &end.ended_at_ms, &end.expires_at_ms],
                 )
                 .await
                 .map_err(err)?;

@@ -20,9 +20,9 @@ use super::activity::{
 };
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, ConsoleSession, FileChange, HandleEnd, HandleRecord, Hold, Lease, MemoryWrite,
-    Overdrawn, Owner, Record, Returned, SessionRecord, SpendScope, Store, StoreError, StoredFile, StoredKey,
-    StoredMemory,
+    now_ms, Balance, BudgetLine, ConsoleSession, FileChange, HandleEnd, HandleRecord, HandleStatus, Hold, Lease,
+    MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, SpendScope, Store, StoreError, StoredFile,
+    StoredKey, StoredMemory,
 };
 
 /// How hard a commit waits for the disk.
@@ -653,7 +653,8 @@ fn handle_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HandleRecord> {
         team: row.get(2)?,
         key: row.get(3)?,
         session_id: row.get(4)?,
-        status: row.get(5)?,
+        status: HandleStatus::parse(&row.get::<_, String>(5)?)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, e.into()))?,
         created_at_ms: row.get(6)?,
         ended_at_ms: row.get(7)?,
         expires_at_ms: row.get(8)?,
@@ -1394,7 +1395,7 @@ impl Store for SqliteStore {
                         handle.team,
                         handle.key,
                         handle.session_id,
-                        handle.status,
+                        handle.status.as_str(),
                         handle.created_at_ms,
                         handle.ended_at_ms,
                         handle.expires_at_ms,
@@ -1422,7 +1423,7 @@ impl Store for SqliteStore {
                 .execute(
                     "UPDATE execution_handles SET status = ?2, body = ?3, ended_at_ms = ?4, expires_at_ms = ?5
                      WHERE id = ?1",
-                    params![id, end.status, end.body, end.ended_at_ms, end.expires_at_ms],
+                    params![id, end.status.as_str(), end.body, end.ended_at_ms, end.expires_at_ms],
                 )
                 .map_err(err)?;
             Ok(())

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use sandgate::auth::Principal;
-use sandgate::sandbox::{AllowAll, Job, Language, Limits, MemoryFile, Outcome, Registry, Sandbox, SandboxConfig};
+use sandgate::limits::Limits;
+use sandgate::request::Language;
+use sandgate::sandbox::{Job, MemoryFile, Outcome, Sandbox, SandboxConfig};
 
 use crate::harness::cache_dir;
 
@@ -15,7 +16,7 @@ fn sandbox() -> &'static Sandbox {
     SANDBOX.get_or_init(|| {
         let mut config: SandboxConfig = sandgate::config::Config::default().sandbox;
         config.cache_dir = Some(cache_dir().into());
-        Sandbox::new(config, Registry::default()).expect("the sandbox builds")
+        Sandbox::new(config).expect("the sandbox builds")
     })
 }
 
@@ -46,16 +47,8 @@ impl Session {
 
 fn job(code: &str, language: Language, session: Option<&Session>) -> Job {
     Job {
-        code: code.into(),
-        language,
-        input: None,
-        limits: Limits { wall_ms: 2_000, ..Limits::default() },
-        principal: Arc::new(Principal::local()),
-        call_policy: Arc::new(AllowAll),
         session: session.map(|session| session.memory.clone()),
-        files: None,
-        id: None,
-        trace: Default::default(),
+        ..Job::new(code, language, Limits { wall_ms: 2_000, ..Limits::default() })
     }
 }
 

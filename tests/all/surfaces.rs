@@ -146,22 +146,14 @@ async fn empty_console_lines_are_charged_so_endless_printing_ends_at_the_output_
 
 #[tokio::test]
 async fn a_stream_that_falls_behind_misses_lines_but_the_result_keeps_them() {
-    use sandgate::sandbox::{AllowAll, Job, Language, Limits, Registry, Sandbox, LINE_BUFFER};
+    use sandgate::limits::Limits;
+    use sandgate::request::Language;
+    use sandgate::sandbox::{Job, Sandbox, LINE_BUFFER};
     let mut config: sandgate::sandbox::SandboxConfig = sandgate::config::Config::default().sandbox;
     config.cache_dir = Some(crate::harness::cache_dir().into());
-    let sandbox = Sandbox::new(config, Registry::default()).unwrap();
-    let job = Job {
-        code: "for (let i = 0; i < 1000; i++) console.log(i); return 1".into(),
-        language: Language::Javascript,
-        input: None,
-        limits: Limits::default(),
-        principal: Arc::new(sandgate::auth::Principal::local()),
-        call_policy: Arc::new(AllowAll),
-        session: None,
-        files: None,
-        id: None,
-        trace: Default::default(),
-    };
+    let sandbox = Sandbox::new(config).unwrap();
+    let job =
+        Job::new("for (let i = 0; i < 1000; i++) console.log(i); return 1", Language::Javascript, Limits::default());
     // Nobody reads the stream while the code runs.
     let (lines, mut unread) = tokio::sync::mpsc::channel(LINE_BUFFER);
     let outcome = sandbox.execute(job, Some(lines)).await.unwrap();

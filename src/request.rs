@@ -1,14 +1,10 @@
-//! The execute request as HTTP and the CLI receive it, and its validation.
-
-use std::sync::Arc;
+//! What a caller sends to run code: the execute request as HTTP, MCP and the CLI
+//! receive it, and the languages. Plain data, shared by every surface; the service
+//! checks a request against the caller's ceiling and makes it a sandbox job.
 
 use serde::Deserialize;
 
-use super::capability::CallPolicy;
-use super::error::Rejected;
-use super::limits::{Limits, PartialLimits};
-use super::Job;
-use crate::auth::Principal;
+use crate::limits::PartialLimits;
 
 /// `POST /v1/execute` body; `sandgate exec` builds the same value.
 #[derive(Clone, Debug, Deserialize)]
@@ -82,35 +78,5 @@ impl Language {
             Self::Typescript => "typescript",
             Self::Python => "python",
         }
-    }
-}
-
-impl ExecuteRequest {
-    /// Checks the request against the caller's ceiling and makes it a [`Job`].
-    pub fn into_job(
-        self,
-        ceiling: &Limits,
-        principal: Arc<Principal>,
-        call_policy: Arc<dyn CallPolicy>,
-    ) -> Result<Job, Rejected> {
-        let limits = ceiling.lowered_by(&self.limits).map_err(Rejected::Invalid)?;
-        if self.code.len() as u64 > limits.code_bytes {
-            return Err(Rejected::TooLarge { size: self.code.len(), limit: limits.code_bytes });
-        }
-        if self.code.trim().is_empty() {
-            return Err(Rejected::Invalid("`code` is empty".into()));
-        }
-        Ok(Job {
-            code: self.code,
-            language: self.language,
-            input: self.input,
-            limits,
-            principal,
-            call_policy,
-            session: None,
-            files: None,
-            id: None,
-            trace: self.trace,
-        })
     }
 }

@@ -1,0 +1,171 @@
+//! The `tools` door: `tools.<server>.<tool>(args)` inside the sandbox.
+//!
+//! Built for one execution, bound to its principal's grants: a call names
+//! `<server>.<tool>`; it is counted against `limits.tool_calls` (past it the
+//! execution ends), checked against the policies' tool globs (`tool_denied`), resolved
+//! to the upstream tool, its arguments checked, and called; the result comes back
+//! unwrapped (see [`super::upstream::unwrap_result`]). Calls from one execution run
+//! concurrently: each is its own future on the host runtime. With
+//! `sandbox.test_capability` on, the door also serves the test server `test`
+//! ([`test_tool`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Upstreams;
+use crate::auth::Principal;
+use crate::error::Kind;
+use crate::policy::Capabilities;
+use crate::sandbox::{Call, Counter, Door, ExecError, Pending};
+use crate::telemetry::trace;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
+
+/// One execution's `tools` door.
+pub struct Tools {
+    pub upstreams: Arc<Upstreams>,
+    pub principal: Arc<Principal>,
+    pub grants: Capabilities,
+    /// Whether the test server `test` is there (`sandbox.test_capability`).
+    pub test: bool,
+    pub calls: Counter,
+}
+
+impl Door for Tools {
+    fn call(&self, call: Call) -> Result<Pending, ExecError> {
+        self.calls.count()?;
+        let decision = self.grants.tool(&call.method);
+        if !decision.allowed {
+            return Err(ExecError::new(Kind::ToolDenied, decision.to_string()));
+        }
+        let Some((server, tool)) = call.method.split_once('.') else {
+            return Err(ExecError::new(
+                Kind::ToolDenied,
+                format!("no tool `{}` is available to this caller", call.method),
+            ));
+        };
+        if self.test && server == "test" {
+            return Ok(test_tool(tool.to_string(), call.args, self.principal.clone(), call.execution_id));
+        }
+        if self.upstreams.catalog().server(server).is_none() {
+            return Err(ExecError::new(
+                Kind::ToolDenied,
+                format!("no tool `{}` is available to this caller", call.method),
+            ));
+        }
+        let (server, tool) = (server.to_string(), tool.to_string());
+        let (pool, principal) = (self.upstreams.clone(), self.principal.clone());
+        Ok(Box::pin(async move {
+            let mut found = pool.catalog().get(&server, &tool).cloned();
+            if found.is_none() && pool.catalog().server(&server).is_some_and(|s| !s.is_ready()) {
+                // A server that is (re)connecting has not listed its tools yet: wait for
+                // it, or for the error that keeps it down.
+                pool.wait_ready(&server).await?;
+                found = pool.catalog().get(&server, &tool).cloned();
+            }
+            let Some(found) = found else {
+                return Err(ExecError::new(
+                    Kind::ToolDenied,
+                    format!("MCP server `{server}` has no tool `{tool}` (search lists the tools there are)"),
+                ));
+            };
+            let span = tool_span(&call, &principal, &found.name, &server, &found.upstream_name);
+            let result = call_upstream(&pool, &server, &found, call.args, span.context()).await;
+            if let Err(error) = &result {
+                span.fail(error.kind.as_str(), &error.message);
+            }
+            span.end();
+            result
+        }))
+    }
+}
+
+/// The test server, for exercising the host-call machinery: it touches nothing
+/// outside the process.
+///
+/// - `echo(args)` returns `args`;
+/// - `sleep({ms})` waits `ms` milliseconds (at most 60 s) and returns `{slept_ms}`;
+/// - `fail({message})` fails with a `tool_error` carrying `message`;
+/// - `whoami()` returns the caller's user and team and the execution's id.
+pub fn test_tool(tool: String, args: Value, principal: Arc<Principal>, execution_id: Arc<str>) -> Pending {
+    Box::pin(async move {
+        match tool.as_str() {
+            "echo" => Ok(args),
+            "sleep" => {
+                let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0).min(60_000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(serde_json::json!({ "slept_ms": ms }))
+            }
+            "fail" => {
+                let message = args.get("message").and_then(Value::as_str).unwrap_or("failed");
+                Err(ExecError::new(Kind::ToolError, message))
+            }
+            "whoami" => Ok(serde_json::json!({
+                "user": principal.user,
+                "team": principal.team,
+                "execution_id": &*execution_id,
+            })),
+            other => Err(ExecError::new(Kind::ToolDenied, format!("no tool `test.{other}`"))),
+        }
+    })
+}
+
+/// Checks the arguments and calls the tool upstream.
+async fn call_upstream(
+    pool: &Upstreams,
+    server: &str,
+    tool: &crate::mcp::catalog::CatalogTool,
+    args: Value,
+    trace: &opentelemetry::Context,
+) -> Result<Value, ExecError> {
+    let args = match args {
+        Value::Object(map) => map,
+        Value::Null => serde_json::Map::new(),
+        other => {
+            return Err(ExecError::new(
+                Kind::InvalidRequest,
+                format!("`tools.{}` takes one object argument, not {}", tool.name, json_type(&other)),
+            ))
+        }
+    };
+    let limit = pool.config().max_argument_bytes;
+    let size = serde_json::to_vec(&args).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > limit {
+        return Err(ExecError::new(
+            Kind::InvalidRequest,
+            format!("arguments to `tools.{}` are {size} bytes; the limit is {limit}", tool.name),
+        ));
+    }
+    pool.call(server, &tool.upstream_name, args, trace).await
+}
+
+/// The span of one tool call (GenAI `execute_tool`, MCP `tools/call`), a child of the
+/// execution's span.
+fn tool_span(call: &Call, principal: &Principal, name: &str, server: &str, upstream_name: &str) -> trace::Span {
+    trace::Span::start(SpanKind::Client, &call.trace, || {
+        let mut attributes = trace::principal(principal).to_vec();
+        attributes.extend([
+            KeyValue::new("gen_ai.operation.name", "execute_tool"),
+            KeyValue::new("gen_ai.tool.name", name.to_string()),
+            KeyValue::new("gen_ai.tool.type", "extension"),
+            KeyValue::new("mcp.method.name", "tools/call"),
+            KeyValue::new("sandgate.mcp.server", server.to_string()),
+            KeyValue::new("sandgate.mcp.tool", upstream_name.to_string()),
+            KeyValue::new("sandgate.execution_id", call.execution_id.to_string()),
+        ]);
+        (format!("execute_tool {name}"), attributes)
+    })
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,47 @@
+//! The `model` door: `model.chat(request)` inside the sandbox.
+//!
+//! Built for one execution, bound to its principal and the grants it started with: a
+//! call is counted against `limits.model_calls` (past it the execution ends), then
+//! takes the same router path as the proxy ([`Gateway::chat`]): policy, rate limit,
+//! routing, budget, fallback, attributed to the execution's principal and id. A
+//! failure reaches the code with the model proxy's own kind (`model_denied`,
+//! `budget_exceeded`, `rate_limited`, `upstream_error`, `invalid_request`,
+//! `unavailable`), never a tool's.
+
+use std::sync::Arc;
+
+use super::{CallContext, Gateway};
+use crate::auth::Principal;
+use crate::error::Kind;
+use crate::policy::Capabilities;
+use crate::sandbox::{Call, Counter, Door, ExecError, Pending};
+
+/// One execution's `model` door.
+pub struct Model {
+    pub gateway: Arc<Gateway>,
+    pub principal: Arc<Principal>,
+    pub grants: Capabilities,
+    pub calls: Counter,
+}
+
+impl Door for Model {
+    fn call(&self, call: Call) -> Result<Pending, ExecError> {
+        self.calls.count()?;
+        if call.method != "chat" {
+            return Err(ExecError::new(Kind::InvalidRequest, format!("no function `model.{}`", call.method)));
+        }
+        let gateway = self.gateway.clone();
+        let ctx = CallContext {
+            principal: self.principal.clone(),
+            capabilities: self.grants.clone(),
+            execution_id: Some(call.execution_id.to_string()),
+            trace: call.trace.clone(),
+        };
+        Ok(Box::pin(async move {
+            match gateway.chat(ctx, call.args).await {
+                Ok(answer) => Ok(serde_json::to_value(answer).unwrap_or_default()),
+                Err(error) => Err(ExecError::new(error.kind(), error.to_string())),
+            }
+        }))
+    }
+}
