@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::{digest, generate_key, hash_key, KeyEntry, Principal, Role, KEY_PREFIX};
 use crate::config::{Config, PolicySource};
+use crate::error::Kind;
 use crate::limits::PartialLimits;
 use crate::policy::{LoadContext, PolicySet, Query};
 use crate::request::{ExecuteRequest, Language};
+use crate::service::admin::Ask;
 use crate::service::{Service, SessionView};
 use crate::store::{self, GroupBy, UsageQuery};
 use crate::telemetry::{self, LogFormat};
@@ -124,7 +126,7 @@ pub enum KeyCommand {
         user: String,
         #[arg(long)]
         team: String,
-        /// A name for the key (default: USER-<random>); policies can match it as `key:NAME`.
+        /// A name for the key (default: the user and a random suffix); policies can match it as `key:NAME`.
         #[arg(long)]
         name: Option<String>,
         #[arg(long, value_enum, default_value = "member")]
@@ -221,11 +223,12 @@ pub enum PolicyCommand {
         /// A tool, as `server.tool`.
         #[arg(long, group = "action")]
         tool: Option<String>,
-        /// A model name (with --tier, the tier it belongs to).
+        /// A model name; its tier is the one the configuration's catalog gives it, as
+        /// the server and the console read it.
         #[arg(long, group = "action")]
         model: Option<String>,
         /// A cost tier.
-        #[arg(long)]
+        #[arg(long, group = "action")]
         tier: Option<String>,
         /// Whether the principal may run code at all, and under which limits.
         #[arg(long, group = "action")]
@@ -284,17 +287,17 @@ pub fn run(cli: Cli) -> ExitCode {
             } else {
                 Principal { user: user.unwrap_or_default(), team: team.unwrap_or_default(), key, role, local: false }
             };
-            let query = match (tool, model, tier, execute) {
-                (Some(tool), _, _, _) => Query::Tool(tool),
-                (None, Some(name), tier, _) => Query::Model { name, tier },
-                (None, None, Some(tier), false) => Query::Tier(tier),
-                (None, None, _, true) => Query::Execute,
+            let ask = match (tool, model, tier, execute) {
+                (Some(tool), _, _, _) => Ask::Tool(tool),
+                (None, Some(name), _, _) => Ask::Model(name),
+                (None, None, Some(tier), false) => Ask::Tier(tier),
+                (None, None, _, true) => Ask::Execute,
                 (None, None, None, false) => {
                     eprintln!("sandgate: say what to explain: --tool, --model, --tier or --execute");
                     return ExitCode::from(2);
                 }
             };
-            policy_explain(principal, query, policies, config)
+            policy_explain(principal, ask, policies, config)
         }
         Command::Usage { group_by, since, until, user, config } => {
             runtime.block_on(usage(group_by, since, until, user, config))
@@ -388,10 +391,56 @@ async fn exec(
     let request = ExecuteRequest { code, input, limits, language, session_id: session, trace: Default::default() };
     let service = Service::new(&config).await?;
     service.upstreams().settled().await;
-    let outcome = service.execute(Arc::new(Principal::local()), request).await?;
+    let outcome = service.execute(Arc::new(Principal::local()), request).await;
     service.finish(std::time::Duration::from_secs(10)).await?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            let body =
+                serde_json::json!({ "ok": false, "error": { "kind": error.kind(), "message": error.to_string() } });
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            return Ok(ExitCode::from(exit_code(error.kind())));
+        }
+    };
     println!("{}", serde_json::to_string_pretty(&outcome)?);
-    Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(match &outcome.error {
+        None => ExitCode::SUCCESS,
+        Some(error) => ExitCode::from(exit_code(error.kind)),
+    })
+}
+
+/// The exit status of a command that ends with an error of each kind: sandgate's one
+/// table for the command line. 1: the code ran and failed, by its own fault or by a
+/// door's answer; 2: it could not run (refused, malformed, the server or the store
+/// unavailable).
+pub fn exit_code(kind: Kind) -> u8 {
+    match kind {
+        Kind::Syntax
+        | Kind::Exception
+        | Kind::Timeout
+        | Kind::OutOfFuel
+        | Kind::OutOfMemory
+        | Kind::StackOverflow
+        | Kind::OutputLimit
+        | Kind::CallLimit
+        | Kind::Unsettled
+        | Kind::ToolDenied
+        | Kind::ToolError
+        | Kind::FileError
+        | Kind::ModelDenied
+        | Kind::BudgetExceeded
+        | Kind::UpstreamError => 1,
+        Kind::Unauthorized
+        | Kind::Forbidden
+        | Kind::RateLimited
+        | Kind::NotFound
+        | Kind::SessionBusy
+        | Kind::InvalidRequest
+        | Kind::Overloaded
+        | Kind::Unavailable
+        | Kind::Cancelled
+        | Kind::Internal => 2,
+    }
 }
 
 /// The session commands, in process, as the local user (as `exec` runs).
@@ -480,21 +529,10 @@ async fn key_create(
     let shared = matches!(config.store, store::StoreConfig::Postgres { .. });
     let place = match home.unwrap_or(if shared { KeyHome::Store } else { KeyHome::Config }) {
         KeyHome::Store => {
-            anyhow::ensure!(
-                !config.keys.iter().any(|k| k.name == name),
-                "{}: a key named `{name}` exists there",
-                path.display()
-            );
             let entry =
                 KeyEntry { name: name.clone(), user: user.clone(), team: team.clone(), role, hash: digest(&key) };
-            let created = store::open(&config.store)
-                .await?
-                .create_key(&store::StoredKey { entry, created_at_ms: store::now_ms() })
-                .await?;
-            anyhow::ensure!(
-                created,
-                "the store has or had a key named `{name}` (a revoked key's name stays reserved); choose another name"
-            );
+            let store = store::open(&config.store).await?;
+            crate::service::admin::create_stored_key(store.as_ref(), &config.keys, entry).await?;
             "the store; every server on it has it within seconds".to_string()
         }
         KeyHome::Config => {
@@ -504,11 +542,10 @@ async fn key_create(
                 store::StoreConfig::Postgres { .. } => true,
             };
             if store_exists {
-                let used = store::open(&config.store).await?.key_name_used(&name).await?;
-                anyhow::ensure!(
-                    !used,
-                    "the store has or had a key named `{name}` (a revoked key's name stays reserved); choose another name"
-                );
+                let store = store::open(&config.store).await?;
+                if let Some(why) = crate::service::admin::key_name_taken(store.as_ref(), &config.keys, &name).await? {
+                    anyhow::bail!("{why}; choose another name");
+                }
             }
             record_key_in_file(&path, &name, &user, &team, role, &key)?;
             format!("{}; send SIGHUP to a running server to load it", path.display())
@@ -537,7 +574,7 @@ fn record_key_in_file(
         let config = Config::parse(text, path)?;
         anyhow::ensure!(!config.keys.iter().any(|k| k.name == name), "{}: a key named `{name}` exists", path.display());
     }
-    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let created = crate::time::rfc3339_seconds(crate::time::now_ms());
     let entry = format!(
         "\n[[keys]]\nname = {}\nuser = {}\nteam = {}\nrole = \"{}\"\nhash = \"{}\"\ncreated = \"{created}\"\n",
         toml_string(name),
@@ -619,13 +656,13 @@ fn policy_check(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result
 
 fn policy_explain(
     principal: Principal,
-    query: Query,
+    ask: Ask,
     policies: Option<PathBuf>,
     config: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config, policies)?;
     let set = policy_set(&config)?;
-    let decision = set.explain(&principal, &query);
+    let (query, decision) = crate::service::admin::explain(&set, &config.models, &principal, ask);
     println!("{decision}");
     if let (Query::Execute, true) = (&query, decision.allowed) {
         if let Some(limits) = set.capabilities(&principal).limits {
@@ -645,7 +682,9 @@ async fn usage(
     let config = load_config(config, None)?;
     let bound = |t: Option<String>| t.map(|t| store::usage_time(&t)).transpose().map_err(|e| anyhow::anyhow!(e));
     let query = UsageQuery { group_by, since_ms: bound(since)?, until_ms: bound(until)?, user };
-    let rows = store::open(&config.store).await?.usage(&query).await?;
+    // The operator on this machine, as the local admin: everyone's usage.
+    let rows =
+        crate::service::admin::usage(store::open(&config.store).await?.as_ref(), &Principal::local(), query).await?;
     let total = store::total(&rows);
     println!(
         "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12} {:>8} {:>12} {:>12}",

@@ -1,49 +1,75 @@
-//! sandgate runs agent-written JavaScript, TypeScript or Python in a WebAssembly sandbox with hard limits.
-//! The only doors out of the sandbox are host functions sandgate controls.
+//! sandgate runs agent-written JavaScript, TypeScript or Python in a WebAssembly sandbox with hard
+//! limits. The only doors out of the sandbox are host functions sandgate controls: the MCP tools
+//! a policy allows, language models through sandgate's proxy, files, and the console.
 //!
-//! A request becomes a [`sandbox::Job`] (code, input, limits, principal); the
-//! [`sandbox::Sandbox`] runs it in a fresh wasmtime store instantiated from a
-//! pre-initialised QuickJS guest and returns a [`sandbox::Outcome`]. HTTP and the CLI
-//! are thin adapters over that one call.
+//! Every surface (HTTP, `/mcp`, the model routes, the console, the command line) is a thin
+//! adapter over one [`service::Service`]. It authenticates, authorises, rate-limits and admits
+//! a request, builds the execution's doors bound to the caller's grants, hands the
+//! [`sandbox::Sandbox`] a [`sandbox::Job`], and records the [`sandbox::Outcome`] in the store.
+//! The sandbox runs each job in a fresh wasmtime instance of a pre-initialised guest (QuickJS
+//! for JavaScript and TypeScript, Monty for Python) and knows nothing of what lies behind a
+//! door. Everything that can go wrong has one [`error::Kind`], and each surface answers it from
+//! one table of its own.
 //!
 //! # Layout
 //!
-//! - `main.rs`: parses the command line and calls [`cli::run`]; nothing else.
-//! - [`cli`]: the commands (`serve`, `exec`, `mcp`, `key create`, `policy check|explain`, `usage`).
-//! - [`config`]: `sandgate.toml` → raw structs (unknown keys rejected) → validated [`config::Config`].
+//! Leaves (plain data, used by every layer):
+//!
+//! - [`error`]: the one vocabulary of error kinds.
+//! - [`limits`]: an execution's limits and the partial limits a request or policy gives.
+//! - [`request`]: the execute request every surface receives, and the languages.
+//! - [`time`]: now, and RFC 3339 text that never fails.
+//!
+//! The core:
+//!
+//! - [`config`]: `sandgate.toml` and the environment → validated [`config::Config`];
+//!   errors name `FILE:LINE:COLUMN`.
 //! - [`auth`]: who is calling: API keys (stored as hashes) → [`auth::Principal`].
-//! - [`policy`]: policies/*.toml -> compiled [`policy::PolicySet`]; what a principal may do, and why.
-//! - [`sandbox`]: engine and compiled-guest cache ([`sandbox::engine`]), the WASI shim
-//!   ([`sandbox::wasi`]), the guest ABI and per-execution state (`sandbox/host.rs`),
-//!   limits ([`sandbox::limits`]), error kinds ([`sandbox::error`]) and host
-//!   capabilities ([`sandbox::capability`]).
+//! - [`policy`]: policies/*.toml → compiled [`policy::PolicySet`]; what a principal may do, and why.
+//! - [`sandbox`]: the engine and compiled-guest cache, the WASI shim, the host ABI and
+//!   per-execution state, and the [`sandbox::door`] trait every capability implements
+//!   (the console door is the sandbox's own). It records nothing and imports no
+//!   telemetry: it returns outcomes.
 //! - [`service`]: the one path every surface takes: authenticate (mode fixed at start),
-//!   authorise, rate-limit, per-user shares, run, record; policy hot reload; sessions
-//!   (owned handles whose executions share state, leased one execution at a time).
+//!   authorise, rate-limit, per-principal shares, build the doors, run, record, metrics;
+//!   policy hot reload; sessions (owned handles whose executions share state, leased one
+//!   execution at a time); background executions; console sign-ins; the admin questions
+//!   (usage, keys, explain) that the CLI, console and API all ask.
 //! - [`sessions`]: what lasts beyond one execution: a session's workspace of files and
 //!   the host directories policies mount, each a cap-std directory capability, behind
-//!   the code's `fs.*` calls.
+//!   the `fs` door.
 //! - [`store`]: everything replicas share, behind one trait: ledger records (executions,
 //!   host calls, model calls) with their batched writer and usage reports, budget
 //!   reservations and spend, rate-limit buckets, API keys, sessions with their memory
-//!   images and workspace files. SQLite (embedded default) and PostgreSQL; nothing
-//!   else opens a database.
+//!   images and workspace files, console sign-ins. SQLite (embedded default) and
+//!   PostgreSQL; nothing else opens a database.
 //! - [`model`]: the model proxy: catalog, router (tiers, `auto`, fallback, circuit
-//!   breakers), budgets reserved and settled, stream metering, `model.chat`.
+//!   breakers), budgets reserved and settled, stream metering, and the `model` door.
 //! - [`mcp`]: Code Mode: the upstream MCP client pool, the tool catalog with its
-//!   TypeScript declarations and search index, `tools.<server>.<tool>` in the
-//!   sandbox, and the two-tool MCP server (`search`, `execute`).
-//! - [`http`]: the axum router, one file per surface, and `/mcp`; the Host, Origin and
-//!   Content-Type guard on every route ([`http::guard`]); connections with their
-//!   timeouts, cap and graceful shutdown ([`http::serve`]).
+//!   TypeScript declarations and search index, the `tools` door, and the two-tool MCP
+//!   server (`search`, `execute`).
 //! - [`telemetry`]: `tracing` setup, Prometheus metrics, OpenTelemetry traces.
-//! - [`console`]: the operator console at `/ui` (pages, charts, sign-in).
+//!
+//! The adapters (each imports the service, never the sandbox):
+//!
+//! - [`app`]: the state every adapter shares (the service and its configuration).
+//! - [`http`]: the axum router, one file per surface, shared extractors (`Caller`, a
+//!   JSON body with sandgate's error), `/mcp`; the Host, Origin and Content-Type guard
+//!   on every route ([`http::guard`]); connections with their timeouts, cap and
+//!   graceful shutdown ([`http::serve`]).
+//! - [`console`]: the operator console at `/ui` (pages, charts, the live pulse, sign-in).
+//! - [`cli`]: the commands (`serve`, `exec`, `session`, `mcp`, `key`, `policy check|explain`, `usage`).
+//! - `main.rs`: parses the command line and calls [`cli::run`]; nothing else.
+//!
+//! The guests:
+//!
 //! - `guest/`: the guest crate (QuickJS + JS prelude, built to `wasm32-wasip1`); its
 //!   crate docs define the host ABI.
 //! - `guest/typescript/`: type stripping that keeps every position (oxc), compiled into the
 //!   guest so that its work is bounded by the sandbox's limits.
 //! - `guest/python/`: the Python guest (Monty), behind the same host ABI (`guest/abi/`).
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -81,7 +107,7 @@ pub fn install_crypto_provider() {
 /// A ready server: policies loaded, store open, guest compiled.
 #[derive(Debug)]
 pub struct Server {
-    state: http::AppState,
+    state: app::AppState,
 }
 
 impl Server {
@@ -89,7 +115,7 @@ impl Server {
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         telemetry::prometheus();
         let service = service::Service::new(&config).await?;
-        Ok(Self { state: http::AppState { service: Arc::new(service), config: Arc::new(config) } })
+        Ok(Self { state: app::AppState { service: Arc::new(service), config: Arc::new(config) } })
     }
 
     pub fn service(&self) -> &Arc<service::Service> {
@@ -120,7 +146,7 @@ impl Server {
         reload_on_hangup(service.clone(), self.state.config.clone());
         service.watch_keys();
         let stopping = tokio_util::sync::CancellationToken::new();
-        let app = http::router(self.state.clone(), stopping.clone());
+        let app = http::router(self.state.clone(), stopping.clone(), console::router(self.state.clone()));
         let http = self.state.config.http.clone();
         let grace_over = service.cancel_on_shutdown().clone();
         let reserved = service.fd_plan().reserved;

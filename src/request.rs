@@ -6,6 +6,10 @@ use serde::Deserialize;
 
 use crate::limits::PartialLimits;
 
+/// Where a request sits in a distributed trace: its caller's span, passed through the
+/// sandbox to the doors so their spans join the same trace.
+pub type TraceContext = opentelemetry::Context;
+
 /// `POST /v1/execute` body; `sandgate exec` builds the same value.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,7 +34,7 @@ pub struct ExecuteRequest {
     /// The caller's trace context (from the request's `traceparent`, not its body):
     /// the execution's span is its child.
     #[serde(skip)]
-    pub trace: opentelemetry::Context,
+    pub trace: TraceContext,
 }
 
 /// The language submitted code is written in.
@@ -46,6 +50,13 @@ pub enum Language {
     /// Python (Monty), a second guest behind the same doors: the code is a script
     /// whose last expression is the result.
     Python,
+}
+
+/// The guests: QuickJS (JavaScript, TypeScript) and Monty (Python).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guest {
+    QuickJs,
+    Monty,
 }
 
 impl std::str::FromStr for Language {
@@ -69,6 +80,15 @@ impl Language {
             Some("ts" | "mts") => Self::Typescript,
             Some("py") => Self::Python,
             _ => Self::Javascript,
+        }
+    }
+
+    /// The guest that runs it: JavaScript and TypeScript share one, Python has its
+    /// own (a session's memory is one guest's).
+    pub fn guest(self) -> Guest {
+        match self {
+            Self::Javascript | Self::Typescript => Guest::QuickJs,
+            Self::Python => Guest::Monty,
         }
     }
 

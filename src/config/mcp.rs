@@ -6,10 +6,10 @@ use std::time::Duration;
 use super::raw::RawMcp;
 use crate::mcp::{McpConfig, Transport, UpstreamConfig};
 
-pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (&'static str, String)> {
+pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (String, String)> {
     if raw.allowed_hosts.is_some() {
         return Err((
-            "mcp.allowed_hosts",
+            "mcp.allowed_hosts".into(),
             "moved to `[http] allowed_hosts`: the Host rule now applies to every route".into(),
         ));
     }
@@ -17,21 +17,27 @@ pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (&'sta
     let max_sessions = raw.max_sessions.unwrap_or(defaults.max_sessions);
     let max_sessions_per_principal = raw.max_sessions_per_principal.unwrap_or(defaults.max_sessions_per_principal);
     if max_sessions == 0 || max_sessions_per_principal == 0 {
-        return Err(("mcp.max_sessions", "`max_sessions` and `max_sessions_per_principal` must be at least 1".into()));
+        return Err((
+            "mcp.max_sessions".into(),
+            "`max_sessions` and `max_sessions_per_principal` must be at least 1".into(),
+        ));
     }
     let call_timeout = raw.call_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.call_timeout);
     let mut servers = Vec::new();
     for (name, server) in raw.servers.unwrap_or_default() {
         if !crate::mcp::is_identifier(&name) {
             return Err((
-                "mcp.servers",
+                format!("mcp.servers.{name}"),
                 format!("server name `{name}` must be a JavaScript identifier (letters, digits, `_`, `$`; not a reserved word): code calls it as `tools.{name}.<tool>()`"),
             ));
         }
         let transport = match (server.command, server.url) {
             (Some(command), None) => {
                 if !server.headers.is_empty() {
-                    return Err(("mcp.servers.headers", format!("server `{name}`: `headers` is for `url` servers")));
+                    return Err((
+                        format!("mcp.servers.{name}.headers"),
+                        format!("server `{name}`: `headers` is for `url` servers"),
+                    ));
                 }
                 Transport::Stdio {
                     command,
@@ -42,11 +48,14 @@ pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (&'sta
             }
             (None, Some(url)) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(("mcp.servers.url", format!("server `{name}`: `{url}` is not an http(s) URL")));
+                    return Err((
+                        format!("mcp.servers.{name}.url"),
+                        format!("server `{name}`: `{url}` is not an http(s) URL"),
+                    ));
                 }
                 if !server.args.is_empty() || !server.env.is_empty() || server.cwd.is_some() {
                     return Err((
-                        "mcp.servers",
+                        format!("mcp.servers.{name}"),
                         format!("server `{name}`: `args`, `env` and `cwd` are for `command` servers"),
                     ));
                 }
@@ -54,7 +63,7 @@ pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (&'sta
             }
             _ => {
                 return Err((
-                    "mcp.servers",
+                    format!("mcp.servers.{name}"),
                     format!("server `{name}` needs exactly one of `command` (stdio) or `url` (streamable HTTP)"),
                 ))
             }

@@ -118,14 +118,26 @@ pub const DEFAULT_STORE_POOL: usize = 16;
 
 /// The default ledger file: `$XDG_DATA_HOME/sandgate/ledger.db`, else
 /// `$HOME/.local/share/sandgate/ledger.db`, else `./sandgate-ledger.db`.
-pub fn default_ledger_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+pub fn default_ledger_path(env: &Env) -> PathBuf {
+    if let Some(dir) = env.get("XDG_DATA_HOME") {
         return PathBuf::from(dir).join("sandgate").join("ledger.db");
     }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+    if let Some(home) = env.get("HOME") {
         return PathBuf::from(home).join(".local/share/sandgate/ledger.db");
     }
     PathBuf::from("sandgate-ledger.db")
+}
+
+/// The default compile cache: `$XDG_CACHE_HOME/sandgate`, else
+/// `$HOME/.cache/sandgate`, else `sandgate` in the temporary directory.
+fn default_cache_dir(env: &Env) -> PathBuf {
+    if let Some(dir) = env.get("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("sandgate");
+    }
+    if let Some(home) = env.get("HOME") {
+        return PathBuf::from(home).join(".cache").join("sandgate");
+    }
+    std::env::temp_dir().join("sandgate")
 }
 
 /// The tiers known when the configuration names none.
@@ -133,23 +145,104 @@ pub const DEFAULT_TIERS: [&str; 3] = ["economy", "standard", "frontier"];
 
 impl Default for Config {
     fn default() -> Self {
-        Self::from_raw(raw::RawConfig::default(), Path::new("<defaults>")).expect("embedded defaults are valid")
+        Self::from_raw(raw::RawConfig::default(), Path::new("<defaults>"), &Env::from_process())
+            .expect("embedded defaults are valid")
     }
 }
 
-/// A configuration file that cannot be used.
+/// What configuration takes from the environment, read once before any of it is
+/// checked, so that validation is a function of the file and this alone.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: std::collections::BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The process's environment (variables that are not UTF-8 are left out).
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+
+    /// An environment of exactly `vars`.
+    pub fn of<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self { vars: vars.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    /// The value of `name`, unless it is unset or empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// Where something is in a file: 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// A configuration file that cannot be used. Problems in it read
+/// `FILE:LINE:COLUMN: message`, as policy errors do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: `{key}`: {message}")]
-    Invalid { path: PathBuf, key: &'static str, message: String },
+    #[error("{path}:{at}: {message}")]
+    Parse { path: PathBuf, at: Location, message: String },
+    #[error("{path}:{at}: `{key}`: {message}", at = at.map_or(String::from("1:1"), |at| at.to_string()))]
+    Invalid { path: PathBuf, at: Option<Location>, key: String, message: String },
+}
+
+/// The line and column of byte `offset` in `text`.
+fn location(text: &str, offset: usize) -> Location {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Location { line, column }
+}
+
+/// Where the dotted `key` (`sandbox.max_concurrent`, `providers.openai.base_url`) is
+/// set in the TOML `text`: the key's own line when it is there, else its table's
+/// header; `None` for a key the file does not set (a default, or the environment).
+fn locate(text: &str, key: &str) -> Option<Location> {
+    let unquote = |part: &str| part.trim().trim_matches('"').trim_matches('\'').to_string();
+    let mut table: Vec<String> = Vec::new();
+    let mut offset = 0;
+    let mut header = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(name) = trimmed.strip_prefix('[') {
+            let name = name.trim_start_matches('[');
+            let name = name.split(']').next().unwrap_or_default();
+            table = name.split('.').map(unquote).collect();
+            if table.join(".") == key {
+                header = Some(location(text, offset + indent));
+            }
+        } else if let Some((name, _)) = trimmed.split_once('=') {
+            let mut path = table.clone();
+            path.extend(name.split('.').map(unquote));
+            if path.join(".") == key {
+                return Some(location(text, offset + indent));
+            }
+        }
+        offset += line.len();
+    }
+    header
 }
 
 impl Config {
-    /// Reads and validates `path`.
+    /// Reads and validates `path`, with the process's environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
@@ -158,16 +251,34 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and validates configuration text; `path` names it in errors.
+    /// Parses and validates configuration text, with the process's environment;
+    /// `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-        Self::from_raw(raw, path)
+        Self::parse_in(text, path, &Env::from_process())
     }
 
-    fn from_raw(raw: raw::RawConfig, path: &Path) -> Result<Self, ConfigError> {
-        let invalid =
-            |key: &'static str, message: String| ConfigError::Invalid { path: path.to_path_buf(), key, message };
+    /// Parses and validates configuration text in the environment `env`.
+    pub fn parse_in(text: &str, path: &Path, env: &Env) -> Result<Self, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            at: location(text, e.span().map_or(0, |span| span.start)),
+            message: e.message().to_string(),
+        })?;
+        Self::from_raw(raw, path, env).map_err(|error| match error {
+            ConfigError::Invalid { path, key, message, .. } => {
+                ConfigError::Invalid { at: locate(text, &key), path, key, message }
+            }
+            other => other,
+        })
+    }
+
+    fn from_raw(raw: raw::RawConfig, path: &Path, env: &Env) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            at: None,
+            key: key.to_string(),
+            message,
+        };
         let listen = raw
             .listen
             .as_deref()
@@ -190,16 +301,16 @@ impl Config {
         let cache_dir = match sandbox.cache_dir {
             Some(dir) if dir.as_os_str().is_empty() => None,
             Some(dir) => Some(dir),
-            None => std::env::var_os("SANDGATE_CACHE_DIR").map(PathBuf::from).or(defaults.cache_dir),
+            None => env.get("SANDGATE_CACHE_DIR").map(PathBuf::from).or_else(|| Some(default_cache_dir(env))),
         };
         let scratch_dir = match sandbox.scratch_dir {
             Some(dir) if dir.as_os_str().is_empty() => {
                 return Err(invalid("sandbox.scratch_dir", "must name a directory".into()))
             }
             Some(dir) => relative_to(path, dir),
-            None => default_scratch_dir(),
+            None => default_scratch_dir(env),
         };
-        let http = http_config(raw.http.unwrap_or_default()).map_err(|(key, message)| invalid(key, message))?;
+        let http = http_config(raw.http.unwrap_or_default()).map_err(|(key, message)| invalid(&key, message))?;
         let policies = match raw.policies {
             Some(dir) => PolicySource::Dir(relative_to(path, dir)),
             None if Path::new("policies").is_dir() => PolicySource::Dir(PathBuf::from("policies")),
@@ -215,21 +326,22 @@ impl Config {
             raw.models.unwrap_or_default(),
             &raw_tiers,
             raw.router.unwrap_or_default(),
+            env,
         )
-        .map_err(|(key, message)| invalid(key, message))?;
+        .map_err(|(key, message)| invalid(&key, message))?;
         let tiers = models.tiers.iter().map(|t| t.name.clone()).collect();
-        let raw_store = raw.store.unwrap_or_default();
-        if raw_store.url.is_some() && raw.ledger.is_some() {
-            return Err(invalid(
-                "ledger",
-                "[ledger] configures the embedded SQLite store and [store] url a PostgreSQL one: keep one".into(),
-            ));
-        }
+        // `[ledger]` is another name for `[store]`: one section, whichever name.
+        let raw_store = match (raw.store, raw.ledger) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("ledger", "`[ledger]` is another name for `[store]`: keep one of them".into()))
+            }
+            (store, ledger) => store.or(ledger).unwrap_or_default(),
+        };
         // The environment's URL wins over the file's SQLite settings, so that one
         // configuration file serves a single node and, with the variable set, a replica.
-        let url = raw_store.url.or_else(|| std::env::var("SANDGATE_STORE_URL").ok().filter(|u| !u.is_empty()));
-        let store = match (url, raw.ledger) {
-            (Some(url), _) => {
+        let url = raw_store.url.clone().or_else(|| env.get("SANDGATE_STORE_URL").map(str::to_string));
+        let store = match url {
+            Some(url) => {
                 if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                     return Err(invalid("store.url", "must be a PostgreSQL URL: postgres://USER@HOST:PORT/DB".into()));
                 }
@@ -239,22 +351,21 @@ impl Config {
                 }
                 StoreConfig::Postgres { url, pool }
             }
-            (None, ledger) => {
+            None => {
                 if raw_store.pool.is_some() {
                     return Err(invalid("store.pool", "sizes the PostgreSQL pool; set [store] url too".into()));
                 }
-                let ledger = ledger.unwrap_or_default();
                 StoreConfig::Sqlite {
-                    path: ledger
+                    path: raw_store
                         .path
                         .map(|p| relative_to(path, p))
-                        .or_else(|| std::env::var_os("SANDGATE_LEDGER").map(PathBuf::from))
-                        .unwrap_or_else(default_ledger_path),
-                    synchronous: ledger.synchronous.unwrap_or_default(),
+                        .or_else(|| env.get("SANDGATE_LEDGER").map(PathBuf::from))
+                        .unwrap_or_else(|| default_ledger_path(env)),
+                    synchronous: raw_store.synchronous.unwrap_or_default(),
                 }
             }
         };
-        let mcp = mcp::build(raw.mcp.unwrap_or_default(), path).map_err(|(key, message)| invalid(key, message))?;
+        let mcp = mcp::build(raw.mcp.unwrap_or_default(), path).map_err(|(key, message)| invalid(&key, message))?;
         let telemetry = raw.telemetry.unwrap_or_default();
         if let Some(endpoint) = &telemetry.otlp_endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
@@ -307,16 +418,16 @@ impl Config {
     }
 }
 
-fn http_config(raw: raw::RawHttp) -> Result<HttpConfig, (&'static str, String)> {
+fn http_config(raw: raw::RawHttp) -> Result<HttpConfig, (String, String)> {
     let defaults = HttpConfig::default();
     let millis = |value: Option<u64>, default: Duration, key: &'static str| match value {
-        Some(0) => Err((key, "must be at least 1 ms".to_string())),
+        Some(0) => Err((key.to_string(), "must be at least 1 ms".to_string())),
         Some(ms) => Ok(Duration::from_millis(ms)),
         None => Ok(default),
     };
     let max_connections = raw.max_connections.unwrap_or(defaults.max_connections);
     if max_connections < 16 {
-        return Err(("http.max_connections", "must be at least 16".into()));
+        return Err(("http.max_connections".into(), "must be at least 16".into()));
     }
     for origin in raw.cors_origins.iter().flatten() {
         let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
@@ -324,14 +435,14 @@ fn http_config(raw: raw::RawHttp) -> Result<HttpConfig, (&'static str, String)> 
             && origin.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
         if !valid {
             return Err((
-                "http.cors_origins",
+                "http.cors_origins".into(),
                 format!("`{origin}` is not an origin such as `https://app.example.com` (scheme, host, optional port)"),
             ));
         }
     }
     for host in raw.allowed_hosts.iter().flatten() {
         if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-            return Err(("http.allowed_hosts", format!("`{host}` is not a host name or `host:port`")));
+            return Err(("http.allowed_hosts".into(), format!("`{host}` is not a host name or `host:port`")));
         }
     }
     Ok(HttpConfig {
@@ -346,15 +457,15 @@ fn http_config(raw: raw::RawHttp) -> Result<HttpConfig, (&'static str, String)> 
     })
 }
 
-/// A path from the configuration file, taken relative to the file's directory.
 /// `$XDG_RUNTIME_DIR/sandgate`, else `scratch` in the default cache directory.
-fn default_scratch_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+fn default_scratch_dir(env: &Env) -> PathBuf {
+    match env.get("XDG_RUNTIME_DIR") {
         Some(dir) => PathBuf::from(dir).join("sandgate"),
-        None => crate::sandbox::engine::default_cache_dir().join("scratch"),
+        None => default_cache_dir(env).join("scratch"),
     }
 }
 
+/// A path from the configuration file, taken relative to the file's directory.
 fn relative_to(config: &Path, path: PathBuf) -> PathBuf {
     if path.is_absolute() {
         return path;
@@ -382,34 +493,57 @@ mod tests {
     }
 
     #[test]
-    fn bad_files_name_the_file_and_key() {
+    fn bad_files_name_the_file_line_column_and_key() {
         let cases = [
-            ("lisen = \"x\"", "unknown field `lisen`"),
-            ("[sandbox]\nmax_concurrent = \"lots\"", "line 2"),
-            ("[sandbox]\nmax_memory_bytes = 1024", "sandbox.max_memory_bytes"),
+            ("lisen = \"x\"", "sandgate.toml:1:1: unknown field `lisen`"),
+            ("[sandbox]\nmax_concurrent = \"lots\"", "sandgate.toml:2:18: invalid type"),
+            ("[sandbox]\nmax_memory_bytes = 1024", "sandgate.toml:2:1: `sandbox.max_memory_bytes`"),
             ("[limits]\nfuel = 1", "unknown field `limits`"),
-            ("listen = \"nowhere\"", "`listen`"),
-            ("[sandbox]\nmax_concurrent = 0", "sandbox.max_concurrent"),
+            ("listen = \"nowhere\"", "sandgate.toml:1:1: `listen`"),
+            ("\n[sandbox]\n  max_concurrent = 0", "sandgate.toml:3:3: `sandbox.max_concurrent`"),
             ("[[keys]]\nname = \"a\"\nuser = \"u\"\nteam = \"t\"\nhash = \"md5:x\"", "keys.hash"),
             (
                 "[[keys]]\nname = \"a\"\nuser = \"u\"\nteam = \"t\"\nrole = \"boss\"\nhash = \"x\"",
                 "unknown variant `boss`",
             ),
-            ("[ledger]\nsynchronous = \"sometimes\"", "unknown variant `sometimes`"),
+            ("[ledger]\nsynchronous = \"sometimes\"", "sandgate.toml:2:15: unknown variant `sometimes`"),
+            (
+                "[store]\npath = \"a.db\"\n[ledger]\npath = \"b.db\"",
+                "sandgate.toml:3:1: `ledger`: `[ledger]` is another name",
+            ),
             ("tiers = {}", "at least one tier"),
-            ("[mcp.servers.a-b]\ncommand = \"x\"", "mcp.servers"),
-            ("[mcp.servers.x]\nurl = \"ftp://h\"", "mcp.servers.url"),
+            ("[mcp.servers.a-b]\ncommand = \"x\"", "sandgate.toml:1:1: `mcp.servers.a-b`"),
+            ("[mcp.servers.x]\nurl = \"ftp://h\"", "sandgate.toml:2:1: `mcp.servers.x.url`"),
             ("[mcp.servers.x]\ncommand = \"x\"\nurl = \"http://h\"", "exactly one of"),
             ("[mcp.servers.x]\nargs = []", "exactly one of"),
             ("[mcp]\nallowed_hosts = [\"a\"]", "moved to `[http] allowed_hosts`"),
-            ("[http]\ncors_origins = [\"app.example.com\"]", "http.cors_origins"),
+            ("[http]\ncors_origins = [\"app.example.com\"]", "sandgate.toml:2:1: `http.cors_origins`"),
             ("[http]\nheader_timeout_ms = 0", "http.header_timeout_ms"),
             ("[http]\nmax_connections = 1", "http.max_connections"),
+            ("[providers.p]\nkind = \"openai\"\nbase_url = \"ftp://x\"", "sandgate.toml:3:1: `providers.p.base_url`"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();
             assert!(err.contains(expected), "{text:?}: {err}");
-            assert!(err.starts_with("sandgate.toml"), "{text:?}: {err}");
+            assert!(err.starts_with("sandgate.toml:"), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_environment_is_read_once_and_passed_in() {
+        let env = Env::of([("SANDGATE_STORE_URL", "postgres://u@h/db"), ("XDG_RUNTIME_DIR", "/run/u")]);
+        let config = Config::parse_in("", Path::new("sandgate.toml"), &env).unwrap();
+        assert_eq!(config.store, StoreConfig::Postgres { url: "postgres://u@h/db".into(), pool: DEFAULT_STORE_POOL });
+        assert_eq!(config.scratch_dir, PathBuf::from("/run/u/sandgate"));
+        let env = Env::of([("HOME", "/home/u")]);
+        let config = Config::parse_in("[store]\nsynchronous = \"full\"", Path::new("sandgate.toml"), &env).unwrap();
+        assert_eq!(
+            config.store,
+            StoreConfig::Sqlite {
+                path: PathBuf::from("/home/u/.local/share/sandgate/ledger.db"),
+                synchronous: crate::store::sqlite::Synchronous::Full
+            },
+            "[store] takes what [ledger] takes"
+        );
     }
 }

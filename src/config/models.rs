@@ -6,21 +6,25 @@ use std::time::Duration;
 use super::raw::{RawModel, RawProvider, RawRouter};
 use crate::model::{Catalog, Model, Price, Provider, RouterSettings, Tier};
 
-type Invalid = (&'static str, String);
+type Invalid = (String, String);
 
 pub(super) fn build(
     providers: BTreeMap<String, RawProvider>,
     models: BTreeMap<String, RawModel>,
     tiers: &[(String, Vec<String>)],
     router: RawRouter,
+    env: &super::Env,
 ) -> Result<Catalog, Invalid> {
     let mut built_providers = Vec::new();
     for (name, raw) in providers {
         let url = raw.base_url.trim_end_matches('/').to_string();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(("providers.base_url", format!("provider `{name}`: `{url}` is not an http(s) URL")));
+            return Err((
+                format!("providers.{name}.base_url"),
+                format!("provider `{name}`: `{url}` is not an http(s) URL"),
+            ));
         }
-        let api_key = raw.api_key_env.as_ref().map(|var| std::env::var(var).unwrap_or_default());
+        let api_key = raw.api_key_env.as_ref().map(|var| env.get(var).unwrap_or_default().to_string());
         built_providers.push(Provider {
             name,
             kind: raw.kind,
@@ -36,17 +40,17 @@ pub(super) fn build(
     let mut built_models = BTreeMap::new();
     for (name, raw) in models {
         let Some(provider) = built_providers.iter().position(|p| p.name == raw.provider) else {
-            return Err(("models.provider", format!("model `{name}`: no provider `{}`", raw.provider)));
+            return Err((format!("models.{name}.provider"), format!("model `{name}`: no provider `{}`", raw.provider)));
         };
         if !tier_names.contains(&raw.tier.as_str()) {
             return Err((
-                "models.tier",
+                format!("models.{name}.tier"),
                 format!("model `{name}`: unknown tier `{}` (known: {})", raw.tier, tier_names.join(", ")),
             ));
         }
         let prices = [Some(raw.input_per_mtok), Some(raw.output_per_mtok), raw.cached_input_per_mtok];
         if prices.iter().flatten().any(|p| !p.is_finite() || *p < 0.0) {
-            return Err(("models", format!("model `{name}`: prices must be finite and not negative")));
+            return Err((format!("models.{name}"), format!("model `{name}`: prices must be finite and not negative")));
         }
         built_models.insert(
             name.clone(),
@@ -70,9 +74,17 @@ pub(super) fn build(
         let mut members = Vec::new();
         for model in listed {
             match built_models.get(model) {
-                None => return Err(("tiers.models", format!("tier `{name}` lists unknown model `{model}`"))),
+                None => {
+                    return Err((
+                        format!("tiers.{name}.models"),
+                        format!("tier `{name}` lists unknown model `{model}`"),
+                    ))
+                }
                 Some(m) if &m.tier != name => {
-                    return Err(("tiers.models", format!("tier `{name}` lists `{model}`, whose tier is `{}`", m.tier)))
+                    return Err((
+                        format!("tiers.{name}.models"),
+                        format!("tier `{name}` lists `{model}`, whose tier is `{}`", m.tier),
+                    ))
                 }
                 Some(_) => members.push(model.clone()),
             }
@@ -97,7 +109,7 @@ pub(super) fn build(
     built_tiers.sort_by(|a, b| cost(a).partial_cmp(&cost(b)).unwrap_or(std::cmp::Ordering::Equal));
     let downgrade = router.downgrade_below_usd.unwrap_or(0.0);
     if !downgrade.is_finite() || downgrade < 0.0 {
-        return Err(("router.downgrade_below_usd", "must be a non-negative number".into()));
+        return Err(("router.downgrade_below_usd".into(), "must be a non-negative number".into()));
     }
     Ok(Catalog {
         providers: built_providers,

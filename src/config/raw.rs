@@ -15,7 +15,7 @@ pub(super) struct RawConfig {
     pub http: Option<RawHttp>,
     pub policies: Option<PathBuf>,
     pub tiers: Option<std::collections::BTreeMap<String, RawTier>>,
-    pub ledger: Option<RawLedger>,
+    pub ledger: Option<RawStore>,
     pub store: Option<RawStore>,
     pub keys: Option<Vec<RawKey>>,
     pub providers: Option<std::collections::BTreeMap<String, RawProvider>>,
@@ -77,18 +77,15 @@ pub(super) struct RawRouter {
     pub default_max_tokens: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawLedger {
-    pub path: Option<PathBuf>,
-    pub synchronous: Option<crate::store::sqlite::Synchronous>,
-}
-
+/// `[store]`, or `[ledger]`, its other name: a PostgreSQL `url` (and `pool`), or the
+/// SQLite file's `path` (and `synchronous`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     pub url: Option<String>,
     pub pool: Option<usize>,
+    pub path: Option<PathBuf>,
+    pub synchronous: Option<crate::store::sqlite::Synchronous>,
 }
 
 #[derive(Debug, Deserialize)]

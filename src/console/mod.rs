@@ -8,7 +8,7 @@
 //!
 //! Sign-in: in local mode (no keys, loopback only) the console opens for the local
 //! admin. With keys, `/ui/login` takes a key once and the browser keeps a signed,
-//! HttpOnly, `SameSite=Strict` cookie (see [`session`]). The console sits behind the
+//! HttpOnly, `SameSite=Strict` cookie (see [`signin`]). The console sits behind the
 //! same Host, Origin and Content-Type guard as the API: its one form that changes
 //! anything (sign-in) posts JSON.
 
@@ -27,11 +27,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::app::AppState;
 use crate::auth::{Principal, Role};
-use crate::http::AppState;
-use crate::policy::Query as PolicyQuery;
+use crate::error::Kind;
+use crate::http::error::status;
+use crate::service::admin::Ask;
 use crate::service::Mode;
-use crate::store::{self, now_ms, ExecutionQuery, ExecutionRow, GroupBy, UsageQuery, UsageRow};
+use crate::store::{self, now_ms, ExecutionQuery, ExecutionRecord, GroupBy, UsageQuery, UsageRow};
 use html::{esc, num_cell, time, usd, Page};
 
 const CSS: &str = include_str!("assets/console.css");
@@ -166,14 +168,9 @@ fn failure(status: StatusCode, message: &str) -> Response {
     (status, Html(page.render())).into_response()
 }
 
+/// A page for a refusal, with the status the API gives it (the one HTTP table).
 fn service_failure(error: crate::service::ServiceError) -> Response {
-    let status = match &error {
-        crate::service::ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-        crate::service::ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
-        crate::service::ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    failure(status, &error.to_string())
+    failure(crate::http::error::status_of(&error), &error.to_string())
 }
 
 async fn login_page(State(console): State<Console>) -> Response {
@@ -213,7 +210,7 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: axum::b
         Ok((secret, _)) => secret,
         Err(crate::service::ServiceError::Unauthorized) => {
             return (
-                StatusCode::UNAUTHORIZED,
+                status(Kind::Unauthorized),
                 Json(serde_json::json!({"error": "that key is not a sandgate key here"})),
             )
                 .into_response()
@@ -347,11 +344,11 @@ async fn overview(State(console): State<Console>, Viewer(viewer): Viewer) -> Res
 async fn events(State(console): State<Console>, headers: HeaderMap) -> Response {
     let viewer = match viewer(&console, &headers).await {
         Ok(viewer) => viewer,
-        Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
+        Err(_) => return status(Kind::Unauthorized).into_response(),
     };
     let Some(held) = console.pulses.stream(&viewer) else {
         let message = format!("at most {} live streams per principal", pulse::MAX_STREAMS);
-        let mut response = (StatusCode::TOO_MANY_REQUESTS, message).into_response();
+        let mut response = (status(Kind::RateLimited), message).into_response();
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         return response;
     };
@@ -610,7 +607,7 @@ async fn executions(
     page("Executions", "executions", &viewer, console.app.service.mode() == Mode::Local, body)
 }
 
-fn execution_row(row: &ExecutionRow) -> String {
+fn execution_row(row: &ExecutionRecord) -> String {
     format!(
         r#"<tr data-user="{user}"><td>{started}</td><td><a href="/ui/executions/{id}">{short}…</a></td><td>{user}</td><td>{team}</td><td class="outcome-{outcome}">{outcome}</td>{wall}{fuel}{calls}</tr>"#,
         started = time(row.started_at_ms),
@@ -947,7 +944,7 @@ async fn sessions(State(console): State<Console>, Viewer(viewer): Viewer) -> Res
             id = esc(&session.id),
             user = esc(&session.user),
             team = esc(&session.team),
-            language = esc(&session.language),
+            language = esc(session.language.as_str()),
             created = time(session.created_at_ms),
             used = time(session.used_at_ms),
         ));
@@ -992,32 +989,19 @@ async fn policies(
     let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
     let answer = match (text(&params.what), text(&params.name)) {
         (Some(what), name) => {
-            // Members may ask only about themselves; an admin about anyone.
+            // The form offers someone else only to an admin; the service decides who may
+            // ask about whom (a member naming another user is refused, 403).
             let (user, team) = (text(&params.user), text(&params.team));
-            let subject = if admin && (user.is_some() || team.is_some()) {
-                Principal {
-                    user: user.unwrap_or_else(|| viewer.user.clone()),
-                    team: team.unwrap_or_else(|| viewer.team.clone()),
-                    key: String::new(),
-                    role: Role::Member,
-                    local: false,
-                }
-            } else {
-                (*viewer).clone()
-            };
-            let query = match (what.as_str(), name) {
-                ("execute", _) => Some(PolicyQuery::Execute),
-                ("tool", Some(name)) => Some(PolicyQuery::Tool(name)),
-                ("model", Some(name)) => {
-                    let tier = console.app.config.models.models.get(&name).map(|m| m.tier.clone());
-                    Some(PolicyQuery::Model { name, tier })
-                }
-                ("tier", Some(name)) => Some(PolicyQuery::Tier(name.trim_start_matches("tier:").to_string())),
+            let ask = match (what.as_str(), name) {
+                ("execute", _) => Some(Ask::Execute),
+                ("tool", Some(name)) => Some(Ask::Tool(name)),
+                ("model", Some(name)) => Some(Ask::Model(name)),
+                ("tier", Some(name)) => Some(Ask::Tier(name)),
                 _ => None,
             };
-            match query {
-                Some(query) => {
-                    let decision = console.app.service.explain(&subject, &query);
+            match ask.map(|ask| console.app.service.explain(&viewer, user, team, ask)) {
+                Some(Err(error)) => return service_failure(error),
+                Some(Ok((subject, query, decision))) => {
                     let verdict = if decision.allowed { "allow" } else { "deny" };
                     let rule = match &decision.rule {
                         Some(rule) => format!(

@@ -40,7 +40,7 @@ pub fn status(kind: Kind) -> StatusCode {
 /// more about a request: a body too large (413) or too slow (408), and a workspace
 /// quota passed (413).
 pub fn status_of(error: &ServiceError) -> StatusCode {
-    use crate::sandbox::Rejected;
+    use crate::service::Rejected;
     match error {
         ServiceError::Rejected(Rejected::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         ServiceError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -83,8 +83,8 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl From<crate::sandbox::Rejected> for ApiError {
-    fn from(rejected: crate::sandbox::Rejected) -> Self {
+impl From<crate::service::Rejected> for ApiError {
+    fn from(rejected: crate::service::Rejected) -> Self {
         ServiceError::from(rejected).into()
     }
 }

@@ -14,12 +14,17 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::extract::Caller;
 use super::{ApiError, AppState};
 use crate::error::Kind;
 use crate::request::ExecuteRequest;
 
-pub(super) async fn execute(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
+pub(super) async fn execute(
+    State(app): State<AppState>,
+    Caller(principal): Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let request = execute_request(&app, &headers, body).await?;
     let prepared = app.service.prepare(principal, request).await?;
 

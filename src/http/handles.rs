@@ -16,12 +16,17 @@ use futures::StreamExt;
 
 use serde_json::value::RawValue;
 
+use super::extract::Caller;
 use super::{ApiError, AppState};
 use crate::service::LogLine;
 use crate::service::{HandleEvent, HandleView};
 
-pub(super) async fn start(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
+pub(super) async fn start(
+    State(app): State<AppState>,
+    Caller(principal): Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let request = super::execute::execute_request(&app, &headers, body).await?;
     let view = app.service.start_handle(principal, request).await?;
     let location = format!("/v1/executions/{}", view.execution_id);
@@ -30,19 +35,17 @@ pub(super) async fn start(State(app): State<AppState>, headers: HeaderMap, body:
 
 pub(super) async fn show(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<HandleView>, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     Ok(Json(app.service.handle(&principal, &id).await?))
 }
 
 pub(super) async fn cancel(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     let view = app.service.cancel_handle(&principal, &id).await?;
     let status = if view.running() { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((status, Json(view)).into_response())
@@ -54,10 +57,9 @@ fn log_event(line: &impl serde::Serialize) -> Result<Event, Infallible> {
 
 pub(super) async fn events(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     // 404 now, before the stream starts, for an execution the caller cannot see.
     app.service.handle(&principal, &id).await?;
     let following = app.service.follow_handle(&principal, &id);

@@ -9,12 +9,13 @@
 //! with their timeouts, cap and graceful shutdown. Every `/v1` route and `/mcp`
 //! authenticate with `Authorization: Bearer <key>`.
 
-mod error;
+pub mod error;
 mod execute;
+pub mod extract;
 pub mod guard;
 mod handles;
 mod mcp;
-mod models;
+pub mod models;
 mod ops;
 pub mod serve;
 mod sessions;
@@ -31,21 +32,13 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio_util::sync::CancellationToken;
 
-pub use error::ApiError;
+pub use crate::app::AppState;
+pub use error::{status, ApiError};
 
 use axum::http::{header, HeaderMap, StatusCode};
 
 use crate::auth::Principal;
-use crate::config::Config;
 use crate::error::Kind;
-use crate::service::Service;
-
-/// What every handler shares.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    pub service: Arc<Service>,
-    pub config: Arc<Config>,
-}
 
 /// Reads a request body up to `limit` bytes; a declared `Content-Length` over the
 /// cap is refused before anything is read (413), and a body that does not arrive
@@ -93,12 +86,12 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, A
     Ok(app.service.authenticate(token)?)
 }
 
-/// The application's routes, behind the Host/Origin/Content-Type guard (and CORS for
-/// the listed origins). `stopping` is cancelled when the server begins to shut down.
-pub fn router(state: AppState, stopping: CancellationToken) -> Router {
+/// The application's routes, with `others` (the console's), behind the
+/// Host/Origin/Content-Type guard (and CORS for the listed origins). `stopping` is
+/// cancelled when the server begins to shut down.
+pub fn router(state: AppState, stopping: CancellationToken, others: Router) -> Router {
     let guard = Arc::new(guard::Guard::new(&state.config.http, state.service.mode()));
     let mcp = mcp::router(&state, stopping.clone());
-    let state_for_console = state.clone();
     let mut app = Router::new()
         .route("/v1/tools", get(tools::list))
         .route("/v1/execute", post(execute::execute))
@@ -122,7 +115,7 @@ pub fn router(state: AppState, stopping: CancellationToken) -> Router {
         .fallback(error::not_found)
         .with_state(state)
         .merge(mcp)
-        .merge(crate::console::router(state_for_console));
+        .merge(others);
     if let Some(cors) = guard.cors() {
         app = app.layer(cors);
     }

@@ -14,20 +14,45 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::auth::Principal;
+use crate::error::Kind;
 use crate::model::{Answer, Format, ModelError, Routed};
 use crate::service::ServiceError;
 
-/// An error in the route's format. Its status is the kind's (`super::error::status`),
-/// or the provider's own for an error passed on from it.
-fn error(format: Format, status: u16, kind: &str, message: &str, retry_after: Option<u64>) -> Response {
+/// The error `type` a route's SDKs know for each kind: sandgate's one table for the
+/// model routes (their statuses are HTTP's, [`super::error::status`]). The OpenAI
+/// format names the kind itself (`type` and `code`); the Anthropic format uses
+/// Anthropic's types, with sandgate's kind beside them in `kind`.
+pub fn error_type(format: Format, kind: Kind) -> &'static str {
+    match format {
+        Format::Anthropic => match kind {
+            Kind::Unauthorized => "authentication_error",
+            Kind::Forbidden | Kind::ModelDenied => "permission_error",
+            Kind::NotFound => "not_found_error",
+            Kind::RateLimited | Kind::BudgetExceeded => "rate_limit_error",
+            Kind::Overloaded | Kind::Unavailable => "overloaded_error",
+            Kind::InvalidRequest => "invalid_request_error",
+            _ => "api_error",
+        },
+        _ => kind.as_str(),
+    }
+}
+
+/// An error of `kind` in the route's format. Its status is the kind's
+/// (`super::error::status`), or the provider's own for an error passed on from it.
+fn error(format: Format, status: StatusCode, kind: Kind, message: &str, retry_after: Option<u64>) -> Response {
+    let kind_type = error_type(format, kind);
     let body = match format {
-        Format::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
-        _ => json!({"error": {"message": message, "type": kind, "code": kind, "param": null}}),
+        Format::Anthropic => {
+            json!({"type": "error", "error": {"type": kind_type, "message": message, "kind": kind}})
+        }
+        _ => json!({"error": {"message": message, "type": kind_type, "code": kind_type, "param": null}}),
     };
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = (status, Json(body)).into_response();
     if let Some(secs) = retry_after {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if kind == Kind::Unauthorized {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }
@@ -36,9 +61,7 @@ fn principal(app: &AppState, headers: &HeaderMap, format: Format) -> Result<std:
     let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
     let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     app.service.authenticate(bearer.or(api_key)).map_err(|e: ServiceError| {
-        let status = super::error::status(e.kind()).as_u16();
-        let kind = if format == Format::Anthropic { "authentication_error" } else { e.kind().as_str() };
-        Box::new(error(format, status, kind, &e.to_string(), None))
+        Box::new(error(format, super::error::status(e.kind()), e.kind(), &e.to_string(), None))
     })
 }
 
@@ -63,11 +86,14 @@ async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) ->
     let limit = app.config.http.max_body_bytes;
     let bytes = match super::read_body(&headers, body, limit).await {
         Ok(bytes) => bytes,
-        Err(refused) => return error(format, refused.status.as_u16(), "invalid_request_error", &refused.message, None),
+        Err(refused) => return error(format, refused.status, refused.kind, &refused.message, None),
     };
     let body: Value = match serde_json::from_slice(&bytes) {
         Ok(body) => body,
-        Err(e) => return error(format, 400, "invalid_request_error", &format!("invalid JSON body: {e}"), None),
+        Err(e) => {
+            let message = format!("invalid JSON body: {e}");
+            return error(format, StatusCode::BAD_REQUEST, Kind::InvalidRequest, &message, None);
+        }
     };
     let version = headers.get("anthropic-version").and_then(|v| v.to_str().ok()).map(str::to_string);
     let parent = crate::telemetry::trace::from_headers(&headers);
@@ -110,8 +136,11 @@ async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) ->
                 ModelError::Store(_) => Some(1),
                 _ => None,
             };
-            let status = e.upstream_status().unwrap_or_else(|| super::error::status(e.kind()).as_u16());
-            error(format, status, e.kind().as_str(), &e.to_string(), retry)
+            let status = e
+                .upstream_status()
+                .and_then(|status| StatusCode::from_u16(status).ok())
+                .unwrap_or_else(|| super::error::status(e.kind()));
+            error(format, status, e.kind(), &e.to_string(), retry)
         }
     }
 }

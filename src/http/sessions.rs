@@ -13,56 +13,49 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+use super::extract::{Caller, JsonBody};
 use super::{ApiError, AppState};
 use crate::request::Language;
 use futures::StreamExt;
 
-use crate::error::Kind;
 use crate::service::{FileRead, SessionView as View};
 use crate::store::StoredFile;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Open {
+pub(super) struct Open {
     #[serde(default)]
     language: Language,
     ttl_s: Option<u64>,
 }
 
-pub(super) async fn open(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
-    let bytes = super::read_body(&headers, body, app.config.http.max_body_bytes).await?;
-    let request: Open = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Open::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::new(Kind::InvalidRequest, format!("invalid request body: {e}")))?
-    };
+pub(super) async fn open(
+    State(app): State<AppState>,
+    Caller(principal): Caller,
+    JsonBody(request): JsonBody<Open>,
+) -> Result<Response, ApiError> {
     let session = app.service.open_session(&principal, request.language, request.ttl_s).await?;
     Ok((StatusCode::CREATED, Json(View::from(session))).into_response())
 }
 
-pub(super) async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
+pub(super) async fn list(State(app): State<AppState>, Caller(principal): Caller) -> Result<Response, ApiError> {
     let sessions: Vec<View> = app.service.sessions(&principal).await?.into_iter().map(View::from).collect();
     Ok(Json(serde_json::json!({ "sessions": sessions })).into_response())
 }
 
 pub(super) async fn show(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<View>, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     Ok(Json(app.service.session(&principal, &id).await?.into()))
 }
 
 pub(super) async fn end(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     app.service.end_session(&principal, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -79,10 +72,9 @@ fn entry(file: &StoredFile) -> serde_json::Value {
 /// `GET /v1/sessions/{id}/files`: every entry of the session's workspace.
 pub(super) async fn files(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     let files = app.service.session_files(&principal, &id).await?;
     Ok(Json(serde_json::json!({ "files": files.iter().map(entry).collect::<Vec<_>>() })).into_response())
 }
@@ -91,10 +83,9 @@ pub(super) async fn files(
 /// or a directory's entries.
 pub(super) async fn get_file(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     match app.service.session_file(&principal, &id, &path).await? {
         FileRead::Dir(entries) => {
             Ok(Json(serde_json::json!({ "files": entries.iter().map(entry).collect::<Vec<_>>() })).into_response())
@@ -115,11 +106,11 @@ pub(super) async fn get_file(
 /// caller, the session and the quota are checked; then it is streamed to disk.
 pub(super) async fn put_file(
     State(app): State<AppState>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     Path((id, path)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let stream = body.into_data_stream().map(|chunk| chunk.map_err(super::body_error));
     let size = app.service.upload(&principal, &id, &path, declared, stream).await?;
@@ -129,10 +120,9 @@ pub(super) async fn put_file(
 /// `DELETE /v1/sessions/{id}/files/{path}`: removes the entry and everything under it.
 pub(super) async fn delete_file(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     app.service.remove_session_file(&principal, &id, &path).await?;
     Ok(StatusCode::NO_CONTENT)
 }

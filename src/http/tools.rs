@@ -4,11 +4,12 @@
 
 use crate::error::Kind;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+use super::extract::Caller;
 use super::{ApiError, AppState};
 
 #[derive(Debug, Default, Deserialize)]
@@ -20,10 +21,9 @@ pub(super) struct ToolsQuery {
 
 pub(super) async fn list(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     query: Result<Query<ToolsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::new(Kind::InvalidRequest, e.body_text()))?;
     let (catalog, capabilities) = app.service.tool_catalog(&principal);
     let view = catalog.view_for(&capabilities);

@@ -2,10 +2,10 @@
 //! group from the ledger. Admins see everyone; others see only their own usage.
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::extract::Caller;
 use super::{ApiError, AppState};
 use crate::error::Kind;
 use crate::store::{self, GroupBy, UsageQuery, UsageRow};
@@ -29,10 +29,9 @@ pub(super) struct Report {
 
 pub(super) async fn usage(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Report>, ApiError> {
-    let principal = super::authenticate(&app, &headers)?;
     let Query(params) = params.map_err(|e| ApiError::new(Kind::InvalidRequest, e.body_text()))?;
     let bound = |text: Option<String>| {
         text.map(|t| store::usage_time(&t)).transpose().map_err(|e| ApiError::new(Kind::InvalidRequest, e))

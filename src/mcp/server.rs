@@ -376,16 +376,20 @@ pub fn tool_list(view: &View<'_>) -> Vec<Tool> {
 ///
 /// Whatever ends a call to `execute` or `search` (a fault of the code, a refusal, a
 /// door's answer) comes back as that tool's result with `isError`, the kind and the
-/// message ([`failure`]): that is what the model reads and acts on. A request the
+/// message (`failure`): that is what the model reads and acts on. A request the
 /// protocol itself refuses (a task that is not the caller's, say) is a JSON-RPC error
 /// whose code this table gives, with the kind in `data.kind`.
-fn protocol_error(kind: Kind, message: String) -> McpError {
-    let code = match kind {
+pub fn error_code(kind: Kind) -> ErrorCode {
+    match kind {
         Kind::NotFound | Kind::InvalidRequest => ErrorCode::INVALID_PARAMS,
         Kind::Unauthorized | Kind::Forbidden => ErrorCode::INVALID_REQUEST,
         _ => ErrorCode::INTERNAL_ERROR,
-    };
-    McpError::new(code, message, Some(json!({ "kind": kind })))
+    }
+}
+
+/// A JSON-RPC error of `kind`: the code [`error_code`] gives it, the kind in `data.kind`.
+fn protocol_error(kind: Kind, message: String) -> McpError {
+    McpError::new(error_code(kind), message, Some(json!({ "kind": kind })))
 }
 
 /// An `isError` result: `kind: message`, then any console output.

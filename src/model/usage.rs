@@ -38,7 +38,7 @@ const INLINE_BYTES: usize = 4096;
 
 /// Tokens in `text` by the cl100k tokenizer: the estimate used for budget
 /// reservations and when a stream reports no usage. Its cost is linear in the text,
-/// and bounded: past [`COUNTED_BYTES`] the rest is estimated from its length.
+/// and bounded: past `COUNTED_BYTES` the rest is estimated from its length.
 /// Callers on the async runtime use [`estimate_tokens`].
 pub fn count_tokens(text: &str) -> u64 {
     if text.is_empty() {

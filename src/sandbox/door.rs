@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::error::ExecError;
 use crate::error::Kind;
+use crate::request::TraceContext;
 
 /// One call through a door.
 #[derive(Clone)]
@@ -33,7 +34,7 @@ pub struct Call {
     pub execution_id: Arc<str>,
     /// The execution's span: the parent of any span the call makes, and what it passes
     /// on to the next hop.
-    pub trace: opentelemetry::Context,
+    pub trace: TraceContext,
 }
 
 impl std::fmt::Debug for Call {

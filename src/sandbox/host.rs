@@ -25,7 +25,7 @@ use super::error::ExecError;
 use super::wasi::{self, HasWasi, WasiState};
 use crate::error::Kind;
 use crate::limits::Limits;
-use crate::request::Language;
+use crate::request::{Language, TraceContext};
 use crate::time::now_ms;
 
 const MODULE: &str = "sandgate_v1";
@@ -162,7 +162,7 @@ pub(crate) struct HostState {
     pub(crate) call_records: Vec<HostCallRecord>,
     pub(crate) outcome: Option<GuestOutcome>,
     execution_id: Arc<str>,
-    trace: opentelemetry::Context,
+    trace: TraceContext,
     pub(crate) cpu: CpuSlot,
 }
 
@@ -184,7 +184,7 @@ pub(crate) struct HostSetup {
     pub(crate) cpu: CpuSlot,
     /// The execution continues a session (request part 3 is `session`).
     pub(crate) session: bool,
-    pub(crate) trace: opentelemetry::Context,
+    pub(crate) trace: TraceContext,
 }
 
 impl HostState {

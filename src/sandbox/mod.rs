@@ -36,7 +36,7 @@ pub use mapped::MemoryFile;
 
 use crate::error::Kind;
 use crate::limits::Limits;
-use crate::request::Language;
+use crate::request::{Language, TraceContext};
 use host::{CpuSlot, GuestOutcome, HostSetup, HostState};
 
 /// How the sandbox is set up; fixed for the life of a [`Sandbox`].
@@ -78,7 +78,7 @@ pub struct Job {
     /// The code as submitted.
     pub code: String,
     /// Its language; TypeScript is stripped inside the sandbox, under the limits of
-    /// the preparation phase (see [`prepare_limits`]).
+    /// the preparation phase (see `prepare_limits`).
     pub language: Language,
     pub input: Option<serde_json::Value>,
     pub limits: Limits,
@@ -94,7 +94,7 @@ pub struct Job {
     /// is known before it runs); a fresh UUIDv7 otherwise.
     pub id: Option<Arc<str>>,
     /// The trace context host calls take as their parent (the execution's span).
-    pub trace: opentelemetry::Context,
+    pub trace: TraceContext,
 }
 
 impl Job {
@@ -109,7 +109,7 @@ impl Job {
             doors: Doors::default(),
             session: None,
             id: None,
-            trace: opentelemetry::Context::default(),
+            trace: TraceContext::default(),
         }
     }
 }

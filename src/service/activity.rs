@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use super::{Service, ServiceError};
 use crate::auth::{Principal, Role};
-use crate::policy::{Decision, Query};
-use crate::store::{BudgetLine, ExecutionDetail, ExecutionQuery, ExecutionRow, GroupBy, UsageQuery, UsageRow};
+use crate::store::{BudgetLine, ExecutionDetail, ExecutionQuery, ExecutionRecord, GroupBy, UsageQuery, UsageRow};
 
 /// One budget line in force and where it stands.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -53,10 +52,10 @@ impl Service {
         &self,
         principal: &Principal,
         mut query: ExecutionQuery,
-    ) -> Result<Vec<ExecutionRow>, ServiceError> {
+    ) -> Result<Vec<ExecutionRecord>, ServiceError> {
         own_only(principal, &mut query);
         query.limit = query.limit.clamp(1, MAX_LISTED);
-        Ok(self.ledger.store().executions(&query).await?)
+        Ok(self.store.executions(&query).await?)
     }
 
     /// Executions in `query`'s window counted per minute and outcome, with the wall
@@ -69,12 +68,12 @@ impl Service {
     ) -> Result<crate::store::PulseRows, ServiceError> {
         own_only(principal, &mut query);
         query.limit = query.limit.clamp(1, MAX_LISTED);
-        Ok(self.ledger.store().pulse(&query).await?)
+        Ok(self.store.pulse(&query).await?)
     }
 
     /// One execution with its host calls and model calls.
     pub async fn execution(&self, principal: &Principal, id: &str) -> Result<ExecutionDetail, ServiceError> {
-        let detail = self.ledger.store().execution(id).await?;
+        let detail = self.store.execution(id).await?;
         detail
             .filter(|d| principal.role == Role::Admin || d.execution.user == principal.user)
             .ok_or_else(|| ServiceError::NotFound(format!("no execution `{id}`")))
@@ -87,7 +86,7 @@ impl Service {
         mut query: ExecutionQuery,
     ) -> Result<Vec<crate::store::CallStats>, ServiceError> {
         own_only(principal, &mut query);
-        Ok(self.ledger.store().call_stats(&query).await?)
+        Ok(self.store.call_stats(&query).await?)
     }
 
     /// The latest model calls in `query`'s window, newest first (a non-admin's own
@@ -99,7 +98,7 @@ impl Service {
     ) -> Result<Vec<crate::store::ModelCallRow>, ServiceError> {
         own_only(principal, &mut query);
         query.limit = query.limit.clamp(1, MAX_LISTED);
-        Ok(self.ledger.store().model_calls(&query).await?)
+        Ok(self.store.model_calls(&query).await?)
     }
 
     /// Each model provider's circuit breaker: its name and whether it is open.
@@ -131,7 +130,7 @@ impl Service {
             }
         }
         let plain: Vec<BudgetLine> = lines.iter().map(|(_, line)| line.clone()).collect();
-        let balances = self.ledger.store().balances(&plain).await?;
+        let balances = self.store.balances(&plain).await?;
         let mut standing = Vec::with_capacity(lines.len());
         // Lines of one kind and period share one usage report (every user's daily
         // budget reads the same report by user since today).
@@ -180,15 +179,9 @@ impl Service {
         let now = crate::store::now_ms();
         let mut sessions = Vec::new();
         for user in users {
-            sessions.extend(self.ledger.store().sessions(&user, now).await?);
+            sessions.extend(self.store.sessions(&user, now).await?);
         }
         sessions.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.id.cmp(&b.id)));
         Ok(sessions)
-    }
-
-    /// What the policy set in force decides for `principal` and `query`, with the rule
-    /// that decided.
-    pub fn explain(&self, principal: &Principal, query: &Query) -> Decision {
-        self.policies.current().explain(principal, query)
     }
 }

@@ -167,7 +167,7 @@ impl Service {
             cancel_requested: false,
             body: None,
         };
-        self.ledger.store().create_handle(&record).await?;
+        self.store.create_handle(&record).await?;
 
         let (events, _) = broadcast::channel(1024);
         let local = Arc::new(Local {
@@ -183,7 +183,7 @@ impl Service {
         let handle_id = id.clone();
         // Tracked with the executions, so a shutdown waits for the end to be recorded.
         self.executions.spawn(async move {
-            let store = service.ledger.store().clone();
+            let store = service.store.clone();
             let forward = {
                 let local = local.clone();
                 async move {
@@ -249,7 +249,7 @@ impl Service {
     /// Background execution `id`, when `principal` started it (the same user with
     /// another key, or in another team, is someone else).
     pub async fn handle(&self, principal: &Principal, id: &str) -> Result<HandleView, ServiceError> {
-        match self.ledger.store().handle(id, now_ms()).await? {
+        match self.store.handle(id, now_ms()).await? {
             Some(handle) if handle.owned_by(principal) => Ok(handle.into()),
             _ => Err(ServiceError::NotFound(format!("no execution `{id}`"))),
         }
@@ -260,7 +260,7 @@ impl Service {
     pub async fn cancel_handle(&self, principal: &Principal, id: &str) -> Result<HandleView, ServiceError> {
         let view = self.handle(principal, id).await?;
         if view.running() {
-            self.ledger.store().cancel_handle(id).await?;
+            self.store.cancel_handle(id).await?;
             if let Some(local) = self.local_handle(id) {
                 local.cancel.cancel();
             }

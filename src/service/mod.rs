@@ -13,6 +13,7 @@
 
 mod activity;
 pub use activity::{BudgetStanding, MAX_LISTED};
+pub mod admin;
 pub mod fds;
 mod handles;
 mod memories;
@@ -40,16 +41,16 @@ use crate::limits::Limits;
 use crate::mcp::{Catalog, Upstreams};
 use crate::model::{Answer, CallContext, Format, Gateway, ModelError};
 use crate::policy::{Capabilities, LoadContext, PolicyError};
-use crate::request::{ExecuteRequest, Language};
-use crate::sandbox::{Admission, Counter, Doors, Job, LineSender, Rejected, Sandbox};
+use crate::request::ExecuteRequest;
+use crate::sandbox::{Admission, Counter, Doors, Job, LineSender, Sandbox};
 use crate::sessions::workspace::{Files, MountWrites, SessionFiles};
 use crate::sessions::{Scratch, Workspace};
-use crate::store::{CallRecord, ExecutionRecord, FileChange, Ledger, Record, StoreError, UsageQuery, UsageRow};
+use crate::store::{CallRecord, ExecutionRecord, FileChange, Ledger, Record, StoreError};
 use crate::telemetry::{trace, InFlight};
 
 /// What adapters speak of, re-exported so that they name the service, never the
 /// sandbox.
-pub use crate::sandbox::{LogLevel, LogLine, Outcome, LINE_BUFFER};
+pub use crate::sandbox::{LogLevel, LogLine, Outcome, Rejected, LINE_BUFFER};
 
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +190,9 @@ pub struct Service {
     mode: Mode,
     keys: RwLock<Arc<KeyRing>>,
     key_sources: std::sync::Mutex<KeySources>,
+    /// Everything replicas share (see [`crate::store`]).
+    store: Arc<dyn crate::store::Store>,
+    /// The store's batched writer of records (group commit).
     ledger: Ledger,
     gateway: Arc<Gateway>,
     upstreams: Arc<Upstreams>,
@@ -354,6 +358,7 @@ impl Service {
             mode,
             keys: RwLock::new(Arc::new(ring)),
             key_sources: std::sync::Mutex::new(sources),
+            store: ledger.store().clone(),
             ledger,
             gateway,
             upstreams,
@@ -415,7 +420,7 @@ impl Service {
     /// Reads the store's keys again: how a key created or revoked on any machine
     /// reaches this replica (see [`Service::watch_keys`]).
     pub async fn refresh_stored_keys(&self) -> Result<(), StoreError> {
-        let stored = self.ledger.store().keys().await?;
+        let stored = self.store.keys().await?;
         let mut sources = self.key_sources.lock().unwrap_or_else(|e| e.into_inner());
         let stored: Vec<KeyEntry> = stored.into_iter().map(|k| k.entry).collect();
         if stored != sources.stored {
@@ -510,7 +515,7 @@ impl Service {
         let ceiling = if background { ceiling.for_background() } else { ceiling };
         let ceiling = Limits { concurrent: ceiling.share_of(self.sandbox.config().max_concurrent), ..ceiling };
         if let Some(per_minute) = capabilities.rate.executions_per_minute {
-            self.ledger.store().take(&principal.user, "executions", per_minute).await?.map_err(|retry_after_secs| {
+            self.store.take(&principal.user, "executions", per_minute).await?.map_err(|retry_after_secs| {
                 ServiceError::RateLimited { what: "executions", per_minute, retry_after_secs }.counted()
             })?;
         }
@@ -522,11 +527,10 @@ impl Service {
                 let mut lease = self.lease_session(&principal, &id, grant.max_bytes, hold).await?;
                 // JavaScript and TypeScript share a guest; Python has its own, and a
                 // session's memory is one guest's.
-                let python = |language: &str| language == Language::Python.as_str();
-                if python(lease.language()) != python(request.language.as_str()) {
+                if lease.language().guest() != request.language.guest() {
                     return Err(ServiceError::Invalid(format!(
                         "session `{id}` runs {}; this code is {}: open a session for it",
-                        lease.language(),
+                        lease.language().as_str(),
                         request.language.as_str()
                     )));
                 }
@@ -543,11 +547,11 @@ impl Service {
         let workspace = Workspace::new(
             session
                 .as_ref()
-                .map(|lease| SessionFiles { store: self.ledger.store().clone(), session_id: lease.id().to_string() }),
+                .map(|lease| SessionFiles { store: self.store.clone(), session_id: lease.id().to_string() }),
             files,
             job.limits.result_bytes,
             self.scratch.clone(),
-            MountWrites { store: self.ledger.store().clone(), owner: crate::store::Owner::of(&principal) },
+            MountWrites { store: self.store.clone(), owner: crate::store::Owner::of(&principal) },
         );
         let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
         job.doors = self.doors(&principal, capabilities, &job.limits, workspace.clone());
@@ -656,25 +660,10 @@ impl Service {
 
     /// Whether this replica can serve: the store answers within two seconds.
     pub async fn ready(&self) -> Result<(), StoreError> {
-        match tokio::time::timeout(Duration::from_secs(2), self.ledger.store().ping()).await {
+        match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
             Ok(answer) => answer,
             Err(_) => Err(StoreError("the store did not answer within 2 s".into())),
         }
-    }
-
-    /// Usage totals: admins may see everyone (or one `user`), others only themselves.
-    pub async fn usage(&self, principal: &Principal, mut query: UsageQuery) -> Result<Vec<UsageRow>, ServiceError> {
-        if principal.role != crate::auth::Role::Admin {
-            match &query.user {
-                Some(user) if user != &principal.user => {
-                    return Err(ServiceError::Forbidden(format!(
-                        "only admins may read another user's usage (asked for `{user}`)"
-                    )));
-                }
-                _ => query.user = Some(principal.user.clone()),
-            }
-        }
-        Ok(self.ledger.usage(query).await?)
     }
 
     /// A model call from an SDK client (`/v1/chat/completions`, `/v1/messages`).

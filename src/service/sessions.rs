@@ -50,7 +50,7 @@ pub(super) fn event(principal: &Principal, id: &str, event: &'static str, state_
 #[derive(Clone, Debug, Serialize)]
 pub struct SessionView {
     pub session_id: String,
-    pub language: String,
+    pub language: Language,
     pub created_at: String,
     pub last_used_at: String,
     pub expires_at: String,
@@ -183,8 +183,8 @@ impl SessionLease {
     }
 
     /// The language the session was opened for.
-    pub(super) fn language(&self) -> &str {
-        &self.session.language
+    pub(super) fn language(&self) -> Language {
+        self.session.language
     }
 }
 
@@ -229,7 +229,7 @@ impl Service {
             Some(ttl) => ttl,
             None => grant.idle_ttl_s,
         };
-        let store = self.ledger.store();
+        let store = &self.store;
         let now = now_ms();
         let (open, _) = store.session_totals(&principal.user, now).await?;
         if open >= u64::from(grant.max) {
@@ -240,7 +240,7 @@ impl Service {
             user: principal.user.clone(),
             team: principal.team.clone(),
             key: principal.key.clone(),
-            language: language.as_str().to_string(),
+            language,
             created_at_ms: now,
             used_at_ms: now,
             ttl_ms: (ttl_s.min(i64::MAX as u64 / 1000) as i64) * 1000,
@@ -269,7 +269,7 @@ impl Service {
     /// user with another key, or in another team, is someone else).
     pub async fn sessions(&self, principal: &Principal) -> Result<Vec<SessionRecord>, ServiceError> {
         self.sessions_grant(principal)?;
-        let mut sessions = self.ledger.store().sessions(&principal.user, now_ms()).await?;
+        let mut sessions = self.store.sessions(&principal.user, now_ms()).await?;
         sessions.retain(|session| session.owned_by(principal));
         Ok(sessions)
     }
@@ -277,7 +277,7 @@ impl Service {
     /// Session `id`, when `principal` opened it.
     pub async fn session(&self, principal: &Principal, id: &str) -> Result<SessionRecord, ServiceError> {
         self.sessions_grant(principal)?;
-        match self.ledger.store().session(id, now_ms()).await? {
+        match self.store.session(id, now_ms()).await? {
             Some(session) if session.owned_by(principal) => Ok(session),
             _ => Err(not_found(id)),
         }
@@ -287,7 +287,7 @@ impl Service {
     pub async fn end_session(&self, principal: &Principal, id: &str) -> Result<(), ServiceError> {
         self.session(principal, id).await?;
         self.memories.forget(id);
-        if !self.ledger.store().end_session(id).await? {
+        if !self.store.end_session(id).await? {
             return Err(not_found(id));
         }
         self.ledger.record(vec![event(principal, id, "ended", 0)]).await?;
@@ -304,7 +304,7 @@ impl Service {
         max_bytes: u64,
         hold: Duration,
     ) -> Result<SessionLease, ServiceError> {
-        let store = self.ledger.store().clone();
+        let store = self.store.clone();
         let lease = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
         let until = now + (hold + LEASE_MARGIN).as_millis() as i64;
@@ -337,7 +337,7 @@ impl Service {
         let memory = match self.memories.take(&id, lease.session.executions) {
             Some(memory) => memory,
             None => {
-                let stored = self.ledger.store().session_memory(&id).await?;
+                let stored = self.store.session_memory(&id).await?;
                 let pages = stored.pages.iter().map(|(page, bytes)| (*page, bytes.as_slice()));
                 let file =
                     self.sandbox.session_memory(language, stored.size, pages).await.map_err(|e| {
@@ -424,7 +424,7 @@ impl Service {
     /// The entries of session `id`'s workspace (no bytes), when it is `principal`'s.
     pub async fn session_files(&self, principal: &Principal, id: &str) -> Result<Vec<StoredFile>, ServiceError> {
         self.session(principal, id).await?;
-        Ok(self.ledger.store().session_files(id, false).await?)
+        Ok(self.store.session_files(id, false).await?)
     }
 
     /// One entry of session `id`'s workspace: a file to read a chunk at a time, or a
@@ -432,7 +432,7 @@ impl Service {
     pub async fn session_file(&self, principal: &Principal, id: &str, path: &str) -> Result<FileRead, ServiceError> {
         let path = FilePath::parse(path).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         self.session(principal, id).await?;
-        let store = self.ledger.store();
+        let store = &self.store;
         if path.is_root() {
             return Ok(FileRead::Dir(store.session_files(id, false).await?));
         }
@@ -489,7 +489,7 @@ impl Service {
         let grant = self.policies.current().capabilities(principal).files;
         // The image cap (0 here) is checked only when an execution gives a session back.
         let lease = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
-        let entries = self.ledger.store().session_files(id, false).await?;
+        let entries = self.store.session_files(id, false).await?;
         let find = |key: &str| entries.iter().find(|f| f.path == key);
         let mut changes = Vec::new();
         for ancestor in path.ancestors() {
@@ -558,7 +558,7 @@ impl Service {
         }
         self.sessions_grant(principal)?;
         let lease = self.lease_session(principal, id, 0, UPLOAD_HOLD).await?;
-        if self.ledger.store().session_file(id, &path.key()).await?.is_none() {
+        if self.store.session_file(id, &path.key()).await?.is_none() {
             return Err(ServiceError::NotFound(format!("ENOENT: no file '{path}' in session `{id}`")));
         }
         lease.give_back_files(&[FileChange::Remove(path.key())]).await

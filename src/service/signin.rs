@@ -39,7 +39,7 @@ impl Service {
             created_at_ms: now,
             expires_at_ms: now.saturating_add(lifetime_ms),
         };
-        self.ledger.store().create_console_session(&session).await?;
+        self.store.create_console_session(&session).await?;
         Ok((secret, principal))
     }
 
@@ -48,7 +48,7 @@ impl Service {
         if self.mode == Mode::Local {
             return Ok(Some(Arc::new(Principal::local())));
         }
-        let Some(session) = self.ledger.store().console_session(&stored_id(secret), now_ms()).await? else {
+        let Some(session) = self.store.console_session(&stored_id(secret), now_ms()).await? else {
             return Ok(None);
         };
         let Some(hash) =
@@ -61,6 +61,6 @@ impl Service {
 
     /// Ends the console sign-in with `secret`, on every replica.
     pub async fn console_sign_out(&self, secret: &str) -> Result<(), ServiceError> {
-        Ok(self.ledger.store().end_console_session(&stored_id(secret)).await?)
+        Ok(self.store.end_console_session(&stored_id(secret)).await?)
     }
 }

@@ -13,7 +13,7 @@
 //! restart and any replica can continue the session. An execution that touches a
 //! file writes the workspace out to a private temporary directory (cap-tempfile)
 //! first, works there, and when it succeeds hands back what it changed
-//! ([`Workspace::changes`]), which the store commits with the next memory image in one
+//! ([`Workspace::finish`]), which the store commits with the next memory image in one
 //! transaction. A failed execution commits nothing: memory and files roll back
 //! together. An execution that never touches a file costs nothing here.
 //!
@@ -47,8 +47,8 @@ pub struct SessionFiles {
     pub session_id: String,
 }
 
-/// One execution's files (see the module docs). Register it as the job's `files`
-/// capability; after the run, [`Workspace::changes`] gives what to commit.
+/// One execution's files (see the module docs). Register it as the job's `fs` door
+/// (its `Door`); after the run, [`Workspace::finish`] gives what to commit.
 pub struct Workspace {
     session: Option<SessionFiles>,
     grant: FilesGrant,

@@ -23,23 +23,6 @@ impl ExecutionQuery {
     }
 }
 
-/// One execution record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ExecutionRow {
-    pub id: String,
-    pub user: String,
-    pub team: String,
-    pub key: String,
-    pub started_at_ms: i64,
-    pub ended_at_ms: i64,
-    /// `ok` or the error kind.
-    pub outcome: String,
-    pub fuel: i64,
-    pub wall_ms: i64,
-    pub memory_bytes: i64,
-    pub host_calls: i64,
-}
-
 /// One host call of an execution (a tool call, a file call, a refused call).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CallRow {
@@ -76,7 +59,8 @@ pub struct LogRow {
 /// console lines.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ExecutionDetail {
-    pub execution: ExecutionRow,
+    /// Its record, as the ledger keeps it (its console lines apart, in `logs`).
+    pub execution: super::ExecutionRecord,
     pub calls: Vec<CallRow>,
     pub model_calls: Vec<ModelCallRow>,
     pub logs: Vec<LogRow>,

@@ -38,14 +38,13 @@ mod usage;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-pub use activity::{
-    CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, LogRow, ModelCallRow, PulseRows,
-};
+pub use activity::{CallRow, CallStats, ExecutionDetail, ExecutionQuery, LogRow, ModelCallRow, PulseRows};
 pub use ledger::Ledger;
 pub use usage::{parse_time as usage_time, total, GroupBy, UsageQuery, UsageRow};
 
-/// One execution.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One execution: what the ledger writes, and what reading it back gives (with its
+/// console lines apart: `logs` is empty in a listing).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ExecutionRecord {
     pub id: String,
     pub user: String,
@@ -250,7 +249,7 @@ pub struct SessionRecord {
     pub user: String,
     pub team: String,
     pub key: String,
-    pub language: String,
+    pub language: crate::request::Language,
     pub created_at_ms: i64,
     /// The end of its last execution (its creation, before any).
     pub used_at_ms: i64,
@@ -560,7 +559,7 @@ pub trait Store: Send + Sync + 'static {
     fn usage<'a>(&'a self, query: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>>;
 
     /// The latest executions `query` selects, newest first.
-    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>>;
+    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRecord>, StoreError>>;
 
     /// Executions in `query`'s window and user counted per minute and outcome, and
     /// the wall times of the latest `query.limit` of them (its outcome is not used).
@@ -735,6 +734,11 @@ pub async fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, Sto
 }
 
 pub use crate::time::now_ms;
+
+/// The language a stored session names.
+pub(crate) fn parse_language(text: &str) -> Result<crate::request::Language, StoreError> {
+    text.parse().map_err(|why| StoreError(format!("a stored session has {why}")))
+}
 
 /// Seconds until one token is back in a bucket holding `tokens` that refills at
 /// `per_minute`.

@@ -37,14 +37,12 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 
-use super::activity::{
-    self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow, PulseRows,
-};
+use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ModelCallRow, PulseRows};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, ConsoleSession, FileChange, HandleEnd, HandleRecord, HandleStatus, Hold, Lease,
-    MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, Store, StoreError, StoredFile, StoredKey,
-    StoredMemory,
+    now_ms, Balance, BudgetLine, ConsoleSession, ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus,
+    Hold, Lease, MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, Store, StoreError, StoredFile,
+    StoredKey, StoredMemory,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -461,8 +459,9 @@ fn model_call_row(r: &tokio_postgres::Row) -> ModelCallRow {
     )
 }
 
-fn execution_row(row: &tokio_postgres::Row) -> ExecutionRow {
-    ExecutionRow {
+fn execution_row(row: &tokio_postgres::Row) -> ExecutionRecord {
+    let count = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+    ExecutionRecord {
         id: row.get(0),
         user: row.get(1),
         team: row.get(2),
@@ -470,10 +469,11 @@ fn execution_row(row: &tokio_postgres::Row) -> ExecutionRow {
         started_at_ms: row.get(4),
         ended_at_ms: row.get(5),
         outcome: row.get(6),
-        fuel: row.get(7),
-        wall_ms: row.get(8),
-        memory_bytes: row.get(9),
-        host_calls: row.get(10),
+        fuel: count(7),
+        wall_ms: count(8),
+        memory_bytes: count(9),
+        host_calls: u32::try_from(count(10)).unwrap_or(u32::MAX),
+        logs: String::new(),
     }
 }
 
@@ -840,19 +840,19 @@ impl Lines {
 const SESSION_COLUMNS: &str = r#"id, "user", team, key, language, created_at_ms, used_at_ms, ttl_ms, executions,
     image_bytes, files, file_bytes"#;
 
-fn session_row(row: &tokio_postgres::Row) -> SessionRecord {
+fn session_row(row: &tokio_postgres::Row) -> Result<SessionRecord, StoreError> {
     session_at(row, 0)
 }
 
 /// The session whose [`SESSION_COLUMNS`] start at column `at`.
-fn session_at(row: &tokio_postgres::Row, at: usize) -> SessionRecord {
+fn session_at(row: &tokio_postgres::Row, at: usize) -> Result<SessionRecord, StoreError> {
     let count = |i: usize| row.get::<_, i64>(at + i).max(0) as u64;
-    SessionRecord {
+    Ok(SessionRecord {
         id: row.get(at),
         user: row.get(at + 1),
         team: row.get(at + 2),
         key: row.get(at + 3),
-        language: row.get(at + 4),
+        language: super::parse_language(row.get(at + 4))?,
         created_at_ms: row.get(at + 5),
         used_at_ms: row.get(at + 6),
         ttl_ms: row.get(at + 7),
@@ -860,7 +860,7 @@ fn session_at(row: &tokio_postgres::Row, at: usize) -> SessionRecord {
         image_bytes: count(9),
         files: count(10),
         file_bytes: count(11),
-    }
+    })
 }
 
 const HANDLE_COLUMNS: &str = r#"id, "user", team, key, session_id, status, created_at_ms, ended_at_ms, expires_at_ms,
@@ -958,7 +958,7 @@ impl Store for PgStore {
         .boxed()
     }
 
-    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>> {
+    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRecord>, StoreError>> {
         async move {
             let client = self.client().await?;
             let statement = client.prepare_cached(&activity::executions_sql(&DIALECT)).await.map_err(err)?;
@@ -1248,7 +1248,7 @@ impl Store for PgStore {
                         &session.user,
                         &session.team,
                         &session.key,
-                        &session.language,
+                        &session.language.as_str(),
                         &session.created_at_ms,
                         &session.used_at_ms,
                         &session.ttl_ms,
@@ -1267,7 +1267,7 @@ impl Store for PgStore {
             let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND used_at_ms + ttl_ms > $2");
             trip("sessions");
             let row = client.query_opt(&sql, &[&id, &now_ms]).await.map_err(err)?;
-            Ok(row.as_ref().map(session_row))
+            row.as_ref().map(session_row).transpose()
         }
         .boxed()
     }
@@ -1281,7 +1281,7 @@ impl Store for PgStore {
             );
             trip("sessions");
             let rows = client.query(&sql, &[&user, &now_ms]).await.map_err(err)?;
-            Ok(rows.iter().map(session_row).collect())
+            rows.iter().map(session_row).collect()
         }
         .boxed()
     }
@@ -1344,7 +1344,7 @@ impl Store for PgStore {
             };
             let taken: bool = row.get(0);
             Ok(if taken {
-                Lease::Taken { session: session_at(&row, 1) }
+                Lease::Taken { session: session_at(&row, 1)? }
             } else {
                 Lease::Busy { until_ms: row.get::<_, Option<i64>>(13).unwrap_or(now_ms) }
             })

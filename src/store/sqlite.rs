@@ -15,14 +15,12 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::activity::{
-    self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ExecutionRow, ModelCallRow, PulseRows,
-};
+use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ModelCallRow, PulseRows};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, ConsoleSession, FileChange, HandleEnd, HandleRecord, HandleStatus, Hold, Lease,
-    MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, SpendScope, Store, StoreError, StoredFile,
-    StoredKey, StoredMemory,
+    now_ms, Balance, BudgetLine, ConsoleSession, ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus,
+    Hold, Lease, MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, SpendScope, Store, StoreError,
+    StoredFile, StoredKey, StoredMemory,
 };
 
 /// How hard a commit waits for the disk.
@@ -578,7 +576,8 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         user: row.get(1)?,
         team: row.get(2)?,
         key: row.get(3)?,
-        language: row.get(4)?,
+        language: super::parse_language(&row.get::<_, String>(4)?)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into()))?,
         created_at_ms: row.get(5)?,
         used_at_ms: row.get(6)?,
         ttl_ms: row.get(7)?,
@@ -714,8 +713,9 @@ fn model_call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ModelCallRow> {
     ))
 }
 
-fn execution_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRow> {
-    Ok(ExecutionRow {
+fn execution_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRecord> {
+    let count = |i: usize| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
+    Ok(ExecutionRecord {
         id: row.get(0)?,
         user: row.get(1)?,
         team: row.get(2)?,
@@ -723,10 +723,11 @@ fn execution_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRow> {
         started_at_ms: row.get(4)?,
         ended_at_ms: row.get(5)?,
         outcome: row.get(6)?,
-        fuel: row.get(7)?,
-        wall_ms: row.get(8)?,
-        memory_bytes: row.get(9)?,
-        host_calls: row.get(10)?,
+        fuel: count(7)?,
+        wall_ms: count(8)?,
+        memory_bytes: count(9)?,
+        host_calls: u32::try_from(count(10)?).unwrap_or(u32::MAX),
+        logs: String::new(),
     })
 }
 
@@ -786,7 +787,7 @@ impl Store for SqliteStore {
         self.blocking(move |inner| usage(&inner.reader(), &query))
     }
 
-    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRow>, StoreError>> {
+    fn executions<'a>(&'a self, query: &'a ExecutionQuery) -> BoxFuture<'a, Result<Vec<ExecutionRecord>, StoreError>> {
         let query = query.clone();
         self.blocking(move |inner| {
             let (since, until) = query.window();
@@ -1023,7 +1024,7 @@ impl Store for SqliteStore {
                         session.user,
                         session.team,
                         session.key,
-                        session.language,
+                        session.language.as_str(),
                         session.created_at_ms,
                         session.used_at_ms,
                         session.ttl_ms

@@ -192,8 +192,11 @@ fn execution_of(server: &TestServer, user: &str) -> (String, String, Vec<(String
     (id, rows[0][1].as_str().unwrap().to_string(), calls)
 }
 
-const SLOW_CODE: &str = "console.log('started'); await tools.test.echo({n: 1}); console.log('echoed'); \
-                         await tools.test.sleep({ms: 5000}); return 1";
+/// Prints `echoed` once the sleep has been called, so a client that hangs up on
+/// reading it always leaves a sleep behind to cancel.
+const SLOW_CODE: &str = "console.log('started'); await tools.test.echo({n: 1}); \
+                         const sleeping = tools.test.sleep({ms: 5000}); console.log('echoed'); \
+                         await sleeping; return 1";
 
 fn calls(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()

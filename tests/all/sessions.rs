@@ -368,9 +368,10 @@ fn the_cli_opens_uses_and_ends_sessions() {
     assert_eq!((code, shown["session_id"].as_str()), (Some(0), Some(id.as_str())));
     let (code, _, stderr) = cli(&["session", "end", &id], None);
     assert_eq!(code, Some(0), "{stderr}");
-    let (code, _, stderr) = cli(&["exec", "--session", &id, "-"], Some("y"));
-    assert_ne!(code, Some(0));
-    assert!(stderr.contains("no session"), "{stderr}");
+    let (code, ended, _) = cli(&["exec", "--session", &id, "-"], Some("y"));
+    assert_eq!(code, Some(2), "{ended}");
+    assert_eq!(ended["error"]["kind"], "not_found", "{ended}");
+    assert!(ended["error"]["message"].as_str().unwrap().contains("no session"), "{ended}");
 }
 
 /// Two replicas on one PostgreSQL, taking turns at one session: each execution

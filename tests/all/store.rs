@@ -192,7 +192,7 @@ async fn executions_are_listed_newest_first_and_open_with_their_calls_and_calls_
             ])
             .await
             .unwrap();
-        let ids = |rows: Vec<store::ExecutionRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let ids = |rows: Vec<store::ExecutionRecord>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
         let all = store::ExecutionQuery { limit: 10, ..Default::default() };
         assert_eq!(ids(store.executions(&all).await.unwrap()), ["c", "b", "a"], "{backend:?}");
         let alice = store::ExecutionQuery { user: Some("alice".into()), limit: 1, ..Default::default() };
@@ -538,7 +538,7 @@ fn session(id: &str, user: &str, now: i64, ttl_ms: i64) -> store::SessionRecord 
         user: user.into(),
         team: "t".into(),
         key: "k".into(),
-        language: "javascript".into(),
+        language: sandgate::request::Language::Javascript,
         created_at_ms: now,
         used_at_ms: now,
         ttl_ms,
