@@ -66,6 +66,7 @@ pub(super) fn build(
                 },
                 context: raw.context.unwrap_or(128_000),
                 capabilities: raw.capabilities,
+                reserve_output: raw.reserve_output_tokens,
             },
         );
     }
@@ -122,6 +123,8 @@ pub(super) fn build(
             breaker_cooldown: Duration::from_millis(router.breaker_cooldown_ms.unwrap_or(30_000)),
             downgrade_below_usd: downgrade,
             default_max_tokens: router.default_max_tokens.unwrap_or(1024),
+            reserve_output_tokens: router.reserve_output_tokens.unwrap_or(4096).max(1),
+            drop_hosted_tools: router.drop_hosted_tools.clone().unwrap_or_default(),
         },
     })
 }

@@ -64,6 +64,7 @@ pub(super) struct RawModel {
     pub context: Option<u64>,
     #[serde(default)]
     pub capabilities: Vec<crate::model::ModelCapability>,
+    pub reserve_output_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +76,8 @@ pub(super) struct RawRouter {
     pub breaker_cooldown_ms: Option<u64>,
     pub downgrade_below_usd: Option<f64>,
     pub default_max_tokens: Option<u64>,
+    pub reserve_output_tokens: Option<u64>,
+    pub drop_hosted_tools: Option<Vec<String>>,
 }
 
 /// `[store]`, or `[ledger]`, its other name: a PostgreSQL `url` (and `pool`), or the

@@ -11,6 +11,12 @@
 //! `mcp.max_sessions` in all. A new session past either cap closes the longest-idle
 //! session (no request or stream open) of that principal, or of anyone for the total;
 //! if none is idle, the new session is refused with 429.
+//!
+//! Every protocol revision is served as its clients expect. From 2025-11-25 an SSE
+//! stream opens with a priming event (an event id and empty data, so a client can
+//! resume it); clients of earlier revisions parse every event's data as JSON, and an
+//! empty one ends their connection, so their sessions' streams go without it
+//! ([`WithoutPriming`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,27 +64,30 @@ async fn gate(State((app, sessions)): State<(AppState, Arc<Sessions>)>, mut requ
     request.extensions_mut().insert(principal.clone());
     // A message is read here, under the server's body timeout and size cap, so a body
     // that does not arrive in time is a 408 like on every other route.
+    let mut primed = true;
     if request.method() == Method::POST {
         let (parts, body) = request.into_parts();
         let bytes = match super::read_body(&parts.headers, body, app.config.http.max_body_bytes).await {
             Ok(bytes) => bytes,
             Err(error) => return error.into_response(),
         };
+        primed = primed_revision(&bytes);
         request = Request::from_parts(parts, axum::body::Body::from(bytes));
     }
     let session = request.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
     let Some(id) = session else {
         let response = next.run(request).await;
         let opened = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
-        return match opened {
-            Some(id) => match sessions.admit(id, &principal).await {
+        let response = match opened {
+            Some(id) => match sessions.admit(id, &principal, primed).await {
                 Ok(()) => response,
-                Err(refusal) => refusal.into_response(),
+                Err(refusal) => return refusal.into_response(),
             },
             None => response,
         };
+        return if primed { response } else { response.map(WithoutPriming::body) };
     };
-    let Some(active) = sessions.enter(&id, &principal) else {
+    let Some((active, primed)) = sessions.enter(&id, &principal) else {
         return ApiError::new(Kind::NotFound, "no such MCP session").into_response();
     };
     let closing = request.method() == Method::DELETE;
@@ -86,7 +95,119 @@ async fn gate(State((app, sessions)): State<(AppState, Arc<Sessions>)>, mut requ
     if closing && response.status().is_success() {
         sessions.forget(&id);
     }
+    let response = if primed { response } else { response.map(WithoutPriming::body) };
     response.map(|body| axum::body::Body::new(Guarded::new(body, active)))
+}
+
+/// The first protocol revision whose clients expect a priming event.
+const PRIMED_FROM: &str = "2025-11-25";
+
+/// Whether the client sending `body` (a POST's) expects priming events: true unless
+/// it is an `initialize` asking for a revision before [`PRIMED_FROM`]. Revisions are
+/// dates, so they compare as strings.
+fn primed_revision(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Initialize<'a> {
+        #[serde(borrow)]
+        method: Option<&'a str>,
+        #[serde(default, borrow)]
+        params: Option<Params<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(rename = "protocolVersion", borrow)]
+        protocol_version: Option<&'a str>,
+    }
+    match serde_json::from_slice::<Initialize>(body) {
+        Ok(Initialize { method: Some("initialize"), params: Some(Params { protocol_version: Some(version) }) }) => {
+            version >= PRIMED_FROM
+        }
+        _ => true,
+    }
+}
+
+/// An SSE body without priming events (events whose data lines are all empty), for
+/// clients of revisions before [`PRIMED_FROM`]. Comments (keep-alives) and every
+/// event with data pass unchanged; an event split across chunks is held until it is
+/// whole.
+pub(crate) struct WithoutPriming {
+    inner: axum::body::Body,
+    pending: bytes::BytesMut,
+}
+
+impl WithoutPriming {
+    fn body(body: axum::body::Body) -> axum::body::Body {
+        axum::body::Body::new(Self { inner: body, pending: bytes::BytesMut::new() })
+    }
+
+    /// The whole events `pending` holds, less priming events.
+    fn whole_events(&mut self) -> bytes::Bytes {
+        let mut out = bytes::BytesMut::new();
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end);
+            if !is_priming(&event) {
+                out.extend_from_slice(&event);
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// The length of the first whole event in `buffer`, its blank line included.
+fn event_end(buffer: &[u8]) -> Option<usize> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|at| at + 2);
+    let crlf = buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// An event with data lines that are all empty: a priming event.
+fn is_priming(event: &[u8]) -> bool {
+    let mut data_lines = 0;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(data) = line.strip_prefix(b"data:") {
+            if !data.iter().all(|b| b.is_ascii_whitespace()) {
+                return false;
+            }
+            data_lines += 1;
+        }
+    }
+    data_lines > 0
+}
+
+impl http_body::Body for WithoutPriming {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        use std::task::Poll;
+        loop {
+            match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.pending.extend_from_slice(&data);
+                        let events = self.whole_events();
+                        if !events.is_empty() {
+                            return Poll::Ready(Some(Ok(http_body::Frame::data(events))));
+                        }
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(None) if !self.pending.is_empty() => {
+                    // What is left is not a whole event: pass it on as it is.
+                    let rest = self.pending.split().freeze();
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(rest))));
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 /// Who opened each session, and how busy it is.
@@ -103,6 +224,8 @@ struct Owner {
     quiet_since: Instant,
     /// Requests and streams open on it now.
     active: usize,
+    /// Whether its client's revision expects priming events.
+    primed: bool,
 }
 
 /// A request or stream open on a session, until its response ends.
@@ -135,22 +258,24 @@ impl Sessions {
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A request on session `id` by `principal`: counted as active, or `None` when the
-    /// session is not theirs (or does not exist).
-    fn enter(self: &Arc<Self>, id: &Arc<str>, principal: &Principal) -> Option<Active> {
+    /// A request on session `id` by `principal`: counted as active, with whether its
+    /// client expects priming events; `None` when the session is not theirs (or does
+    /// not exist).
+    fn enter(self: &Arc<Self>, id: &Arc<str>, principal: &Principal) -> Option<(Active, bool)> {
         let mut owners = self.owners();
         let owner = owners.get_mut(id).filter(|owner| *owner.principal == *principal)?;
         owner.active += 1;
-        Some(Active { sessions: self.clone(), id: id.clone() })
+        Some((Active { sessions: self.clone(), id: id.clone() }, owner.primed))
     }
 
     fn forget(&self, id: &Arc<str>) {
         self.owners().remove(id);
     }
 
-    /// Records a session `principal` just opened, closing the longest-idle sessions
+    /// Records a session `principal` just opened (its client expecting priming events
+    /// when `primed`), closing the longest-idle sessions
     /// the caps require; refuses it (and closes it) if no session is idle.
-    async fn admit(&self, id: Arc<str>, principal: &Arc<Principal>) -> Result<(), ApiError> {
+    async fn admit(&self, id: Arc<str>, principal: &Arc<Principal>, primed: bool) -> Result<(), ApiError> {
         let live: Vec<Arc<str>> = self.manager.sessions.read().await.keys().cloned().collect();
         let (victims, refusal) = {
             let mut owners = self.owners();
@@ -183,8 +308,8 @@ impl Sessions {
                 }
             }
             if refusal.is_none() {
-                owners
-                    .insert(id.clone(), Owner { principal: principal.clone(), quiet_since: Instant::now(), active: 0 });
+                let owner = Owner { principal: principal.clone(), quiet_since: Instant::now(), active: 0, primed };
+                owners.insert(id.clone(), owner);
             }
             (victims, refusal)
         };

@@ -1,52 +1,39 @@
-//! The model proxy's routes: `POST /v1/chat/completions` (OpenAI format),
-//! `POST /v1/messages` (Anthropic format) and `GET /v1/models`.
+//! The model proxy's routes, one per wire format a client may speak:
+//! `POST /v1/chat/completions` (OpenAI Chat Completions), `POST /v1/messages`
+//! (Anthropic Messages), `POST /v1/responses` (OpenAI Responses),
+//! `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent`
+//! (Gemini), and `GET /v1/models`.
 //!
-//! Both SDKs' ways of sending a key work: `Authorization: Bearer` and `x-api-key`.
-//! Errors come in the error shape of the route's format, so SDKs raise their usual
-//! exceptions; an upstream error is passed through as the provider sent it.
+//! Every SDK's way of sending a key works: `Authorization: Bearer`, `x-api-key`,
+//! `x-goog-api-key` and Gemini's `?key=`. Any route reaches any model: sandgate
+//! translates between formats when the provider speaks another. Errors come in the
+//! error shape of the route's format, so SDKs raise their usual exceptions; an
+//! upstream error is passed through as the provider sent it when the provider speaks
+//! the route's format.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::AppState;
 use crate::auth::Principal;
 use crate::error::Kind;
-use crate::model::{Answer, Format, ModelError, Routed};
+use crate::model::{Answer, Call, Format, ModelError, Routed};
 use crate::service::ServiceError;
 
 /// The error `type` a route's SDKs know for each kind: sandgate's one table for the
-/// model routes (their statuses are HTTP's, [`super::error::status`]). The OpenAI
-/// format names the kind itself (`type` and `code`); the Anthropic format uses
-/// Anthropic's types, with sandgate's kind beside them in `kind`.
+/// model routes (see `model::wire::error_type`).
 pub fn error_type(format: Format, kind: Kind) -> &'static str {
-    match format {
-        Format::Anthropic => match kind {
-            Kind::Unauthorized => "authentication_error",
-            Kind::Forbidden | Kind::ModelDenied => "permission_error",
-            Kind::NotFound => "not_found_error",
-            Kind::RateLimited | Kind::BudgetExceeded => "rate_limit_error",
-            Kind::Overloaded | Kind::Unavailable => "overloaded_error",
-            Kind::InvalidRequest => "invalid_request_error",
-            _ => "api_error",
-        },
-        _ => kind.as_str(),
-    }
+    crate::model::wire::error_type(format.wire(), kind)
 }
 
 /// An error of `kind` in the route's format. Its status is the kind's
 /// (`super::error::status`), or the provider's own for an error passed on from it.
 fn error(format: Format, status: StatusCode, kind: Kind, message: &str, retry_after: Option<u64>) -> Response {
-    let kind_type = error_type(format, kind);
-    let body = match format {
-        Format::Anthropic => {
-            json!({"type": "error", "error": {"type": kind_type, "message": message, "kind": kind}})
-        }
-        _ => json!({"error": {"message": message, "type": kind_type, "code": kind_type, "param": null}}),
-    };
+    let body = crate::model::wire::error_body(format.wire(), status.as_u16(), kind, message);
     let mut response = (status, Json(body)).into_response();
     if let Some(secs) = retry_after {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -58,9 +45,20 @@ fn error(format: Format, status: StatusCode, kind: Kind, message: &str, retry_af
 }
 
 fn principal(app: &AppState, headers: &HeaderMap, format: Format) -> Result<std::sync::Arc<Principal>, Box<Response>> {
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
-    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    app.service.authenticate(bearer.or(api_key)).map_err(|e: ServiceError| {
+    principal_with(app, headers, None, format)
+}
+
+/// The caller, by whichever key header its SDK sends (or Gemini's `?key=`).
+fn principal_with(
+    app: &AppState,
+    headers: &HeaderMap,
+    query_key: Option<&str>,
+    format: Format,
+) -> Result<std::sync::Arc<Principal>, Box<Response>> {
+    let header_text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let bearer = header_text(header::AUTHORIZATION.as_str()).and_then(crate::auth::bearer);
+    let key = bearer.or(header_text("x-api-key")).or(header_text("x-goog-api-key")).or(query_key);
+    app.service.authenticate(key).map_err(|e: ServiceError| {
         Box::new(error(format, super::error::status(e.kind()), e.kind(), &e.to_string(), None))
     })
 }
@@ -78,8 +76,27 @@ fn routed_headers(response: &mut Response, routed: &Routed) {
     }
 }
 
-async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) -> Response {
-    let principal = match principal(&app, &headers, format) {
+/// How a route names its model and streaming: in the body, or (Gemini) in the path.
+enum Route {
+    Body(Format),
+    Gemini { model: String, stream: bool },
+}
+
+impl Route {
+    fn format(&self) -> Format {
+        match self {
+            Route::Body(format) => *format,
+            Route::Gemini { .. } => Format::Gemini,
+        }
+    }
+}
+
+/// Headers a provider of the client's own format is given as the client sent them.
+const PASSED_ON: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+
+async fn proxy(app: AppState, headers: HeaderMap, query_key: Option<&str>, body: Body, route: Route) -> Response {
+    let format = route.format();
+    let principal = match principal_with(&app, &headers, query_key, format) {
         Ok(principal) => principal,
         Err(response) => return *response,
     };
@@ -95,9 +112,17 @@ async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) ->
             return error(format, StatusCode::BAD_REQUEST, Kind::InvalidRequest, &message, None);
         }
     };
-    let version = headers.get("anthropic-version").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut call = match route {
+        Route::Body(format) => Call::of(format, body),
+        Route::Gemini { model, stream } => Call { format: Format::Gemini, body, model, stream, headers: Vec::new() },
+    };
+    for name in PASSED_ON {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            call.headers.push((name.to_string(), value.to_string()));
+        }
+    }
     let parent = crate::telemetry::trace::from_headers(&headers);
-    match app.service.model_call(principal, format, body, version, parent).await {
+    match app.service.model_call(principal, call, parent).await {
         Ok(Answer::Whole { status, content_type, body, routed }) => {
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -146,11 +171,48 @@ async fn proxy(app: AppState, headers: HeaderMap, body: Body, format: Format) ->
 }
 
 pub(super) async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    proxy(app, headers, body, Format::OpenAi).await
+    proxy(app, headers, None, body, Route::Body(Format::OpenAi)).await
 }
 
 pub(super) async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    proxy(app, headers, body, Format::Anthropic).await
+    proxy(app, headers, None, body, Route::Body(Format::Anthropic)).await
+}
+
+pub(super) async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    proxy(app, headers, None, body, Route::Body(Format::Responses)).await
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct GeminiQuery {
+    key: Option<String>,
+}
+
+/// `POST /v1beta/models/{model}:{action}` (and the same under `/v1/`, where newer
+/// Gemini SDKs send it): `generateContent`, or
+/// `streamGenerateContent` (server-sent events with `?alt=sse`, which is the only
+/// streaming form sandgate speaks).
+pub(super) async fn gemini(
+    State(app): State<AppState>,
+    Path(target): Path<String>,
+    Query(query): Query<GeminiQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some((model, action)) = target.rsplit_once(':') else {
+        let message =
+            format!("`{target}` names no method; use `MODEL:generateContent` or `MODEL:streamGenerateContent`");
+        return error(Format::Gemini, StatusCode::NOT_FOUND, Kind::InvalidRequest, &message, None);
+    };
+    let stream = match action {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        other => {
+            let message = format!("method `{other}` is not served; use generateContent or streamGenerateContent");
+            return error(Format::Gemini, StatusCode::NOT_FOUND, Kind::InvalidRequest, &message, None);
+        }
+    };
+    let route = Route::Gemini { model: model.to_string(), stream };
+    proxy(app, headers, query.key.as_deref(), body, route).await
 }
 
 pub(super) async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {

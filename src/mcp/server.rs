@@ -22,6 +22,7 @@
 use std::sync::Arc;
 
 use rmcp::model::ErrorCode;
+use rmcp::model::SubscriptionFilter;
 #[allow(deprecated)] // logging: see `CodeMode::execute`
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CreateTaskResult,
@@ -29,7 +30,7 @@ use rmcp::model::{
     LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
     ServerConfig, Task, TaskPayload, TaskStatus, Tool,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, ServerHandler};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -75,18 +76,22 @@ pub struct CodeMode {
     service: Arc<Service>,
     /// The stdio caller; HTTP callers are read from each request.
     principal: Option<Arc<Principal>>,
+    /// The least severe console line sent as `notifications/message`
+    /// (`logging/setLevel`; every line until a client sets it), as a `LoggingLevel`'s
+    /// rank.
+    level: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl CodeMode {
     /// For HTTP: each request carries its principal (put there by the `/mcp`
     /// authentication layer).
     pub fn http(service: Arc<Service>) -> Self {
-        Self { service, principal: None }
+        Self { service, principal: None, level: Arc::default() }
     }
 
     /// For stdio: every request is `principal`'s.
     pub fn stdio(service: Arc<Service>, principal: Arc<Principal>) -> Self {
-        Self { service, principal: Some(principal) }
+        Self { service, principal: Some(principal), level: Arc::default() }
     }
 
     fn principal(&self, extensions: &rmcp::model::Extensions) -> Result<Arc<Principal>, McpError> {
@@ -250,9 +255,11 @@ impl CodeMode {
                 LogLevel::Warn => LoggingLevel::Warning,
                 LogLevel::Log | LogLevel::Info => LoggingLevel::Info,
             };
-            let message =
-                LoggingMessageNotificationParam::new(level, Value::String(line.message)).with_logger("console");
-            let _ = context.peer.notify_logging_message(message).await;
+            if level as u8 >= self.level.load(std::sync::atomic::Ordering::Relaxed) {
+                let message =
+                    LoggingMessageNotificationParam::new(level, Value::String(line.message)).with_logger("console");
+                let _ = context.peer.notify_logging_message(message).await;
+            }
         }
         let outcome = match run.await {
             Ok(outcome) => outcome,
@@ -509,6 +516,42 @@ impl ServerHandler for CodeMode {
                 }
             }
         });
+    }
+
+    /// `logging/setLevel`: console lines less severe than `level` are no longer sent
+    /// as `notifications/message` (progress notifications still carry every line).
+    #[allow(deprecated)] // logging: see `CodeMode::execute`
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.level.store(request.level as u8, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `subscriptions/listen` (2026-07-28): tool-list changes, as `on_initialized`
+    /// sends them to sessions of earlier revisions. Each stream holds one of the
+    /// caller's few listening slots until it ends.
+    fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let principal = self.principal(&context.request_context().extensions)?;
+        let _listening =
+            self.service.listen(&principal).map_err(|error| protocol_error(error.kind(), error.to_string()))?;
+        let mut changes = self.service.upstreams().subscribe();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     async fn list_tools(

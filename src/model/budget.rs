@@ -196,9 +196,63 @@ impl Budgets {
     }
 }
 
+/// The output tokens of each model's recent calls, for the estimate a streamed call
+/// holds: the 95th percentile of the last [`OutputHistory::KEPT`] calls, once there
+/// are [`OutputHistory::ENOUGH`] of them. Per replica, in memory: a restart starts
+/// again from `router.reserve_output_tokens`.
+#[derive(Debug, Default)]
+pub struct OutputHistory {
+    models: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<u64>>>,
+}
+
+impl OutputHistory {
+    const KEPT: usize = 256;
+    const ENOUGH: usize = 16;
+
+    /// Notes a finished call's output tokens.
+    pub fn add(&self, model: &str, output: u64) {
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = models.entry(model.to_string()).or_default();
+        if recent.len() == Self::KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(output);
+    }
+
+    /// The 95th percentile of the model's recent outputs, when it has enough.
+    pub fn p95(&self, model: &str) -> Option<u64> {
+        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = models.get(model).filter(|r| r.len() >= Self::ENOUGH)?;
+        let mut sorted: Vec<u64> = recent.iter().copied().collect();
+        sorted.sort_unstable();
+        Some(sorted[(sorted.len() * 95).div_ceil(100) - 1])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_estimate_is_a_high_percentile_of_recent_outputs() {
+        let history = OutputHistory::default();
+        for output in 1..=15 {
+            history.add("m", output);
+        }
+        assert_eq!(history.p95("m"), None, "too few calls to say");
+        history.add("m", 16);
+        assert_eq!(history.p95("m"), Some(16));
+        for output in 1..=100 {
+            history.add("m", output * 10);
+        }
+        // 116 calls: 1..=16, then 10..=1000 by 10; the 95th percentile is the 111th.
+        assert_eq!(history.p95("m"), Some(950));
+        for _ in 0..300 {
+            history.add("m", 7);
+        }
+        assert_eq!(history.p95("m"), Some(7), "old calls age out");
+        assert_eq!(history.p95("other"), None);
+    }
 
     #[test]
     fn month_starts_are_utc_calendar_months() {

@@ -6,15 +6,45 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The wire format a provider speaks.
+/// The wire format a provider speaks (and a client's route speaks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// OpenAI Chat Completions (OpenAI, vLLM, Ollama, OpenRouter, Moonshot, …).
     /// `base_url` includes the version, e.g. `https://api.openai.com/v1`.
+    #[serde(rename = "openai")]
     Openai,
     /// Anthropic Messages. `base_url` is the host, e.g. `https://api.anthropic.com`.
+    #[serde(rename = "anthropic")]
     Anthropic,
+    /// OpenAI Responses. `base_url` includes the version, as for `openai`.
+    #[serde(rename = "openai-responses")]
+    Responses,
+    /// Google's Gemini API. `base_url` is the host, e.g.
+    /// `https://generativelanguage.googleapis.com`.
+    #[serde(rename = "gemini")]
+    Gemini,
+}
+
+impl ProviderKind {
+    /// Its name in the configuration and in `GET /v1/models`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Responses => "openai-responses",
+            Self::Gemini => "gemini",
+        }
+    }
+
+    /// The route a client of this format calls.
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::Openai => "POST /v1/chat/completions",
+            Self::Anthropic => "POST /v1/messages",
+            Self::Responses => "POST /v1/responses",
+            Self::Gemini => "POST /v1beta/models/{model}:generateContent",
+        }
+    }
 }
 
 /// What a model can do beyond plain chat; a request needing one goes only to models
@@ -75,6 +105,9 @@ pub struct Model {
     /// Context window in tokens.
     pub context: u64,
     pub capabilities: Vec<ModelCapability>,
+    /// Output tokens a streamed call holds against budgets before it starts (the
+    /// operator's `reserve_output_tokens`); unset, the model's recent outputs decide.
+    pub reserve_output: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +132,12 @@ pub struct RouterSettings {
     pub downgrade_below_usd: f64,
     /// Output tokens assumed for budget reservations when a request sets no maximum.
     pub default_max_tokens: u64,
+    /// Output tokens a streamed call holds before a model has a history of its own
+    /// (`router.reserve_output_tokens`), and the step by which a stream's hold grows.
+    pub reserve_output_tokens: u64,
+    /// Hosted tools (by type, e.g. `web_search`) dropped from a request translated
+    /// for a provider that cannot run them, instead of refusing it.
+    pub drop_hosted_tools: Vec<String>,
 }
 
 /// Providers, models and tiers (cheapest first).

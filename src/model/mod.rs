@@ -8,8 +8,9 @@
 //! the caller's remaining USD budget is below `router.downgrade_below_usd`, or the
 //! chosen tier's estimate would pass a budget, `auto` and `tier:` requests step down
 //! to a cheaper tier. The cost is reserved before the call (input tokens counted with
-//! cl100k plus the request's maximum output) and settled with the provider's reported
-//! usage afterwards, streams included.
+//! cl100k, plus the request's maximum output for a whole answer, or an estimate of
+//! it for a stream, which holds more in steps as it goes and is cut when a step does
+//! not fit) and settled with the provider's reported usage afterwards.
 //!
 //! Within the candidates, a connect error, timeout, 429 or 5xx moves on: first up to
 //! `router.retries` more attempts on the same model with jittered exponential
@@ -34,17 +35,18 @@
 //! arrives, are charged and recorded at the reserved estimate, with a status ending
 //! in `_estimated`.
 //!
-//! Routes: `/v1/chat/completions` serves models of OpenAI-compatible providers and
-//! `/v1/messages` models of Anthropic providers, both passed through unchanged apart
-//! from the model name (streams are forwarded chunk by chunk, never buffered).
-//! Cross-format calls are refused with a message naming the right route. Sandboxed
-//! `model.chat` reaches every model: sandgate translates its small request shape to
-//! either format.
+//! Routes: every model format a client speaks (OpenAI chat completions, OpenAI
+//! Responses, Anthropic messages, Gemini) reaches every model. When the model's
+//! provider speaks the client's format the request and its answer pass through
+//! unchanged apart from the model name (streams are forwarded chunk by chunk, never
+//! buffered, and metered as they pass); otherwise [`wire`] translates both ways.
+//! Sandboxed `model.chat` is one more client of the same door.
 
 mod budget;
 mod catalog;
 pub mod door;
 mod usage;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,18 +60,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use budget::{lines as budget_lines, Budgets, Exceeded, Reservation};
+pub use budget::{lines as budget_lines, Budgets, Exceeded, OutputHistory, Reservation};
 pub use catalog::{Catalog, Model, ModelCapability, Price, Provider, ProviderKind, RouterSettings, Tier};
 pub use usage::{count_tokens, estimate_tokens, Tokens};
 
 use crate::auth::Principal;
 use crate::error::Kind;
 use crate::policy::Capabilities;
-use crate::store::{now_ms, Ledger, ModelCallRecord, Record};
+use crate::store::{now_ms, Ledger, ModelCallRecord, Record, StoreError};
 use crate::telemetry::trace;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
-use usage::StreamMeter;
+use wire::{Conversation, Decoder, Encoder, Tally};
 
 /// The API shape of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +80,53 @@ pub enum Format {
     OpenAi,
     /// `POST /v1/messages`.
     Anthropic,
-    /// `model.chat` from sandboxed code: any provider, translated.
+    /// `POST /v1/responses`.
+    Responses,
+    /// `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent`.
+    Gemini,
+    /// `model.chat` from sandboxed code: a small Chat Completions request, and its
+    /// answer read back as one.
     Sandbox,
+}
+
+impl Format {
+    /// The wire format its requests and answers are in.
+    pub fn wire(self) -> ProviderKind {
+        match self {
+            Format::OpenAi | Format::Sandbox => ProviderKind::Openai,
+            Format::Anthropic => ProviderKind::Anthropic,
+            Format::Responses => ProviderKind::Responses,
+            Format::Gemini => ProviderKind::Gemini,
+        }
+    }
+}
+
+/// One model call as a route received it.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub format: Format,
+    /// The request body, in `format`.
+    pub body: Value,
+    /// The model asked for: the body's `model` (Gemini: the path's); `auto` when none.
+    pub model: String,
+    /// Whether the answer streams (the body's `stream`; Gemini: the route).
+    pub stream: bool,
+    /// The client's headers passed on to a provider of the client's own format
+    /// (`anthropic-version`, `anthropic-beta`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Call {
+    /// A call whose model and streaming are in its body.
+    pub fn of(format: Format, body: Value) -> Self {
+        let model = body.get("model").and_then(Value::as_str).unwrap_or("auto").to_string();
+        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+        Self { format, body, model, stream, headers: Vec::new() }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Who is calling and what their policy grants.
@@ -201,39 +248,64 @@ impl Breaker {
 }
 
 /// What a request needs from a model.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Needs {
     input_tokens: u64,
     max_output: u64,
     tools: bool,
     vision: bool,
     json: bool,
+    /// The client's wire format: a provider of it takes the request as sent.
+    native: ProviderKind,
+    /// The request was read into a conversation, so any provider can take it
+    /// translated (unless `hosted` says otherwise).
+    translatable: bool,
+    /// Tools only a provider of the client's format runs (`web_search`, …).
+    hosted: Option<String>,
+    /// A stream can be cut when it passes what it holds; a whole answer cannot.
+    stream: bool,
 }
 
 impl Needs {
-    async fn of(body: &Value, default_max: u64) -> Self {
-        let max_output = ["max_tokens", "max_completion_tokens"]
+    async fn of(body: &Value, conversation: Option<&Conversation>, native: ProviderKind, default_max: u64) -> Self {
+        let Some(conversation) = conversation else {
+            return Self::of_body(body, native, default_max).await;
+        };
+        Needs {
+            input_tokens: usage::estimate_tokens(conversation.text()).await,
+            max_output: conversation.max_output.unwrap_or(default_max),
+            tools: conversation.tools.iter().any(|t| t.hosted.is_none()),
+            vision: conversation.has_images(),
+            json: conversation.output.is_some(),
+            native,
+            translatable: true,
+            hosted: conversation.hosted_refusal(),
+            stream: false,
+        }
+    }
+
+    /// A request that could not be read: only a provider of its own format takes it.
+    async fn of_body(body: &Value, native: ProviderKind, default_max: u64) -> Self {
+        let max_output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
             .iter()
             .find_map(|k| body.get(*k).and_then(Value::as_u64))
             .unwrap_or(default_max);
-        let vision = body.get("messages").and_then(Value::as_array).is_some_and(|messages| {
-            messages.iter().any(|m| {
-                m.get("content").and_then(Value::as_array).is_some_and(|blocks| {
-                    blocks.iter().any(|b| matches!(b.get("type").and_then(Value::as_str), Some("image_url" | "image")))
-                })
-            })
-        });
-        let json = matches!(
-            body.pointer("/response_format/type").and_then(Value::as_str),
-            Some("json_object" | "json_schema")
-        );
         Needs {
             input_tokens: usage::estimate_tokens(usage::request_text(body)).await,
             max_output,
             tools: body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()),
-            vision,
-            json,
+            vision: false,
+            json: false,
+            native,
+            translatable: false,
+            hosted: None,
+            stream: false,
         }
+    }
+
+    /// Whether a model of a provider speaking `kind` can take the request.
+    fn speaks(&self, kind: ProviderKind) -> bool {
+        kind == self.native || (self.translatable && self.hosted.is_none())
     }
 
     fn fits(&self, model: &Model) -> bool {
@@ -252,6 +324,8 @@ pub struct Gateway {
     breakers: Vec<Breaker>,
     concurrency: Vec<Arc<Semaphore>>,
     budgets: Arc<Budgets>,
+    /// Recent output sizes per model: what a streamed call holds before it starts.
+    history: Arc<OutputHistory>,
     ledger: Ledger,
     /// Calls in flight, each a task of its own (see the module docs).
     calls: TaskTracker,
@@ -312,6 +386,7 @@ impl Gateway {
             breakers,
             concurrency,
             budgets: Arc::new(Budgets::new(ledger.clone())),
+            history: Arc::default(),
             ledger,
             calls: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -354,7 +429,7 @@ impl Gateway {
                     let provider = self.catalog.provider_of(model);
                     data.push(json!({
                         "id": name, "object": "model", "created": 0, "owned_by": provider.name,
-                        "tier": model.tier, "api": match provider.kind { ProviderKind::Openai => "chat.completions", ProviderKind::Anthropic => "messages" },
+                        "tier": model.tier, "api": provider.kind.as_str(),
                         "context": model.context, "capabilities": model.capabilities,
                         "price_per_mtok": {"input": model.price.input_per_mtok, "output": model.price.output_per_mtok, "cached_input": model.price.cached_input_per_mtok},
                     }));
@@ -370,20 +445,18 @@ impl Gateway {
         json!({"object": "list", "data": data})
     }
 
-    fn compatible(&self, format: Format, model: &Model) -> bool {
-        match (format, self.catalog.provider_of(model).kind) {
-            (Format::Sandbox, _) => true,
-            (Format::OpenAi, kind) => kind == ProviderKind::Openai,
-            (Format::Anthropic, kind) => kind == ProviderKind::Anthropic,
-        }
+    /// Whether `model`'s provider can take the request (in its own format, or
+    /// translated).
+    fn compatible(&self, model: &Model, needs: &Needs) -> bool {
+        needs.speaks(self.catalog.provider_of(model).kind)
     }
 
     /// Candidates for a tier: allowed, compatible and fitting models in order.
-    fn tier_candidates(&self, tier: &Tier, format: Format, ctx: &CallContext, needs: &Needs) -> Vec<&Model> {
+    fn tier_candidates(&self, tier: &Tier, ctx: &CallContext, needs: &Needs) -> Vec<&Model> {
         tier.models
             .iter()
             .filter_map(|name| self.catalog.models.get(name))
-            .filter(|m| self.compatible(format, m) && needs.fits(m))
+            .filter(|m| self.compatible(m, needs) && needs.fits(m))
             .filter(|m| ctx.capabilities.model(&m.name, Some(&m.tier)).allowed)
             .collect()
     }
@@ -392,7 +465,6 @@ impl Gateway {
     fn select(
         &self,
         requested: &Requested,
-        format: Format,
         ctx: &CallContext,
         needs: &Needs,
     ) -> Result<(Option<usize>, Vec<&Model>), ModelError> {
@@ -405,18 +477,20 @@ impl Gateway {
                 if !decision.allowed {
                     return Err(ModelError::Denied(decision.to_string()));
                 }
-                if !self.compatible(format, model) {
-                    let route = match self.catalog.provider_of(model).kind {
-                        ProviderKind::Openai => "POST /v1/chat/completions",
-                        ProviderKind::Anthropic => "POST /v1/messages",
-                    };
-                    return Err(ModelError::Invalid(format!("model `{name}` is served at {route}")));
+                if !self.compatible(model, needs) {
+                    let kind = self.catalog.provider_of(model).kind;
+                    let why =
+                        needs.hosted.clone().unwrap_or_else(|| "this request could not be read to translate it".into());
+                    return Err(ModelError::Invalid(format!(
+                        "model `{name}` is served by a provider of another format ({}): {why}",
+                        kind.as_str()
+                    )));
                 }
                 let tier = self.catalog.tiers.iter().position(|t| t.name == model.tier);
                 let mut candidates = vec![model];
                 if let Some(index) = tier {
                     candidates.extend(
-                        self.tier_candidates(&self.catalog.tiers[index], format, ctx, needs)
+                        self.tier_candidates(&self.catalog.tiers[index], ctx, needs)
                             .into_iter()
                             .filter(|m| m.name != model.name),
                     );
@@ -431,9 +505,10 @@ impl Gateway {
                 if !decision.allowed {
                     return Err(ModelError::Denied(decision.to_string()));
                 }
-                let candidates = self.tier_candidates(&self.catalog.tiers[index], format, ctx, needs);
+                let candidates = self.tier_candidates(&self.catalog.tiers[index], ctx, needs);
                 if candidates.is_empty() {
-                    return Err(ModelError::Invalid(format!("no model of tier `{name}` fits this request")));
+                    let why = needs.hosted.as_deref().map(|why| format!(": {why}")).unwrap_or_default();
+                    return Err(ModelError::Invalid(format!("no model of tier `{name}` fits this request{why}")));
                 }
                 Ok((Some(index), candidates))
             }
@@ -442,7 +517,7 @@ impl Gateway {
                     if !ctx.capabilities.tier(&tier.name).allowed {
                         continue;
                     }
-                    let candidates = self.tier_candidates(tier, format, ctx, needs);
+                    let candidates = self.tier_candidates(tier, ctx, needs);
                     if !candidates.is_empty() {
                         return Ok((Some(index), candidates));
                     }
@@ -452,8 +527,20 @@ impl Gateway {
         }
     }
 
-    fn estimate(model: &Model, needs: &Needs) -> (i64, u64) {
-        (model.price.cost_nanos(needs.input_tokens, needs.max_output, 0), needs.input_tokens + needs.max_output)
+    /// The output tokens a call on `model` holds before it starts. A whole answer
+    /// cannot be cut, so it holds its maximum. A stream holds an estimate: the
+    /// operator's `reserve_output_tokens` for the model, else the 95th percentile of
+    /// its recent outputs, else `router.reserve_output_tokens`; never above its
+    /// maximum. As its output passes what it holds, it holds more (see [`Growth`]).
+    fn held_output(&self, model: &Model, needs: &Needs) -> u64 {
+        if !needs.stream {
+            return needs.max_output;
+        }
+        let estimate = model
+            .reserve_output
+            .or_else(|| self.history.p95(&model.name))
+            .unwrap_or(self.catalog.router.reserve_output_tokens);
+        estimate.clamp(1, needs.max_output.max(1))
     }
 
     /// Reserves the budget, stepping down tiers for `auto`/`tier:` calls when the
@@ -461,11 +548,10 @@ impl Gateway {
     async fn reserve<'a>(
         &'a self,
         ctx: &CallContext,
-        format: Format,
         needs: &Needs,
         mut tier: Option<usize>,
         mut candidates: Vec<&'a Model>,
-    ) -> Result<(Vec<&'a Model>, Reservation), ModelError> {
+    ) -> Result<(Vec<&'a Model>, Reservation, u64), ModelError> {
         let budget = &ctx.capabilities.budget;
         let settings = &self.catalog.router;
         // The remaining budget costs a store round trip: read it only when a threshold
@@ -473,9 +559,7 @@ impl Gateway {
         if let (Some(current), true) = (tier, settings.downgrade_below_usd > 0.0) {
             if let Some(remaining) = self.budgets.remaining_usd(&ctx.principal, budget).await? {
                 if remaining < settings.downgrade_below_usd {
-                    if let Some((cheapest, cheaper)) =
-                        self.cheaper_tiers(current, format, ctx, needs).into_iter().next()
-                    {
+                    if let Some((cheapest, cheaper)) = self.cheaper_tiers(current, ctx, needs).into_iter().next() {
                         tracing::info!(
                             user = %ctx.principal.user, from = %self.catalog.tiers[current].name,
                             to = %self.catalog.tiers[cheapest].name, remaining_usd = remaining,
@@ -488,12 +572,12 @@ impl Gateway {
             }
         }
         loop {
-            let (nanos, tokens) = Self::estimate(candidates[0], needs);
-            match self.budgets.reserve(&ctx.principal, budget, nanos, tokens).await? {
-                Ok(reservation) => return Ok((candidates, reservation)),
+            let output = self.held_output(candidates[0], needs);
+            let nanos = candidates[0].price.cost_nanos(needs.input_tokens, output, 0);
+            match self.budgets.reserve(&ctx.principal, budget, nanos, needs.input_tokens + output).await? {
+                Ok(reservation) => return Ok((candidates, reservation, output)),
                 Err(exceeded) => {
-                    let next =
-                        tier.and_then(|current| self.cheaper_tiers(current, format, ctx, needs).into_iter().next());
+                    let next = tier.and_then(|current| self.cheaper_tiers(current, ctx, needs).into_iter().next());
                     match next {
                         Some((cheaper, models)) => {
                             tracing::info!(
@@ -511,91 +595,95 @@ impl Gateway {
     }
 
     /// Allowed tiers cheaper than `current` with fitting models, cheapest first.
-    fn cheaper_tiers(
-        &self,
-        current: usize,
-        format: Format,
-        ctx: &CallContext,
-        needs: &Needs,
-    ) -> Vec<(usize, Vec<&Model>)> {
+    fn cheaper_tiers(&self, current: usize, ctx: &CallContext, needs: &Needs) -> Vec<(usize, Vec<&Model>)> {
         (0..current)
             .filter(|&i| ctx.capabilities.tier(&self.catalog.tiers[i].name).allowed)
-            .map(|i| (i, self.tier_candidates(&self.catalog.tiers[i], format, ctx, needs)))
+            .map(|i| (i, self.tier_candidates(&self.catalog.tiers[i], ctx, needs)))
             .filter(|(_, models)| !models.is_empty())
             .collect()
     }
 
-    fn upstream_request(
-        &self,
-        model: &Model,
-        body: &Value,
-        anthropic_version: Option<&str>,
-    ) -> reqwest::RequestBuilder {
+    /// The request to `model`'s provider: its route, its key, and the client's
+    /// headers a provider of the client's own format takes.
+    fn upstream_request(&self, model: &Model, body: &Value, call: &Call) -> reqwest::RequestBuilder {
         let provider = self.catalog.provider_of(model);
         let key = provider.api_key.clone().unwrap_or_default();
+        let base = &provider.base_url;
+        let native = provider.kind == call.format.wire() && call.format != Format::Sandbox;
+        let bearer =
+            |request: reqwest::RequestBuilder| if key.is_empty() { request } else { request.bearer_auth(&key) };
         match provider.kind {
-            ProviderKind::Openai => {
-                let mut request = self.http.post(format!("{}/chat/completions", provider.base_url)).json(body);
-                if !key.is_empty() {
-                    request = request.bearer_auth(key);
+            ProviderKind::Openai => bearer(self.http.post(format!("{base}/chat/completions")).json(body)),
+            ProviderKind::Responses => bearer(self.http.post(format!("{base}/responses")).json(body)),
+            ProviderKind::Anthropic => {
+                let version = call.header("anthropic-version").filter(|_| native).unwrap_or("2023-06-01");
+                let mut request = self
+                    .http
+                    .post(format!("{base}/v1/messages"))
+                    .header("x-api-key", &key)
+                    .header("anthropic-version", version)
+                    .json(body);
+                if let Some(beta) = call.header("anthropic-beta").filter(|_| native) {
+                    request = request.header("anthropic-beta", beta);
                 }
                 request
             }
-            ProviderKind::Anthropic => self
-                .http
-                .post(format!("{}/v1/messages", provider.base_url))
-                .header("x-api-key", key)
-                .header("anthropic-version", anthropic_version.unwrap_or("2023-06-01"))
-                .json(body),
+            ProviderKind::Gemini => {
+                let action = if call.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
+                self.http
+                    .post(format!("{base}/v1beta/models/{}:{action}", model.upstream))
+                    .header("x-goog-api-key", &key)
+                    .json(body)
+            }
         }
     }
 
-    /// The body to send to `model`'s provider.
-    fn upstream_body(&self, format: Format, model: &Model, body: &Value) -> Value {
+    /// The body to send to `model`'s provider: the client's own, renamed, when the
+    /// provider speaks its format; else the conversation written in the provider's.
+    fn upstream_body(&self, call: &Call, model: &Model, conversation: Option<&Conversation>) -> Value {
         let provider = self.catalog.provider_of(model);
-        let mut out = match (format, provider.kind) {
-            (Format::Sandbox, ProviderKind::Anthropic) => {
-                translate_to_anthropic(body, self.catalog.router.default_max_tokens)
+        match conversation {
+            Some(conversation) if provider.kind != call.format.wire() => {
+                let mut conversation = conversation.clone();
+                conversation.stream = call.stream;
+                conversation.drop_hosted(&self.catalog.router.drop_hosted_tools);
+                wire::write_request(
+                    provider.kind,
+                    &conversation,
+                    &model.upstream,
+                    self.catalog.router.default_max_tokens,
+                )
             }
-            (Format::Sandbox, ProviderKind::Openai) => translate_to_openai(body),
-            _ => body.clone(),
-        };
-        out["model"] = Value::String(model.upstream.clone());
-        if provider.kind == ProviderKind::Openai && out.get("stream").and_then(Value::as_bool) == Some(true) {
-            out["stream_options"]["include_usage"] = Value::Bool(true);
+            _ => {
+                let mut out = call.body.clone();
+                if provider.kind != ProviderKind::Gemini {
+                    out["model"] = Value::String(model.upstream.clone());
+                }
+                if provider.kind == ProviderKind::Openai && call.stream {
+                    out["stream_options"]["include_usage"] = Value::Bool(true);
+                }
+                out
+            }
         }
-        out
     }
 
     /// Runs one call: policy, rate, routing, budget, fallback; records it. The call is
     /// a task of its own: if this future is dropped, the call still completes and is
     /// recorded (see the module docs).
-    pub async fn call(
-        self: &Arc<Self>,
-        ctx: CallContext,
-        format: Format,
-        body: Value,
-        anthropic_version: Option<String>,
-    ) -> Result<Answer, ModelError> {
+    pub async fn call(self: &Arc<Self>, ctx: CallContext, call: Call) -> Result<Answer, ModelError> {
         let this = self.clone();
         let stop = self.stop.clone();
         let task = self.calls.spawn(async move {
             tokio::select! {
-                answer = this.route(ctx, format, body, anthropic_version) => answer,
+                answer = this.route(ctx, call) => answer,
                 () = stop.cancelled() => Err(ModelError::Unavailable("the server is shutting down".into())),
             }
         });
         task.await.unwrap_or_else(|error| Err(ModelError::Unavailable(format!("the model call failed: {error}"))))
     }
 
-    async fn route(
-        &self,
-        ctx: CallContext,
-        format: Format,
-        body: Value,
-        anthropic_version: Option<String>,
-    ) -> Result<Answer, ModelError> {
-        if !body.is_object() {
+    async fn route(&self, ctx: CallContext, call: Call) -> Result<Answer, ModelError> {
+        if !call.body.is_object() {
             return Err(ModelError::Invalid("the request body must be a JSON object".into()));
         }
         if let Some(per_minute) = ctx.capabilities.rate.model_calls_per_minute {
@@ -606,12 +694,31 @@ impl Gateway {
                 },
             )?;
         }
-        let requested_name = body.get("model").and_then(Value::as_str).unwrap_or("auto").to_string();
+        let requested_name = call.model.clone();
         let requested = Requested::parse(&requested_name);
-        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-        let needs = Needs::of(&body, self.catalog.router.default_max_tokens).await;
-        let (tier, candidates) = self.select(&requested, format, &ctx, &needs)?;
-        let (candidates, reservation) = self.reserve(&ctx, format, &needs, tier, candidates).await?;
+        let stream = call.stream;
+        let client = call.format.wire();
+        // Read into a conversation, so any provider can take it; a request that cannot
+        // be read still goes, as it is, to a provider of its own format.
+        let conversation = wire::read_request(client, &call.body).map(|mut conversation| {
+            conversation.drop_hosted(&self.catalog.router.drop_hosted_tools);
+            Arc::new(conversation)
+        });
+        let mut needs =
+            Needs::of(&call.body, conversation.as_deref().ok(), client, self.catalog.router.default_max_tokens).await;
+        needs.stream = call.stream;
+        let (tier, candidates) = match self.select(&requested, &ctx, &needs) {
+            Err(ModelError::Invalid(why)) if !needs.translatable => {
+                let unreadable = conversation.as_ref().err().cloned().unwrap_or_default();
+                return Err(ModelError::Invalid(format!("{why} ({unreadable})")));
+            }
+            selected => selected?,
+        };
+        let (candidates, reservation, held_output) = self.reserve(&ctx, &needs, tier, candidates).await?;
+        // A stream may hold more as it goes, in steps of its first estimate (at
+        // least `router.reserve_output_tokens`), when any budget applies.
+        let grows = stream && !budget_lines(&ctx.principal, &ctx.capabilities.budget).is_empty();
+        let body = &call.body;
         let tags = json!({"user": body.get("user"), "metadata": body.get("metadata")});
         let started = Instant::now();
         let started_at_ms = now_ms();
@@ -627,19 +734,27 @@ impl Gateway {
                 routed.fallbacks.push(format!("{}: circuit open for {}", model.name, provider.name));
                 continue;
             }
-            let upstream_body = self.upstream_body(format, model, &body);
+            let conversation = conversation.as_ref().ok();
+            let upstream_body = self.upstream_body(&call, model, conversation.map(|c| &**c));
+            // The answer is written back in the client's format when the provider
+            // speaks another.
+            let translation = (provider.kind != client)
+                .then(|| conversation.cloned())
+                .flatten()
+                .map(|conversation| Translation { client, conversation, model: model.upstream.clone() });
             for attempt in 0..=settings.retries {
                 if attempt > 0 {
                     tokio::time::sleep(jitter(settings.backoff, attempt - 1)).await;
                 }
                 let permit = self.concurrency[model.provider].clone().acquire_owned().await.ok();
                 let span = attempt_span(&ctx, model, provider, attempt, &routed.fallbacks);
-                let mut request = self.upstream_request(model, &upstream_body, anthropic_version.as_deref());
+                let mut request = self.upstream_request(model, &upstream_body, &call);
                 for (field, value) in trace::fields(span.context()) {
                     request = request.header(field, value);
                 }
                 // From here the provider may have the request: if this task is cut off
                 // before the call settles, `pending` records it at its estimate.
+                let (held_nanos, held_tokens) = reservation.as_ref().map_or((0, 0), Reservation::amount);
                 let mut pending = Pending {
                     ledger: self.ledger.clone(),
                     ctx: ctx.clone(),
@@ -652,12 +767,21 @@ impl Gateway {
                     fallbacks: Vec::new(),
                     tags: tags.clone(),
                     estimated_input: needs.input_tokens,
-                    estimated_output: needs.max_output,
+                    estimated_output: held_output,
+                    growth: grows.then(|| Growth {
+                        budgets: self.budgets.clone(),
+                        held_nanos,
+                        held_tokens,
+                        step: held_output.max(MIN_STEP_TOKENS),
+                        more: Vec::new(),
+                    }),
+                    history: self.history.clone(),
                     status: 0,
                     timeout: provider.timeout,
                     calls: self.calls.clone(),
                     stop: self.stop.clone(),
                     span: Some(span),
+                    translation: translation.clone(),
                     _permit: permit,
                 };
                 let failure = match tokio::time::timeout(provider.timeout, request.send()).await {
@@ -666,8 +790,12 @@ impl Gateway {
                     Ok(Ok(response)) => {
                         let status = response.status().as_u16();
                         if status == 429 || status >= 500 {
-                            let content_type = content_type(&response);
-                            let body = response.bytes().await.unwrap_or_default();
+                            let mut content_type = content_type(&response);
+                            let mut body = response.bytes().await.unwrap_or_default();
+                            if translation.is_some() {
+                                // The provider's error, in the client's format.
+                                (body, content_type) = translated_error(client, status, &model.name, &body);
+                            }
                             last_error = Some(ModelError::Upstream {
                                 status,
                                 message: format!("{} answered {status}", model.name),
@@ -762,26 +890,28 @@ impl Gateway {
                 body[key] = value.clone();
             }
         }
-        match self.call(ctx, Format::Sandbox, body, None).await? {
+        match self.call(ctx, Call::of(Format::Sandbox, body)).await? {
             Answer::Whole { status, body, routed, .. } => {
                 let value: Value = serde_json::from_slice(&body).map_err(|e| {
                     ModelError::Unavailable(format!("{} answered with unreadable JSON: {e}", routed.model))
                 })?;
                 if !(200..300).contains(&status) {
+                    let why =
+                        wire::error_message(&value).unwrap_or_else(|| value.to_string().chars().take(300).collect());
                     return Err(ModelError::Upstream {
                         status,
-                        message: format!("{} answered {status}: {}", routed.model, error_message(&value)),
+                        message: format!("{} answered {status}: {why}", routed.model),
                         body: Bytes::new(),
                         content_type: None,
                     });
                 }
-                let kind = self.catalog.providers.iter().find(|p| p.name == routed.provider).map(|p| p.kind);
-                let (tokens, text) = usage::from_response(kind.unwrap_or(ProviderKind::Openai), &value);
-                let tokens = tokens.unwrap_or_default();
+                // Whatever the provider spoke, the answer is in Chat Completions' shape.
+                let reply = wire::chat::read_reply(&value);
+                let tokens = reply.usage.unwrap_or_default();
                 let price = self.catalog.models.get(&routed.model).map(|m| m.price);
                 let cost = price.map_or(0, |p| p.cost_nanos(tokens.input, tokens.output, tokens.cached));
                 Ok(ChatAnswer {
-                    content: text,
+                    content: reply.text(),
                     model: routed.model,
                     tier: routed.tier,
                     usage: ChatUsage {
@@ -794,6 +924,30 @@ impl Gateway {
             Answer::Stream { .. } => Err(ModelError::Invalid("model.chat does not stream".into())),
         }
     }
+}
+
+/// A provider's error body (`body`, status `status`) rewritten in the client's
+/// format `client`, keeping its message.
+fn translated_error(client: ProviderKind, status: u16, model: &str, body: &[u8]) -> (Bytes, Option<String>) {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let why = wire::error_message(&value).unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
+    let kind = match status {
+        429 => Kind::RateLimited,
+        503 | 529 => Kind::Overloaded,
+        400..=499 => Kind::InvalidRequest,
+        _ => Kind::UpstreamError,
+    };
+    let error = wire::error_body(client, status, kind, &format!("{model} answered {status}: {why}"));
+    (Bytes::from(error.to_string()), Some("application/json".into()))
+}
+
+/// How an answer goes back to a client whose format the provider does not speak.
+#[derive(Clone, Debug)]
+struct Translation {
+    client: ProviderKind,
+    conversation: Arc<Conversation>,
+    /// The model's name at its provider, as a passed-through answer would show it.
+    model: String,
 }
 
 /// The span of one attempt at a model call (GenAI `chat`), its parent the execution's
@@ -809,8 +963,9 @@ fn attempt_span(
     trace::Span::start(SpanKind::Client, &ctx.trace, || {
         let mut attributes = trace::principal(&ctx.principal).to_vec();
         let provider_name = match provider.kind {
-            ProviderKind::Openai => "openai",
+            ProviderKind::Openai | ProviderKind::Responses => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gcp.gemini",
         };
         attributes.extend([
             KeyValue::new("gen_ai.operation.name", "chat"),
@@ -836,52 +991,6 @@ fn content_type(response: &reqwest::Response) -> Option<String> {
     response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-fn error_message(value: &Value) -> String {
-    value
-        .pointer("/error/message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| value.to_string().chars().take(300).collect())
-}
-
-fn translate_to_openai(body: &Value) -> Value {
-    let mut out = json!({"messages": body["messages"].clone()});
-    for key in ["max_tokens", "temperature", "response_format"] {
-        if let Some(value) = body.get(key) {
-            out[key] = value.clone();
-        }
-    }
-    out
-}
-
-fn translate_to_anthropic(body: &Value, default_max_tokens: u64) -> Value {
-    let mut system = Vec::new();
-    let mut messages = Vec::new();
-    for message in body["messages"].as_array().into_iter().flatten() {
-        let content = match &message["content"] {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        };
-        match message["role"].as_str() {
-            Some("system") => system.push(content),
-            Some(role) => messages
-                .push(json!({"role": if role == "assistant" { "assistant" } else { "user" }, "content": content})),
-            None => {}
-        }
-    }
-    let mut out = json!({
-        "messages": messages,
-        "max_tokens": body.get("max_tokens").and_then(Value::as_u64).unwrap_or(default_max_tokens),
-    });
-    if !system.is_empty() {
-        out["system"] = Value::String(system.join("\n\n"));
-    }
-    if let Some(temperature) = body.get("temperature") {
-        out["temperature"] = temperature.clone();
-    }
-    out
-}
-
 /// A call the provider may have: settles and records it once the body is read or
 /// the stream ends. Dropped with its reservation still held (the task was cut off at
 /// shutdown), it records the call at the reserved estimate.
@@ -898,6 +1007,10 @@ struct Pending {
     tags: Value,
     estimated_input: u64,
     estimated_output: u64,
+    /// How a stream holds more as it goes; `None` for whole answers and callers
+    /// without budgets.
+    growth: Option<Growth>,
+    history: Arc<OutputHistory>,
     /// The response status, once headers arrived.
     status: u16,
     /// The provider's timeout: also how long a stream is drained after its client left.
@@ -906,19 +1019,74 @@ struct Pending {
     stop: CancellationToken,
     /// This attempt's `chat {model}` span, ended with the call's record.
     span: Option<trace::Span>,
+    /// Set when the answer goes back in another format than the provider's.
+    translation: Option<Translation>,
     _permit: Option<OwnedSemaphorePermit>,
 }
+
+/// The fewest output tokens a stream's hold grows by at once, so that a small
+/// estimate does not cost a store round trip every few tokens.
+const MIN_STEP_TOKENS: u64 = 64;
+
+/// A stream's hold on the budgets, grown a step at a time as its output passes it:
+/// each step is as large as the first estimate.
+struct Growth {
+    budgets: Arc<Budgets>,
+    held_nanos: i64,
+    held_tokens: u64,
+    /// Output tokens each step adds.
+    step: u64,
+    /// The steps held so far, released with the call's record.
+    more: Vec<Reservation>,
+}
+
+/// A step being held, and the client's bytes waiting for it.
+type StepResult = Result<Result<Reservation, Exceeded>, StoreError>;
+type Growing = (futures::future::BoxFuture<'static, StepResult>, Bytes);
 
 impl Pending {
     fn record(&mut self, tokens: Tokens, status: &str) -> Vec<Record> {
         let cost = self.model.price.cost_nanos(tokens.input, tokens.output, tokens.cached);
+        if status == "ok" {
+            self.history.add(&self.model.name, tokens.output);
+        }
         self.record_at(tokens, cost, status)
+    }
+
+    /// The next step of a stream whose output so far (`tally`) costs more than it
+    /// holds; `None` while it fits, or when no budget applies.
+    fn next_step(&mut self, tally: &Tally) -> Option<futures::future::BoxFuture<'static, StepResult>> {
+        let growth = self.growth.as_ref()?;
+        // The provider's count when it sends one mid-stream, else the output bytes
+        // at 3 to a token (more tokens than the tokenizer finds in English or code).
+        let output = tally.usage.map(|u| u.output).filter(|&o| o > 0).unwrap_or(tally.generated.div_ceil(3) as u64);
+        let cost = self.model.price.cost_nanos(self.estimated_input, output, 0);
+        if cost <= growth.held_nanos && self.estimated_input + output <= growth.held_tokens {
+            return None;
+        }
+        let (budgets, principal, budget) =
+            (growth.budgets.clone(), self.ctx.principal.clone(), self.ctx.capabilities.budget.clone());
+        let (nanos, tokens) = (self.model.price.cost_nanos(0, growth.step, 0), growth.step);
+        Some(Box::pin(async move { budgets.reserve(&principal, &budget, nanos, tokens).await }))
+    }
+
+    /// A step held: the stream may go on.
+    fn grow(&mut self, step: Reservation) {
+        if let Some(growth) = self.growth.as_mut() {
+            let (nanos, tokens) = step.amount();
+            growth.held_nanos += nanos;
+            growth.held_tokens += tokens;
+            growth.more.push(step);
+        }
     }
 
     /// The record of a call whose usage is unknown: the reserved estimate, charged.
     fn record_reserved(&mut self, status: &str) -> Vec<Record> {
         let tokens = Tokens { input: self.estimated_input, output: self.estimated_output, cached: 0 };
-        let nanos = self.reservation.as_ref().map_or(0, |r| r.amount().0);
+        let nanos = match &self.growth {
+            Some(growth) => growth.held_nanos,
+            None => self.reservation.as_ref().map_or(0, |r| r.amount().0),
+        };
         self.record_at(tokens, nanos, &format!("{status}_estimated"))
     }
 
@@ -960,7 +1128,10 @@ impl Pending {
             fallback_chain: std::mem::take(&mut self.fallbacks),
             tags: self.tags.take(),
         });
-        std::iter::once(record).chain(self.reservation.take().and_then(Reservation::settle)).collect()
+        let steps = self.growth.as_mut().map(|growth| std::mem::take(&mut growth.more)).unwrap_or_default();
+        std::iter::once(record)
+            .chain(self.reservation.take().into_iter().chain(steps).filter_map(Reservation::settle))
+            .collect()
     }
 
     async fn whole(mut self, response: reqwest::Response, routed: Routed) -> Result<Answer, ModelError> {
@@ -977,6 +1148,8 @@ impl Pending {
                 return Err(ModelError::Unavailable(format!("{}: {why}", routed.model)));
             }
         };
+        let mut body = body;
+        let mut content_type = content_type;
         let (tokens, status) = if (200..300).contains(&self.status) {
             let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if let Some(span) = &self.span {
@@ -987,14 +1160,26 @@ impl Pending {
                         .filter_map(|(key, value)| Some(KeyValue::new(key, value?)))
                 });
             }
-            match usage::from_response(self.kind, &value) {
-                (Some(tokens), _) => (tokens, "ok"),
-                (None, text) => {
-                    let output = estimate_tokens(text).await;
+            let mut reply = wire::read_reply(self.kind, &value);
+            if let Some(translation) = &self.translation {
+                if reply.model.is_empty() {
+                    reply.model = translation.model.clone();
+                }
+                let written = wire::write_reply(translation.client, &reply, &translation.conversation);
+                body = Bytes::from(written.to_string());
+                content_type = Some("application/json".into());
+            }
+            match reply.usage {
+                Some(tokens) => (tokens, "ok"),
+                None => {
+                    let output = estimate_tokens(reply.text()).await;
                     (Tokens { input: self.estimated_input, output, cached: 0 }, "ok_estimated")
                 }
             }
         } else {
+            if let Some(translation) = &self.translation {
+                (body, content_type) = translated_error(translation.client, self.status, &routed.model, &body);
+            }
             (Tokens::default(), "client_error")
         };
         let record = self.record(tokens, status);
@@ -1002,12 +1187,20 @@ impl Pending {
         Ok(Answer::Whole { status: self.status, content_type, body, routed })
     }
 
-    fn stream(self, response: reqwest::Response, routed: Routed) -> Answer {
-        let content_type = content_type(&response);
+    fn stream(mut self, response: reqwest::Response, routed: Routed) -> Answer {
         let status = self.status;
+        let client = self.translation.as_ref().map_or(self.kind, |t| t.client);
+        let encoder = self.translation.take().map(|t| wire::encoder(t.client, &t.conversation, &t.model));
+        let content_type = match encoder {
+            Some(_) => Some("text/event-stream".to_string()),
+            None => content_type(&response),
+        };
         let metered = Metered {
             inner: Some(response.bytes_stream().boxed()),
-            meter: StreamMeter::new(self.kind),
+            meter: Meter::new(self.kind),
+            encoder,
+            client,
+            growing: None,
             pending: Some(self),
         };
         Answer::Stream { status, content_type, body: metered.boxed(), routed }
@@ -1023,24 +1216,81 @@ impl Drop for Pending {
     }
 }
 
-/// An upstream event stream on its way to the client, metered as it passes.
+/// A provider's stream read as it passes: its events, what they add up to.
+struct Meter {
+    parser: wire::sse::SseParser,
+    decoder: Box<dyn Decoder>,
+    tally: Tally,
+}
+
+impl Meter {
+    fn new(kind: ProviderKind) -> Self {
+        Self { parser: Default::default(), decoder: wire::decoder(kind), tally: Tally::default() }
+    }
+
+    /// The events `bytes` completes, followed.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<wire::Event> {
+        let mut events = Vec::new();
+        for event in self.parser.feed(bytes) {
+            events.extend(self.decoder.decode(&event));
+        }
+        self.tally.follow(&events);
+        events
+    }
+
+    /// The events of what is left when the stream ends.
+    fn finish(&mut self) -> Vec<wire::Event> {
+        let events = self.parser.finish().map(|event| self.decoder.decode(&event)).unwrap_or_default();
+        self.tally.follow(&events);
+        events
+    }
+
+    fn finished(&self) -> bool {
+        self.decoder.finished()
+    }
+}
+
+/// An upstream event stream on its way to the client, metered as it passes, and
+/// re-written in the client's format when the provider speaks another.
 struct Metered {
     inner: Option<BoxStream<'static, Result<Bytes, reqwest::Error>>>,
-    meter: StreamMeter,
+    meter: Meter,
+    encoder: Option<Box<dyn Encoder>>,
+    /// The client's format, for the error that ends a stream cut at its budget.
+    client: ProviderKind,
+    /// A step of the budget being held, and the client's bytes waiting for it.
+    growing: Option<Growing>,
     pending: Option<Pending>,
 }
 
 impl Metered {
+    /// Ends a stream whose next step did not fit a budget: the provider's connection
+    /// is closed (it stops generating), the client gets what was read and then a
+    /// `budget_exceeded` error in its format, and the call is recorded at the output
+    /// read.
+    fn cut(&mut self, waiting: Bytes, why: &str) -> Bytes {
+        self.inner = None;
+        let message = format!("the stream was cut: {why}");
+        tracing::info!(
+            user = %self.pending.as_ref().map(|p| p.ctx.principal.user.clone()).unwrap_or_default(),
+            %message, "router: stream cut at its budget"
+        );
+        let mut out = waiting.to_vec();
+        out.extend(wire::stream_error(self.client, 429, Kind::BudgetExceeded, &message));
+        self.finish("budget_exceeded", true);
+        Bytes::from(out)
+    }
+
     /// Settles the budget and records the call, once: at the usage the provider
     /// reported, else at the streamed text counted (a stream that ended) or the
     /// reserved estimate (one cut short).
     fn finish(&mut self, status: &str, ended: bool) {
         let Some(mut pending) = self.pending.take() else { return };
-        let record = if self.meter.saw_usage {
-            pending.record(self.meter.tokens, status)
+        let record = if let Some(tokens) = self.meter.tally.usage {
+            pending.record(tokens, status)
         } else if ended {
             // Counted off the async workers (this runs inside a poll), then recorded.
-            let (text, status) = (std::mem::take(&mut self.meter.text), format!("{status}_estimated"));
+            let (text, status) = (std::mem::take(&mut self.meter.tally.text), format!("{status}_estimated"));
             pending.calls.clone().spawn(async move {
                 let output = estimate_tokens(text).await;
                 let tokens = Tokens { input: pending.estimated_input, output, cached: 0 };
@@ -1063,11 +1313,28 @@ impl Metered {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, inner.next()).await {
-                Ok(Some(Ok(bytes))) => self.meter.feed(&bytes),
-                Ok(None) => return self.finish("client_closed", true),
+                Ok(Some(Ok(bytes))) => {
+                    self.meter.feed(&bytes);
+                }
+                Ok(None) => {
+                    self.meter.finish();
+                    return self.finish("client_closed", true);
+                }
                 Ok(Some(Err(_))) | Err(_) => return self.finish("client_closed", false),
             }
         }
+    }
+
+    /// The client's bytes for `events` (translated streams).
+    fn encode(&mut self, events: &[wire::Event]) -> Bytes {
+        let Some(encoder) = self.encoder.as_mut() else { return Bytes::new() };
+        let mut out = Vec::new();
+        for event in events {
+            for bytes in encoder.encode(event) {
+                out.extend_from_slice(&bytes);
+            }
+        }
+        Bytes::from(out)
     }
 }
 
@@ -1079,22 +1346,68 @@ impl futures::Stream for Metered {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
-        match inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                self.meter.feed(&bytes);
-                Poll::Ready(Some(Ok(bytes)))
+        loop {
+            if let Some((step, _)) = self.growing.as_mut() {
+                let held = futures::ready!(step.as_mut().poll(cx));
+                let (_, waiting) = self.growing.take().expect("a step is being held");
+                match held {
+                    Ok(Ok(step)) => {
+                        let this = &mut *self;
+                        if let Some(pending) = this.pending.as_mut() {
+                            pending.grow(step);
+                            // One chunk may need more than one step.
+                            if let Some(step) = pending.next_step(&this.meter.tally) {
+                                this.growing = Some((step, waiting));
+                                continue;
+                            }
+                        }
+                        if !waiting.is_empty() {
+                            return Poll::Ready(Some(Ok(waiting)));
+                        }
+                    }
+                    Ok(Err(exceeded)) => return Poll::Ready(Some(Ok(self.cut(waiting, &exceeded.to_string())))),
+                    Err(error) => {
+                        let why = format!("its budget could not be checked ({error})");
+                        return Poll::Ready(Some(Ok(self.cut(waiting, &why))));
+                    }
+                }
+                continue;
             }
-            Poll::Ready(Some(Err(error))) => {
-                self.finish("stream_error", false);
-                Poll::Ready(Some(Err(std::io::Error::other(error))))
+            let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+            match inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(bytes))) => {
+                    let events = self.meter.feed(&bytes);
+                    let out = if self.encoder.is_none() { bytes } else { self.encode(&events) };
+                    let this = &mut *self;
+                    if let Some(step) = this.pending.as_mut().and_then(|pending| pending.next_step(&this.meter.tally)) {
+                        this.growing = Some((step, out));
+                        continue;
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    self.finish("stream_error", false);
+                    return Poll::Ready(Some(Err(std::io::Error::other(error))));
+                }
+                Poll::Ready(None) => {
+                    self.inner = None;
+                    let events = self.meter.finish();
+                    let mut out = self.encode(&events).to_vec();
+                    let finished = self.meter.finished();
+                    // A translated stream ends the client's way only when the
+                    // provider's ended its own way; a cut stream stays cut.
+                    if finished {
+                        if let Some(encoder) = self.encoder.as_mut() {
+                            encoder.end().iter().for_each(|bytes| out.extend_from_slice(bytes));
+                        }
+                    }
+                    self.finish(if finished { "ok" } else { "stream_incomplete" }, true);
+                    return Poll::Ready((!out.is_empty()).then(|| Ok(Bytes::from(out))));
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(None) => {
-                let status = if self.meter.finished { "ok" } else { "stream_incomplete" };
-                self.finish(status, true);
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -1112,7 +1425,10 @@ impl Drop for Metered {
         let (calls, stop) = (pending.calls.clone(), pending.stop.clone());
         let rest = Metered {
             inner: self.inner.take(),
-            meter: std::mem::replace(&mut self.meter, StreamMeter::new(pending.kind)),
+            meter: std::mem::replace(&mut self.meter, Meter::new(pending.kind)),
+            encoder: None,
+            client: self.client,
+            growing: None,
             pending: self.pending.take(),
         };
         calls.spawn(async move {

@@ -5,8 +5,6 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::catalog::ProviderKind;
-
 /// Tokens of one call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tokens {
@@ -15,6 +13,16 @@ pub struct Tokens {
     pub output: u64,
     /// Input tokens served from the provider's prompt cache.
     pub cached: u64,
+}
+
+impl Tokens {
+    /// Takes in a later report of the same call's usage: streams report some counts
+    /// at their start and others at their end, each as a running total.
+    pub fn merge(&mut self, later: &Tokens) {
+        self.input = self.input.max(later.input);
+        self.output = self.output.max(later.output);
+        self.cached = self.cached.max(later.cached);
+    }
 }
 
 fn tokenizer() -> &'static tiktoken_rs::CoreBPE {
@@ -124,175 +132,9 @@ pub fn request_text(body: &Value) -> String {
     out
 }
 
-fn number(value: &Value, pointer: &str) -> u64 {
-    value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
-}
-
-/// Usage and reply text of a whole (non-streamed) response.
-pub fn from_response(kind: ProviderKind, body: &Value) -> (Option<Tokens>, String) {
-    match kind {
-        ProviderKind::Openai => {
-            let text =
-                body.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or_default().to_string();
-            let usage = body.get("usage").filter(|u| u.is_object()).map(|u| Tokens {
-                input: number(u, "/prompt_tokens"),
-                output: number(u, "/completion_tokens"),
-                cached: number(u, "/prompt_tokens_details/cached_tokens"),
-            });
-            (usage, text)
-        }
-        ProviderKind::Anthropic => {
-            let text = body
-                .get("content")
-                .and_then(Value::as_array)
-                .map(|blocks| blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect::<String>())
-                .unwrap_or_default();
-            let usage = body.get("usage").filter(|u| u.is_object()).map(|u| {
-                let cached = number(u, "/cache_read_input_tokens");
-                Tokens {
-                    input: number(u, "/input_tokens") + cached + number(u, "/cache_creation_input_tokens"),
-                    output: number(u, "/output_tokens"),
-                    cached,
-                }
-            });
-            (usage, text)
-        }
-    }
-}
-
-/// Follows a server-sent event stream as it passes through, collecting the usage the
-/// provider reports and the text it streams.
-#[derive(Debug)]
-pub struct StreamMeter {
-    kind: ProviderKind,
-    pending: Vec<u8>,
-    pub tokens: Tokens,
-    pub saw_usage: bool,
-    pub text: String,
-    /// The stream ended properly (`[DONE]` or `message_stop`).
-    pub finished: bool,
-}
-
-impl StreamMeter {
-    pub fn new(kind: ProviderKind) -> Self {
-        Self {
-            kind,
-            pending: Vec::new(),
-            tokens: Tokens::default(),
-            saw_usage: false,
-            text: String::new(),
-            finished: false,
-        }
-    }
-
-    pub fn feed(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
-        while let Some(end) = find_event_end(&self.pending) {
-            let event: Vec<u8> = self.pending.drain(..end.0 + end.1).collect();
-            let event = String::from_utf8_lossy(&event[..end.0]).into_owned();
-            self.event(&event);
-        }
-    }
-
-    fn event(&mut self, event: &str) {
-        let data: String = event
-            .lines()
-            .filter_map(|line| line.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if data.is_empty() {
-            return;
-        }
-        if data == "[DONE]" {
-            self.finished = true;
-            return;
-        }
-        let Ok(value) = serde_json::from_str::<Value>(&data) else { return };
-        match self.kind {
-            ProviderKind::Openai => {
-                if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
-                    self.saw_usage = true;
-                    self.tokens = Tokens {
-                        input: number(usage, "/prompt_tokens"),
-                        output: number(usage, "/completion_tokens"),
-                        cached: number(usage, "/prompt_tokens_details/cached_tokens"),
-                    };
-                }
-                if let Some(choices) = value.get("choices").and_then(Value::as_array) {
-                    for choice in choices {
-                        if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
-                            self.text.push_str(text);
-                        }
-                    }
-                }
-            }
-            ProviderKind::Anthropic => match value.get("type").and_then(Value::as_str) {
-                Some("message_start") => {
-                    let usage = value.pointer("/message/usage").cloned().unwrap_or(Value::Null);
-                    let cached = number(&usage, "/cache_read_input_tokens");
-                    self.tokens.input =
-                        number(&usage, "/input_tokens") + cached + number(&usage, "/cache_creation_input_tokens");
-                    self.tokens.cached = cached;
-                    self.tokens.output = number(&usage, "/output_tokens");
-                    self.saw_usage = true;
-                }
-                Some("content_block_delta") => {
-                    if let Some(text) = value.pointer("/delta/text").and_then(Value::as_str) {
-                        self.text.push_str(text);
-                    }
-                }
-                Some("message_delta") => {
-                    if let Some(output) = value.pointer("/usage/output_tokens").and_then(Value::as_u64) {
-                        self.tokens.output = output;
-                    }
-                }
-                Some("message_stop") => self.finished = true,
-                _ => {}
-            },
-        }
-    }
-}
-
-/// The end of the first complete event in `buf`: (length of the event, length of the
-/// blank-line separator).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' && buf[i + 1] == b'\n' {
-            return Some((i, 2));
-        }
-        if i + 3 < buf.len() && &buf[i..i + 4] == b"\r\n\r\n" {
-            return Some((i, 4));
-        }
-        i += 1;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn openai_stream_usage_and_text_are_collected_across_chunk_boundaries() {
-        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":3}}}\n\ndata: [DONE]\n\n";
-        let mut meter = StreamMeter::new(ProviderKind::Openai);
-        for chunk in stream.as_bytes().chunks(5) {
-            meter.feed(chunk);
-        }
-        assert_eq!(meter.text, "Hello");
-        assert!(meter.saw_usage && meter.finished);
-        assert_eq!(meter.tokens, Tokens { input: 7, output: 2, cached: 3 });
-    }
-
-    #[test]
-    fn anthropic_stream_usage_comes_from_start_and_delta() {
-        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-        let mut meter = StreamMeter::new(ProviderKind::Anthropic);
-        meter.feed(stream.as_bytes());
-        assert_eq!((meter.text.as_str(), meter.tokens.input, meter.tokens.output, meter.finished), ("Hi", 10, 4, true));
-    }
 
     #[test]
     fn tokens_are_counted_with_cl100k() {

@@ -64,6 +64,9 @@ pub enum ServiceError {
     /// A rate limit from the principal's policies; retry after the given seconds.
     #[error("rate limit of {per_minute} {what} per minute reached; retry in {retry_after_secs} s")]
     RateLimited { what: &'static str, per_minute: u32, retry_after_secs: u64 },
+    /// The principal holds as many of something as one principal may at once.
+    #[error("at most {limit} {what} at once per caller; retry when one ends")]
+    AtOnce { what: &'static str, limit: u32 },
     /// The principal already has as many executions as its policies allow at once.
     #[error(
         "user `{user}` already has {limit} executions running, the most their policies allow at once \
@@ -107,7 +110,10 @@ impl ServiceError {
         match self {
             Self::Unauthorized => Kind::Unauthorized,
             Self::Forbidden(_) => Kind::Forbidden,
-            Self::RateLimited { .. } | Self::TooManyRunning { .. } | Self::TooManySessions { .. } => Kind::RateLimited,
+            Self::RateLimited { .. }
+            | Self::AtOnce { .. }
+            | Self::TooManyRunning { .. }
+            | Self::TooManySessions { .. } => Kind::RateLimited,
             Self::Rejected(rejected) => rejected.kind(),
             Self::Store(_) => Kind::Unavailable,
             Self::NotFound(_) => Kind::NotFound,
@@ -122,7 +128,7 @@ impl ServiceError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
-            Self::TooManyRunning { .. } | Self::Store(_) => Some(1),
+            Self::TooManyRunning { .. } | Self::AtOnce { .. } | Self::Store(_) => Some(1),
             Self::Rejected(Rejected::Overloaded { retry_after_secs }) => Some(*retry_after_secs),
             Self::Rejected(Rejected::Cancelled) => Some(1),
             _ => None,
@@ -215,6 +221,8 @@ pub struct Service {
     scratch: Arc<Scratch>,
     /// File uploads and downloads in flight, per principal.
     transfers: Arc<Shares<shares::PrincipalKey>>,
+    /// MCP `subscriptions/listen` streams open, per principal.
+    listeners: Arc<Shares<shares::PrincipalKey>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -374,6 +382,7 @@ impl Service {
                 anyhow::anyhow!("cannot make the scratch directory in {}: {e}", config.scratch_dir.display())
             })?),
             transfers: Default::default(),
+            listeners: Default::default(),
         })
     }
 
@@ -399,6 +408,15 @@ impl Service {
     /// `catalog.view_for(&capabilities)`.
     pub fn tool_catalog(&self, principal: &Principal) -> (Arc<Catalog>, Capabilities) {
         (self.upstreams.catalog(), self.policies.current().capabilities(principal))
+    }
+
+    /// A place for one more MCP `subscriptions/listen` stream of `principal` (429
+    /// past [`shares::MAX_LISTENERS`]): each holds a connection open for as long as
+    /// its client likes.
+    pub fn listen(&self, principal: &Principal) -> Result<Slot<shares::PrincipalKey>, ServiceError> {
+        self.listeners
+            .enter(shares::principal_key(principal), shares::MAX_LISTENERS)
+            .ok_or(ServiceError::AtOnce { what: "MCP subscription streams", limit: shares::MAX_LISTENERS })
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -666,20 +684,21 @@ impl Service {
         }
     }
 
-    /// A model call from an SDK client (`/v1/chat/completions`, `/v1/messages`).
-    /// Its span (`POST /v1/chat/completions`, server) is a child of `parent`, the
-    /// caller's trace, and the parent of each attempt's.
+    /// A model call from an SDK client (`/v1/chat/completions`, `/v1/messages`,
+    /// `/v1/responses`, Gemini's `generateContent`). Its span (`POST
+    /// /v1/chat/completions`, server) is a child of `parent`, the caller's trace,
+    /// and the parent of each attempt's.
     pub async fn model_call(
         &self,
         principal: Arc<Principal>,
-        format: Format,
-        body: serde_json::Value,
-        anthropic_version: Option<String>,
+        call: crate::model::Call,
         parent: opentelemetry::Context,
     ) -> Result<Answer, ModelError> {
         use opentelemetry::KeyValue;
-        let route = match format {
+        let route = match call.format {
             Format::Anthropic => "/v1/messages",
+            Format::Responses => "/v1/responses",
+            Format::Gemini => "/v1beta/models/{model}",
             _ => "/v1/chat/completions",
         };
         let span = trace::Span::start(opentelemetry::trace::SpanKind::Server, &parent, || {
@@ -689,14 +708,12 @@ impl Service {
                 KeyValue::new("http.route", route),
                 KeyValue::new("gen_ai.operation.name", "chat"),
             ]);
-            if let Some(model) = body.get("model").and_then(serde_json::Value::as_str) {
-                attributes.push(KeyValue::new("gen_ai.request.model", model.to_string()));
-            }
+            attributes.push(KeyValue::new("gen_ai.request.model", call.model.clone()));
             (format!("POST {route}"), attributes)
         });
         let capabilities = self.policies.current().capabilities(&principal);
         let ctx = CallContext { principal, capabilities, execution_id: None, trace: span.context().clone() };
-        let answer = self.gateway.call(ctx, format, body, anthropic_version).await;
+        let answer = self.gateway.call(ctx, call).await;
         match &answer {
             Ok(Answer::Whole { status, routed, .. } | Answer::Stream { status, routed, .. }) => {
                 span.set(|| {

@@ -453,11 +453,9 @@ impl Service {
     /// A place for one more upload or download of `principal` (429 past
     /// [`MAX_TRANSFERS`]).
     fn transfer(&self, principal: &Principal) -> Result<Slot<PrincipalKey>, ServiceError> {
-        self.transfers.enter(principal_key(principal), MAX_TRANSFERS).ok_or(ServiceError::RateLimited {
-            what: "file transfers at once",
-            per_minute: MAX_TRANSFERS,
-            retry_after_secs: 1,
-        })
+        self.transfers
+            .enter(principal_key(principal), MAX_TRANSFERS)
+            .ok_or(ServiceError::AtOnce { what: "file transfers", limit: MAX_TRANSFERS })
     }
 
     /// Writes the upload `body` (`declared` bytes long, when the client said) to

@@ -8,6 +8,7 @@
 //!   they get 429 while everyone else is unaffected.
 //! - Session file transfers per principal ([`MAX_TRANSFERS`]): each holds a chunk of
 //!   its file in memory, so their number bounds what one caller makes the server hold.
+//! - MCP `subscriptions/listen` streams per principal ([`MAX_LISTENERS`]).
 //! - The console's live streams per principal (in `console::pulse`).
 //!
 //! Counts live in this process, like the sandbox's own slots: a replica admits only
@@ -19,6 +20,9 @@ use std::sync::{Arc, Mutex};
 
 /// Uploads and downloads one principal may have in flight at once.
 pub const MAX_TRANSFERS: u32 = 4;
+
+/// MCP `subscriptions/listen` streams one principal may hold open at once.
+pub const MAX_LISTENERS: u32 = 8;
 
 /// What each key holds now.
 #[derive(Debug)]

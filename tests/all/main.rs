@@ -5,10 +5,12 @@
 
 mod binary;
 mod browser;
+mod budgets;
 mod concurrency;
 mod console;
 mod departures;
 mod escape;
+mod formats;
 mod grafana;
 mod handles;
 mod harness;
@@ -24,6 +26,7 @@ mod postgres;
 mod python;
 mod replicas;
 mod results;
+mod revisions;
 mod search;
 mod sessions;
 mod store;

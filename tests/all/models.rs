@@ -229,8 +229,27 @@ fn openai_and_anthropic_sdks_work_through_the_proxy_streaming_or_not() {
     assert_eq!(claude_stream["text"], "echo: streamed anthropic reply", "{claude_stream}");
     assert_eq!(claude_stream["usage"], json!({"input": 3, "output": 4}));
 
-    let wrong_route = anthropic(&p.rich, "mid", "x", &[]);
-    assert_eq!((wrong_route["ok"].clone(), wrong_route["status"].clone()), (json!(false), json!(400)), "{wrong_route}");
+    // A model of another format is translated both ways, streaming or not.
+    let crossed = anthropic(&p.rich, "mid", "across formats", &[]);
+    assert_eq!(
+        (crossed["ok"].clone(), crossed["text"].clone()),
+        (json!(true), json!("echo: across formats")),
+        "{crossed}"
+    );
+    assert_eq!(
+        (crossed["model"].clone(), crossed["usage"].clone()),
+        (json!("gpt-mid-ok"), json!({"input": 2, "output": 3}))
+    );
+    let crossed = anthropic(&p.rich, "mid", "across formats streaming", &["--stream"]);
+    assert_eq!(crossed["text"], "echo: across formats streaming", "{crossed}");
+    assert_eq!(crossed["usage"], json!({"input": 3, "output": 4}), "{crossed}");
+    let crossed = openai(&p.rich, "claude", "the other way", &["--stream"]);
+    assert_eq!(
+        (crossed["ok"].clone(), crossed["text"].clone()),
+        (json!(true), json!("echo: the other way")),
+        "{crossed}"
+    );
+    assert_eq!(crossed["usage"], json!({"input": 3, "output": 4}), "{crossed}");
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //!
 //! Paid providers cannot be reached from the test machine, so the model proxy is
 //! tested against this stub. It serves OpenAI Chat Completions
-//! (`POST /v1/chat/completions`, `GET /v1/models`) and Anthropic Messages
-//! (`POST /v1/messages`, and `GET /v1/models` when `anthropic-version` is sent) as the
-//! real APIs do, down to the error bodies and the server-sent-event framing.
+//! (`POST /v1/chat/completions`, `GET /v1/models`), Anthropic Messages
+//! (`POST /v1/messages`, and `GET /v1/models` when `anthropic-version` is sent),
+//! OpenAI Responses (`POST /v1/responses`) and Gemini
+//! (`POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse`;
+//! these two in `stub_wire.rs`) as the real APIs do, down to the error bodies and the
+//! server-sent-event framing.
 //!
 //! What a request gets is chosen by the model name in its body, so one stub serves
 //! every test. The name is a base plus optional `+` modifiers, e.g. `gpt-ok+slow200`:
@@ -23,6 +26,7 @@
 //! | `+gapN` | N ms between streamed events (default 5) |
 //! | `+midstream-fail` | streaming: send the first content chunk, then drop the connection (no `[DONE]` / `message_stop`); non-streaming: send the headers and half the JSON, then drop it |
 //! | `+nousage` | OpenAI streaming: no usage chunk even with `stream_options.include_usage` |
+//! | `+agent` | an agent's model: when the request offers a tool whose name ends in `execute` and no tool has answered yet, call it with `{"code": "return 6 * 7"}`; once a tool answered, reply `DONE: <its answer>` |
 //!
 //! The reply is `"echo: " + <text of the last user message>`. Tokens are words: input
 //! tokens are the whitespace-separated words of every message (and the system prompt),
@@ -51,6 +55,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
+
+#[path = "stub_wire.rs"]
+mod wire;
 
 /// One request the stub received.
 #[derive(Clone, Debug)]
@@ -174,6 +181,8 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/responses", post(wire::responses))
+        .route("/v1beta/models/{target}", post(wire::gemini))
         .route("/v1/models", get(models))
         .fallback(not_found)
         .with_state(state)
@@ -188,6 +197,7 @@ fn router(state: Shared) -> Router {
 enum Provider {
     OpenAi,
     Anthropic,
+    Gemini,
 }
 
 /// What the model name asks for.
@@ -197,6 +207,8 @@ struct Behaviour {
     gap_ms: u64,
     midstream_fail: bool,
     no_usage: bool,
+    /// `+agent`: call the `execute` tool when one is offered, then answer with its result.
+    agent: bool,
 }
 
 impl Behaviour {
@@ -207,7 +219,8 @@ impl Behaviour {
             .iter()
             .find(|code| base.ends_with(&format!("-{code}")))
             .map(|code| code.parse().unwrap());
-        let mut behaviour = Behaviour { error, slow_ms: 0, gap_ms: 5, midstream_fail: false, no_usage: false };
+        let mut behaviour =
+            Behaviour { error, slow_ms: 0, gap_ms: 5, midstream_fail: false, no_usage: false, agent: false };
         for modifier in parts {
             if let Some(ms) = modifier.strip_prefix("slow").and_then(|n| n.parse().ok()) {
                 behaviour.slow_ms = ms;
@@ -217,6 +230,8 @@ impl Behaviour {
                 behaviour.midstream_fail = true;
             } else if modifier == "nousage" {
                 behaviour.no_usage = true;
+            } else if modifier == "agent" {
+                behaviour.agent = true;
             }
         }
         behaviour
@@ -356,6 +371,7 @@ fn add_request_id(headers: &mut HeaderMap, provider: Provider) {
     let (name, value) = match provider {
         Provider::OpenAi => ("x-request-id", format!("req_{}", id())),
         Provider::Anthropic => ("request-id", format!("req_{}", id())),
+        Provider::Gemini => ("x-goog-request-id", id()),
     };
     headers.insert(name, HeaderValue::from_str(&value).unwrap());
 }
@@ -364,6 +380,7 @@ fn error_response(provider: Provider, status: u16, kind: &str, message: &str) ->
     let body = match provider {
         Provider::OpenAi => json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
         Provider::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
+        Provider::Gemini => json!({"error": {"code": status, "message": message, "status": kind}}),
     };
     let mut response = json_response(status, &body, provider);
     if status == 429 {
@@ -405,6 +422,13 @@ fn scripted_error(provider: Provider, status: u16) -> Response {
         ),
         (Provider::Anthropic, 503 | 529) => error_response(provider, status, "overloaded_error", "Overloaded"),
         (Provider::Anthropic, _) => error_response(provider, status, "api_error", "Internal server error"),
+        (Provider::Gemini, 429) => {
+            error_response(provider, 429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).")
+        }
+        (Provider::Gemini, 503 | 529) => {
+            error_response(provider, 503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+        }
+        (Provider::Gemini, _) => error_response(provider, status, "INTERNAL", "An internal error has occurred."),
     }
 }
 
@@ -524,6 +548,9 @@ async fn openai_chat(State(state): State<Shared>, headers: HeaderMap, body: Byte
     };
     if let Some(status) = behaviour.error {
         return scripted_error(provider, status);
+    }
+    if let Some(response) = wire::chat_agent(&state, &body, &model, &behaviour) {
+        return response;
     }
     let input_tokens = messages.iter().map(|m| words(&content_text(&m["content"]))).sum();
     let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| content_text(&m["content"]));
@@ -646,6 +673,9 @@ async fn anthropic_messages(State(state): State<Shared>, headers: HeaderMap, bod
     };
     if let Some(status) = behaviour.error {
         return scripted_error(provider, status);
+    }
+    if let Some(response) = wire::messages_agent(&state, &body, &model, &behaviour) {
+        return response;
     }
     let input_tokens = words(&content_text(&body["system"]))
         + messages.iter().map(|m| words(&content_text(&m["content"]))).sum::<u64>();

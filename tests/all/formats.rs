@@ -1,0 +1,219 @@
+//! Every client format reaches every provider format: Chat Completions, Messages,
+//! Responses and Gemini clients (their official SDKs) against providers of each
+//! format (the stub), streaming and not, with tool calls translated both ways and
+//! every token in the ledger.
+
+use std::collections::BTreeMap;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::*;
+use crate::stub::{python_client, require_python_module, Stub};
+
+const POLICY: &str = r#"
+[[policy]]
+name = "everyone"
+principals = ["*"]
+[policy.limits]
+[policy.models]
+tiers = ["standard"]
+"#;
+
+/// The four providers, one per format, and a model on each (`NAME-agent` for the
+/// scripted agent turns).
+const MODELS: [(&str, &str, &str); 4] = [
+    ("on-chat", "chat", "gpt-ok"),
+    ("on-messages", "messages", "claude-ok"),
+    ("on-responses", "responses", "resp-ok"),
+    ("on-gemini", "gemini", "gemini-ok"),
+];
+
+fn config(stub: &Stub, key: &ApiKey) -> String {
+    let mut config = format!(
+        "{}\n[providers.chat]\nkind = \"openai\"\nbase_url = \"{base}/v1\"\napi_key_env = \"SANDGATE_FORMATS_KEY\"\n\
+         [providers.messages]\nkind = \"anthropic\"\nbase_url = \"{base}\"\napi_key_env = \"SANDGATE_FORMATS_KEY\"\n\
+         [providers.responses]\nkind = \"openai-responses\"\nbase_url = \"{base}/v1\"\napi_key_env = \"SANDGATE_FORMATS_KEY\"\n\
+         [providers.gemini]\nkind = \"gemini\"\nbase_url = \"{base}\"\napi_key_env = \"SANDGATE_FORMATS_KEY\"\n\
+         [router]\nretries = 0\n",
+        key.entry,
+        base = stub.base
+    );
+    for (name, provider, upstream) in MODELS {
+        for (suffix, modifier) in [("", ""), ("-agent", "+agent")] {
+            config.push_str(&format!(
+                "[models.{name}{suffix}]\nprovider = \"{provider}\"\nupstream = \"{upstream}{modifier}\"\ntier = \"standard\"\n\
+                 input_per_mtok = 1.0\noutput_per_mtok = 2.0\n"
+            ));
+        }
+    }
+    config
+}
+
+fn serve(label: &str) -> (Stub, TestServer, String) {
+    let stub = Stub::start();
+    std::env::set_var("SANDGATE_FORMATS_KEY", "sk-stub-formats");
+    let key = api_key(label, label, "formats", "member");
+    let server = start_server_with(&config(&stub, &key), POLICY);
+    (stub, server, key.token)
+}
+
+#[test]
+fn every_sdk_reaches_every_provider_streaming_or_not() {
+    require_python_module("openai, anthropic, google.genai", "openai anthropic google-genai");
+    let (stub, server, key) = serve("sdks");
+    let mut cases = Vec::new();
+    for api in ["chat", "messages", "responses", "gemini"] {
+        let base = match api {
+            "chat" | "responses" => format!("{}/v1", server.base),
+            _ => server.base.clone(),
+        };
+        for (model, ..) in MODELS {
+            for stream in [false, true] {
+                let text = format!("from {api} to {model} streamed {stream}");
+                cases.push(
+                    json!({"api": api, "base": base, "key": key, "model": model, "text": text, "stream": stream}),
+                );
+            }
+        }
+    }
+    let results = python_client("formats_client.py", &[&Value::Array(cases.clone()).to_string()]);
+    let results = results.as_array().expect("one result per case");
+    assert_eq!(results.len(), cases.len());
+    for (case, result) in cases.iter().zip(results) {
+        let text = case["text"].as_str().unwrap();
+        let words = text.split_whitespace().count() as u64;
+        assert_eq!(result["ok"], true, "{case}: {result}");
+        assert_eq!(result["text"], format!("echo: {text}"), "{case}: {result}");
+        assert_eq!(result["usage"], json!({"input": words, "output": words + 1}), "{case}: {result}");
+    }
+    // Every call in the ledger, attributed, at the provider's own count.
+    let billed: u64 = stub.billed().values().map(|(input, output)| input + output).sum();
+    let rows = ledger_rows_at(
+        &server.ledger(),
+        "SELECT COUNT(*), SUM(input_tokens + output_tokens) FROM model_calls WHERE user = 'sdks' AND status = 'ok'",
+    );
+    assert_eq!(rows[0][0], json!(cases.len()), "{rows:?}");
+    assert_eq!(rows[0][1], json!(billed), "{rows:?}");
+    // Each provider got requests in its own format, on its own route.
+    let paths: BTreeMap<String, usize> = stub.requests().iter().fold(BTreeMap::new(), |mut paths, r| {
+        *paths.entry(r.path.split(':').next().unwrap().to_string()).or_default() += 1;
+        paths
+    });
+    assert_eq!(
+        paths,
+        BTreeMap::from([
+            ("/v1/chat/completions".to_string(), 8),
+            ("/v1/messages".to_string(), 8),
+            ("/v1/responses".to_string(), 8),
+            ("/v1beta/models/gemini-ok".to_string(), 8),
+        ])
+    );
+}
+
+/// A Responses request as Codex sends one: developer instructions, the MCP server's
+/// tools in a `namespace`, the transcript so far in `input`.
+fn codex_request(model: &str, input: Vec<Value>) -> Value {
+    let mut items = vec![
+        json!({"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are a coding agent."}]}),
+    ];
+    items.extend(input);
+    json!({
+        "model": model, "stream": true, "store": false, "input": items,
+        "tools": [
+            {"type": "function", "name": "exec_command", "description": "Run a command", "strict": false,
+                "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+            {"type": "namespace", "name": "mcp__sandgate", "description": "sandgate", "tools": [
+                {"type": "function", "name": "execute", "description": "Run code", "strict": false,
+                    "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}]},
+        ],
+        "tool_choice": "auto", "parallel_tool_calls": true, "reasoning": {"summary": "auto"},
+        "include": ["reasoning.encrypted_content"], "prompt_cache_key": "thread-1",
+        "client_metadata": {"thread_id": "thread-1"},
+    })
+}
+
+/// The items a Responses stream's `response.output_item.done` events carry, and its
+/// `response.completed`.
+fn responses_items(body: &str) -> (Vec<Value>, Value) {
+    let mut items = Vec::new();
+    let mut completed = Value::Null;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let event: Value = serde_json::from_str(data).unwrap();
+        match event["type"].as_str() {
+            Some("response.output_item.done") => items.push(event["item"].clone()),
+            Some("response.completed") => completed = event["response"].clone(),
+            _ => {}
+        }
+    }
+    (items, completed)
+}
+
+#[tokio::test]
+async fn codex_turns_keep_their_namespaces_on_every_provider() {
+    let (_stub, server, key) = serve("codex");
+    for (model, ..) in MODELS {
+        let model = format!("{model}-agent");
+        let ask = json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "what is six times seven"}]});
+        let response = client()
+            .post(format!("{}/v1/responses", server.base))
+            .bearer_auth(&key)
+            .json(&codex_request(&model, vec![ask.clone()]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{model}");
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let (items, completed) = responses_items(&response.text().await.unwrap());
+        assert_eq!(items.len(), 1, "{model}: {items:?}");
+        let call = &items[0];
+        assert_eq!(call["type"], "function_call", "{model}: {call}");
+        assert_eq!(
+            (call["name"].as_str(), call["namespace"].as_str()),
+            (Some("execute"), Some("mcp__sandgate")),
+            "{model}: {call}"
+        );
+        let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(arguments, json!({"code": "return 6 * 7"}), "{model}");
+        assert!(
+            completed["id"].is_string() && completed["usage"]["total_tokens"].as_u64() > Some(0),
+            "{model}: {completed}"
+        );
+
+        // The call's answer comes back; the model finishes the turn with it.
+        let answered = vec![
+            ask,
+            call.clone(),
+            json!({"type": "function_call_output", "call_id": call["call_id"],
+                "output": [{"type": "input_text", "text": "Wall time: 0.01 seconds\nOutput:"}, {"type": "input_text", "text": "42"}]}),
+        ];
+        let response = client()
+            .post(format!("{}/v1/responses", server.base))
+            .bearer_auth(&key)
+            .json(&codex_request(&model, answered))
+            .send()
+            .await
+            .unwrap();
+        let (items, _) = responses_items(&response.text().await.unwrap());
+        assert_eq!(items.len(), 1, "{model}: {items:?}");
+        let text = items[0]["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(text.starts_with("DONE:") && text.ends_with("42"), "{model}: {}", items[0]);
+    }
+}
+
+#[tokio::test]
+async fn hosted_tools_go_only_to_providers_that_run_them() {
+    let (_stub, server, key) = serve("hosted");
+    let body = |model: &str| json!({"model": model, "input": "hi", "store": false, "tools": [{"type": "web_search", "external_web_access": false}]});
+    let (status, refused) =
+        call(Method::POST, format!("{}/v1/responses", server.base), &key, Some(body("on-chat"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("`web_search`"), "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_request", "{refused}");
+    // A Responses provider runs it: passed on as it came.
+    let (status, answered) =
+        call(Method::POST, format!("{}/v1/responses", server.base), &key, Some(body("on-responses"))).await;
+    assert_eq!(status, StatusCode::OK, "{answered}");
+    assert_eq!(answered["output"][0]["content"][0]["text"], "echo: hi", "{answered}");
+}
