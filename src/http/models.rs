@@ -82,6 +82,14 @@ enum Route {
     Gemini { model: String, stream: bool },
 }
 
+/// What a route asks of the model.
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Generate,
+    /// Count the request's input tokens (nothing is generated or charged).
+    Count,
+}
+
 impl Route {
     fn format(&self) -> Format {
         match self {
@@ -94,7 +102,14 @@ impl Route {
 /// Headers a provider of the client's own format is given as the client sent them.
 const PASSED_ON: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
-async fn proxy(app: AppState, headers: HeaderMap, query_key: Option<&str>, body: Body, route: Route) -> Response {
+async fn proxy(
+    app: AppState,
+    headers: HeaderMap,
+    query_key: Option<&str>,
+    body: Body,
+    route: Route,
+    op: Op,
+) -> Response {
     let format = route.format();
     let principal = match principal_with(&app, &headers, query_key, format) {
         Ok(principal) => principal,
@@ -121,8 +136,14 @@ async fn proxy(app: AppState, headers: HeaderMap, query_key: Option<&str>, body:
             call.headers.push((name.to_string(), value.to_string()));
         }
     }
-    let parent = crate::telemetry::trace::from_headers(&headers);
-    match app.service.model_call(principal, call, parent).await {
+    let answer = match op {
+        Op::Generate => {
+            let parent = crate::telemetry::trace::from_headers(&headers);
+            app.service.model_call(principal, call, parent).await
+        }
+        Op::Count => app.service.count_tokens(principal, call).await,
+    };
+    match answer {
         Ok(Answer::Whole { status, content_type, body, routed }) => {
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -171,15 +192,20 @@ async fn proxy(app: AppState, headers: HeaderMap, query_key: Option<&str>, body:
 }
 
 pub(super) async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    proxy(app, headers, None, body, Route::Body(Format::OpenAi)).await
+    proxy(app, headers, None, body, Route::Body(Format::OpenAi), Op::Generate).await
 }
 
 pub(super) async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    proxy(app, headers, None, body, Route::Body(Format::Anthropic)).await
+    proxy(app, headers, None, body, Route::Body(Format::Anthropic), Op::Generate).await
+}
+
+/// `POST /v1/messages/count_tokens`.
+pub(super) async fn count_tokens(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    proxy(app, headers, None, body, Route::Body(Format::Anthropic), Op::Count).await
 }
 
 pub(super) async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    proxy(app, headers, None, body, Route::Body(Format::Responses)).await
+    proxy(app, headers, None, body, Route::Body(Format::Responses), Op::Generate).await
 }
 
 #[derive(serde::Deserialize)]
@@ -188,9 +214,9 @@ pub(super) struct GeminiQuery {
 }
 
 /// `POST /v1beta/models/{model}:{action}` (and the same under `/v1/`, where newer
-/// Gemini SDKs send it): `generateContent`, or
+/// Gemini SDKs send it): `generateContent`,
 /// `streamGenerateContent` (server-sent events with `?alt=sse`, which is the only
-/// streaming form sandgate speaks).
+/// streaming form sandgate speaks), or `countTokens`.
 pub(super) async fn gemini(
     State(app): State<AppState>,
     Path(target): Path<String>,
@@ -203,21 +229,53 @@ pub(super) async fn gemini(
             format!("`{target}` names no method; use `MODEL:generateContent` or `MODEL:streamGenerateContent`");
         return error(Format::Gemini, StatusCode::NOT_FOUND, Kind::InvalidRequest, &message, None);
     };
-    let stream = match action {
-        "generateContent" => false,
-        "streamGenerateContent" => true,
+    let (stream, op) = match action {
+        "generateContent" => (false, Op::Generate),
+        "streamGenerateContent" => (true, Op::Generate),
+        "countTokens" => (false, Op::Count),
         other => {
-            let message = format!("method `{other}` is not served; use generateContent or streamGenerateContent");
+            let message =
+                format!("method `{other}` is not served; use generateContent, streamGenerateContent or countTokens");
             return error(Format::Gemini, StatusCode::NOT_FOUND, Kind::InvalidRequest, &message, None);
         }
     };
     let route = Route::Gemini { model: model.to_string(), stream };
-    proxy(app, headers, query.key.as_deref(), body, route).await
+    proxy(app, headers, query.key.as_deref(), body, route, op).await
 }
 
+/// `GET /v1/models`: OpenAI's list shape, or Anthropic's when the request carries
+/// `anthropic-version` (as Claude Code's model discovery does). Both keep sandgate's
+/// fields (tier, prices, context, capabilities, api).
 pub(super) async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    match principal(&app, &headers, Format::OpenAi) {
-        Ok(principal) => Json(app.service.models(&principal)).into_response(),
+    let anthropic = headers.contains_key("anthropic-version");
+    let format = if anthropic { Format::Anthropic } else { Format::OpenAi };
+    match principal(&app, &headers, format) {
+        Ok(principal) => {
+            let list = app.service.models(&principal);
+            if !anthropic {
+                return Json(list).into_response();
+            }
+            let data: Vec<Value> = list["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|model| {
+                    let mut entry = model.clone();
+                    if let Some(entry) = entry.as_object_mut() {
+                        entry.remove("object");
+                        entry.remove("created");
+                        entry.remove("owned_by");
+                        entry.insert("type".into(), "model".into());
+                        entry.insert("display_name".into(), model["id"].clone());
+                        entry.insert("created_at".into(), "1970-01-01T00:00:00Z".into());
+                    }
+                    entry
+                })
+                .collect();
+            let (first, last) = (data.first().map(|m| m["id"].clone()), data.last().map(|m| m["id"].clone()));
+            Json(serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
+                .into_response()
+        }
         Err(response) => *response,
     }
 }

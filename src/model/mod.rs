@@ -869,6 +869,74 @@ impl Gateway {
         Err(error)
     }
 
+    /// Counts a request's input tokens (Anthropic's `POST /v1/messages/count_tokens`,
+    /// Gemini's `:countTokens`): the provider's own count when the model's provider
+    /// speaks the client's format, else sandgate's (cl100k) in the client's shape.
+    /// Counting is free at the providers, so it is neither budgeted nor recorded, but
+    /// the caller must be allowed the model.
+    pub async fn count_tokens(&self, ctx: &CallContext, call: &Call) -> Result<Answer, ModelError> {
+        let client = call.format.wire();
+        let conversation = wire::read_request(client, &call.body).map_err(ModelError::Invalid)?;
+        let mut needs =
+            Needs::of(&call.body, Some(&conversation), client, self.catalog.router.default_max_tokens).await;
+        needs.max_output = 0;
+        let (_, candidates) = self.select(&Requested::parse(&call.model), ctx, &needs)?;
+        let model = candidates[0];
+        let provider = self.catalog.provider_of(model);
+        let routed = Routed {
+            model: model.name.clone(),
+            tier: model.tier.clone(),
+            provider: provider.name.clone(),
+            fallbacks: vec![],
+        };
+        if provider.kind != client {
+            let counted = match client {
+                ProviderKind::Gemini => json!({"totalTokens": needs.input_tokens}),
+                _ => json!({"input_tokens": needs.input_tokens}),
+            };
+            let body = Bytes::from(counted.to_string());
+            return Ok(Answer::Whole { status: 200, content_type: Some("application/json".into()), body, routed });
+        }
+        let key = provider.api_key.clone().unwrap_or_default();
+        let base = &provider.base_url;
+        let mut body = call.body.clone();
+        let request = match client {
+            ProviderKind::Gemini => self
+                .http
+                .post(format!("{base}/v1beta/models/{}:countTokens", model.upstream))
+                .header("x-goog-api-key", &key),
+            _ => {
+                body["model"] = Value::String(model.upstream.clone());
+                let version = call.header("anthropic-version").unwrap_or("2023-06-01");
+                let mut request = self
+                    .http
+                    .post(format!("{base}/v1/messages/count_tokens"))
+                    .header("x-api-key", &key)
+                    .header("anthropic-version", version);
+                if let Some(beta) = call.header("anthropic-beta") {
+                    request = request.header("anthropic-beta", beta);
+                }
+                request
+            }
+        };
+        let failed =
+            |e: reqwest::Error| ModelError::Unavailable(format!("cannot reach {}: {}", provider.name, e.without_url()));
+        let response = tokio::time::timeout(provider.timeout, request.json(&body).send())
+            .await
+            .map_err(|_| {
+                ModelError::Unavailable(format!(
+                    "{} did not answer within {} ms",
+                    provider.name,
+                    provider.timeout.as_millis()
+                ))
+            })?
+            .map_err(failed)?;
+        let status = response.status().as_u16();
+        let content_type = content_type(&response);
+        let body = response.bytes().await.map_err(failed)?;
+        Ok(Answer::Whole { status, content_type, body, routed })
+    }
+
     /// `model.chat` from sandboxed code.
     pub async fn chat(self: &Arc<Self>, ctx: CallContext, request: Value) -> Result<ChatAnswer, ModelError> {
         let Some(messages) = request.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()) else {

@@ -736,6 +736,18 @@ impl Service {
         answer
     }
 
+    /// Counts a request's input tokens for `principal` (see
+    /// [`crate::model::Gateway::count_tokens`]).
+    pub async fn count_tokens(
+        &self,
+        principal: Arc<Principal>,
+        call: crate::model::Call,
+    ) -> Result<Answer, ModelError> {
+        let capabilities = self.policies.current().capabilities(&principal);
+        let ctx = CallContext { principal, capabilities, execution_id: None, trace: opentelemetry::Context::new() };
+        self.gateway.count_tokens(&ctx, &call).await
+    }
+
     /// The models, tiers and routing names `principal` may use.
     pub fn models(&self, principal: &Principal) -> serde_json::Value {
         self.gateway.list(&self.policies.current().capabilities(principal))

@@ -217,3 +217,72 @@ async fn hosted_tools_go_only_to_providers_that_run_them() {
     assert_eq!(status, StatusCode::OK, "{answered}");
     assert_eq!(answered["output"][0]["content"][0]["text"], "echo: hi", "{answered}");
 }
+
+/// Anthropic's token counting and model listing, as Claude Code uses them: counted by
+/// the provider when it speaks Anthropic messages, by sandgate otherwise; Gemini's
+/// `countTokens` the same way; `GET /v1/models` in Anthropic's shape when the request
+/// carries `anthropic-version`.
+#[tokio::test]
+async fn tokens_are_counted_and_models_listed_in_each_clients_shape() {
+    let (stub, server, key) = serve("counting");
+    let count = |model: &str| {
+        json!({"model": model, "system": "be brief", "messages": [{"role": "user", "content": "one two three four"}]})
+    };
+    let post = |path: String, body: Value| {
+        let key = key.clone();
+        async move {
+            let response = client()
+                .post(path)
+                .header("x-api-key", key)
+                .header("anthropic-version", "2023-06-01")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    // The provider's own count (the stub counts words: 2 + 4).
+    let (status, native) = post(format!("{}/v1/messages/count_tokens", server.base), count("on-messages")).await;
+    assert_eq!((status, &native), (StatusCode::OK, &json!({"input_tokens": 6})));
+    let sent = stub.requests().into_iter().find(|r| r.path == "/v1/messages/count_tokens").expect("passed on");
+    assert_eq!(sent.body["model"], "claude-ok", "{:?}", sent.body);
+    // sandgate's count for a model of another format: cl100k finds a few more tokens.
+    let (status, counted) = post(format!("{}/v1/messages/count_tokens", server.base), count("on-chat")).await;
+    assert_eq!(status, StatusCode::OK, "{counted}");
+    let tokens = counted["input_tokens"].as_u64().expect("a count");
+    assert!((6..=12).contains(&tokens), "{counted}");
+    // A model the caller may not use is refused, in Anthropic's shape.
+    let (status, refused) = post(format!("{}/v1/messages/count_tokens", server.base), count("nope")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_eq!(refused["type"], "error", "{refused}");
+    // Gemini's countTokens, passed on and counted.
+    let gemini = json!({"contents": [{"role": "user", "parts": [{"text": "one two three"}]}]});
+    for (model, expect) in [("on-gemini", Some(3)), ("on-messages", None)] {
+        let url = format!("{}/v1beta/models/{model}:countTokens?key={key}", server.base);
+        let response = client().post(url).json(&gemini).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        let total = body["totalTokens"].as_u64().expect("a count");
+        match expect {
+            Some(words) => assert_eq!(total, words, "{body}"),
+            None => assert!((3..=6).contains(&total), "{body}"),
+        }
+    }
+    // Model discovery in Anthropic's shape; OpenAI's without the header.
+    let response = client()
+        .get(format!("{}/v1/models", server.base))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = response.json().await.unwrap();
+    assert_eq!(listed["has_more"], false, "{listed}");
+    let first = &listed["data"][0];
+    assert_eq!(first["type"], "model", "{listed}");
+    assert!(first["display_name"].is_string() && first["created_at"].is_string(), "{listed}");
+    assert_eq!(listed["first_id"], first["id"], "{listed}");
+    let openai = get_json(&format!("{}/v1/models", server.base), &key);
+    assert_eq!(openai["object"], "list", "{openai}");
+}

@@ -3,10 +3,10 @@
 //! Paid providers cannot be reached from the test machine, so the model proxy is
 //! tested against this stub. It serves OpenAI Chat Completions
 //! (`POST /v1/chat/completions`, `GET /v1/models`), Anthropic Messages
-//! (`POST /v1/messages`, and `GET /v1/models` when `anthropic-version` is sent),
-//! OpenAI Responses (`POST /v1/responses`) and Gemini
-//! (`POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse`;
-//! these two in `stub_wire.rs`) as the real APIs do, down to the error bodies and the
+//! (`POST /v1/messages`, `POST /v1/messages/count_tokens`, and `GET /v1/models` when
+//! `anthropic-version` is sent), OpenAI Responses (`POST /v1/responses`) and Gemini
+//! (`POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` and
+//! `:countTokens`; these in `stub_wire.rs`) as the real APIs do, down to the error bodies and the
 //! server-sent-event framing.
 //!
 //! What a request gets is chosen by the model name in its body, so one stub serves
@@ -181,6 +181,7 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/messages/count_tokens", post(wire::messages_count))
         .route("/v1/responses", post(wire::responses))
         .route("/v1beta/models/{target}", post(wire::gemini))
         .route("/v1/models", get(models))

@@ -419,7 +419,26 @@ pub(super) struct GeminiQuery {
     alt: Option<String>,
 }
 
-/// `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent`.
+/// `POST /v1/messages/count_tokens`: the words of the system prompt and messages
+/// (`{"input_tokens": N}`), as Anthropic counts them without generating anything.
+pub(super) async fn messages_count(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let provider = Provider::Anthropic;
+    let body = match record(&state, "/v1/messages/count_tokens", &headers, &body) {
+        Ok(body) => body,
+        Err(e) => return error_response(provider, 400, "invalid_request_error", &format!("{e}")),
+    };
+    if header(&headers, "anthropic-version").is_none() {
+        return error_response(provider, 400, "invalid_request_error", "anthropic-version: header is required");
+    }
+    let Some(messages) = body["messages"].as_array() else {
+        return error_response(provider, 400, "invalid_request_error", "messages: Field required");
+    };
+    let tokens = all_words(&body["system"]) + messages.iter().map(|m| all_words(&m["content"])).sum::<u64>();
+    json_response(200, &json!({"input_tokens": tokens}), provider)
+}
+
+/// `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` and
+/// `:countTokens`.
 pub(super) async fn gemini(
     State(state): State<Shared>,
     axum::extract::Path(target): axum::extract::Path<String>,
@@ -446,6 +465,10 @@ pub(super) async fn gemini(
     let stream = match action {
         "generateContent" => false,
         "streamGenerateContent" => true,
+        "countTokens" => {
+            let counted = json!({"totalTokens": all_words(&body["contents"]), "promptTokensDetails": []});
+            return json_response(200, &counted, provider);
+        }
         _ => return error_response(provider, 404, "NOT_FOUND", &format!("Method {action} not found")),
     };
     let behaviour = Behaviour::of(model);
