@@ -425,7 +425,7 @@ pub(super) async fn messages_count(State(state): State<Shared>, headers: HeaderM
     let provider = Provider::Anthropic;
     let body = match record(&state, "/v1/messages/count_tokens", &headers, &body) {
         Ok(body) => body,
-        Err(e) => return error_response(provider, 400, "invalid_request_error", &format!("{e}")),
+        Err(e) => return error_response(provider, 400, "invalid_request_error", &e.to_string()),
     };
     if header(&headers, "anthropic-version").is_none() {
         return error_response(provider, 400, "invalid_request_error", "anthropic-version: header is required");
