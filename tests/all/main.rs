@@ -3,6 +3,7 @@
 //! Most tests talk HTTP to a real server started in this process on an ephemeral
 //! port (`harness::server`); `binary.rs` runs the built `sandgate` executable.
 
+mod agents;
 mod binary;
 mod browser;
 mod budgets;
