@@ -225,9 +225,7 @@ async fn hosted_tools_go_only_to_providers_that_run_them() {
 #[tokio::test]
 async fn tokens_are_counted_and_models_listed_in_each_clients_shape() {
     let (stub, server, key) = serve("counting");
-    let count = |model: &str| {
-        json!({"model": model, "system": "be brief", "messages": [{"role": "user", "content": "one two three four"}]})
-    };
+    let count = |model: &str| json!({"model": model, "system": "be brief", "messages": [{"role": "user", "content": "one two three four"}]});
     let post = |path: String, body: Value| {
         let key = key.clone();
         async move {
