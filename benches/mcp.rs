@@ -197,6 +197,7 @@ async fn call_latency() {
     service.upstreams().settled().await;
     let principal = Arc::new(sandgate::auth::Principal::local());
     let request = |code: String| sandgate::request::ExecuteRequest {
+        agent_session: None,
         code,
         input: None,
         limits: Default::default(),

@@ -388,7 +388,15 @@ async fn exec(
         Some(text) => serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--limits: {e}"))?,
         None => PartialLimits::default(),
     };
-    let request = ExecuteRequest { code, input, limits, language, session_id: session, trace: Default::default() };
+    let request = ExecuteRequest {
+        code,
+        input,
+        limits,
+        language,
+        session_id: session,
+        trace: Default::default(),
+        agent_session: None,
+    };
     let service = Service::new(&config).await?;
     service.upstreams().settled().await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await;

@@ -407,6 +407,7 @@ fn group_name(group: GroupBy) -> &'static str {
         GroupBy::Model => "model",
         GroupBy::Tier => "tier",
         GroupBy::Day => "day",
+        GroupBy::AgentSession => "agent_session",
     }
 }
 
@@ -471,7 +472,7 @@ async fn usage(
         rows.iter().map(|r| (r.group.clone(), if costs { r.cost_usd } else { r.executions as f64 })).collect();
     let what = if costs { "Cost (USD)" } else { "Executions" };
     let group = query.group_by;
-    let options: String = ["team", "user", "model", "tier", "day"]
+    let options: String = ["team", "user", "model", "tier", "day", "agent_session"]
         .iter()
         .map(|g| {
             let selected = if *g == group_name(group) { " selected" } else { "" };

@@ -99,9 +99,6 @@ impl Route {
     }
 }
 
-/// Headers a provider of the client's own format is given as the client sent them.
-const PASSED_ON: [&str; 2] = ["anthropic-version", "anthropic-beta"];
-
 async fn proxy(
     app: AppState,
     headers: HeaderMap,
@@ -129,16 +126,20 @@ async fn proxy(
     };
     let mut call = match route {
         Route::Body(format) => Call::of(format, body),
-        Route::Gemini { model, stream } => Call { format: Format::Gemini, body, model, stream, headers: Vec::new() },
+        Route::Gemini { model, stream } => {
+            Call { format: Format::Gemini, body, model, stream, headers: Vec::new(), agent_session: None }
+        }
     };
-    for name in PASSED_ON {
+    for name in crate::model::CLIENT_HEADERS {
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
             call.headers.push((name.to_string(), value.to_string()));
         }
     }
+    call.agent_session = crate::request::agent_session(&headers);
     let answer = match op {
         Op::Generate => {
             let parent = crate::telemetry::trace::from_headers(&headers);
+            let parent = crate::telemetry::trace::in_agent_session(parent, call.agent_session.as_deref());
             app.service.model_call(principal, call, parent).await
         }
         Op::Count => app.service.count_tokens(principal, call).await,

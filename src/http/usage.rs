@@ -1,4 +1,4 @@
-//! `GET /v1/usage?group_by=user|team|model|tier|day&since=&until=&user=`: totals per
+//! `GET /v1/usage?group_by=user|team|model|tier|day|agent_session&since=&until=&user=`: totals per
 //! group from the ledger. Admins see everyone; others see only their own usage.
 
 use axum::extract::{Query, State};

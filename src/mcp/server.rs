@@ -209,7 +209,11 @@ impl CodeMode {
             limits: PartialLimits::default(),
             language,
             session_id,
-            trace: caller_trace(context),
+            trace: crate::telemetry::trace::in_agent_session(
+                caller_trace(context),
+                caller_agent_session(context).as_deref(),
+            ),
+            agent_session: caller_agent_session(context),
         };
         if context.client_capabilities().is_some_and(|caps| caps.supports_tasks()) {
             return self.execute_as_task(principal, request).await.unwrap_or_else(CallToolResponse::from);
@@ -632,6 +636,14 @@ fn caller_trace(context: &RequestContext<RoleServer>) -> opentelemetry::Context 
             .get::<http::request::Parts>()
             .map_or_else(opentelemetry::Context::new, |parts| trace::from_headers(&parts.headers)),
     }
+}
+
+/// The coding agent's own session a `tools/call` belongs to: from its `_meta` (Codex
+/// sends its session there), else the HTTP request's headers.
+fn caller_agent_session(context: &RequestContext<RoleServer>) -> Option<String> {
+    crate::request::agent_session_in_meta(&context.meta).or_else(|| {
+        context.extensions.get::<http::request::Parts>().and_then(|parts| crate::request::agent_session(&parts.headers))
+    })
 }
 
 fn task_error(error: crate::service::ServiceError) -> McpError {

@@ -22,6 +22,8 @@ pub struct Model {
     pub principal: Arc<Principal>,
     pub grants: Capabilities,
     pub calls: Counter,
+    /// The coding agent's session the execution belongs to.
+    pub agent_session: Option<String>,
 }
 
 impl Door for Model {
@@ -36,6 +38,7 @@ impl Door for Model {
             capabilities: self.grants.clone(),
             execution_id: Some(call.execution_id.to_string()),
             trace: call.trace.clone(),
+            agent_session: self.agent_session.clone(),
         };
         Ok(Box::pin(async move {
             match gateway.chat(ctx, call.args).await {

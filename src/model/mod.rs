@@ -111,17 +111,35 @@ pub struct Call {
     pub model: String,
     /// Whether the answer streams (the body's `stream`; Gemini: the route).
     pub stream: bool,
-    /// The client's headers passed on to a provider of the client's own format
-    /// (`anthropic-version`, `anthropic-beta`).
+    /// The client's headers that may be passed on (see [`CLIENT_HEADERS`]).
     pub headers: Vec<(String, String)>,
+    /// The coding agent's own session the call belongs to, recorded with it.
+    pub agent_session: Option<String>,
 }
+
+/// The client's headers a provider gets as the client sent them: to a provider of
+/// the client's own format, Anthropic's `anthropic-version` and `anthropic-beta`; to
+/// every provider, the client's own name and session (`user-agent`, `x-app`, the
+/// agent session headers), unless the caller's policy strips them
+/// (`[policy.models] strip_headers`).
+pub const CLIENT_HEADERS: [&str; 9] = [
+    "anthropic-version",
+    "anthropic-beta",
+    "user-agent",
+    "x-app",
+    "x-claude-code-session-id",
+    "session-id",
+    "thread-id",
+    "originator",
+    "x-sandgate-agent-session",
+];
 
 impl Call {
     /// A call whose model and streaming are in its body.
     pub fn of(format: Format, body: Value) -> Self {
         let model = body.get("model").and_then(Value::as_str).unwrap_or("auto").to_string();
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-        Self { format, body, model, stream, headers: Vec::new() }
+        Self { format, body, model, stream, headers: Vec::new(), agent_session: None }
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -137,6 +155,9 @@ pub struct CallContext {
     pub execution_id: Option<String>,
     /// The parent of each attempt's span: the execution's, or the proxy request's.
     pub trace: opentelemetry::Context,
+    /// The coding agent's own session the call belongs to (its headers, or the
+    /// execution's), recorded with it.
+    pub agent_session: Option<String>,
 }
 
 /// Why a model call was not answered.
@@ -605,7 +626,16 @@ impl Gateway {
 
     /// The request to `model`'s provider: its route, its key, and the client's
     /// headers a provider of the client's own format takes.
-    fn upstream_request(&self, model: &Model, body: &Value, call: &Call) -> reqwest::RequestBuilder {
+    fn upstream_request(&self, model: &Model, body: &Value, call: &Call, ctx: &CallContext) -> reqwest::RequestBuilder {
+        let request = self.provider_request(model, body, call);
+        call.headers
+            .iter()
+            .filter(|(name, _)| !name.starts_with("anthropic-") && !ctx.capabilities.strips_header(name))
+            .fold(request, |request, (name, value)| request.header(name.as_str(), value.as_str()))
+    }
+
+    /// The provider's route for `model`, its key, and the format's own headers.
+    fn provider_request(&self, model: &Model, body: &Value, call: &Call) -> reqwest::RequestBuilder {
         let provider = self.catalog.provider_of(model);
         let key = provider.api_key.clone().unwrap_or_default();
         let base = &provider.base_url;
@@ -748,7 +778,7 @@ impl Gateway {
                 }
                 let permit = self.concurrency[model.provider].clone().acquire_owned().await.ok();
                 let span = attempt_span(&ctx, model, provider, attempt, &routed.fallbacks);
-                let mut request = self.upstream_request(model, &upstream_body, &call);
+                let mut request = self.upstream_request(model, &upstream_body, &call, &ctx);
                 for (field, value) in trace::fields(span.context()) {
                     request = request.header(field, value);
                 }
@@ -864,6 +894,7 @@ impl Gateway {
                 status: "failed".into(),
                 fallback_chain: routed.fallbacks,
                 tags,
+                agent_session: ctx.agent_session.clone(),
             })])
             .await?;
         Err(error)
@@ -1195,6 +1226,7 @@ impl Pending {
             status: status.to_string(),
             fallback_chain: std::mem::take(&mut self.fallbacks),
             tags: self.tags.take(),
+            agent_session: self.ctx.agent_session.clone(),
         });
         let steps = self.growth.as_mut().map(|growth| std::mem::take(&mut growth.more)).unwrap_or_default();
         std::iter::once(record)

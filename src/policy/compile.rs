@@ -149,6 +149,8 @@ pub(super) struct Policy {
     pub deny: Vec<At<Glob>>,
     pub tiers: Vec<At<String>>,
     pub models: Vec<At<String>>,
+    /// Client headers its principals' model calls do not pass on (lowercase).
+    pub strip_headers: Vec<String>,
     pub scope: BudgetScope,
     pub usd_per_day: Option<At<f64>>,
     pub usd_per_month: Option<At<f64>>,
@@ -247,8 +249,16 @@ fn compile_policy(
         deny = globs(source, tools.deny, errors);
     }
 
-    let (mut tiers, mut models) = (Vec::new(), Vec::new());
+    let (mut tiers, mut models, mut strip_headers) = (Vec::new(), Vec::new(), Vec::new());
     if let Some(raw_models) = raw.models {
+        for header in raw_models.strip_headers {
+            let name = header.get_ref().trim().to_ascii_lowercase();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                errors.push(source.error(&header.span(), format!("{:?} is not a header name", header.get_ref())));
+            } else {
+                strip_headers.push(name);
+            }
+        }
         for tier in raw_models.tiers {
             if ctx.known_tiers.iter().any(|known| known == tier.get_ref()) {
                 tiers.push(at(source, tier));
@@ -282,6 +292,7 @@ fn compile_policy(
         deny,
         tiers,
         models,
+        strip_headers,
         scope: BudgetScope::User,
         usd_per_day: None,
         usd_per_month: None,

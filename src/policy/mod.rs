@@ -537,6 +537,12 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// Whether a matching policy keeps the client header `name` (lowercase) from the
+    /// providers (`[policy.models] strip_headers`).
+    pub fn strips_header(&self, name: &str) -> bool {
+        self.policies.iter().any(|policy| policy.strip_headers.iter().any(|stripped| stripped == name))
+    }
+
     /// Nothing allowed: not even executing code.
     pub fn none() -> Self {
         Self {

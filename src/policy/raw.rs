@@ -64,6 +64,9 @@ pub(super) struct RawModels {
     pub tiers: Vec<Spanned<String>>,
     #[serde(default)]
     pub models: Vec<Spanned<String>>,
+    /// Client headers not passed on to providers (`user-agent`, `x-app`, …).
+    #[serde(default)]
+    pub strip_headers: Vec<Spanned<String>>,
 }
 
 /// `scope` is required: whether a budget is per user or pooled per team changes what

@@ -160,6 +160,8 @@ pub struct Prepared {
     in_flight: InFlight,
     running: Slot<String>,
     session: Option<sessions::SessionLease>,
+    /// The coding agent's session it belongs to, recorded with it.
+    agent_session: Option<String>,
     /// The execution's files, to commit or drop when it ends.
     workspace: Option<Arc<Workspace>>,
 }
@@ -319,6 +321,7 @@ impl Service {
         grants: Capabilities,
         limits: &Limits,
         workspace: Option<Arc<Workspace>>,
+        agent_session: Option<String>,
     ) -> Doors {
         let tools = crate::mcp::door::Tools {
             upstreams: self.upstreams.clone(),
@@ -332,6 +335,7 @@ impl Service {
             principal: principal.clone(),
             grants,
             calls: Counter::new(limits.model_calls, "model calls"),
+            agent_session,
         };
         let files = match workspace {
             Some(workspace) => Files::Workspace(workspace),
@@ -557,6 +561,7 @@ impl Service {
             }
         };
         let files = capabilities.files.clone();
+        let agent_session = request.agent_session.clone();
         let mut job = job_of(request, &ceiling)?;
         let session = session.map(|(lease, memory)| {
             job.session = Some(memory);
@@ -572,7 +577,7 @@ impl Service {
             MountWrites { store: self.store.clone(), owner: crate::store::Owner::of(&principal) },
         );
         let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
-        job.doors = self.doors(&principal, capabilities, &job.limits, workspace.clone());
+        job.doors = self.doors(&principal, capabilities, &job.limits, workspace.clone(), agent_session.clone());
         // A full server answers 503 whoever asks; a caller over their own share, 429.
         let admission = self.sandbox.admit().map_err(|overloaded| ServiceError::from(overloaded).counted())?;
         let limit = job.limits.concurrent;
@@ -580,7 +585,16 @@ impl Service {
             .running
             .enter(principal.user.clone(), limit)
             .ok_or_else(|| ServiceError::TooManyRunning { user: principal.user.clone(), limit }.counted())?;
-        Ok(Prepared { job, principal, admission, running, session, workspace, in_flight: InFlight::enter() })
+        Ok(Prepared {
+            job,
+            principal,
+            admission,
+            running,
+            session,
+            agent_session,
+            workspace,
+            in_flight: InFlight::enter(),
+        })
     }
 
     /// Runs a prepared execution and commits its records before returning: an
@@ -596,7 +610,8 @@ impl Service {
     pub fn start(&self, prepared: Prepared, events: Option<LineSender>) -> Execution {
         let cancel = self.stop.child_token();
         let (sandbox, ledger) = (self.sandbox.clone(), self.ledger.clone());
-        let Prepared { mut job, principal, admission, in_flight, running, session, workspace } = prepared;
+        let Prepared { mut job, principal, admission, in_flight, running, session, agent_session, workspace } =
+            prepared;
         let span = execution_span(&job, &principal, session.as_ref().map(|lease| lease.id()));
         job.trace = span.context().clone();
         let task = self.executions.spawn({
@@ -638,7 +653,8 @@ impl Service {
                 if written > 0 {
                     events.push(sessions::event(&principal, &session_id, "files_written", written));
                 }
-                ledger.record(records(&principal, &outcome).into_iter().chain(events).collect()).await?;
+                let records = records(&principal, &outcome, agent_session);
+                ledger.record(records.into_iter().chain(events).collect()).await?;
                 Ok(outcome)
             };
             async move {
@@ -712,7 +728,9 @@ impl Service {
             (format!("POST {route}"), attributes)
         });
         let capabilities = self.policies.current().capabilities(&principal);
-        let ctx = CallContext { principal, capabilities, execution_id: None, trace: span.context().clone() };
+        let agent_session = call.agent_session.clone();
+        let ctx =
+            CallContext { principal, capabilities, execution_id: None, trace: span.context().clone(), agent_session };
         let answer = self.gateway.call(ctx, call).await;
         match &answer {
             Ok(Answer::Whole { status, routed, .. } | Answer::Stream { status, routed, .. }) => {
@@ -744,7 +762,13 @@ impl Service {
         call: crate::model::Call,
     ) -> Result<Answer, ModelError> {
         let capabilities = self.policies.current().capabilities(&principal);
-        let ctx = CallContext { principal, capabilities, execution_id: None, trace: opentelemetry::Context::new() };
+        let ctx = CallContext {
+            principal,
+            capabilities,
+            execution_id: None,
+            trace: opentelemetry::Context::new(),
+            agent_session: None,
+        };
         self.gateway.count_tokens(&ctx, &call).await
     }
 
@@ -787,7 +811,7 @@ impl std::future::Future for Execution {
     }
 }
 
-fn records(principal: &Principal, outcome: &Outcome) -> Vec<Record> {
+fn records(principal: &Principal, outcome: &Outcome, agent_session: Option<String>) -> Vec<Record> {
     let mut records = Vec::with_capacity(1 + outcome.calls.len());
     records.push(Record::Execution(ExecutionRecord {
         id: outcome.execution_id.clone(),
@@ -802,6 +826,7 @@ fn records(principal: &Principal, outcome: &Outcome) -> Vec<Record> {
         memory_bytes: outcome.usage.memory_bytes,
         host_calls: outcome.usage.host_calls,
         logs: kept_logs(&outcome.logs),
+        agent_session,
     }));
     for call in &outcome.calls {
         records.push(Record::Call(CallRecord {

@@ -168,7 +168,7 @@ pub(super) fn recent_model_calls_sql(dialect: &Dialect) -> String {
 }
 
 const EXECUTION_COLUMNS: &str =
-    "id, \"user\", team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms, memory_bytes, host_calls";
+    "id, \"user\", team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms, memory_bytes, host_calls, agent_session";
 
 /// Placeholders 1 to 5: since, until, user or NULL, outcome or NULL, limit.
 pub(super) fn executions_sql(dialect: &Dialect) -> String {

@@ -62,6 +62,8 @@ pub struct ExecutionRecord {
     /// Its console lines as a JSON array of `{level, message}` (cut to
     /// [`MAX_LOG_BYTES`]); empty when it printed none, and then nothing is stored.
     pub logs: String,
+    /// The coding agent's own session it belongs to (its id, as the agent sent it).
+    pub agent_session: Option<String>,
 }
 
 /// The most bytes of console lines kept with an execution's record.
@@ -102,6 +104,8 @@ pub struct ModelCallRecord {
     pub fallback_chain: Vec<String>,
     /// Client-supplied labels (`user`, `metadata`): kept, never used for attribution.
     pub tags: serde_json::Value,
+    /// The coding agent's own session it belongs to.
+    pub agent_session: Option<String>,
 }
 
 impl ModelCallRecord {

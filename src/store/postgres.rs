@@ -442,6 +442,63 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY ("user", team, key, mount, day_ms)
     );
     "#,
+    // 10: the coding agent's own session each execution and model call belongs to,
+    // appended by a function that takes them (the earlier ones stay, for replicas not
+    // yet upgraded).
+    r#"
+    ALTER TABLE executions ADD COLUMN agent_session TEXT;
+    ALTER TABLE model_calls ADD COLUMN agent_session TEXT;
+    CREATE INDEX executions_agent_session ON executions (agent_session, started_at_ms);
+    CREATE INDEX model_calls_agent_session ON model_calls (agent_session, started_at_ms);
+    CREATE FUNCTION sandgate_append_with_agents(
+        e_id TEXT[], e_user TEXT[], e_team TEXT[], e_key TEXT[], e_started BIGINT[], e_ended BIGINT[],
+        e_outcome TEXT[], e_fuel BIGINT[], e_wall BIGINT[], e_memory BIGINT[], e_calls BIGINT[],
+        c_execution TEXT[], c_user TEXT[], c_team TEXT[], c_name TEXT[], c_started BIGINT[],
+        c_latency BIGINT[], c_outcome TEXT[],
+        m_execution TEXT[], m_user TEXT[], m_team TEXT[], m_key TEXT[], m_model TEXT[], m_tier TEXT[],
+        m_provider TEXT[], m_input BIGINT[], m_output BIGINT[], m_cached BIGINT[], m_cost BIGINT[],
+        m_started BIGINT[], m_latency BIGINT[], m_status TEXT[], m_chain TEXT[], m_tags TEXT[],
+        releases TEXT[],
+        s_session TEXT[], s_user TEXT[], s_team TEXT[], s_key TEXT[], s_at BIGINT[], s_event TEXT[],
+        s_bytes BIGINT[], l_execution TEXT[], l_logs TEXT[], e_agent TEXT[], m_agent TEXT[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        r RECORD;
+    BEGIN
+        INSERT INTO executions (id, "user", team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms,
+                                memory_bytes, host_calls, agent_session)
+        SELECT * FROM unnest(e_id, e_user, e_team, e_key, e_started, e_ended, e_outcome, e_fuel, e_wall,
+                             e_memory, e_calls, e_agent)
+        ON CONFLICT (id) DO UPDATE SET "user" = EXCLUDED."user", team = EXCLUDED.team, key = EXCLUDED.key,
+            started_at_ms = EXCLUDED.started_at_ms, ended_at_ms = EXCLUDED.ended_at_ms,
+            outcome = EXCLUDED.outcome, fuel = EXCLUDED.fuel, wall_ms = EXCLUDED.wall_ms,
+            memory_bytes = EXCLUDED.memory_bytes, host_calls = EXCLUDED.host_calls,
+            agent_session = EXCLUDED.agent_session;
+        INSERT INTO calls (execution_id, "user", team, name, started_at_ms, latency_ms, outcome)
+        SELECT * FROM unnest(c_execution, c_user, c_team, c_name, c_started, c_latency, c_outcome);
+        INSERT INTO model_calls (execution_id, "user", team, key, model, tier, provider, input_tokens,
+            output_tokens, cached_tokens, cost_nanousd, started_at_ms, latency_ms, status, fallback_chain, tags,
+            agent_session)
+        SELECT * FROM unnest(m_execution, m_user, m_team, m_key, m_model, m_tier, m_provider, m_input,
+            m_output, m_cached, m_cost, m_started, m_latency, m_status, m_chain, m_tags, m_agent);
+        FOR r IN
+            SELECT c.scope_kind, c.scope_name, c.since_ms, sum(m.cost) AS nanos, sum(m.input + m.output) AS tokens
+            FROM budget_counters c
+            JOIN unnest(m_user, m_team, m_started, m_cost, m_input, m_output) AS m(u, t, at, cost, input, output)
+              ON c.since_ms <= m.at
+             AND ((c.scope_kind = 'user' AND c.scope_name = m.u) OR (c.scope_kind = 'team' AND c.scope_name = m.t))
+            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        LOOP
+            UPDATE budget_counters SET spent_nanos = spent_nanos + r.nanos, spent_tokens = spent_tokens + r.tokens
+            WHERE scope_kind = r.scope_kind AND scope_name = r.scope_name AND since_ms = r.since_ms;
+        END LOOP;
+        DELETE FROM budget_holds WHERE id = ANY(releases);
+        INSERT INTO session_events (session_id, "user", team, key, at_ms, event, state_bytes)
+        SELECT * FROM unnest(s_session, s_user, s_team, s_key, s_at, s_event, s_bytes);
+        INSERT INTO execution_logs (execution_id, logs) SELECT * FROM unnest(l_execution, l_logs)
+        ON CONFLICT (execution_id) DO UPDATE SET logs = EXCLUDED.logs;
+    END $$;
+    "#,
 ];
 
 fn model_call_row(r: &tokio_postgres::Row) -> ModelCallRow {
@@ -474,6 +531,7 @@ fn execution_row(row: &tokio_postgres::Row) -> ExecutionRecord {
         memory_bytes: count(9),
         host_calls: u32::try_from(count(10)).unwrap_or(u32::MAX),
         logs: String::new(),
+        agent_session: row.try_get(11).unwrap_or(None),
     }
 }
 
@@ -685,6 +743,8 @@ struct Columns {
     s_bytes: Vec<i64>,
     l_execution: Vec<String>,
     l_logs: Vec<String>,
+    e_agent: Vec<Option<String>>,
+    m_agent: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -712,6 +772,7 @@ impl Columns {
                     c.e_wall.push(to_i64(r.wall_ms));
                     c.e_memory.push(to_i64(r.memory_bytes));
                     c.e_calls.push(r.host_calls.into());
+                    c.e_agent.push(r.agent_session.clone());
                     if !r.logs.is_empty() {
                         c.l_execution.push(r.id.clone());
                         c.l_logs.push(r.logs.clone());
@@ -744,6 +805,7 @@ impl Columns {
                     c.m_status.push(r.status.clone());
                     c.m_chain.push(serde_json::to_string(&r.fallback_chain).unwrap_or_default());
                     c.m_tags.push(r.tags.to_string());
+                    c.m_agent.push(r.agent_session.clone());
                 }
                 Record::Release(id) => c.releases.push(id.clone()),
                 Record::Session(r) => {
@@ -760,7 +822,7 @@ impl Columns {
         c
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 44] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 46] {
         [
             &self.e_id,
             &self.e_user,
@@ -806,13 +868,15 @@ impl Columns {
             &self.s_bytes,
             &self.l_execution,
             &self.l_logs,
+            &self.e_agent,
+            &self.m_agent,
         ]
     }
 }
 
-const APPEND: &str = "SELECT sandgate_append_with_logs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+const APPEND: &str = "SELECT sandgate_append_with_agents($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
                       $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, \
-                      $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44)";
+                      $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46)";
 
 /// The lines in locking order, with their places in the hold, as the columns the
 /// functions take.

@@ -206,6 +206,11 @@ const MIGRATIONS: &[&str] = &[
         bytes INTEGER NOT NULL,
         PRIMARY KEY (user, team, key, mount, day_ms)
     );",
+    // 13: the coding agent's own session each execution and model call belongs to.
+    "ALTER TABLE executions ADD COLUMN agent_session TEXT;
+    ALTER TABLE model_calls ADD COLUMN agent_session TEXT;
+    CREATE INDEX executions_agent_session ON executions (agent_session, started_at_ms);
+    CREATE INDEX model_calls_agent_session ON model_calls (agent_session, started_at_ms);",
 ];
 
 /// The migration after which [`convert_images`] runs.
@@ -438,8 +443,8 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
     {
         let mut execution = tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO executions (id, user, team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms, memory_bytes, host_calls)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT OR REPLACE INTO executions (id, user, team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms, memory_bytes, host_calls, agent_session)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(err)?;
         let mut logs = tx
@@ -459,8 +464,8 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
             .map_err(err)?;
         let mut model = tx
             .prepare_cached(
-                "INSERT INTO model_calls (execution_id, user, team, key, model, tier, provider, input_tokens, output_tokens, cached_tokens, cost_nanousd, started_at_ms, latency_ms, status, fallback_chain, tags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                "INSERT INTO model_calls (execution_id, user, team, key, model, tier, provider, input_tokens, output_tokens, cached_tokens, cost_nanousd, started_at_ms, latency_ms, status, fallback_chain, tags, agent_session)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )
             .map_err(err)?;
         for record in records {
@@ -477,7 +482,8 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
                         to_i64(r.fuel),
                         to_i64(r.wall_ms),
                         to_i64(r.memory_bytes),
-                        r.host_calls
+                        r.host_calls,
+                        r.agent_session
                     ])
                     .and_then(|_| if r.logs.is_empty() { Ok(0) } else { logs.execute(params![r.id, r.logs]) })
                     .map(drop),
@@ -509,7 +515,8 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
                         to_i64(r.latency_ms),
                         r.status,
                         serde_json::to_string(&r.fallback_chain).unwrap_or_default(),
-                        r.tags.to_string()
+                        r.tags.to_string(),
+                        r.agent_session
                     ])
                     .map(drop),
                 Record::Session(r) => session
@@ -728,6 +735,7 @@ fn execution_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRecord> {
         memory_bytes: count(9)?,
         host_calls: u32::try_from(count(10)?).unwrap_or(u32::MAX),
         logs: String::new(),
+        agent_session: row.get(11).unwrap_or(None),
     })
 }
 

@@ -1,4 +1,4 @@
-//! Usage queries: totals per user, team, model, tier or day.
+//! Usage queries: totals per user, team, model, tier, day or agent session.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,11 @@ pub enum GroupBy {
     Model,
     Tier,
     Day,
+    /// The coding agent's own session (`x-claude-code-session-id`, Codex's
+    /// `session-id`, …); calls and executions without one are the group `""`.
+    #[serde(rename = "agent_session")]
+    #[value(name = "agent_session")]
+    AgentSession,
 }
 
 /// A usage query. Times are Unix milliseconds, `since` inclusive, `until` exclusive.
@@ -80,6 +85,7 @@ pub(super) fn report(group_by: GroupBy, dialect: &Dialect) -> Vec<Part> {
         GroupBy::Model => "model".into(),
         GroupBy::Tier => "tier".into(),
         GroupBy::Day => (dialect.day)(time),
+        GroupBy::AgentSession => "COALESCE(agent_session, '')".into(),
     };
     let query = |table: &str, time: &str, sums: &str| {
         let group = key(time);
@@ -88,9 +94,11 @@ pub(super) fn report(group_by: GroupBy, dialect: &Dialect) -> Vec<Part> {
              WHERE {time} >= {p1} AND {time} < {p2} AND (CAST({p3} AS TEXT) IS NULL OR \"user\" = {p3}) GROUP BY 1"
         )
     };
-    let by_principal = !matches!(group_by, GroupBy::Model | GroupBy::Tier);
+    // Executions have no model or tier; session events no model, tier or agent session.
+    let executions = !matches!(group_by, GroupBy::Model | GroupBy::Tier);
+    let session_events = executions && group_by != GroupBy::AgentSession;
     let mut parts = Vec::new();
-    if by_principal {
+    if executions {
         parts.push(Part {
             sql: query(
                 "executions",
@@ -104,6 +112,8 @@ pub(super) fn report(group_by: GroupBy, dialect: &Dialect) -> Vec<Part> {
                 row.host_calls = n[3] as u64;
             },
         });
+    }
+    if session_events {
         parts.push(Part {
             sql: query(
                 "session_events",

@@ -159,6 +159,21 @@ pub fn from_traceparent(traceparent: Option<&str>, tracestate: Option<&str>) -> 
     global::get_text_map_propagator(|propagator| propagator.extract(&fields))
 }
 
+/// `parent`, or when it holds no span and the request belongs to a coding agent's
+/// session, a remote parent in that session's own trace (its id a hash of the
+/// session's), so every model call and execution of one agent session shares one
+/// trace even when the agent sends no trace context.
+pub fn in_agent_session(parent: Context, agent_session: Option<&str>) -> Context {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use sha2::Digest;
+    let Some(session) = agent_session.filter(|_| !parent.span().span_context().is_valid()) else { return parent };
+    let digest = sha2::Sha256::digest(session.as_bytes());
+    let trace_id = TraceId::from_bytes(digest[..16].try_into().expect("16 bytes"));
+    let span_id = SpanId::from_bytes(digest[16..24].try_into().expect("8 bytes"));
+    let remote = SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, true, TraceState::default());
+    parent.with_remote_span_context(remote)
+}
+
 struct Fields(Vec<(String, String)>);
 
 impl Injector for Fields {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::binary::{sandgate, start, Running};
 use crate::harness::*;
-use crate::stub::Stub;
+use crate::stub::{Stub, StubRequest};
 
 const POLICY: &str = r#"
 [[policy]]
@@ -297,6 +297,19 @@ fn claude_code_completes_a_turn_through_sandgate() {
     assert_done(result["result"].as_str().unwrap_or_default());
     assert!(outside.is_empty(), "claude connected outside loopback: {outside:#?}");
     assert_attributed(&served, "claude-user", "claude-ok+agent");
+    // Its own headers reach the provider: its name, its betas, its session; and the
+    // session is recorded with every model call (its MCP calls carry none).
+    let session = result["session_id"].as_str().expect("claude reports its session");
+    let sent: Vec<StubRequest> = served.stub.requests().into_iter().filter(|r| r.path == "/v1/messages").collect();
+    assert!(!sent.is_empty());
+    for request in &sent {
+        assert!(request.user_agent.as_deref().unwrap_or_default().starts_with("claude-cli/"), "{request:?}");
+        assert!(request.anthropic_beta.as_deref().unwrap_or_default().contains("claude-code-"), "{request:?}");
+        assert_eq!(request.session.as_deref(), Some(session), "{request:?}");
+    }
+    let sessions =
+        ledger_rows_at(&served.ledger, "SELECT DISTINCT agent_session FROM model_calls WHERE user = 'claude-user'");
+    assert_eq!(sessions, vec![vec![json!(session)]]);
 }
 
 /// Codex CLI 0.171: `codex exec`, its model calls to sandgate's `/v1/responses` as a
@@ -345,6 +358,24 @@ fn codex_completes_a_turn_through_sandgate() {
     assert_done(&message);
     assert!(outside.is_empty(), "codex connected outside loopback: {outside:#?}");
     assert_attributed(&served, "codex-user", "resp-ok+agent");
+    // One agent session, one record: Codex names its session on its model calls
+    // (`session-id`) and its MCP calls (`_meta`), so both carry it, and usage groups
+    // them together.
+    let sessions = ledger_rows_at(
+        &served.ledger,
+        "SELECT DISTINCT agent_session FROM model_calls WHERE user = 'codex-user' \
+         UNION SELECT DISTINCT agent_session FROM executions WHERE user = 'codex-user'",
+    );
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let session = sessions[0][0].as_str().expect("a session id").to_string();
+    let sent: Vec<StubRequest> = served.stub.requests().into_iter().filter(|r| r.path == "/v1/responses").collect();
+    assert!(sent.iter().all(|r| r.session.as_deref() == Some(&session)), "{sent:?}");
+    assert!(sent.iter().all(|r| r.user_agent.as_deref().unwrap_or_default().starts_with("codex_exec/")), "{sent:?}");
+    let usage = get_json(&format!("{}/v1/usage?group_by=agent_session", served.server.base), &key);
+    let row = usage["rows"].as_array().unwrap().iter().find(|r| r["group"] == session.as_str()).cloned();
+    let row = row.unwrap_or_else(|| panic!("a row for {session}: {usage}"));
+    assert_eq!(row["executions"], 1, "{row}");
+    assert!(row["model_calls"].as_u64().unwrap() >= 2, "{row}");
 }
 
 /// Gemini CLI 0.61: `gemini -p`, its model calls to sandgate's Gemini API as

@@ -18,6 +18,12 @@ principals = ["*"]
 [policy.limits]
 [policy.models]
 tiers = ["standard"]
+
+[[policy]]
+name = "private"
+principals = ["user:private"]
+[policy.models]
+strip_headers = ["user-agent", "X-App"]
 "#;
 
 /// The four providers, one per format, and a model on each (`NAME-agent` for the
@@ -283,4 +289,42 @@ async fn tokens_are_counted_and_models_listed_in_each_clients_shape() {
     assert_eq!(listed["first_id"], first["id"], "{listed}");
     let openai = get_json(&format!("{}/v1/models", server.base), &key);
     assert_eq!(openai["object"], "list", "{openai}");
+}
+
+/// A client's own headers (its name, its session) reach the provider, translated or
+/// not, unless the caller's policy strips them; the session is recorded either way.
+#[tokio::test]
+async fn client_headers_reach_providers_unless_a_policy_strips_them() {
+    for (label, stripped) in [("public", false), ("private", true)] {
+        let (stub, server, key) = serve(label);
+        for model in ["on-chat", "on-messages"] {
+            let response = client()
+                .post(format!("{}/v1/chat/completions", server.base))
+                .bearer_auth(&key)
+                .header("user-agent", "my-agent/1.0")
+                .header("x-app", "cli")
+                .header("session-id", "agent-session-1")
+                .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        let sent = stub.requests();
+        assert_eq!(sent.len(), 2);
+        for request in sent {
+            let expected = if stripped { None } else { Some("my-agent/1.0") };
+            assert_eq!(request.user_agent.as_deref(), expected, "{label}: {request:?}");
+            assert_eq!(request.session.as_deref(), Some("agent-session-1"), "{label}: {request:?}");
+        }
+        // Records are committed just after the answer is sent.
+        let sql = "SELECT DISTINCT agent_session FROM model_calls";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while ledger_rows_at(&server.ledger(), "SELECT * FROM model_calls").len() < 2
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(ledger_rows_at(&server.ledger(), sql), vec![vec![json!("agent-session-1")]], "{label}");
+    }
 }

@@ -59,6 +59,7 @@ fn execution(id: &str, user: &str, at: i64, fuel: u64) -> Record {
         memory_bytes: 1,
         host_calls: 2,
         logs: String::new(),
+        agent_session: Some(format!("agent-of-{user}")),
     })
 }
 
@@ -80,6 +81,7 @@ fn model_call(user: &str, team: &str, at: i64, cost_usd: f64, tokens: (u64, u64)
         status: "ok".into(),
         fallback_chain: vec!["a: HTTP 500".into()],
         tags: serde_json::json!({"user": "end-user-7"}),
+        agent_session: Some(format!("agent-of-{user}")),
     })
 }
 
@@ -154,6 +156,16 @@ async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
         assert_eq!((window[0].executions, window[0].model_calls), (1, 1), "{backend:?}");
         let tiers = store.usage(&UsageQuery { group_by: GroupBy::Tier, ..Default::default() }).await.unwrap();
         assert_eq!((tiers[0].group.as_str(), tiers[0].output_tokens), ("economy", 7), "{backend:?}");
+        // One agent session's executions and model calls, together.
+        let agents = store.usage(&UsageQuery { group_by: GroupBy::AgentSession, ..Default::default() }).await.unwrap();
+        let groups: Vec<(&str, u64, u64)> =
+            agents.iter().map(|r| (r.group.as_str(), r.executions, r.model_calls)).collect();
+        assert_eq!(groups, [("agent-of-alice", 2, 1), ("agent-of-bob", 1, 0)], "{backend:?}");
+        let listed = store.executions(&store::ExecutionQuery { limit: 10, ..Default::default() }).await.unwrap();
+        assert!(
+            listed.iter().all(|e| e.agent_session.as_deref() == Some(&format!("agent-of-{}", e.user))),
+            "{backend:?}"
+        );
         store.ping().await.unwrap();
     }
 }

@@ -70,6 +70,10 @@ pub struct StubRequest {
     pub anthropic_version: Option<String>,
     /// The W3C trace context the caller passed on.
     pub traceparent: Option<String>,
+    /// The client's own headers sandgate passes on.
+    pub user_agent: Option<String>,
+    pub anthropic_beta: Option<String>,
+    pub session: Option<String>,
 }
 
 #[derive(Default)]
@@ -261,6 +265,9 @@ fn record(state: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> Resu
         x_api_key: header(headers, "x-api-key"),
         anthropic_version: header(headers, "anthropic-version"),
         traceparent: header(headers, "traceparent"),
+        user_agent: header(headers, "user-agent"),
+        anthropic_beta: header(headers, "anthropic-beta"),
+        session: header(headers, "x-claude-code-session-id").or_else(|| header(headers, "session-id")),
     });
     parsed
 }
