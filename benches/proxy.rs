@@ -1,6 +1,8 @@
 //! `cargo bench --bench proxy`: how long counting a request's tokens takes at worst;
 //! latency sandgate's model proxy adds at a fixed request
-//! rate (non-streaming and streaming), its maximum proxied throughput, and — when the
+//! rate (non-streaming and streaming) for chat completions, for the Responses API
+//! passed through to a Responses provider and translated to a chat completions one,
+//! its maximum proxied throughput, and — when the
 //! LiteLLM proxy is installed (`pip install 'litellm[proxy]'`) — LiteLLM on the same
 //! stub at a rate it can sustain.
 //!
@@ -32,7 +34,7 @@ fn start_sandgate(stub_base: &str) -> String {
     )
     .unwrap();
     let config = format!(
-        "policies = \"{}\"\n[ledger]\npath = \"{}\"\n[providers.stub]\nkind = \"openai\"\nbase_url = \"{stub_base}/v1\"\napi_key_env = \"SANDGATE_BENCH_STUB_KEY\"\nmax_concurrency = 4096\n[models.bench]\nprovider = \"stub\"\nupstream = \"gpt-bench-ok\"\ntier = \"economy\"\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n[tiers.economy]\n",
+        "policies = \"{}\"\n[ledger]\npath = \"{}\"\n[providers.stub]\nkind = \"openai\"\nbase_url = \"{stub_base}/v1\"\napi_key_env = \"SANDGATE_BENCH_STUB_KEY\"\nmax_concurrency = 4096\n[models.bench]\nprovider = \"stub\"\nupstream = \"gpt-bench-ok\"\ntier = \"economy\"\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n[providers.stub-responses]\nkind = \"openai-responses\"\nbase_url = \"{stub_base}/v1\"\napi_key_env = \"SANDGATE_BENCH_STUB_KEY\"\nmax_concurrency = 4096\n[models.bench-responses]\nprovider = \"stub-responses\"\nupstream = \"resp-bench-ok\"\ntier = \"economy\"\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n[tiers.economy]\n",
         dir.join("policies").display(),
         dir.join("ledger.db").display()
     );
@@ -136,6 +138,22 @@ fn main() {
         let direct = fixed_rate(&direct_url, "gpt-bench-ok", true, Some("sk-bench"), RATE, SECONDS).await;
         let proxied = fixed_rate(&proxied_url, "bench", true, None, RATE, SECONDS).await;
         report(&format!("streaming at {RATE}/s"), &direct, &proxied);
+
+        // The Responses API: passed through to a provider that speaks it, and translated
+        // for one that speaks chat completions (against that provider's own route).
+        let responses_direct = format!("{}/v1/responses", stub.base);
+        let responses_proxied = format!("{sandgate}/v1/responses");
+        fixed_rate(&responses_proxied, "bench-responses", false, None, 500, 1).await;
+        fixed_rate(&responses_proxied, "bench", false, None, 500, 1).await;
+        for stream in [false, true] {
+            let what = if stream { "streaming" } else { "non-streaming" };
+            let direct = fixed_rate(&responses_direct, "resp-bench-ok", stream, Some("sk-bench"), RATE, SECONDS).await;
+            let proxied = fixed_rate(&responses_proxied, "bench-responses", stream, None, RATE, SECONDS).await;
+            report(&format!("Responses passed through, {what} at {RATE}/s"), &direct, &proxied);
+            let direct = fixed_rate(&direct_url, "gpt-bench-ok", stream, Some("sk-bench"), RATE, SECONDS).await;
+            let proxied = fixed_rate(&responses_proxied, "bench", stream, None, RATE, SECONDS).await;
+            report(&format!("Responses translated to chat completions, {what} at {RATE}/s"), &direct, &proxied);
+        }
 
         let rps = max_throughput(&proxied_url, "bench", 64, 5).await;
         println!("maximum proxied throughput: {rps:.0} requests/s (64 connections, non-streaming)");

@@ -17,10 +17,13 @@ pub async fn one(
     key: Option<&str>,
 ) -> Option<Duration> {
     let started = Instant::now();
-    let mut request = client.post(url).json(&json!({
-        "model": model, "stream": stream,
-        "messages": [{"role": "user", "content": "benchmark the proxy please"}],
-    }));
+    // The Responses API takes `input`; chat completions, `messages`.
+    let body = if url.ends_with("/responses") {
+        json!({"model": model, "stream": stream, "store": false, "input": "benchmark the proxy please"})
+    } else {
+        json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "benchmark the proxy please"}]})
+    };
+    let mut request = client.post(url).json(&body);
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }

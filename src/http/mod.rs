@@ -110,6 +110,7 @@ pub fn router(state: AppState, stopping: CancellationToken, others: Router) -> R
         .route("/v1/messages", post(models::messages))
         .route("/v1/messages/count_tokens", post(models::count_tokens))
         .route("/v1/responses", post(models::responses))
+        .route("/v1/responses/compact", post(models::responses_compact))
         .route("/v1beta/models/{target}", post(models::gemini))
         .route("/v1/models/{target}", post(models::gemini))
         .route("/v1/models", get(models::list))

@@ -88,6 +88,8 @@ enum Op {
     Generate,
     /// Count the request's input tokens (nothing is generated or charged).
     Count,
+    /// Compact a Responses history (`/v1/responses/compact`).
+    Compact,
 }
 
 impl Route {
@@ -143,6 +145,7 @@ async fn proxy(
             app.service.model_call(principal, call, parent).await
         }
         Op::Count => app.service.count_tokens(principal, call).await,
+        Op::Compact => app.service.compact(principal, call).await,
     };
     match answer {
         Ok(Answer::Whole { status, content_type, body, routed }) => {
@@ -203,6 +206,11 @@ pub(super) async fn messages(State(app): State<AppState>, headers: HeaderMap, bo
 /// `POST /v1/messages/count_tokens`.
 pub(super) async fn count_tokens(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     proxy(app, headers, None, body, Route::Body(Format::Anthropic), Op::Count).await
+}
+
+/// `POST /v1/responses/compact`.
+pub(super) async fn responses_compact(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    proxy(app, headers, None, body, Route::Body(Format::Responses), Op::Compact).await
 }
 
 pub(super) async fn responses(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {

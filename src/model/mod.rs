@@ -44,6 +44,7 @@
 
 mod budget;
 mod catalog;
+mod compaction;
 pub mod door;
 mod usage;
 pub mod wire;
@@ -62,6 +63,7 @@ use tokio_util::task::TaskTracker;
 
 pub use budget::{lines as budget_lines, Budgets, Exceeded, OutputHistory, Reservation};
 pub use catalog::{Catalog, Model, ModelCapability, Price, Provider, ProviderKind, RouterSettings, Tier};
+pub use compaction::Sealer;
 pub use usage::{count_tokens, estimate_tokens, Tokens};
 
 use crate::auth::Principal;
@@ -347,6 +349,8 @@ pub struct Gateway {
     budgets: Arc<Budgets>,
     /// Recent output sizes per model: what a streamed call holds before it starts.
     history: Arc<OutputHistory>,
+    /// Seals the compaction summaries sandgate makes (see [`compaction`]).
+    sealer: Arc<Sealer>,
     ledger: Ledger,
     /// Calls in flight, each a task of its own (see the module docs).
     calls: TaskTracker,
@@ -408,6 +412,7 @@ impl Gateway {
             concurrency,
             budgets: Arc::new(Budgets::new(ledger.clone())),
             history: Arc::default(),
+            sealer: Arc::new(Sealer::from_env()),
             ledger,
             calls: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -700,12 +705,22 @@ impl Gateway {
     /// Runs one call: policy, rate, routing, budget, fallback; records it. The call is
     /// a task of its own: if this future is dropped, the call still completes and is
     /// recorded (see the module docs).
-    pub async fn call(self: &Arc<Self>, ctx: CallContext, call: Call) -> Result<Answer, ModelError> {
+    pub async fn call(self: &Arc<Self>, ctx: CallContext, mut call: Call) -> Result<Answer, ModelError> {
+        if call.format == Format::Responses {
+            self.open_compactions(&mut call.body)?;
+        }
         let this = self.clone();
         let stop = self.stop.clone();
         let task = self.calls.spawn(async move {
+            let answer = async {
+                if this.compacts_here(&ctx, &call) {
+                    this.compact_here(ctx, call).await
+                } else {
+                    this.route(ctx, call).await
+                }
+            };
             tokio::select! {
-                answer = this.route(ctx, call) => answer,
+                answer = answer => answer,
                 () = stop.cancelled() => Err(ModelError::Unavailable("the server is shutting down".into())),
             }
         });

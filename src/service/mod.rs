@@ -772,6 +772,16 @@ impl Service {
         self.gateway.count_tokens(&ctx, &call).await
     }
 
+    /// `POST /v1/responses/compact` for `principal` (see
+    /// [`crate::model::Gateway::compact`]).
+    pub async fn compact(&self, principal: Arc<Principal>, call: crate::model::Call) -> Result<Answer, ModelError> {
+        let capabilities = self.policies.current().capabilities(&principal);
+        let agent_session = call.agent_session.clone();
+        let trace = crate::telemetry::trace::in_agent_session(opentelemetry::Context::new(), agent_session.as_deref());
+        let ctx = CallContext { principal, capabilities, execution_id: None, trace, agent_session };
+        self.gateway.compact(ctx, call).await
+    }
+
     /// The models, tiers and routing names `principal` may use.
     pub fn models(&self, principal: &Principal) -> serde_json::Value {
         self.gateway.list(&self.policies.current().capabilities(principal))

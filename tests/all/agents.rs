@@ -96,7 +96,7 @@ fn serve(label: &str, users: &[&str]) -> Served {
          [providers.messages]\nkind = \"anthropic\"\nbase_url = \"{base}\"\napi_key_env = \"SANDGATE_AGENTS_KEY\"\n\
          [providers.responses]\nkind = \"openai-responses\"\nbase_url = \"{base}/v1\"\napi_key_env = \"SANDGATE_AGENTS_KEY\"\n\
          [providers.gemini]\nkind = \"gemini\"\nbase_url = \"{base}\"\napi_key_env = \"SANDGATE_AGENTS_KEY\"\n\
-         [router]\nretries = 0\n{entries}",
+         [router]\nretries = 0\ndrop_hosted_tools = [\"web_search\"]\n{entries}",
         base = stub.base
     );
     for (name, provider, upstream) in [
@@ -318,6 +318,27 @@ fn claude_code_completes_a_turn_through_sandgate() {
 /// analytics off so that it reaches nothing else.
 #[test]
 fn codex_completes_a_turn_through_sandgate() {
+    codex_turn("agent-responses", "resp-ok+agent", &[]);
+}
+
+/// Codex with a tiny auto-compaction threshold, on a model of a chat completions
+/// provider: it compacts its session mid-turn through sandgate (with a custom
+/// provider Codex 0.171 compacts locally: a summary request through the proxy, then
+/// the summary in place of the history) and finishes with the same answer. (Its
+/// remote forms, `compaction_trigger` and `/v1/responses/compact`, are tested in
+/// `formats.rs`.)
+#[test]
+fn codex_compacts_its_session_through_sandgate() {
+    let served = codex_turn("agent-chat", "gpt-ok+agent", &["-c", "model_auto_compact_token_limit=200"]);
+    let bodies: Vec<String> = served.stub.requests().into_iter().map(|r| r.body.to_string()).collect();
+    let asked = bodies.iter().position(|b| b.contains("CONTEXT CHECKPOINT COMPACTION"));
+    let asked = asked.expect("codex compacted through sandgate");
+    assert!(bodies[asked + 1..].iter().any(|b| b.contains("SUMMARY: the execute tool answered")), "and carried on");
+}
+
+/// One Codex turn on `model` (whose upstream at the stub is `upstream`) with `extra`
+/// settings; returns the server, for more checks.
+fn codex_turn(model: &str, upstream: &str, extra: &[&str]) -> Served {
     let served = serve("agents-codex", &["codex-user"]);
     let key = served.key("codex-user").to_string();
     let base = served.server.base.clone();
@@ -342,7 +363,8 @@ fn codex_completes_a_turn_through_sandgate() {
         .args(["-c", &format!("mcp_servers.sandgate.url=\"{base}/mcp\"")])
         .args(["-c", "mcp_servers.sandgate.bearer_token_env_var=\"SANDGATE_API_KEY\""])
         .args(["-c", "mcp_servers.sandgate.default_tools_approval_mode=\"approve\""])
-        .args(["-m", "agent-responses", "-o"])
+        .args(extra)
+        .args(["-m", model, "-o"])
         .args([&last_message])
         .args(["Compute 6 * 7 with the execute tool."])
         .env("CODEX_HOME", &codex_home)
@@ -357,7 +379,7 @@ fn codex_completes_a_turn_through_sandgate() {
     let message = std::fs::read_to_string(&last_message).expect("codex wrote its last message");
     assert_done(&message);
     assert!(outside.is_empty(), "codex connected outside loopback: {outside:#?}");
-    assert_attributed(&served, "codex-user", "resp-ok+agent");
+    assert_attributed(&served, "codex-user", upstream);
     // One agent session, one record: Codex names its session on its model calls
     // (`session-id`) and its MCP calls (`_meta`), so both carry it, and usage groups
     // them together.
@@ -368,7 +390,7 @@ fn codex_completes_a_turn_through_sandgate() {
     );
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     let session = sessions[0][0].as_str().expect("a session id").to_string();
-    let sent: Vec<StubRequest> = served.stub.requests().into_iter().filter(|r| r.path == "/v1/responses").collect();
+    let sent: Vec<StubRequest> = served.stub.requests();
     assert!(sent.iter().all(|r| r.session.as_deref() == Some(&session)), "{sent:?}");
     assert!(sent.iter().all(|r| r.user_agent.as_deref().unwrap_or_default().starts_with("codex_exec/")), "{sent:?}");
     let usage = get_json(&format!("{}/v1/usage?group_by=agent_session", served.server.base), &key);
@@ -376,6 +398,7 @@ fn codex_completes_a_turn_through_sandgate() {
     let row = row.unwrap_or_else(|| panic!("a row for {session}: {usage}"));
     assert_eq!(row["executions"], 1, "{row}");
     assert!(row["model_calls"].as_u64().unwrap() >= 2, "{row}");
+    served
 }
 
 /// Gemini CLI 0.61: `gemini -p`, its model calls to sandgate's Gemini API as

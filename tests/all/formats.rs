@@ -328,3 +328,79 @@ async fn client_headers_reach_providers_unless_a_policy_strips_them() {
         assert_eq!(ledger_rows_at(&server.ledger(), sql), vec![vec![json!("agent-session-1")]], "{label}");
     }
 }
+
+/// Codex's compaction on a provider that cannot compact: sandgate asks the model for
+/// a summary (a recorded call), answers with one `compaction` item whose content only
+/// sandgate can read, and opens it into the summary when it comes back, for any
+/// provider. `/v1/responses/compact` answers with the new history.
+#[tokio::test]
+async fn compaction_works_on_every_provider_and_only_sandgate_reads_its_items() {
+    let (stub, server, key) = serve("compaction");
+    let history = |model: &str, last: Value| {
+        json!({"model": model, "stream": true, "store": false, "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "write a parser"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "done, tests pass"}]},
+            last,
+        ]})
+    };
+    let post = |path: &str, body: Value| {
+        let (url, key) = (format!("{}{path}", server.base), key.clone());
+        async move {
+            let response = client().post(url).bearer_auth(key).json(&body).send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    // The trigger, streamed, to a chat completions provider.
+    let (status, text) = post("/v1/responses", history("on-chat", json!({"type": "compaction_trigger"}))).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (items, completed) = responses_items(&text);
+    assert_eq!(items.len(), 1, "{text}");
+    let item = items[0].clone();
+    assert_eq!(item["type"], "compaction", "{text}");
+    let sealed = item["encrypted_content"].as_str().expect("sealed content");
+    assert!(sealed.starts_with("sgc1."), "{sealed}");
+    assert!(!text.contains("Compact this conversation") && !text.contains("echo:"), "nothing readable: {text}");
+    assert!(completed["usage"]["input_tokens"].as_u64().unwrap() > 0, "{completed}");
+    let summarised = stub.requests().last().cloned().expect("the summary call");
+    assert_eq!(summarised.path, "/v1/chat/completions");
+    assert!(summarised.body.to_string().contains("Compact this conversation"), "{:?}", summarised.body);
+    // The item comes back: opened into the summary for the next provider, whichever.
+    let next = json!({"model": "on-messages", "store": false, "input": [
+        item,
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go on"}]},
+    ]});
+    let (status, answer) = post("/v1/responses", next).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let sent = stub.requests().last().cloned().unwrap();
+    let sent = sent.body.to_string();
+    assert!(sent.contains("Summary of the conversation so far") && sent.contains("echo: Compact this"), "{sent}");
+    assert!(!sent.contains("sgc1."), "{sent}");
+    // A sealed item sandgate cannot open is refused, not passed on.
+    let forged = json!({"model": "on-chat", "input": [{"type": "compaction", "encrypted_content": "sgc1.AAAA"}]});
+    let (status, refused) = post("/v1/responses", forged).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused.contains("SANDGATE_SEAL_SECRET"), "{refused}");
+    // The compact endpoint, on a translated provider and on a Responses provider that
+    // answered the trigger with text: the user's messages, then the item.
+    for model in ["on-gemini", "on-responses"] {
+        let body = json!({"model": model, "instructions": "be brief", "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "write a parser"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "done"}]},
+        ]});
+        let (status, text) = post("/v1/responses/compact", body).await;
+        assert_eq!(status, StatusCode::OK, "{model}: {text}");
+        let compacted: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(compacted["object"], "response.compaction", "{compacted}");
+        let output = compacted["output"].as_array().unwrap();
+        assert_eq!(output.len(), 2, "{compacted}");
+        assert_eq!(output[0]["role"], "user", "{compacted}");
+        assert!(output[1]["encrypted_content"].as_str().unwrap().starts_with("sgc1."), "{compacted}");
+    }
+    // Every summary was a model call in the ledger.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let sql = "SELECT COUNT(*) FROM model_calls WHERE user = 'compaction' AND status = 'ok'";
+    while ledger_rows_at(&server.ledger(), sql)[0][0] != json!(4) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(ledger_rows_at(&server.ledger(), sql)[0][0], json!(4));
+}

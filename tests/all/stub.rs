@@ -26,7 +26,7 @@
 //! | `+gapN` | N ms between streamed events (default 5) |
 //! | `+midstream-fail` | streaming: send the first content chunk, then drop the connection (no `[DONE]` / `message_stop`); non-streaming: send the headers and half the JSON, then drop it |
 //! | `+nousage` | OpenAI streaming: no usage chunk even with `stream_options.include_usage` |
-//! | `+agent` | an agent's model: when the request offers a tool whose name ends in `execute` and no tool has answered yet, call it with `{"code": "return 6 * 7"}`; once a tool answered, reply `DONE: <its answer>` |
+//! | `+agent` | an agent's model: when the request offers a tool whose name ends in `execute` and no tool has answered yet, call it with `{"code": "return 6 * 7"}`; once a tool answered (or a summary says it did), reply `DONE: <its answer>`; asked to compact (sandgate's instruction, or Codex's own), reply `SUMMARY: the execute tool answered <the latest answer>` |
 //!
 //! The reply is `"echo: " + <text of the last user message>`. Tokens are words: input
 //! tokens are the whitespace-separated words of every message (and the system prompt),

@@ -12,10 +12,27 @@ enum Turn {
     Call { name: String, namespace: Option<String>, arguments: Value },
 }
 
-/// The agent's next turn: once a tool answered (`answered`), say so; else call the
-/// offered tool whose name ends in `execute`; `None` when there is none.
-fn agent_turn(tools: &[(String, Option<String>)], answered: Option<String>) -> Option<Turn> {
-    if let Some(answer) = answered {
+/// What the agent's model says when asked to compact a conversation (sandgate's
+/// compaction instruction), before the latest tool answer.
+const SUMMARY: &str = "SUMMARY: the execute tool answered ";
+
+/// The agent's next turn (`body` is the whole request): asked to compact, summarise
+/// as [`SUMMARY`] and the latest tool answer; once a tool answered (`answered`, or a
+/// summary of an earlier answer), say so; else call the offered tool whose name ends
+/// in `execute`; `None` when there is none.
+fn agent_turn(tools: &[(String, Option<String>)], answered: Option<String>, body: &Value) -> Option<Turn> {
+    let mut texts = Vec::new();
+    strings(body, &mut texts);
+    // sandgate's instruction, or Codex's own when it compacts locally.
+    let compacting =
+        |text: &String| text.starts_with("Compact this conversation") || text.contains("CONTEXT CHECKPOINT COMPACTION");
+    let summarised_before = texts.iter().any(|text| text.contains(SUMMARY));
+    if answered.is_none() && !summarised_before && texts.iter().any(compacting) {
+        let latest = latest_answer(body).unwrap_or_else(|| "nothing".into());
+        return Some(Turn::Say(format!("{SUMMARY}{}", latest.trim())));
+    }
+    let summarised = texts.iter().find_map(|text| text.split_once(SUMMARY).map(|(_, answer)| answer.to_string()));
+    if let Some(answer) = answered.or(summarised) {
         return Some(Turn::Say(format!("DONE: {}", answer.trim())));
     }
     let (name, namespace) = tools.iter().find(|(name, _)| name.ends_with("execute"))?;
@@ -37,6 +54,44 @@ impl Turn {
         };
         Reply { text, input_tokens, output_tokens: self.output_tokens(), truncated: false }
     }
+}
+
+/// Every string in `value`, in order.
+fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(text) => out.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| strings(item, out)),
+        Value::Object(map) => map.values().for_each(|item| strings(item, out)),
+        _ => {}
+    }
+}
+
+/// The latest tool answer anywhere in a request, in any format: a chat `tool`
+/// message, a Responses `function_call_output`, an Anthropic `tool_result`, a Gemini
+/// `functionResponse`.
+fn latest_answer(value: &Value) -> Option<String> {
+    let mut latest = None;
+    fn walk(value: &Value, latest: &mut Option<String>) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|item| walk(item, latest)),
+            Value::Object(map) => {
+                if value["role"] == "tool" {
+                    *latest = Some(answer_text(&value["content"]));
+                } else if value["type"] == "function_call_output" {
+                    *latest = Some(answer_text(&value["output"]));
+                } else if value["type"] == "tool_result" {
+                    *latest = Some(answer_text(&value["content"]));
+                } else if let Some(response) = map.get("functionResponse") {
+                    *latest = Some(answer_text(&response["response"]));
+                } else {
+                    map.values().for_each(|item| walk(item, latest));
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(value, &mut latest);
+    latest
 }
 
 /// The words of every text in a request's messages, items or contents (what the stub
@@ -85,7 +140,7 @@ pub(super) fn chat_agent(state: &Shared, body: &Value, model: &str, behaviour: &
         .collect();
     let messages = body["messages"].as_array()?;
     let answered = messages.last().filter(|m| m["role"] == "tool").map(|m| answer_text(&m["content"]));
-    let turn = agent_turn(&tools, answered)?;
+    let turn = agent_turn(&tools, answered, body)?;
     let reply = turn.reply(all_words(&body["messages"]));
     settle(state, model, &reply);
     let (call_id, id, created) = (format!("call_{}", id()), format!("chatcmpl-{}", id()), now());
@@ -159,7 +214,7 @@ pub(super) fn messages_agent(state: &Shared, body: &Value, model: &str, behaviou
     let answered = last["content"]
         .as_array()
         .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result").map(|b| answer_text(&b["content"])));
-    let turn = agent_turn(&tools, answered)?;
+    let turn = agent_turn(&tools, answered, body)?;
     let reply = turn.reply(all_words(&body["messages"]) + all_words(&body["system"]));
     settle(state, model, &reply);
     let id = format!("msg_{}", id());
@@ -279,7 +334,7 @@ pub(super) async fn responses(State(state): State<Shared>, headers: HeaderMap, b
     let input_tokens = all_words(&body["input"]) + all_words(&body["instructions"]);
     let answered =
         items.last().filter(|item| item["type"] == "function_call_output").map(|item| answer_text(&item["output"]));
-    let turn = match behaviour.agent.then(|| agent_turn(&tools, answered)).flatten() {
+    let turn = match behaviour.agent.then(|| agent_turn(&tools, answered, &body)).flatten() {
         Some(turn) => turn,
         None => {
             let last_user = items.iter().rev().find(|i| i["role"] == "user").map(|i| answer_text(&i["content"]));
@@ -508,7 +563,7 @@ pub(super) async fn gemini(
         parts.iter().find_map(|p| p.get("functionResponse")).map(|r| answer_text(&r["response"]["output"]))
     });
     let max_tokens = body["generationConfig"]["maxOutputTokens"].as_u64();
-    let turn = match behaviour.agent.then(|| agent_turn(&tools, answered)).flatten() {
+    let turn = match behaviour.agent.then(|| agent_turn(&tools, answered, &body)).flatten() {
         Some(turn) => turn,
         None => {
             let text = last["parts"]
