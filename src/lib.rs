@@ -44,7 +44,9 @@
 //!   images and workspace files, console sign-ins. SQLite (embedded default) and
 //!   PostgreSQL; nothing else opens a database.
 //! - [`model`]: the model proxy: catalog, router (tiers, `auto`, fallback, circuit
-//!   breakers), budgets reserved and settled, stream metering, and the `model` door.
+//!   breakers), budgets reserved and settled, stream metering, the four wire formats
+//!   (chat completions, Responses, Anthropic messages, Gemini) and translation between
+//!   them, compaction, and the `model` door.
 //! - [`mcp`]: Code Mode: the upstream MCP client pool, the tool catalog with its
 //!   TypeScript declarations and search index, the `tools` door, and the two-tool MCP
 //!   server (`search`, `execute`).

@@ -415,7 +415,7 @@ fn gemini_cli_completes_a_turn_through_sandgate() {
         "security": {"auth": {"selectedType": "gemini-api-key"}, "folderTrust": {"enabled": false}},
         "privacy": {"usageStatisticsEnabled": false},
         "telemetry": {"enabled": false, "logPrompts": false},
-        "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false},
+        "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false, "maxAttempts": 2},
         "ide": {"enabled": false},
         "model": {"skipNextSpeakerCheck": true},
         "mcpServers": {"sandgate": {
@@ -430,6 +430,8 @@ fn gemini_cli_completes_a_turn_through_sandgate() {
     agent
         .args(["-p", "Compute 6 * 7 with the execute tool.", "--output-format", "json", "-m", "agent-gemini"])
         .env("GEMINI_CLI_HOME", &home)
+        // One process: no relaunch of itself with other Node flags.
+        .env("GEMINI_CLI_NO_RELAUNCH", "true")
         .env("GEMINI_API_KEY", &key)
         .env("GOOGLE_GEMINI_BASE_URL", &served.server.base);
     let (output, outside) = agent.run(std::time::Duration::from_secs(180));

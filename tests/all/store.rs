@@ -389,6 +389,10 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                      DROP TABLE console_sessions;
                      DROP TABLE mount_writes;
                      ALTER TABLE session_files DROP COLUMN version;
+                     DROP INDEX executions_agent_session;
+                     DROP INDEX model_calls_agent_session;
+                     ALTER TABLE executions DROP COLUMN agent_session;
+                     ALTER TABLE model_calls DROP COLUMN agent_session;
                      DELETE FROM schema_migrations WHERE version >= 12;
                      INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd', 1, 0, NULL);
                      INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd/e', 0, 0, x'');",
@@ -409,6 +413,11 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                          DROP TABLE console_sessions;
                          DROP TABLE mount_writes;
                          ALTER TABLE session_files DROP COLUMN version;
+                         DROP FUNCTION sandgate_append_with_agents;
+                         DROP INDEX executions_agent_session;
+                         DROP INDEX model_calls_agent_session;
+                         ALTER TABLE executions DROP COLUMN agent_session;
+                         ALTER TABLE model_calls DROP COLUMN agent_session;
                          DELETE FROM schema_migrations WHERE version >= 9;
                          INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd', true, 0, NULL);
                          INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd/e', false, 0, '');",
@@ -459,6 +468,10 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                      DROP TABLE console_sessions;
                      DROP TABLE mount_writes;
                      ALTER TABLE session_files DROP COLUMN version;
+                     DROP INDEX executions_agent_session;
+                     DROP INDEX model_calls_agent_session;
+                     ALTER TABLE executions DROP COLUMN agent_session;
+                     ALTER TABLE model_calls DROP COLUMN agent_session;
                      DELETE FROM schema_migrations WHERE version >= 11;",
                 )
                 .unwrap();
@@ -477,6 +490,11 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                          DROP TABLE console_sessions;
                          DROP TABLE mount_writes;
                          ALTER TABLE session_files DROP COLUMN version;
+                         DROP FUNCTION sandgate_append_with_agents;
+                         DROP INDEX executions_agent_session;
+                         DROP INDEX model_calls_agent_session;
+                         ALTER TABLE executions DROP COLUMN agent_session;
+                         ALTER TABLE model_calls DROP COLUMN agent_session;
                          DELETE FROM schema_migrations WHERE version >= 8;",
                     )
                     .await
