@@ -455,12 +455,19 @@ async fn usage(
     let totals = store::total(&rows);
     let mut table = String::new();
     for row in rows.iter().chain(std::iter::once(&totals)) {
-        let class = if row.group == "total" && std::ptr::eq(row, &totals) { r#" class="total""# } else { "" };
-        table.push_str(&format!(
-            r#"<tr{class} data-group="{}"><th scope="row">{}</th>"#,
-            esc(&row.group),
+        let total = std::ptr::eq(row, &totals);
+        let class = if total { r#" class="total""# } else { "" };
+        // One agent session's executions, listed.
+        let name = if query.group_by == GroupBy::AgentSession && !total && !row.group.is_empty() {
+            format!(
+                r#"<a href="/ui/executions?agent_session={}">{}</a>"#,
+                esc(&form_urlencoded::byte_serialize(row.group.as_bytes()).collect::<String>()),
+                esc(&row.group)
+            )
+        } else {
             esc(&row.group)
-        ));
+        };
+        table.push_str(&format!(r#"<tr{class} data-group="{}"><th scope="row">{name}</th>"#, esc(&row.group)));
         for (field, _) in USAGE_COLUMNS {
             table.push_str(&num_cell(field, usage_value(row, field)));
         }
@@ -550,6 +557,7 @@ fn csv_field(text: &str) -> String {
 struct ExecutionParams {
     user: Option<String>,
     outcome: Option<String>,
+    agent_session: Option<String>,
     since: Option<String>,
     until: Option<String>,
 }
@@ -568,6 +576,7 @@ async fn executions(
     let query = ExecutionQuery {
         user: text(&params.user),
         outcome: text(&params.outcome),
+        agent_session: text(&params.agent_session),
         since_ms: since,
         until_ms: until,
         limit: 200,
@@ -595,6 +604,7 @@ async fn executions(
     let body = format!(
         r#"<form class="filters" method="get" action="/ui/executions">
 {user_filter}<p><label for="outcome">Outcome</label> <input id="outcome" name="outcome" placeholder="ok, exception, timeout…" value="{outcome}"></p>
+<p><label for="agent_session">Agent session</label> <input id="agent_session" name="agent_session" value="{agent_session}"></p>
 <p><label for="since">Since (UTC)</label> <input id="since" name="since" type="date" value="{since}"></p>
 <p><label for="until">Until (UTC, exclusive)</label> <input id="until" name="until" type="date" value="{until}"></p>
 <p><button type="submit">Filter</button></p>
@@ -602,6 +612,7 @@ async fn executions(
 <p class="note">The latest 200, newest first.</p>
 <div class="scroll"><table id="executions"><thead><tr><th scope="col">Started (UTC)</th><th scope="col">Execution</th><th scope="col">User</th><th scope="col">Team</th><th scope="col">Outcome</th><th scope="col">Wall ms</th><th scope="col">Fuel</th><th scope="col">Host calls</th></tr></thead><tbody>{table}</tbody></table></div>"#,
         outcome = value(&params.outcome),
+        agent_session = value(&params.agent_session),
         since = value(&params.since),
         until = value(&params.until),
     );

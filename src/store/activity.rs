@@ -11,6 +11,8 @@ use super::usage::Dialect;
 pub struct ExecutionQuery {
     pub user: Option<String>,
     pub outcome: Option<String>,
+    /// Only the executions of this coding agent's session.
+    pub agent_session: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub limit: u32,
@@ -170,7 +172,8 @@ pub(super) fn recent_model_calls_sql(dialect: &Dialect) -> String {
 const EXECUTION_COLUMNS: &str =
     "id, \"user\", team, key, started_at_ms, ended_at_ms, outcome, fuel, wall_ms, memory_bytes, host_calls, agent_session";
 
-/// Placeholders 1 to 5: since, until, user or NULL, outcome or NULL, limit.
+/// Placeholders 1 to 6: since, until, user or NULL, outcome or NULL, limit, agent
+/// session or NULL.
 pub(super) fn executions_sql(dialect: &Dialect) -> String {
     let p = |n| (dialect.param)(n);
     format!(
@@ -178,6 +181,7 @@ pub(super) fn executions_sql(dialect: &Dialect) -> String {
          WHERE started_at_ms >= {} AND started_at_ms < {}
            AND (CAST({} AS TEXT) IS NULL OR \"user\" = {})
            AND (CAST({} AS TEXT) IS NULL OR outcome = {})
+           AND (CAST({} AS TEXT) IS NULL OR agent_session = {})
          ORDER BY started_at_ms DESC, id DESC LIMIT {}",
         p(1),
         p(2),
@@ -185,6 +189,8 @@ pub(super) fn executions_sql(dialect: &Dialect) -> String {
         p(3),
         p(4),
         p(4),
+        p(6),
+        p(6),
         p(5)
     )
 }

@@ -1029,8 +1029,10 @@ impl Store for PgStore {
             trip("executions");
             let (since, until) = query.window();
             let limit = i64::from(query.limit);
-            let rows =
-                client.query(&statement, &[&since, &until, &query.user, &query.outcome, &limit]).await.map_err(err)?;
+            let rows = client
+                .query(&statement, &[&since, &until, &query.user, &query.outcome, &limit, &query.agent_session])
+                .await
+                .map_err(err)?;
             Ok(rows.iter().map(execution_row).collect())
         }
         .boxed()

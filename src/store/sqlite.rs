@@ -799,7 +799,7 @@ impl Store for SqliteStore {
         let query = query.clone();
         self.blocking(move |inner| {
             let (since, until) = query.window();
-            let params = params![since, until, query.user, query.outcome, i64::from(query.limit)];
+            let params = params![since, until, query.user, query.outcome, i64::from(query.limit), query.agent_session];
             all(&inner.reader(), &activity::executions_sql(&DIALECT), params, execution_row)
         })
     }

@@ -398,7 +398,44 @@ fn codex_turn(model: &str, upstream: &str, extra: &[&str]) -> Served {
     let row = row.unwrap_or_else(|| panic!("a row for {session}: {usage}"));
     assert_eq!(row["executions"], 1, "{row}");
     assert!(row["model_calls"].as_u64().unwrap() >= 2, "{row}");
+    // The console: usage by agent session links to that session's executions.
+    let cookie = console_cookie(&served.server.base, &key);
+    let page = console_page(&served.server.base, "/ui/usage?group_by=agent_session", &cookie);
+    let link = format!("/ui/executions?agent_session={session}");
+    assert!(page.contains(&link), "{page}");
+    let listed = console_page(&served.server.base, &link, &cookie);
+    let execution = ledger_rows_at(&served.ledger, "SELECT id FROM executions WHERE user = 'codex-user'");
+    assert!(listed.contains(execution[0][0].as_str().unwrap().get(..13).unwrap()), "{listed}");
+    let other = console_page(&served.server.base, "/ui/executions?agent_session=another", &cookie);
+    assert!(other.contains("No executions match."), "{other}");
     served
+}
+
+/// A console sign-in cookie for `key`.
+fn console_cookie(base: &str, key: &str) -> String {
+    block_on(async {
+        let response = client()
+            .post(format!("{base}/ui/login"))
+            .header("content-type", "application/json")
+            .body(json!({ "key": key }).to_string())
+            .send()
+            .await
+            .unwrap();
+        let cookie = response.headers().get("set-cookie").expect("signed in").to_str().unwrap();
+        cookie.split(';').next().unwrap().to_string()
+    })
+}
+
+fn console_page(base: &str, path: &str, cookie: &str) -> String {
+    block_on(async {
+        let response = client().get(format!("{base}{path}")).header("cookie", cookie).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.text().await.unwrap()
+    })
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
 }
 
 /// Gemini CLI 0.61: `gemini -p`, its model calls to sandgate's Gemini API as

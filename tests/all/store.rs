@@ -166,6 +166,10 @@ async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
             listed.iter().all(|e| e.agent_session.as_deref() == Some(&format!("agent-of-{}", e.user))),
             "{backend:?}"
         );
+        let bobs =
+            store::ExecutionQuery { agent_session: Some("agent-of-bob".into()), limit: 10, ..Default::default() };
+        let bobs = store.executions(&bobs).await.unwrap();
+        assert_eq!(bobs.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["c"], "{backend:?}");
         store.ping().await.unwrap();
     }
 }
