@@ -1533,6 +1533,13 @@ impl Drop for Metered {
     /// provider's.
     fn drop(&mut self) {
         let Some(pending) = self.pending.as_ref() else { return };
+        // The provider's stream already ended its own way (`[DONE]`, `message_stop`, …)
+        // and the client had all of it: a call like any other, whether or not the
+        // connection's end was read before the client hung up.
+        if self.growing.is_none() && self.meter.finished() {
+            self.finish("ok", true);
+            return;
+        }
         if self.inner.is_none() || pending.stop.is_cancelled() || tokio::runtime::Handle::try_current().is_err() {
             self.finish("client_closed", false);
             return;

@@ -231,14 +231,17 @@ fn assert_attributed(served: &Served, user: &str, upstream: &str) {
     let billed = served.stub.billed();
     let (input, output) = billed.get(upstream).copied().unwrap_or_default();
     assert!(output > 0, "the stub answered {upstream}: {billed:?}");
-    let rows = wait_rows(
-        &served.ledger,
-        &format!(
-            "SELECT COUNT(*), SUM(input_tokens), SUM(output_tokens) FROM model_calls \
-             WHERE user = '{user}' AND team = 'agents' AND status = 'ok'"
-        ),
-        1,
+    // Model calls are committed just after their answer: wait for the last of them.
+    let sql = format!(
+        "SELECT COUNT(*), SUM(input_tokens), SUM(output_tokens) FROM model_calls \
+         WHERE user = '{user}' AND team = 'agents' AND status = 'ok'"
     );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut rows = ledger_rows_at(&served.ledger, &sql);
+    while rows[0][1..] != [json!(input), json!(output)] && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        rows = ledger_rows_at(&served.ledger, &sql);
+    }
     assert_eq!(rows[0][1..], [json!(input), json!(output)], "every token attributed to {user}: {rows:?}");
     let others = ledger_rows_at(
         &served.ledger,
