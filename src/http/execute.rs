@@ -65,9 +65,8 @@ pub(super) async fn execute_request(
     let mut request: ExecuteRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(Kind::InvalidRequest, format!("invalid request body: {e}")))?;
     // The execution's span joins the caller's trace.
+    request.trace = crate::telemetry::trace::from_headers(headers);
     request.agent_session = crate::request::agent_session(headers);
-    let parent = crate::telemetry::trace::from_headers(headers);
-    request.trace = crate::telemetry::trace::in_agent_session(parent, request.agent_session.as_deref());
     Ok(request)
 }
 

@@ -141,7 +141,6 @@ async fn proxy(
     let answer = match op {
         Op::Generate => {
             let parent = crate::telemetry::trace::from_headers(&headers);
-            let parent = crate::telemetry::trace::in_agent_session(parent, call.agent_session.as_deref());
             app.service.model_call(principal, call, parent).await
         }
         Op::Count => app.service.count_tokens(principal, call).await,

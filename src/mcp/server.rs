@@ -209,10 +209,7 @@ impl CodeMode {
             limits: PartialLimits::default(),
             language,
             session_id,
-            trace: crate::telemetry::trace::in_agent_session(
-                caller_trace(context),
-                caller_agent_session(context).as_deref(),
-            ),
+            trace: caller_trace(context),
             agent_session: caller_agent_session(context),
         };
         if context.client_capabilities().is_some_and(|caps| caps.supports_tasks()) {

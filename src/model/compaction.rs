@@ -133,25 +133,17 @@ impl Gateway {
         if call.format != Format::Responses || trigger != Some(&json!("compaction_trigger")) {
             return false;
         }
-        let requested = Requested::parse(&call.model);
-        let provider = match &requested {
-            Requested::Model(name) => self.catalog.models.get(name).map(|m| self.catalog.provider_of(m).kind),
-            _ => None,
+        // The model the call names, else the first of the tier it names, else (`auto`)
+        // the first of the cheapest tier the caller may use: its provider decides.
+        let first = |tier: &super::Tier| tier.models.first().and_then(|name| self.catalog.models.get(name));
+        let model = match Requested::parse(&call.model) {
+            Requested::Model(name) => self.catalog.models.get(&name),
+            Requested::Tier(name) => self.catalog.tiers.iter().find(|tier| tier.name == name).and_then(first),
+            Requested::Auto => {
+                self.catalog.tiers.iter().filter(|tier| ctx.capabilities.tier(&tier.name).allowed).find_map(first)
+            }
         };
-        match provider {
-            Some(kind) => kind != ProviderKind::Responses,
-            // A tier or `auto`: the routed model decides; its first candidate speaks
-            // for it.
-            None => self
-                .catalog
-                .tiers
-                .iter()
-                .filter(|tier| ctx.capabilities.tier(&tier.name).allowed)
-                .flat_map(|tier| tier.models.iter())
-                .filter_map(|name| self.catalog.models.get(name))
-                .next()
-                .is_none_or(|model| self.catalog.provider_of(model).kind != ProviderKind::Responses),
-        }
+        model.is_none_or(|model| self.catalog.provider_of(model).kind != ProviderKind::Responses)
     }
 
     /// Compacts a Responses request whose provider cannot: asks the model for a

@@ -149,6 +149,14 @@ impl Call {
     }
 }
 
+/// What a provider request asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Generate,
+    /// Token counting (Anthropic's `count_tokens`, Gemini's `countTokens`).
+    Count,
+}
+
 /// Who is calling and what their policy grants.
 #[derive(Clone, Debug)]
 pub struct CallContext {
@@ -632,29 +640,38 @@ impl Gateway {
     /// The request to `model`'s provider: its route, its key, and the client's
     /// headers a provider of the client's own format takes.
     fn upstream_request(&self, model: &Model, body: &Value, call: &Call, ctx: &CallContext) -> reqwest::RequestBuilder {
-        let request = self.provider_request(model, body, call);
+        let request = self.provider_request(model, body, call, Endpoint::Generate);
         call.headers
             .iter()
             .filter(|(name, _)| !name.starts_with("anthropic-") && !ctx.capabilities.strips_header(name))
             .fold(request, |request, (name, value)| request.header(name.as_str(), value.as_str()))
     }
 
-    /// The provider's route for `model`, its key, and the format's own headers.
-    fn provider_request(&self, model: &Model, body: &Value, call: &Call) -> reqwest::RequestBuilder {
+    /// The provider's route for `model` (`endpoint`: generating, or counting tokens), its
+    /// key, and the format's own headers.
+    fn provider_request(
+        &self,
+        model: &Model,
+        body: &Value,
+        call: &Call,
+        endpoint: Endpoint,
+    ) -> reqwest::RequestBuilder {
         let provider = self.catalog.provider_of(model);
         let key = provider.api_key.clone().unwrap_or_default();
         let base = &provider.base_url;
         let native = provider.kind == call.format.wire() && call.format != Format::Sandbox;
         let bearer =
             |request: reqwest::RequestBuilder| if key.is_empty() { request } else { request.bearer_auth(&key) };
+        let count = endpoint == Endpoint::Count;
         match provider.kind {
             ProviderKind::Openai => bearer(self.http.post(format!("{base}/chat/completions")).json(body)),
             ProviderKind::Responses => bearer(self.http.post(format!("{base}/responses")).json(body)),
             ProviderKind::Anthropic => {
                 let version = call.header("anthropic-version").filter(|_| native).unwrap_or("2023-06-01");
+                let path = if count { "/v1/messages/count_tokens" } else { "/v1/messages" };
                 let mut request = self
                     .http
-                    .post(format!("{base}/v1/messages"))
+                    .post(format!("{base}{path}"))
                     .header("x-api-key", &key)
                     .header("anthropic-version", version)
                     .json(body);
@@ -664,7 +681,11 @@ impl Gateway {
                 request
             }
             ProviderKind::Gemini => {
-                let action = if call.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
+                let action = match (count, call.stream) {
+                    (true, _) => "countTokens",
+                    (false, true) => "streamGenerateContent?alt=sse",
+                    (false, false) => "generateContent",
+                };
                 self.http
                     .post(format!("{base}/v1beta/models/{}:{action}", model.upstream))
                     .header("x-goog-api-key", &key)
@@ -943,31 +964,14 @@ impl Gateway {
             let body = Bytes::from(counted.to_string());
             return Ok(Answer::Whole { status: 200, content_type: Some("application/json".into()), body, routed });
         }
-        let key = provider.api_key.clone().unwrap_or_default();
-        let base = &provider.base_url;
         let mut body = call.body.clone();
-        let request = match client {
-            ProviderKind::Gemini => self
-                .http
-                .post(format!("{base}/v1beta/models/{}:countTokens", model.upstream))
-                .header("x-goog-api-key", &key),
-            _ => {
-                body["model"] = Value::String(model.upstream.clone());
-                let version = call.header("anthropic-version").unwrap_or("2023-06-01");
-                let mut request = self
-                    .http
-                    .post(format!("{base}/v1/messages/count_tokens"))
-                    .header("x-api-key", &key)
-                    .header("anthropic-version", version);
-                if let Some(beta) = call.header("anthropic-beta") {
-                    request = request.header("anthropic-beta", beta);
-                }
-                request
-            }
-        };
+        if client == ProviderKind::Anthropic {
+            body["model"] = Value::String(model.upstream.clone());
+        }
+        let request = self.provider_request(model, &body, call, Endpoint::Count);
         let failed =
             |e: reqwest::Error| ModelError::Unavailable(format!("cannot reach {}: {}", provider.name, e.without_url()));
-        let response = tokio::time::timeout(provider.timeout, request.json(&body).send())
+        let response = tokio::time::timeout(provider.timeout, request.send())
             .await
             .map_err(|_| {
                 ModelError::Unavailable(format!(

@@ -308,7 +308,8 @@ fn job_of(request: ExecuteRequest, ceiling: &Limits) -> Result<Job, Rejected> {
     }
     let mut job = Job::new(request.code, request.language, limits);
     job.input = request.input;
-    job.trace = request.trace;
+    // Without trace context of its own, it joins its agent session's trace.
+    job.trace = crate::telemetry::trace::in_agent_session(request.trace, request.agent_session.as_deref());
     Ok(job)
 }
 
@@ -717,6 +718,8 @@ impl Service {
             Format::Gemini => "/v1beta/models/{model}",
             _ => "/v1/chat/completions",
         };
+        // Without trace context of its own, the call joins its agent session's trace.
+        let parent = trace::in_agent_session(parent, call.agent_session.as_deref());
         let span = trace::Span::start(opentelemetry::trace::SpanKind::Server, &parent, || {
             let mut attributes = trace::principal(&principal).to_vec();
             attributes.extend([

@@ -210,23 +210,11 @@ fn connections(trace: &str) -> (usize, Vec<String>) {
     (loopback, outside)
 }
 
-/// Waits (at most 10 s) until `sql` returns at least `at_least` rows.
-fn wait_rows(ledger: &Path, sql: &str, at_least: usize) -> Vec<Vec<Value>> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let rows = ledger_rows_at(ledger, sql);
-        if rows.len() >= at_least || std::time::Instant::now() > deadline {
-            return rows;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 /// The ledger attributes the turn to `user`: every model call ok, their tokens what
 /// the stub billed for `upstream`, and one execution of `return 6 * 7` that ended ok.
 fn assert_attributed(served: &Served, user: &str, upstream: &str) {
     let executions =
-        wait_rows(&served.ledger, &format!("SELECT outcome, team FROM executions WHERE user = '{user}'"), 1);
+        ledger_rows_within(&served.ledger, &format!("SELECT outcome, team FROM executions WHERE user = '{user}'"), 1);
     assert_eq!(executions, vec![vec![json!("ok"), json!("agents")]], "one execution, by {user}");
     let billed = served.stub.billed();
     let (input, output) = billed.get(upstream).copied().unwrap_or_default();
@@ -528,6 +516,7 @@ fn mcp_inspector_lists_and_calls_in_both_protocol_eras() {
         assert_ne!(called["isError"], true, "{era:?}: {called}");
         assert_eq!(called["structuredContent"]["result"], 42, "{era:?}: {called}");
     }
-    let executions = wait_rows(&served.ledger, "SELECT outcome FROM executions WHERE user = 'inspector-user'", 2);
+    let executions =
+        ledger_rows_within(&served.ledger, "SELECT outcome FROM executions WHERE user = 'inspector-user'", 2);
     assert_eq!(executions, vec![vec![json!("ok")], vec![json!("ok")]], "both calls, attributed");
 }

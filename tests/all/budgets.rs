@@ -119,8 +119,8 @@ async fn a_five_dollar_budget_takes_streams_that_ask_for_128000_tokens() {
     let (status, text) = post(&b.server.base, "/v1/messages", &b.five, whole).await;
     assert_eq!(status, 429, "{text}");
     assert!(text.contains("budget_exceeded") && text.contains("daily USD budget of $5.00"), "{text}");
-    let rows = wait_rows(
-        &b.server,
+    let rows = ledger_rows_within(
+        &b.server.ledger(),
         "SELECT status, output_tokens, cost_nanousd / 1e9 FROM model_calls WHERE user = 'five'",
         3,
     );
@@ -166,8 +166,8 @@ async fn streams_stop_at_the_budget_under_40_concurrent_calls() {
         assert!(!text.contains("[DONE]"), "a cut stream does not end as a finished one: {}", tail(text));
         assert!(text.contains("\"type\":\"budget_exceeded\""), "an OpenAI-shaped error event: {}", tail(text));
     }
-    let rows = wait_rows(
-        &b.server,
+    let rows = ledger_rows_within(
+        &b.server.ledger(),
         "SELECT status, cost_nanousd / 1e9 FROM model_calls WHERE user = 'tight'",
         finished + cut.len(),
     );
@@ -186,17 +186,4 @@ fn tail(text: &str) -> &str {
     let start = text.len().saturating_sub(600);
     let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
     &text[start..]
-}
-
-/// Model calls are committed just after their response ends: waits (at most 5 s)
-/// until `sql` returns at least `at_least` rows.
-fn wait_rows(server: &TestServer, sql: &str, at_least: usize) -> Vec<Vec<Value>> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let rows = ledger_rows_at(&server.ledger(), sql);
-        if rows.len() >= at_least || std::time::Instant::now() > deadline {
-            return rows;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }

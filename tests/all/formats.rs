@@ -317,15 +317,9 @@ async fn client_headers_reach_providers_unless_a_policy_strips_them() {
             assert_eq!(request.user_agent.as_deref(), expected, "{label}: {request:?}");
             assert_eq!(request.session.as_deref(), Some("agent-session-1"), "{label}: {request:?}");
         }
-        // Records are committed just after the answer is sent.
-        let sql = "SELECT DISTINCT agent_session FROM model_calls";
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while ledger_rows_at(&server.ledger(), "SELECT * FROM model_calls").len() < 2
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(ledger_rows_at(&server.ledger(), sql), vec![vec![json!("agent-session-1")]], "{label}");
+        ledger_rows_within(&server.ledger(), "SELECT id FROM model_calls", 2);
+        let sessions = ledger_rows_at(&server.ledger(), "SELECT DISTINCT agent_session FROM model_calls");
+        assert_eq!(sessions, vec![vec![json!("agent-session-1")]], "{label}");
     }
 }
 
@@ -397,10 +391,6 @@ async fn compaction_works_on_every_provider_and_only_sandgate_reads_its_items() 
         assert!(output[1]["encrypted_content"].as_str().unwrap().starts_with("sgc1."), "{compacted}");
     }
     // Every summary was a model call in the ledger.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let sql = "SELECT COUNT(*) FROM model_calls WHERE user = 'compaction' AND status = 'ok'";
-    while ledger_rows_at(&server.ledger(), sql)[0][0] != json!(4) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(ledger_rows_at(&server.ledger(), sql)[0][0], json!(4));
+    let sql = "SELECT id FROM model_calls WHERE user = 'compaction' AND status = 'ok'";
+    assert_eq!(ledger_rows_within(&server.ledger(), sql, 4).len(), 4);
 }

@@ -225,3 +225,17 @@ pub fn ledger_rows_at(path: &std::path::Path, sql: &str) -> Vec<Vec<Value>> {
         .collect::<Result<_, _>>()
         .unwrap()
 }
+
+/// Records are committed just after their answer is sent: the rows `sql` returns from
+/// the ledger at `path` once there are at least `at_least` of them (waiting at most
+/// 10 s; then whatever there is).
+pub fn ledger_rows_within(path: &std::path::Path, sql: &str, at_least: usize) -> Vec<Vec<Value>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows = ledger_rows_at(path, sql);
+        if rows.len() >= at_least || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

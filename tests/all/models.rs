@@ -191,14 +191,7 @@ fn anthropic(key: &str, model: &str, message: &str, extra: &[&str]) -> Value {
 /// Model calls are committed just after their response is sent: waits until `sql`
 /// returns at least `at_least` rows (at most 5 s), then returns them.
 fn ledger_rows_once(sql: &str, at_least: usize) -> Vec<Vec<Value>> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let rows = ledger_rows(sql);
-        if rows.len() >= at_least || std::time::Instant::now() > deadline {
-            return rows;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    ledger_rows_within(&proxy().server.ledger(), sql, at_least)
 }
 
 fn ledger_rows(sql: &str) -> Vec<Vec<Value>> {

@@ -6,8 +6,8 @@ use serde_json::{json, Map, Value};
 
 use super::sse::{frame, SseEvent};
 use super::{
-    new_id, now_secs, result_text, schema, text, Conversation, Event, Message, OutputFormat, Part, Reply, Role, Stop,
-    Tool, ToolChoice,
+    new_id, now_secs, result_text, schema, stop_sequences, text, Conversation, Event, Message, OutputFormat, Part,
+    Reply, Role, Stop, Tool, ToolChoice,
 };
 use crate::model::usage::Tokens;
 
@@ -92,11 +92,7 @@ pub fn read_request(body: &Value) -> Result<Conversation, String> {
     conversation.max_output = ["max_completion_tokens", "max_tokens"].iter().find_map(|k| body.get(*k)?.as_u64());
     conversation.temperature = body.get("temperature").and_then(Value::as_f64);
     conversation.top_p = body.get("top_p").and_then(Value::as_f64);
-    conversation.stop = match body.get("stop") {
-        Some(Value::String(stop)) => vec![stop.clone()],
-        Some(Value::Array(stops)) => stops.iter().filter_map(Value::as_str).map(str::to_string).collect(),
-        _ => Vec::new(),
-    };
+    conversation.stop = stop_sequences(body.get("stop"));
     conversation.output = match body.pointer("/response_format/type").and_then(Value::as_str) {
         Some("json_object") => Some(OutputFormat::JsonObject),
         Some("json_schema") => {

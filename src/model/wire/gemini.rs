@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::sse::{frame, SseEvent};
 use super::{
-    new_id, result_text, schema, text, Conversation, Event, Message, OutputFormat, Part, Reply, Role, Stop, Tool,
-    ToolChoice,
+    new_id, result_text, schema, stop_sequences, text, Conversation, Event, Message, OutputFormat, Part, Reply, Role,
+    Stop, Tool, ToolChoice,
 };
 use crate::model::usage::Tokens;
 use crate::model::ProviderKind;
@@ -126,14 +126,7 @@ pub fn read_request(body: &Value) -> Result<Conversation, String> {
     conversation.max_output = generation.get("maxOutputTokens").and_then(Value::as_u64);
     conversation.temperature = generation.get("temperature").and_then(Value::as_f64);
     conversation.top_p = generation.get("topP").and_then(Value::as_f64);
-    conversation.stop = generation
-        .get("stopSequences")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_string)
-        .collect();
+    conversation.stop = stop_sequences(generation.get("stopSequences"));
     if text(&generation, "responseMimeType") == Some("application/json") {
         conversation.output =
             Some(match generation.get("responseJsonSchema").or_else(|| generation.get("responseSchema")) {

@@ -5,7 +5,8 @@ use serde_json::{json, Value};
 
 use super::sse::{frame, SseEvent};
 use super::{
-    new_id, schema, text, Conversation, Event, Message, OutputFormat, Part, Reply, Role, Stop, Tool, ToolChoice,
+    new_id, schema, stop_sequences, text, Conversation, Event, Message, OutputFormat, Part, Reply, Role, Stop, Tool,
+    ToolChoice,
 };
 use crate::model::usage::Tokens;
 use crate::model::ProviderKind;
@@ -63,14 +64,7 @@ pub fn read_request(body: &Value) -> Result<Conversation, String> {
     conversation.max_output = body.get("max_tokens").and_then(Value::as_u64);
     conversation.temperature = body.get("temperature").and_then(Value::as_f64);
     conversation.top_p = body.get("top_p").and_then(Value::as_f64);
-    conversation.stop = body
-        .get("stop_sequences")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_string)
-        .collect();
+    conversation.stop = stop_sequences(body.get("stop_sequences"));
     conversation.reasoning_effort = body.pointer("/output_config/effort").and_then(Value::as_str).map(str::to_string);
     conversation.stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     Ok(conversation)

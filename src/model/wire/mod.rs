@@ -422,6 +422,15 @@ fn schema(value: Option<&Value>) -> Value {
     }
 }
 
+/// Stop sequences: an array of strings (or, as chat completions also takes, one string).
+fn stop_sequences(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(stop)) => vec![stop.clone()],
+        Some(Value::Array(stops)) => stops.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// A string field, or `None`.
 fn text<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
     value.get(key).and_then(Value::as_str)
