@@ -752,14 +752,7 @@ impl Gateway {
         if !call.body.is_object() {
             return Err(ModelError::Invalid("the request body must be a JSON object".into()));
         }
-        if let Some(per_minute) = ctx.capabilities.rate.model_calls_per_minute {
-            self.ledger.store().take(&ctx.principal.user, "model_calls", per_minute).await?.map_err(
-                |retry_after_secs| {
-                    crate::telemetry::record_rejection("rate_limited");
-                    ModelError::RateLimited { per_minute, retry_after_secs }
-                },
-            )?;
-        }
+        self.take_rate(&ctx).await?;
         let requested_name = call.model.clone();
         let requested = Requested::parse(&requested_name);
         let stream = call.stream;
@@ -936,12 +929,27 @@ impl Gateway {
         Err(error)
     }
 
+    /// One of the caller's model calls per minute (`model_calls_per_minute`), or why not.
+    async fn take_rate(&self, ctx: &CallContext) -> Result<(), ModelError> {
+        if let Some(per_minute) = ctx.capabilities.rate.model_calls_per_minute {
+            self.ledger.store().take(&ctx.principal.user, "model_calls", per_minute).await?.map_err(
+                |retry_after_secs| {
+                    crate::telemetry::record_rejection("rate_limited");
+                    ModelError::RateLimited { per_minute, retry_after_secs }
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Counts a request's input tokens (Anthropic's `POST /v1/messages/count_tokens`,
     /// Gemini's `:countTokens`): the provider's own count when the model's provider
     /// speaks the client's format, else sandgate's (cl100k) in the client's shape.
     /// Counting is free at the providers, so it is neither budgeted nor recorded, but
-    /// the caller must be allowed the model.
+    /// the caller must be allowed the model, and it is one of their model calls per
+    /// minute (it costs sandgate the count, or a provider request).
     pub async fn count_tokens(&self, ctx: &CallContext, call: &Call) -> Result<Answer, ModelError> {
+        self.take_rate(ctx).await?;
         let client = call.format.wire();
         let conversation = wire::read_request(client, &call.body).map_err(ModelError::Invalid)?;
         let mut needs =

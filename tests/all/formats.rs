@@ -24,6 +24,12 @@ name = "private"
 principals = ["user:private"]
 [policy.models]
 strip_headers = ["user-agent", "X-App"]
+
+[[policy]]
+name = "one a minute"
+principals = ["user:counted"]
+[policy.rate]
+model_calls_per_minute = 1
 "#;
 
 /// The four providers, one per format, and a model on each (`NAME-agent` for the
@@ -393,4 +399,18 @@ async fn compaction_works_on_every_provider_and_only_sandgate_reads_its_items() 
     // Every summary was a model call in the ledger.
     let sql = "SELECT id FROM model_calls WHERE user = 'compaction' AND status = 'ok'";
     assert_eq!(ledger_rows_within(&server.ledger(), sql, 4).len(), 4);
+}
+
+/// Counting tokens costs sandgate a count (or a provider request): it is one of the
+/// caller's model calls per minute.
+#[tokio::test]
+async fn counting_tokens_takes_the_model_call_rate() {
+    let (_stub, server, key) = serve("counted");
+    let body = json!({"model": "on-chat", "messages": [{"role": "user", "content": "one two"}]});
+    let url = format!("{}/v1/messages/count_tokens", server.base);
+    let (status, first) = call(Method::POST, url.clone(), &key, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, second) = call(Method::POST, url, &key, Some(body)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{second}");
+    assert_eq!(second["error"]["kind"], "rate_limited", "{second}");
 }
