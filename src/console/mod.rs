@@ -581,6 +581,17 @@ async fn executions(
         until_ms: until,
         limit: 200,
     };
+    // One agent session: its model calls beside its executions.
+    let session_calls = match &query.agent_session {
+        Some(_) => {
+            let calls = ExecutionQuery { outcome: None, ..query.clone() };
+            match console.app.service.model_calls(&viewer, calls).await {
+                Ok(calls) => Some(calls),
+                Err(error) => return service_failure(error),
+            }
+        }
+        None => None,
+    };
     let rows = match console.app.service.executions(&viewer, query).await {
         Ok(rows) => rows,
         Err(error) => return service_failure(error),
@@ -589,6 +600,12 @@ async fn executions(
     for row in &rows {
         table.push_str(&execution_row(row));
     }
+    let session_calls = session_calls.map_or_else(String::new, |calls| {
+        format!(
+            "<h2>Model calls in this agent session</h2>\n<p class=\"note\">The latest 200, newest first, whether made from an execution or by the agent through the proxy.</p>\n{}",
+            model_calls_table(&calls)
+        )
+    });
     if table.is_empty() {
         table.push_str(r#"<tr><td colspan="8">No executions match.</td></tr>"#);
     }
@@ -610,7 +627,8 @@ async fn executions(
 <p><button type="submit">Filter</button></p>
 </form>
 <p class="note">The latest 200, newest first.</p>
-<div class="scroll"><table id="executions"><thead><tr><th scope="col">Started (UTC)</th><th scope="col">Execution</th><th scope="col">User</th><th scope="col">Team</th><th scope="col">Outcome</th><th scope="col">Wall ms</th><th scope="col">Fuel</th><th scope="col">Host calls</th></tr></thead><tbody>{table}</tbody></table></div>"#,
+<div class="scroll"><table id="executions"><thead><tr><th scope="col">Started (UTC)</th><th scope="col">Execution</th><th scope="col">User</th><th scope="col">Team</th><th scope="col">Outcome</th><th scope="col">Wall ms</th><th scope="col">Fuel</th><th scope="col">Host calls</th></tr></thead><tbody>{table}</tbody></table></div>
+{session_calls}"#,
         outcome = value(&params.outcome),
         agent_session = value(&params.agent_session),
         since = value(&params.since),
@@ -684,24 +702,6 @@ async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(
     if calls.is_empty() {
         calls.push_str(r#"<tr><td colspan="4">No host calls.</td></tr>"#);
     }
-    let mut models = String::new();
-    for call in &detail.model_calls {
-        models.push_str(&format!(
-            r#"<tr><td>{}</td><td>{}</td><td>{}</td>{}{}<td class="num" data-field="cost_usd" data-value="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
-            time(call.started_at_ms),
-            esc(&call.model),
-            esc(&call.tier),
-            num_cell("input_tokens", call.input_tokens),
-            num_cell("output_tokens", call.output_tokens),
-            call.cost_usd,
-            usd(call.cost_usd),
-            esc(&call.status),
-            esc(&call.fallbacks.join("; "))
-        ));
-    }
-    if models.is_empty() {
-        models.push_str(r#"<tr><td colspan="8">No model calls.</td></tr>"#);
-    }
     let mut logs = String::new();
     for line in &detail.logs {
         logs.push_str(&format!(
@@ -732,11 +732,12 @@ async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(
 <h2>Host calls</h2>
 <div class="scroll"><table id="calls"><thead><tr><th scope="col">Started</th><th scope="col">Call</th><th scope="col">Latency ms</th><th scope="col">Outcome</th></tr></thead><tbody>{calls}</tbody></table></div>
 <h2>Model calls</h2>
-<div class="scroll"><table id="model-calls"><thead><tr><th scope="col">Started</th><th scope="col">Model</th><th scope="col">Tier</th><th scope="col">Input tokens</th><th scope="col">Output tokens</th><th scope="col">Cost (USD)</th><th scope="col">Status</th><th scope="col">Fallbacks</th></tr></thead><tbody>{models}</tbody></table></div>
+{models}
 <h2>Console</h2>
 <div class="scroll"><table id="logs"><thead><tr><th scope="col">Level</th><th scope="col">Line</th></tr></thead><tbody>{logs}</tbody></table></div>
 <p class="note">Up to 16 KiB of console lines are kept with each execution.</p>"#,
         logs = logs,
+        models = model_calls_table(&detail.model_calls),
         id = esc(&run.id),
         user = esc(&run.user),
         team = esc(&run.team),
@@ -755,6 +756,31 @@ async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(
 const DAY_MS: i64 = 86_400_000;
 
 /// The last day, for the models and tools pages.
+/// The model calls table: one row per call, newest first as given.
+fn model_calls_table(calls: &[crate::store::ModelCallRow]) -> String {
+    let mut rows = String::new();
+    for call in calls {
+        rows.push_str(&format!(
+            r#"<tr><td>{}</td><td>{}</td><td>{}</td>{}{}<td class="num" data-field="cost_usd" data-value="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
+            time(call.started_at_ms),
+            esc(&call.model),
+            esc(&call.tier),
+            num_cell("input_tokens", call.input_tokens),
+            num_cell("output_tokens", call.output_tokens),
+            call.cost_usd,
+            usd(call.cost_usd),
+            esc(&call.status),
+            esc(&call.fallbacks.join("; "))
+        ));
+    }
+    if rows.is_empty() {
+        rows.push_str(r#"<tr><td colspan="8">No model calls.</td></tr>"#);
+    }
+    format!(
+        r#"<div class="scroll"><table id="model-calls"><thead><tr><th scope="col">Started</th><th scope="col">Model</th><th scope="col">Tier</th><th scope="col">Input tokens</th><th scope="col">Output tokens</th><th scope="col">Cost (USD)</th><th scope="col">Status</th><th scope="col">Fallbacks</th></tr></thead><tbody>{rows}</tbody></table></div>"#
+    )
+}
+
 fn last_day(limit: u32) -> ExecutionQuery {
     let now = now_ms();
     ExecutionQuery { since_ms: Some(now - DAY_MS), until_ms: Some(now + 1), limit, ..ExecutionQuery::default() }

@@ -153,18 +153,22 @@ pub(super) fn call_stats_sql(dialect: &Dialect) -> String {
     )
 }
 
-/// Placeholders 1 to 4: since, until, user or NULL, limit. Newest first.
+/// Placeholders 1 to 5: since, until, user or NULL, limit, agent session or NULL.
+/// Newest first.
 pub(super) fn recent_model_calls_sql(dialect: &Dialect) -> String {
     let p = |n| (dialect.param)(n);
     format!(
         "SELECT model, tier, provider, input_tokens, output_tokens, cost_nanousd, started_at_ms, latency_ms, status, \
          fallback_chain FROM model_calls
          WHERE started_at_ms >= {} AND started_at_ms < {} AND (CAST({} AS TEXT) IS NULL OR \"user\" = {})
+           AND (CAST({} AS TEXT) IS NULL OR agent_session = {})
          ORDER BY started_at_ms DESC, id DESC LIMIT {}",
         p(1),
         p(2),
         p(3),
         p(3),
+        p(5),
+        p(5),
         p(4)
     )
 }

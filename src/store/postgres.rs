@@ -1094,7 +1094,10 @@ impl Store for PgStore {
             let (since, until) = query.window();
             let limit = i64::from(query.limit);
             let rows = client
-                .query(&activity::recent_model_calls_sql(&DIALECT), &[&since, &until, &query.user, &limit])
+                .query(
+                    &activity::recent_model_calls_sql(&DIALECT),
+                    &[&since, &until, &query.user, &limit, &query.agent_session],
+                )
                 .await
                 .map_err(err)?;
             Ok(rows.iter().map(model_call_row).collect())

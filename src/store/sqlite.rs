@@ -852,7 +852,7 @@ impl Store for SqliteStore {
         let query = query.clone();
         self.blocking(move |inner| {
             let (since, until) = query.window();
-            let params = params![since, until, query.user, i64::from(query.limit)];
+            let params = params![since, until, query.user, i64::from(query.limit), query.agent_session];
             all(&inner.reader(), &activity::recent_model_calls_sql(&DIALECT), params, model_call_row)
         })
     }

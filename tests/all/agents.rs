@@ -397,8 +397,14 @@ fn codex_turn(model: &str, upstream: &str, extra: &[&str]) -> Served {
     let listed = console_page(&served.server.base, &link, &cookie);
     let execution = ledger_rows_at(&served.ledger, "SELECT id FROM executions WHERE user = 'codex-user'");
     assert!(listed.contains(execution[0][0].as_str().unwrap().get(..13).unwrap()), "{listed}");
+    // ...and beside them every model call of the session, one row each, whether
+    // Codex made it through the proxy or the execution made it.
+    let (_, calls) = listed.split_once(r#"<table id="model-calls">"#).expect("the session's model calls");
+    let calls = calls.split("</table>").next().unwrap();
+    assert_eq!(calls.matches("<tr><td>").count() as u64, row["model_calls"].as_u64().unwrap(), "{calls}");
     let other = console_page(&served.server.base, "/ui/executions?agent_session=another", &cookie);
     assert!(other.contains("No executions match."), "{other}");
+    assert!(other.contains("No model calls."), "{other}");
     served
 }
 
