@@ -279,13 +279,16 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
         }) => {
             let principal = if local {
+                let team = team.unwrap_or_else(|| "local".into());
                 Principal {
                     user: user.unwrap_or_else(|| "local".into()),
-                    team: team.unwrap_or_else(|| "local".into()),
+                    teams: vec![team.clone()],
+                    team,
                     ..Principal::local()
                 }
             } else {
-                Principal { user: user.unwrap_or_default(), team: team.unwrap_or_default(), key, role, local: false }
+                let team = team.unwrap_or_default();
+                Principal { user: user.unwrap_or_default(), teams: vec![team.clone()], team, key, role, local: false }
             };
             let ask = match (tool, model, tier, execute) {
                 (Some(tool), _, _, _) => Ask::Tool(tool),
@@ -493,7 +496,7 @@ async fn mcp_stdio(config: Option<PathBuf>, policies: Option<PathBuf>) -> anyhow
     let traces = telemetry::trace::init(&config.telemetry)?;
     let service = Arc::new(Service::new(&config).await?);
     let key = std::env::var("SANDGATE_API_KEY").ok();
-    let principal = service.authenticate(key.as_deref()).map_err(|_| {
+    let principal = service.authenticate(key.as_deref()).await.map_err(|_| {
         anyhow::anyhow!(
             "set SANDGATE_API_KEY to a key from the configuration: keys are configured, so callers must name one"
         )

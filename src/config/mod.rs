@@ -56,6 +56,8 @@ pub struct Config {
     pub mcp: crate::mcp::McpConfig,
     /// Where OpenTelemetry traces go (`[telemetry]`).
     pub telemetry: crate::telemetry::trace::TelemetryConfig,
+    /// `[auth]`: the public URL and the OIDC issuers whose tokens are accepted.
+    pub auth: crate::auth::oidc::AuthConfig,
     /// The file this configuration came from, if any (reloaded on SIGHUP).
     pub path: Option<PathBuf>,
 }
@@ -376,6 +378,7 @@ impl Config {
             otlp_endpoint: telemetry.otlp_endpoint,
             service_name: telemetry.service_name,
         };
+        let auth = auth_config(raw.auth.unwrap_or_default()).map_err(|(key, message)| invalid(&key, message))?;
         let mut keys: Vec<KeyEntry> = Vec::new();
         for key in raw.keys.unwrap_or_default() {
             let hash = crate::auth::parse_hash(&key.hash)
@@ -413,9 +416,74 @@ impl Config {
             models,
             mcp,
             telemetry,
+            auth,
             path: None,
         })
     }
+}
+
+fn http_url(text: &str) -> bool {
+    (text.starts_with("https://") || text.starts_with("http://")) && text.len() > "https://".len()
+}
+
+fn auth_config(raw: raw::RawAuth) -> Result<crate::auth::oidc::AuthConfig, (String, String)> {
+    let public_url = raw.public_url.map(|u| u.trim_end_matches('/').to_string());
+    if let Some(url) = &public_url {
+        if !http_url(url) {
+            return Err(("auth.public_url".into(), format!("`{url}` is not an http(s) URL")));
+        }
+    }
+    let mut oidc = Vec::new();
+    for issuer in raw.oidc {
+        let name = issuer.name.unwrap_or_else(|| "sso".into());
+        let key = |field: &str| format!("auth.oidc.{field}");
+        if !http_url(&issuer.issuer) {
+            return Err((key("issuer"), format!("`{}` is not an http(s) URL", issuer.issuer)));
+        }
+        if oidc.iter().any(|o: &crate::auth::oidc::OidcConfig| o.name == name || o.issuer == issuer.issuer) {
+            return Err((key("name"), format!("issuer `{name}` ({}) is configured twice", issuer.issuer)));
+        }
+        // Tokens must be meant for sandgate: its own resource identifiers, by default
+        // the public URL and its MCP endpoint.
+        let audiences = match (issuer.audiences, &public_url) {
+            (Some(list), _) if !list.is_empty() => list,
+            (_, Some(url)) => vec![url.clone(), format!("{url}/mcp")],
+            _ => {
+                return Err((
+                    key("audiences"),
+                    format!(
+                        "issuer `{name}` needs the audiences its tokens must carry: set audiences, or [auth] \
+                         public_url (then sandgate accepts tokens for PUBLIC_URL and PUBLIC_URL/mcp)"
+                    ),
+                ))
+            }
+        };
+        let header = issuer.header.map(|h| h.trim().to_ascii_lowercase());
+        if let Some(header) = &header {
+            if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() || header == "authorization" {
+                return Err((key("header"), format!("`{header}` is not a header name sandgate can read a token from")));
+            }
+        }
+        oidc.push(crate::auth::oidc::OidcConfig {
+            name,
+            issuer: issuer.issuer,
+            audiences,
+            header,
+            user_claim: issuer.user_claim.unwrap_or_else(|| "email".into()),
+            teams_claim: issuer.teams_claim.unwrap_or_else(|| "groups".into()),
+            teams: issuer.teams,
+            default_team: issuer.default_team,
+            admin_groups: issuer.admin_groups,
+            leeway: Duration::from_secs(issuer.leeway_s.unwrap_or(60).min(600)),
+            jwks_refresh: Duration::from_secs(issuer.jwks_refresh_s.unwrap_or(30).max(1)),
+            client_id: issuer.client_id,
+            client_secret_env: issuer.client_secret_env,
+            scopes: issuer
+                .scopes
+                .unwrap_or_else(|| ["openid", "email", "profile", "groups"].map(str::to_string).to_vec()),
+        });
+    }
+    Ok(crate::auth::oidc::AuthConfig { public_url, oidc })
 }
 
 fn http_config(raw: raw::RawHttp) -> Result<HttpConfig, (String, String)> {

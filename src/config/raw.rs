@@ -23,6 +23,38 @@ pub(super) struct RawConfig {
     pub router: Option<RawRouter>,
     pub mcp: Option<RawMcp>,
     pub telemetry: Option<RawTelemetry>,
+    pub auth: Option<RawAuth>,
+}
+
+/// `[auth]`: sandgate's public URL and its identity providers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub oidc: Vec<RawOidc>,
+}
+
+/// One `[[auth.oidc]]` issuer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidc {
+    pub name: Option<String>,
+    pub issuer: String,
+    pub audiences: Option<Vec<String>>,
+    pub header: Option<String>,
+    pub user_claim: Option<String>,
+    pub teams_claim: Option<String>,
+    #[serde(default)]
+    pub teams: std::collections::BTreeMap<String, String>,
+    pub default_team: Option<String>,
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
+    pub leeway_s: Option<u64>,
+    pub jwks_refresh_s: Option<u64>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub scopes: Option<Vec<String>>,
 }
 
 /// `[telemetry]`: OpenTelemetry traces.

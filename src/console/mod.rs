@@ -138,6 +138,16 @@ async fn viewer(console: &Console, headers: &HeaderMap) -> Result<Arc<Principal>
     if console.app.service.mode() == Mode::Local {
         return Ok(Arc::new(Principal::local()));
     }
+    // Behind an identity-aware proxy every request carries the person's signed
+    // assertion: that is the sign-in.
+    let service = &console.app.service;
+    let assertion = service.identity().assertion_headers().find_map(|name| headers.get(name)?.to_str().ok());
+    if let Some(assertion) = assertion {
+        match service.authenticate(Some(assertion)).await {
+            Ok(viewer) => return Ok(viewer),
+            Err(error) => tracing::debug!(%error, "a console request's assertion is refused"),
+        }
+    }
     let Some(secret) = sign_in(console, headers) else { return Err(Redirect::to("/ui/login")) };
     match console.app.service.console_viewer(&secret).await {
         Ok(Some(viewer)) => Ok(viewer),
@@ -208,7 +218,7 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: axum::b
     };
     let secret = match console.app.service.console_sign_in(body.key.trim(), signin::LIFETIME_MS).await {
         Ok((secret, _)) => secret,
-        Err(crate::service::ServiceError::Unauthorized) => {
+        Err(crate::service::ServiceError::Unauthorized(_)) => {
             return (
                 status(Kind::Unauthorized),
                 Json(serde_json::json!({"error": "that key is not a sandgate key here"})),

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -21,9 +20,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let token =
-            parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
-        Ok(Caller(app.service.authenticate(token)?))
+        Ok(Caller(super::authenticate(app, &parts.headers).await?))
     }
 }
 

@@ -2,7 +2,8 @@
 //! authentication and session ownership.
 //!
 //! Every request is authenticated here (401 with `WWW-Authenticate: Bearer`
-//! otherwise) and carries its principal into the MCP handler. An MCP session (the
+//! otherwise, naming the protected-resource metadata when an identity provider is
+//! configured: see [`super::oauth`]) and carries its principal into the MCP handler. An MCP session (the
 //! `Mcp-Session-Id` of protocol revisions that have sessions) belongs to the
 //! principal that opened it: anyone else who presents its id gets 404, as if it did
 //! not exist, so they can neither call tools in it, nor read its stream, nor close it.
@@ -57,9 +58,9 @@ pub(super) fn router(state: &AppState, stopping: CancellationToken) -> Router {
 }
 
 async fn gate(State((app, sessions)): State<(AppState, Arc<Sessions>)>, mut request: Request, next: Next) -> Response {
-    let principal = match super::authenticate(&app, request.headers()) {
+    let principal = match super::authenticate(&app, request.headers()).await {
         Ok(principal) => principal,
-        Err(error) => return error.into_response(),
+        Err(error) => return super::oauth::challenge(&app, request.headers(), error),
     };
     request.extensions_mut().insert(principal.clone());
     // A message is read here, under the server's body timeout and size cap, so a body

@@ -16,6 +16,7 @@ pub mod guard;
 mod handles;
 mod mcp;
 pub mod models;
+mod oauth;
 mod ops;
 pub mod serve;
 mod sessions;
@@ -80,10 +81,21 @@ fn body_error(error: axum::Error) -> crate::service::BodyError {
     crate::service::BodyError::Failed(error.to_string())
 }
 
-/// The caller of a request, from its bearer token.
-fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
-    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
-    Ok(app.service.authenticate(token)?)
+/// The credential a request presents: `Authorization: Bearer`, else the key header
+/// an SDK sends (`x-api-key`, `x-goog-api-key`), else the signed assertion an
+/// identity-aware proxy adds (`[[auth.oidc]] header`).
+pub(crate) fn credential<'h>(app: &AppState, headers: &'h HeaderMap) -> Option<&'h str> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    text(header::AUTHORIZATION.as_str())
+        .and_then(crate::auth::bearer)
+        .or_else(|| text("x-api-key"))
+        .or_else(|| text("x-goog-api-key"))
+        .or_else(|| app.service.identity().assertion_headers().find_map(text))
+}
+
+/// The caller of a request, from its credential.
+async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+    Ok(app.service.authenticate(credential(app, headers)).await?)
 }
 
 /// The application's routes, with `others` (the console's), behind the
@@ -114,6 +126,8 @@ pub fn router(state: AppState, stopping: CancellationToken, others: Router) -> R
         .route("/v1beta/models/{target}", post(models::gemini))
         .route("/v1/models/{target}", post(models::gemini))
         .route("/v1/models", get(models::list))
+        .route(oauth::METADATA_PATH, get(oauth::server_metadata))
+        .route(&format!("{}/mcp", oauth::METADATA_PATH), get(oauth::mcp_metadata))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(move |state| ops::readyz(state, stopping)))
         .route("/metrics", get(ops::metrics))

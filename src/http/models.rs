@@ -44,21 +44,23 @@ fn error(format: Format, status: StatusCode, kind: Kind, message: &str, retry_af
     response
 }
 
-fn principal(app: &AppState, headers: &HeaderMap, format: Format) -> Result<std::sync::Arc<Principal>, Box<Response>> {
-    principal_with(app, headers, None, format)
+async fn principal(
+    app: &AppState,
+    headers: &HeaderMap,
+    format: Format,
+) -> Result<std::sync::Arc<Principal>, Box<Response>> {
+    principal_with(app, headers, None, format).await
 }
 
-/// The caller, by whichever key header its SDK sends (or Gemini's `?key=`).
-fn principal_with(
+/// The caller, by whichever credential header its SDK sends (or Gemini's `?key=`).
+async fn principal_with(
     app: &AppState,
     headers: &HeaderMap,
     query_key: Option<&str>,
     format: Format,
 ) -> Result<std::sync::Arc<Principal>, Box<Response>> {
-    let header_text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    let bearer = header_text(header::AUTHORIZATION.as_str()).and_then(crate::auth::bearer);
-    let key = bearer.or(header_text("x-api-key")).or(header_text("x-goog-api-key")).or(query_key);
-    app.service.authenticate(key).map_err(|e: ServiceError| {
+    let credential = super::credential(app, headers).or(query_key);
+    app.service.authenticate(credential).await.map_err(|e: ServiceError| {
         Box::new(error(format, super::error::status(e.kind()), e.kind(), &e.to_string(), None))
     })
 }
@@ -110,7 +112,7 @@ async fn proxy(
     op: Op,
 ) -> Response {
     let format = route.format();
-    let principal = match principal_with(&app, &headers, query_key, format) {
+    let principal = match principal_with(&app, &headers, query_key, format).await {
         Ok(principal) => principal,
         Err(response) => return *response,
     };
@@ -257,7 +259,7 @@ pub(super) async fn gemini(
 pub(super) async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let anthropic = headers.contains_key("anthropic-version");
     let format = if anthropic { Format::Anthropic } else { Format::OpenAi };
-    match principal(&app, &headers, format) {
+    match principal(&app, &headers, format).await {
         Ok(principal) => {
             let list = app.service.models(&principal);
             if !anthropic {

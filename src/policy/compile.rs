@@ -124,7 +124,7 @@ impl Selector {
             Self::Everyone => true,
             Self::Local => principal.local,
             Self::User(name) => principal.user == *name,
-            Self::Team(name) => principal.team == *name,
+            Self::Team(name) => principal.team == *name || principal.teams.iter().any(|t| t == name),
             Self::Key(name) => principal.key == *name,
             Self::Role(role) => principal.role == *role,
         }

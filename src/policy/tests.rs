@@ -24,7 +24,7 @@ fn parse_err(text: &str) -> String {
 }
 
 fn who(user: &str, team: &str, key: &str, role: Role) -> Principal {
-    Principal { user: user.into(), team: team.into(), key: key.into(), role, local: false }
+    Principal { user: user.into(), team: team.into(), teams: vec![team.into()], key: key.into(), role, local: false }
 }
 
 /// A member of the platform team on her laptop key.

@@ -111,13 +111,17 @@ impl Service {
     ) -> Result<(Principal, Query, Decision), ServiceError> {
         let subject = match (user, team) {
             (None, None) => asker.clone(),
-            (user, team) if asker.role == Role::Admin => Principal {
-                user: user.unwrap_or_else(|| asker.user.clone()),
-                team: team.unwrap_or_else(|| asker.team.clone()),
-                key: String::new(),
-                role: Role::Member,
-                local: false,
-            },
+            (user, team) if asker.role == Role::Admin => {
+                let team = team.unwrap_or_else(|| asker.team.clone());
+                Principal {
+                    user: user.unwrap_or_else(|| asker.user.clone()),
+                    teams: vec![team.clone()],
+                    team,
+                    key: String::new(),
+                    role: Role::Member,
+                    local: false,
+                }
+            }
             (user, team)
                 if user.as_deref().is_none_or(|u| u == asker.user)
                     && team.as_deref().is_none_or(|t| t == asker.team) =>

@@ -55,9 +55,10 @@ pub use crate::sandbox::{LogLevel, LogLine, Outcome, Rejected, LINE_BUFFER};
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// No key, or a key that is not configured.
-    #[error("missing or unknown API key: send `Authorization: Bearer <key>`")]
-    Unauthorized,
+    /// No credential, a key that is not configured, or a token that does not verify
+    /// (the reason).
+    #[error("{0}")]
+    Unauthorized(String),
     /// The principal's policies do not allow this.
     #[error("{0}")]
     Forbidden(String),
@@ -108,7 +109,7 @@ impl ServiceError {
     /// Its kind in the one vocabulary (`crate::error`).
     pub fn kind(&self) -> Kind {
         match self {
-            Self::Unauthorized => Kind::Unauthorized,
+            Self::Unauthorized(_) => Kind::Unauthorized,
             Self::Forbidden(_) => Kind::Forbidden,
             Self::RateLimited { .. }
             | Self::AtOnce { .. }
@@ -197,6 +198,9 @@ pub struct Service {
     policies: Arc<Policies>,
     mode: Mode,
     keys: RwLock<Arc<KeyRing>>,
+    /// The OIDC issuers whose tokens are accepted beside keys.
+    identity: Arc<crate::auth::oidc::Issuers>,
+    auth: crate::auth::oidc::AuthConfig,
     key_sources: std::sync::Mutex<KeySources>,
     /// Everything replicas share (see [`crate::store`]).
     store: Arc<dyn crate::store::Store>,
@@ -362,7 +366,13 @@ impl Service {
         sandbox_config.max_concurrent = fd_plan.max_concurrent;
         let sandbox = tokio::task::spawn_blocking(move || crate::sandbox::Sandbox::new(sandbox_config)).await??;
         let stored: Vec<KeyEntry> = ledger.store().keys().await?.into_iter().map(|k| k.entry).collect();
-        let mode = if config.keys.is_empty() && stored.is_empty() { Mode::Local } else { Mode::Keyed };
+        let identity = Arc::new(crate::auth::oidc::Issuers::new(&config.auth.oidc));
+        let mode =
+            if config.keys.is_empty() && stored.is_empty() && identity.is_empty() { Mode::Local } else { Mode::Keyed };
+        if !identity.is_empty() {
+            let warming = identity.clone();
+            tokio::spawn(async move { warming.warm().await });
+        }
         let sources = KeySources { file: config.keys.clone(), stored };
         let ring = KeyRing::new(&[sources.file.as_slice(), sources.stored.as_slice()].concat());
         Ok(Self {
@@ -370,6 +380,8 @@ impl Service {
             policies: Arc::new(policies),
             mode,
             keys: RwLock::new(Arc::new(ring)),
+            identity,
+            auth: config.auth.clone(),
             key_sources: std::sync::Mutex::new(sources),
             store: ledger.store().clone(),
             ledger,
@@ -501,17 +513,53 @@ impl Service {
         }
     }
 
-    /// The principal a request's bearer token names. In local mode every request is
+    /// The principal a request's credential names. In local mode every request is
     /// the local principal (the server then listens on loopback only); in keyed mode
-    /// the token must name a configured key.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Principal>, ServiceError> {
+    /// the credential must be a configured key or a token from a configured identity
+    /// provider.
+    pub async fn authenticate(&self, credential: Option<&str>) -> Result<Arc<Principal>, ServiceError> {
+        if self.mode == Mode::Local {
+            return Ok(Arc::new(Principal::local()));
+        }
+        let Some(credential) = credential else {
+            let how = if self.identity.is_empty() {
+                "send `Authorization: Bearer <key>`"
+            } else {
+                "send `Authorization: Bearer <key or token from the identity provider>`"
+            };
+            return Err(ServiceError::Unauthorized(format!("no credential: {how}")));
+        };
+        if !self.identity.is_empty() && crate::auth::oidc::Issuers::looks_like_jwt(credential) {
+            return match self.identity.verify(credential).await {
+                Ok(principal) => Ok(Arc::new(principal)),
+                Err(error) => {
+                    crate::telemetry::record_rejection("token");
+                    Err(ServiceError::Unauthorized(error.to_string()))
+                }
+            };
+        }
+        self.authenticate_key(credential)
+    }
+
+    /// The principal of a configured API key (keyed mode) or the local principal.
+    pub fn authenticate_key(&self, key: &str) -> Result<Arc<Principal>, ServiceError> {
         match self.mode {
             Mode::Local => Ok(Arc::new(Principal::local())),
             Mode::Keyed => {
                 let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
-                bearer.and_then(|token| keys.authenticate(token)).ok_or(ServiceError::Unauthorized)
+                keys.authenticate(key).ok_or_else(|| ServiceError::Unauthorized("unknown API key".into()))
             }
         }
+    }
+
+    /// The identity providers whose tokens are accepted.
+    pub fn identity(&self) -> &Arc<crate::auth::oidc::Issuers> {
+        &self.identity
+    }
+
+    /// `[auth]` as configured.
+    pub fn auth_config(&self) -> &crate::auth::oidc::AuthConfig {
+        &self.auth
     }
 
     /// Checks `request` against the principal's policies and rate limits and takes a

@@ -28,7 +28,7 @@ impl Service {
     /// Signs a console browser in with the API key `key`, for `lifetime_ms`: the
     /// sign-in's secret, for the browser's cookie, and who signed in.
     pub async fn console_sign_in(&self, key: &str, lifetime_ms: i64) -> Result<(String, Arc<Principal>), ServiceError> {
-        let principal = self.authenticate(Some(key))?;
+        let principal = self.authenticate_key(key)?;
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| ServiceError::Internal(format!("no random source: {e}")))?;
         let secret = hex(&secret);

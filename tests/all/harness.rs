@@ -65,6 +65,11 @@ impl TestServer {
 /// Starts a server with `config` (sandgate.toml text; `policies` and, unless it has a
 /// `[store]`, `[ledger]` are added) and one policy file holding `policy`, on its own runtime thread.
 pub fn start_server_with(config: &str, policy: &str) -> TestServer {
+    start_server_at(config, policy, 0)
+}
+
+/// [`start_server_with`] on loopback port `port` (0: any free one).
+pub fn start_server_at(config: &str, policy: &str, port: u16) -> TestServer {
     let dir = temp_dir("server");
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(dir.join("policies/test.toml"), policy).unwrap();
@@ -85,7 +90,7 @@ pub fn start_server_with(config: &str, policy: &str) -> TestServer {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(async move {
             let server = sandgate::Server::new(config).await.expect("server builds");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             server.serve(listener, std::future::pending()).await.unwrap();
         });

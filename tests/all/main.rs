@@ -17,6 +17,7 @@ mod handles;
 mod harness;
 mod hostile;
 mod http_surface;
+mod identity;
 mod layering;
 mod limits;
 mod mcp;

@@ -1,5 +1,9 @@
 //! Who is calling. Every execution, tool call and model call is attributed to a
-//! [`Principal`]; nothing guest code passes can change it.
+//! [`Principal`]; nothing guest code passes can change it. A caller presents an API
+//! key (this module) or a token from the organisation's identity provider
+//! ([`oidc`]).
+
+pub mod oidc;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +33,11 @@ impl Role {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Principal {
     pub user: String,
+    /// The team its records are attributed to: the first of `teams`.
     pub team: String,
+    /// Every team the caller is in (a key's one team, or a token's groups as teams):
+    /// a policy for any of them applies.
+    pub teams: Vec<String>,
     /// The name of the API key the caller used (`local` for the embedded default).
     pub key: String,
     pub role: Role,
@@ -43,7 +51,14 @@ impl Principal {
     /// The single principal of the embedded default: a server on loopback with no
     /// keys configured serves its local user, as an admin.
     pub fn local() -> Self {
-        Self { user: "local".into(), team: "local".into(), key: "local".into(), role: Role::Admin, local: true }
+        Self {
+            user: "local".into(),
+            team: "local".into(),
+            teams: vec!["local".into()],
+            key: "local".into(),
+            role: Role::Admin,
+            local: true,
+        }
     }
 }
 
@@ -76,6 +91,7 @@ impl KeyRing {
                 let principal = Principal {
                     user: entry.user.clone(),
                     team: entry.team.clone(),
+                    teams: vec![entry.team.clone()],
                     key: entry.name.clone(),
                     role: entry.role,
                     local: false,
