@@ -3,6 +3,7 @@
 //! key (this module) or a token from the organisation's identity provider
 //! ([`oidc`]).
 
+pub mod login;
 pub mod oidc;
 
 use std::collections::HashMap;

@@ -19,8 +19,15 @@
 //!
 //! The claims become a [`Principal`]: the user from `user_claim` (default `email`),
 //! teams from `teams_claim` (default `groups`; through `teams` when that maps group
-//! names to team names), admin when a group is in `admin_groups`. Nothing is cached
-//! per token, so a token with other groups is seen with its own teams at once.
+//! names to team names), admin when a group is in `admin_groups`.
+//!
+//! A client sends the same token with every request until it expires, so a token
+//! that verified is remembered by its SHA-256 until its `exp` (at most
+//! [`VERIFIED_CAPACITY`] of them): the next request with it costs a hash and a
+//! lookup, not an RSA verification. What is remembered is that exact token, so a
+//! token with other groups is a new token, verified and seen with its own teams at
+//! once; and when the issuer's keys are fetched again every remembered token is
+//! verified afresh against them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -29,12 +36,16 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use sha2::Digest;
 
 use super::{Principal, Role};
 
 /// The longest token accepted: real ones are 1-4 KiB; anything far larger is refused
 /// before it is parsed.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// How many verified tokens are remembered.
+pub const VERIFIED_CAPACITY: usize = 50_000;
 
 /// How long one discovery or JWKS fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -117,6 +128,8 @@ pub struct Discovery {
     pub end_session_endpoint: Option<String>,
     #[serde(default)]
     pub revocation_endpoint: Option<String>,
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
 }
 
 /// One usable signing key.
@@ -127,6 +140,8 @@ struct SigningKey {
 
 #[derive(Default)]
 struct Keys {
+    /// Counts the fetches: a token verified against an earlier one is verified again.
+    generation: u64,
     by_kid: HashMap<String, Arc<SigningKey>>,
     /// Keys published without a `kid` (tried for a token without one).
     anonymous: Vec<Arc<SigningKey>>,
@@ -152,10 +167,26 @@ impl std::fmt::Debug for Issuer {
 #[derive(Debug, Default)]
 pub struct Issuers {
     issuers: Vec<Arc<Issuer>>,
+    /// Tokens that verified, by SHA-256, until they expire.
+    verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
 }
 
-/// The claims sandgate reads; everything else is kept for policies to see.
-type Claims = serde_json::Map<String, serde_json::Value>;
+/// A token that verified: who it names, until when, against which fetch of keys.
+#[derive(Debug)]
+struct Verified {
+    principal: Principal,
+    /// `exp` plus the leeway, in Unix seconds.
+    until: u64,
+    issuer: usize,
+    generation: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A token's claims.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
 
 impl Issuers {
     pub fn new(configs: &[OidcConfig]) -> Self {
@@ -178,7 +209,7 @@ impl Issuers {
                 })
             })
             .collect();
-        Self { issuers }
+        Self { issuers, verified: Default::default() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -215,6 +246,10 @@ impl Issuers {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(principal) = self.remembered(&digest) {
+            return Ok(principal);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::Json(_) if token_alg(token).is_some() => {
                 TokenError::Algorithm(token_alg(token).unwrap_or_default())
@@ -229,12 +264,44 @@ impl Issuers {
         let unverified: Claims =
             jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let iss = unverified.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
-        let issuer = self
+        let (index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.config.issuer == iss)
+            .enumerate()
+            .find(|(_, i)| i.config.issuer == iss)
             .ok_or_else(|| TokenError::UnknownIssuer(iss.chars().take(200).collect()))?;
-        issuer.verify(token, &header).await
+        let (claims, generation) = issuer.verified_claims(token, &header, &issuer.config.audiences).await?;
+        let principal = issuer.principal(&claims)?;
+        if let Some(exp) = claims.get("exp").and_then(|e| e.as_u64()) {
+            let until = exp.saturating_add(issuer.config.leeway.as_secs());
+            self.remember(digest, Verified { principal: principal.clone(), until, issuer: index, generation });
+        }
+        Ok(principal)
+    }
+
+    /// The principal of a token verified before, while it has not expired and the
+    /// issuer's keys have not been fetched again since.
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = verified.get(digest)?;
+        let current = self.issuers.get(entry.issuer).is_some_and(|i| i.generation() == entry.generation);
+        if entry.until < unix_now() || !current {
+            verified.remove(digest);
+            return None;
+        }
+        Some(entry.principal.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], entry: Verified) {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CAPACITY {
+            let now = unix_now();
+            verified.retain(|_, v| v.until >= now);
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, entry);
     }
 }
 
@@ -300,7 +367,8 @@ impl Issuer {
         })
         .await
         .map_err(|_| slow())??;
-        let keys = usable_keys(&set);
+        let mut keys = usable_keys(&set);
+        keys.generation = self.generation() + 1;
         tracing::info!(issuer = %self.config.issuer, keys = keys.by_kid.len() + keys.anonymous.len(), "fetched the identity provider's keys");
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
         Ok(())
@@ -314,7 +382,40 @@ impl Issuer {
         }
     }
 
-    async fn verify(&self, token: &str, header: &jsonwebtoken::Header) -> Result<Principal, TokenError> {
+    /// How many times the keys have been fetched.
+    fn generation(&self) -> u64 {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).generation
+    }
+
+    /// The claims of an ID token this issuer made for the client `client_id` in
+    /// answer to a sign-in that sent `nonce`.
+    pub async fn id_token_claims(&self, token: &str, client_id: &str, nonce: &str) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        if !asymmetric(header.alg) {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let (claims, _) = self.verified_claims(token, &header, &[client_id.to_string()]).await?;
+        if claims.get("nonce").and_then(|n| n.as_str()) != Some(nonce) {
+            return Err(TokenError::Invalid("its nonce is not the sign-in's".into()));
+        }
+        Ok(claims)
+    }
+
+    /// The HTTP client for this issuer's endpoints (bounded timeouts, no redirects).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    async fn verified_claims(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        audiences: &[String],
+    ) -> Result<(Claims, u64), TokenError> {
+        let generation = self.generation();
         let kid = header.kid.as_deref();
         let key = match self.key(kid, header.alg) {
             Some(key) => key,
@@ -335,7 +436,7 @@ impl Issuer {
         validation.leeway = self.config.leeway.as_secs();
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&self.config.audiences);
+        validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
@@ -343,7 +444,7 @@ impl Issuer {
                 ErrorKind::ExpiredSignature => "it has expired".into(),
                 ErrorKind::ImmatureSignature => "it is not valid yet (nbf)".into(),
                 ErrorKind::InvalidAudience => {
-                    format!("it was issued for another audience; sandgate accepts {:?}", self.config.audiences)
+                    format!("it was issued for another audience; sandgate accepts {audiences:?}")
                 }
                 ErrorKind::InvalidIssuer => "its issuer does not match".into(),
                 ErrorKind::InvalidSignature => "its signature does not verify".into(),
@@ -352,7 +453,7 @@ impl Issuer {
                 _ => e.to_string(),
             })
         })?;
-        self.principal(&data.claims)
+        Ok((data.claims, generation))
     }
 
     /// The person the verified `claims` name.
@@ -498,7 +599,7 @@ mod tests {
 
     #[test]
     fn only_asymmetric_well_formed_tokens_get_as_far_as_a_key() {
-        let issuers = Issuers { issuers: vec![Arc::new(issuer(&[], None))] };
+        let issuers = Issuers { issuers: vec![Arc::new(issuer(&[], None))], verified: Default::default() };
         let block = |f| futures::executor::block_on(f);
         let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(block(issuers.verify(&huge)), Err(TokenError::TooLarge));

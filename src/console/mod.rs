@@ -55,6 +55,8 @@ pub fn router(app: AppState) -> Router {
         .route("/ui", get(overview))
         .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
         .route("/ui/login", get(login_page).post(login))
+        .route("/ui/login/sso", get(sso_start))
+        .route("/ui/login/callback", get(sso_callback))
         .route("/ui/logout", post(logout))
         .route("/ui/events", get(events))
         .route("/ui/usage", get(usage))
@@ -187,15 +189,176 @@ async fn login_page(State(console): State<Console>) -> Response {
     if console.app.service.mode() == Mode::Local {
         return Redirect::to("/ui").into_response();
     }
-    let body = r#"<form id="sign-in" class="card">
+    let sso: String = console
+        .app
+        .service
+        .identity()
+        .all()
+        .iter()
+        .filter(|i| i.config.client_id.is_some())
+        .map(|i| {
+            format!(
+                r#"<p><a class="button" id="sso-{name}" href="/ui/login/sso?issuer={name}">Sign in with SSO ({name})</a></p>"#,
+                name = esc(&i.config.name)
+            )
+        })
+        .collect();
+    let sso = if sso.is_empty() { String::new() } else { format!(r#"<div class="card" id="sso">{sso}</div>"#) };
+    let body = sso
+        + r#"<form id="sign-in" class="card">
 <p>Sign in with a sandgate API key (<code>sandgate key create</code> makes one). The browser keeps a signed cookie, not the key.</p>
 <p><label for="key">API key</label>
 <input id="key" name="key" type="password" autocomplete="off" required spellcheck="false"></p>
 <p><button type="submit">Sign in</button></p>
 <p id="sign-in-error" role="alert" class="error"></p>
 </form>"#;
-    let page = Page { title: "Sign in", current: "", viewer: None, can_sign_out: false, body: body.to_string() };
+    let page = Page { title: "Sign in", current: "", viewer: None, can_sign_out: false, body };
     Html(page.render()).into_response()
+}
+
+#[derive(Deserialize)]
+struct SsoStart {
+    issuer: Option<String>,
+}
+
+/// The issuer named `name` (the first with a client when none is named) and its index.
+fn sso_issuer(console: &Console, name: Option<&str>) -> Option<(usize, Arc<crate::auth::oidc::Issuer>)> {
+    let issuers = console.app.service.identity().all();
+    issuers
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.config.client_id.is_some())
+        .find(|(_, i)| name.is_none_or(|n| i.config.name == n))
+        .map(|(index, issuer)| (index, issuer.clone()))
+}
+
+fn callback_url(console: &Console, headers: &HeaderMap) -> String {
+    format!("{}/ui/login/callback", crate::http::oauth::base_url(&console.app, headers))
+}
+
+fn secure(headers: &HeaderMap) -> &'static str {
+    let https = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    if https {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// "Sign in with SSO": the authorization code flow with PKCE. What the callback must
+/// find again (state, nonce, verifier) goes in a short-lived signed cookie, so any
+/// replica can finish the sign-in.
+async fn sso_start(State(console): State<Console>, headers: HeaderMap, Params(params): Params<SsoStart>) -> Response {
+    let Some((index, issuer)) = sso_issuer(&console, params.issuer.as_deref()) else {
+        return failure(StatusCode::NOT_FOUND, "no identity provider here signs people in to the console");
+    };
+    let pending = crate::auth::login::Pending::new();
+    let url = match crate::auth::login::authorization_url(&issuer, &callback_url(&console, &headers), &pending).await {
+        Ok(url) => url,
+        Err(error) => return failure(StatusCode::BAD_GATEWAY, &error.to_string()),
+    };
+    let sealed = console.signer.seal(
+        &[&pending.state, &pending.nonce, &pending.verifier, &index.to_string()],
+        now_ms() + signin::PENDING_LIFETIME_MS,
+    );
+    // Lax: the browser comes back from the provider by a cross-site navigation.
+    let cookie = format!(
+        "{}={sealed}; HttpOnly; SameSite=Lax; Path=/ui/login; Max-Age={}{}",
+        signin::PENDING_COOKIE,
+        signin::PENDING_LIFETIME_MS / 1000,
+        secure(&headers)
+    );
+    let mut response = Redirect::to(&url).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct SsoCallback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The provider sends the person back here with a code; it is redeemed, the ID token
+/// checked, and the console sign-in made.
+async fn sso_callback(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Params(params): Params<SsoCallback>,
+) -> Response {
+    if let Some(error) = &params.error {
+        let detail = params.error_description.as_deref().unwrap_or("");
+        return failure(
+            StatusCode::UNAUTHORIZED,
+            &format!("the identity provider did not sign you in: {error} {detail}"),
+        );
+    }
+    let pending = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| signin::cookie(v, signin::PENDING_COOKIE))
+        .and_then(|sealed| console.signer.open(sealed, now_ms()));
+    let (Some(fields), Some(code), Some(state)) = (pending, &params.code, &params.state) else {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "this sign-in was not started here, or took longer than 10 minutes: sign in again",
+        );
+    };
+    let [sent_state, nonce, verifier, index] = fields.as_slice() else {
+        return failure(StatusCode::BAD_REQUEST, "sign in again");
+    };
+    if sent_state != state {
+        return failure(StatusCode::BAD_REQUEST, "the sign-in's state does not match: sign in again");
+    }
+    let issuers = console.app.service.identity().all();
+    let Some(issuer) = index.parse::<usize>().ok().and_then(|i| issuers.get(i)) else {
+        return failure(StatusCode::BAD_REQUEST, "sign in again");
+    };
+    let pending =
+        crate::auth::login::Pending { state: state.clone(), nonce: nonce.clone(), verifier: verifier.clone() };
+    let (principal, subject) =
+        match crate::auth::login::finish(issuer, code, &callback_url(&console, &headers), &pending).await {
+            Ok(signed_in) => signed_in,
+            Err(error) => return failure(StatusCode::UNAUTHORIZED, &error.to_string()),
+        };
+    let secret = match console.app.service.console_sign_in_sso(&principal, &subject, signin::LIFETIME_MS).await {
+        Ok(secret) => secret,
+        Err(error) => return service_failure(error),
+    };
+    let token = console.signer.token(&secret, now_ms() + signin::LIFETIME_MS);
+    // The console's cookie is SameSite=Strict, and this request began at another
+    // site: a page of its own moves on to the console, so that the next request is
+    // same-site and carries it.
+    let page = Page {
+        title: "Signed in",
+        current: "",
+        viewer: None,
+        can_sign_out: false,
+        body: r#"<p>Signed in. <a id="continue" href="/ui">Continue to the console</a>.</p>"#.to_string(),
+    };
+    let html = page.render().replacen("<head>", r#"<head><meta http-equiv="refresh" content="0;url=/ui">"#, 1);
+    let mut response = Html(html).into_response();
+    let cookies = [
+        format!(
+            "{}={token}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{}",
+            signin::COOKIE,
+            signin::LIFETIME_MS / 1000,
+            secure(&headers)
+        ),
+        format!("{}=; HttpOnly; SameSite=Lax; Path=/ui/login; Max-Age=0", signin::PENDING_COOKIE),
+    ];
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[derive(Deserialize)]

@@ -79,6 +79,33 @@ impl Signer {
     }
 }
 
+/// The cookie that carries a sign-in at the identity provider while it is under way.
+pub const PENDING_COOKIE: &str = "sandgate_sso";
+
+/// How long a person may take at the identity provider.
+pub const PENDING_LIFETIME_MS: i64 = 10 * 60_000;
+
+impl Signer {
+    /// `fields` (none containing `.`) signed until `expires_ms`: a sign-in at the
+    /// identity provider that is under way (its state, nonce, PKCE verifier, issuer).
+    pub fn seal(&self, fields: &[&str], expires_ms: i64) -> String {
+        let payload = format!("sso1.{}.{expires_ms}", fields.join("."));
+        let signature = hex(&self.mac(&payload).finalize().into_bytes());
+        format!("{payload}.{signature}")
+    }
+
+    /// The fields of a value [`Signer::seal`] made, if intact and not expired.
+    pub fn open(&self, token: &str, now_ms: i64) -> Option<Vec<String>> {
+        let (payload, signature) = token.rsplit_once('.')?;
+        self.mac(payload).verify_slice(&unhex(signature)?).ok()?;
+        let (fields, expires) = payload.strip_prefix("sso1.")?.rsplit_once('.')?;
+        if expires.parse::<i64>().ok()? <= now_ms {
+            return None;
+        }
+        Some(fields.split('.').map(str::to_string).collect())
+    }
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -122,5 +149,14 @@ mod tests {
         assert_eq!(signer.check("", 0), None);
         assert_eq!(cookie("a=1; sandgate_console=xyz; b=2", COOKIE), Some("xyz"));
         assert_eq!(cookie("a=1", COOKIE), None);
+        // A pending SSO sign-in: its fields back while it lasts, nothing once changed.
+        let sealed = signer.seal(&["state", "nonce", "verifier", "0"], 2_000);
+        assert_eq!(
+            signer.open(&sealed, 1_000),
+            Some(vec!["state".into(), "nonce".into(), "verifier".into(), "0".into()])
+        );
+        assert_eq!(signer.open(&sealed, 2_000), None);
+        assert_eq!(signer.open(&sealed.replace("state", "other"), 1_000), None);
+        assert_eq!(signer.check(&sealed, 1_000), None, "not a sign-in cookie");
     }
 }

@@ -16,7 +16,7 @@ pub mod guard;
 mod handles;
 mod mcp;
 pub mod models;
-mod oauth;
+pub(crate) mod oauth;
 mod ops;
 pub mod serve;
 mod sessions;

@@ -22,7 +22,7 @@ pub(super) const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
 /// The URL clients reach sandgate at: `[auth] public_url`, else the scheme and
 /// `Host` this request came in on.
-fn base_url(app: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(app: &AppState, headers: &HeaderMap) -> String {
     if let Some(url) = &app.service.auth_config().public_url {
         return url.clone();
     }

