@@ -24,7 +24,8 @@
 //!
 //! - [`config`]: `sandgate.toml` and the environment → validated [`config::Config`];
 //!   errors name `FILE:LINE:COLUMN`.
-//! - [`auth`]: who is calling: API keys (stored as hashes) → [`auth::Principal`].
+//! - [`auth`]: who is calling: API keys (stored as hashes) and tokens from the
+//!   organisation's identity provider (OIDC, [`auth::oidc`]) → [`auth::Principal`].
 //! - [`policy`]: policies/*.toml → compiled [`policy::PolicySet`]; what a principal may do, and why.
 //! - [`sandbox`]: the engine and compiled-guest cache, the WASI shim, the host ABI and
 //!   per-execution state, and the [`sandbox::door`] trait every capability implements

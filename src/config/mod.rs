@@ -580,6 +580,17 @@ mod tests {
                 "sandgate.toml:3:1: `ledger`: `[ledger]` is another name",
             ),
             ("tiers = {}", "at least one tier"),
+            ("[auth]\npublic_url = \"ftp://x\"", "`auth.public_url`"),
+            (
+                "[[auth.oidc]]\nissuer = \"https://idp.example\"",
+                "`auth.oidc.audiences`: issuer `sso` needs the audiences",
+            ),
+            ("[[auth.oidc]]\nissuer = \"idp.example\"\naudiences = [\"a\"]", "`auth.oidc.issuer`"),
+            (
+                "[[auth.oidc]]\nissuer = \"https://i.example\"\naudiences = [\"a\"]\nheader = \"Authorization\"",
+                "`auth.oidc.header`",
+            ),
+            ("[[auth.oidc]]\nissuer = \"https://i.example\"\nclaims = 1", "unknown field `claims`"),
             ("[mcp.servers.a-b]\ncommand = \"x\"", "sandgate.toml:1:1: `mcp.servers.a-b`"),
             ("[mcp.servers.x]\nurl = \"ftp://h\"", "sandgate.toml:2:1: `mcp.servers.x.url`"),
             ("[mcp.servers.x]\ncommand = \"x\"\nurl = \"http://h\"", "exactly one of"),

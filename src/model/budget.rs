@@ -197,8 +197,8 @@ impl Budgets {
 }
 
 /// The output tokens of each model's recent calls, for the estimate a streamed call
-/// holds: the 95th percentile of the last [`OutputHistory::KEPT`] calls, once there
-/// are [`OutputHistory::ENOUGH`] of them. Per replica, in memory: a restart starts
+/// holds: the 95th percentile of the last `KEPT` calls, once there
+/// are `ENOUGH` of them. Per replica, in memory: a restart starts
 /// again from `router.reserve_output_tokens`.
 #[derive(Debug, Default)]
 pub struct OutputHistory {
