@@ -501,7 +501,7 @@ impl Service {
             ),
             Mode::Local => {}
             Mode::Keyed => {
-                if keys.is_empty() {
+                if keys.is_empty() && self.identity.is_empty() {
                     tracing::warn!(
                         "no keys are left: every request is refused until keys are added (a server started with \
                          keys never serves the local user)"
