@@ -236,6 +236,18 @@ fn callback_url(console: &Console, headers: &HeaderMap) -> String {
     format!("{}/ui/login/callback", crate::http::oauth::base_url(&console.app, headers))
 }
 
+/// The console's cookie for the sign-in with `secret` (HttpOnly, `SameSite=Strict`,
+/// path `/ui`), `Secure` when the request came over HTTPS.
+fn sign_in_cookie(console: &Console, secret: &str, headers: &HeaderMap) -> String {
+    let token = console.signer.token(secret, now_ms() + signin::LIFETIME_MS);
+    format!(
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{}",
+        signin::COOKIE,
+        signin::LIFETIME_MS / 1000,
+        secure(headers)
+    )
+}
+
 fn secure(headers: &HeaderMap) -> &'static str {
     let https = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     if https {
@@ -330,7 +342,6 @@ async fn sso_callback(
         Ok(secret) => secret,
         Err(error) => return service_failure(error),
     };
-    let token = console.signer.token(&secret, now_ms() + signin::LIFETIME_MS);
     // The console's cookie is SameSite=Strict, and this request began at another
     // site: a page of its own moves on to the console, so that the next request is
     // same-site and carries it.
@@ -344,12 +355,7 @@ async fn sso_callback(
     let html = page.render().replacen("<head>", r#"<head><meta http-equiv="refresh" content="0;url=/ui">"#, 1);
     let mut response = Html(html).into_response();
     let cookies = [
-        format!(
-            "{}={token}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{}",
-            signin::COOKIE,
-            signin::LIFETIME_MS / 1000,
-            secure(&headers)
-        ),
+        sign_in_cookie(&console, &secret, &headers),
         format!("{}=; HttpOnly; SameSite=Lax; Path=/ui/login; Max-Age=0", signin::PENDING_COOKIE),
     ];
     for cookie in cookies {
@@ -390,14 +396,7 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: axum::b
         }
         Err(error) => return service_failure(error),
     };
-    let token = console.signer.token(&secret, now_ms() + signin::LIFETIME_MS);
-    let secure = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let cookie = format!(
-        "{}={token}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{}",
-        signin::COOKIE,
-        signin::LIFETIME_MS / 1000,
-        if secure { "; Secure" } else { "" }
-    );
+    let cookie = sign_in_cookie(&console, &secret, &headers);
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);

@@ -20,10 +20,9 @@ import sys
 import time
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
+from chromium import browser, expect
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 BASE, ADMIN_KEY, MEMBER_KEY, MEMBER_USER, SHOTS = sys.argv[1:6]
@@ -33,19 +32,6 @@ def api(path, key):
     request = urllib.request.Request(BASE + path, headers={"authorization": "Bearer " + key})
     with urllib.request.urlopen(request) as response:
         return json.load(response)
-
-
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,800", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 def sign_in(driver, key):

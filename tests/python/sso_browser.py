@@ -14,26 +14,12 @@ import sys
 import urllib.error
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
+from chromium import browser, expect
 from selenium.webdriver.support.ui import WebDriverWait
 
 BASE, USER = sys.argv[1:3]
-
-
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,800", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 def page_status(path, cookie):
