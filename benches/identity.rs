@@ -53,6 +53,7 @@ fn main() {
         jwks_refresh: Duration::from_secs(30),
         client_id: None,
         client_secret_env: None,
+        cli_client_id: None,
         scopes: vec![],
     };
     let issuers = Issuers::new(&[config]);

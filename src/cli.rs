@@ -1,5 +1,8 @@
 //! The command line: `serve`, `exec`, `session open|list|show|end`, `mcp`, `key create|list|revoke`,
-//! `policy check|explain`, `usage`.
+//! `policy check|explain`, `usage`; and a person's commands against a running server
+//! (`login`, `logout`, `token`, `personal-key`, in [`account`]).
+
+mod account;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -114,6 +117,34 @@ pub enum Command {
         #[arg(long, env = "SANDGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Sign in to a sandgate server through its identity provider (SSO), once:
+    /// the device authorization grant when the provider offers it, else a browser
+    /// sign-in that returns to this machine.
+    Login {
+        /// sandgate's URL, e.g. https://sandgate.example.com.
+        #[arg(long, env = "SANDGATE_URL")]
+        server: Option<String>,
+        /// The identity provider, by its name in the server's configuration (default: the first).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Sign in with a browser on this machine even when the device grant is offered.
+        #[arg(long)]
+        browser: bool,
+    },
+    /// Forget the sign-in to a server, here and at the identity provider.
+    Logout {
+        #[command(flatten)]
+        server: account::Server,
+    },
+    /// Print a fresh access token for sandgate, for a client's token command
+    /// (Claude Code's `apiKeyHelper`): refreshed when it has less than a minute left.
+    Token {
+        #[command(flatten)]
+        server: account::Server,
+    },
+    /// Your personal keys on a server you signed in to with `sandgate login`.
+    #[command(subcommand)]
+    PersonalKey(account::PersonalKeyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,8 +318,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     ..Principal::local()
                 }
             } else {
-                let team = team.unwrap_or_default();
-                Principal { user: user.unwrap_or_default(), teams: vec![team.clone()], team, key, role, local: false }
+                Principal::of_key(&key, &user.unwrap_or_default(), &team.unwrap_or_default(), role)
             };
             let ask = match (tool, model, tier, execute) {
                 (Some(tool), _, _, _) => Ask::Tool(tool),
@@ -305,6 +335,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Usage { group_by, since, until, user, config } => {
             runtime.block_on(usage(group_by, since, until, user, config))
         }
+        Command::Login { server, issuer, browser } => runtime.block_on(account::login(server, issuer, browser)),
+        Command::Logout { server } => runtime.block_on(account::logout(server)),
+        Command::Token { server } => runtime.block_on(account::token(server)),
+        Command::PersonalKey(command) => runtime.block_on(account::personal_key(command)),
     };
     match result {
         Ok(code) => code,
@@ -540,8 +574,7 @@ async fn key_create(
     let shared = matches!(config.store, store::StoreConfig::Postgres { .. });
     let place = match home.unwrap_or(if shared { KeyHome::Store } else { KeyHome::Config }) {
         KeyHome::Store => {
-            let entry =
-                KeyEntry { name: name.clone(), user: user.clone(), team: team.clone(), role, hash: digest(&key) };
+            let entry = KeyEntry::operator(name.clone(), user.clone(), team.clone(), role, digest(&key));
             let store = store::open(&config.store).await?;
             crate::service::admin::create_stored_key(store.as_ref(), &config.keys, entry).await?;
             "the store; every server on it has it within seconds".to_string()
@@ -602,20 +635,35 @@ fn record_key_in_file(
 async fn key_list(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = config_or_defaults(&path)?;
     let stored = store::open(&config.store).await?.keys().await?;
-    println!("{:<24} {:<16} {:<16} {:<7} {:<7} CREATED", "NAME", "USER", "TEAM", "ROLE", "IN");
+    println!(
+        "{:<24} {:<16} {:<16} {:<7} {:<7} {:<20} {:<20} OWNER",
+        "NAME", "USER", "TEAM", "ROLE", "IN", "CREATED", "EXPIRES"
+    );
     for key in &config.keys {
-        println!("{:<24} {:<16} {:<16} {:<7} {:<7} -", key.name, key.user, key.team, key.role.as_str(), "config");
+        println!(
+            "{:<24} {:<16} {:<16} {:<7} {:<7} {:<20} {:<20} -",
+            key.name,
+            key.user,
+            key.team,
+            key.role.as_str(),
+            "config",
+            "-",
+            "never"
+        );
     }
+    // Personal keys show whom they were issued to (the identity provider's subject).
     for key in &stored {
         let e = &key.entry;
         println!(
-            "{:<24} {:<16} {:<16} {:<7} {:<7} {}",
+            "{:<24} {:<16} {:<16} {:<7} {:<7} {:<20} {:<20} {}",
             e.name,
             e.user,
             e.team,
             e.role.as_str(),
             "store",
-            crate::time::rfc3339_seconds(key.created_at_ms)
+            crate::time::rfc3339_seconds(key.created_at_ms),
+            e.expires_at_ms.map_or_else(|| "never".to_string(), crate::time::rfc3339_seconds),
+            e.owner.as_deref().unwrap_or("-"),
         );
     }
     Ok(ExitCode::SUCCESS)

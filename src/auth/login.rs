@@ -81,14 +81,14 @@ struct TokenResponse {
     access_token: Option<String>,
 }
 
-/// Redeems `code` and returns the person it signed in, with their stable subject
-/// (`iss` and `sub`).
+/// Redeems `code` and returns the person it signed in (their `subject` is the ID
+/// token's `iss` and `sub`).
 pub async fn finish(
     issuer: &Issuer,
     code: &str,
     redirect_uri: &str,
     pending: &Pending,
-) -> Result<(Principal, String), TokenError> {
+) -> Result<Principal, TokenError> {
     let discovery = issuer.discovery().await?;
     let endpoint = discovery
         .token_endpoint
@@ -143,9 +143,7 @@ pub async fn finish(
             }
         }
     }
-    let subject =
-        format!("{}#{}", issuer.config.issuer, claims.get("sub").and_then(|s| s.as_str()).unwrap_or_default());
-    Ok((issuer.principal(&claims)?, subject))
+    issuer.principal(&claims)
 }
 
 async fn userinfo_claims(issuer: &Issuer, endpoint: &str, access_token: &str) -> Result<Claims, TokenError> {

@@ -3,6 +3,7 @@
 //! key (this module) or a token from the organisation's identity provider
 //! ([`oidc`]).
 
+pub mod client;
 pub mod login;
 pub mod oidc;
 
@@ -42,6 +43,15 @@ pub struct Principal {
     /// The name of the API key the caller used (`local` for the embedded default).
     pub key: String,
     pub role: Role,
+    /// Who the identity provider vouched for, as `iss#sub`: set for a token, an SSO
+    /// console sign-in, and a personal key (whose owner it names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// True when this request carries the identity provider's own word (a token or an
+    /// SSO console sign-in), not a key: only such a principal may issue personal keys,
+    /// so a key can never extend itself past its expiry.
+    #[serde(skip)]
+    pub signed_in: bool,
     /// True only for the principal of local mode (no keys configured): the policy
     /// selector `local` matches it and nothing else, whatever a key is named.
     #[serde(skip)]
@@ -58,7 +68,23 @@ impl Principal {
             teams: vec!["local".into()],
             key: "local".into(),
             role: Role::Admin,
+            subject: None,
+            signed_in: false,
             local: true,
+        }
+    }
+
+    /// The principal of an API key: its one team, no subject.
+    pub fn of_key(name: &str, user: &str, team: &str, role: Role) -> Self {
+        Self {
+            user: user.into(),
+            team: team.into(),
+            teams: vec![team.into()],
+            key: name.into(),
+            role,
+            subject: None,
+            signed_in: false,
+            local: false,
         }
     }
 }
@@ -73,15 +99,42 @@ pub const KEY_PREFIX: &str = "sg_";
 pub struct KeyEntry {
     pub name: String,
     pub user: String,
+    /// The team its records are attributed to: the first of `teams`.
     pub team: String,
+    /// Every team the key acts for: an operator's key has its one team; a personal
+    /// key, its owner's teams when it was made.
+    pub teams: Vec<String>,
     pub role: Role,
     pub hash: [u8; 32],
+    /// When it stops working (Unix ms); `None`: an operator's key, until revoked.
+    pub expires_at_ms: Option<i64>,
+    /// A personal key's owner, as the identity provider named them (`iss#sub`).
+    pub owner: Option<String>,
+}
+
+impl KeyEntry {
+    /// An operator's key: one team, no expiry, no owner.
+    pub fn operator(name: String, user: String, team: String, role: Role, hash: [u8; 32]) -> Self {
+        Self { name, user, teams: vec![team.clone()], team, role, hash, expires_at_ms: None, owner: None }
+    }
+
+    /// Whether the key has expired at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
+/// A key's principal and when it stops working.
+#[derive(Clone, Debug)]
+struct KeyHolder {
+    principal: Arc<Principal>,
+    expires_at_ms: Option<i64>,
 }
 
 /// Configured keys, looked up by hash.
 #[derive(Clone, Debug, Default)]
 pub struct KeyRing {
-    by_hash: HashMap<[u8; 32], Arc<Principal>>,
+    by_hash: HashMap<[u8; 32], KeyHolder>,
 }
 
 impl KeyRing {
@@ -89,15 +142,22 @@ impl KeyRing {
         let by_hash = entries
             .iter()
             .map(|entry| {
+                let mut teams = entry.teams.clone();
+                if teams.first() != Some(&entry.team) {
+                    teams.retain(|t| t != &entry.team);
+                    teams.insert(0, entry.team.clone());
+                }
                 let principal = Principal {
                     user: entry.user.clone(),
                     team: entry.team.clone(),
-                    teams: vec![entry.team.clone()],
+                    teams,
                     key: entry.name.clone(),
                     role: entry.role,
+                    subject: entry.owner.clone(),
+                    signed_in: false,
                     local: false,
                 };
-                (entry.hash, Arc::new(principal))
+                (entry.hash, KeyHolder { principal: Arc::new(principal), expires_at_ms: entry.expires_at_ms })
             })
             .collect();
         Self { by_hash }
@@ -114,17 +174,19 @@ impl KeyRing {
 
     /// Every configured key's principal.
     pub fn principals(&self) -> Vec<Arc<Principal>> {
-        self.by_hash.values().cloned().collect()
+        self.by_hash.values().map(|holder| holder.principal.clone()).collect()
     }
 
-    /// The principal of the key whose SHA-256 is `hash`.
+    /// The principal of the key whose SHA-256 is `hash`, unless it has expired.
     pub fn by_hash(&self, hash: &[u8; 32]) -> Option<Arc<Principal>> {
-        self.by_hash.get(hash).cloned()
+        let holder = self.by_hash.get(hash)?;
+        let live = holder.expires_at_ms.is_none_or(|at| at > crate::time::now_ms());
+        live.then(|| holder.principal.clone())
     }
 
-    /// The principal a presented key belongs to.
+    /// The principal a presented key belongs to, unless it has expired.
     pub fn authenticate(&self, presented: &str) -> Option<Arc<Principal>> {
-        self.by_hash.get(&digest(presented)).cloned()
+        self.by_hash(&digest(presented))
     }
 }
 
@@ -181,16 +243,42 @@ mod tests {
     fn keys_authenticate_by_hash_only() {
         let key = generate_key();
         assert!(key.starts_with("sg_") && key.len() == 35);
-        let entry = KeyEntry {
-            name: "laptop".into(),
-            user: "alice".into(),
-            team: "platform".into(),
-            role: Role::Member,
-            hash: parse_hash(&hash_key(&key)).unwrap(),
-        };
-        let ring = KeyRing::new(&[entry]);
+        let entry = KeyEntry::operator(
+            "laptop".into(),
+            "alice".into(),
+            "platform".into(),
+            Role::Member,
+            parse_hash(&hash_key(&key)).unwrap(),
+        );
+        let personal = generate_key();
+        let expired = generate_key();
+        let now = crate::time::now_ms();
+        let ring = KeyRing::new(&[
+            entry,
+            KeyEntry {
+                name: "bob-laptop".into(),
+                user: "bob".into(),
+                team: "web".into(),
+                teams: vec!["data".into(), "web".into()],
+                role: Role::Member,
+                hash: digest(&personal),
+                expires_at_ms: Some(now + 60_000),
+                owner: Some("https://idp#bob".into()),
+            },
+            KeyEntry {
+                name: "bob-old".into(),
+                expires_at_ms: Some(now - 1),
+                hash: digest(&expired),
+                ..KeyEntry::operator("x".into(), "bob".into(), "web".into(), Role::Member, [0; 32])
+            },
+        ]);
         let principal = ring.authenticate(&key).unwrap();
         assert_eq!((principal.user.as_str(), principal.key.as_str()), ("alice", "laptop"));
+        let bob = ring.authenticate(&personal).unwrap();
+        assert_eq!(bob.teams, ["web", "data"], "the key's team comes first");
+        assert_eq!(bob.subject.as_deref(), Some("https://idp#bob"));
+        assert!(!bob.signed_in, "a key is never the identity provider's own word");
+        assert!(ring.authenticate(&expired).is_none(), "an expired key is refused");
         assert!(ring.authenticate(&generate_key()).is_none());
         assert!(ring.authenticate(&hash_key(&key)).is_none(), "the stored hash is not a key");
         assert!(parse_hash("sha256:xyz").is_err());

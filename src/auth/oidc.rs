@@ -77,6 +77,9 @@ pub struct OidcConfig {
     pub client_id: Option<String>,
     /// The environment variable holding that client's secret (none: a public client).
     pub client_secret_env: Option<String>,
+    /// For `sandgate login`: the public (native) client registered at the issuer for
+    /// the command line, with the device grant or a loopback redirect allowed.
+    pub cli_client_id: Option<String>,
     /// Scopes the console and `sandgate login` ask for.
     pub scopes: Vec<String>,
 }
@@ -491,6 +494,8 @@ impl Issuer {
             teams,
             key: config.name.clone(),
             role,
+            subject: claims.get("sub").and_then(|s| s.as_str()).map(|sub| format!("{}#{sub}", config.issuer)),
+            signed_in: true,
             local: false,
         })
     }
@@ -559,6 +564,7 @@ mod tests {
             jwks_refresh: Duration::from_secs(30),
             client_id: None,
             client_secret_env: None,
+            cli_client_id: None,
             scopes: vec![],
         };
         Issuers::new(&[config]).issuers.pop().map(|i| Arc::try_unwrap(i).ok().unwrap()).unwrap()

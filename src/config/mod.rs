@@ -389,7 +389,7 @@ impl Config {
             if keys.iter().any(|k| k.name == key.name) {
                 return Err(invalid("keys.name", format!("key name `{}` is used twice", key.name)));
             }
-            keys.push(KeyEntry { name: key.name, user: key.user, team: key.team, role: key.role, hash });
+            keys.push(KeyEntry::operator(key.name, key.user, key.team, key.role, hash));
         }
         Ok(Config {
             listen,
@@ -478,6 +478,7 @@ fn auth_config(raw: raw::RawAuth) -> Result<crate::auth::oidc::AuthConfig, (Stri
             jwks_refresh: Duration::from_secs(issuer.jwks_refresh_s.unwrap_or(30).max(1)),
             client_id: issuer.client_id,
             client_secret_env: issuer.client_secret_env,
+            cli_client_id: issuer.cli_client_id,
             scopes: issuer
                 .scopes
                 .unwrap_or_else(|| ["openid", "email", "profile", "groups"].map(str::to_string).to_vec()),

@@ -54,6 +54,7 @@ pub(super) struct RawOidc {
     pub jwks_refresh_s: Option<u64>,
     pub client_id: Option<String>,
     pub client_secret_env: Option<String>,
+    pub cli_client_id: Option<String>,
     pub scopes: Option<Vec<String>>,
 }
 

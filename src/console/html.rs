@@ -37,7 +37,7 @@ pub struct Page<'a> {
     pub body: String,
 }
 
-const NAV: [(&str, &str); 8] = [
+const NAV: [(&str, &str); 9] = [
     ("overview", "/ui"),
     ("usage", "/ui/usage"),
     ("models", "/ui/models"),
@@ -46,6 +46,7 @@ const NAV: [(&str, &str); 8] = [
     ("executions", "/ui/executions"),
     ("sessions", "/ui/sessions"),
     ("policies", "/ui/policies"),
+    ("keys", "/ui/keys"),
 ];
 
 impl Page<'_> {

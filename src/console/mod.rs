@@ -68,6 +68,8 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/tools", get(tools))
         .route("/ui/budgets", get(budgets))
         .route("/ui/sessions", get(sessions))
+        .route("/ui/keys", get(keys).post(create_key))
+        .route("/ui/keys/{name}", axum::routing::delete(revoke_key))
         .route("/ui/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/ui/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .with_state(state)
@@ -333,12 +335,11 @@ async fn sso_callback(
     };
     let pending =
         crate::auth::login::Pending { state: state.clone(), nonce: nonce.clone(), verifier: verifier.clone() };
-    let (principal, subject) =
-        match crate::auth::login::finish(issuer, code, &callback_url(&console, &headers), &pending).await {
-            Ok(signed_in) => signed_in,
-            Err(error) => return failure(StatusCode::UNAUTHORIZED, &error.to_string()),
-        };
-    let secret = match console.app.service.console_sign_in_sso(&principal, &subject, signin::LIFETIME_MS).await {
+    let principal = match crate::auth::login::finish(issuer, code, &callback_url(&console, &headers), &pending).await {
+        Ok(principal) => principal,
+        Err(error) => return failure(StatusCode::UNAUTHORIZED, &error.to_string()),
+    };
+    let secret = match console.app.service.console_sign_in_sso(&principal, signin::LIFETIME_MS).await {
         Ok(secret) => secret,
         Err(error) => return service_failure(error),
     };
@@ -1169,6 +1170,124 @@ async fn sessions(State(console): State<Console>, Viewer(viewer): Viewer) -> Res
         count = sessions.len(),
     );
     page("Sessions", "sessions", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+/// A table of keys: each row's name, whose, teams, dates, and a button to revoke it.
+fn keys_table(id: &str, keys: &[crate::store::StoredKey], with_owner: bool) -> String {
+    let mut rows = String::new();
+    for key in keys {
+        let e = &key.entry;
+        let owner = if with_owner {
+            format!("<td>{}</td>", e.owner.as_deref().map_or_else(|| "operator".to_string(), esc))
+        } else {
+            String::new()
+        };
+        rows.push_str(&format!(
+            r#"<tr data-key="{name}"><td><code>{name}</code></td>{owner}<td>{user}</td><td>{teams}</td><td>{role}</td><td>{created}</td><td>{expires}</td><td><button type="button" class="revoke-key" data-key="{name}">Revoke</button></td></tr>"#,
+            name = esc(&e.name),
+            user = esc(&e.user),
+            teams = esc(&e.teams.join(", ")),
+            role = e.role.as_str(),
+            created = time(key.created_at_ms),
+            expires = e.expires_at_ms.map_or_else(|| "never".to_string(), time),
+        ));
+    }
+    let columns = if with_owner { 8 } else { 7 };
+    if rows.is_empty() {
+        rows.push_str(&format!(r#"<tr><td colspan="{columns}">No live keys.</td></tr>"#));
+    }
+    let owner = if with_owner { r#"<th scope="col">Owner</th>"# } else { "" };
+    format!(
+        r#"<div class="scroll"><table id="{id}"><thead><tr><th scope="col">Key</th>{owner}<th scope="col">User</th><th scope="col">Teams</th><th scope="col">Role</th><th scope="col">Created (UTC)</th><th scope="col">Expires (UTC)</th><th scope="col"></th></tr></thead><tbody>{rows}</tbody></table></div>"#
+    )
+}
+
+/// Personal keys: the viewer's own (and a form to issue one, when signed in with
+/// SSO and a policy grants them), and for admins every key with its owner.
+async fn keys(State(console): State<Console>, Viewer(viewer): Viewer) -> Response {
+    let service = &console.app.service;
+    let own = match service.personal_keys(&viewer, false).await {
+        Ok(keys) => keys,
+        Err(error) => return service_failure(error),
+    };
+    let grant = service.policies().current().capabilities(&viewer).keys;
+    let form = match grant {
+        Some(grant) if viewer.signed_in => {
+            let mut days: Vec<u32> = [1, 7, 30, 90, 365].into_iter().filter(|d| *d < grant.max_lifetime_days).collect();
+            days.push(grant.max_lifetime_days);
+            let options: String = days
+                .iter()
+                .map(|d| {
+                    let selected = if *d == grant.max_lifetime_days { " selected" } else { "" };
+                    format!(r#"<option value="{}"{selected}>{d} days</option>"#, u64::from(*d) * 86_400)
+                })
+                .collect();
+            format!(
+                r#"<form id="new-key" class="card">
+<p>A personal key acts as you, for your teams as they are now ({teams}), until it expires. Use it where a client cannot sign in itself; for Claude Code and other clients that run a command for their key, <code>sandgate token</code> is better. You may hold {max} live keys.</p>
+<p><label for="key-name">Name</label> <input id="key-name" name="name" maxlength="64" pattern="[A-Za-z0-9._][A-Za-z0-9._\-]*" placeholder="laptop" spellcheck="false"></p>
+<p><label for="key-lifetime">Expires in</label> <select id="key-lifetime" name="expires_in_s">{options}</select></p>
+<p><button type="submit">Create key</button></p>
+<p id="new-key-error" role="alert" class="error"></p>
+<div id="new-key-made" hidden><p>Your new key, shown only this once:</p><p><input id="new-key-secret" readonly spellcheck="false" aria-label="The new key"></p><p><a href="/ui/keys">Done</a></p></div>
+</form>"#,
+                teams = esc(&viewer.teams.join(", ")),
+                max = grant.max,
+            )
+        }
+        Some(_) => r#"<p class="note" id="no-new-key">Personal keys are issued to people signed in with SSO; sign in with SSO to create one.</p>"#.to_string(),
+        None => r#"<p class="note" id="no-new-key">No policy lets you issue personal keys (a <code>[policy.keys]</code> table grants them).</p>"#.to_string(),
+    };
+    let mut body = form + "<h2>Your keys</h2>" + &keys_table("my-keys", &own, false);
+    if viewer.role == crate::auth::Role::Admin {
+        match service.personal_keys(&viewer, true).await {
+            Ok(all) => {
+                body += "<h2>Every key in the store</h2>";
+                body += &keys_table("all-keys", &all, true);
+            }
+            Err(error) => return service_failure(error),
+        }
+    }
+    page("Keys", "keys", &viewer, service.mode() == Mode::Local, body)
+}
+
+/// A JSON answer for the console's scripts: the body, or `{"error"}` with the API's status.
+fn json_result<T: serde::Serialize>(result: Result<(StatusCode, T), crate::service::ServiceError>) -> Response {
+    match result {
+        Ok((status, body)) => (status, Json(body)).into_response(),
+        Err(error) => (crate::http::error::status_of(&error), Json(serde_json::json!({"error": error.to_string()})))
+            .into_response(),
+    }
+}
+
+async fn create_key(
+    State(console): State<Console>,
+    Viewer(viewer): Viewer,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let body = match crate::http::read_body(&headers, body, 64 << 10).await {
+        Ok(bytes) => bytes,
+        Err(error) => return error.into_response(),
+    };
+    let request = match serde_json::from_slice::<crate::service::keys::KeyRequest>(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return json_result::<()>(Err(crate::service::ServiceError::Invalid(format!(
+                "invalid request body: {error}"
+            ))))
+        }
+    };
+    let issued = console.app.service.issue_personal_key(&viewer, request).await;
+    json_result(issued.map(|(key, stored)| {
+        let info = crate::service::keys::KeyInfo::of(&stored);
+        (StatusCode::CREATED, serde_json::json!({"key": key, "name": info.name, "expires_at": info.expires_at}))
+    }))
+}
+
+async fn revoke_key(State(console): State<Console>, Viewer(viewer): Viewer, Path(name): Path<String>) -> Response {
+    let revoked = console.app.service.revoke_personal_key(&viewer, &name).await;
+    json_result(revoked.map(|()| (StatusCode::OK, serde_json::json!({"revoked": name}))))
 }
 
 #[derive(Debug, Default, Deserialize)]

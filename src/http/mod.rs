@@ -14,6 +14,7 @@ mod execute;
 pub mod extract;
 pub mod guard;
 mod handles;
+mod keys;
 mod mcp;
 pub mod models;
 pub(crate) mod oauth;
@@ -111,6 +112,10 @@ pub fn router(state: AppState, stopping: CancellationToken, others: Router) -> R
         .route("/v1/executions/{id}", get(handles::show).delete(handles::cancel))
         .route("/v1/executions/{id}/events", get(handles::events))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/me", get(keys::me))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{name}", axum::routing::delete(keys::revoke))
+        .route("/v1/auth/cli", get(oauth::cli_login))
         .route("/v1/sessions", post(sessions::open).get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::show).delete(sessions::end))
         .route("/v1/sessions/{id}/files", get(sessions::files))

@@ -67,6 +67,41 @@ pub(super) async fn mcp_metadata(State(app): State<AppState>, headers: HeaderMap
     metadata(&app, &headers, "/mcp")
 }
 
+/// `GET /v1/auth/cli`: what `sandgate login` needs to sign a person in on the
+/// command line: sandgate's resource identifier (the `resource` its tokens are asked
+/// for, RFC 8707) and each issuer with a client for the command line.
+pub(super) async fn cli_login(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let issuers: Vec<serde_json::Value> = app
+        .service
+        .identity()
+        .all()
+        .iter()
+        .filter_map(|issuer| {
+            let config = &issuer.config;
+            let mut scopes = config.scopes.clone();
+            // A refresh token is what lets `sandgate token` print fresh tokens.
+            if !scopes.iter().any(|s| s == "offline_access") {
+                scopes.push("offline_access".into());
+            }
+            Some(serde_json::json!({
+                "name": config.name,
+                "issuer": config.issuer,
+                "client_id": config.cli_client_id.as_ref()?,
+                "scopes": scopes,
+            }))
+        })
+        .collect();
+    if issuers.is_empty() {
+        return ApiError::new(
+            Kind::NotFound,
+            "no identity provider has a client for the command line ([[auth.oidc]] cli_client_id): sign in with an \
+             API key instead",
+        )
+        .into_response();
+    }
+    Json(serde_json::json!({ "resource": base_url(&app, &headers), "issuers": issuers })).into_response()
+}
+
 /// `refused` (a 401 on `/mcp`) with the challenge that sends an MCP client to sign in.
 pub(super) fn challenge(app: &AppState, headers: &HeaderMap, refused: ApiError) -> Response {
     let presented = super::credential(app, headers).is_some();

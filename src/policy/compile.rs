@@ -163,6 +163,9 @@ pub(super) struct Policy {
     pub sessions: Option<At<super::SessionGrant>>,
     /// `Some` iff the policy has a `[policy.files]` table.
     pub files: Option<At<super::FilesGrant>>,
+    /// `Some` iff the policy has a `[policy.keys]` table: its principals, signed in
+    /// with SSO, may issue themselves personal keys.
+    pub keys: Option<At<super::KeyGrant>>,
 }
 
 impl Policy {
@@ -302,6 +305,7 @@ fn compile_policy(
         model_calls_per_minute: None,
         sessions: None,
         files: None,
+        keys: None,
     };
 
     if let Some(budget) = raw.budget {
@@ -341,6 +345,21 @@ fn compile_policy(
             idle_ttl_s: sessions.idle_ttl_s.map_or(defaults.idle_ttl_s, Spanned::into_inner).max(1),
         };
         policy.sessions = Some(At { line, value: grant });
+    }
+    if let Some(keys) = raw.keys {
+        let line = source.line(&keys.span());
+        let keys = keys.into_inner();
+        let defaults = super::KeyGrant::default();
+        for value in [&keys.max, &keys.max_lifetime_days].into_iter().flatten() {
+            if *value.get_ref() == 0 {
+                errors.push(source.error(&value.span(), "keys.max and keys.max_lifetime_days must be at least 1"));
+            }
+        }
+        let grant = super::KeyGrant {
+            max: keys.max.map_or(defaults.max, Spanned::into_inner),
+            max_lifetime_days: keys.max_lifetime_days.map_or(defaults.max_lifetime_days, Spanned::into_inner),
+        };
+        policy.keys = Some(At { line, value: grant });
     }
     if let Some(files) = raw.files {
         let line = source.line(&files.span());

@@ -188,6 +188,24 @@ impl Default for SessionGrant {
     }
 }
 
+/// Personal keys a person signed in with SSO may issue themselves (`[policy.keys]`);
+/// without the table, none. Each field is the largest any matching policy grants; a
+/// field the table leaves out takes the default below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyGrant {
+    /// Live personal keys one person may hold at once (default 5).
+    pub max: u32,
+    /// The longest a personal key may live, in days, and what one is given when its
+    /// request names no lifetime (default 30).
+    pub max_lifetime_days: u32,
+}
+
+impl Default for KeyGrant {
+    fn default() -> Self {
+        Self { max: 5, max_lifetime_days: 30 }
+    }
+}
+
 /// What a principal's code may do with files (`[policy.files]`): the quotas of each
 /// session's workspace, and host directories mounted into the code's view. Quotas are
 /// the largest any matching policy sets (the defaults below without one); mounts are
@@ -435,6 +453,7 @@ impl PolicySet {
         let mut budget = Budget::default();
         let mut rate = Rate::default();
         let mut sessions: Option<SessionGrant> = None;
+        let mut keys: Option<KeyGrant> = None;
         let mut files: Option<FilesGrant> = None;
         for policy in &policies {
             if let Some(grant) = &policy.files {
@@ -453,6 +472,11 @@ impl PolicySet {
                 merged.max_bytes = merged.max_bytes.max(grant.value.max_bytes);
                 merged.idle_ttl_s = merged.idle_ttl_s.max(grant.value.idle_ttl_s);
             }
+            if let Some(grant) = &policy.keys {
+                let merged = keys.get_or_insert(grant.value);
+                merged.max = merged.max.max(grant.value.max);
+                merged.max_lifetime_days = merged.max_lifetime_days.max(grant.value.max_lifetime_days);
+            }
             if let Some(grant) = &policy.limits {
                 limits.get_or_insert_with(PartialLimits::default).raise(&grant.value);
                 limits_rule.get_or_insert_with(|| policy.rule(grant.line, "limits".into()));
@@ -470,6 +494,7 @@ impl PolicySet {
             budget,
             rate,
             sessions,
+            keys,
             files: files.unwrap_or_default(),
             matched: policies.iter().map(|p| p.name.clone()).collect(),
             who: describe(principal),
@@ -524,6 +549,8 @@ pub struct Capabilities {
     pub rate: Rate,
     /// `None`: no matching policy has a `[policy.sessions]` table.
     pub sessions: Option<SessionGrant>,
+    /// `None`: no matching policy has a `[policy.keys]` table.
+    pub keys: Option<KeyGrant>,
     pub files: FilesGrant,
     /// Names of the matching policies, in load order.
     pub matched: Vec<String>,
@@ -550,6 +577,7 @@ impl Capabilities {
             budget: Budget::default(),
             rate: Rate::default(),
             sessions: None,
+            keys: None,
             files: FilesGrant::default(),
             matched: Vec::new(),
             who: "this principal".into(),

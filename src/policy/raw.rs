@@ -29,6 +29,7 @@ pub(super) struct RawPolicy {
     pub rate: Option<RawRate>,
     pub sessions: Option<Spanned<RawSessions>>,
     pub files: Option<Spanned<RawFiles>>,
+    pub keys: Option<Spanned<RawKeys>>,
 }
 
 /// Any subset of the fields of [`crate::limits::Limits`].
@@ -88,6 +89,14 @@ pub(super) struct RawSessions {
     pub max: Option<Spanned<u32>>,
     pub max_bytes: Option<Spanned<u64>>,
     pub idle_ttl_s: Option<Spanned<u64>>,
+}
+
+/// Any subset of [`super::KeyGrant`]'s fields; the table itself is the grant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeys {
+    pub max: Option<Spanned<u32>>,
+    pub max_lifetime_days: Option<Spanned<u32>>,
 }
 
 /// `[policy.files]`: workspace quotas and host directories granted to the code.

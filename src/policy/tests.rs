@@ -24,7 +24,7 @@ fn parse_err(text: &str) -> String {
 }
 
 fn who(user: &str, team: &str, key: &str, role: Role) -> Principal {
-    Principal { user: user.into(), team: team.into(), teams: vec![team.into()], key: key.into(), role, local: false }
+    Principal::of_key(key, user, team, role)
 }
 
 /// A member of the platform team on her laptop key.
@@ -647,4 +647,21 @@ fn policy_files_quotas_take_the_largest_and_mounts_the_union() {
         assert!(error.contains(message), "{mount}: {error}");
         assert!(error.contains("test.toml:5:"), "{error}");
     }
+}
+
+#[test]
+fn personal_keys_are_granted_by_a_keys_table_and_merge_to_the_largest() {
+    let set = parse(
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.keys]\nmax = 3\n\n\
+         [[policy]]\nname = \"platform\"\nprincipals = [\"team:platform\"]\n[policy.keys]\nmax_lifetime_days = 90\n\n\
+         [[policy]]\nname = \"none\"\nprincipals = [\"user:carol\"]\n",
+    );
+    // alice (platform) gets the larger of each field; a field left out takes its default.
+    assert_eq!(set.capabilities(&alice()).keys, Some(KeyGrant { max: 5, max_lifetime_days: 90 }));
+    assert_eq!(set.capabilities(&bob()).keys, Some(KeyGrant { max: 3, max_lifetime_days: 30 }));
+    let only_none = parse("[[policy]]\nname = \"none\"\nprincipals = [\"*\"]\n");
+    assert_eq!(only_none.capabilities(&alice()).keys, None, "without the table, no personal keys");
+    assert!(parse_err(&format!("{HEAD}[policy.keys]\nmax = 0\n")).contains("at least 1"));
+    assert!(parse_err(&format!("{HEAD}[policy.keys]\nmax_lifetime_days = 0\n")).contains("at least 1"));
+    assert!(parse_err(&format!("{HEAD}[policy.keys]\nlifetime = 3\n")).contains("unknown field `lifetime`"));
 }

@@ -51,8 +51,8 @@ pub async fn create_stored_key(
     if let Some(why) = key_name_taken(store, configured, &entry.name).await? {
         return Err(ServiceError::Invalid(format!("{why}; choose another name")));
     }
-    let created = store.create_key(&StoredKey { entry: entry.clone(), created_at_ms: crate::time::now_ms() }).await?;
-    if !created {
+    let key = StoredKey { entry: entry.clone(), created_at_ms: crate::time::now_ms() };
+    if store.create_key(&key, None).await? != crate::store::KeyCreated::Created {
         return Err(ServiceError::Invalid(format!(
             "the store has or had a key named `{}` (a revoked key's name stays reserved); choose another name",
             entry.name
@@ -113,14 +113,7 @@ impl Service {
             (None, None) => asker.clone(),
             (user, team) if asker.role == Role::Admin => {
                 let team = team.unwrap_or_else(|| asker.team.clone());
-                Principal {
-                    user: user.unwrap_or_else(|| asker.user.clone()),
-                    teams: vec![team.clone()],
-                    team,
-                    key: String::new(),
-                    role: Role::Member,
-                    local: false,
-                }
+                Principal::of_key("", &user.unwrap_or_else(|| asker.user.clone()), &team, Role::Member)
             }
             (user, team)
                 if user.as_deref().is_none_or(|u| u == asker.user)

@@ -16,6 +16,7 @@ pub use activity::{BudgetStanding, MAX_LISTED};
 pub mod admin;
 pub mod fds;
 mod handles;
+pub mod keys;
 mod memories;
 mod reload;
 mod sessions;
@@ -87,6 +88,12 @@ pub enum ServiceError {
     /// The session is running another execution; retry when it ends.
     #[error("session `{0}` is running another execution; its executions run one at a time")]
     SessionBusy(String),
+    /// The person holds as many live personal keys as their policies allow.
+    #[error(
+        "user `{user}` already holds {limit} live personal keys, the most their policies allow (keys.max); revoke one \
+         first"
+    )]
+    TooManyKeys { user: String, limit: u32 },
     /// The principal keeps as many sessions as its policies allow.
     #[error("user `{user}` already has {limit} sessions, the most their policies allow (sessions.max); end one first")]
     TooManySessions { user: String, limit: u32 },
@@ -114,7 +121,8 @@ impl ServiceError {
             Self::RateLimited { .. }
             | Self::AtOnce { .. }
             | Self::TooManyRunning { .. }
-            | Self::TooManySessions { .. } => Kind::RateLimited,
+            | Self::TooManySessions { .. }
+            | Self::TooManyKeys { .. } => Kind::RateLimited,
             Self::Rejected(rejected) => rejected.kind(),
             Self::Store(_) => Kind::Unavailable,
             Self::NotFound(_) => Kind::NotFound,

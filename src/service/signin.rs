@@ -55,14 +55,13 @@ impl Service {
     }
 
     /// Signs a console browser in as `principal`, whom the identity provider vouched
-    /// for as `subject` (its `iss#sub`): the sign-in's secret. The person's teams and
+    /// for (as its `subject`, `iss#sub`): the sign-in's secret. The person's teams and
     /// role are those of the sign-in; signing in again takes up changed groups.
-    pub async fn console_sign_in_sso(
-        &self,
-        principal: &Principal,
-        subject: &str,
-        lifetime_ms: i64,
-    ) -> Result<String, ServiceError> {
+    pub async fn console_sign_in_sso(&self, principal: &Principal, lifetime_ms: i64) -> Result<String, ServiceError> {
+        let subject = principal
+            .subject
+            .as_deref()
+            .ok_or_else(|| ServiceError::Internal("an SSO sign-in names no subject".into()))?;
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| ServiceError::Internal(format!("no random source: {e}")))?;
         let secret = hex(&secret);
@@ -106,6 +105,8 @@ impl Service {
                 teams: who.teams,
                 key: who.key,
                 role: who.role,
+                subject: Some(who.subject),
+                signed_in: true,
                 local: false,
             })));
         }

@@ -225,6 +225,33 @@ pub struct StoredKey {
     pub created_at_ms: i64,
 }
 
+/// What [`Store::create_key`] came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCreated {
+    Created,
+    /// A key, live or revoked, has the name.
+    NameTaken,
+    /// The owner holds as many live keys as the limit allows.
+    OwnerFull,
+}
+
+/// A key's teams as the store keeps them: a JSON array, or `NULL` for a key whose
+/// only team is its `team`.
+fn teams_column(entry: &crate::auth::KeyEntry) -> Option<String> {
+    (entry.teams.len() > 1 || entry.teams.first() != Some(&entry.team))
+        .then(|| serde_json::to_string(&entry.teams).expect("strings serialise"))
+}
+
+/// The teams of a stored key, from its `team` and `teams` columns.
+fn parse_teams(name: &str, team: &str, column: Option<String>) -> Result<Vec<String>, StoreError> {
+    match column {
+        None => Ok(vec![team.to_string()]),
+        Some(json) => {
+            serde_json::from_str(&json).map_err(|e| StoreError(format!("key `{name}` has malformed teams: {e}")))
+        }
+    }
+}
+
 /// Whose something is: the whole principal that made it (user, team and key), which
 /// alone may use it. Another key of the same user is someone else.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -597,10 +624,16 @@ pub trait Store: Send + Sync + 'static {
         per_minute: u32,
     ) -> BoxFuture<'a, Result<Result<(), u64>, StoreError>>;
 
-    /// Adds `key`; `false` (nothing written) when a key, live or revoked, already has
-    /// its name: a revoked key's name stays reserved, so nothing that named the old
-    /// key (a console sign-in, a usage report) can ever mean the new one.
-    fn create_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Adds `key`, unless a key, live or revoked, already has its name (a revoked
+    /// key's name stays reserved, so nothing that named the old key, a console sign-in
+    /// or a usage report, can ever mean the new one), or, with `owner_limit`, its owner
+    /// already holds that many live keys. The count and the insert are one step on
+    /// every replica, so two requests at once cannot pass the limit together.
+    fn create_key<'a>(
+        &'a self,
+        key: &'a StoredKey,
+        owner_limit: Option<u32>,
+    ) -> BoxFuture<'a, Result<KeyCreated, StoreError>>;
 
     /// Whether any key, live or revoked, has ever had the name `name`.
     fn key_name_used<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
@@ -608,7 +641,7 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes the live key named `name`; `false` when there is none.
     fn revoke_key<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// The live (unrevoked) keys, by name.
+    /// The live keys (neither revoked nor expired), by name.
     fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>>;
 
     /// Adds a new session.

@@ -41,8 +41,8 @@ use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery,
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, Balance, BudgetLine, ConsoleSession, ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus,
-    Hold, Lease, MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, Store, StoreError, StoredFile,
-    StoredKey, StoredMemory,
+    Hold, KeyCreated, Lease, MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, Store, StoreError,
+    StoredFile, StoredKey, StoredMemory,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -498,6 +498,14 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO execution_logs (execution_id, logs) SELECT * FROM unnest(l_execution, l_logs)
         ON CONFLICT (execution_id) DO UPDATE SET logs = EXCLUDED.logs;
     END $$;
+    "#,
+    // 11: personal keys: issued to a person signed in with SSO, for their teams, until
+    // they expire.
+    r#"
+    ALTER TABLE api_keys ADD COLUMN teams TEXT;
+    ALTER TABLE api_keys ADD COLUMN expires_at_ms BIGINT;
+    ALTER TABLE api_keys ADD COLUMN owner TEXT;
+    CREATE INDEX api_keys_owner ON api_keys (owner) WHERE revoked_at_ms IS NULL;
     "#,
 ];
 
@@ -1222,21 +1230,54 @@ impl Store for PgStore {
         .boxed()
     }
 
-    fn create_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn create_key<'a>(
+        &'a self,
+        key: &'a StoredKey,
+        owner_limit: Option<u32>,
+    ) -> BoxFuture<'a, Result<KeyCreated, StoreError>> {
         async move {
             let e = &key.entry;
-            let client = self.client().await?;
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(err)?;
             trip("keys");
-            let inserted = client
+            if let (Some(owner), Some(limit)) = (&e.owner, owner_limit) {
+                // One owner's creations take turns here, on any replica, so that
+                // together they cannot pass the limit.
+                tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))", &[owner]).await.map_err(err)?;
+                let row = tx
+                    .query_one(
+                        "SELECT count(*) FROM api_keys WHERE owner = $1 AND revoked_at_ms IS NULL
+                         AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
+                        &[owner, &now_ms()],
+                    )
+                    .await
+                    .map_err(err)?;
+                if row.get::<_, i64>(0) >= i64::from(limit) {
+                    return Ok(KeyCreated::OwnerFull);
+                }
+            }
+            let inserted = tx
                 .execute(
-                    "INSERT INTO api_keys (name, \"user\", team, role, hash, created_at_ms)
-                     SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE name = $1)
+                    "INSERT INTO api_keys (name, \"user\", team, role, hash, created_at_ms, teams, expires_at_ms, owner)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+                     WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE name = $1)
                      ON CONFLICT DO NOTHING",
-                    &[&e.name, &e.user, &e.team, &e.role.as_str(), &e.hash.as_slice(), &key.created_at_ms],
+                    &[
+                        &e.name,
+                        &e.user,
+                        &e.team,
+                        &e.role.as_str(),
+                        &e.hash.as_slice(),
+                        &key.created_at_ms,
+                        &super::teams_column(e),
+                        &e.expires_at_ms,
+                        &e.owner,
+                    ],
                 )
                 .await
                 .map_err(err)?;
-            Ok(inserted == 1)
+            tx.commit().await.map_err(err)?;
+            Ok(if inserted == 1 { KeyCreated::Created } else { KeyCreated::NameTaken })
         }
         .boxed()
     }
@@ -1275,19 +1316,30 @@ impl Store for PgStore {
             let client = self.client().await?;
             let statement = client
                 .prepare_cached(
-                    "SELECT name, \"user\", team, role, hash, created_at_ms FROM api_keys
-                     WHERE revoked_at_ms IS NULL ORDER BY name",
+                    "SELECT name, \"user\", team, role, hash, created_at_ms, teams, expires_at_ms, owner FROM api_keys
+                     WHERE revoked_at_ms IS NULL AND (expires_at_ms IS NULL OR expires_at_ms > $1) ORDER BY name",
                 )
                 .await
                 .map_err(err)?;
             let mut keys = Vec::new();
             trip("keys");
-            for row in client.query(&statement, &[]).await.map_err(err)? {
+            for row in client.query(&statement, &[&now_ms()]).await.map_err(err)? {
                 let name: String = row.get(0);
                 let hash: Vec<u8> = row.get(4);
                 let hash = hash.try_into().map_err(|_| StoreError(format!("key `{name}` has a malformed hash")))?;
                 let role = super::parse_role(row.get(3))?;
-                let entry = crate::auth::KeyEntry { name, user: row.get(1), team: row.get(2), role, hash };
+                let team: String = row.get(2);
+                let teams = super::parse_teams(&name, &team, row.get(6))?;
+                let entry = crate::auth::KeyEntry {
+                    name,
+                    user: row.get(1),
+                    team,
+                    teams,
+                    role,
+                    hash,
+                    expires_at_ms: row.get(7),
+                    owner: row.get(8),
+                };
                 keys.push(StoredKey { entry, created_at_ms: row.get(5) });
             }
             Ok(keys)

@@ -19,8 +19,8 @@ use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery,
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, Balance, BudgetLine, ConsoleSession, ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus,
-    Hold, Lease, MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, SpendScope, Store, StoreError,
-    StoredFile, StoredKey, StoredMemory,
+    Hold, KeyCreated, Lease, MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, SpendScope, Store,
+    StoreError, StoredFile, StoredKey, StoredMemory,
 };
 
 /// How hard a commit waits for the disk.
@@ -211,6 +211,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE model_calls ADD COLUMN agent_session TEXT;
     CREATE INDEX executions_agent_session ON executions (agent_session, started_at_ms);
     CREATE INDEX model_calls_agent_session ON model_calls (agent_session, started_at_ms);",
+    // 14: personal keys: issued to a person signed in with SSO, for their teams, until
+    // they expire.
+    "ALTER TABLE api_keys ADD COLUMN teams TEXT;
+    ALTER TABLE api_keys ADD COLUMN expires_at_ms INTEGER;
+    ALTER TABLE api_keys ADD COLUMN owner TEXT;
+    CREATE INDEX api_keys_owner ON api_keys (owner) WHERE revoked_at_ms IS NULL;",
 ];
 
 /// The migration after which [`convert_images`] runs.
@@ -939,17 +945,47 @@ impl Store for SqliteStore {
         futures::future::ready(Ok(taken)).boxed()
     }
 
-    fn create_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn create_key<'a>(
+        &'a self,
+        key: &'a StoredKey,
+        owner_limit: Option<u32>,
+    ) -> BoxFuture<'a, Result<KeyCreated, StoreError>> {
         let key = key.clone();
         self.blocking(move |inner| {
             let e = &key.entry;
-            let inserted = lock(&inner.writer).execute(
-                "INSERT INTO api_keys (name, user, team, role, hash, created_at_ms)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE name = ?1)
+            // One writer: the count and the insert cannot interleave with another's.
+            let writer = lock(&inner.writer);
+            if let (Some(owner), Some(limit)) = (&e.owner, owner_limit) {
+                let live: i64 = writer
+                    .query_row(
+                        "SELECT count(*) FROM api_keys WHERE owner = ?1 AND revoked_at_ms IS NULL
+                         AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
+                        params![owner, now_ms()],
+                        |row| row.get(0),
+                    )
+                    .map_err(err)?;
+                if live >= i64::from(limit) {
+                    return Ok(KeyCreated::OwnerFull);
+                }
+            }
+            let inserted = writer.execute(
+                "INSERT INTO api_keys (name, user, team, role, hash, created_at_ms, teams, expires_at_ms, owner)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+                 WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE name = ?1)
                  ON CONFLICT DO NOTHING",
-                params![e.name, e.user, e.team, e.role.as_str(), e.hash.as_slice(), key.created_at_ms],
+                params![
+                    e.name,
+                    e.user,
+                    e.team,
+                    e.role.as_str(),
+                    e.hash.as_slice(),
+                    key.created_at_ms,
+                    super::teams_column(e),
+                    e.expires_at_ms,
+                    e.owner
+                ],
             );
-            Ok(inserted.map_err(err)? == 1)
+            Ok(if inserted.map_err(err)? == 1 { KeyCreated::Created } else { KeyCreated::NameTaken })
         })
     }
 
@@ -979,12 +1015,12 @@ impl Store for SqliteStore {
             let reader = inner.reader();
             let mut statement = reader
                 .prepare_cached(
-                    "SELECT name, user, team, role, hash, created_at_ms FROM api_keys
-                     WHERE revoked_at_ms IS NULL ORDER BY name",
+                    "SELECT name, user, team, role, hash, created_at_ms, teams, expires_at_ms, owner FROM api_keys
+                     WHERE revoked_at_ms IS NULL AND (expires_at_ms IS NULL OR expires_at_ms > ?1) ORDER BY name",
                 )
                 .map_err(err)?;
             let rows = statement
-                .query_map([], |row| {
+                .query_map([now_ms()], |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         row.get::<_, String>(1)?,
@@ -992,15 +1028,22 @@ impl Store for SqliteStore {
                         row.get::<_, String>(3)?,
                         row.get::<_, Vec<u8>>(4)?,
                         row.get::<_, i64>(5)?,
+                        (
+                            row.get::<_, Option<String>>(6)?,
+                            row.get::<_, Option<i64>>(7)?,
+                            row.get::<_, Option<String>>(8)?,
+                        ),
                     ))
                 })
                 .map_err(err)?;
             let mut keys = Vec::new();
             for row in rows {
-                let (name, user, team, role, hash, created_at_ms) = row.map_err(err)?;
+                let (name, user, team, role, hash, created_at_ms, (teams, expires_at_ms, owner)) = row.map_err(err)?;
                 let hash = hash.try_into().map_err(|_| StoreError(format!("key `{name}` has a malformed hash")))?;
                 let role = super::parse_role(&role)?;
-                keys.push(StoredKey { entry: crate::auth::KeyEntry { name, user, team, role, hash }, created_at_ms });
+                let teams = super::parse_teams(&name, &team, teams)?;
+                let entry = crate::auth::KeyEntry { name, user, team, teams, role, hash, expires_at_ms, owner };
+                keys.push(StoredKey { entry, created_at_ms });
             }
             Ok(keys)
         })

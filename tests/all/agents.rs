@@ -57,7 +57,7 @@ pub(crate) fn node_dir() -> PathBuf {
 }
 
 /// An agent's executable in `tests/agents/node_modules/.bin`.
-fn agent_bin(name: &str) -> PathBuf {
+pub(crate) fn agent_bin(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/node_modules/.bin").join(name);
     assert!(path.exists(), "{} is missing: run tests/run (it installs tests/agents with npm ci)", path.display());
     path
@@ -124,14 +124,14 @@ fn serve(label: &str, users: &[&str]) -> Served {
 
 /// An agent's run: a home of its own (no user settings are read), Node first on the
 /// PATH, every proxy variable cleared, and its `connect` calls traced.
-struct Agent {
-    home: PathBuf,
+pub(crate) struct Agent {
+    pub(crate) home: PathBuf,
     trace: PathBuf,
     command: Command,
 }
 
 impl Agent {
-    fn new(label: &str, program: &Path) -> Self {
+    pub(crate) fn new(label: &str, program: &Path) -> Self {
         let home = temp_dir(label);
         let trace = home.join("connect.trace");
         let mut command = Command::new("strace");
@@ -152,7 +152,7 @@ impl Agent {
 
     /// Runs the agent (at most `timeout`); returns its output and every address it
     /// tried to connect to that is not loopback.
-    fn run(self, timeout: std::time::Duration) -> (Output, Vec<String>) {
+    pub(crate) fn run(self, timeout: std::time::Duration) -> (Output, Vec<String>) {
         let mut command = Command::new("timeout");
         command.arg("--kill-after=5").arg(timeout.as_secs().to_string());
         command.arg(self.command.get_program());
@@ -178,12 +178,12 @@ impl Agent {
         (output, outside)
     }
 
-    fn env(&mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+    pub(crate) fn env(&mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> &mut Self {
         self.command.env(name, value);
         self
     }
 
-    fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&mut self, args: I) -> &mut Self {
+    pub(crate) fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&mut self, args: I) -> &mut Self {
         self.command.args(args);
         self
     }
@@ -241,7 +241,7 @@ fn assert_attributed(served: &Served, user: &str, upstream: &str) {
 /// The agent's last message: the scripted model's `DONE: <what execute answered>`.
 /// Agents hand the model either the tool's text (the result, `42`) or its structured
 /// content (the execution's outcome, with `result` 42).
-fn assert_done(message: &str) {
+pub(crate) fn assert_done(message: &str) {
     let answer = message.trim().strip_prefix("DONE: ").unwrap_or_else(|| panic!("not the final turn: {message}"));
     let answer = answer.trim();
     assert!(answer == "42" || (answer.contains("\"ok\":true") && answer.contains("\"result\":42")), "{answer}");

@@ -381,3 +381,136 @@ fn a_server_with_keys_only_serves_no_resource_metadata() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
 }
+
+const KEYS_POLICY: &str = r#"
+[[policy]]
+name = "everyone"
+principals = ["*"]
+[policy.limits]
+wall_ms = 10_000
+
+[[policy]]
+name = "platform-keys"
+principals = ["team:platform"]
+[policy.keys]
+max = 2
+max_lifetime_days = 1
+"#;
+
+/// `method` on `base` + `path` with `credential` as a bearer token and `body`.
+fn api(method: reqwest::Method, base: &str, path: &str, credential: &str, body: Option<Value>) -> (StatusCode, Value) {
+    block_on(call(method, format!("{base}{path}"), credential, body))
+}
+
+#[test]
+fn signed_in_people_issue_personal_keys_bound_to_them_limited_expiring_and_revocable() {
+    use reqwest::Method;
+    let issuer = start_issuer();
+    let admin = api_key("ops-laptop", "ops", "ops-team", "admin");
+    let served = start_server_with(&config(&issuer, &admin), KEYS_POLICY);
+    let base = &served.base;
+    wait_for_fetch(&issuer, 1);
+    let ada = token(&issuer, json!({}));
+    let subject = format!("{}#ada", issuer.url);
+
+    let (status, me) = api(Method::GET, base, "/v1/me", &ada, None);
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["via"], "sso");
+    assert_eq!(me["subject"], subject.as_str());
+
+    // Issued to the person the token names, for their teams, for the time asked.
+    let (status, issued) =
+        api(Method::POST, base, "/v1/keys", &ada, Some(json!({"name": "ada-laptop", "expires_in_s": 3_600})));
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("sg_"), "{issued}");
+    assert_eq!(issued["user"], "ada@example.com");
+    assert_eq!(issued["teams"], json!(["platform"]));
+    assert_eq!(issued["owner"], subject.as_str());
+    let (status, me) = api(Method::GET, base, "/v1/me", &key, None);
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!((me["via"].as_str(), me["key"].as_str()), (Some("personal_key"), Some("ada-laptop")), "{me}");
+    let (status, ran) = bearer(base, &key);
+    assert_eq!((status, &ran["result"]), (StatusCode::OK, &json!(42)), "{ran}");
+    let rows = ledger_rows_within(&served.ledger(), "SELECT user, team, key FROM executions", 1);
+    assert_eq!(rows, vec![vec![json!("ada@example.com"), json!("platform"), json!("ada-laptop")]]);
+
+    // Only the identity provider's own word issues keys: never a key, personal or not.
+    for credential in [key.as_str(), admin.token.as_str()] {
+        let (status, body) = api(Method::POST, base, "/v1/keys", credential, Some(json!({})));
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["kind"], "forbidden");
+    }
+    // A lifetime past the policy's, none at all, a bad or taken name: a clear 400.
+    for body in [
+        json!({"expires_in_s": 86_401}),
+        json!({"expires_in_s": 0}),
+        json!({"name": "has space"}),
+        json!({"name": "sg_secretlike"}),
+        json!({"name": "ada-laptop"}),
+        json!({"name": "ops-laptop"}),
+        json!({"lifetime": 5}),
+    ] {
+        let (status, answer) = api(Method::POST, base, "/v1/keys", &ada, Some(body.clone()));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(answer["error"]["kind"], "invalid_request", "{answer}");
+    }
+    // A team no policy grants keys to gets none.
+    let bo = token(&issuer, json!({"sub": "bo", "email": "bo@example.com", "groups": ["eng-payments"]}));
+    let (status, body) = api(Method::POST, base, "/v1/keys", &bo, Some(json!({})));
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("[policy.keys]"), "{body}");
+
+    // At most `max` live keys; the default lifetime is the longest the policy allows.
+    let (status, second) = api(Method::POST, base, "/v1/keys", &ada, Some(json!({})));
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let second_name = second["name"].as_str().unwrap().to_string();
+    assert!(second_name.starts_with("ada-"), "{second}");
+    let (status, body) = api(Method::POST, base, "/v1/keys", &ada, Some(json!({})));
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("keys.max"), "{body}");
+
+    // Each sees their own; an admin sees every key with its owner; others' are not there.
+    let (_, mine) = api(Method::GET, base, "/v1/keys", &ada, None);
+    let names: Vec<&str> = mine["keys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2, "{mine}");
+    assert!(names.contains(&"ada-laptop") && names.contains(&second_name.as_str()), "{mine}");
+    assert!(mine.to_string().find("sg_").is_none(), "no secret is ever listed: {mine}");
+    let (_, theirs) = api(Method::GET, base, "/v1/keys", &bo, None);
+    assert_eq!(theirs["keys"], json!([]), "{theirs}");
+    let (status, _) = api(Method::GET, base, "/v1/keys?all=true", &ada, None);
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, all) = api(Method::GET, base, "/v1/keys?all=true", &admin.token, None);
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let laptop = all["keys"].as_array().unwrap().iter().find(|k| k["name"] == "ada-laptop").unwrap();
+    assert_eq!(laptop["owner"], subject.as_str(), "{all}");
+    let (status, _) = api(Method::DELETE, base, "/v1/keys/ada-laptop", &bo, None);
+    assert_eq!(status, StatusCode::NOT_FOUND, "another person's key reads as none");
+
+    // The key keeps the teams it was issued for when the person's groups change.
+    let moved = token(&issuer, json!({"groups": ["eng-payments"]}));
+    let (_, me) = api(Method::GET, base, "/v1/me", &moved, None);
+    assert_eq!(me["teams"], json!(["payments"]));
+    let (_, me) = api(Method::GET, base, "/v1/me", &key, None);
+    assert_eq!(me["teams"], json!(["platform"]), "{me}");
+
+    // Revoked by its owner: refused at once.
+    let (status, _) = api(Method::DELETE, base, "/v1/keys/ada-laptop", &ada, None);
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = api(Method::GET, base, "/v1/me", &key, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // Revoked by an admin.
+    let (status, _) = api(Method::DELETE, base, &format!("/v1/keys/{second_name}"), &admin.token, None);
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Expired: refused, and no longer counted or listed.
+    let (status, short) = api(Method::POST, base, "/v1/keys", &ada, Some(json!({"expires_in_s": 1})));
+    assert_eq!(status, StatusCode::CREATED, "{short}");
+    let short_key = short["key"].as_str().unwrap();
+    assert_eq!(api(Method::GET, base, "/v1/me", short_key, None).0, StatusCode::OK);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let (status, body) = api(Method::GET, base, "/v1/me", short_key, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (_, mine) = api(Method::GET, base, "/v1/keys", &ada, None);
+    assert_eq!(mine["keys"], json!([]), "{mine}");
+}

@@ -23,7 +23,12 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
 fn offenders(module: &str, forbidden: &[&str]) -> Vec<String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let target = src.join(module);
-    let files = if target.is_dir() { sources(&target) } else { vec![target.with_extension("rs")] };
+    // A module is its file (`cli.rs`), its directory (`cli/`), or both.
+    let mut files = if target.is_dir() { sources(&target) } else { Vec::new() };
+    if target.with_extension("rs").is_file() {
+        files.push(target.with_extension("rs"));
+    }
+    assert!(!files.is_empty(), "no module `{module}` under src/");
     let mut found = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();

@@ -537,18 +537,17 @@ async fn keys_are_created_once_by_name_listed_and_revoked() {
     for backend in BACKENDS {
         let (store, other) = replicas(backend).await;
         let key = |name: &str, secret: &str| store::StoredKey {
-            entry: KeyEntry {
-                name: name.into(),
-                user: "alice".into(),
-                team: "platform".into(),
-                role: Role::Admin,
-                hash: digest(secret),
-            },
+            entry: KeyEntry::operator(name.into(), "alice".into(), "platform".into(), Role::Admin, digest(secret)),
             created_at_ms: 1_000,
         };
-        assert!(store.create_key(&key("laptop", "sg_one")).await.unwrap(), "{backend:?}");
-        assert!(!store.create_key(&key("laptop", "sg_two")).await.unwrap(), "{backend:?}: the name is taken");
-        assert!(store.create_key(&key("ci", "sg_three")).await.unwrap());
+        let created = store::KeyCreated::Created;
+        assert_eq!(store.create_key(&key("laptop", "sg_one"), None).await.unwrap(), created, "{backend:?}");
+        assert_eq!(
+            store.create_key(&key("laptop", "sg_two"), None).await.unwrap(),
+            store::KeyCreated::NameTaken,
+            "{backend:?}: the name is taken"
+        );
+        assert_eq!(store.create_key(&key("ci", "sg_three"), None).await.unwrap(), created);
         let listed = other.keys().await.unwrap();
         assert_eq!(listed, [key("ci", "sg_three"), key("laptop", "sg_one")], "{backend:?}");
         assert!(other.revoke_key("laptop").await.unwrap(), "{backend:?}");
@@ -556,8 +555,60 @@ async fn keys_are_created_once_by_name_listed_and_revoked() {
         assert_eq!(store.keys().await.unwrap(), [key("ci", "sg_three")], "{backend:?}");
         // A revoked key's name stays reserved: a new key never takes the name an old
         // one signed in with.
-        assert!(!store.create_key(&key("laptop", "sg_four")).await.unwrap(), "{backend:?}");
+        assert_eq!(store.create_key(&key("laptop", "sg_four"), None).await.unwrap(), store::KeyCreated::NameTaken);
         assert_eq!(store.keys().await.unwrap().len(), 1, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn personal_keys_keep_their_teams_expire_and_are_limited_per_owner_across_replicas() {
+    use sandgate::auth::{digest, KeyEntry, Role};
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let now = sandgate::time::now_ms();
+        let key = |name: &str, owner: &str, expires_at_ms: i64| store::StoredKey {
+            entry: KeyEntry {
+                name: name.into(),
+                user: format!("{owner}@example.com"),
+                team: "platform".into(),
+                teams: vec!["platform".into(), "data".into()],
+                role: Role::Member,
+                hash: digest(name),
+                expires_at_ms: Some(expires_at_ms),
+                owner: Some(format!("https://idp.example#{owner}")),
+            },
+            created_at_ms: now,
+        };
+        // Six requests for alice at once, on two replicas, with a limit of three.
+        let tries: Vec<_> = (0..6)
+            .map(|i| {
+                let key = key(&format!("alice-{i}"), "alice", now + 60_000);
+                let store = if i % 2 == 0 { store.clone() } else { other.clone() };
+                async move { store.create_key(&key, Some(3)).await.unwrap() }
+            })
+            .collect();
+        let outcomes = futures::future::join_all(tries).await;
+        let created = outcomes.iter().filter(|o| **o == store::KeyCreated::Created).count();
+        assert_eq!(created, 3, "{backend:?}: {outcomes:?}");
+        assert!(outcomes.iter().all(|o| matches!(o, store::KeyCreated::Created | store::KeyCreated::OwnerFull)));
+        // Another owner has a limit of their own.
+        let bob = key("bob-1", "bob", now + 60_000);
+        assert_eq!(store.create_key(&bob, Some(3)).await.unwrap(), store::KeyCreated::Created, "{backend:?}");
+        let listed = other.keys().await.unwrap();
+        assert_eq!(listed.len(), 4, "{backend:?}");
+        let found = listed.iter().find(|k| k.entry.name == "bob-1").unwrap();
+        assert_eq!(found, &bob, "{backend:?}: teams, expiry and owner come back as written");
+        // An expired key is not live: it is not listed and no longer counts.
+        let expired = key("carol-old", "carol", now - 1);
+        assert_eq!(store.create_key(&expired, Some(1)).await.unwrap(), store::KeyCreated::Created);
+        assert!(!store.keys().await.unwrap().iter().any(|k| k.entry.name == "carol-old"), "{backend:?}");
+        let fresh = key("carol-new", "carol", now + 60_000);
+        assert_eq!(store.create_key(&fresh, Some(1)).await.unwrap(), store::KeyCreated::Created, "{backend:?}");
+        // A revoked key no longer counts either.
+        let alice = listed.iter().find(|k| k.entry.owner.as_deref() == Some("https://idp.example#alice")).unwrap();
+        assert!(store.revoke_key(&alice.entry.name).await.unwrap());
+        let again = key("alice-again", "alice", now + 60_000);
+        assert_eq!(store.create_key(&again, Some(3)).await.unwrap(), store::KeyCreated::Created, "{backend:?}");
     }
 }
 

@@ -1,6 +1,6 @@
 // sandgate console: sign-in and sign-out (JSON posts, as the server's guard asks),
-// and live numbers on the overview (server-sent events). Pages work without it,
-// except signing in.
+// issuing and revoking personal keys, and live numbers on the overview (server-sent
+// events). Pages work without it, except signing in and managing keys.
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
   const signIn = document.getElementById("sign-in");
@@ -30,6 +30,41 @@ document.addEventListener("DOMContentLoaded", () => {
       location.assign("/ui/login");
     });
   }
+  const newKey = document.getElementById("new-key");
+  if (newKey) {
+    newKey.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = document.getElementById("new-key-error");
+      error.textContent = "";
+      const name = document.getElementById("key-name").value.trim();
+      const request = { expires_in_s: Number(document.getElementById("key-lifetime").value) };
+      if (name) request.name = name;
+      const response = await fetch("/ui/keys", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(request),
+        credentials: "same-origin",
+      });
+      const answer = await response.json().catch(() => ({}));
+      if (response.ok) {
+        document.getElementById("new-key-secret").value = answer.key;
+        document.getElementById("new-key-made").hidden = false;
+        document.getElementById("new-key-secret").select();
+      } else {
+        error.textContent = answer.error || "The key was not created.";
+      }
+    });
+  }
+  document.querySelectorAll("button.revoke-key").forEach((button) => {
+    button.addEventListener("click", async () => {
+      const response = await fetch("/ui/keys/" + encodeURIComponent(button.dataset.key), {
+        method: "DELETE",
+        credentials: "same-origin",
+      });
+      if (response.ok) location.reload();
+      else button.textContent = "Not revoked";
+    });
+  });
   const live = document.querySelector("[data-live]");
   if (live && window.EventSource) {
     const source = new EventSource(live.dataset.live);
