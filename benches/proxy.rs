@@ -6,6 +6,9 @@
 //! LiteLLM proxy is installed (`pip install 'litellm[proxy]'`) — LiteLLM on the same
 //! stub at a rate it can sustain.
 //!
+//! `SANDGATE_BENCH_PROFILE=SECONDS` runs only the translated Responses case, non-streaming,
+//! for that long (to profile with `perf record -g`), and prints its figures.
+//!
 //! The upstream is the Rust provider stub the tests use (real OpenAI wire format), so
 //! the stub is not the bottleneck. Load is open-loop: requests start on a fixed
 //! schedule whether or not earlier ones have finished, so queueing shows in the tail.
@@ -120,12 +123,25 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    token_counting_worst_cases();
+    let profiling = std::env::var("SANDGATE_BENCH_PROFILE").ok().and_then(|s| s.parse::<u64>().ok());
+    if profiling.is_none() {
+        token_counting_worst_cases();
+    }
     let stub = stub::Stub::start();
     let sandgate = start_sandgate(&stub.base);
     let direct_url = format!("{}/v1/chat/completions", stub.base);
     let proxied_url = format!("{sandgate}/v1/chat/completions");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if let Some(seconds) = profiling {
+        runtime.block_on(async {
+            let responses = format!("{sandgate}/v1/responses");
+            fixed_rate(&responses, "bench", false, None, 500, 1).await;
+            let direct = fixed_rate(&direct_url, "gpt-bench-ok", false, Some("sk-bench"), RATE, seconds).await;
+            let proxied = fixed_rate(&responses, "bench", false, None, RATE, seconds).await;
+            report(&format!("Responses translated to chat completions, non-streaming at {RATE}/s"), &direct, &proxied);
+        });
+        return;
+    }
     runtime.block_on(async {
         // Warm both paths.
         fixed_rate(&direct_url, "gpt-bench-ok", false, Some("sk-bench"), 500, 1).await;

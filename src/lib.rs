@@ -96,14 +96,16 @@ use std::sync::Arc;
 
 use config::Config;
 
-/// Installs rustls's crypto provider (ring) for the process, once. Every HTTP client
-/// (model providers, upstream MCP servers) needs it; [`service::Service::new`] calls
-/// it, and so must anything that builds a `reqwest` client before that.
+/// Installs the process's crypto providers, once: rustls's (ring), which every HTTP
+/// client (model providers, upstream MCP servers) needs, and the token verifier's
+/// ([`auth::jose`]). [`service::Service::new`] calls it, and so must anything that
+/// builds a `reqwest` client or decodes a token before that.
 pub fn install_crypto_provider() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
         // Err means another provider was installed first, which serves as well.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        auth::jose::install();
     });
 }
 

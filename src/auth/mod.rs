@@ -4,6 +4,7 @@
 //! ([`oidc`]).
 
 pub mod client;
+pub mod jose;
 pub mod login;
 pub mod oidc;
 

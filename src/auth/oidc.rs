@@ -2,8 +2,8 @@
 //!
 //! Each `[[auth.oidc]]` issuer is found through its discovery document
 //! (`/.well-known/openid-configuration`); its signing keys (JWKS) are fetched once and
-//! kept. A token is checked here with `jsonwebtoken` (RustCrypto underneath; no
-//! signature code of sandgate's own):
+//! kept. A token is checked here with `jsonwebtoken` (RSA by ring, the rest by
+//! RustCrypto: see [`super::jose`]; no signature code of sandgate's own):
 //! - the header's `alg` must be an asymmetric algorithm and the very one of the key
 //!   its `kid` names, so `alg: none` and HS256 "signed" with a public key are refused;
 //! - `iss` must be the issuer, `aud` one of the configured audiences (sandgate's own

@@ -172,9 +172,18 @@ impl Service {
                 return Err(ServiceError::TooManyKeys { user: principal.user.clone(), limit: grant.max });
             }
         }
-        self.refresh_stored_keys().await?;
+        self.install_stored_keys_now().await;
         tracing::info!(key = %name, user = %principal.user, "personal key issued");
         Ok((secret, stored))
+    }
+
+    /// Reads the store's keys again so that this replica acts on a change at once (the
+    /// others within [`super::KEY_REFRESH`]). The change itself is done: a store that
+    /// does not answer now leaves it to the next refresh.
+    async fn install_stored_keys_now(&self) {
+        if let Err(error) = self.refresh_stored_keys().await {
+            tracing::warn!(%error, "cannot read the store's keys; the change takes effect at the next refresh");
+        }
     }
 
     /// The live keys `principal` may see: their own personal keys, or, for an admin
@@ -206,7 +215,7 @@ impl Service {
         if !self.store.revoke_key(&key.entry.name).await? {
             return Err(ServiceError::NotFound(format!("no live key named `{name}` that you may revoke")));
         }
-        self.refresh_stored_keys().await?;
+        self.install_stored_keys_now().await;
         tracing::info!(key = %name, by = %principal.user, "key revoked");
         Ok(())
     }
