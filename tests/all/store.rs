@@ -397,6 +397,10 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                      DROP INDEX model_calls_agent_session;
                      ALTER TABLE executions DROP COLUMN agent_session;
                      ALTER TABLE model_calls DROP COLUMN agent_session;
+                     DROP INDEX api_keys_owner;
+                     ALTER TABLE api_keys DROP COLUMN teams;
+                     ALTER TABLE api_keys DROP COLUMN expires_at_ms;
+                     ALTER TABLE api_keys DROP COLUMN owner;
                      DELETE FROM schema_migrations WHERE version >= 12;
                      INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd', 1, 0, NULL);
                      INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd/e', 0, 0, x'');",
@@ -422,6 +426,10 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                          DROP INDEX model_calls_agent_session;
                          ALTER TABLE executions DROP COLUMN agent_session;
                          ALTER TABLE model_calls DROP COLUMN agent_session;
+                         DROP INDEX api_keys_owner;
+                         ALTER TABLE api_keys DROP COLUMN teams;
+                         ALTER TABLE api_keys DROP COLUMN expires_at_ms;
+                         ALTER TABLE api_keys DROP COLUMN owner;
                          DELETE FROM schema_migrations WHERE version >= 9;
                          INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd', true, 0, NULL);
                          INSERT INTO session_files (session_id, path, dir, size, data) VALUES ('old', 'd/e', false, 0, '');",
@@ -476,6 +484,10 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                      DROP INDEX model_calls_agent_session;
                      ALTER TABLE executions DROP COLUMN agent_session;
                      ALTER TABLE model_calls DROP COLUMN agent_session;
+                     DROP INDEX api_keys_owner;
+                     ALTER TABLE api_keys DROP COLUMN teams;
+                     ALTER TABLE api_keys DROP COLUMN expires_at_ms;
+                     ALTER TABLE api_keys DROP COLUMN owner;
                      DELETE FROM schema_migrations WHERE version >= 11;",
                 )
                 .unwrap();
@@ -499,6 +511,10 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                          DROP INDEX model_calls_agent_session;
                          ALTER TABLE executions DROP COLUMN agent_session;
                          ALTER TABLE model_calls DROP COLUMN agent_session;
+                         DROP INDEX api_keys_owner;
+                         ALTER TABLE api_keys DROP COLUMN teams;
+                         ALTER TABLE api_keys DROP COLUMN expires_at_ms;
+                         ALTER TABLE api_keys DROP COLUMN owner;
                          DELETE FROM schema_migrations WHERE version >= 8;",
                     )
                     .await
