@@ -2,7 +2,8 @@
 //!
 //! 1. Context size: tokens (cl100k_base) of the tool list an MCP client puts in its
 //!    model's context, connected to the upstream servers directly versus to sandgate's
-//!    Code Mode server (`search` + `execute`). Upstreams: the real npm servers the
+//!    Code Mode server (`search` + `execute`), and of what browsing answers (`search`
+//!    with nothing: the servers; with `server`: the largest server's tools). Upstreams: the real npm servers the
 //!    tests use (`tests/mcp`, installed by `tests/run`), and a synthetic MCP server
 //!    (rmcp over streamable HTTP, in this process) with 10, 100 and 1,000 tools shaped
 //!    like typical API tools.
@@ -22,7 +23,7 @@ use rmcp::model::{
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler, ServiceExt};
-use sandgate::mcp::{server::tool_list, McpConfig, Transport, UpstreamConfig, Upstreams};
+use sandgate::mcp::{browse, server::tool_list, McpConfig, Transport, UpstreamConfig, Upstreams};
 use serde_json::json;
 
 /// An MCP server with `n` tools, each with a description and a few typed arguments.
@@ -124,8 +125,19 @@ async fn measure(label: &str, servers: Vec<UpstreamConfig>) {
         .collect();
     let direct_tokens = tokens(&json!({ "tools": direct }));
     let sandgate_tokens = tokens(&json!({ "tools": tool_list(&view) }));
+    // What browsing puts in the context: `search` with nothing (the servers) and with
+    // `server` (the largest server's tools), as the text the agent reads.
+    let text_tokens = |text: &str| tiktoken_rs::cl100k_base_singleton().encode_ordinary(text).len();
+    let servers_listing = text_tokens(&browse::servers(&view, browse::Style::Typescript).0);
+    let server_listing = view
+        .servers()
+        .iter()
+        .filter_map(|s| browse::server(&view, &s.summary.name, browse::Style::Typescript))
+        .map(|(text, _)| text_tokens(&text))
+        .max()
+        .unwrap_or(0);
     println!(
-        "| {label} | {} | {direct_tokens} | {sandgate_tokens} | {:.1}x |",
+        "| {label} | {} | {direct_tokens} | {sandgate_tokens} | {:.1}x | {servers_listing} | {server_listing} |",
         view.len(),
         direct_tokens as f64 / sandgate_tokens as f64
     );
@@ -236,8 +248,10 @@ fn main() {
     runtime.block_on(async {
         call_latency().await;
         println!();
-        println!("| upstreams | tools | tokens listed directly | tokens via sandgate | ratio |");
-        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| upstreams | tools | tokens listed directly | tokens via sandgate | ratio | browse: servers | browse: one server |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         measure("server-everything", vec![stdio("everything", "mcp-server-everything")]).await;
         measure("server-memory", vec![stdio("memory", "mcp-server-memory")]).await;
         measure(

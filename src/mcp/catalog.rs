@@ -255,6 +255,12 @@ impl<'a> View<'a> {
         self.tools.is_empty()
     }
 
+    /// This view's tools of `server` only.
+    pub fn within(&self, server: &str) -> View<'a> {
+        let tools = self.tools.iter().copied().filter(|&i| self.catalog.tools[i].server == server).collect();
+        View { catalog: self.catalog, tools }
+    }
+
     /// The servers with at least one visible tool, and how many.
     pub fn servers(&self) -> Vec<ServerView<'a>> {
         self.catalog

@@ -11,6 +11,7 @@
 //! - [`server`]: the MCP server clients see, with exactly two tools, `search` and
 //!   `execute`, over streamable HTTP (`/mcp`) and stdio (`sandgate mcp`).
 
+pub mod browse;
 pub mod catalog;
 pub mod declarations;
 pub mod door;

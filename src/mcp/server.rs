@@ -36,6 +36,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::browse;
 use super::catalog::View;
 use super::search::{Match, Method};
 use crate::auth::Principal;
@@ -52,24 +53,6 @@ const TASK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 const SEARCH_DEFAULT_LIMIT: usize = 5;
 const SEARCH_MAX_LIMIT: usize = 50;
-/// Tool names listed per server when a search finds nothing that fits.
-const GUIDE_TOOLS_PER_SERVER: usize = 40;
-
-/// One line saying what a server is for: its description, else its first tools.
-fn server_summary(description: Option<&str>, tools: &[&str]) -> String {
-    match description.map(str::trim).filter(|d| !d.is_empty()) {
-        Some(description) => {
-            let line = description.lines().next().unwrap_or(description);
-            let mut line: String = line.chars().take(160).collect();
-            if !line.ends_with('.') {
-                line.push('.');
-            }
-            line
-        }
-        None => format!("{} tools.", tools.len()),
-    }
-}
-
 /// The Code Mode server for one connection (stdio) or one HTTP session.
 #[derive(Clone)]
 pub struct CodeMode {
@@ -113,24 +96,45 @@ impl CodeMode {
     async fn search(&self, principal: &Principal, args: SearchArgs) -> CallToolResult {
         let limit = args.limit.unwrap_or(SEARCH_DEFAULT_LIMIT).clamp(1, SEARCH_MAX_LIMIT);
         let python = args.language == Some(Language::Python);
+        let style = if python { browse::Style::Python } else { browse::Style::Typescript };
         let (catalog, capabilities) = self.service.tool_catalog(principal);
-        let view = catalog.view_for(&capabilities);
-        let (found, quality) = view.find(Method::Hybrid, &args.query, limit);
+        let full = catalog.view_for(&capabilities);
+        let query = args.query.as_deref().map(str::trim).unwrap_or_default();
+        // A server named (as `server`, or as the whole query) is browsed, or searched
+        // within when there is a query besides.
+        let named = args.server.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let server = match named {
+            Some(name) => match browse::server_named(&full, name) {
+                Some(server) => Some(server),
+                None => {
+                    let (listing, mut structured) = browse::servers(&full, style);
+                    structured["unknown_server"] = json!(name);
+                    let text = format!("No server named {name:?} is available to you.\n{listing}");
+                    return listing_result(text, structured);
+                }
+            },
+            None => browse::server_named(&full, query),
+        };
+        let browsing = query.is_empty()
+            || server.as_deref().is_some_and(|s| browse::server_named(&full, query).as_deref() == Some(s));
+        match (&server, browsing) {
+            (Some(server), true) => {
+                let (text, structured) =
+                    browse::server(&full, server, style).unwrap_or_else(|| browse::servers(&full, style));
+                return listing_result(text, structured);
+            }
+            (None, true) => {
+                let (text, structured) = browse::servers(&full, style);
+                return listing_result(text, structured);
+            }
+            _ => {}
+        }
+        let view = match &server {
+            Some(server) => full.within(server),
+            None => full,
+        };
+        let (found, quality) = view.find(Method::Hybrid, query, limit);
         let weak = quality == Match::Weak || found.is_empty();
-        let servers: Vec<Value> = view
-            .servers()
-            .iter()
-            .map(|server| {
-                let tools: Vec<&str> =
-                    view.tools().filter(|t| t.server == server.summary.name).map(|t| t.tool.as_str()).collect();
-                json!({
-                    "name": server.summary.name,
-                    "summary": server_summary(server.summary.description.as_deref(), &tools),
-                    "tools": tools.iter().take(GUIDE_TOOLS_PER_SERVER).collect::<Vec<_>>(),
-                    "tool_count": tools.len(),
-                })
-            })
-            .collect();
         let mut structured = json!({
             "tools": found.iter().map(|t| json!({
                 "name": format!("tools.{}", t.name),
@@ -142,27 +146,17 @@ impl CodeMode {
         });
         let mut text = String::new();
         if weak {
+            let (listing, servers) = match &server {
+                Some(server) => browse::server(&view, server, style).unwrap_or_else(|| browse::servers(&view, style)),
+                None => browse::servers(&view, style),
+            };
             text.push_str(&format!(
-                "Nothing matches {:?} well. Ask again in the terms of one of these servers, or name the server:\n",
-                args.query
+                "Nothing matches {query:?} well. Ask again in the terms of these tools, or browse: `search` with \
+                 `server` lists a server's tools.\n{listing}"
             ));
-            for server in &servers {
-                let tools = server["tools"].as_array().map_or(0, Vec::len);
-                let count = server["tool_count"].as_u64().unwrap_or(0) as usize;
-                let names: Vec<&str> =
-                    server["tools"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                let more = if count > tools { format!(", and {} more", count - tools) } else { String::new() };
-                text.push_str(&format!(
-                    "- {}: {} Tools: {}{more}.\n",
-                    server["name"].as_str().unwrap_or_default(),
-                    server["summary"].as_str().unwrap_or_default(),
-                    names.join(", ")
-                ));
+            for (key, value) in servers.as_object().into_iter().flatten() {
+                structured[key] = value.clone();
             }
-            if servers.is_empty() {
-                text.push_str("- (no servers: this caller may use no tools)\n");
-            }
-            structured["servers"] = Value::Array(servers);
         }
         if !found.is_empty() {
             let lead = if weak { "The closest tools anyway" } else { "" };
@@ -416,7 +410,12 @@ fn failure(kind: Kind, message: &str, outcome: Option<(Value, Option<String>)>) 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SearchArgs {
-    query: String,
+    /// What the agent needs, in a few words; none: browse.
+    #[serde(default)]
+    query: Option<String>,
+    /// Browse this server's tools, or (with a query) search among them only.
+    #[serde(default)]
+    server: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
     /// `python` for Python stubs; TypeScript declarations otherwise.
@@ -444,21 +443,29 @@ fn object(value: Value) -> Arc<JsonObject> {
     }
 }
 
+/// A browsing answer: the listing, as text and structured.
+fn listing_result(text: String, structured: Value) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(structured);
+    result
+}
+
 fn search_tool(servers: &str) -> Tool {
     let mut tool = Tool::new(
         "search",
         format!(
-            "Find tools to call from `execute` code. Returns the TypeScript declarations of the best matches \
-             for a few words describing what you need. Servers: {servers}."
+            "Find tools to call from `execute` code: a few words on what you need return the TypeScript \
+             declarations of the best matches. When nothing matches well, browse instead of rephrasing: \
+             `server` alone lists its tools, no arguments list the servers. Servers: {servers}."
         ),
         object(json!({
             "type": "object",
             "properties": {
-                "query": { "type": "string", "description": "What you want to do, in a few words" },
+                "query": { "type": "string", "description": "What you want to do, in a few words (none: browse)" },
+                "server": { "type": "string", "description": "Lists its tools; with query, searches only them" },
                 "limit": { "type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT, "description": "Most results (default 5)" },
                 "language": { "enum": ["typescript", "python"] }
-            },
-            "required": ["query"]
+            }
         })),
     );
     tool.annotations = Some(rmcp::model::ToolAnnotations::new().read_only(true));

@@ -375,6 +375,11 @@ fn code_mode_calls() -> Value {
         { "tool": "execute", "arguments": { "language": "python", "code": "await tools.everything.get_env()" } },
         { "tool": "execute", "arguments": { "language": "python", "code": "await tools.everything.get_sum(a='not a number', b=1)" } },
         { "tool": "search", "arguments": { "query": "add two numbers sum", "limit": 3, "language": "python" } },
+        { "tool": "search", "arguments": {} },
+        { "tool": "search", "arguments": { "server": "everything" } },
+        { "tool": "search", "arguments": { "query": "Everything" } },
+        { "tool": "search", "arguments": { "server": "remote", "query": "say something back" } },
+        { "tool": "search", "arguments": { "server": "nowhere" } },
     ])
 }
 
@@ -419,7 +424,7 @@ fn check_code_mode_session(lines: &[Value]) {
     assert_eq!(vague["is_error"], false, "{vague}");
     assert_eq!(vague["structured"]["match"], "weak", "{vague}");
     let text = vague["text"][0].as_str().unwrap();
-    assert!(text.starts_with("Nothing matches") && text.contains("- everything:"), "{text}");
+    assert!(text.starts_with("Nothing matches") && text.contains("- everything ("), "{text}");
     let servers = vague["structured"]["servers"].as_array().unwrap();
     let everything = servers.iter().find(|s| s["name"] == "everything").unwrap_or_else(|| panic!("{vague}"));
     assert!(everything["tools"].as_array().unwrap().iter().any(|t| t == "get_sum"), "{vague}");
@@ -453,6 +458,36 @@ fn check_code_mode_session(lines: &[Value]) {
     let text = stubs["text"][0].as_str().unwrap();
     assert!(text.contains("class tools:") && text.contains("async def get_sum(**args: Unpack[GetSumArgs])"), "{text}");
     assert!(text.contains("(**args)`"), "{text}");
+
+    // Browsing: no query lists the servers, what each is for and how many tools.
+    let listing = &lines[12];
+    assert_eq!(listing["is_error"], false, "{listing}");
+    let servers = listing["structured"]["servers"].as_array().unwrap();
+    let names: Vec<&str> = servers.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"everything") && names.contains(&"remote"), "{listing}");
+    let everything = servers.iter().find(|s| s["name"] == "everything").unwrap();
+    assert!(everything["tool_count"].as_u64().unwrap() > 5, "{listing}");
+    assert!(listing["text"][0].as_str().unwrap().contains("- everything ("), "{listing}");
+    // A server named lists its tools, each with a phrase; so does a query that is a
+    // server's name.
+    for browse in [&lines[13], &lines[14]] {
+        assert_eq!(browse["structured"]["server"], "everything", "{browse}");
+        let tools = browse["structured"]["tools"].as_array().unwrap();
+        let sum = tools.iter().find(|t| t["name"] == "get_sum").unwrap_or_else(|| panic!("{browse}"));
+        assert!(!sum["phrase"].as_str().unwrap().is_empty(), "{browse}");
+        assert_eq!(tools.len() as u64, browse["structured"]["tool_count"].as_u64().unwrap(), "{browse}");
+        let text = browse["text"][0].as_str().unwrap();
+        assert!(text.contains("- get_sum: ") && !text.contains("declare"), "{text}");
+    }
+    // A query with a server searches that server only.
+    let within = &lines[15];
+    let found = within["structured"]["tools"].as_array().unwrap();
+    assert!(!found.is_empty(), "{within}");
+    assert!(found.iter().all(|t| t["name"].as_str().unwrap().starts_with("tools.remote.")), "{within}");
+    // A server the caller may not use (or that does not exist) reads as none, with the list.
+    let unknown = &lines[16];
+    assert_eq!(unknown["structured"]["unknown_server"], "nowhere", "{unknown}");
+    assert!(unknown["text"][0].as_str().unwrap().starts_with("No server named \"nowhere\""), "{unknown}");
 }
 
 #[test]
