@@ -75,7 +75,22 @@ pub(super) fn build(raw: RawMcp, config_path: &Path) -> Result<McpConfig, (Strin
             description: server.description,
         });
     }
+    let search_defaults = crate::mcp::SearchConfig::default();
+    let search = raw.search.unwrap_or_default();
+    let rerank_candidates = search.rerank_candidates.unwrap_or(search_defaults.rerank_candidates);
+    if !(2..=50).contains(&rerank_candidates) {
+        return Err(("mcp.search.rerank_candidates".into(), "must be 2 to 50".into()));
+    }
+    if search.rerank_timeout_ms == Some(0) {
+        return Err(("mcp.search.rerank_timeout_ms".into(), "must be at least 1 ms".into()));
+    }
+    let search = crate::mcp::SearchConfig {
+        rerank: search.rerank.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()),
+        rerank_candidates,
+        rerank_timeout: search.rerank_timeout_ms.map(Duration::from_millis).unwrap_or(search_defaults.rerank_timeout),
+    };
     Ok(McpConfig {
+        search,
         servers,
         call_timeout,
         connect_timeout: raw.connect_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.connect_timeout),

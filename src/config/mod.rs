@@ -368,6 +368,18 @@ impl Config {
             }
         };
         let mcp = mcp::build(raw.mcp.unwrap_or_default(), path).map_err(|(key, message)| invalid(&key, message))?;
+        if let Some(rerank) = &mcp.search.rerank {
+            let known = match rerank.strip_prefix("tier:") {
+                Some(tier) => models.tiers.iter().any(|t| t.name == tier),
+                None => models.models.contains_key(rerank),
+            };
+            if !known {
+                return Err(invalid(
+                    "mcp.search.rerank",
+                    format!("`{rerank}` is neither a model of [models] nor `tier:NAME` of a configured tier"),
+                ));
+            }
+        }
         let telemetry = raw.telemetry.unwrap_or_default();
         if let Some(endpoint) = &telemetry.otlp_endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
@@ -597,6 +609,11 @@ mod tests {
             ("[mcp.servers.x]\ncommand = \"x\"\nurl = \"http://h\"", "exactly one of"),
             ("[mcp.servers.x]\nargs = []", "exactly one of"),
             ("[mcp]\nallowed_hosts = [\"a\"]", "moved to `[http] allowed_hosts`"),
+            ("[mcp.search]\nrerank = \"nobody\"", "`mcp.search.rerank`: `nobody` is neither a model"),
+            ("[mcp.search]\nrerank = \"tier:gold\"", "`mcp.search.rerank`"),
+            ("[mcp.search]\nrerank_candidates = 1", "`mcp.search.rerank_candidates`"),
+            ("[mcp.search]\nrerank_timeout_ms = 0", "`mcp.search.rerank_timeout_ms`"),
+            ("[mcp.search]\nreranker = \"x\"", "unknown field `reranker`"),
             ("[http]\ncors_origins = [\"app.example.com\"]", "sandgate.toml:2:1: `http.cors_origins`"),
             ("[http]\nheader_timeout_ms = 0", "http.header_timeout_ms"),
             ("[http]\nmax_connections = 1", "http.max_connections"),

@@ -177,6 +177,16 @@ pub(super) struct RawMcp {
     pub max_sessions: Option<usize>,
     pub max_sessions_per_principal: Option<usize>,
     pub servers: Option<std::collections::BTreeMap<String, RawMcpServer>>,
+    pub search: Option<RawMcpSearch>,
+}
+
+/// `[mcp.search]`: the optional reranker of `search`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMcpSearch {
+    pub rerank: Option<String>,
+    pub rerank_candidates: Option<usize>,
+    pub rerank_timeout_ms: Option<u64>,
 }
 
 /// `[mcp.servers.NAME]`: a stdio server (`command`) or a streamable HTTP one (`url`).

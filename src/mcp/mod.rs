@@ -44,6 +44,27 @@ pub struct McpConfig {
     /// MCP sessions one principal may have open; past it, their longest-idle one is
     /// closed to make room.
     pub max_sessions_per_principal: usize,
+    /// `search`'s optional reranker (`[mcp.search]`).
+    pub search: SearchConfig,
+}
+
+/// `[mcp.search]`: `search` reranks its best candidates with one model call through
+/// sandgate's own router when `rerank` names a model (or `tier:NAME`). The call is
+/// the caller's: policies, budget, rate limits and the ledger apply as to any other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchConfig {
+    /// The model or `tier:NAME`; `None` (the default): no reranking.
+    pub rerank: Option<String>,
+    /// How many of the best candidates the model reorders (default 20, 2 to 50).
+    pub rerank_candidates: usize,
+    /// How long the call may take before the words-and-meaning ranking is used (default 2 s).
+    pub rerank_timeout: Duration,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self { rerank: None, rerank_candidates: 20, rerank_timeout: Duration::from_secs(2) }
+    }
 }
 
 impl Default for McpConfig {
@@ -56,6 +77,7 @@ impl Default for McpConfig {
             max_result_bytes: 4 << 20,
             max_sessions: 1_000,
             max_sessions_per_principal: 32,
+            search: SearchConfig::default(),
         }
     }
 }

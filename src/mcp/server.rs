@@ -43,6 +43,7 @@ use crate::auth::Principal;
 use crate::error::Kind;
 use crate::limits::PartialLimits;
 use crate::request::{ExecuteRequest, Language};
+use crate::service::rerank::Candidate;
 use crate::service::HandleStatus;
 use crate::service::{HandleEvent, HandleView, Service, CANCEL_POLL};
 use crate::service::{LogLevel, LogLine};
@@ -93,7 +94,7 @@ impl CodeMode {
         tool_list(&catalog.view_for(&capabilities))
     }
 
-    async fn search(&self, principal: &Principal, args: SearchArgs) -> CallToolResult {
+    async fn search(&self, principal: &Arc<Principal>, args: SearchArgs) -> CallToolResult {
         let limit = args.limit.unwrap_or(SEARCH_DEFAULT_LIMIT).clamp(1, SEARCH_MAX_LIMIT);
         let python = args.language == Some(Language::Python);
         let style = if python { browse::Style::Python } else { browse::Style::Typescript };
@@ -133,8 +134,25 @@ impl CodeMode {
             Some(server) => full.within(server),
             None => full,
         };
-        let (found, quality) = view.find(Method::Hybrid, query, limit);
+        // With a reranker, it reorders the best few first.
+        let pool = self.service.reranker().map_or(limit, |(_, candidates)| candidates.max(limit));
+        let (mut found, quality) = view.find(Method::Hybrid, query, pool);
         let weak = quality == Match::Weak || found.is_empty();
+        let mut reranked = None;
+        if self.service.reranker().is_some() && found.len() > 1 {
+            let candidates: Vec<Candidate> = found
+                .iter()
+                .map(|t| Candidate { name: &t.name, description: t.description.as_deref().unwrap_or_default() })
+                .collect();
+            reranked = Some(match self.service.rerank(principal, query, &candidates).await {
+                Ok(order) => {
+                    found = order.order.iter().map(|&i| found[i]).collect();
+                    json!({ "used": true, "model": order.model })
+                }
+                Err(why) => json!({ "used": false, "reason": why }),
+            });
+        }
+        found.truncate(limit);
         let mut structured = json!({
             "tools": found.iter().map(|t| json!({
                 "name": format!("tools.{}", t.name),
@@ -145,6 +163,12 @@ impl CodeMode {
             "match": if weak { "weak" } else { "good" },
         });
         let mut text = String::new();
+        if let Some(reranked) = reranked {
+            if let Some(why) = reranked["reason"].as_str() {
+                text.push_str(&format!("(Not reranked: {why}. Ranked by words and meaning.)\n"));
+            }
+            structured["rerank"] = reranked;
+        }
         if weak {
             let (listing, servers) = match &server {
                 Some(server) => browse::server(&view, server, style).unwrap_or_else(|| browse::servers(&view, style)),

@@ -19,6 +19,7 @@ mod handles;
 pub mod keys;
 mod memories;
 mod reload;
+pub mod rerank;
 mod sessions;
 pub mod shares;
 mod signin;
@@ -237,6 +238,8 @@ pub struct Service {
     transfers: Arc<Shares<shares::PrincipalKey>>,
     /// MCP `subscriptions/listen` streams open, per principal.
     listeners: Arc<Shares<shares::PrincipalKey>>,
+    /// `search`'s reranker (`[mcp.search]`).
+    search: crate::mcp::SearchConfig,
 }
 
 impl std::fmt::Debug for Service {
@@ -408,6 +411,7 @@ impl Service {
             })?),
             transfers: Default::default(),
             listeners: Default::default(),
+            search: config.mcp.search.clone(),
         })
     }
 

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::harness::{api_key, client, free_port, get_text, post_as, start_server_with, TestServer};
+use crate::harness::{
+    api_key, client, free_port, get_text, ledger_rows_at, ledger_rows_within, post_as, start_server_with, ApiKey,
+    TestServer,
+};
 
 /// `tests/mcp/node_modules/.bin/<name>`; panics with the fix when npm packages are missing.
 pub(crate) fn npm_bin(name: &str) -> PathBuf {
@@ -736,4 +739,121 @@ async fn a_call_past_its_server_timeout_is_a_tool_error() {
     let (_, body) =
         post_as(&server.base, None, json!({ "code": "return await tools.slow.echo({ message: 'still here' })" })).await;
     assert!(body["result"].as_str().unwrap_or_default().contains("still here"), "{body}");
+}
+
+const RERANK_POLICY: &str = r#"
+[[policy]]
+name = "searchers"
+principals = ["*"]
+except = ["user:poor", "user:modelless"]
+[policy.limits]
+[policy.tools]
+allow = ["everything.*"]
+[policy.models]
+tiers = ["standard"]
+
+[[policy]]
+name = "poor"
+principals = ["user:poor"]
+[policy.limits]
+[policy.tools]
+allow = ["everything.*"]
+[policy.models]
+tiers = ["standard"]
+[policy.budget]
+scope = "user"
+usd_per_day = 0.000000001
+
+[[policy]]
+name = "modelless"
+principals = ["user:modelless"]
+[policy.limits]
+[policy.tools]
+allow = ["everything.*"]
+"#;
+
+/// A server with the `everything` upstream whose `search` reranks with `model` (an
+/// upstream of the stub), giving up after `timeout_ms`; keys for three users.
+fn rerank_server(stub: &crate::stub::Stub, upstream: &str, timeout_ms: u64) -> (TestServer, Vec<ApiKey>) {
+    let keys = vec![
+        api_key("ranked", "ranked", "research", "member"),
+        api_key("poor", "poor", "research", "member"),
+        api_key("modelless", "modelless", "research", "member"),
+    ];
+    let config = format!(
+        r#"
+[mcp.servers.everything]
+command = "{everything}"
+[mcp.search]
+rerank = "ranker"
+rerank_timeout_ms = {timeout_ms}
+[providers.stub]
+kind = "openai"
+base_url = "{stub}/v1"
+api_key_env = "SANDGATE_TEST_STUB_KEY"
+[models.ranker]
+provider = "stub"
+upstream = "{upstream}"
+tier = "standard"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+{entries}"#,
+        everything = npm_bin("mcp-server-everything").display(),
+        stub = stub.base,
+        entries = keys.iter().map(|k| k.entry.as_str()).collect::<String>(),
+    );
+    std::env::set_var("SANDGATE_TEST_STUB_KEY", "sk-stub-rerank");
+    let server = start_server_with(&config, RERANK_POLICY);
+    wait_for_tools(&server.base, &keys[0].token, &["everything.echo"]);
+    (server, keys)
+}
+
+fn search_names(base: &str, key: &str, query: &str) -> (Vec<String>, Value) {
+    let calls = json!([{ "tool": "search", "arguments": { "query": query, "limit": 50 } }]);
+    let lines = mcp_client(&["--http", &format!("{base}/mcp"), "--api-key", key], &calls, &[]);
+    let found = &lines[1];
+    assert_eq!(found["is_error"], false, "{found}");
+    let names =
+        found["structured"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string());
+    (names.collect(), found.clone())
+}
+
+#[test]
+fn search_reranks_with_the_callers_own_model_call_and_falls_back_when_it_cannot() {
+    let stub = crate::stub::Stub::start();
+    let query = "add two numbers and give me the total";
+    // The words-and-meaning ranking, as a failing reranker leaves it.
+    let (failing, keys) = rerank_server(&stub, "gpt-500", 2_000);
+    let (lexical, answer) = search_names(&failing.base, &keys[0].token, query);
+    assert!(lexical.len() > 3, "{answer}");
+    assert_eq!(answer["structured"]["rerank"]["used"], false, "{answer}");
+    let why = answer["structured"]["rerank"]["reason"].as_str().unwrap();
+    assert!(why.contains("failed"), "{answer}");
+    assert!(answer["text"][0].as_str().unwrap().starts_with("(Not reranked: "), "{answer}");
+
+    // A reranker that turns the order round: its order is the one returned.
+    let (ranking, keys) = rerank_server(&stub, "gpt-ok+rerank", 2_000);
+    let (reranked, answer) = search_names(&ranking.base, &keys[0].token, query);
+    assert_eq!(answer["structured"]["rerank"], json!({"used": true, "model": "ranker"}), "{answer}");
+    let mut reversed = lexical.clone();
+    reversed.reverse();
+    assert_eq!(reranked, reversed, "{answer}");
+    // The call is the caller's: in the ledger under their name, its tokens billed.
+    let rows = ledger_rows_within(&ranking.ledger(), "SELECT user, model, status FROM model_calls", 1);
+    assert_eq!(rows, vec![vec![json!("ranked"), json!("ranker"), json!("ok")]]);
+    // Over their budget, or with no grant for the model: the ranking stays, and says why.
+    let (kept, answer) = search_names(&ranking.base, &keys[1].token, query);
+    assert_eq!(kept, lexical, "{answer}");
+    assert!(answer["structured"]["rerank"]["reason"].as_str().unwrap().contains("budget"), "{answer}");
+    let (kept, answer) = search_names(&ranking.base, &keys[2].token, query);
+    assert_eq!(kept, lexical, "{answer}");
+    assert_eq!(answer["structured"]["rerank"]["used"], false, "{answer}");
+    let rows = ledger_rows_at(&ranking.ledger(), "SELECT COUNT(*) FROM model_calls WHERE user != 'ranked'");
+    assert_eq!(rows, vec![vec![json!(0)]], "refused calls reach no provider");
+
+    // A slow one: given up on within its bound.
+    let (slow, keys) = rerank_server(&stub, "gpt-ok+rerank+slow3000", 300);
+    let (kept, answer) = search_names(&slow.base, &keys[0].token, query);
+    assert_eq!(kept, lexical, "{answer}");
+    assert!(answer["structured"]["rerank"]["reason"].as_str().unwrap().contains("within 300 ms"), "{answer}");
 }

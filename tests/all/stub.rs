@@ -26,6 +26,7 @@
 //! | `+gapN` | N ms between streamed events (default 5) |
 //! | `+midstream-fail` | streaming: send the first content chunk, then drop the connection (no `[DONE]` / `message_stop`); non-streaming: send the headers and half the JSON, then drop it |
 //! | `+nousage` | OpenAI streaming: no usage chunk even with `stream_options.include_usage` |
+//! | `+rerank` | chat completions: the numbered lines (`N. …`) of the last user message, listed in reverse as `{"ranking": [N, …, 1]}` (a reranker that turns the order round) |
 //! | `+agent` | an agent's model: when the request offers a tool whose name ends in `execute` and no tool has answered yet, call it with `{"code": "return 6 * 7"}`; once a tool answered (or a summary says it did), reply `DONE: <its answer>`; asked to compact (sandgate's instruction, or Codex's own), reply `SUMMARY: the execute tool answered <the latest answer>` |
 //!
 //! The reply is `"echo: " + <text of the last user message>`. Tokens are words: input
@@ -214,6 +215,8 @@ struct Behaviour {
     no_usage: bool,
     /// `+agent`: call the `execute` tool when one is offered, then answer with its result.
     agent: bool,
+    /// `+rerank`: answer with the numbered lines of the request in reverse.
+    rerank: bool,
 }
 
 impl Behaviour {
@@ -224,8 +227,15 @@ impl Behaviour {
             .iter()
             .find(|code| base.ends_with(&format!("-{code}")))
             .map(|code| code.parse().unwrap());
-        let mut behaviour =
-            Behaviour { error, slow_ms: 0, gap_ms: 5, midstream_fail: false, no_usage: false, agent: false };
+        let mut behaviour = Behaviour {
+            error,
+            slow_ms: 0,
+            gap_ms: 5,
+            midstream_fail: false,
+            no_usage: false,
+            agent: false,
+            rerank: false,
+        };
         for modifier in parts {
             if let Some(ms) = modifier.strip_prefix("slow").and_then(|n| n.parse().ok()) {
                 behaviour.slow_ms = ms;
@@ -237,6 +247,8 @@ impl Behaviour {
                 behaviour.no_usage = true;
             } else if modifier == "agent" {
                 behaviour.agent = true;
+            } else if modifier == "rerank" {
+                behaviour.rerank = true;
             }
         }
         behaviour
@@ -562,7 +574,17 @@ async fn openai_chat(State(state): State<Shared>, headers: HeaderMap, body: Byte
     }
     let input_tokens = messages.iter().map(|m| words(&content_text(&m["content"]))).sum();
     let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| content_text(&m["content"]));
-    let reply = reply(&last_user.unwrap_or_default(), input_tokens, max_tokens);
+    let mut reply = reply(&last_user.clone().unwrap_or_default(), input_tokens, max_tokens);
+    if behaviour.rerank {
+        let numbered = last_user
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_once(". ").and_then(|(n, _)| n.parse::<u32>().ok()))
+            .collect::<Vec<_>>();
+        let ranking: Vec<u32> = numbered.into_iter().rev().collect();
+        reply.text = json!({ "ranking": ranking }).to_string();
+        reply.output_tokens = words(&reply.text);
+    }
     bill(&state, &model, &reply);
     let finish_reason = if reply.truncated { "length" } else { "stop" };
     let id = format!("chatcmpl-{}", id());
