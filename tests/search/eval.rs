@@ -7,6 +7,8 @@
 //!   labelled with the tool or tools that are right for it. The ranking was developed
 //!   against the tuning split; the held-out split was written separately, by someone
 //!   who had not seen the tuning split, and only its totals were ever read.
+//! - `large/`: the same three files for an organisation-sized catalog (see
+//!   `README.md`), read by [`Set::Large`].
 
 use std::path::Path;
 
@@ -48,12 +50,36 @@ struct Queries {
     queries: Vec<Query>,
 }
 
-fn dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/search"))
+/// Which catalog and requests: the reference servers' (`tests/search`) or an
+/// organisation's (`tests/search/large`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Set {
+    Small,
+    Large,
+}
+
+impl Set {
+    pub fn dir(self) -> std::path::PathBuf {
+        let base = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/search"));
+        match self {
+            Set::Small => base.to_path_buf(),
+            Set::Large => base.join("large"),
+        }
+    }
+
+    /// Whether its catalog and both splits are there.
+    pub fn present(self) -> bool {
+        ["catalog.json", "queries_tune.json", "queries_held_out.json"].iter().all(|f| self.dir().join(f).is_file())
+    }
 }
 
 fn servers() -> Vec<(ServerSummary, Vec<Tool>)> {
-    let text = std::fs::read_to_string(dir().join("catalog.json")).expect("tests/search/catalog.json");
+    servers_of(Set::Small)
+}
+
+fn servers_of(set: Set) -> Vec<(ServerSummary, Vec<Tool>)> {
+    let path = set.dir().join("catalog.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let fixture: Fixture = serde_json::from_str(&text).expect("the catalog fixture parses");
     fixture
         .servers
@@ -68,6 +94,11 @@ fn servers() -> Vec<(ServerSummary, Vec<Tool>)> {
 /// The catalog of the fixture's servers.
 pub fn catalog() -> Catalog {
     Catalog::build(servers())
+}
+
+/// The catalog of `set`.
+pub fn catalog_of(set: Set) -> Catalog {
+    Catalog::build(servers_of(set))
 }
 
 /// The fixture's servers plus synthetic API-style tools, `n` tools in all: the
@@ -108,23 +139,33 @@ pub fn large_catalog(n: usize) -> Catalog {
 
 /// Every labelled request, both splits.
 pub fn queries() -> Vec<Query> {
+    queries_of(Set::Small)
+}
+
+/// Every labelled request of `set`, both splits.
+pub fn queries_of(set: Set) -> Vec<Query> {
     ["queries_tune.json", "queries_held_out.json"]
         .iter()
         .flat_map(|file| {
-            let text = std::fs::read_to_string(dir().join(file)).unwrap_or_else(|e| panic!("tests/search/{file}: {e}"));
-            let queries: Queries = serde_json::from_str(&text).unwrap_or_else(|e| panic!("tests/search/{file}: {e}"));
+            let path = set.dir().join(file);
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let queries: Queries = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             queries.queries
         })
         .collect()
 }
 
-/// Recall at 1 and 5 and mean reciprocal rank (of the first right tool, 0 past 10).
+/// Recall at 1, 5 and 10, mean reciprocal rank (of the first right tool, 0 past 10),
+/// and how often a right tool's server is among the first three servers the ranking
+/// shows.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Metrics {
     pub queries: usize,
     pub recall_at_1: f64,
     pub recall_at_5: f64,
+    pub recall_at_10: f64,
     pub mrr: f64,
+    pub server_at_3: f64,
 }
 
 /// The metrics of `method` on the queries of `split`, over `catalog`.
@@ -132,8 +173,8 @@ pub fn evaluate(catalog: &Catalog, queries: &[Query], split: Split, method: Meth
     let view = catalog.view(|_| true);
     let mut metrics = Metrics::default();
     for query in queries.iter().filter(|q| q.split == split) {
-        let ranked = view.search_with(method, &query.query, 10);
-        let rank = ranked.iter().position(|tool| query.expect.contains(&tool.name));
+        let ranked = view.search_with(method, &query.query, 50);
+        let rank = ranked.iter().take(10).position(|tool| query.expect.contains(&tool.name));
         metrics.queries += 1;
         if rank == Some(0) {
             metrics.recall_at_1 += 1.0;
@@ -141,11 +182,26 @@ pub fn evaluate(catalog: &Catalog, queries: &[Query], split: Split, method: Meth
         if rank.is_some_and(|r| r < 5) {
             metrics.recall_at_5 += 1.0;
         }
+        if rank.is_some() {
+            metrics.recall_at_10 += 1.0;
+        }
         metrics.mrr += rank.map_or(0.0, |r| 1.0 / (r + 1) as f64);
+        let mut servers: Vec<&str> = Vec::new();
+        for tool in &ranked {
+            if !servers.contains(&tool.server.as_str()) {
+                servers.push(&tool.server);
+            }
+        }
+        let right = |server: &&str| query.expect.iter().any(|e| e.split_once('.').is_some_and(|(s, _)| s == *server));
+        if servers.iter().take(3).any(right) {
+            metrics.server_at_3 += 1.0;
+        }
     }
     let n = metrics.queries.max(1) as f64;
     metrics.recall_at_1 /= n;
     metrics.recall_at_5 /= n;
+    metrics.recall_at_10 /= n;
     metrics.mrr /= n;
+    metrics.server_at_3 /= n;
     metrics
 }
