@@ -1,6 +1,6 @@
 //! The command line: `serve`, `exec`, `session open|list|show|end`, `mcp`, `key create|list|revoke`,
 //! `policy check|explain`, `usage`; and a person's commands against a running server
-//! (`login`, `logout`, `token`, `personal-key`, in [`account`]).
+//! (`login`, `logout`, `token`, `personal-key`, in `cli/account.rs`).
 
 mod account;
 
@@ -121,7 +121,7 @@ pub enum Command {
     /// the device authorization grant when the provider offers it, else a browser
     /// sign-in that returns to this machine.
     Login {
-        /// sandgate's URL, e.g. https://sandgate.example.com.
+        /// sandgate's URL, e.g. `https://sandgate.example.com`.
         #[arg(long, env = "SANDGATE_URL")]
         server: Option<String>,
         /// The identity provider, by its name in the server's configuration (default: the first).

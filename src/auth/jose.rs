@@ -19,7 +19,7 @@ static PROVIDER: LazyLock<CryptoProvider> = LazyLock::new(|| {
     provider
 });
 
-/// Makes [`PROVIDER`] the process's provider for `jsonwebtoken`, once. Another
+/// Makes this module's provider the process's provider for `jsonwebtoken`, once. Another
 /// installed first (or a token decoded before) keeps its place: it verifies as well,
 /// only slower.
 pub fn install() {
