@@ -103,10 +103,64 @@ SERVERS = [
          args=["--local-timezone", "UTC"]),
 ]
 
+# The organisation-sized set (`--set large`): every server above and these. Several
+# trackers, databases, browsers, monitoring and cloud services, so that the same words
+# ("issue", "page", "query", "log", "project") mean different things on different servers.
+LARGE_EXTRA = [
+    Spec("airtable", "npm", "airtable-mcp-server", "1.14.0",
+         "airtable-mcp-server", "Airtable bases, tables, fields and records",
+         env={"AIRTABLE_API_KEY": "patDUMMY.0000"}),
+    Spec("chrome_devtools", "npm", "chrome-devtools-mcp", "1.11.0",
+         "chrome-devtools-mcp", "Chrome DevTools: drive and debug a browser page, network requests, console, performance traces",
+         args=["--headless", "--isolated"]),
+    Spec("context7", "npm", "@upstash/context7-mcp", "4.1.1",
+         "context7-mcp", "Up-to-date documentation and code examples for software libraries",
+         args=["--transport", "stdio"]),
+    Spec("datadog", "npm", "@winor30/mcp-server-datadog", "1.8.0",
+         "mcp-server-datadog", "Datadog monitoring: incidents, monitors, metrics, logs, traces, dashboards and hosts",
+         env={"DATADOG_API_KEY": "dummy-dd-api-key", "DATADOG_APP_KEY": "dummy-dd-app-key"}),
+    Spec("elasticsearch", "npm", "@elastic/mcp-server-elasticsearch", "0.3.1",
+         "mcp-server-elasticsearch", "Elasticsearch indices, mappings and search queries",
+         env={"ES_URL": "http://127.0.0.1:9", "ES_API_KEY": "dummy-es-key"}),
+    Spec("excel", "npm", "@negokaz/excel-mcp-server", "0.12.0",
+         "excel-mcp-server", "Read and write Excel workbooks: sheets, cell ranges, formulas, tables and formats"),
+    Spec("figma", "npm", "figma-developer-mcp", "0.13.2",
+         "figma-developer-mcp", "Figma design files: layout and styles of frames, and image downloads",
+         args=["--stdio"],
+         # Its download tool's description names the image directory: a fixed one, not the scratch.
+         env={"FIGMA_API_KEY": "figd_dummy", "IMAGE_DIR": "/srv/design/images", "FRAMELINK_TELEMETRY": "off"}),
+    Spec("hubspot", "npm", "@hubspot/mcp-server", "0.4.0",
+         "mcp-hubspot", "HubSpot CRM: contacts, companies, deals, tickets, associations and engagements",
+         env={"PRIVATE_APP_ACCESS_TOKEN": "pat-na1-dummy"}),
+    Spec("kubernetes", "npm", "mcp-server-kubernetes", "4.1.7",
+         "mcp-server-kubernetes", "Kubernetes clusters: pods, deployments, services, namespaces, logs, Helm charts and kubectl"),
+    Spec("linear", "npm", "@tacticlaunch/mcp-linear", "1.4.3",
+         "mcp-linear", "Linear issue tracker: issues, projects, cycles, teams and comments",
+         env={"LINEAR_API_TOKEN": "lin_api_dummy"}),
+    Spec("mongodb", "npm", "mongodb-mcp-server", "3.0.4",
+         "mongodb-mcp-server", "MongoDB databases and collections: find, aggregate, insert, update, indexes; MongoDB Atlas clusters",
+         env={"MDB_MCP_TELEMETRY": "disabled", "DO_NOT_TRACK": "1",
+              "MDB_MCP_API_CLIENT_ID": "dummy-client-id", "MDB_MCP_API_CLIENT_SECRET": "dummy-client-secret"}),
+    Spec("sentry", "npm", "@sentry/mcp-server", "0.39.0",
+         "sentry-mcp", "Sentry error tracking: issues, events, stack traces, releases and projects",
+         args=["--access-token=sntrys_dummy"]),
+    Spec("shortcut", "npm", "@shortcut/mcp", "0.25.0",
+         "mcp-server-shortcut", "Shortcut project tracker: stories, epics, iterations, objectives and teams",
+         env={"SHORTCUT_API_TOKEN": "dummy-shortcut-token"}),
+    Spec("atlassian", "pypi", "mcp-atlassian", "0.23.1",
+         "mcp-atlassian", "Jira issue tracker (issues, sprints, boards) and Confluence wiki (pages, spaces)",
+         env={"JIRA_URL": "https://example.atlassian.net", "JIRA_USERNAME": "bot@example.com",
+              "JIRA_API_TOKEN": "dummy-jira-token", "CONFLUENCE_URL": "https://example.atlassian.net/wiki",
+              "CONFLUENCE_USERNAME": "bot@example.com", "CONFLUENCE_API_TOKEN": "dummy-confluence-token"}),
+]
+
 # Tried and left out:
 #   @modelcontextprotocol/server-postgres@0.6.2       a single generic `query` tool; sqlite covers SQL
 #   @modelcontextprotocol/server-puppeteer@2025.5.12  a subset of what playwright offers
 #   @modelcontextprotocol/server-redis@2025.4.25      exits before `initialize` unless a live Redis answers
+#   @heroku/mcp-server@1.2.8                           exits at start: imports an SDK path its package lacks
+#   @stripe/mcp@0.3.3                                  a proxy to mcp.stripe.com, unreachable offline
+#   @supabase/mcp-server-supabase@0.13.0               `tools/list` asks Supabase's API first ("fetch failed")
 
 # Environment every server starts with (plus its own Spec.env); nothing else is inherited
 # but PATH, so the capture does not depend on who runs it.
@@ -117,7 +171,13 @@ BASE_ENV = {
     "PUPPETEER_SKIP_DOWNLOAD": "1",
     "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
+    # Set order in Python servers' schemas (mcp-atlassian's default field lists).
+    "PYTHONHASHSEED": "0",
 }
+
+
+# Set from --node-dir.
+NODE_DIR: str | None = None
 
 
 class Skip(Exception):
@@ -286,7 +346,10 @@ def list_tools(scratch: Path, spec: Spec, timeout: float) -> list[dict]:
     work.mkdir(parents=True)
     (scratch / "logs").mkdir(exist_ok=True)
     fill = lambda s: s.replace("{work}", str(work))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), **BASE_ENV,
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    if NODE_DIR:
+        path = f"{NODE_DIR}:{path}"
+    env = {"PATH": path, "HOME": str(work), **BASE_ENV,
            **{k: fill(v) for k, v in spec.env.items()}}
     client = StdioClient([str(exe)] + [fill(a) for a in spec.args], env, work,
                          scratch / "logs" / f"{spec.name}.log")
@@ -333,26 +396,39 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scratch", nargs="?", default=DEFAULT_SCRATCH,
                         help=f"scratch directory for installs and server files (default {DEFAULT_SCRATCH})")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="fixture to write")
+    parser.add_argument("--out", help=f"fixture to write (default {DEFAULT_OUT}, or large/catalog.json beside it)")
+    parser.add_argument("--set", choices=["small", "large"], default="small",
+                        help="small: the reference servers (catalog.json); large: those and LARGE_EXTRA "
+                             "(large/catalog.json)")
+    parser.add_argument("--node-dir", help="directory of the `node` the servers run on, put first on their PATH "
+                                           "(some large-set servers need Node 22 or newer)")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds a server gets from start to its last tools/list page")
     opts = parser.parse_args()
+    global NODE_DIR
+    NODE_DIR = opts.node_dir
     scratch = Path(opts.scratch).absolute()
     scratch.mkdir(parents=True, exist_ok=True)
 
+    servers = SERVERS + (LARGE_EXTRA if opts.set == "large" else [])
+    out = Path(opts.out) if opts.out else (DEFAULT_OUT if opts.set == "small" else DEFAULT_OUT.parent / "large" / "catalog.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     skipped = {}
-    skipped.update(install_npm(scratch, SERVERS))
-    skipped.update(install_pypi(scratch, SERVERS))
+    skipped.update(install_npm(scratch, servers))
+    skipped.update(install_pypi(scratch, servers))
 
     captured = []
-    for spec in sorted(SERVERS, key=lambda s: s.name):
+    for spec in sorted(servers, key=lambda s: s.name):
         if spec.name in skipped:
             continue
         try:
             tools = list_tools(scratch, spec, opts.timeout)
-        except Skip as e:
-            skipped[spec.name] = str(e)
-            continue
+        except Skip:
+            try:  # once more: a start can fail on a busy machine
+                tools = list_tools(scratch, spec, opts.timeout)
+            except Skip as e:
+                skipped[spec.name] = str(e)
+                continue
         captured.append({
             "name": spec.name,
             "package": f"{spec.package}@{spec.version}",
@@ -360,11 +436,16 @@ def main() -> int:
             "tools": tools,
         })
 
+    for server in captured:
+        try:
+            check_no_machine_paths(json.dumps(server, ensure_ascii=False), scratch)
+        except SystemExit as e:
+            raise SystemExit(f"{server['name']}: {e}")
     text = json.dumps({"servers": captured}, indent=2, ensure_ascii=False) + "\n"
     check_no_machine_paths(text, scratch)
-    Path(opts.out).write_text(text, encoding="utf-8")
+    out.write_text(text, encoding="utf-8")
 
-    print(f"\ncaptured {len(captured)} servers, {sum(len(s['tools']) for s in captured)} tools -> {opts.out}")
+    print(f"\ncaptured {len(captured)} servers, {sum(len(s['tools']) for s in captured)} tools -> {out}")
     for s in captured:
         print(f"  {s['name']:<22} {s['package']:<52} {len(s['tools']):>3} tools")
     if skipped:
