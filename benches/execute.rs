@@ -171,6 +171,25 @@ async fn latencies(sandbox: &Sandbox, runs: usize, make: impl Fn() -> Job) -> (D
     (percentile(&times, 0.50), percentile(&times, 0.99))
 }
 
+/// Set to `javascript` or `python`, the bench measures only the memory per parked
+/// execution of that language, and prints it in bytes.
+const PARKED_ONLY: &str = "SANDGATE_BENCH_PARKED_ONLY";
+
+/// Resident bytes per parked execution of `language`, measured in a fresh process of
+/// this bench. In this one, the pool's slots that earlier executions made resident
+/// stay resident (that is what the pool is for), so a second measurement here would
+/// find its slots already paid for and report nothing.
+fn parked_in_fresh_process(language: &str) -> f64 {
+    let output = std::process::Command::new(std::env::current_exe().expect("the bench's own path"))
+        .env(PARKED_ONLY, language)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("the bench runs again");
+    assert!(output.status.success(), "the {language} parked-memory run failed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines().last().and_then(|l| l.trim().parse().ok()).expect("a byte count")
+}
+
 /// Resident bytes per execution while `parked` of `make()` wait on a 3 s host call.
 async fn parked_memory(sandbox: &Arc<Sandbox>, parked: usize, make: impl Fn() -> Job) -> f64 {
     let before = rss_bytes();
@@ -227,7 +246,7 @@ async fn python(sandbox: &Arc<Sandbox>, limits: Limits) {
         ))
     );
 
-    let per = parked_memory(sandbox, 500, || python("await tools.test.sleep(ms=3000)\n1")).await;
+    let per = parked_in_fresh_process("python");
     println!("python: memory per parked execution: {:.0} KiB resident (500 parked at once)", per / 1024.0);
 }
 
@@ -258,6 +277,29 @@ fn main() {
     let sandbox = Arc::new(Sandbox::new(config).unwrap());
     let limits = Limits { fuel: u64::MAX / 4, wall_ms: 60_000, ..Limits::default() };
 
+    if let Ok(language) = std::env::var(PARKED_ONLY) {
+        // A fresh process: no pool slot has been touched yet, so what the parked
+        // executions make resident is theirs alone.
+        let python = language == "python";
+        let make = |code: &str| {
+            let job = job(code, limits);
+            if python {
+                Job { language: Language::Python, ..job }
+            } else {
+                job
+            }
+        };
+        let (warm, parked) = if python {
+            ("1 + 1", "await tools.test.sleep(ms=3000)\n1")
+        } else {
+            ("return 1 + 1", "await tools.test.sleep({ms: 3000}); return 1")
+        };
+        runtime.block_on(async {
+            assert!(sandbox.execute(make(warm), None).await.unwrap().ok, "the guest loads");
+            println!("{}", parked_memory(&sandbox, 500, || make(parked)).await);
+        });
+        return;
+    }
     if std::env::var_os("SANDGATE_BENCH_PYTHON_ONLY").is_some() {
         runtime.block_on(python(&sandbox, limits));
         return;
@@ -304,7 +346,7 @@ fn main() {
         );
 
         // Memory per execution parked on a host call.
-        let per = parked_memory(&sandbox, 500, || job("await tools.test.sleep({ms: 3000}); return 1", limits)).await;
+        let per = parked_in_fresh_process("javascript");
         println!("memory per parked execution: {:.0} KiB resident (500 parked at once)", per / 1024.0);
 
         python(&sandbox, limits).await;
