@@ -7,7 +7,11 @@
 //! ```text
 //! cargo bench --bench search
 //! cargo bench --bench search -- --misses   # also each tuning request the ranking misses
+//! cargo bench --bench search -- --tune     # the server weights that do best on the tuning splits
 //! ```
+//!
+//! `Flat` is the hybrid with each tool ranked on its own, `Hybrid` the same with its
+//! server's score added (what `search` uses).
 //!
 //! `--misses` prints the tuning split's misses only: the held-out split is reported as
 //! totals and never read request by request.
@@ -17,13 +21,12 @@ mod eval;
 
 use std::time::{Duration, Instant};
 
-use sandgate::mcp::search::Method;
+use sandgate::mcp::search::{Method, Tuning};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let catalog = eval::catalog();
     let queries = eval::queries();
     for set in [eval::Set::Small, eval::Set::Large] {
         if !set.present() {
@@ -38,12 +41,16 @@ fn main() {
             "{:<10} {:<9} {:>8} {:>10} {:>10} {:>10} {:>7} {:>10}",
             "method", "split", "queries", "recall@1", "recall@5", "recall@10", "MRR", "server@3"
         );
-        for method in [Method::Bm25, Method::Hybrid] {
+        for method in ["Bm25", "Flat", "Hybrid"] {
             for split in [eval::Split::Tune, eval::Split::HeldOut] {
-                let m = eval::evaluate(&catalog, &queries, split, method);
+                let m = match method {
+                    "Bm25" => eval::evaluate(&catalog, &queries, split, Method::Bm25),
+                    "Flat" => eval::evaluate_tuned(&catalog, &queries, split, &Tuning::FLAT),
+                    _ => eval::evaluate(&catalog, &queries, split, Method::Hybrid),
+                };
                 println!(
                     "{:<10} {:<9} {:>8} {:>9.1}% {:>9.1}% {:>9.1}% {:>7.3} {:>9.1}%",
-                    format!("{method:?}"),
+                    method,
                     format!("{split:?}"),
                     m.queries,
                     m.recall_at_1 * 100.0,
@@ -54,10 +61,24 @@ fn main() {
                 );
             }
         }
+        for split in [eval::Split::Tune, eval::Split::HeldOut] {
+            let m = eval::evaluate(&catalog, &queries, split, Method::Hybrid);
+            println!(
+                "Hybrid {split:?}: requests with no right tool in the first five: {} (right server first: {}, \
+                 second or third: {}, not in the first three: {})",
+                m.misses_within_server + m.misses_server_2_or_3 + m.misses_wrong_server,
+                m.misses_within_server,
+                m.misses_server_2_or_3,
+                m.misses_wrong_server
+            );
+        }
         latency(&format!("{set:?} set ({} tools)", view.len()), &view, &queries);
+        if std::env::args().any(|a| a == "--misses") {
+            print_misses(&catalog, &queries);
+        }
     }
-    if std::env::args().any(|a| a == "--misses") {
-        print_misses(&catalog, &queries);
+    if std::env::args().any(|a| a == "--tune") {
+        tune();
     }
     let large = eval::large_catalog(1000);
     let view = large.view(|_| true);
@@ -106,5 +127,37 @@ fn print_misses(catalog: &sandgate::mcp::catalog::Catalog, queries: &[eval::Quer
         let rank = rank.map_or("-".to_string(), |r| (r + 1).to_string());
         let top: Vec<&str> = ranked.iter().take(5).map(|tool| tool.name.as_str()).collect();
         println!("miss (rank {rank}) {:?} wants {:?}; got {top:?}", query.query, query.expect);
+    }
+}
+
+/// A grid over the server weights ([`Tuning`]), scored on the tuning splits of every
+/// set present (mean of recall@5, recall@10 and server@3, then MRR), best first.
+fn tune() {
+    let sets: Vec<_> = [eval::Set::Small, eval::Set::Large]
+        .into_iter()
+        .filter(|s| s.present())
+        .map(|s| (eval::catalog_of(s), eval::queries_of(s)))
+        .collect();
+    let grid = [0.0, 0.5, 1.0, 2.0, 4.0];
+    let mut results: Vec<(f64, f64, Tuning)> = Vec::new();
+    for server in [0.25, 0.5, 1.0, 2.0] {
+        for server_words in grid {
+            for server_meaning in grid {
+                for server_centroid in grid {
+                    let tuning = Tuning { server, server_words, server_meaning, server_centroid };
+                    let (mut score, mut mrr) = (0.0, 0.0);
+                    for (catalog, queries) in &sets {
+                        let m = eval::evaluate_tuned(catalog, queries, eval::Split::Tune, &tuning);
+                        score += m.recall_at_5 + m.recall_at_10 + m.server_at_3;
+                        mrr += m.mrr;
+                    }
+                    results.push((score, mrr, tuning));
+                }
+            }
+        }
+    }
+    results.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    for (score, mrr, tuning) in results.iter().take(15) {
+        println!("tune {score:.3} mrr {mrr:.3} {tuning:?}");
     }
 }

@@ -58,7 +58,40 @@ pub fn phrase(description: Option<&str>) -> String {
     clip(sentence.trim_end_matches('.'), PHRASE_CHARS)
 }
 
-/// One line saying what a server is for: its description, else its first tools.
+/// Words of tool names that say what is done, not to what: left out of a derived
+/// summary.
+const OPERATIONS: &[&str] = &[
+    "get", "list", "create", "update", "delete", "search", "add", "set", "remove", "read", "write", "find", "fetch",
+    "run", "query", "edit", "move", "new", "put", "post", "patch", "by", "to", "from", "for", "all", "with", "and",
+    "of", "the", "a", "an", "in", "on", "or", "tool", "tools", "info", "details", "api", "v1", "v2",
+];
+
+/// What a server's tools are about, from their names: the words other than
+/// [`OPERATIONS`] that most of its tools' names use, most used first.
+fn topics(tools: &[&str]) -> Vec<String> {
+    // (stem, the form first seen, how many tools use it)
+    let mut counts: Vec<(String, String, usize)> = Vec::new();
+    for tool in tools {
+        let mut seen: Vec<String> = Vec::new();
+        for word in super::search::lexical::words(tool) {
+            let stem = super::search::stem(&word);
+            if word.len() < 3 || OPERATIONS.contains(&word.as_str()) || seen.contains(&stem) {
+                continue;
+            }
+            seen.push(stem.clone());
+            match counts.iter_mut().find(|(s, _, _)| *s == stem) {
+                Some((_, _, n)) => *n += 1,
+                None => counts.push((stem, word, 1)),
+            }
+        }
+    }
+    // Stable: equal counts keep the order the tools first use them in.
+    counts.sort_by_key(|c| std::cmp::Reverse(c.2));
+    counts.into_iter().take(5).map(|(_, word, _)| word).collect()
+}
+
+/// One line saying what a server is for: its description, else one derived from its
+/// tools' names (what they are about, and the first few).
 pub fn server_summary(description: Option<&str>, tools: &[&str]) -> String {
     match description.map(str::trim).filter(|d| !d.is_empty()) {
         Some(description) => {
@@ -71,7 +104,13 @@ pub fn server_summary(description: Option<&str>, tools: &[&str]) -> String {
         }
         None => {
             let first: Vec<&str> = tools.iter().take(4).copied().collect();
-            clip(&format!("Tools such as {}.", first.join(", ")), SUMMARY_CHARS)
+            let topics = topics(tools);
+            let line = if topics.is_empty() {
+                format!("Tools such as {}.", first.join(", "))
+            } else {
+                format!("About {}; tools such as {}.", topics.join(", "), first.join(", "))
+            };
+            clip(&line, SUMMARY_CHARS)
         }
     }
 }
@@ -290,6 +329,25 @@ mod tests {
         let view = catalog.view(|name| name.starts_with("server_0."));
         assert!(server(&view, "server_1", Style::Typescript).is_none());
         assert_eq!(super::servers(&view, Style::Typescript).1["servers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_server_without_a_description_is_summed_up_by_what_its_tools_are_about() {
+        let tools = [
+            "create_issue",
+            "get_issue",
+            "list_issues",
+            "create_merge_request",
+            "get_merge_request",
+            "fork_repository",
+        ];
+        assert_eq!(
+            server_summary(None, &tools),
+            "About issue, merge, request, fork, repository; tools such as create_issue, get_issue, list_issues, \
+             create_merge_request."
+        );
+        assert_eq!(server_summary(Some("  "), &["get", "list"]), "Tools such as get, list.");
+        assert_eq!(server_summary(Some("Issue tracker\nmore"), &tools), "Issue tracker.");
     }
 
     #[test]

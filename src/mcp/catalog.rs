@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::declarations::{self, ToolDecl};
 use super::python_stubs;
-use super::search::{Document, Match, Method, SearchIndex};
+use super::search::{Document, Match, Method, SearchIndex, Tuning};
 use crate::policy::Capabilities;
 
 /// One upstream server as the catalog reports it.
@@ -205,6 +205,8 @@ fn search_document(tool: &CatalogTool, server: Option<&ServerSummary>) -> Docume
         param_descriptions: param_descriptions.join(" "),
         enum_values: enum_values.join(" "),
         tool_words: tool.tool.clone(),
+        server_name: tool.server.clone(),
+        server_description: server.and_then(|s| s.description.clone()).unwrap_or_default(),
     }
 }
 
@@ -284,7 +286,17 @@ impl<'a> View<'a> {
     /// The best `limit` visible tools for `query`, and how well the best matches.
     pub fn find(&self, method: Method, query: &str, limit: usize) -> (Vec<&'a CatalogTool>, Match) {
         let Some(index) = &self.catalog.index else { return (Vec::new(), Match::Weak) };
-        let (hits, quality) = index.search(method, query);
+        self.visible(index.search(method, query), limit)
+    }
+
+    /// [`View::find`] with the hybrid's constants given: what the evaluation tunes
+    /// them with.
+    pub fn find_tuned(&self, query: &str, limit: usize, tuning: &Tuning) -> (Vec<&'a CatalogTool>, Match) {
+        let Some(index) = &self.catalog.index else { return (Vec::new(), Match::Weak) };
+        self.visible(index.search_tuned(query, tuning), limit)
+    }
+
+    fn visible(&self, (hits, quality): (Vec<(usize, f32)>, Match), limit: usize) -> (Vec<&'a CatalogTool>, Match) {
         let tools = hits
             .into_iter()
             .filter(|(i, _)| self.tools.binary_search(i).is_ok())

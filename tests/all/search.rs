@@ -1,16 +1,18 @@
 //! Search quality, guarded: the ranking must keep the figures it reached on the
-//! evaluation set in `tests/search` (see `cargo bench --bench search` for all of them).
+//! evaluation sets in `tests/search`, the reference servers' and an organisation's
+//! (see `cargo bench --bench search` for all of them).
 
-// The bench reads the organisation-sized set too; these tests guard the reference set.
 #[allow(dead_code)]
 #[path = "../search/eval.rs"]
 mod eval;
 
-use sandgate::mcp::search::Method;
+use sandgate::mcp::search::{Method, Tuning};
 
 /// Recall at 5 and at 1 on each split, at or above what the ranking reached when it
 /// was last changed; a change that loses any of it fails here.
-const FLOORS: [(eval::Split, f64, f64); 2] = [(eval::Split::Tune, 0.71, 0.45), (eval::Split::HeldOut, 0.70, 0.375)];
+/// (Ranking servers first cost the tuning split three requests at 1, 45% to 42%, and
+/// gained it eight at 5.)
+const FLOORS: [(eval::Split, f64, f64); 2] = [(eval::Split::Tune, 0.79, 0.42), (eval::Split::HeldOut, 0.76, 0.375)];
 
 #[test]
 fn the_ranking_keeps_its_recall() {
@@ -35,5 +37,53 @@ fn the_ranking_keeps_its_recall_among_a_thousand_tools() {
     assert_eq!(catalog.view(|_| true).len(), 1000);
     let m = eval::evaluate(&catalog, &eval::queries(), eval::Split::Tune, Method::Hybrid);
     eprintln!("1,000 tools: {m:?}");
-    assert!(m.recall_at_5 >= 0.66 - 1e-9 && m.recall_at_1 >= 0.47 - 1e-9, "{m:?}");
+    assert!(m.recall_at_5 >= 0.71 - 1e-9 && m.recall_at_1 >= 0.45 - 1e-9, "{m:?}");
+}
+
+/// On the organisation's catalog (29 servers, 696 tools): recall at 5 and 10 and the
+/// right server among the first three, per split, at or above what the ranking
+/// reached when it was last changed.
+const LARGE_FLOORS: [(eval::Split, f64, f64, f64); 2] =
+    [(eval::Split::Tune, 0.74, 0.81, 0.94), (eval::Split::HeldOut, 0.70, 0.79, 0.90)];
+
+#[test]
+fn the_ranking_keeps_its_recall_on_an_organisations_catalog() {
+    let set = eval::Set::Large;
+    let catalog = eval::catalog_of(set);
+    let queries = eval::queries_of(set);
+    let view = catalog.view(|_| true);
+    assert!(view.servers().len() >= 25 && view.len() >= 500, "{} servers, {} tools", view.servers().len(), view.len());
+    assert!(queries.len() >= 300, "{} labelled requests", queries.len());
+    for (split, recall_at_5, recall_at_10, server_at_3) in LARGE_FLOORS {
+        let hybrid = eval::evaluate(&catalog, &queries, split, Method::Hybrid);
+        let flat = eval::evaluate_tuned(&catalog, &queries, split, &Tuning::FLAT);
+        eprintln!("{split:?}: hybrid {hybrid:?}, tools alone {flat:?}");
+        assert!(hybrid.recall_at_5 >= recall_at_5 - 1e-9, "{split:?}: recall@5 fell to {:.3}", hybrid.recall_at_5);
+        assert!(hybrid.recall_at_10 >= recall_at_10 - 1e-9, "{split:?}: recall@10 fell to {:.3}", hybrid.recall_at_10);
+        assert!(hybrid.server_at_3 >= server_at_3 - 1e-9, "{split:?}: server@3 fell to {:.3}", hybrid.server_at_3);
+        assert!(
+            hybrid.server_at_3 > flat.server_at_3,
+            "{split:?}: ranking servers first must find the right one more often"
+        );
+    }
+}
+
+/// Every tool a request names as right is in its catalog, under the name code calls:
+/// a label that names nothing would count as a miss for every ranking.
+#[test]
+fn every_labelled_tool_is_in_its_catalog() {
+    for set in [eval::Set::Small, eval::Set::Large] {
+        let catalog = eval::catalog_of(set);
+        for query in eval::queries_of(set) {
+            assert!(!query.expect.is_empty(), "{set:?}: {:?} names no tool", query.query);
+            for name in &query.expect {
+                let (server, tool) = name.split_once('.').unwrap_or_default();
+                assert!(
+                    catalog.get(server, tool).is_some(),
+                    "{set:?}: {:?} names {name}, not in the catalog",
+                    query.query
+                );
+            }
+        }
+    }
 }

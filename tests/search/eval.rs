@@ -13,8 +13,8 @@
 use std::path::Path;
 
 use rmcp::model::Tool;
-use sandgate::mcp::catalog::{Catalog, ServerSummary};
-use sandgate::mcp::search::Method;
+use sandgate::mcp::catalog::{Catalog, CatalogTool, ServerSummary, View};
+use sandgate::mcp::search::{Method, Tuning};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -92,6 +92,7 @@ fn servers_of(set: Set) -> Vec<(ServerSummary, Vec<Tool>)> {
 }
 
 /// The catalog of the fixture's servers.
+#[allow(dead_code)]
 pub fn catalog() -> Catalog {
     Catalog::build(servers())
 }
@@ -166,14 +167,35 @@ pub struct Metrics {
     pub recall_at_10: f64,
     pub mrr: f64,
     pub server_at_3: f64,
+    /// Requests with no right tool in the first five, by kind: the right server
+    /// came first (the tool was missed within it), it was second or third, or it
+    /// was not among the first three servers at all.
+    pub misses_within_server: usize,
+    pub misses_server_2_or_3: usize,
+    pub misses_wrong_server: usize,
 }
 
 /// The metrics of `method` on the queries of `split`, over `catalog`.
 pub fn evaluate(catalog: &Catalog, queries: &[Query], split: Split, method: Method) -> Metrics {
+    evaluate_by(catalog, queries, split, |view, query| view.search_with(method, query, 50))
+}
+
+/// The metrics of the hybrid with `tuning`'s constants.
+#[allow(dead_code)]
+pub fn evaluate_tuned(catalog: &Catalog, queries: &[Query], split: Split, tuning: &Tuning) -> Metrics {
+    evaluate_by(catalog, queries, split, |view, query| view.find_tuned(query, 50, tuning).0)
+}
+
+fn evaluate_by<'a>(
+    catalog: &'a Catalog,
+    queries: &[Query],
+    split: Split,
+    rank: impl Fn(&View<'a>, &str) -> Vec<&'a CatalogTool>,
+) -> Metrics {
     let view = catalog.view(|_| true);
     let mut metrics = Metrics::default();
     for query in queries.iter().filter(|q| q.split == split) {
-        let ranked = view.search_with(method, &query.query, 50);
+        let ranked = rank(&view, &query.query);
         let rank = ranked.iter().take(10).position(|tool| query.expect.contains(&tool.name));
         metrics.queries += 1;
         if rank == Some(0) {
@@ -195,6 +217,13 @@ pub fn evaluate(catalog: &Catalog, queries: &[Query], split: Split, method: Meth
         let right = |server: &&str| query.expect.iter().any(|e| e.split_once('.').is_some_and(|(s, _)| s == *server));
         if servers.iter().take(3).any(right) {
             metrics.server_at_3 += 1.0;
+        }
+        if rank.is_none_or(|r| r >= 5) {
+            match servers.iter().take(3).position(right) {
+                Some(0) => metrics.misses_within_server += 1,
+                Some(_) => metrics.misses_server_2_or_3 += 1,
+                None => metrics.misses_wrong_server += 1,
+            }
         }
     }
     let n = metrics.queries.max(1) as f64;
