@@ -111,11 +111,16 @@ impl Table {
                 *acc += f32::from(value as i8) * scale;
             }
         }
-        let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            sum.iter_mut().for_each(|x| *x /= norm);
-        }
+        normalize(&mut sum);
         sum
+    }
+}
+
+/// `v` made unit length (left as it is when it is zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
     }
 }
 
