@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# HTTP throughput of trivial executions over keep-alive connections.
+# HTTP throughput of trivial executions over keep-alive connections, and the floor:
+# the same requests against a bare axum server that parses the body and answers
+# (examples/floor.rs), so the ratio to what this machine's HTTP stack allows is
+# printed beside the figure.
 #
 #   benches/load.sh [connections] [seconds]
 #
+# SANDGATE_BENCH_FLOOR=0 skips the floor.
 # SANDGATE_BENCH_BINARY=path runs that binary instead (to compare two builds);
 # otherwise it builds the release binary, starts it on a loopback port on its embedded defaults and
 # drives it with wrk (installed from Debian if missing). Prints wrk's summary; any
@@ -21,9 +25,14 @@ if [ -z "$binary" ]; then
   cargo build --release --quiet
   binary="$PWD/target/release/sandgate"
 fi
+floor="${SANDGATE_BENCH_FLOOR:-1}"
+if [ "$floor" != 0 ]; then
+  cargo build --release --quiet --example floor
+fi
 
 work="$(mktemp -d)"
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+floor_server=
+trap 'kill "$server" $floor_server 2>/dev/null || true; rm -rf "$work"' EXIT
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = '{"code": "return 1 + 1"}'
@@ -39,4 +48,21 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -sf "http://127.0.0.1:$port/v1/execute" --json '{"code":"return 1 + 1"}' >/dev/null
-wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/execute"
+wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/execute" | tee "$work/sandgate.txt"
+kill "$server"
+wait "$server" 2>/dev/null || true
+[ "$floor" != 0 ] || exit 0
+
+floor_port=$((port + 1))
+"$PWD/target/release/examples/floor" "127.0.0.1:$floor_port" &
+floor_server=$!
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$floor_port/healthz" >/dev/null && break
+  sleep 0.1
+done
+echo
+echo "floor: a bare axum server, same requests (examples/floor.rs)"
+wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$floor_port/v1/execute" | tee "$work/floor.txt"
+rate() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
+awk -v s="$(rate "$work/sandgate.txt")" -v f="$(rate "$work/floor.txt")" \
+  'BEGIN { printf "\nsandgate %.0f/s, floor %.0f/s: %.1f%% of the floor\n", s, f, 100 * s / f }'
