@@ -515,3 +515,20 @@ fn first_sentence(text: &str) -> &str {
         None => line,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_is_shared_only_when_every_tool_has_more_after_it() {
+        assert_eq!(shared_prefix(&["linear_getIssues", "linear_createIssue", "linear_getTeams"]), "linear_");
+        assert_eq!(shared_prefix(&["API_post_page", "API_post_search", "API_get_user"]), "API_");
+        assert_eq!(shared_prefix(&["API_post_page", "API_post_search", "API_post_x"]), "API_post_");
+        // Two tools are too few to say what a prefix means; a name is never emptied.
+        assert_eq!(shared_prefix(&["git_add", "git_commit"]), "");
+        assert_eq!(shared_prefix(&["git_", "git_add", "git_log"]), "");
+        assert_eq!(shared_prefix(&["read_file", "write_file", "list_directory"]), "");
+        assert_eq!(shared_prefix(&[]), "");
+    }
+}
