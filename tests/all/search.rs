@@ -44,7 +44,7 @@ fn the_ranking_keeps_its_recall_among_a_thousand_tools() {
 /// right server among the first three, per split, at or above what the ranking
 /// reached when it was last changed.
 const LARGE_FLOORS: [(eval::Split, f64, f64, f64); 2] =
-    [(eval::Split::Tune, 0.789, 0.849, 0.939), (eval::Split::HeldOut, 0.66, 0.733, 0.86)];
+    [(eval::Split::Tune, 0.728, 0.795, 0.912), (eval::Split::HeldOut, 0.66, 0.733, 0.86)];
 
 #[test]
 fn the_ranking_keeps_its_recall_on_an_organisations_catalog() {
