@@ -196,10 +196,6 @@ fn search_document(tool: &CatalogTool, server: Option<&ServerSummary>) -> Docume
     let title = tool.title.as_deref().unwrap_or_default();
     Document {
         name: format!("{} {} {} {title}", tool.server, tool.tool, tool.upstream_name),
-        server: match server.and_then(|s| s.description.as_deref()) {
-            Some(description) => format!("{} {description}", tool.server),
-            None => tool.server.clone(),
-        },
         description: tool.description.clone().unwrap_or_default(),
         param_names: param_names.join(" "),
         param_descriptions: param_descriptions.join(" "),

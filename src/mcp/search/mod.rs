@@ -239,8 +239,6 @@ pub enum Method {
 pub struct Document {
     /// `server.tool`, its upstream name and title.
     pub name: String,
-    /// The server's name and description.
-    pub server: String,
     pub description: String,
     pub param_names: String,
     pub param_descriptions: String,
@@ -249,7 +247,8 @@ pub struct Document {
     /// The tool's own name in words (`create_directory` → `create directory`), for the
     /// embedding.
     pub tool_words: String,
-    /// Its server's name alone: tools are grouped by it (see [`Tuning`]).
+    /// Its server's name: tools are grouped by it (see [`Tuning`]), and found by it
+    /// and the server's description.
     pub server_name: String,
     /// Its server's description, when the operator gave one.
     pub server_description: String,
@@ -334,14 +333,15 @@ impl SearchIndex {
                 }
             })
             .collect();
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+        for (doc, &group) in group_of.iter().enumerate() {
+            members[group].push(doc);
+        }
         // A prefix every tool of a server shares (`linear_`, `browser_`) says nothing
         // about which of its tools is meant: each tool's own words are the rest.
-        let prefixes: Vec<&str> = (0..names.len())
-            .map(|group| {
-                let members: Vec<&str> =
-                    (0..docs.len()).filter(|&d| group_of[d] == group).map(|d| docs[d].tool_words.as_str()).collect();
-                shared_prefix(&members)
-            })
+        let prefixes: Vec<&str> = members
+            .iter()
+            .map(|tools| shared_prefix(&tools.iter().map(|&d| docs[d].tool_words.as_str()).collect::<Vec<_>>()))
             .collect();
         let own_words = |d: usize| {
             let prefix = prefixes[group_of[d]];
@@ -355,7 +355,7 @@ impl SearchIndex {
                 let name = if prefix.is_empty() { d.name.clone() } else { d.name.replace(prefix, "") };
                 [
                     name,
-                    d.server.clone(),
+                    format!("{} {}", d.server_name, d.server_description),
                     d.description.clone(),
                     d.param_names.clone(),
                     d.param_descriptions.clone(),
@@ -377,8 +377,7 @@ impl SearchIndex {
             .collect();
         let mut server_fields: Vec<Fields> = vec![Default::default(); names.len()];
         let mut groups: Vec<Group> = Vec::with_capacity(names.len());
-        for (group, name) in names.iter().enumerate() {
-            let members: Vec<usize> = (0..docs.len()).filter(|&d| group_of[d] == group).collect();
+        for (group, (name, members)) in names.iter().zip(&members).enumerate() {
             let first = &docs[members[0]];
             let tool_words: Vec<&str> = members.iter().map(|&d| docs[d].tool_words.as_str()).collect();
             let first_sentences: Vec<&str> = members.iter().map(|&d| first_sentence(&docs[d].description)).collect();
@@ -397,7 +396,7 @@ impl SearchIndex {
                 table.embed(&format!("{name} {}", first.server_description))
             };
             let mut centroid = vec![0.0_f32; table.dims()];
-            for &d in &members {
+            for &d in members {
                 centroid.iter_mut().zip(&vectors[d]).for_each(|(c, v)| *c += v);
             }
             embed::normalize(&mut centroid);
