@@ -235,7 +235,8 @@ pub enum PolicyCommand {
     },
     /// Print the decision for one principal and action, and the rule that made it.
     ///
-    /// Exit status: 0 allowed, 1 denied, 2 the policies could not be loaded.
+    /// Exit status: 0 allowed, 1 denied (or waiting for approval), 2 the policies
+    /// could not be loaded.
     Explain {
         /// The user (with --local: defaults to `local`).
         #[arg(long, required_unless_present = "local")]
@@ -264,6 +265,11 @@ pub enum PolicyCommand {
         /// Whether the principal may run code at all, and under which limits.
         #[arg(long, group = "action")]
         execute: bool,
+        /// The arguments of a call to --tool (or the request to --model), as JSON: the
+        /// rules' `when` conditions are evaluated for that call, and the decision
+        /// names the rule and condition that decided.
+        #[arg(long)]
+        args: Option<String>,
         /// The policy directory (default: from the config file, else ./policies).
         #[arg(long)]
         policies: Option<PathBuf>,
@@ -306,6 +312,7 @@ pub fn run(cli: Cli) -> ExitCode {
             model,
             tier,
             execute,
+            args,
             policies,
             config,
         }) => {
@@ -320,9 +327,16 @@ pub fn run(cli: Cli) -> ExitCode {
             } else {
                 Principal::of_key(&key, &user.unwrap_or_default(), &team.unwrap_or_default(), role)
             };
+            let args = match args.as_deref().map(serde_json::from_str::<serde_json::Value>).transpose() {
+                Ok(args) => args,
+                Err(error) => {
+                    eprintln!("sandgate: --args is not JSON: {error}");
+                    return ExitCode::from(2);
+                }
+            };
             let ask = match (tool, model, tier, execute) {
-                (Some(tool), _, _, _) => Ask::Tool(tool),
-                (None, Some(name), _, _) => Ask::Model(name),
+                (Some(tool), _, _, _) => Ask::Tool(tool, args),
+                (None, Some(name), _, _) => Ask::Model(name, args),
                 (None, None, Some(tier), false) => Ask::Tier(tier),
                 (None, None, _, true) => Ask::Execute,
                 (None, None, None, false) => {
@@ -722,7 +736,15 @@ fn policy_explain(
     let config = load_config(config, policies)?;
     let set = policy_set(&config)?;
     let (query, decision) = crate::service::admin::explain(&set, &config.models, &principal, ask);
-    println!("{decision}");
+    println!("{}", if decision.allowed { decision.to_string() } else { decision.denial() });
+    if let Some(approval) = &decision.approval {
+        println!(
+            "approvers: {} (the call waits up to {} s{})",
+            approval.approvers.join(", "),
+            approval.expires_after_s,
+            if approval.self_approval { "; the caller may approve it" } else { "" }
+        );
+    }
     if let (Query::Execute, true) = (&query, decision.allowed) {
         if let Some(limits) = set.capabilities(&principal).limits {
             println!("limits: {}", serde_json::to_string(&limits)?);

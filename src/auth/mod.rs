@@ -57,6 +57,21 @@ pub struct Principal {
     /// selector `local` matches it and nothing else, whatever a key is named.
     #[serde(skip)]
     pub local: bool,
+    /// The identity provider's claims about this principal (a token or an SSO
+    /// sign-in), which policy conditions read as `principal.claims`; `None` for a key.
+    #[serde(skip)]
+    pub claims: Option<Arc<TokenClaims>>,
+}
+
+/// A token's claims, as policy conditions see them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenClaims(pub serde_json::Map<String, serde_json::Value>);
+
+impl std::hash::Hash for TokenClaims {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Principals hash by who they are; claims only refine that.
+        self.0.len().hash(state);
+    }
 }
 
 impl Principal {
@@ -72,6 +87,7 @@ impl Principal {
             subject: None,
             signed_in: false,
             local: true,
+            claims: None,
         }
     }
 
@@ -86,6 +102,7 @@ impl Principal {
             subject: None,
             signed_in: false,
             local: false,
+            claims: None,
         }
     }
 }
@@ -157,6 +174,7 @@ impl KeyRing {
                     subject: entry.owner.clone(),
                     signed_in: false,
                     local: false,
+                    claims: None,
                 };
                 (entry.hash, KeyHolder { principal: Arc::new(principal), expires_at_ms: entry.expires_at_ms })
             })

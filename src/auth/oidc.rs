@@ -497,6 +497,7 @@ impl Issuer {
             subject: claims.get("sub").and_then(|s| s.as_str()).map(|sub| format!("{}#{sub}", config.issuer)),
             signed_in: true,
             local: false,
+            claims: Some(Arc::new(super::TokenClaims(claims.clone()))),
         })
     }
 }

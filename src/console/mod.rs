@@ -1296,6 +1296,8 @@ struct ExplainParams {
     team: Option<String>,
     what: Option<String>,
     name: Option<String>,
+    /// A call's arguments (or a model request), as JSON.
+    args: Option<String>,
 }
 
 async fn policies(
@@ -1321,17 +1323,39 @@ async fn policies(
             // The form offers someone else only to an admin; the service decides who may
             // ask about whom (a member naming another user is refused, 403).
             let (user, team) = (text(&params.user), text(&params.team));
+            let args = match text(&params.args).map(|a| serde_json::from_str::<serde_json::Value>(&a)).transpose() {
+                Ok(args) => args,
+                Err(error) => {
+                    let message = format!("The arguments are not JSON: {error}");
+                    return page(
+                        "Policies",
+                        "policies",
+                        &viewer,
+                        console.app.service.mode() == Mode::Local,
+                        format!(r#"<p role="alert" class="error">{}</p>"#, esc(&message)),
+                    );
+                }
+            };
             let ask = match (what.as_str(), name) {
                 ("execute", _) => Some(Ask::Execute),
-                ("tool", Some(name)) => Some(Ask::Tool(name)),
-                ("model", Some(name)) => Some(Ask::Model(name)),
+                ("tool", Some(name)) => Some(Ask::Tool(name, args)),
+                ("model", Some(name)) => Some(Ask::Model(name, args)),
                 ("tier", Some(name)) => Some(Ask::Tier(name)),
                 _ => None,
             };
             match ask.map(|ask| console.app.service.explain(&viewer, user, team, ask)) {
                 Some(Err(error)) => return service_failure(error),
                 Some(Ok((subject, query, decision))) => {
-                    let verdict = if decision.allowed { "allow" } else { "deny" };
+                    let verdict = decision.verdict();
+                    let approval = match &decision.approval {
+                        Some(approval) => format!(
+                            r#"<p id="decision-approvers">Approvers: {}; the call waits up to {} s{}.</p>"#,
+                            esc(&approval.approvers.join(", ")),
+                            approval.expires_after_s,
+                            if approval.self_approval { "; the caller may approve it" } else { "" }
+                        ),
+                        None => String::new(),
+                    };
                     let rule = match &decision.rule {
                         Some(rule) => format!(
                             "<p>Decided by policy <strong>{}</strong>, <code>{}</code>, at <code>{}:{}</code>.</p>",
@@ -1343,7 +1367,7 @@ async fn policies(
                         None => "<p>No rule matched: denied by default.</p>".to_string(),
                     };
                     format!(
-                        r#"<section id="decision" class="card {verdict}" aria-live="polite"><h2>{verdict}: user {} (team {}), {}</h2><p id="decision-reason">{}</p>{rule}</section>"#,
+                        r#"<section id="decision" class="card {verdict}" aria-live="polite"><h2>{verdict}: user {} (team {}), {}</h2><p id="decision-reason">{}</p>{rule}{approval}</section>"#,
                         esc(&subject.user),
                         esc(&subject.team),
                         esc(&query.to_string()),
@@ -1383,6 +1407,7 @@ async fn policies(
 {who}
 <p><label for="explain-what">May they</label> <select id="explain-what" name="what">{options}</select></p>
 <p><label for="explain-name">Name</label> <input id="explain-name" name="name" value="{name}" placeholder="github.delete_repo, frontier, gpt-4.1"></p>
+<p><label for="explain-args">Arguments (JSON, for rules with conditions)</label> <textarea id="explain-args" name="args" rows="3" placeholder="{{&quot;base&quot;: &quot;main&quot;}}">{args}</textarea></p>
 <p><button type="submit">Explain</button></p>
 </form>
 {answer}
@@ -1392,6 +1417,7 @@ async fn policies(
 <div class="scroll"><table id="policies"><thead><tr><th scope="col">Policy</th><th scope="col">Description</th><th scope="col">Where</th></tr></thead><tbody>{listing}</tbody></table></div>
 </section>"#,
         name = value(&params.name),
+        args = value(&params.args),
         count = set.iter().count(),
         files = set.files(),
     );

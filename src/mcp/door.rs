@@ -2,7 +2,8 @@
 //!
 //! Built for one execution, bound to its principal's grants: a call names
 //! `<server>.<tool>`; it is counted against `limits.tool_calls` (past it the
-//! execution ends), checked against the policies' tool globs (`tool_denied`), resolved
+//! execution ends), checked against the policies' tool globs and the conditions of
+//! their rules, with its arguments (`tool_denied`), resolved
 //! to the upstream tool, its arguments checked, and called; the result comes back
 //! unwrapped (see [`super::upstream::unwrap_result`]). Calls from one execution run
 //! concurrently: each is its own future on the host runtime. With
@@ -17,6 +18,7 @@ use serde_json::Value;
 use super::Upstreams;
 use crate::auth::Principal;
 use crate::error::Kind;
+use crate::policy::condition::{Facts, Target};
 use crate::policy::Capabilities;
 use crate::sandbox::{Call, Counter, Door, ExecError, Pending};
 use crate::telemetry::trace;
@@ -31,14 +33,17 @@ pub struct Tools {
     /// Whether the test server `test` is there (`sandbox.test_capability`).
     pub test: bool,
     pub calls: Counter,
+    /// The session the execution runs in, which policy conditions see.
+    pub session: Option<Arc<str>>,
 }
 
 impl Door for Tools {
     fn call(&self, call: Call) -> Result<Pending, ExecError> {
         self.calls.count()?;
-        let decision = self.grants.tool(&call.method);
+        let facts = Facts::now(&self.principal, &call.args, self.session.as_deref());
+        let decision = self.grants.call(Target::Tool(&call.method), None, &facts);
         if !decision.allowed {
-            return Err(ExecError::new(Kind::ToolDenied, decision.to_string()));
+            return Err(ExecError::new(Kind::ToolDenied, decision.denial()));
         }
         let Some((server, tool)) = call.method.split_once('.') else {
             return Err(ExecError::new(

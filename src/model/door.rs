@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::{CallContext, Gateway};
 use crate::auth::Principal;
 use crate::error::Kind;
+use crate::policy::condition::{Facts, Target};
 use crate::policy::Capabilities;
 use crate::sandbox::{Call, Counter, Door, ExecError, Pending};
 
@@ -24,6 +25,8 @@ pub struct Model {
     pub calls: Counter,
     /// The coding agent's session the execution belongs to.
     pub agent_session: Option<String>,
+    /// The sandbox session the execution runs in, which policy conditions see.
+    pub session: Option<Arc<str>>,
 }
 
 impl Door for Model {
@@ -31,6 +34,15 @@ impl Door for Model {
         self.calls.count()?;
         if call.method != "chat" {
             return Err(ExecError::new(Kind::InvalidRequest, format!("no function `model.{}`", call.method)));
+        }
+        // The rules' conditions see the request; which models the principal may use
+        // at all is the router's to decide, as for the proxy.
+        let requested = call.args.get("model").and_then(|m| m.as_str()).unwrap_or("auto");
+        let tier = self.gateway.catalog().models.get(requested).map(|m| m.tier.as_str());
+        let facts = Facts::now(&self.principal, &call.args, self.session.as_deref());
+        let decision = self.grants.call(Target::Model(requested), tier, &facts);
+        if !decision.allowed && decision.rule.is_some() {
+            return Err(ExecError::new(Kind::ModelDenied, decision.denial()));
         }
         let gateway = self.gateway.clone();
         let ctx = CallContext {

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use std::sync::Arc;
+
+use super::condition::Condition;
 use super::glob::Glob;
-use super::raw::{RawFile, RawLimits, RawPolicy};
+use super::raw::{RawFile, RawLimits, RawPolicy, RawRule};
 use super::{BudgetScope, Diagnostic, LoadContext, RuleRef};
 use crate::auth::{Principal, Role};
 use crate::limits::PartialLimits;
@@ -166,6 +169,49 @@ pub(super) struct Policy {
     /// `Some` iff the policy has a `[policy.keys]` table: its principals, signed in
     /// with SSO, may issue themselves personal keys.
     pub keys: Option<At<super::KeyGrant>>,
+    /// `[[policy.rules]]`, in file order.
+    pub rules: Vec<Rule>,
+}
+
+/// A compiled `[[policy.rules]]` entry.
+#[derive(Debug)]
+pub(super) struct Rule {
+    pub line: u32,
+    /// Its 1-based place among its policy's rules, for [`RuleRef`]s.
+    pub index: usize,
+    pub tools: Vec<Glob>,
+    pub models: Vec<Glob>,
+    pub when: Option<Condition>,
+    pub effect: Effect,
+    pub reason: Option<String>,
+}
+
+/// What a rule decides when it applies.
+#[derive(Debug)]
+pub(super) enum Effect {
+    Allow,
+    Deny,
+    Approve(Arc<super::ApprovalRule>),
+}
+
+impl Effect {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+            Effect::Approve(_) => "approve",
+        }
+    }
+}
+
+impl Rule {
+    /// `rules[2] approve when "args.base == 'main'"`.
+    pub fn detail(&self) -> String {
+        match &self.when {
+            Some(when) => format!("rules[{}] {} when {:?}", self.index, self.effect.as_str(), when.text),
+            None => format!("rules[{}] {}", self.index, self.effect.as_str()),
+        }
+    }
 }
 
 impl Policy {
@@ -306,7 +352,14 @@ fn compile_policy(
         sessions: None,
         files: None,
         keys: None,
+        rules: Vec::new(),
     };
+    for (index, rule) in raw.rules.into_iter().enumerate() {
+        let line = source.line(&rule.span());
+        if let Some(rule) = compile_rule(source, line, index + 1, rule.into_inner(), errors) {
+            policy.rules.push(rule);
+        }
+    }
 
     if let Some(budget) = raw.budget {
         policy.scope = budget.scope;
@@ -415,6 +468,120 @@ fn compile_policy(
     }
 
     Compiled { policy, name_line: source.line(&name_span), name_span }
+}
+
+/// The longest an approval may wait (`expires_after_s`), and what it waits without one.
+const MAX_APPROVAL_WAIT_S: u64 = 30 * 86_400;
+const DEFAULT_APPROVAL_WAIT_S: u64 = 86_400;
+
+fn compile_rule(
+    source: &Source<'_>,
+    line: u32,
+    index: usize,
+    raw: RawRule,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Rule> {
+    let before = errors.len();
+    let tools = globs(source, raw.tools, errors).into_iter().map(|g| g.value).collect::<Vec<_>>();
+    let mut models = Vec::new();
+    for pattern in raw.models {
+        match Glob::model(pattern.get_ref()) {
+            Ok(glob) => models.push(glob),
+            Err(message) => errors.push(source.error(&pattern.span(), message)),
+        }
+    }
+    if tools.is_empty() && models.is_empty() && errors.len() == before {
+        errors.push(source.error(
+            &raw.decision.span(),
+            "a rule names no calls: give it `tools` (globs such as \"github.merge_*\") or `models`",
+        ));
+    }
+    let when = raw.when.and_then(|when| match Condition::compile(when.get_ref()) {
+        Ok(condition) => Some(condition),
+        Err(error) => {
+            errors.push(condition_error(source, &when, &error));
+            None
+        }
+    });
+    let mut approvers = Vec::new();
+    for approver in &raw.approvers {
+        match Selector::parse(approver.get_ref()) {
+            Ok(selector) => approvers.push((approver.get_ref().clone(), selector)),
+            Err(message) => errors.push(source.error(&approver.span(), message)),
+        }
+    }
+    let approval_keys = !raw.approvers.is_empty() || raw.expires_after_s.is_some() || raw.self_approval.is_some();
+    let effect = match raw.decision.get_ref().as_str() {
+        "allow" | "deny" if approval_keys => {
+            errors.push(source.error(
+                &raw.decision.span(),
+                format!(
+                    "`approvers`, `expires_after_s` and `self_approval` belong to `decision = \"approve\"`, not {:?}",
+                    raw.decision.get_ref()
+                ),
+            ));
+            return None;
+        }
+        "allow" if !models.is_empty() => {
+            errors.push(source.error(
+                &raw.decision.span(),
+                "a rule may deny a model call or ask approval for it, not allow it: models are granted by [policy.models]",
+            ));
+            return None;
+        }
+        "allow" => Effect::Allow,
+        "deny" => Effect::Deny,
+        "approve" => {
+            if approvers.is_empty() && raw.approvers.is_empty() {
+                errors.push(source.error(
+                    &raw.decision.span(),
+                    "`decision = \"approve\"` needs `approvers`: selectors such as \"team:leads\", \"user:alice\" or \"role:admin\"",
+                ));
+            }
+            let wait = raw.expires_after_s.as_ref().map_or(DEFAULT_APPROVAL_WAIT_S, |s| *s.get_ref());
+            if let Some(expiry) =
+                raw.expires_after_s.as_ref().filter(|s| !(1..=MAX_APPROVAL_WAIT_S).contains(s.get_ref()))
+            {
+                errors.push(source.error(
+                    &expiry.span(),
+                    format!("expires_after_s must be from 1 to {MAX_APPROVAL_WAIT_S} (30 days)"),
+                ));
+            }
+            Effect::Approve(Arc::new(super::ApprovalRule {
+                approvers: approvers.iter().map(|(text, _)| text.clone()).collect(),
+                selectors: approvers.into_iter().map(|(_, selector)| selector).collect(),
+                expires_after_s: wait,
+                self_approval: raw.self_approval.unwrap_or(false),
+                reason: raw.reason.clone(),
+            }))
+        }
+        other => {
+            errors.push(
+                source.error(
+                    &raw.decision.span(),
+                    format!("decision {other:?} is not \"allow\", \"deny\" or \"approve\""),
+                ),
+            );
+            return None;
+        }
+    };
+    (errors.len() == before).then_some(Rule { line, index, tools, models, when, effect, reason: raw.reason })
+}
+
+/// A condition's error at its place in the file: the expression's own line and
+/// column, counted from where its text starts inside the TOML string.
+fn condition_error(source: &Source<'_>, when: &Spanned<String>, error: &super::condition::CompileError) -> Diagnostic {
+    let span = when.span();
+    let written = source.text.get(span.clone()).unwrap_or("");
+    let quote = if written.starts_with("\"\"\"") || written.starts_with("'''") { 3 } else { 1 };
+    let mut start = (span.start + quote).min(source.text.len());
+    if quote == 3 && source.text[start..].starts_with('\n') {
+        start += 1;
+    }
+    let (line, column) = source.position(start);
+    let (line, column) =
+        if error.line <= 1 { (line, column + error.column - 1) } else { (line + error.line - 1, error.column) };
+    Diagnostic { file: source.path.to_path_buf(), line, column, message: error.message.clone() }
 }
 
 fn at<T>(source: &Source<'_>, value: Spanned<T>) -> At<T> {

@@ -16,15 +16,26 @@ pub(crate) struct Glob(String);
 impl Glob {
     /// Checks `pattern`; the error says what is wrong with it.
     pub(crate) fn new(pattern: &str) -> Result<Self, String> {
+        Self::checked(pattern, &[])
+    }
+
+    /// A glob over model names, which may also hold `:` (`tier:frontier`), `/` and
+    /// `@` (`vendor/model@version`).
+    pub(crate) fn model(pattern: &str) -> Result<Self, String> {
+        Self::checked(pattern, &[':', '/', '@'])
+    }
+
+    fn checked(pattern: &str, extra: &[char]) -> Result<Self, String> {
         if pattern.is_empty() {
             return Err("empty glob: it would match nothing; use \"*\" to match every tool".into());
         }
         if let Some(c) = pattern.chars().find(|c| c.is_whitespace()) {
             return Err(format!("glob {pattern:?} contains whitespace ({c:?})"));
         }
-        if let Some(c) = pattern.chars().find(|&c| !allowed(c)) {
+        if let Some(c) = pattern.chars().find(|&c| !allowed(c) && !extra.contains(&c)) {
+            let extra: String = extra.iter().map(|c| format!(", `{c}`")).collect();
             return Err(format!(
-                "glob {pattern:?} contains {c:?}: only letters, digits, `_`, `.`, `-`, `*` and `?` are allowed"
+                "glob {pattern:?} contains {c:?}: only letters, digits, `_`, `.`, `-`{extra}, `*` and `?` are allowed"
             ));
         }
         Ok(Self(pattern.to_owned()))

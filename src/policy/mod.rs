@@ -44,6 +44,7 @@
 //! files, in one [`PolicyError::Invalid`].
 
 mod compile;
+pub mod condition;
 mod glob;
 mod raw;
 #[cfg(test)]
@@ -282,6 +283,9 @@ impl fmt::Display for Query {
 ///
 /// Displays as `allow: FILE:LINE policy "NAME": DETAIL`, `deny: FILE:LINE policy
 /// "NAME": DETAIL` (denied by a rule), or `deny: REASON` (denied by default).
+/// A call that needs approval is not `allowed`, and carries the [`ApprovalRule`]
+/// (`approve: FILE:LINE policy "NAME": DETAIL`): a surface that cannot pause treats
+/// it as a denial.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub allowed: bool,
@@ -289,21 +293,65 @@ pub struct Decision {
     pub rule: Option<RuleRef>,
     /// A sentence for logs and error messages.
     pub reason: String,
+    /// Set when the call may go ahead only once an approver says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Arc<ApprovalRule>>,
 }
 
 impl Decision {
     fn allow(rule: RuleRef, reason: String) -> Self {
-        Self { allowed: true, rule: Some(rule), reason }
+        Self { allowed: true, rule: Some(rule), reason, approval: None }
     }
 
     fn deny(rule: Option<RuleRef>, reason: String) -> Self {
-        Self { allowed: false, rule, reason }
+        Self { allowed: false, rule, reason, approval: None }
+    }
+
+    /// What the code is told when the call is refused: the decision, and for a rule
+    /// with a condition, why (the condition's error, or the rule's reason).
+    pub fn denial(&self) -> String {
+        match &self.rule {
+            Some(rule) if rule.detail.starts_with("rules[") => format!("{self}: {}", self.reason),
+            _ => self.to_string(),
+        }
+    }
+
+    /// `allow`, `deny` or `approve`.
+    pub fn verdict(&self) -> &'static str {
+        match (self.allowed, &self.approval) {
+            (true, _) => "allow",
+            (false, Some(_)) => "approve",
+            (false, None) => "deny",
+        }
+    }
+}
+
+/// What a rule with `decision = "approve"` asks for: who may approve, and how long
+/// the call may wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApprovalRule {
+    /// The selectors as written (`team:leads`, `user:alice`, `role:admin`).
+    pub approvers: Vec<String>,
+    #[serde(skip)]
+    selectors: Vec<compile::Selector>,
+    /// How long the call waits before it is denied as expired.
+    pub expires_after_s: u64,
+    /// Whether the caller may approve their own call (never, unless the rule says so).
+    pub self_approval: bool,
+    /// The rule's `reason`, shown to approvers.
+    pub reason: Option<String>,
+}
+
+impl ApprovalRule {
+    /// Whether `principal` is among the approvers.
+    pub fn approver(&self, principal: &Principal) -> bool {
+        self.selectors.iter().any(|s| s.matches(principal))
     }
 }
 
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.allowed { "allow" } else { "deny" };
+        let verdict = self.verdict();
         match &self.rule {
             Some(rule) => write!(f, "{verdict}: {rule}"),
             None => write!(f, "{verdict}: {}", self.reason),
@@ -629,18 +677,117 @@ impl Capabilities {
         if let Some(rule) = &self.everything {
             return Decision::allow(rule.clone(), format!("tool {tool} is allowed"));
         }
+        if let Some(denied) = self.denied_tool(tool) {
+            return denied;
+        }
+        let allowed = self.allowed_tool(tool);
+        if allowed.allowed {
+            return allowed;
+        }
+        // Without its arguments, a tool some rule may allow or send for approval is
+        // one the principal may call: each call is decided by `call`.
         for policy in &self.policies {
-            if let Some(glob) = policy.deny.iter().find(|g| g.value.matches(tool)) {
-                return Decision::deny(
-                    Some(policy.rule(glob.line, format!("tools.deny {:?}", glob.value.as_str()))),
-                    format!(
-                        "tool {tool} is denied by tools.deny {:?} in policy {:?}",
-                        glob.value.as_str(),
-                        policy.name
-                    ),
+            let granting = |r: &&compile::Rule| !matches!(r.effect, compile::Effect::Deny);
+            if let Some(rule) = policy.rules.iter().filter(granting).find(|r| r.tools.iter().any(|g| g.matches(tool))) {
+                return Decision::allow(
+                    policy.rule(rule.line, rule.detail()),
+                    format!("tool {tool} may be called, as its rules decide for each call"),
                 );
             }
         }
+        allowed
+    }
+
+    /// The decision on one call, with its arguments: `tools.deny` first, then every
+    /// `[[policy.rules]]` entry naming the call whose condition holds (a deny wins,
+    /// then an approval, then an allow), then the name-only grants ([`Self::tool`],
+    /// [`Self::model`]). A condition that cannot be decided denies the call.
+    /// `tier` is a model's cost tier, when the catalog knows it.
+    pub fn call(&self, target: condition::Target<'_>, tier: Option<&str>, facts: &condition::Facts<'_>) -> Decision {
+        use compile::Effect;
+        use condition::Target;
+        if let Some(rule) = &self.everything {
+            return Decision::allow(rule.clone(), "every call is allowed".into());
+        }
+        let what = match target {
+            Target::Tool(tool) => {
+                if let Some(denied) = self.denied_tool(tool) {
+                    return denied;
+                }
+                format!("tool {tool}")
+            }
+            Target::Model(model) => format!("model {model}"),
+        };
+        let tier_name = tier.map(|t| format!("tier:{t}"));
+        let (mut approve, mut allow) = (None, None);
+        for policy in &self.policies {
+            for rule in &policy.rules {
+                let names = match target {
+                    Target::Tool(tool) => rule.tools.iter().any(|g| g.matches(tool)),
+                    Target::Model(model) => rule
+                        .models
+                        .iter()
+                        .any(|g| g.matches(model) || tier_name.as_deref().is_some_and(|tier| g.matches(tier))),
+                };
+                if !names {
+                    continue;
+                }
+                let reference = || policy.rule(rule.line, rule.detail());
+                if let Some(when) = &rule.when {
+                    match when.holds(target, facts) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(why) => {
+                            return Decision::deny(
+                                Some(reference()),
+                                format!("{what} is denied: its condition {:?} could not be decided: {why}", when.text),
+                            )
+                        }
+                    }
+                }
+                let because = rule.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+                match &rule.effect {
+                    Effect::Deny => {
+                        return Decision::deny(Some(reference()), format!("{what} is denied by a rule{because}"))
+                    }
+                    Effect::Approve(approval) => {
+                        approve.get_or_insert_with(|| Decision {
+                            allowed: false,
+                            rule: Some(reference()),
+                            reason: format!("{what} needs approval from {}{because}", approval.approvers.join(", ")),
+                            approval: Some(approval.clone()),
+                        });
+                    }
+                    Effect::Allow => {
+                        allow.get_or_insert_with(|| {
+                            Decision::allow(reference(), format!("{what} is allowed by a rule"))
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(decision) = approve.or(allow) {
+            return decision;
+        }
+        match target {
+            Target::Tool(tool) => self.allowed_tool(tool),
+            Target::Model(model) => self.model(model, tier),
+        }
+    }
+
+    /// The `tools.deny` entry that denies `tool`, if one does.
+    fn denied_tool(&self, tool: &str) -> Option<Decision> {
+        self.policies.iter().find_map(|policy| {
+            let glob = policy.deny.iter().find(|g| g.value.matches(tool))?;
+            Some(Decision::deny(
+                Some(policy.rule(glob.line, format!("tools.deny {:?}", glob.value.as_str()))),
+                format!("tool {tool} is denied by tools.deny {:?} in policy {:?}", glob.value.as_str(), policy.name),
+            ))
+        })
+    }
+
+    /// `tools.allow`, or deny by default.
+    fn allowed_tool(&self, tool: &str) -> Decision {
         for policy in &self.policies {
             if let Some(glob) = policy.allow.iter().find(|g| g.value.matches(tool)) {
                 return Decision::allow(

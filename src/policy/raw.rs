@@ -30,6 +30,28 @@ pub(super) struct RawPolicy {
     pub sessions: Option<Spanned<RawSessions>>,
     pub files: Option<Spanned<RawFiles>>,
     pub keys: Option<Spanned<RawKeys>>,
+    /// `[[policy.rules]]`: decisions on calls, under conditions.
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// One `[[policy.rules]]` entry: for calls to `tools` (or `models`), when `when`
+/// holds, `decision`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    #[serde(default)]
+    pub tools: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub models: Vec<Spanned<String>>,
+    pub when: Option<Spanned<String>>,
+    pub decision: Spanned<String>,
+    /// Why, in words, shown to the code on a denial and to approvers.
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub approvers: Vec<Spanned<String>>,
+    pub expires_after_s: Option<Spanned<u64>>,
+    pub self_approval: Option<bool>,
 }
 
 /// Any subset of the fields of [`crate::limits::Limits`].

@@ -586,6 +586,15 @@ fn policy_shipped_examples_load_and_mean_what_they_say() {
     assert!(!platform.tool("postgres.drop_table").allowed);
     assert!(platform.tier("frontier").allowed && platform.tier("standard").allowed && platform.tier("economy").allowed);
     assert_eq!(platform.budget.usd_per_day.as_ref().map(|b| (b.value, b.scope)), Some((200.0, BudgetScope::Team)));
+    // Writing straight to main is refused by a rule; other branches are not.
+    let push = |args: serde_json::Value| {
+        let facts = condition::Facts { principal: &alice(), args: &args, session: None, now_ms: 0 };
+        platform.call(condition::Target::Tool("github.push_files"), None, &facts)
+    };
+    let to_main = push(serde_json::json!({"branch": "main"}));
+    assert!(!to_main.allowed && to_main.denial().contains("through a pull request"), "{to_main}");
+    assert!(push(serde_json::json!({"branch": "dev"})).allowed);
+    assert!(push(serde_json::json!({})).allowed, "has() makes a missing branch false");
 
     let sales = set.capabilities(&who("dana", "sales", "laptop", Role::Member));
     assert_eq!(sales.matched, ["everyone"]);
@@ -664,4 +673,219 @@ fn personal_keys_are_granted_by_a_keys_table_and_merge_to_the_largest() {
     assert!(parse_err(&format!("{HEAD}[policy.keys]\nmax = 0\n")).contains("at least 1"));
     assert!(parse_err(&format!("{HEAD}[policy.keys]\nmax_lifetime_days = 0\n")).contains("at least 1"));
     assert!(parse_err(&format!("{HEAD}[policy.keys]\nlifetime = 3\n")).contains("unknown field `lifetime`"));
+}
+
+/// Conditions on calls: the `leads` example, hostile arguments, and the order of
+/// decisions, table-driven.
+#[test]
+fn policy_rules_decide_calls_by_their_conditions() {
+    use super::condition::{Facts, Target};
+    let set = parse(
+        r#"[[policy]]
+name = "agents"
+principals = ["*"]
+[policy.tools]
+allow = ["github.*", "stripe.*", "fs.*"]
+deny = ["github.delete_*"]
+[[policy.rules]]
+tools = ["github.merge_pull_request"]
+when = "args.base == 'main'"
+decision = "approve"
+approvers = ["team:leads"]
+reason = "merges into main need a lead"
+[[policy.rules]]
+tools = ["stripe.create_refund"]
+when = "args.amount >= 100"
+decision = "approve"
+approvers = ["role:admin"]
+expires_after_s = 3600
+[[policy.rules]]
+tools = ["github.*"]
+when = "has(args.repo) && !args.repo.startsWith(principal.team + '/')"
+decision = "deny"
+reason = "only your own team's repositories"
+[[policy.rules]]
+tools = ["notes.write"]
+when = "principal.role == 'admin' || session != ''"
+decision = "allow"
+[[policy.rules]]
+tools = ["github.delete_branch"]
+decision = "allow"
+[[policy.rules]]
+models = ["tier:frontier", "gpt-*"]
+when = "size(args.messages) > 3"
+decision = "deny"
+"#,
+    );
+    let alice = alice();
+    let caps = set.capabilities(&alice);
+    let deep = (0..100).fold(serde_json::json!(1), |inner, _| serde_json::json!({ "a": inner }));
+    let huge = serde_json::json!({ "base": "x".repeat(1 << 20), "repo": "platform/x" });
+    let cases: Vec<(&str, serde_json::Value, Option<&str>, &str, &str)> = vec![
+        // tool, args, session, verdict, a part of the explanation
+        ("github.merge_pull_request", serde_json::json!({"base": "main"}), None, "approve", "team:leads"),
+        ("github.merge_pull_request", serde_json::json!({"base": "dev"}), None, "allow", "tools.allow \"github.*\""),
+        ("github.merge_pull_request", serde_json::json!({"base": "main", "repo": "sales/x"}), None, "deny", "own team"),
+        (
+            "github.merge_pull_request",
+            serde_json::json!({"base": "main", "repo": "platform/x"}),
+            None,
+            "approve",
+            "rules[1]",
+        ),
+        // a missing key cannot be decided: denied, with the error
+        ("github.merge_pull_request", serde_json::json!({}), None, "deny", "No such key: base"),
+        // CEL's equality across types is false, not an error
+        ("github.merge_pull_request", serde_json::json!({"base": 7}), None, "allow", "github.*"),
+        ("github.merge_pull_request", serde_json::json!({"base": ["main"]}), None, "allow", "github.*"),
+        (
+            "github.merge_pull_request",
+            serde_json::json!({"__proto__": {"base": "main"}, "base": "dev"}),
+            None,
+            "allow",
+            "github.*",
+        ),
+        ("github.merge_pull_request", serde_json::json!({"base": "main", "constructor": 1}), None, "approve", "leads"),
+        ("github.merge_pull_request", deep.clone(), None, "deny", "No such key"),
+        ("github.merge_pull_request", huge.clone(), None, "allow", "github.*"),
+        ("stripe.create_refund", serde_json::json!({"amount": 99}), None, "allow", "stripe.*"),
+        ("stripe.create_refund", serde_json::json!({"amount": 100}), None, "approve", "role:admin"),
+        ("stripe.create_refund", serde_json::json!({"amount": 1e300}), None, "approve", "role:admin"),
+        // numbers compare across int and double
+        ("stripe.create_refund", serde_json::json!({"amount": 99.5}), None, "allow", "stripe.*"),
+        ("stripe.create_refund", serde_json::json!({"amount": 100.5}), None, "approve", "role:admin"),
+        ("stripe.create_refund", serde_json::json!({"amount": "1000"}), None, "deny", "could not be decided"),
+        // tools.deny wins over any rule that would allow
+        ("github.delete_branch", serde_json::json!({}), None, "deny", "tools.deny"),
+        // a rule grants a tool no glob allows, under its condition
+        ("notes.write", serde_json::json!({}), Some("s1"), "allow", "rules[4]"),
+        ("notes.write", serde_json::json!({}), None, "deny", "deny by default"),
+    ];
+    for (tool, args, session, verdict, part) in cases {
+        let facts = Facts { principal: &alice, args: &args, session, now_ms: 1_700_000_000_000 };
+        let decision = caps.call(Target::Tool(tool), None, &facts);
+        let shown = format!("{}: {}", decision.denial(), decision.reason);
+        assert_eq!(decision.verdict(), verdict, "{tool} {args:.80}: {shown}");
+        assert!(shown.contains(part), "{tool} {args:.80}: {shown:?} lacks {part:?}");
+    }
+    let approval = caps
+        .call(
+            Target::Tool("github.merge_pull_request"),
+            None,
+            &Facts { principal: &alice, args: &serde_json::json!({"base": "main"}), session: None, now_ms: 0 },
+        )
+        .approval
+        .expect("an approval");
+    assert_eq!((approval.expires_after_s, approval.self_approval), (86_400, false));
+    assert!(approval.approver(&who("lee", "leads", "k", Role::Member)));
+    assert!(!approval.approver(&alice));
+
+    // model calls: rules may deny, matching the model or its tier
+    let long = serde_json::json!({"messages": [1, 2, 3, 4]});
+    let short = serde_json::json!({"messages": [1]});
+    for (model, tier, args, verdict) in [
+        ("gpt-4.1", None, &long, "deny"),
+        ("claude", Some("frontier"), &long, "deny"),
+        ("claude", Some("economy"), &long, "deny"),
+        ("gpt-4.1", None, &short, "deny"),
+    ] {
+        let facts = Facts { principal: &alice, args, session: None, now_ms: 0 };
+        let decision = caps.call(Target::Model(model), tier, &facts);
+        assert_eq!(decision.verdict(), verdict, "{model}: {decision}");
+        // a rule decided only for the long requests to listed models
+        let by_rule = decision.rule.as_ref().is_some_and(|r| r.detail.starts_with("rules[6]"));
+        assert_eq!(by_rule, args == &long && (model == "gpt-4.1" || tier == Some("frontier")), "{model}: {decision}");
+    }
+    // The name-only view (tool listings): a tool a rule may allow is listed.
+    assert!(caps.tool("notes.write").allowed);
+    assert!(!caps.tool("github.delete_repo").allowed);
+}
+
+#[test]
+fn policy_rule_errors_name_file_line_and_column() {
+    let rule = |body: &str| format!("{HEAD}[[policy.rules]]\n{body}");
+    let cases = [
+        (rule("tools = [\"a.b\"]\nwhen = \"args.base ==\"\ndecision = \"deny\"\n"), "test.toml:6:"),
+        (
+            rule("tools = [\"a.b\"]\nwhen = \"arg.base == 'x'\"\ndecision = \"deny\"\n"),
+            "test.toml:6:9: unknown variable `arg`",
+        ),
+        (
+            rule("tools = [\"a.b\"]\nwhen = \"args.x.all(v, v > 1) && user == 'x'\"\ndecision = \"deny\"\n"),
+            "test.toml:6:33: unknown variable `user`",
+        ),
+        (
+            rule("tools = [\"a.b\"]\nwhen = '''\nargs.x &&\n  bogus'''\ndecision = \"deny\"\n"),
+            "test.toml:8:3: unknown variable `bogus`",
+        ),
+        (rule("tools = [\"a.b\"]\ndecision = \"maybe\"\n"), "test.toml:6:12: decision \"maybe\" is not"),
+        (
+            rule("tools = [\"a.b\"]\ndecision = \"approve\"\n"),
+            "test.toml:6:12: `decision = \"approve\"` needs `approvers`",
+        ),
+        (
+            rule("tools = [\"a.b\"]\ndecision = \"deny\"\napprovers = [\"team:x\"]\n"),
+            "belong to `decision = \"approve\"`",
+        ),
+        (rule("decision = \"deny\"\n"), "test.toml:5:12: a rule names no calls"),
+        (rule("models = [\"gpt-*\"]\ndecision = \"allow\"\n"), "not allow it: models are granted by [policy.models]"),
+        (rule("tools = [\"a b\"]\ndecision = \"deny\"\n"), "test.toml:5:10: glob \"a b\" contains whitespace"),
+        (
+            rule("tools = [\"a.b\"]\ndecision = \"approve\"\napprovers = [\"leads\"]\n"),
+            "test.toml:7:14: principal selector \"leads\" has no kind",
+        ),
+        (
+            rule("tools = [\"a.b\"]\ndecision = \"approve\"\napprovers = [\"team:x\"]\nexpires_after_s = 0\n"),
+            "test.toml:8:19: expires_after_s must be from 1",
+        ),
+        (rule("tools = [\"a.b\"]\ndecision = \"deny\"\nwhn = \"true\"\n"), "test.toml:7:1: unknown field `whn`"),
+    ];
+    for (text, expected) in cases {
+        let error = parse_err(&text);
+        assert!(error.contains(expected), "{text}\n=> {error}\nwanted {expected:?}");
+    }
+}
+
+#[test]
+fn policy_conditions_see_the_principal_claims_session_and_time() {
+    use super::condition::{Condition, Facts, Target};
+    let mut principal = alice();
+    principal.teams.push("leads".into());
+    let mut claims = serde_json::Map::new();
+    claims.insert("groups".into(), serde_json::json!(["eng", "oncall"]));
+    claims.insert("email".into(), serde_json::json!("alice@example.com"));
+    principal.claims = Some(Arc::new(crate::auth::TokenClaims(claims)));
+    let args = serde_json::json!({ "n": 3, "tags": ["a", "b"], "nested": { "deep": true } });
+    // 2023-11-14T22:13:20Z
+    let facts = Facts { principal: &principal, args: &args, session: Some("s-1"), now_ms: 1_700_000_000_000 };
+    for (expression, target, expected) in [
+        ("principal.user == 'alice' && principal.team == 'platform'", Target::Tool("a.b"), Ok(true)),
+        ("'leads' in principal.teams", Target::Tool("a.b"), Ok(true)),
+        ("principal.role == 'member' && principal.key == 'laptop'", Target::Tool("a.b"), Ok(true)),
+        ("'oncall' in principal.claims.groups", Target::Tool("a.b"), Ok(true)),
+        ("principal.claims.email.endsWith('@example.com')", Target::Tool("a.b"), Ok(true)),
+        ("tool == 'github.merge' && server == 'github' && model == ''", Target::Tool("github.merge"), Ok(true)),
+        ("model == 'gpt-4.1' && tool == ''", Target::Model("gpt-4.1"), Ok(true)),
+        ("session == 's-1'", Target::Tool("a.b"), Ok(true)),
+        ("now.getHours() == 22 && now.getFullYear() == 2023", Target::Tool("a.b"), Ok(true)),
+        ("now > timestamp('2023-01-01T00:00:00Z')", Target::Tool("a.b"), Ok(true)),
+        ("args.n * 2 == 6 && args.tags.exists(t, t == 'b') && args.nested.deep", Target::Tool("a.b"), Ok(true)),
+        ("args.tags.all(t, size(t) == 1)", Target::Tool("a.b"), Ok(true)),
+        ("args.missing == 1", Target::Tool("a.b"), Err("No such key: missing")),
+        ("args.n", Target::Tool("a.b"), Err("the condition gave an int, not a bool")),
+        ("args.n / 0 == 1", Target::Tool("a.b"), Err("")),
+    ] {
+        let condition = Condition::compile(expression).unwrap_or_else(|e| panic!("{expression}: {e:?}"));
+        let got = condition.holds(target, &facts);
+        match (&got, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(*got, want, "{expression}"),
+            (Err(why), Err(part)) => assert!(why.contains(part), "{expression}: {why}"),
+            _ => panic!("{expression}: got {got:?}, wanted {expected:?}"),
+        }
+    }
+    // A key's principal has no claims: an empty map, not an error.
+    let key = alice();
+    let facts = Facts { principal: &key, args: &args, session: None, now_ms: 0 };
+    let condition = Condition::compile("size(principal.claims) == 0 && session == ''").unwrap();
+    assert_eq!(condition.holds(Target::Tool("a.b"), &facts), Ok(true));
 }

@@ -66,8 +66,11 @@ pub async fn create_stored_key(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ask {
     Execute,
-    Tool(String),
-    Model(String),
+    /// A tool, and the arguments of a call to it: with them, the rules' conditions
+    /// are evaluated as for that call.
+    Tool(String, Option<serde_json::Value>),
+    /// A model, and a request to it (for the rules' conditions).
+    Model(String, Option<serde_json::Value>),
     Tier(String),
 }
 
@@ -76,8 +79,8 @@ impl Ask {
     pub fn query(self, catalog: &Catalog) -> Query {
         match self {
             Self::Execute => Query::Execute,
-            Self::Tool(tool) => Query::Tool(tool),
-            Self::Model(name) => {
+            Self::Tool(tool, _) => Query::Tool(tool),
+            Self::Model(name, _) => {
                 let tier = catalog.models.get(&name).map(|model| model.tier.clone());
                 Query::Model { name, tier }
             }
@@ -87,9 +90,23 @@ impl Ask {
 }
 
 /// What `set` decides for `subject` and `ask`, with the rule that decided.
+/// With a call's arguments, the decision on that call, conditions evaluated now.
 pub fn explain(set: &PolicySet, catalog: &Catalog, subject: &Principal, ask: Ask) -> (Query, Decision) {
+    use crate::policy::condition::{Facts, Target};
+    let args = match &ask {
+        Ask::Tool(_, args) | Ask::Model(_, args) => args.clone(),
+        _ => None,
+    };
     let query = ask.query(catalog);
-    let decision = set.explain(subject, &query);
+    let decision = match (&query, args) {
+        (Query::Tool(tool), Some(args)) => {
+            set.capabilities(subject).call(Target::Tool(tool), None, &Facts::now(subject, &args, None))
+        }
+        (Query::Model { name, tier }, Some(args)) => {
+            set.capabilities(subject).call(Target::Model(name), tier.as_deref(), &Facts::now(subject, &args, None))
+        }
+        _ => set.explain(subject, &query),
+    };
     (query, decision)
 }
 

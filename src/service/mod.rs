@@ -338,6 +338,7 @@ impl Service {
         limits: &Limits,
         workspace: Option<Arc<Workspace>>,
         agent_session: Option<String>,
+        session: Option<Arc<str>>,
     ) -> Doors {
         let tools = crate::mcp::door::Tools {
             upstreams: self.upstreams.clone(),
@@ -345,6 +346,7 @@ impl Service {
             grants: grants.clone(),
             test: self.test_tools,
             calls: Counter::new(limits.tool_calls, "tool calls"),
+            session: session.clone(),
         };
         let model = crate::model::door::Model {
             gateway: self.gateway.clone(),
@@ -352,6 +354,7 @@ impl Service {
             grants,
             calls: Counter::new(limits.model_calls, "model calls"),
             agent_session,
+            session,
         };
         let files = match workspace {
             Some(workspace) => Files::Workspace(workspace),
@@ -638,7 +641,9 @@ impl Service {
             MountWrites { store: self.store.clone(), owner: crate::store::Owner::of(&principal) },
         );
         let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
-        job.doors = self.doors(&principal, capabilities, &job.limits, workspace.clone(), agent_session.clone());
+        let session_id = session.as_ref().map(|lease| Arc::<str>::from(lease.id()));
+        job.doors =
+            self.doors(&principal, capabilities, &job.limits, workspace.clone(), agent_session.clone(), session_id);
         // A full server answers 503 whoever asks; a caller over their own share, 429.
         let admission = self.sandbox.admit().map_err(|overloaded| ServiceError::from(overloaded).counted())?;
         let limit = job.limits.concurrent;

@@ -108,6 +108,8 @@ impl Service {
                 subject: Some(who.subject),
                 signed_in: true,
                 local: false,
+                // The sign-in keeps who the person is, not every claim of the token.
+                claims: None,
             })));
         }
         let Some(hash) =

@@ -277,6 +277,18 @@ fn policy_check_and_explain() {
     let (code, stdout, _) = explain(&["--tool", "github.delete_repo"]);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.starts_with("deny") && stdout.contains("delete"), "{stdout}");
+    // A rule with a condition: the call's arguments decide, and the rule is named.
+    let push = ["--tool", "github.push_files", "--args"];
+    let (code, stdout, _) = explain(&[&push[..], &[r#"{"branch": "main", "files": []}"#]].concat());
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.starts_with("deny: policies/trusted.toml:") && stdout.contains("rules[1] deny when"), "{stdout}");
+    assert!(stdout.contains("through a pull request"), "{stdout}");
+    let (code, stdout, _) = explain(&[&push[..], &[r#"{"branch": "dev"}"#]].concat());
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("tools.allow \"*\""), "{stdout}");
+    let (code, _, stderr) = explain(&[&push[..], &["{bad"]].concat());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--args is not JSON"), "{stderr}");
     let (code, stdout, _) = explain(&["--tier", "frontier"]);
     assert_eq!(code, Some(0), "{stdout}");
     let (code, stdout, _) = explain(&["--execute"]);

@@ -220,3 +220,111 @@ async fn usage_totals_equal_the_records_and_members_see_only_their_own() {
     let (_, none) = usage_as(base, &org.admin.token, "since=2999-01-01").await;
     assert_eq!(none["rows"], json!([]));
 }
+
+/// `[[policy.rules]]` conditions decide each call inside the sandbox by its
+/// arguments, for tools and `model.chat`, in JavaScript and Python; a condition that
+/// cannot be decided denies, naming the rule.
+#[tokio::test]
+async fn rule_conditions_decide_each_call_by_its_arguments() {
+    let stub = crate::stub::Stub::start();
+    let key = api_key("rules-key", "rae", "platform", "member");
+    let policy = r#"
+[[policy]]
+name = "rules"
+principals = ["*"]
+[policy.limits]
+[policy.tools]
+allow = ["test.*"]
+[policy.models]
+tiers = ["economy"]
+[[policy.rules]]
+tools = ["test.echo"]
+when = "args.base == 'main' && !args.repo.startsWith(principal.team + '/')"
+decision = "deny"
+reason = "only your own team's repositories"
+[[policy.rules]]
+models = ["cheap"]
+when = "size(args.messages) > 1"
+decision = "deny"
+"#;
+    std::env::set_var("SANDGATE_RULES_PROVIDER_KEY", "sk-stub");
+    let config = format!(
+        "[sandbox]\ntest_capability = true\n{}{}",
+        key.entry,
+        stub.openai_config("SANDGATE_RULES_PROVIDER_KEY", &[("cheap", "gpt-cheap-ok", "economy")])
+    );
+    let server = start_server_with(&config, policy);
+    let js = r#"
+const out = [];
+for (const args of [{base: 'dev', repo: 'sales/x'}, {base: 'main', repo: 'platform/x'}, {base: 'main', repo: 'sales/x'}, {base: 'main'}]) {
+  try { out.push((await tools.test.echo(args)).repo ?? 'ok') } catch (e) { out.push(e.kind + ': ' + e.message) }
+}
+for (const messages of [[{role: 'user', content: 'hi'}], [{role: 'user', content: 'a'}, {role: 'user', content: 'b'}]]) {
+  try { out.push((await model.chat({model: 'cheap', messages})).model) } catch (e) { out.push(e.kind + ': ' + e.message) }
+}
+return out"#;
+    let (status, body) = post_as(&server.base, Some(&key.token), json!({ "code": js })).await;
+    assert_eq!(status, 200, "{body}");
+    let out: Vec<String> = body["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().into())
+        .collect();
+    assert_eq!(&out[..2], ["sales/x", "platform/x"], "{body}");
+    assert!(out[2].starts_with("tool_denied: deny: ") && out[2].contains("rules[1] deny when"), "{body}");
+    assert!(out[2].contains("only your own team's repositories"), "{body}");
+    assert!(out[3].starts_with("tool_denied:") && out[3].contains("could not be decided: No such key: repo"), "{body}");
+    assert_eq!(out[4], "cheap", "{body}");
+    assert!(out[5].starts_with("model_denied: deny: ") && out[5].contains("size(args.messages) > 1"), "{body}");
+    // Only the calls the rules let through reached the provider.
+    assert_eq!(stub.requests().len(), 1);
+
+    let python = r#"
+out = []
+for args in [{"base": "main", "repo": "platform/y"}, {"base": "main", "repo": "sales/y"}]:
+    try:
+        out.append((await tools.test.echo(**args))["repo"])
+    except Exception as e:
+        out.append(str(e))
+out"#;
+    let (status, body) = post_as(&server.base, Some(&key.token), json!({ "code": python, "language": "python" })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"][0], "platform/y", "{body}");
+    assert!(body["result"][1].as_str().unwrap_or_default().contains("rules[1] deny when"), "{body}");
+
+    // The ledger records the refused call as `tool_denied`, under the execution.
+    let rows =
+        ledger_rows_within(&server.ledger(), "SELECT outcome FROM calls WHERE name = 'tools.test.echo' ORDER BY id", 6);
+    let outcomes: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["ok", "ok", "tool_denied", "tool_denied", "ok", "tool_denied"]);
+
+    // The console's explain form decides a call with the arguments given.
+    let signed_in = client()
+        .post(format!("{}/ui/login", server.base))
+        .header("content-type", "application/json")
+        .body(json!({ "key": key.token }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::NO_CONTENT);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let explain = |args: &str| {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([("what", "tool"), ("name", "test.echo"), ("args", args)])
+            .finish();
+        let request = client().get(format!("{}/ui/policies?{query}", server.base)).header("cookie", cookie.clone());
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let (status, page) = explain(r#"{"base": "main", "repo": "sales/x"}"#).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("deny: user rae (team platform), tool test.echo"), "{page}");
+    assert!(page.contains("rules[1] deny when"), "the deciding condition is named: {page}");
+    let (_, page) = explain(r#"{"base": "main", "repo": "platform/x"}"#).await;
+    assert!(page.contains("allow: user rae (team platform), tool test.echo"), "{page}");
+    let (_, page) = explain("{nope").await;
+    assert!(page.contains("The arguments are not JSON"), "{page}");
+}
