@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 use sandgate::auth::Principal;
 use sandgate::limits::Limits;
 use sandgate::request::Language;
-use sandgate::sandbox::{Call, Door, Doors, ExecError, Job, MemoryFile, Outcome, Pending, Sandbox, SandboxConfig};
+use sandgate::sandbox::{Call, Door, Doors, ExecError, Job, MemoryFile, Outcome, Sandbox, SandboxConfig, Started};
 
 /// A `tools` door with the test server alone, for executions parked on a call.
 struct TestTools;
 
 impl Door for TestTools {
-    fn call(&self, call: Call) -> Result<Pending, ExecError> {
+    fn call(&self, call: Call) -> Result<Started, ExecError> {
         let tool = call.method.strip_prefix("test.").unwrap_or(&call.method).to_string();
-        Ok(sandgate::mcp::door::test_tool(tool, call.args, Arc::new(Principal::local()), call.execution_id))
+        Ok(sandgate::mcp::door::test_tool(tool, call.args, Arc::new(Principal::local()), call.execution_id).into())
     }
 }
 

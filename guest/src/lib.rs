@@ -17,7 +17,7 @@
 //! | `max_result() -> i32` | the largest result, in bytes, the host will accept |
 //! | `log(level, ptr, len)` | one console line (0 log, 1 info, 2 warn, 3 error); the host traps when the output cap is passed |
 //! | `call(name_ptr, name_len, args_ptr, args_len) -> i32` | start a host call (`name` such as `tools.server.tool`, `args` JSON); returns its id (> 0), or a negative code: -1 call limit reached |
-//! | `wait() -> i64` | block until a call completes: `(id << 32) \| length` of its reply, or -1 when no call is in flight |
+//! | `wait() -> i64` | block until a call completes: `(id << 32) \| length` of its reply; -1 when no call is in flight; -2 when every call in flight is held (see Pausing) |
 //! | `reply_read(id, ptr, len) -> i32` | copy the reply of a completed call: `{"ok": value}` or `{"error": {"kind", "message"}}` |
 //! | `source_ready()` | the code is JavaScript now (TypeScript types are stripped); the host ends the preparation phase and its tighter limits |
 //! | `finish(status, ptr, len)` | the outcome: status 0 with the result as JSON, 1 with an error object `{kind, message, name?, line?, column?, stack?}`, 2 with a message when the guest runtime itself failed |
@@ -46,7 +46,17 @@
 //! stack where it started, so the host carries a session from one execution to the
 //! next by saving the memory after one `run` and writing it back before the next.
 //!
-//! Exports: `wizer-initialize` (build time only) and `run`.
+//! # Pausing
+//!
+//! A call can be held outside the execution, waiting for a person to approve it.
+//! When nothing else is in flight, `wait` returns -2: the guest keeps the code's
+//! promise (a persistent handle in the realm) and returns from `run` without
+//! `finish`. The stack is where it started and every other thing the code holds is in
+//! linear memory, so the host saves that memory and, later and on any replica, writes
+//! it into a fresh instance and calls `resume`, which goes on waiting where `run`
+//! stopped: no code runs twice and no call is made again.
+//!
+//! Exports: `wizer-initialize` (build time only), `run` and `resume`.
 
 use std::cell::{Cell, RefCell};
 
@@ -71,6 +81,8 @@ struct State {
 
 thread_local! {
     static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+    /// The code's promise while the execution is paused (see Pausing).
+    static PAUSED: RefCell<Option<Persistent<Promise<'static>>>> = const { RefCell::new(None) };
     static RANDOM: Cell<u64> = const { Cell::new(0x853c_49e6_748f_ea9b) };
 }
 
@@ -226,12 +238,18 @@ fn drive<'js>(ctx: &Ctx<'js>, state: &State, code: String) -> rquickjs::Result<(
     let input = abi::request(abi::INPUT);
     let max_result = abi::max_result();
     let run = state.run.clone().restore(ctx)?;
-    let complete = state.complete.clone().restore(ctx)?;
     let eval_script = match abi::request(abi::MODE).as_str() {
         "session" => Some(state.eval_script.clone().restore(ctx)?),
         _ => None,
     };
     let promise: Promise = run.call((code, input, max_result, eval_script))?;
+    settle(ctx, state, promise)
+}
+
+/// Runs jobs and hands replies in until the code's promise settles, then reports its
+/// outcome; or, when the host pauses the execution, keeps the promise and returns.
+fn settle<'js>(ctx: &Ctx<'js>, state: &State, promise: Promise<'js>) -> rquickjs::Result<()> {
+    let complete = state.complete.clone().restore(ctx)?;
     loop {
         while ctx.execute_pending_job() {}
         if let Some(outcome) = promise.result::<Array>() {
@@ -240,16 +258,50 @@ fn drive<'js>(ctx: &Ctx<'js>, state: &State, code: String) -> rquickjs::Result<(
             finish(if ok { 0 } else { 1 }, &text);
             return Ok(());
         }
-        let Some((id, reply)) = abi::wait() else {
-            fail(
-                "unsettled",
-                "the code's promise can never settle: no host call is in flight and no job is queued",
-                None,
-            );
-            return Ok(());
-        };
-        let _: Value = complete.call((id as i32, reply))?;
+        match abi::wait() {
+            abi::Wait::Reply(id, reply) => {
+                let _: Value = complete.call((id as i32, reply))?;
+            }
+            abi::Wait::Idle => {
+                fail(
+                    "unsettled",
+                    "the code's promise can never settle: no host call is in flight and no job is queued",
+                    None,
+                );
+                return Ok(());
+            }
+            abi::Wait::Pause => {
+                let kept = Persistent::save(ctx, promise);
+                PAUSED.with(|paused| *paused.borrow_mut() = Some(kept));
+                return Ok(());
+            }
+        }
     }
+}
+
+/// Goes on with a paused execution (see Pausing), reporting its outcome through
+/// `finish` or pausing again.
+#[no_mangle]
+pub extern "C" fn resume() {
+    reseed();
+    STATE.with(|slot| {
+        let slot = slot.borrow();
+        let Some(state) = slot.as_ref() else {
+            fault("guest was not pre-initialised");
+            return;
+        };
+        let Some(paused) = PAUSED.with(|paused| paused.borrow_mut().take()) else {
+            fault("there is no paused execution to resume");
+            return;
+        };
+        state.context.with(|ctx| {
+            let settled = paused.restore(&ctx).and_then(|promise| settle(&ctx, state, promise));
+            if let Err(error) = settled {
+                let message = describe(&ctx, error);
+                fail("exception", &format!("the code's outcome could not be reported: {message}"), None);
+            }
+        });
+    });
 }
 
 fn describe<'js>(ctx: &Ctx<'js>, error: rquickjs::Error) -> String {

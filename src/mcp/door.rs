@@ -20,7 +20,8 @@ use crate::auth::Principal;
 use crate::error::Kind;
 use crate::policy::condition::{Facts, Target};
 use crate::policy::Capabilities;
-use crate::sandbox::{Call, Counter, Door, ExecError, Pending};
+use crate::policy::Decision;
+use crate::sandbox::{Call, Counter, Door, ExecError, Hold, Pending, Started};
 use crate::telemetry::trace;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -38,13 +39,14 @@ pub struct Tools {
 }
 
 impl Door for Tools {
-    fn call(&self, call: Call) -> Result<Pending, ExecError> {
+    fn call(&self, call: Call) -> Result<Started, ExecError> {
         self.calls.count()?;
         let facts = Facts::now(&self.principal, &call.args, self.session.as_deref());
         let decision = self.grants.call(Target::Tool(&call.method), None, &facts);
-        if !decision.allowed {
-            return Err(ExecError::new(Kind::ToolDenied, decision.denial()));
-        }
+        let call = match gate(decision, call, self.session.is_some(), Kind::ToolDenied)? {
+            Gate::Go(call) => call,
+            Gate::Held(held) => return Ok(held),
+        };
         let Some((server, tool)) = call.method.split_once('.') else {
             return Err(ExecError::new(
                 Kind::ToolDenied,
@@ -52,7 +54,7 @@ impl Door for Tools {
             ));
         };
         if self.test && server == "test" {
-            return Ok(test_tool(tool.to_string(), call.args, self.principal.clone(), call.execution_id));
+            return Ok(test_tool(tool.to_string(), call.args, self.principal.clone(), call.execution_id).into());
         }
         if self.upstreams.catalog().server(server).is_none() {
             return Err(ExecError::new(
@@ -62,7 +64,7 @@ impl Door for Tools {
         }
         let (server, tool) = (server.to_string(), tool.to_string());
         let (pool, principal) = (self.upstreams.clone(), self.principal.clone());
-        Ok(Box::pin(async move {
+        let pending: Pending = Box::pin(async move {
             let mut found = pool.catalog().get(&server, &tool).cloned();
             if found.is_none() && pool.catalog().server(&server).is_some_and(|s| !s.is_ready()) {
                 // A server that is (re)connecting has not listed its tools yet: wait for
@@ -83,8 +85,47 @@ impl Door for Tools {
             }
             span.end();
             result
-        }))
+        });
+        Ok(pending.into())
     }
+}
+
+/// What a door does with a call, given the policies' decision on it.
+pub(crate) enum Gate {
+    /// Make it.
+    Go(Call),
+    /// Hold it until an approver decides.
+    Held(Started),
+}
+
+/// Makes an allowed call, holds one that needs approval (unless it was approved
+/// already: [`Call::cleared`]), and refuses the rest with `denied` (`tool_denied`,
+/// `model_denied`). An execution in a session cannot pause yet, so there a call that
+/// needs approval is refused, saying so.
+pub(crate) fn gate(decision: Decision, call: Call, in_session: bool, denied: Kind) -> Result<Gate, ExecError> {
+    if decision.allowed {
+        return Ok(Gate::Go(call));
+    }
+    let Some(approval) = &decision.approval else {
+        return Err(ExecError::new(denied, decision.denial()));
+    };
+    if call.cleared.is_some() {
+        return Ok(Gate::Go(call));
+    }
+    if in_session {
+        return Err(ExecError::new(
+            denied,
+            format!("{}: an execution in a session cannot pause for approval yet", decision.denial()),
+        ));
+    }
+    let detail = serde_json::json!({
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "approvers": approval.approvers,
+        "expires_after_s": approval.expires_after_s,
+        "self_approval": approval.self_approval,
+    });
+    Ok(Gate::Held(Started::Held(Hold { waits_for: "approval".into(), detail }, call)))
 }
 
 /// The test server, for exercising the host-call machinery: it touches nothing

@@ -15,7 +15,7 @@ use crate::auth::Principal;
 use crate::error::Kind;
 use crate::policy::condition::{Facts, Target};
 use crate::policy::Capabilities;
-use crate::sandbox::{Call, Counter, Door, ExecError, Pending};
+use crate::sandbox::{Call, Counter, Door, ExecError, Pending, Started};
 
 /// One execution's `model` door.
 pub struct Model {
@@ -30,7 +30,7 @@ pub struct Model {
 }
 
 impl Door for Model {
-    fn call(&self, call: Call) -> Result<Pending, ExecError> {
+    fn call(&self, call: Call) -> Result<Started, ExecError> {
         self.calls.count()?;
         if call.method != "chat" {
             return Err(ExecError::new(Kind::InvalidRequest, format!("no function `model.{}`", call.method)));
@@ -41,9 +41,15 @@ impl Door for Model {
         let tier = self.gateway.catalog().models.get(requested).map(|m| m.tier.as_str());
         let facts = Facts::now(&self.principal, &call.args, self.session.as_deref());
         let decision = self.grants.call(Target::Model(requested), tier, &facts);
-        if !decision.allowed && decision.rule.is_some() {
-            return Err(ExecError::new(Kind::ModelDenied, decision.denial()));
-        }
+        // Denied by default means no rule spoke: the router decides, as for the proxy.
+        let call = if !decision.allowed && decision.rule.is_none() {
+            call
+        } else {
+            match crate::mcp::door::gate(decision, call, self.session.is_some(), Kind::ModelDenied)? {
+                crate::mcp::door::Gate::Go(call) => call,
+                crate::mcp::door::Gate::Held(held) => return Ok(held),
+            }
+        };
         let gateway = self.gateway.clone();
         let ctx = CallContext {
             principal: self.principal.clone(),
@@ -52,11 +58,12 @@ impl Door for Model {
             trace: call.trace.clone(),
             agent_session: self.agent_session.clone(),
         };
-        Ok(Box::pin(async move {
+        let pending: Pending = Box::pin(async move {
             match gateway.chat(ctx, call.args).await {
                 Ok(answer) => Ok(serde_json::to_value(answer).unwrap_or_default()),
                 Err(error) => Err(ExecError::new(error.kind(), error.to_string())),
             }
-        }))
+        });
+        Ok(pending.into())
     }
 }

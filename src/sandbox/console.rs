@@ -78,6 +78,21 @@ impl Console {
         Self { cap, used: 0, lines: Vec::new(), stream, skipped: 0 }
     }
 
+    /// A paused execution's console, going on: `lines` and what they cost kept.
+    pub(crate) fn resumed(cap: u64, stream: Option<LineSender>, lines: Vec<LogLine>, used: u64) -> Self {
+        Self { cap, used, lines, stream, skipped: 0 }
+    }
+
+    /// The live stream, handed to the console that goes on from this one.
+    pub(crate) fn take_stream(&mut self) -> Option<LineSender> {
+        self.stream.take()
+    }
+
+    /// What the lines so far cost, against the cap.
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+
     /// How many bytes of a `len`-byte line to read from the guest: never more than
     /// the cap could take (and one more, to find where a cut falls).
     pub(crate) fn wanted(&self, len: u64) -> u64 {

@@ -35,6 +35,10 @@ pub struct Call {
     /// The execution's span: the parent of any span the call makes, and what it passes
     /// on to the next hop.
     pub trace: TraceContext,
+    /// Set by the host alone, when it makes a call a door held before, now that what
+    /// it waited for has come (the id of the approval that cleared it): the door makes
+    /// it, unless the policies refuse it outright now.
+    pub cleared: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Call {
@@ -49,13 +53,39 @@ impl std::fmt::Debug for Call {
 /// A call under way: its answer, once the door has it.
 pub type Pending = BoxFuture<'static, Result<Value, ExecError>>;
 
+/// What a door does with a call it does not refuse.
+pub enum Started {
+    /// Under way.
+    Now(Pending),
+    /// Not made: it waits for something outside the execution, such as a person's
+    /// approval. The sandbox knows nothing of what: once nothing else is in flight it
+    /// pauses the execution (see [`super::Paused`]), and whoever resumes it says, call
+    /// by call, whether the door makes the call ([`Call::cleared`]) or refuses it.
+    Held(Hold, Call),
+}
+
+impl From<Pending> for Started {
+    fn from(pending: Pending) -> Self {
+        Self::Now(pending)
+    }
+}
+
+/// Why a call is held: the door's own words, kept with the paused execution.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Hold {
+    /// What it waits for (`approval`).
+    pub waits_for: String,
+    /// The door's account of it (for an approval: the rule, its approvers, expiry).
+    pub detail: Value,
+}
+
 /// A door out of the sandbox, for one execution.
 pub trait Door: Send + Sync + 'static {
-    /// Starts `call`, or refuses it at once: the guest's promise then rejects with
-    /// the error, and a limit's error (`call_limit`) ends the execution. The future
-    /// must not borrow the door: it may outlive the execution that started it only
-    /// until that execution's store is dropped.
-    fn call(&self, call: Call) -> Result<Pending, ExecError>;
+    /// Starts `call`, holds it, or refuses it at once: the guest's promise then
+    /// rejects with the error, and a limit's error (`call_limit`) ends the execution.
+    /// The future must not borrow the door: it may outlive the execution that started
+    /// it only until that execution's store is dropped.
+    fn call(&self, call: Call) -> Result<Started, ExecError>;
 }
 
 /// An execution's doors, by the name the guest calls them under.
@@ -124,8 +154,9 @@ mod tests {
     struct Echo;
 
     impl Door for Echo {
-        fn call(&self, call: Call) -> Result<Pending, ExecError> {
-            Ok(Box::pin(async move { Ok(serde_json::json!({ "method": call.method })) }))
+        fn call(&self, call: Call) -> Result<Started, ExecError> {
+            let pending: Pending = Box::pin(async move { Ok(serde_json::json!({ "method": call.method })) });
+            Ok(pending.into())
         }
     }
 

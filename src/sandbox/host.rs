@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Caller, Linker, ResourceLimiter};
 
 use super::console::{Console, LineSender, LogLevel};
-use super::door::{Call, Doors};
+use super::door::{Call, Doors, Hold, Pending, Started};
 use super::error::ExecError;
 use super::wasi::{self, HasWasi, WasiState};
 use crate::error::Kind;
@@ -101,10 +101,25 @@ pub struct HostCallRecord {
     pub outcome: String,
 }
 
-struct Started {
+/// A call in flight: when it started, for its record.
+struct InFlight {
     name: String,
     at: std::time::Instant,
     at_ms: i64,
+}
+
+/// A call a door held (see [`Started::Held`]): kept with a paused execution until it
+/// is decided.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeldCall {
+    /// The call's id in the execution.
+    pub id: u32,
+    /// Its name, e.g. `tools.github.merge_pull_request`.
+    pub name: String,
+    pub args: serde_json::Value,
+    pub hold: Hold,
+    /// Unix milliseconds.
+    pub held_at_ms: i64,
 }
 
 /// What the guest reported through `finish`.
@@ -158,7 +173,9 @@ pub(crate) struct HostState {
     pub(crate) calls_started: u32,
     in_flight: FuturesUnordered<BoxFuture<'static, (u32, Vec<u8>, &'static str)>>,
     replies: HashMap<u32, Vec<u8>>,
-    started: HashMap<u32, Started>,
+    started: HashMap<u32, InFlight>,
+    /// Calls held outside the execution (see [`HeldCall`]).
+    pub(crate) held: Vec<HeldCall>,
     pub(crate) call_records: Vec<HostCallRecord>,
     pub(crate) outcome: Option<GuestOutcome>,
     execution_id: Arc<str>,
@@ -222,6 +239,7 @@ impl HostState {
             in_flight: FuturesUnordered::new(),
             replies: HashMap::new(),
             started: HashMap::new(),
+            held: Vec::new(),
             call_records: Vec::new(),
             outcome: None,
             execution_id: setup.execution_id,
@@ -241,6 +259,68 @@ impl HostState {
                 latency_ms: call.at.elapsed().as_millis() as u64,
                 outcome: "cancelled".into(),
             });
+        }
+    }
+
+    /// Routes call `name` to its door: started, held, or refused.
+    fn start(&self, name: &str, args: serde_json::Value, cleared: Option<Arc<str>>) -> Result<Started, ExecError> {
+        let (door, method) = self.doors.route(name)?;
+        door.call(Call {
+            method: method.to_string(),
+            args,
+            execution_id: self.execution_id.clone(),
+            trace: self.trace.clone(),
+            cleared,
+        })
+    }
+
+    /// Puts call `id` in flight: the future of a started call, or its refusal, which
+    /// is recorded at once with its reason, whether or not the code ever awaits it.
+    fn launch(&mut self, id: u32, name: String, call: Result<Pending, ExecError>) {
+        let max_reply = self.limits.result_bytes as usize;
+        match &call {
+            Err(error) => self.call_records.push(HostCallRecord {
+                name: name.clone(),
+                started_at_ms: now_ms(),
+                latency_ms: 0,
+                outcome: error.kind.as_str().into(),
+            }),
+            Ok(_) => {
+                self.started.insert(id, InFlight { name, at: std::time::Instant::now(), at_ms: now_ms() });
+            }
+        }
+        self.in_flight.push(Box::pin(async move {
+            let result = match call {
+                Ok(future) => future.await,
+                Err(error) => Err(error),
+            };
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(error) => error.kind.as_str(),
+            };
+            let mut reply = envelope(result);
+            if reply.len() > max_reply {
+                reply = envelope(Err(ExecError::new(
+                    Kind::OutputLimit,
+                    format!("reply of {} bytes is over the {max_reply}-byte limit", reply.len()),
+                )));
+            }
+            (id, reply, outcome)
+        }));
+    }
+
+    /// Lets the held calls go, as their deciders said: each one cleared is made now
+    /// (the door still refuses it if the policies now deny it outright), each one
+    /// refused rejects in the code with its error. A call not named stays held.
+    pub(crate) fn release(&mut self, decisions: Vec<(u32, Result<Arc<str>, ExecError>)>) {
+        for (id, decision) in decisions {
+            let Some(at) = self.held.iter().position(|held| held.id == id) else { continue };
+            let held = self.held.remove(at);
+            let call = decision.and_then(|cleared| match self.start(&held.name, held.args, Some(cleared))? {
+                Started::Now(future) => Ok(future),
+                Started::Held(..) => Err(ExecError::new(Kind::Internal, "a cleared call was held again")),
+            });
+            self.launch(id, held.name, call);
         }
     }
 
@@ -488,15 +568,7 @@ fn link_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let call = if name.len() > MAX_CALL_NAME {
                 Err(ExecError::new(Kind::InvalidRequest, "host call name is too long"))
             } else {
-                args.and_then(|args| {
-                    let (door, method) = state.doors.route(&name)?;
-                    door.call(Call {
-                        method: method.to_string(),
-                        args,
-                        execution_id: state.execution_id.clone(),
-                        trace: state.trace.clone(),
-                    })
-                })
+                args.and_then(|args| state.start(&name, args, None))
             };
             // A door's limit ends the execution, as the host's own does.
             if let Err(error) = &call {
@@ -504,38 +576,13 @@ fn link_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     return Err(state.trap(error.clone()));
                 }
             }
-            let max_reply = state.limits.result_bytes as usize;
-            match &call {
-                Err(error) => state.call_records.push(HostCallRecord {
-                    name: name.clone(),
-                    started_at_ms: now_ms(),
-                    latency_ms: 0,
-                    outcome: error.kind.as_str().into(),
-                }),
-                Ok(_) => {
-                    state
-                        .started
-                        .insert(id, Started { name: name.clone(), at: std::time::Instant::now(), at_ms: now_ms() });
+            match call {
+                Ok(Started::Held(hold, call)) => {
+                    state.held.push(HeldCall { id, name: name.clone(), args: call.args, hold, held_at_ms: now_ms() });
                 }
+                Ok(Started::Now(future)) => state.launch(id, name.clone(), Ok(future)),
+                Err(error) => state.launch(id, name.clone(), Err(error)),
             }
-            state.in_flight.push(Box::pin(async move {
-                let result = match call {
-                    Ok(future) => future.await,
-                    Err(error) => Err(error),
-                };
-                let outcome = match &result {
-                    Ok(_) => "ok",
-                    Err(error) => error.kind.as_str(),
-                };
-                let mut reply = envelope(result);
-                if reply.len() > max_reply {
-                    reply = envelope(Err(ExecError::new(
-                        Kind::OutputLimit,
-                        format!("reply of {} bytes is over the {max_reply}-byte limit", reply.len()),
-                    )));
-                }
-                (id, reply, outcome)
-            }));
             tracing::debug!(call = %name, id, "host call started");
             Ok(id as i32)
         },
@@ -550,7 +597,9 @@ fn link_wait(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Box::new(async move {
             let state = caller.data_mut();
             if state.in_flight.is_empty() {
-                return -1i64;
+                // Held calls wait outside the execution: the guest returns, to be
+                // resumed once they are decided (see `Paused`).
+                return if state.held.is_empty() { -1i64 } else { -2 };
             }
             let cpu = state.cpu.clone();
             cpu.release();

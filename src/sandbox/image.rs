@@ -46,6 +46,33 @@ impl MemoryImage {
         })
     }
 
+    /// The image as bytes for a store: the size (u64, little-endian), then the
+    /// pages as [`MemoryImage::chunks`] gives them.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(8 + self.entries.len());
+        bytes.extend_from_slice(&self.size.to_le_bytes());
+        bytes.extend_from_slice(&self.entries);
+        bytes
+    }
+
+    /// An image [`MemoryImage::encode`] made; `None` for bytes it cannot have made.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (size, entries) = bytes.split_at_checked(8)?;
+        let size = u64::from_le_bytes(size.try_into().ok()?);
+        if entries.len() % (4 + CHUNK) != 0 || size % 65_536 != 0 {
+            return None;
+        }
+        let image = Self { size, entries: entries.to_vec() };
+        let mut last = None;
+        for (index, _) in image.chunks() {
+            if (u64::from(index) + 1) * CHUNK as u64 > size || last.is_some_and(|l| l >= index) {
+                return None;
+            }
+            last = Some(index);
+        }
+        Some(image)
+    }
+
     /// How many pages it holds.
     pub fn len(&self) -> usize {
         self.entries.len() / (4 + CHUNK)

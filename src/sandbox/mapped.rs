@@ -111,6 +111,17 @@ impl Pristine {
         self.bytes.is_empty()
     }
 
+    /// The pages of `memory` that differ from this fresh memory (zeros past its end):
+    /// what a paused execution keeps.
+    pub fn changed_pages(&self, memory: &[u8]) -> Vec<u32> {
+        memory
+            .chunks_exact(PAGE)
+            .enumerate()
+            .filter(|(index, bytes)| *bytes != self.page(*index))
+            .map(|(index, _)| index as u32)
+            .collect()
+    }
+
     /// Page `index` of it; zeros past its end.
     fn page(&self, index: usize) -> &[u8] {
         const ZEROS: [u8; PAGE] = [0; PAGE];

@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
 
 pub use console::{LineSender, LogLevel, LogLine, LINE_BUFFER, LINE_COST, TRUNCATED};
-pub use door::{Call, Counter, Door, Doors, Pending};
+pub use door::{Call, Counter, Door, Doors, Hold, Pending, Started};
 pub use error::{ExecError, Rejected};
-pub use host::HostCallRecord;
+pub use host::{HeldCall, HostCallRecord};
 pub use image::MemoryImage;
 pub use mapped::MemoryFile;
 
@@ -169,6 +169,67 @@ pub struct Outcome {
     /// none, so the session stays where it was before it.
     #[serde(skip)]
     pub session_image: Option<MemoryImage>,
+    /// Set when the execution paused at calls held outside it (`ok` is then false
+    /// and `error` none): what it needs to go on, for [`Sandbox::resume`].
+    #[serde(skip)]
+    pub paused: Option<Box<Paused>>,
+}
+
+/// An execution stopped at calls its doors held ([`Started::Held`]), with everything
+/// it needs to go on, on any replica: the pages of its memory that differ from a
+/// fresh guest's, and its bookkeeping. The guest returned from its export at the
+/// pause, so nothing of it lives on any stack; [`Sandbox::resume`] writes the memory
+/// into a fresh instance and calls the guest's `resume`. No code runs again and no
+/// call is made again: the calls it made before are answered and done.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Paused {
+    pub language: Language,
+    /// The memory (not serialized: [`MemoryImage::encode`] stores it apart).
+    #[serde(skip)]
+    pub memory: MemoryImage,
+    /// The calls it waits for.
+    pub held: Vec<HeldCall>,
+    /// Calls it has started, held ones included (ids go on from here).
+    pub calls_started: u32,
+    /// What it used before the pause: fuel, wall-clock time, output, memory.
+    pub fuel_used: u64,
+    pub wall_ms: u64,
+    pub output_used: u64,
+    pub memory_peak: u64,
+    /// Its console lines so far: the outcome carries them all.
+    pub logs: Vec<LogLine>,
+    /// Unix milliseconds when it first started.
+    pub started_at_ms: i64,
+}
+
+/// A paused execution to go on with (see [`Sandbox::resume`]).
+pub struct Resume {
+    pub paused: Paused,
+    /// For each held call: cleared (what cleared it, e.g. the approval's id), so the
+    /// door makes it now; or refused with an error the code sees. A held call not
+    /// named stays held, and the execution pauses again once nothing else is in
+    /// flight.
+    pub decisions: Vec<(u32, Result<Arc<str>, ExecError>)>,
+    /// The execution's doors, built anew for its principal.
+    pub doors: Doors,
+    /// Its limits, as it started with them.
+    pub limits: Limits,
+    pub id: Arc<str>,
+    pub trace: TraceContext,
+}
+
+/// What a resumed execution starts from, besides its job.
+struct Resumed {
+    held: Vec<HeldCall>,
+    decisions: Vec<(u32, Result<Arc<str>, ExecError>)>,
+    calls_started: u32,
+    fuel_used: u64,
+    wall_ms: u64,
+    output_used: u64,
+    memory_peak: u64,
+    logs: Vec<LogLine>,
+    started_at_ms: i64,
+    memory: Arc<MemoryFile>,
 }
 
 /// The sandbox: engine, compiled guests and admission control.
@@ -369,7 +430,7 @@ impl Sandbox {
             (Language::Javascript | Language::Typescript, None) => &self.pre,
         };
         let execution_id = job.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string().into());
-        let outcome = self.run(pre, job, lines, cpu.clone(), execution_id, cancel).await;
+        let outcome = self.run(pre, job, lines, cpu.clone(), execution_id, cancel, None).await;
         cpu.release();
         drop(admission);
         tracing::debug!(
@@ -382,6 +443,62 @@ impl Sandbox {
         Ok(outcome)
     }
 
+    /// Goes on with a paused execution in the slot `admission` holds: its memory in
+    /// a fresh instance of its guest, its held calls released as `resume.decisions`
+    /// say, then the guest's `resume`. The outcome is the whole execution's (its
+    /// console lines and usage from before the pause included), or another pause.
+    /// `Err` as for [`Sandbox::run_admitted`].
+    pub async fn resume(
+        &self,
+        admission: Admission,
+        resume: Resume,
+        lines: Option<LineSender>,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, Rejected> {
+        let Resume { paused, decisions, doors, limits, id, trace } = resume;
+        let cpu = CpuSlot::new(self.cpu.clone());
+        tokio::select! {
+            acquired = tokio::time::timeout(self.config.queue_timeout, cpu.acquire()) => {
+                if acquired.is_err() {
+                    return Err(Rejected::Overloaded { retry_after_secs: 1 });
+                }
+            }
+            () = cancel.cancelled() => return Err(Rejected::Cancelled),
+        }
+        let language = paused.language;
+        let prepared = async {
+            let guest = self.session_guest(language).await?;
+            let memory = MemoryFile::create(guest.pristine.clone(), paused.memory.size, paused.memory.chunks())?;
+            Ok::<_, anyhow::Error>((&guest.pre, memory))
+        };
+        let (pre, memory) = match prepared.await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                cpu.release();
+                tracing::error!(%error, "cannot make a paused execution's memory");
+                return Err(Rejected::Internal(format!("the paused execution cannot be resumed: {error}")));
+            }
+        };
+        let job = Job { doors, trace, id: Some(id.clone()), ..Job::new(String::new(), language, limits) };
+        let resumed = Resumed {
+            held: paused.held,
+            decisions,
+            calls_started: paused.calls_started,
+            fuel_used: paused.fuel_used,
+            wall_ms: paused.wall_ms,
+            output_used: paused.output_used,
+            memory_peak: paused.memory_peak,
+            logs: paused.logs,
+            started_at_ms: paused.started_at_ms,
+            memory: Arc::new(memory),
+        };
+        let outcome = self.run(pre, job, lines, cpu.clone(), id, cancel, Some(resumed)).await;
+        cpu.release();
+        drop(admission);
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         pre: &InstancePre<HostState>,
@@ -390,11 +507,12 @@ impl Sandbox {
         cpu: CpuSlot,
         execution_id: Arc<str>,
         cancel: &CancellationToken,
+        resumed: Option<Resumed>,
     ) -> Outcome {
         let limits = job.limits;
         let preparing = match job.language {
-            Language::Typescript => Some(prepare_limits(&limits, job.code.len())),
-            Language::Javascript | Language::Python => None,
+            Language::Typescript if resumed.is_none() => Some(prepare_limits(&limits, job.code.len())),
+            _ => None,
         };
 
         let input = match &job.input {
@@ -414,13 +532,34 @@ impl Sandbox {
             session: job.session.is_some(),
             trace: job.trace,
         });
+        let mut state = state;
+        // What a resumed execution used before it paused counts against its limits.
+        let (mut before, mut mapped, mut entry) = (None, job.session.clone(), "run");
+        if let Some(resumed) = resumed {
+            state.calls_started = resumed.calls_started;
+            state.held = resumed.held;
+            state.console = console::Console::resumed(
+                limits.output_bytes,
+                state.console.take_stream(),
+                resumed.logs,
+                resumed.output_used,
+            );
+            state.fuel_granted = limits.fuel.saturating_sub(resumed.fuel_used);
+            state.limiter.peak = resumed.memory_peak as usize;
+            state.release(resumed.decisions);
+            before = Some((resumed.fuel_used, resumed.wall_ms, resumed.started_at_ms));
+            mapped = Some(resumed.memory);
+            entry = "resume";
+        }
+        let (fuel_before, wall_before) = before.map_or((0, 0), |(fuel, wall, _)| (fuel, wall));
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
         // Fuel can be set only when the engine consumes fuel, which ours always does.
         let _ = store.set_fuel(store.data().fuel_granted);
         let started = Instant::now();
-        let started_at_ms = crate::time::now_ms();
-        let deadline = started + Duration::from_millis(limits.wall_ms);
+        let started_at_ms = before.map_or_else(crate::time::now_ms, |(_, _, at)| at);
+        let wall_left = limits.wall_ms.saturating_sub(wall_before).max(1);
+        let deadline = started + Duration::from_millis(wall_left);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |context| {
             if Instant::now() >= deadline {
@@ -436,7 +575,7 @@ impl Sandbox {
             let memory = instance
                 .get_memory(&mut store, "memory")
                 .ok_or_else(|| wasmtime::Error::msg("the guest exports no memory"))?;
-            if let Some(file) = &session {
+            if let Some(file) = &mapped {
                 // Grown first (through the store's limiter, like any growth), then
                 // the session's file mapped over it.
                 let (size, current) = (file.size(), memory.data_size(&store) as u64);
@@ -449,22 +588,68 @@ impl Sandbox {
                 unsafe { file.map_over(memory.data_mut(&mut store)) }
                     .map_err(|e| wasmtime::Error::msg(format!("cannot map the session's memory: {e}")))?;
             }
-            let entry = instance.get_typed_func::<(), ()>(&mut store, "run")?;
+            let entry = instance.get_typed_func::<(), ()>(&mut store, entry)?;
             entry.call_async(&mut store, ()).await?;
             Ok::<_, wasmtime::Error>(memory)
         };
         // Dropping the guest's future stops it where it is; the store stays readable.
         let result = tokio::select! {
-            result = tokio::time::timeout(Duration::from_millis(limits.wall_ms), run) => Some(result),
+            result = tokio::time::timeout(Duration::from_millis(wall_left), run) => Some(result),
             () = cancel.cancelled() => None,
         };
-        let wall_ms = started.elapsed().as_millis() as u64;
+        let wall_ms = wall_before + started.elapsed().as_millis() as u64;
 
         let fuel_left = store.get_fuel().unwrap_or(0);
+        // The guest returned without an outcome, waiting on held calls: a pause.
+        if let (Some(Ok(Ok(memory))), None, false) = (&result, &store.data().outcome, store.data().held.is_empty()) {
+            let data = memory.data(&store);
+            let pristine = match self.session_guest(job.language).await {
+                Ok(guest) => guest.pristine.clone(),
+                Err(error) => {
+                    let error = ExecError::new(Kind::Internal, format!("the paused execution cannot be kept: {error}"));
+                    let state = store.data_mut();
+                    state.cancel_in_flight();
+                    let usage = Usage {
+                        fuel: fuel_before + state.fuel_granted.saturating_sub(fuel_left),
+                        wall_ms,
+                        memory_bytes: state.limiter.peak as u64,
+                        host_calls: state.calls_started,
+                        strip: state.strip_usage,
+                    };
+                    return finish(state, None, Some(error), usage, started_at_ms, execution_id);
+                }
+            };
+            let pages = pristine.changed_pages(data);
+            let image = MemoryImage::from_pages(data, &pages);
+            let state = store.data_mut();
+            let usage = Usage {
+                fuel: fuel_before + state.fuel_granted.saturating_sub(fuel_left),
+                wall_ms,
+                memory_bytes: state.limiter.peak as u64,
+                host_calls: state.calls_started,
+                strip: state.strip_usage,
+            };
+            let paused = Paused {
+                language: job.language,
+                memory: image,
+                held: std::mem::take(&mut state.held),
+                calls_started: state.calls_started,
+                fuel_used: usage.fuel,
+                wall_ms,
+                output_used: state.console.used(),
+                memory_peak: usage.memory_bytes,
+                logs: state.console.lines.clone(),
+                started_at_ms,
+            };
+            let mut outcome = finish(state, None, None, usage, started_at_ms, execution_id);
+            outcome.ok = false;
+            outcome.paused = Some(Box::new(paused));
+            return outcome;
+        }
         let state = store.data_mut();
         state.cancel_in_flight();
         let usage = |state: &HostState| Usage {
-            fuel: state.fuel_granted.saturating_sub(fuel_left),
+            fuel: fuel_before + state.fuel_granted.saturating_sub(fuel_left),
             wall_ms,
             memory_bytes: state.limiter.peak as u64,
             host_calls: state.calls_started,
@@ -566,6 +751,7 @@ fn finish(
         started_at_ms,
         calls: std::mem::take(&mut state.call_records),
         session_image: None,
+        paused: None,
     }
 }
 

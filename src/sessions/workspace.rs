@@ -38,7 +38,7 @@ use super::path::{FilePath, PathError};
 use super::scratch::{Scratch, ScratchDir};
 use crate::error::Kind;
 use crate::policy::FilesGrant;
-use crate::sandbox::{Call, Door, ExecError, Pending};
+use crate::sandbox::{Call, Door, ExecError, Pending, Started};
 use crate::store::{FileChange, Owner, Store, StoredFile};
 
 /// The session whose workspace an execution works in.
@@ -709,9 +709,12 @@ pub enum Files {
 }
 
 impl Door for Files {
-    fn call(&self, call: Call) -> Result<Pending, ExecError> {
+    fn call(&self, call: Call) -> Result<Started, ExecError> {
         match self {
-            Self::Workspace(workspace) => Ok(Box::pin(workspace.clone().call(call.method, call.args))),
+            Self::Workspace(workspace) => {
+                let pending: Pending = Box::pin(workspace.clone().call(call.method, call.args));
+                Ok(pending.into())
+            }
             Self::None => Err(ExecError::new(
                 Kind::FileError,
                 "EACCES: this execution has no file access: files live in a session's workspace (open a session) \

@@ -23,6 +23,7 @@ mod limits;
 mod mcp;
 mod models;
 mod operations;
+mod pauses;
 mod policies;
 mod postgres;
 mod python;

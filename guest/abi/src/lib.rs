@@ -59,13 +59,27 @@ pub fn call(name: &str, args: &str) -> i32 {
     unsafe { host::call(name.as_ptr(), name.len() as u32, args.as_ptr(), args.len() as u32) }
 }
 
-/// Blocks until a host call completes: its id and reply (`{"ok": value}` or
-/// `{"error": {"kind", "message"}}`), or `None` when no call is in flight.
-pub fn wait() -> Option<(u32, String)> {
+/// What waiting for the host gives.
+pub enum Wait {
+    /// A host call completed: its id and reply (`{"ok": value}` or
+    /// `{"error": {"kind", "message"}}`).
+    Reply(u32, String),
+    /// No call is in flight: nothing will ever complete.
+    Idle,
+    /// Every call in flight is held outside the execution (a person's approval):
+    /// the guest returns from the export it is in, keeping everything it needs to go
+    /// on in its memory, and the host calls `resume` once a reply can come.
+    Pause,
+}
+
+/// Blocks until a host call completes, or says none will (see [`Wait`]).
+pub fn wait() -> Wait {
     // SAFETY: a plain query with no memory arguments.
     let ready = unsafe { host::wait() };
-    if ready < 0 {
-        return None;
+    match ready {
+        -2 => return Wait::Pause,
+        r if r < 0 => return Wait::Idle,
+        _ => {}
     }
     let id = (ready >> 32) as u32;
     let len = (ready & 0xffff_ffff) as usize;
@@ -73,7 +87,7 @@ pub fn wait() -> Option<(u32, String)> {
     // SAFETY: the host writes at most `len` bytes into the buffer we own.
     let written = unsafe { host::reply_read(id, buf.as_mut_ptr(), len as u32) }.max(0) as usize;
     buf.truncate(written);
-    Some((id, String::from_utf8_lossy(&buf).into_owned()))
+    Wait::Reply(id, String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Ends the preparation phase (see the host's docs).

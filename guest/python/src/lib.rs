@@ -24,7 +24,13 @@
 //! that future. Attribute lookups on the host objects `tools` and `model`
 //! (`NameLookup`) name the server and tool.
 //!
-//! Exports: `wizer-initialize` (build time only) and `run`.
+//! When the host holds every call in flight (a call waiting for a person's
+//! approval), its `wait` says so: the guest keeps the interpreter's suspended state
+//! and its own bookkeeping in memory ([`PAUSED`]) and returns from `run` without an
+//! outcome; `resume`, called in a fresh instance holding that memory, drives on from
+//! there. Nothing runs twice.
+//!
+//! Exports: `wizer-initialize` (build time only), `run` and `resume`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -43,7 +49,7 @@ use serde_json::{json, Value};
 /// Drives the interpreter through its suspensions to the end: the same loop over a
 /// script's `RunProgress` and a session's `ReplProgress`, which have the same shape.
 macro_rules! drive {
-    ($run:expr, $progress:expr, $P:ident, $complete:pat => $done:expr, $err:ident => $failed:expr) => {{
+    ($run:expr, $progress:expr, $P:ident, $suspend:path, $complete:pat => $done:expr, $err:ident => $failed:expr) => {{
         let run: &mut Run = $run;
         let mut progress = $progress;
         loop {
@@ -76,6 +82,11 @@ macro_rules! drive {
                     }
                     Resolved::Stale => Ok($P::ResolveFutures(pending)),
                     Resolved::Unsettled => break Ended::Reported,
+                    Resolved::Pause => {
+                        let kept = (std::mem::take(run), $suspend($P::ResolveFutures(pending)));
+                        PAUSED.with(|paused| *paused.borrow_mut() = Some(kept));
+                        break Ended::Paused;
+                    }
                 },
                 $P::OsCall(os) => {
                     let result = os_call(run, os.function_call.clone());
@@ -164,6 +175,7 @@ fn host_object(name: &str, id: MontyUuid) -> MontyObject {
 }
 
 /// What one run keeps while it drives the interpreter.
+#[derive(Default)]
 struct Run {
     console: Console,
     /// Server objects handed out: id → server name.
@@ -372,9 +384,19 @@ enum Ended {
     Raised(MontyException),
     /// The outcome is reported already (an execution that can never settle).
     Reported,
+    /// The host paused the execution; the run is kept in [`PAUSED`].
+    Paused,
+}
+
+/// The interpreter's state at a pause: a script's or a session's.
+enum Suspended {
+    Script(RunProgress),
+    Repl(ReplProgress),
 }
 
 thread_local! {
+    /// A paused run and where its interpreter stopped, until `resume`.
+    static PAUSED: RefCell<Option<(Run, Suspended)>> = const { RefCell::new(None) };
     /// A session's interpreter: its globals live on in the guest's memory, which the
     /// host carries from one execution to the next.
     static REPL: RefCell<Option<MontyRepl>> = const { RefCell::new(None) };
@@ -434,30 +456,60 @@ pub extern "C" fn run() {
         // A session made before a change of limits takes the current ones.
         *repl.tracker_mut() = limits();
         let progress = repl.feed_start(&code, globals, PrintWriter::Callback(&mut run.console));
-        drive!(
-            &mut run,
-            progress,
-            ReplProgress,
-            ReplProgress::Complete { repl, value } => {
-                REPL.with(|slot| *slot.borrow_mut() = Some(repl));
-                Ended::Value(value)
-            },
-            failed => {
-                let ReplStartError { repl, error } = *failed;
-                REPL.with(|slot| *slot.borrow_mut() = Some(repl));
-                Ended::Raised(error)
-            }
-        )
+        drive_repl(&mut run, progress)
     } else {
         let (names, values): (Vec<String>, Vec<MontyObject>) = globals.into_iter().unzip();
         match MontyRun::new(code, FILENAME, names, CompileOptions::default()) {
             Ok(runner) => {
                 let progress = runner.start(values, limits(), PrintWriter::Callback(&mut run.console));
-                drive!(&mut run, progress, RunProgress, RunProgress::Complete(value) => Ended::Value(value), error => Ended::Raised(error))
+                drive_script(&mut run, progress)
             }
             Err(exception) => Ended::Raised(exception),
         }
     };
+    conclude(&mut run, ended);
+}
+
+/// Goes on with a paused run (see the crate docs), to its outcome or another pause.
+#[no_mangle]
+pub extern "C" fn resume() {
+    let Some((mut run, suspended)) = PAUSED.with(|paused| paused.borrow_mut().take()) else {
+        return abi::fault("there is no paused execution to resume");
+    };
+    let ended = match suspended {
+        Suspended::Script(progress) => drive_script(&mut run, Ok(progress)),
+        Suspended::Repl(progress) => drive_repl(&mut run, Ok(progress)),
+    };
+    conclude(&mut run, ended);
+}
+
+fn drive_script(run: &mut Run, progress: Result<RunProgress, MontyException>) -> Ended {
+    drive!(run, progress, RunProgress, Suspended::Script, RunProgress::Complete(value) => Ended::Value(value), error => Ended::Raised(error))
+}
+
+fn drive_repl(run: &mut Run, progress: Result<ReplProgress, Box<ReplStartError>>) -> Ended {
+    drive!(
+        run,
+        progress,
+        ReplProgress,
+        Suspended::Repl,
+        ReplProgress::Complete { repl, value } => {
+            REPL.with(|slot| *slot.borrow_mut() = Some(repl));
+            Ended::Value(value)
+        },
+        failed => {
+            let ReplStartError { repl, error } = *failed;
+            REPL.with(|slot| *slot.borrow_mut() = Some(repl));
+            Ended::Raised(error)
+        }
+    )
+}
+
+/// Reports how a run ended through `finish` (a paused run reports nothing yet).
+fn conclude(run: &mut Run, ended: Ended) {
+    if matches!(ended, Ended::Paused) {
+        return;
+    }
     run.console.flush();
     match ended {
         Ended::Value(value) => match to_json(&value) {
@@ -484,7 +536,7 @@ pub extern "C" fn run() {
             }
             abi::finish(1, &describe(&exception))
         }
-        Ended::Reported => {}
+        Ended::Reported | Ended::Paused => {}
     }
 }
 
@@ -563,13 +615,25 @@ enum Resolved {
     Stale,
     /// Nothing is in flight: the code can never settle (reported).
     Unsettled,
+    /// The host pauses the execution: every call in flight is held.
+    Pause,
 }
 
 fn resolve(run: &mut Run, pending: &[u32]) -> Resolved {
-    let next = run.early.pop_front().or_else(abi::wait);
-    let Some((host_id, reply)) = next else {
-        abi::fail("unsettled", "the code awaits a call that can never complete: no host call is in flight", None);
-        return Resolved::Unsettled;
+    let (host_id, reply) = match run.early.pop_front() {
+        Some(early) => early,
+        None => match abi::wait() {
+            abi::Wait::Reply(id, reply) => (id, reply),
+            abi::Wait::Pause => return Resolved::Pause,
+            abi::Wait::Idle => {
+                abi::fail(
+                    "unsettled",
+                    "the code awaits a call that can never complete: no host call is in flight",
+                    None,
+                );
+                return Resolved::Unsettled;
+            }
+        },
     };
     let Some(call_id) = run.calls.remove(&host_id).filter(|id| pending.contains(id)) else {
         return Resolved::Stale;
@@ -627,7 +691,8 @@ fn fs(run: &mut Run, method: &str, args: Value) -> Result<MontyObject, MontyExce
         ));
     }
     loop {
-        let Some((ready, reply)) = abi::wait() else {
+        // A file call in flight is never held, so the host cannot pause here.
+        let abi::Wait::Reply(ready, reply) = abi::wait() else {
             return Err(MontyException::new(ExcType::RuntimeError, Some("the host lost a file call".into())));
         };
         if ready == id as u32 {

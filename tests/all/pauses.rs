@@ -1,0 +1,199 @@
+//! Executions that pause at a held call and go on elsewhere: the guest returns at the
+//! pause, its memory and bookkeeping are all there is, and another sandbox (another
+//! replica, after a restart) resumes it from them, making no call twice.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use sandgate::error::Kind;
+use sandgate::limits::Limits;
+use sandgate::request::Language;
+use sandgate::sandbox::{
+    Call, Door, Doors, ExecError, Hold, MemoryImage, Outcome, Paused, Pending, Resume, Sandbox, SandboxConfig, Started,
+};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::cache_dir;
+
+fn sandbox() -> Sandbox {
+    let mut config: SandboxConfig = sandgate::config::Config::default().sandbox;
+    config.cache_dir = Some(cache_dir().into());
+    Sandbox::new(config).expect("the sandbox builds")
+}
+
+/// `x.echo` answers its arguments; `x.guarded` is held until cleared. Every call
+/// the door makes is counted, by name.
+#[derive(Default)]
+struct Counted {
+    echo: AtomicU32,
+    guarded: AtomicU32,
+}
+
+struct Tools(Arc<Counted>);
+
+impl Door for Tools {
+    fn call(&self, call: Call) -> Result<Started, ExecError> {
+        let counted = self.0.clone();
+        match call.method.as_str() {
+            "x.echo" => {
+                counted.echo.fetch_add(1, Ordering::SeqCst);
+                let pending: Pending = Box::pin(async move { Ok(call.args) });
+                Ok(pending.into())
+            }
+            "x.guarded" if call.cleared.is_none() => {
+                Ok(Started::Held(Hold { waits_for: "approval".into(), detail: json!({"why": "test"}) }, call))
+            }
+            "x.guarded" => {
+                counted.guarded.fetch_add(1, Ordering::SeqCst);
+                let cleared = call.cleared.clone().unwrap_or_default().to_string();
+                let pending: Pending = Box::pin(async move { Ok(json!({"args": call.args, "cleared": cleared})) });
+                Ok(pending.into())
+            }
+            other => Err(ExecError::new(Kind::ToolDenied, format!("no {other}"))),
+        }
+    }
+}
+
+fn doors(counted: &Arc<Counted>) -> Doors {
+    Doors::default().with("tools", Arc::new(Tools(counted.clone())))
+}
+
+async fn start(sandbox: &Sandbox, code: &str, language: Language, counted: &Arc<Counted>) -> Outcome {
+    let mut job = sandgate::sandbox::Job::new(code, language, Limits::default());
+    job.doors = doors(counted);
+    sandbox.execute(job, None).await.expect("it runs")
+}
+
+/// The pause as a store keeps it: JSON and the memory's bytes, read back.
+fn kept(outcome: &Outcome) -> Paused {
+    let paused = outcome.paused.as_ref().unwrap_or_else(|| panic!("not paused: {outcome:?}"));
+    let memory = paused.memory.encode();
+    let mut back: Paused = serde_json::from_str(&serde_json::to_string(paused).unwrap()).unwrap();
+    back.memory = MemoryImage::decode(&memory).expect("the memory reads back");
+    back
+}
+
+async fn resume(
+    sandbox: &Sandbox,
+    paused: Paused,
+    decisions: Vec<(u32, Result<Arc<str>, ExecError>)>,
+    counted: &Arc<Counted>,
+) -> Outcome {
+    let id: Arc<str> = "resumed-execution".into();
+    let resume =
+        Resume { paused, decisions, doors: doors(counted), limits: Limits::default(), id, trace: Default::default() };
+    let admission = sandbox.admit().unwrap();
+    sandbox.resume(admission, resume, None, &CancellationToken::new()).await.expect("it resumes")
+}
+
+const JS: &str = r#"
+console.log('before');
+const a = await tools.x.echo({n: 1});
+let b;
+try { b = await tools.x.guarded({n: 2}) } catch (e) { b = {denied: e.kind + ': ' + e.message} }
+const c = await tools.x.echo({n: 3});
+console.log('after');
+return {a: a.n, b, c: c.n, random: typeof Math.random()}"#;
+
+const PYTHON: &str = r#"
+print("before")
+a = await tools.x.echo(n=1)
+try:
+    b = await tools.x.guarded(n=2)
+except Exception as e:
+    b = {"denied": str(e)}
+c = await tools.x.echo(n=3)
+print("after")
+{"a": a["n"], "b": b, "c": c["n"]}"#;
+
+#[tokio::test]
+async fn a_held_call_pauses_and_resumes_on_another_sandbox_with_no_call_made_twice() {
+    for (language, code) in [(Language::Javascript, JS), (Language::Python, PYTHON)] {
+        let first = sandbox();
+        let here = Arc::new(Counted::default());
+        let outcome = start(&first, code, language, &here).await;
+        assert!(!outcome.ok && outcome.error.is_none(), "{language:?}: {outcome:?}");
+        let paused = kept(&outcome);
+        assert_eq!(paused.held.len(), 1, "{language:?}");
+        let held = &paused.held[0];
+        assert_eq!((held.name.as_str(), &held.args), ("tools.x.guarded", &json!({"n": 2})), "{language:?}");
+        assert_eq!(held.hold.waits_for, "approval");
+        assert_eq!(paused.logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["before"]);
+        assert_eq!((here.echo.load(Ordering::SeqCst), here.guarded.load(Ordering::SeqCst)), (1, 0));
+        let held_id = held.id;
+        drop(first);
+
+        // Another sandbox, as another replica would: approved.
+        let elsewhere = sandbox();
+        let there = Arc::new(Counted::default());
+        let done = resume(&elsewhere, paused.clone(), vec![(held_id, Ok("approval-1".into()))], &there).await;
+        assert!(done.ok, "{language:?}: {done:?}");
+        let result: Value = serde_json::from_str(done.result.as_ref().unwrap().get()).unwrap();
+        assert_eq!(result["a"], 1, "{language:?}: {result}");
+        assert_eq!(result["b"], json!({"args": {"n": 2}, "cleared": "approval-1"}), "{language:?}: {result}");
+        assert_eq!(result["c"], 3, "{language:?}: {result}");
+        // The first echo was made before the pause and never again.
+        assert_eq!((there.echo.load(Ordering::SeqCst), there.guarded.load(Ordering::SeqCst)), (1, 1));
+        let lines: Vec<&str> = done.logs.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(lines, ["before", "after"], "{language:?}: the outcome carries every line");
+        assert!(done.usage.fuel > outcome.usage.fuel, "usage counts both parts");
+        assert_eq!(done.usage.host_calls, 3);
+
+        // The same pause, refused: the call rejects in the code with the error.
+        let refused = ExecError::new(Kind::ToolDenied, "denied by lee: not on a Friday");
+        let denied = resume(&elsewhere, paused, vec![(held_id, Err(refused))], &there).await;
+        assert!(denied.ok, "{language:?}: {denied:?}");
+        let result: Value = serde_json::from_str(denied.result.as_ref().unwrap().get()).unwrap();
+        let shown = result["b"]["denied"].as_str().unwrap_or_default();
+        assert!(shown.contains("not on a Friday"), "{language:?}: {result}");
+    }
+}
+
+#[tokio::test]
+async fn an_execution_pauses_only_once_nothing_else_is_in_flight_and_can_pause_again() {
+    let sandbox = sandbox();
+    let counted = Arc::new(Counted::default());
+    let code = r#"
+const [held, echoed] = await Promise.all([tools.x.guarded({n: 1}), tools.x.echo({n: 2})]);
+const again = await tools.x.guarded({n: 3});
+return [held.cleared, echoed.n, again.cleared]"#;
+    let outcome = start(&sandbox, code, Language::Javascript, &counted).await;
+    let paused = kept(&outcome);
+    assert_eq!(paused.held.iter().map(|h| h.args["n"].clone()).collect::<Vec<_>>(), [json!(1)]);
+    assert_eq!(counted.echo.load(Ordering::SeqCst), 1, "the echo ran before the pause");
+    let first = paused.held[0].id;
+    let again = resume(&sandbox, paused, vec![(first, Ok("one".into()))], &counted).await;
+    let paused = kept(&again);
+    assert_eq!(paused.held.iter().map(|h| h.args["n"].clone()).collect::<Vec<_>>(), [json!(3)]);
+    let second = paused.held[0].id;
+    // A decision for a call that is not held changes nothing; the held one is decided.
+    let done = resume(&sandbox, paused, vec![(999, Ok("nothing".into())), (second, Ok("two".into()))], &counted).await;
+    assert!(done.ok, "{done:?}");
+    assert_eq!(done.result.unwrap().get(), r#"["one",2,"two"]"#);
+    assert_eq!((counted.echo.load(Ordering::SeqCst), counted.guarded.load(Ordering::SeqCst)), (1, 2));
+}
+
+#[tokio::test]
+async fn a_resumed_execution_keeps_its_limits() {
+    let sandbox = sandbox();
+    let counted = Arc::new(Counted::default());
+    let code = "await tools.x.guarded({}); let s = 0; for (;;) { s++ }";
+    let outcome = start(&sandbox, code, Language::Javascript, &counted).await;
+    let paused = kept(&outcome);
+    let id = paused.held[0].id;
+    let limits = Limits { fuel: 50_000_000, ..Limits::default() };
+    let resume = Resume {
+        paused,
+        decisions: vec![(id, Ok("a".into()))],
+        doors: doors(&counted),
+        limits,
+        id: "x".into(),
+        trace: Default::default(),
+    };
+    let done = sandbox.resume(sandbox.admit().unwrap(), resume, None, &CancellationToken::new()).await.unwrap();
+    assert_eq!(done.error.as_ref().map(|e| e.kind), Some(Kind::OutOfFuel), "{done:?}");
+    // A memory image that was not made by encode is refused, not trusted.
+    assert!(MemoryImage::decode(b"short").is_none());
+    assert!(MemoryImage::decode(&[0u8; 8 + 4100]).is_none());
+}
