@@ -494,6 +494,7 @@ pub fn exit_code(kind: Kind) -> u8 {
         | Kind::RateLimited
         | Kind::NotFound
         | Kind::SessionBusy
+        | Kind::Conflict
         | Kind::InvalidRequest
         | Kind::Overloaded
         | Kind::Unavailable

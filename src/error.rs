@@ -60,6 +60,9 @@ pub enum Kind {
     NotFound,
     /// The session runs another execution; its executions run one at a time.
     SessionBusy,
+    /// What the request would change is no longer there to change: an approval
+    /// decided already, or expired.
+    Conflict,
     /// The request itself is malformed, too large, or did not arrive in time.
     InvalidRequest,
     /// The server is at capacity; retry after the indicated delay.
@@ -76,7 +79,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, for tables and their tests.
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 26] = [
         Kind::Syntax,
         Kind::Exception,
         Kind::Timeout,
@@ -97,6 +100,7 @@ impl Kind {
         Kind::RateLimited,
         Kind::NotFound,
         Kind::SessionBusy,
+        Kind::Conflict,
         Kind::InvalidRequest,
         Kind::Overloaded,
         Kind::Unavailable,
@@ -126,6 +130,7 @@ impl Kind {
             Self::RateLimited => "rate_limited",
             Self::NotFound => "not_found",
             Self::SessionBusy => "session_busy",
+            Self::Conflict => "conflict",
             Self::InvalidRequest => "invalid_request",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",

@@ -150,6 +150,7 @@ impl Server {
         service.policies().clone().watch();
         reload_on_hangup(service.clone(), self.state.config.clone());
         service.watch_keys();
+        service.watch_approvals();
         let stopping = tokio_util::sync::CancellationToken::new();
         let app = http::router(self.state.clone(), stopping.clone(), console::router(self.state.clone()));
         let http = self.state.config.http.clone();

@@ -18,7 +18,7 @@ pub fn status(kind: Kind) -> StatusCode {
         Kind::Unauthorized => StatusCode::UNAUTHORIZED,
         Kind::Forbidden | Kind::ToolDenied | Kind::ModelDenied => StatusCode::FORBIDDEN,
         Kind::NotFound => StatusCode::NOT_FOUND,
-        Kind::SessionBusy | Kind::FileError => StatusCode::CONFLICT,
+        Kind::SessionBusy | Kind::Conflict | Kind::FileError => StatusCode::CONFLICT,
         Kind::RateLimited | Kind::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
         Kind::InvalidRequest => StatusCode::BAD_REQUEST,
         Kind::Overloaded | Kind::Unavailable | Kind::Cancelled => StatusCode::SERVICE_UNAVAILABLE,

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -30,6 +30,11 @@ pub(super) async fn execute(
 
     if !wants_event_stream(&headers) {
         let outcome = app.service.run(prepared, None).await?;
+        // Paused at a call that waits for approval: its handle follows it from here.
+        if outcome.status == Some("paused") {
+            let location = format!("/v1/executions/{}", outcome.execution_id);
+            return Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(outcome)).into_response());
+        }
         return Ok(Json(outcome).into_response());
     }
 

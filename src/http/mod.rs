@@ -9,6 +9,7 @@
 //! with their timeouts, cap and graceful shutdown. Every `/v1` route and `/mcp`
 //! authenticate with `Authorization: Bearer <key>`.
 
+mod approvals;
 pub mod error;
 mod execute;
 pub mod extract;
@@ -112,6 +113,8 @@ pub fn router(state: AppState, stopping: CancellationToken, others: Router) -> R
         .route("/v1/executions/{id}", get(handles::show).delete(handles::cancel))
         .route("/v1/executions/{id}/events", get(handles::events))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::show).post(approvals::decide))
         .route("/v1/me", get(keys::me))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{name}", axum::routing::delete(keys::revoke))

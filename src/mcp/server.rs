@@ -326,6 +326,8 @@ impl CodeMode {
 fn task(view: &HandleView) -> Task {
     let status = match view.status {
         HandleStatus::Running => TaskStatus::Working,
+        // Waiting for a person to approve a call it made (see `/v1/approvals`).
+        HandleStatus::Paused => TaskStatus::InputRequired,
         HandleStatus::Cancelled => TaskStatus::Cancelled,
         HandleStatus::Succeeded | HandleStatus::Failed => TaskStatus::Completed,
     };
@@ -632,6 +634,7 @@ impl ServerHandler for CodeMode {
         let view = self.service.handle(&principal, &request.task_id).await.map_err(task_error)?;
         let payload = match view.status {
             HandleStatus::Running => TaskPayload::Working,
+            HandleStatus::Paused => TaskPayload::InputRequired { input_requests: Default::default() },
             HandleStatus::Cancelled => TaskPayload::Cancelled,
             HandleStatus::Succeeded | HandleStatus::Failed => {
                 let result = serde_json::to_value(finished(&view, None)).unwrap_or(Value::Null);

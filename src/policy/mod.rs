@@ -342,6 +342,13 @@ pub struct ApprovalRule {
     pub reason: Option<String>,
 }
 
+/// Whether any of `approvers` (selectors as a rule writes them: `team:leads`,
+/// `user:alice`, `role:admin`) matches `principal`. A selector that does not parse
+/// matches no one.
+pub fn approver_matches(approvers: &[String], principal: &Principal) -> bool {
+    approvers.iter().filter_map(|text| compile::Selector::parse(text).ok()).any(|s| s.matches(principal))
+}
+
 impl ApprovalRule {
     /// Whether `principal` is among the approvers.
     pub fn approver(&self, principal: &Principal) -> bool {

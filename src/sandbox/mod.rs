@@ -155,6 +155,13 @@ pub struct Outcome {
     pub logs: Vec<LogLine>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ExecError>,
+    /// `paused` when the execution waits for approvals (listed in `approvals`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    /// The approvals a paused execution waits for, as whoever keeps them describes
+    /// them (id, tool, where to decide).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<serde_json::Value>,
     pub usage: Usage,
     pub execution_id: String,
     /// Unix milliseconds when the guest started.
@@ -643,6 +650,7 @@ impl Sandbox {
             };
             let mut outcome = finish(state, None, None, usage, started_at_ms, execution_id);
             outcome.ok = false;
+            outcome.status = Some("paused");
             outcome.paused = Some(Box::new(paused));
             return outcome;
         }
@@ -746,6 +754,8 @@ fn finish(
         result: if error.is_none() { result } else { None },
         logs: std::mem::take(&mut state.console.lines),
         error,
+        status: None,
+        approvals: Vec::new(),
         usage,
         execution_id: execution_id.to_string(),
         started_at_ms,

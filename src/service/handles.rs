@@ -130,7 +130,10 @@ pub(crate) fn kept_body(outcome: &mut Outcome) -> String {
     serde_json::to_string(&*outcome).unwrap_or_default()
 }
 
-fn status_of(outcome: &Outcome) -> HandleStatus {
+pub(crate) fn status_of(outcome: &Outcome) -> HandleStatus {
+    if outcome.paused.is_some() {
+        return HandleStatus::Paused;
+    }
     match &outcome.error {
         None if outcome.ok => HandleStatus::Succeeded,
         Some(error) if error.kind == Kind::Cancelled => HandleStatus::Cancelled,
@@ -222,6 +225,12 @@ impl Service {
             let watcher = tokio::spawn(watch);
             let (result, ()) = tokio::join!(run, forward);
             watcher.abort();
+            // A pause keeps its handle itself (until its approvals expire).
+            if result.as_ref().is_ok_and(|outcome| outcome.paused.is_some()) {
+                service.handles.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle_id);
+                let _ = local.events.send(Event::Ended);
+                return;
+            }
             let ended = now_ms();
             let (status, body) = match result {
                 Ok(mut outcome) => {

@@ -12,6 +12,7 @@
 //! same way. Either way nothing started escapes the ledger.
 
 mod activity;
+pub mod approvals;
 pub use activity::{BudgetStanding, MAX_LISTED};
 pub mod admin;
 pub mod fds;
@@ -86,6 +87,10 @@ pub enum ServiceError {
     /// the same as none).
     #[error("{0}")]
     NotFound(String),
+    /// What the request would change is no longer there to change (an approval
+    /// decided already, or expired).
+    #[error("{0}")]
+    Conflict(String),
     /// The session is running another execution; retry when it ends.
     #[error("session `{0}` is running another execution; its executions run one at a time")]
     SessionBusy(String),
@@ -128,6 +133,7 @@ impl ServiceError {
             Self::Store(_) => Kind::Unavailable,
             Self::NotFound(_) => Kind::NotFound,
             Self::SessionBusy(_) => Kind::SessionBusy,
+            Self::Conflict(_) => Kind::Conflict,
             Self::Invalid(_) | Self::BodyTimeout(_) => Kind::InvalidRequest,
             Self::File(_) => Kind::FileError,
             Self::Internal(_) => Kind::Internal,
@@ -174,6 +180,8 @@ pub struct Prepared {
     agent_session: Option<String>,
     /// The execution's files, to commit or drop when it ends.
     workspace: Option<Arc<Workspace>>,
+    /// Started in the background (it has a handle already).
+    background: bool,
 }
 
 /// Whether callers must present keys. Decided once, when the service starts, from
@@ -660,6 +668,7 @@ impl Service {
             agent_session,
             workspace,
             in_flight: InFlight::enter(),
+            background,
         })
     }
 
@@ -676,8 +685,19 @@ impl Service {
     pub fn start(&self, prepared: Prepared, events: Option<LineSender>) -> Execution {
         let cancel = self.stop.child_token();
         let (sandbox, ledger) = (self.sandbox.clone(), self.ledger.clone());
-        let Prepared { mut job, principal, admission, in_flight, running, session, agent_session, workspace } =
-            prepared;
+        let Prepared {
+            mut job,
+            principal,
+            admission,
+            in_flight,
+            running,
+            session,
+            agent_session,
+            workspace,
+            background,
+        } = prepared;
+        let pause_context = approvals::PauseContext::new(&principal, job.limits, agent_session.clone(), background);
+        let (store, public_url, result_ttl) = (self.store.clone(), self.auth.public_url.clone(), self.result_ttl);
         let span = execution_span(&job, &principal, session.as_ref().map(|lease| lease.id()));
         job.trace = span.context().clone();
         let task = self.executions.spawn({
@@ -687,6 +707,18 @@ impl Service {
                 let outcome = sandbox.run_admitted(admission, job, events, &cancel).await;
                 drop((running, in_flight));
                 let mut outcome = outcome.map_err(|refused| ServiceError::from(refused).counted())?;
+                // A pause is kept in the store before anyone hears of it.
+                if outcome.paused.is_some() {
+                    approvals::keep_paused(
+                        &store,
+                        public_url.as_deref(),
+                        &pause_context,
+                        &mut outcome,
+                        &[],
+                        result_ttl,
+                    )
+                    .await?;
+                }
                 // The outcome is decided here, so its metrics are recorded here.
                 crate::telemetry::record_execution(&outcome, started.elapsed());
                 let (changes, mount_bytes) = match &workspace {
@@ -719,7 +751,11 @@ impl Service {
                 if written > 0 {
                     events.push(sessions::event(&principal, &session_id, "files_written", written));
                 }
-                let records = records(&principal, &outcome, agent_session);
+                let mut records = records(&principal, &outcome, agent_session);
+                if outcome.paused.is_some() {
+                    // The calls so far; the execution's own record comes when it ends.
+                    records.retain(|record| matches!(record, Record::Call(_)));
+                }
                 ledger.record(records.into_iter().chain(events).collect()).await?;
                 Ok(outcome)
             };

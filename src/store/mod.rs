@@ -30,6 +30,7 @@
 //! so the spend and the release land together and a budget is never briefly free.
 
 mod activity;
+pub mod approvals;
 mod ledger;
 pub mod postgres;
 pub mod sqlite;
@@ -39,6 +40,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 pub use activity::{CallRow, CallStats, ExecutionDetail, ExecutionQuery, LogRow, ModelCallRow, PulseRows};
+pub use approvals::{ApprovalQuery, ApprovalRecord, ApprovalStatus, Decided, PausedRecord};
 pub use ledger::Ledger;
 pub use usage::{parse_time as usage_time, total, GroupBy, UsageQuery, UsageRow};
 
@@ -437,6 +439,9 @@ impl SessionRecord {
 #[serde(rename_all = "lowercase")]
 pub enum HandleStatus {
     Running,
+    /// Stopped at calls waiting for approval: it holds no instance and goes on, on
+    /// any replica, once they are decided.
+    Paused,
     Succeeded,
     Failed,
     Cancelled,
@@ -446,6 +451,7 @@ impl HandleStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -456,6 +462,7 @@ impl HandleStatus {
     pub fn parse(text: &str) -> Result<Self, StoreError> {
         match text {
             "running" => Ok(Self::Running),
+            "paused" => Ok(Self::Paused),
             "succeeded" => Ok(Self::Succeeded),
             "failed" => Ok(Self::Failed),
             "cancelled" => Ok(Self::Cancelled),
@@ -744,6 +751,52 @@ pub trait Store: Send + Sync + 'static {
     /// Asks for background execution `id` to be cancelled; `false` when it is not
     /// running.
     fn cancel_handle<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Keeps `paused` (replacing a row of the same execution) and adds `approvals`,
+    /// atomically, unless that would give the paused execution's user more than
+    /// `max_pending` pending approvals: then nothing is written and the answer is
+    /// false.
+    fn pause<'a>(
+        &'a self,
+        paused: &'a PausedRecord,
+        approvals: &'a [ApprovalRecord],
+        max_pending: u32,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Approval `id`.
+    fn approval<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ApprovalRecord>, StoreError>>;
+
+    /// The approvals `query` selects, newest first.
+    fn approvals<'a>(&'a self, query: &'a ApprovalQuery) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, StoreError>>;
+
+    /// Decides approval `id` if it is pending (and, to approve or deny it, not yet
+    /// expired; to expire it, past its expiry): the approval as decided, or `None`
+    /// when it was not there to decide (decided already, or expired).
+    fn decide_approval<'a>(
+        &'a self,
+        id: &'a str,
+        decided: &'a Decided,
+    ) -> BoxFuture<'a, Result<Option<ApprovalRecord>, StoreError>>;
+
+    /// Paused execution `id`, claimed for resuming now if no replica holds it (a
+    /// claim made before `stale_before_ms` no longer holds); `None` when it is not
+    /// paused, or claimed.
+    fn claim_paused<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<PausedRecord>, StoreError>>;
+
+    /// Gives up the claim on paused execution `id` (it could not be resumed now).
+    fn release_paused<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Forgets paused execution `id`: it ended.
+    fn end_paused<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Paused executions none of whose approvals is pending, not claimed (or claimed
+    /// before `stale_before_ms`): those a replica should resume.
+    fn resumable<'a>(&'a self, stale_before_ms: i64) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 
     /// Answers when the store can serve (the readiness check).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -38,11 +38,13 @@ use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 
 use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ModelCallRow, PulseRows};
+use super::approvals::{APPROVAL_COLUMNS, PAUSED_COLUMNS};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, ConsoleSession, ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus,
-    Hold, KeyCreated, Lease, MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, Store, StoreError,
-    StoredFile, StoredKey, StoredMemory,
+    now_ms, ApprovalQuery, ApprovalRecord, ApprovalStatus, Balance, BudgetLine, ConsoleSession, Decided,
+    ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryWrite,
+    Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, Store, StoreError, StoredFile, StoredKey,
+    StoredMemory,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -507,6 +509,40 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN owner TEXT;
     CREATE INDEX api_keys_owner ON api_keys (owner) WHERE revoked_at_ms IS NULL;
     "#,
+    // 12: executions paused at calls that wait for a person, and those approvals.
+    r#"
+    CREATE TABLE paused_executions (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key_name TEXT NOT NULL,
+        context TEXT NOT NULL,
+        state TEXT NOT NULL,
+        memory BYTEA NOT NULL,
+        paused_at_ms BIGINT NOT NULL,
+        claimed_at_ms BIGINT
+    );
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        execution_id TEXT NOT NULL,
+        call_id BIGINT NOT NULL,
+        user_name TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key_name TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        decided_by TEXT,
+        decided_at_ms BIGINT,
+        reason TEXT
+    );
+    CREATE INDEX approvals_execution ON approvals (execution_id);
+    CREATE INDEX approvals_pending ON approvals (user_name) WHERE status = 'pending';
+    CREATE INDEX approvals_created ON approvals (created_at_ms);
+    "#,
 ];
 
 fn model_call_row(r: &tokio_postgres::Row) -> ModelCallRow {
@@ -937,6 +973,40 @@ fn session_at(row: &tokio_postgres::Row, at: usize) -> Result<SessionRecord, Sto
 
 const HANDLE_COLUMNS: &str = r#"id, "user", team, key, session_id, status, created_at_ms, ended_at_ms, expires_at_ms,
     cancel_requested, body"#;
+
+fn approval_row(row: &tokio_postgres::Row) -> Result<ApprovalRecord, StoreError> {
+    Ok(ApprovalRecord {
+        id: row.get(0),
+        execution_id: row.get(1),
+        call_id: u32::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+        user: row.get(3),
+        team: row.get(4),
+        key: row.get(5),
+        tool: row.get(6),
+        args: row.get(7),
+        detail: row.get(8),
+        status: ApprovalStatus::parse(row.get(9))?,
+        created_at_ms: row.get(10),
+        expires_at_ms: row.get(11),
+        decided_by: row.get(12),
+        decided_at_ms: row.get(13),
+        reason: row.get(14),
+    })
+}
+
+fn paused_row(row: &tokio_postgres::Row) -> PausedRecord {
+    PausedRecord {
+        id: row.get(0),
+        user: row.get(1),
+        team: row.get(2),
+        key: row.get(3),
+        context: row.get(4),
+        state: row.get(5),
+        memory: row.get(6),
+        paused_at_ms: row.get(7),
+        claimed_at_ms: row.get(8),
+    }
+}
 
 fn handle_row(row: &tokio_postgres::Row) -> Result<HandleRecord, StoreError> {
     Ok(HandleRecord {
@@ -1904,6 +1974,207 @@ impl Store for PgStore {
                 .await
                 .map_err(err)?;
             Ok(changed == 1)
+        }
+        .boxed()
+    }
+
+    fn pause<'a>(
+        &'a self,
+        paused: &'a PausedRecord,
+        approvals: &'a [ApprovalRecord],
+        max_pending: u32,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(err)?;
+            // One user's pauses take turns, on any replica, so that together they
+            // cannot pass the cap.
+            trip("approvals");
+            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))", &[&paused.user]).await.map_err(err)?;
+            let pending: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM approvals WHERE user_name = $1 AND status = 'pending' AND expires_at_ms > $2",
+                    &[&paused.user, &paused.paused_at_ms],
+                )
+                .await
+                .map_err(err)?
+                .get(0);
+            if pending as u64 + approvals.len() as u64 > u64::from(max_pending) {
+                return Ok(false);
+            }
+            trip("paused_executions");
+            tx.execute(
+                &format!(
+                    "INSERT INTO paused_executions ({PAUSED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)
+                     ON CONFLICT (id) DO UPDATE SET context = EXCLUDED.context, state = EXCLUDED.state,
+                       memory = EXCLUDED.memory, paused_at_ms = EXCLUDED.paused_at_ms, claimed_at_ms = NULL"
+                ),
+                &[
+                    &paused.id,
+                    &paused.user,
+                    &paused.team,
+                    &paused.key,
+                    &paused.context,
+                    &paused.state,
+                    &paused.memory,
+                    &paused.paused_at_ms,
+                ],
+            )
+            .await
+            .map_err(err)?;
+            for a in approvals {
+                trip("approvals");
+                tx.execute(
+                    &format!(
+                        "INSERT INTO approvals ({APPROVAL_COLUMNS})
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                    ),
+                    &[
+                        &a.id,
+                        &a.execution_id,
+                        &i64::from(a.call_id),
+                        &a.user,
+                        &a.team,
+                        &a.key,
+                        &a.tool,
+                        &a.args,
+                        &a.detail,
+                        &a.status.as_str(),
+                        &a.created_at_ms,
+                        &a.expires_at_ms,
+                        &a.decided_by,
+                        &a.decided_at_ms,
+                        &a.reason,
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(true)
+        }
+        .boxed()
+    }
+
+    fn approval<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ApprovalRecord>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("approvals");
+            let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1");
+            let row = client.query_opt(&sql, &[&id]).await.map_err(err)?;
+            row.as_ref().map(approval_row).transpose()
+        }
+        .boxed()
+    }
+
+    fn approvals<'a>(&'a self, query: &'a ApprovalQuery) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("approvals");
+            let sql = format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals
+                 WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR execution_id = $2)
+                   AND created_at_ms >= $3
+                 ORDER BY created_at_ms DESC, id DESC LIMIT $4"
+            );
+            let rows = client
+                .query(
+                    &sql,
+                    &[
+                        &query.status.map(ApprovalStatus::as_str),
+                        &query.execution_id,
+                        &query.since_ms.unwrap_or(0),
+                        &i64::from(query.limit),
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            rows.iter().map(approval_row).collect()
+        }
+        .boxed()
+    }
+
+    fn decide_approval<'a>(
+        &'a self,
+        id: &'a str,
+        decided: &'a Decided,
+    ) -> BoxFuture<'a, Result<Option<ApprovalRecord>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("approvals");
+            let sql = format!(
+                "UPDATE approvals SET status = $2, decided_by = $3, reason = $4, decided_at_ms = $5
+                 WHERE id = $1 AND status = 'pending'
+                   AND CASE WHEN $2 = 'expired' THEN expires_at_ms <= $5 ELSE expires_at_ms > $5 END
+                 RETURNING {APPROVAL_COLUMNS}"
+            );
+            let row = client
+                .query_opt(&sql, &[&id, &decided.status.as_str(), &decided.by, &decided.reason, &decided.at_ms])
+                .await
+                .map_err(err)?;
+            row.as_ref().map(approval_row).transpose()
+        }
+        .boxed()
+    }
+
+    fn claim_paused<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<PausedRecord>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("paused_executions");
+            let sql = format!(
+                "UPDATE paused_executions SET claimed_at_ms = $2
+                 WHERE id = $1 AND (claimed_at_ms IS NULL OR claimed_at_ms < $3)
+                 RETURNING {PAUSED_COLUMNS}"
+            );
+            let row = client.query_opt(&sql, &[&id, &now_ms, &stale_before_ms]).await.map_err(err)?;
+            Ok(row.as_ref().map(paused_row))
+        }
+        .boxed()
+    }
+
+    fn release_paused<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("paused_executions");
+            client
+                .execute("UPDATE paused_executions SET claimed_at_ms = NULL WHERE id = $1", &[&id])
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn end_paused<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("paused_executions");
+            client.execute("DELETE FROM paused_executions WHERE id = $1", &[&id]).await.map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn resumable<'a>(&'a self, stale_before_ms: i64) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            trip("paused_executions");
+            let rows = client
+                .query(
+                    "SELECT p.id FROM paused_executions p
+                     WHERE (p.claimed_at_ms IS NULL OR p.claimed_at_ms < $1)
+                       AND NOT EXISTS (SELECT 1 FROM approvals a WHERE a.execution_id = p.id AND a.status = 'pending')
+                     ORDER BY p.paused_at_ms LIMIT 100",
+                    &[&stale_before_ms],
+                )
+                .await
+                .map_err(err)?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
         }
         .boxed()
     }

@@ -16,11 +16,13 @@ use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ModelCallRow, PulseRows};
+use super::approvals::{APPROVAL_COLUMNS, PAUSED_COLUMNS};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
-    now_ms, Balance, BudgetLine, ConsoleSession, ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus,
-    Hold, KeyCreated, Lease, MemoryWrite, Overdrawn, Owner, Record, Returned, SessionRecord, SpendScope, Store,
-    StoreError, StoredFile, StoredKey, StoredMemory,
+    now_ms, ApprovalQuery, ApprovalRecord, ApprovalStatus, Balance, BudgetLine, ConsoleSession, Decided,
+    ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryWrite,
+    Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, SpendScope, Store, StoreError, StoredFile,
+    StoredKey, StoredMemory,
 };
 
 /// How hard a commit waits for the disk.
@@ -217,6 +219,38 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN expires_at_ms INTEGER;
     ALTER TABLE api_keys ADD COLUMN owner TEXT;
     CREATE INDEX api_keys_owner ON api_keys (owner) WHERE revoked_at_ms IS NULL;",
+    // 15: executions paused at calls that wait for a person, and those approvals.
+    "CREATE TABLE paused_executions (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key_name TEXT NOT NULL,
+        context TEXT NOT NULL,
+        state TEXT NOT NULL,
+        memory BLOB NOT NULL,
+        paused_at_ms INTEGER NOT NULL,
+        claimed_at_ms INTEGER
+    );
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        execution_id TEXT NOT NULL,
+        call_id INTEGER NOT NULL,
+        user_name TEXT NOT NULL,
+        team TEXT NOT NULL,
+        key_name TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        decided_by TEXT,
+        decided_at_ms INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX approvals_execution ON approvals (execution_id);
+    CREATE INDEX approvals_pending ON approvals (user_name) WHERE status = 'pending';
+    CREATE INDEX approvals_created ON approvals (created_at_ms);",
 ];
 
 /// The migration after which [`convert_images`] runs.
@@ -700,6 +734,42 @@ const DIALECT: Dialect =
     Dialect { day: |time| format!("strftime('%Y-%m-%d', {time} / 1000, 'unixepoch')"), param: |n| format!("?{n}") };
 
 /// Every row `sql` gives for `params`, each made by `row`.
+fn approval_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApprovalRecord, StoreError>> {
+    let status: String = row.get(9)?;
+    let record = ApprovalRecord {
+        id: row.get(0)?,
+        execution_id: row.get(1)?,
+        call_id: row.get(2)?,
+        user: row.get(3)?,
+        team: row.get(4)?,
+        key: row.get(5)?,
+        tool: row.get(6)?,
+        args: row.get(7)?,
+        detail: row.get(8)?,
+        status: ApprovalStatus::Pending,
+        created_at_ms: row.get(10)?,
+        expires_at_ms: row.get(11)?,
+        decided_by: row.get(12)?,
+        decided_at_ms: row.get(13)?,
+        reason: row.get(14)?,
+    };
+    Ok(ApprovalStatus::parse(&status).map(|status| ApprovalRecord { status, ..record }))
+}
+
+fn paused_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PausedRecord> {
+    Ok(PausedRecord {
+        id: row.get(0)?,
+        user: row.get(1)?,
+        team: row.get(2)?,
+        key: row.get(3)?,
+        context: row.get(4)?,
+        state: row.get(5)?,
+        memory: row.get(6)?,
+        paused_at_ms: row.get(7)?,
+        claimed_at_ms: row.get(8)?,
+    })
+}
+
 fn all<T>(
     connection: &Connection,
     sql: &str,
@@ -1492,6 +1562,183 @@ impl Store for SqliteStore {
                 )
                 .map_err(err)?;
             Ok(changed == 1)
+        })
+    }
+
+    fn pause<'a>(
+        &'a self,
+        paused: &'a PausedRecord,
+        approvals: &'a [ApprovalRecord],
+        max_pending: u32,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let (paused, approvals) = (paused.clone(), approvals.to_vec());
+        self.blocking(move |inner| {
+            let mut writer = lock(&inner.writer);
+            let tx = writer.transaction().map_err(err)?;
+            let pending: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM approvals WHERE user_name = ?1 AND status = 'pending' AND expires_at_ms > ?2",
+                    params![paused.user, paused.paused_at_ms],
+                    |row| row.get(0),
+                )
+                .map_err(err)?;
+            if pending as u64 + approvals.len() as u64 > u64::from(max_pending) {
+                return Ok(false);
+            }
+            tx.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO paused_executions ({PAUSED_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)"
+                ),
+                params![
+                    paused.id,
+                    paused.user,
+                    paused.team,
+                    paused.key,
+                    paused.context,
+                    paused.state,
+                    paused.memory,
+                    paused.paused_at_ms
+                ],
+            )
+            .map_err(err)?;
+            for a in &approvals {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO approvals ({APPROVAL_COLUMNS})
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                    ),
+                    params![
+                        a.id,
+                        a.execution_id,
+                        a.call_id,
+                        a.user,
+                        a.team,
+                        a.key,
+                        a.tool,
+                        a.args,
+                        a.detail,
+                        a.status.as_str(),
+                        a.created_at_ms,
+                        a.expires_at_ms,
+                        a.decided_by,
+                        a.decided_at_ms,
+                        a.reason
+                    ],
+                )
+                .map_err(err)?;
+            }
+            tx.commit().map_err(err)?;
+            Ok(true)
+        })
+    }
+
+    fn approval<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ApprovalRecord>, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1");
+            let row = inner.reader().query_row(&sql, params![id], approval_row).optional().map_err(err)?;
+            row.transpose()
+        })
+    }
+
+    fn approvals<'a>(&'a self, query: &'a ApprovalQuery) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, StoreError>> {
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let sql = format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR execution_id = ?2) AND created_at_ms >= ?3
+                 ORDER BY created_at_ms DESC, id DESC LIMIT ?4"
+            );
+            let rows = all(
+                &inner.reader(),
+                &sql,
+                params![
+                    query.status.map(ApprovalStatus::as_str),
+                    query.execution_id,
+                    query.since_ms.unwrap_or(0),
+                    query.limit
+                ],
+                approval_row,
+            )?;
+            rows.into_iter().collect()
+        })
+    }
+
+    fn decide_approval<'a>(
+        &'a self,
+        id: &'a str,
+        decided: &'a Decided,
+    ) -> BoxFuture<'a, Result<Option<ApprovalRecord>, StoreError>> {
+        let (id, decided) = (id.to_string(), decided.clone());
+        self.blocking(move |inner| {
+            let sql = format!(
+                "UPDATE approvals SET status = ?2, decided_by = ?3, reason = ?4, decided_at_ms = ?5
+                 WHERE id = ?1 AND status = 'pending'
+                   AND CASE WHEN ?2 = 'expired' THEN expires_at_ms <= ?5 ELSE expires_at_ms > ?5 END
+                 RETURNING {APPROVAL_COLUMNS}"
+            );
+            let writer = lock(&inner.writer);
+            let row = writer
+                .query_row(
+                    &sql,
+                    params![id, decided.status.as_str(), decided.by, decided.reason, decided.at_ms],
+                    approval_row,
+                )
+                .optional()
+                .map_err(err)?;
+            row.transpose()
+        })
+    }
+
+    fn claim_paused<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<PausedRecord>, StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            let sql = format!(
+                "UPDATE paused_executions SET claimed_at_ms = ?2
+                 WHERE id = ?1 AND (claimed_at_ms IS NULL OR claimed_at_ms < ?3)
+                 RETURNING {PAUSED_COLUMNS}"
+            );
+            lock(&inner.writer)
+                .query_row(&sql, params![id, now_ms, stale_before_ms], paused_row)
+                .optional()
+                .map_err(err)
+        })
+    }
+
+    fn release_paused<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            lock(&inner.writer)
+                .execute("UPDATE paused_executions SET claimed_at_ms = NULL WHERE id = ?1", params![id])
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn end_paused<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            lock(&inner.writer).execute("DELETE FROM paused_executions WHERE id = ?1", params![id]).map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn resumable<'a>(&'a self, stale_before_ms: i64) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        self.blocking(move |inner| {
+            all(
+                &inner.reader(),
+                "SELECT p.id FROM paused_executions p
+                 WHERE (p.claimed_at_ms IS NULL OR p.claimed_at_ms < ?1)
+                   AND NOT EXISTS (SELECT 1 FROM approvals a WHERE a.execution_id = p.id AND a.status = 'pending')
+                 ORDER BY p.paused_at_ms LIMIT 100",
+                params![stale_before_ms],
+                |row| row.get(0),
+            )
         })
     }
 

@@ -197,3 +197,210 @@ async fn a_resumed_execution_keeps_its_limits() {
     assert!(MemoryImage::decode(b"short").is_none());
     assert!(MemoryImage::decode(&[0u8; 8 + 4100]).is_none());
 }
+
+mod over_http {
+    use std::time::Duration;
+
+    use reqwest::{Method, StatusCode};
+    use serde_json::{json, Value};
+
+    use crate::harness::*;
+
+    pub const POLICY: &str = r#"
+[[policy]]
+name = "agents"
+principals = ["*"]
+[policy.limits]
+wall_ms = 20_000
+[policy.tools]
+allow = ["test.*"]
+[[policy.rules]]
+tools = ["test.echo"]
+when = "has(args.base) && args.base == 'main'"
+decision = "approve"
+approvers = ["team:leads"]
+reason = "merges into main need a lead"
+[[policy.rules]]
+tools = ["test.whoami"]
+decision = "approve"
+approvers = ["team:leads"]
+expires_after_s = 1
+"#;
+
+    pub const MERGE: &str = r#"
+console.log('start');
+const dev = await tools.test.echo({base: 'dev', n: 1});
+let main;
+try { main = await tools.test.echo({base: 'main', n: 2}) } catch (e) { main = e.kind + ': ' + e.message }
+console.log('end');
+return {dev: dev.n, main}"#;
+
+    async fn execute(base: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        call(Method::POST, format!("{base}/v1/execute"), key, Some(body)).await
+    }
+
+    /// Polls the execution's handle until it is neither running nor paused.
+    pub async fn ended(base: &str, key: &str, id: &str) -> Value {
+        for _ in 0..200 {
+            let (status, view) = call(Method::GET, format!("{base}/v1/executions/{id}"), key, None).await;
+            assert_eq!(status, StatusCode::OK, "{view}");
+            if view["status"] != "paused" && view["status"] != "running" {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("execution {id} did not end");
+    }
+
+    #[tokio::test]
+    async fn a_call_that_needs_a_lead_pauses_until_a_lead_decides() {
+        let dev = api_key("dev-key", "dana", "platform", "member");
+        let peer = api_key("peer-key", "pete", "platform", "member");
+        let lead = api_key("lead-key", "lee", "leads", "member");
+        let config = format!("[sandbox]\ntest_capability = true\n{}{}{}", dev.entry, peer.entry, lead.entry);
+        let server = start_server_with(&config, POLICY);
+        let base = server.base.clone();
+
+        // A call into main pauses the execution: 202, the approval and where to decide it.
+        let (status, paused) = execute(&base, &dev.token, json!({"code": MERGE})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+        assert_eq!(paused["status"], "paused", "{paused}");
+        let id = paused["execution_id"].as_str().unwrap().to_string();
+        let approval = paused["approvals"][0].clone();
+        let approval_id = approval["id"].as_str().unwrap().to_string();
+        assert_eq!(approval["tool"], "tools.test.echo", "{paused}");
+        assert!(approval["url"].as_str().unwrap().ends_with(&format!("/ui/approvals/{approval_id}")), "{paused}");
+        assert_eq!(paused["logs"][0]["message"], "start");
+        let (_, view) = call(Method::GET, format!("{base}/v1/executions/{id}"), &dev.token, None).await;
+        assert_eq!(view["status"], "paused", "{view}");
+
+        // Who sees it: the lead (an approver) and the caller; not a peer.
+        let list = |key: String| {
+            let base = base.clone();
+            async move { call(Method::GET, format!("{base}/v1/approvals"), &key, None).await.1 }
+        };
+        let seen = list(lead.token.clone()).await;
+        assert_eq!(seen["approvals"][0]["id"], approval_id.as_str(), "{seen}");
+        assert_eq!(seen["approvals"][0]["args"], json!({"base": "main", "n": 2}), "{seen}");
+        assert!(seen["approvals"][0]["reason"].as_str().unwrap_or_default().contains("need a lead"), "{seen}");
+        assert_eq!(list(dev.token.clone()).await["approvals"].as_array().unwrap().len(), 1);
+        assert_eq!(list(peer.token.clone()).await["approvals"], json!([]));
+
+        // Hostile decisions: a peer (not an approver) cannot see it; the caller may
+        // not approve their own call; a body without a decision is refused.
+        let decide = |key: String, body: Value| {
+            let (base, approval_id) = (base.clone(), approval_id.clone());
+            async move { call(Method::POST, format!("{base}/v1/approvals/{approval_id}"), &key, Some(body)).await }
+        };
+        let (status, body) = decide(peer.token.clone(), json!({"decision": "approve"})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = decide(dev.token.clone(), json!({"decision": "approve"})).await;
+        assert_eq!((status, body["error"]["kind"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("own call"), "{body}");
+        let (status, _) = decide(lead.token.clone(), json!({})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // The lead approves: the call is made and the code goes on where it stopped.
+        let (status, body) = decide(lead.token.clone(), json!({"decision": "approve", "reason": "ok"})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "approved");
+        assert_eq!(body["decided_by"], "lee (team leads)");
+        // Twice: refused, whatever the second one says.
+        let (status, again) = decide(lead.token.clone(), json!({"decision": "deny"})).await;
+        assert_eq!((status, again["error"]["kind"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{again}");
+        let done = ended(&base, &dev.token, &id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["result"]["result"], json!({"dev": 1, "main": {"base": "main", "n": 2}}), "{done}");
+        let lines: Vec<&str> =
+            done["result"]["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+        assert_eq!(lines, ["start", "end"]);
+
+        // The ledger: each call once, the execution once, under its one id.
+        let calls = ledger_rows_within(
+            &server.ledger(),
+            &format!("SELECT name, outcome FROM calls WHERE execution_id = '{id}' ORDER BY id"),
+            2,
+        );
+        assert_eq!(calls, [[json!("tools.test.echo"), json!("ok")], [json!("tools.test.echo"), json!("ok")]]);
+        let executions =
+            ledger_rows_within(&server.ledger(), &format!("SELECT outcome FROM executions WHERE id = '{id}'"), 1);
+        assert_eq!(executions, [[json!("ok")]]);
+
+        // Denied: the call rejects in the code with the approver's reason.
+        let (_, paused) = execute(&base, &dev.token, json!({"code": MERGE})).await;
+        let (id, approval_id) =
+            (paused["execution_id"].as_str().unwrap(), paused["approvals"][0]["id"].as_str().unwrap());
+        let (status, _) = call(
+            Method::POST,
+            format!("{base}/v1/approvals/{approval_id}"),
+            &lead.token,
+            Some(json!({"decision": "deny", "reason": "not on a Friday"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let done = ended(&base, &dev.token, id).await;
+        let main = done["result"]["result"]["main"].as_str().unwrap_or_default();
+        assert!(
+            main.starts_with("tool_denied: ") && main.contains("not on a Friday") && main.contains("lee"),
+            "{done}"
+        );
+
+        // Expired: nobody decided within the rule's second; denied as expired.
+        let code = "try { return await tools.test.whoami({}) } catch (e) { return e.kind + ': ' + e.message }";
+        let (status, paused) = execute(&base, &dev.token, json!({"code": code})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+        let id = paused["execution_id"].as_str().unwrap();
+        let done = ended(&base, &dev.token, id).await;
+        let said = done["result"]["result"].as_str().unwrap_or_default();
+        assert!(said.starts_with("tool_denied: ") && said.contains("expired"), "{done}");
+        let approval_id = paused["approvals"][0]["id"].as_str().unwrap();
+        let (status, late) = call(
+            Method::POST,
+            format!("{base}/v1/approvals/{approval_id}"),
+            &lead.token,
+            Some(json!({"decision": "approve"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "approving after expiry: {late}");
+
+        // Python pauses and resumes the same way.
+        let python = "r = await tools.test.echo(base='main', n=7)\nr['n']";
+        let (status, paused) = execute(&base, &dev.token, json!({"code": python, "language": "python"})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+        let (id, approval_id) =
+            (paused["execution_id"].as_str().unwrap(), paused["approvals"][0]["id"].as_str().unwrap());
+        let (status, _) = call(
+            Method::POST,
+            format!("{base}/v1/approvals/{approval_id}"),
+            &lead.token,
+            Some(json!({"decision": "approve"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ended(&base, &dev.token, id).await["result"]["result"], 7);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_pending_approvals_from_one_user_is_capped() {
+        let dev = api_key("flood-key", "fay", "platform", "member");
+        let config = format!("[sandbox]\ntest_capability = true\n{}", dev.entry);
+        let server = start_server_with(&config, POLICY);
+        // One execution asking for 25 approvals at once: over the cap of 20, so not kept.
+        let code = "await Promise.all(Array.from({length: 25}, (_, n) => tools.test.echo({base: 'main', n})))";
+        let (status, body) = execute(&server.base, &dev.token, json!({"code": code})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["error"]["kind"], "tool_denied", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("already has"), "{body}");
+        // Twenty executions pause; the twenty-first does not.
+        for n in 0..20 {
+            let code = format!("return await tools.test.echo({{base: 'main', n: {n}}})");
+            let (status, body) = execute(&server.base, &dev.token, json!({"code": code})).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{n}: {body}");
+        }
+        let (status, body) = execute(&server.base, &dev.token, json!({"code": MERGE})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["error"]["kind"], "tool_denied", "{body}");
+        let (_, listed) = call(Method::GET, format!("{}/v1/approvals", server.base), &dev.token, None).await;
+        assert_eq!(listed["approvals"].as_array().unwrap().len(), 20);
+    }
+}

@@ -1,0 +1,516 @@
+//! Calls that need a person: an execution whose call a rule sends for approval
+//! (`decision = "approve"`) pauses there, durably, and goes on once approvers decide.
+//!
+//! The sandbox pauses it ([`crate::sandbox::Paused`]): the guest returned, and its
+//! memory and bookkeeping are all there is. [`keep_paused`] puts them in the store with
+//! one approval per held call, so the execution holds no instance, CPU or admission
+//! slot while it waits, and any replica can go on with it. A decision
+//! ([`Service::decide`]) on the last pending approval resumes it on the replica that
+//! took the decision ([`Service::resume_paused`]): each approved call is made then,
+//! each denied or expired one rejects in the code with `tool_denied` and the reason,
+//! and the code continues exactly where it stopped. Nothing is replayed, so nothing
+//! is made twice.
+//!
+//! A replica that dies while it resumes an execution leaves a claim that goes stale
+//! after [`RESUME_STALE`]; every replica's sweep ([`Service::watch_approvals`],
+//! every [`APPROVAL_SWEEP`]) expires approvals past their time and resumes what no
+//! replica is resuming.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Service, ServiceError};
+use crate::auth::{Principal, Role};
+use crate::error::Kind;
+use crate::limits::Limits;
+use crate::sandbox::{ExecError, MemoryImage, Outcome, Paused};
+use crate::store::{
+    now_ms, ApprovalQuery, ApprovalRecord, ApprovalStatus, Decided, HandleEnd, HandleRecord, HandleStatus,
+    PausedRecord, Store, StoreError,
+};
+
+/// The most approvals one user may have pending at once. A pause past it is not
+/// kept: the execution ends `tool_denied`, saying so.
+pub const MAX_PENDING_APPROVALS: u32 = 20;
+
+/// How long a replica's claim on a paused execution it resumes holds: after it,
+/// another replica takes it over (the first one died).
+pub const RESUME_STALE: Duration = Duration::from_secs(120);
+
+/// How often each replica expires approvals past their time and resumes paused
+/// executions no replica is resuming.
+pub const APPROVAL_SWEEP: Duration = Duration::from_secs(1);
+
+/// Who runs a paused execution and what it asked for: its doors are built again
+/// from this when it resumes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PauseContext {
+    pub user: String,
+    pub team: String,
+    pub teams: Vec<String>,
+    pub key: String,
+    pub role: Role,
+    pub subject: Option<String>,
+    pub local: bool,
+    pub limits: Limits,
+    pub agent_session: Option<String>,
+    /// Started in the background: its handle exists already.
+    pub background: bool,
+}
+
+impl PauseContext {
+    pub(crate) fn new(principal: &Principal, limits: Limits, agent_session: Option<String>, background: bool) -> Self {
+        Self {
+            user: principal.user.clone(),
+            team: principal.team.clone(),
+            teams: principal.teams.clone(),
+            key: principal.key.clone(),
+            role: principal.role,
+            subject: principal.subject.clone(),
+            local: principal.local,
+            limits,
+            agent_session,
+            background,
+        }
+    }
+
+    fn principal(&self) -> Principal {
+        Principal {
+            user: self.user.clone(),
+            team: self.team.clone(),
+            teams: self.teams.clone(),
+            key: self.key.clone(),
+            role: self.role,
+            subject: self.subject.clone(),
+            signed_in: false,
+            local: self.local,
+            claims: None,
+        }
+    }
+}
+
+/// An approval as the API, the CLI and the console show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApprovalView {
+    pub id: String,
+    pub execution_id: String,
+    pub status: ApprovalStatus,
+    /// The call: its name and arguments.
+    pub tool: String,
+    pub args: Value,
+    /// Who made it.
+    pub caller: Value,
+    /// Why it needs approval: the rule and its reason.
+    pub reason: Value,
+    pub rule: Value,
+    pub approvers: Value,
+    /// Whether the caller may approve it.
+    pub self_approval: bool,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_reason: Option<String>,
+    /// How long it waited for its decision, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<i64>,
+    /// Where a person decides it: the console's page for it.
+    pub url: String,
+}
+
+fn detail(record: &ApprovalRecord) -> Value {
+    serde_json::from_str(&record.detail).unwrap_or(Value::Null)
+}
+
+fn approvers(record: &ApprovalRecord) -> Vec<String> {
+    match detail(record).get("approvers") {
+        Some(Value::Array(items)) => items.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The console's page for approval `id`, under the public URL when one is set.
+pub(crate) fn approval_url(public_url: Option<&str>, id: &str) -> String {
+    format!("{}/ui/approvals/{id}", public_url.unwrap_or("").trim_end_matches('/'))
+}
+
+impl ApprovalView {
+    fn new(record: ApprovalRecord, public_url: Option<&str>) -> Self {
+        let detail = detail(&record);
+        Self {
+            url: approval_url(public_url, &record.id),
+            id: record.id,
+            execution_id: record.execution_id,
+            status: record.status,
+            tool: record.tool,
+            args: serde_json::from_str(&record.args).unwrap_or(Value::Null),
+            caller: json!({"user": record.user, "team": record.team, "key": record.key}),
+            reason: detail.get("reason").cloned().unwrap_or(Value::Null),
+            rule: detail.get("rule").cloned().unwrap_or(Value::Null),
+            approvers: detail.get("approvers").cloned().unwrap_or(Value::Null),
+            self_approval: detail.get("self_approval").and_then(Value::as_bool).unwrap_or(false),
+            created_at: super::sessions::time(record.created_at_ms),
+            expires_at: super::sessions::time(record.expires_at_ms),
+            decided_by: record.decided_by,
+            decided_at: record.decided_at_ms.map(super::sessions::time),
+            decision_reason: record.reason,
+            waited_ms: record.decided_at_ms.map(|at| at - record.created_at_ms),
+        }
+    }
+}
+
+/// Keeps the pause `outcome` carries in the store, with an approval for each call it
+/// waits for that has none yet (those in `awaited` have one), and a handle for it
+/// (`GET /v1/executions/{id}`) unless it has one already. `outcome` is told: its
+/// `approvals`, or, when the pause cannot be kept (its user has
+/// [`MAX_PENDING_APPROVALS`] pending), an end as `tool_denied` saying so.
+pub(crate) async fn keep_paused(
+    store: &Arc<dyn Store>,
+    public_url: Option<&str>,
+    context: &PauseContext,
+    outcome: &mut Outcome,
+    awaited: &[u32],
+    result_ttl: Duration,
+) -> Result<(), StoreError> {
+    let Some(paused) = outcome.paused.as_deref() else { return Ok(()) };
+    let now = now_ms();
+    let mut approvals = Vec::new();
+    for held in paused.held.iter().filter(|held| !awaited.contains(&held.id)) {
+        let expires_after_s = held.hold.detail.get("expires_after_s").and_then(Value::as_u64).unwrap_or(86_400);
+        approvals.push(ApprovalRecord {
+            id: format!("apr_{}", uuid::Uuid::now_v7().simple()),
+            execution_id: outcome.execution_id.clone(),
+            call_id: held.id,
+            user: context.user.clone(),
+            team: context.team.clone(),
+            key: context.key.clone(),
+            tool: held.name.clone(),
+            args: held.args.to_string(),
+            detail: held.hold.detail.to_string(),
+            status: ApprovalStatus::Pending,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(i64::try_from(expires_after_s.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            decided_by: None,
+            decided_at_ms: None,
+            reason: None,
+        });
+    }
+    let record = PausedRecord {
+        id: outcome.execution_id.clone(),
+        user: context.user.clone(),
+        team: context.team.clone(),
+        key: context.key.clone(),
+        context: serde_json::to_string(context).unwrap_or_default(),
+        state: serde_json::to_string(paused).unwrap_or_default(),
+        memory: paused.memory.encode(),
+        paused_at_ms: now,
+        claimed_at_ms: None,
+    };
+    if !store.pause(&record, &approvals, MAX_PENDING_APPROVALS).await? {
+        outcome.paused = None;
+        outcome.status = None;
+        outcome.error = Some(ExecError::new(
+            Kind::ToolDenied,
+            format!(
+                "{} needs approval, but user `{}` already has {MAX_PENDING_APPROVALS} calls waiting for approval, \
+                 the most one user may have; the call was not made",
+                approvals.first().map_or("a call", |a| a.tool.as_str()),
+                context.user
+            ),
+        ));
+        return Ok(());
+    }
+    let waiting = store
+        .approvals(&ApprovalQuery {
+            execution_id: Some(outcome.execution_id.clone()),
+            status: Some(ApprovalStatus::Pending),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await?;
+    outcome.approvals = waiting
+        .iter()
+        .map(|a| json!({"id": a.id, "tool": a.tool, "expires_at": super::sessions::time(a.expires_at_ms), "url": approval_url(public_url, &a.id)}))
+        .collect();
+    let last = waiting.iter().map(|a| a.expires_at_ms).max().unwrap_or(now);
+    let expires_at_ms = last.saturating_add(result_ttl.as_millis() as i64);
+    let body = serde_json::to_string(&*outcome).unwrap_or_default();
+    if context.background || store.handle(&outcome.execution_id, now).await?.is_some() {
+        let end = HandleEnd { status: HandleStatus::Paused, body, ended_at_ms: now, expires_at_ms };
+        store.finish_handle(&outcome.execution_id, &end).await?;
+    } else {
+        store
+            .create_handle(&HandleRecord {
+                id: outcome.execution_id.clone(),
+                user: context.user.clone(),
+                team: context.team.clone(),
+                key: context.key.clone(),
+                session_id: None,
+                status: HandleStatus::Paused,
+                created_at_ms: paused.started_at_ms,
+                ended_at_ms: Some(now),
+                expires_at_ms,
+                cancel_requested: false,
+                body: Some(body),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+impl Service {
+    /// The approvals `viewer` may see, newest first: an admin sees every one; anyone
+    /// else those of their own calls and those they may decide.
+    pub async fn approvals(
+        &self,
+        viewer: &Principal,
+        status: Option<ApprovalStatus>,
+        limit: u32,
+    ) -> Result<Vec<ApprovalView>, ServiceError> {
+        let query = ApprovalQuery { status, limit: limit.clamp(1, 1_000), ..Default::default() };
+        let records = self.store.approvals(&query).await?;
+        let public_url = self.auth.public_url.clone();
+        Ok(records
+            .into_iter()
+            .filter(|record| may_see(viewer, record))
+            .map(|record| ApprovalView::new(record, public_url.as_deref()))
+            .collect())
+    }
+
+    /// Approval `id`, when `viewer` may see it.
+    pub async fn approval(&self, viewer: &Principal, id: &str) -> Result<ApprovalView, ServiceError> {
+        match self.store.approval(id).await? {
+            Some(record) if may_see(viewer, &record) => Ok(ApprovalView::new(record, self.auth.public_url.as_deref())),
+            _ => Err(ServiceError::NotFound(format!("no approval `{id}`"))),
+        }
+    }
+
+    /// `approver` approves (or denies) approval `id`, saying `reason`. Only one of its
+    /// approvers may, never the caller who made the call unless its rule allows it,
+    /// and only while it is pending: a second decision, or one after it expired, is
+    /// refused (`conflict`). The last decision an execution waits for resumes it here.
+    pub async fn decide(
+        self: &Arc<Self>,
+        approver: &Principal,
+        id: &str,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<ApprovalView, ServiceError> {
+        let record = match self.store.approval(id).await? {
+            Some(record) if may_see(approver, &record) => record,
+            _ => return Err(ServiceError::NotFound(format!("no approval `{id}`"))),
+        };
+        let own = approver.user == record.user;
+        let self_approval = detail(&record).get("self_approval").and_then(Value::as_bool).unwrap_or(false);
+        if own && !self_approval {
+            return Err(ServiceError::Forbidden(
+                "no one approves their own call: the rule that asks for this approval does not allow it \
+                 (self_approval)"
+                    .into(),
+            ));
+        }
+        let approvers = approvers(&record);
+        if !crate::policy::approver_matches(&approvers, approver) {
+            return Err(ServiceError::Forbidden(format!(
+                "user `{}` (team `{}`) is not among the approvers of this call: {}",
+                approver.user,
+                approver.team,
+                approvers.join(", ")
+            )));
+        }
+        if let Some(reason) = &reason {
+            if reason.len() > 2_000 {
+                return Err(ServiceError::Invalid("the reason is longer than 2,000 bytes".into()));
+            }
+        }
+        let status = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Denied };
+        let decided = Decided {
+            status,
+            by: Some(format!("{} (team {})", approver.user, approver.team)),
+            reason,
+            at_ms: now_ms(),
+        };
+        let Some(decided) = self.store.decide_approval(id, &decided).await? else {
+            let current = self.store.approval(id).await?;
+            let why = match current.as_ref().map(|r| r.status) {
+                Some(ApprovalStatus::Pending) | None => "it has expired".to_string(),
+                Some(status) => format!(
+                    "it is {} already{}",
+                    status.as_str(),
+                    current.and_then(|r| r.decided_by).map(|by| format!(", by {by}")).unwrap_or_default()
+                ),
+            };
+            return Err(ServiceError::Conflict(format!("approval `{id}` cannot be decided: {why}")));
+        };
+        tracing::info!(approval = %id, execution_id = %decided.execution_id, status = status.as_str(), "approval decided");
+        self.resume_soon(decided.execution_id.clone());
+        Ok(ApprovalView::new(decided, self.auth.public_url.as_deref()))
+    }
+
+    /// Resumes paused execution `id` in the background, once every call it waits for
+    /// is decided (see [`Service::resume_paused`]).
+    pub fn resume_soon(self: &Arc<Self>, id: String) {
+        let service = self.clone();
+        self.executions.spawn(async move {
+            if let Err(error) = service.resume_paused(&id).await {
+                tracing::warn!(%error, execution_id = %id, "could not resume a paused execution; the sweep retries");
+            }
+        });
+    }
+
+    /// Goes on with paused execution `id` on this replica, if none of its approvals is
+    /// pending and no other replica is at it: its held calls released as decided, the
+    /// code resumed where it stopped, its outcome recorded and kept for its handle.
+    /// An execution that pauses again is kept again.
+    pub async fn resume_paused(&self, id: &str) -> Result<(), ServiceError> {
+        let query = ApprovalQuery { execution_id: Some(id.to_string()), limit: 1_000, ..Default::default() };
+        let decisions = self.store.approvals(&query).await?;
+        if decisions.iter().any(|a| a.status == ApprovalStatus::Pending) {
+            return Ok(());
+        }
+        let now = now_ms();
+        let stale = now - RESUME_STALE.as_millis() as i64;
+        let Some(record) = self.store.claim_paused(id, now, stale).await? else { return Ok(()) };
+        let context: PauseContext = serde_json::from_str(&record.context)
+            .map_err(|e| ServiceError::Internal(format!("a paused execution's context cannot be read: {e}")))?;
+        let mut paused: Paused = serde_json::from_str(&record.state)
+            .map_err(|e| ServiceError::Internal(format!("a paused execution's state cannot be read: {e}")))?;
+        paused.memory = MemoryImage::decode(&record.memory)
+            .ok_or_else(|| ServiceError::Internal("a paused execution's memory cannot be read".into()))?;
+        let principal = Arc::new(context.principal());
+        let decided = paused
+            .held
+            .iter()
+            .filter_map(|held| {
+                let approval = decisions.iter().find(|a| a.call_id == held.id)?;
+                let by = approval.decided_by.clone().unwrap_or_default();
+                let because = approval.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                let decision = match approval.status {
+                    ApprovalStatus::Approved => Ok(Arc::from(approval.id.as_str())),
+                    ApprovalStatus::Denied => Err(ExecError::new(
+                        Kind::ToolDenied,
+                        format!("{} was denied by {by}{because} (approval {})", held.name, approval.id),
+                    )),
+                    ApprovalStatus::Expired => Err(ExecError::new(
+                        Kind::ToolDenied,
+                        format!("{} was not approved in time: approval {} expired", held.name, approval.id),
+                    )),
+                    ApprovalStatus::Pending => return None,
+                };
+                Some((held.id, decision))
+            })
+            .collect();
+        let capabilities = self.policies.current().capabilities(&principal);
+        let doors = self.doors(&principal, capabilities, &context.limits, None, context.agent_session.clone(), None);
+        let admission = match self.sandbox.admit() {
+            Ok(admission) => admission,
+            Err(overloaded) => {
+                // Full now: the sweep tries again.
+                self.store.release_paused(id).await?;
+                return Err(ServiceError::from(overloaded));
+            }
+        };
+        let resume = crate::sandbox::Resume {
+            paused,
+            decisions: decided,
+            doors,
+            limits: context.limits,
+            id: Arc::from(id),
+            trace: Default::default(),
+        };
+        let cancel = self.stop.child_token();
+        let outcome = self.sandbox.resume(admission, resume, None, &cancel).await;
+        let mut outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(refused) => {
+                self.store.release_paused(id).await?;
+                return Err(ServiceError::from(refused));
+            }
+        };
+        let awaited: Vec<u32> = decisions.iter().map(|a| a.call_id).collect();
+        let records = super::records(&principal, &outcome, context.agent_session.clone());
+        if outcome.paused.is_some() {
+            keep_paused(
+                &self.store,
+                self.auth.public_url.as_deref(),
+                &context,
+                &mut outcome,
+                &awaited,
+                self.result_ttl,
+            )
+            .await?;
+            if outcome.paused.is_some() {
+                // Only the calls so far; the execution's own record comes when it ends.
+                let calls = records.into_iter().filter(|r| matches!(r, crate::store::Record::Call(_))).collect();
+                self.ledger.record(calls).await?;
+                return Ok(());
+            }
+        }
+        let ended = now_ms();
+        let records = super::records(&principal, &outcome, context.agent_session.clone());
+        self.ledger.record(records).await?;
+        let ttl_ms = self.result_ttl.as_millis() as i64;
+        let body = super::handles::kept_body(&mut outcome);
+        let end = HandleEnd {
+            status: super::handles::status_of(&outcome),
+            body,
+            ended_at_ms: ended,
+            expires_at_ms: ended + ttl_ms,
+        };
+        self.store.finish_handle(id, &end).await?;
+        self.store.end_paused(id).await?;
+        tracing::info!(execution_id = %id, ok = outcome.ok, "a paused execution ended");
+        Ok(())
+    }
+
+    /// Every [`APPROVAL_SWEEP`] until the service stops: approvals past their time
+    /// expire, and paused executions with nothing pending that no replica is at (their
+    /// deciding replica died, or was full) are resumed here.
+    pub fn watch_approvals(self: &Arc<Self>) {
+        let service = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(APPROVAL_SWEEP);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let Some(service) = service.upgrade() else { return };
+                if let Err(error) = service.sweep_approvals().await {
+                    tracing::warn!(%error, "cannot sweep approvals");
+                }
+            }
+        });
+    }
+
+    async fn sweep_approvals(self: &Arc<Self>) -> Result<(), ServiceError> {
+        let now = now_ms();
+        let query = ApprovalQuery { status: Some(ApprovalStatus::Pending), limit: 1_000, ..Default::default() };
+        for approval in self.store.approvals(&query).await?.into_iter().filter(|a| a.expires_at_ms <= now) {
+            let decided = Decided { status: ApprovalStatus::Expired, by: None, reason: None, at_ms: now };
+            if let Some(expired) = self.store.decide_approval(&approval.id, &decided).await? {
+                tracing::info!(approval = %expired.id, execution_id = %expired.execution_id, "approval expired");
+            }
+        }
+        let stale = now - RESUME_STALE.as_millis() as i64;
+        for id in self.store.resumable(stale).await? {
+            self.resume_paused(&id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `viewer` may see `record`: an admin, the caller, or one of its approvers.
+fn may_see(viewer: &Principal, record: &ApprovalRecord) -> bool {
+    viewer.role == Role::Admin
+        || (viewer.user == record.user && viewer.team == record.team)
+        || crate::policy::approver_matches(&approvers(record), viewer)
+}
