@@ -198,7 +198,7 @@ async fn a_resumed_execution_keeps_its_limits() {
     assert!(MemoryImage::decode(&[0u8; 8 + 4100]).is_none());
 }
 
-mod over_http {
+pub mod over_http {
     use std::time::Duration;
 
     use reqwest::{Method, StatusCode};

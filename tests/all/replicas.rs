@@ -481,3 +481,129 @@ async fn a_store_over_tls_verifies_the_server_certificate() {
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(stderr.contains("certificate") || stderr.contains("UnknownIssuer"), "{stderr}");
 }
+
+/// The issue's whole story, with real parts: two replicas of the real binary on one
+/// PostgreSQL and the real filesystem MCP server. An operator says merges into main
+/// need a lead. The agent's code makes one edit, then asks to "merge into main": the
+/// execution pauses on replica A. A is killed with `kill -9`. A lead approves on
+/// replica B, and the execution completes on B, every call made exactly once (each
+/// edit appends its mark to one file, so a call made twice would show twice). A merge
+/// into another branch runs straight through.
+#[tokio::test]
+async fn an_approval_on_one_replica_resumes_an_execution_paused_on_a_replica_killed_since() {
+    use crate::binary::{start, terminate};
+    let url = postgres::database().await;
+    let dir = temp_dir("approvals-replicas");
+    let work = dir.join("repo");
+    std::fs::create_dir_all(&work).unwrap();
+    let work = work.canonicalize().unwrap();
+    let counter = work.join("merges.txt");
+    std::fs::write(&counter, "END").unwrap();
+    let dev = api_key("dev", "dana", "platform", "member");
+    let lead = api_key("lead", "lee", "leads", "member");
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/merges.toml"),
+        r#"[[policy]]
+name = "agents"
+principals = ["*"]
+[policy.limits]
+wall_ms = 30_000
+[policy.tools]
+allow = ["files.*"]
+[[policy.rules]]
+tools = ["files.edit_file"]
+when = "args.edits.exists(e, e.newText.startsWith('main'))"
+decision = "approve"
+approvers = ["team:leads"]
+reason = "merges into main need a lead"
+"#,
+    )
+    .unwrap();
+    let config = dir.join("sandgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "policies = \"policies\"\n{}{}\n[mcp.servers.files]\ncommand = \"{}\"\nargs = [\"{}\"]\n",
+            dev.entry,
+            lead.entry,
+            crate::mcp::npm_bin("mcp-server-filesystem").display(),
+            work.display()
+        ),
+    )
+    .unwrap();
+    let replica = || {
+        let mut command = crate::binary::sandgate();
+        command.env("SANDGATE_STORE_URL", &url).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
+        start(command)
+    };
+    let (mut a, a_base) = replica();
+    let (mut b, b_base) = replica();
+    for base in [&a_base, &b_base] {
+        let (base, token) = (base.clone(), dev.token.clone());
+        tokio::task::spawn_blocking(move || crate::mcp::wait_for_tools(&base, &token, &["files.edit_file"]))
+            .await
+            .unwrap();
+    }
+    let path = counter.display().to_string();
+    let edit = |mark: &str| {
+        format!("await tools.files.edit_file({{path: {path:?}, edits: [{{oldText: 'END', newText: '{mark}END'}}]}});")
+    };
+    let code = format!("{}\n{}\n{}\nreturn 'merged'", edit("a"), edit("main"), edit("z"));
+    let (status, paused) =
+        call(reqwest::Method::POST, format!("{a_base}/v1/execute"), &dev.token, Some(json!({"code": code}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    let id = paused["execution_id"].as_str().unwrap().to_string();
+    let approval = paused["approvals"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "aEND", "the first edit was made, the merge waits");
+
+    // Replica A dies with the execution paused on it.
+    std::process::Command::new("kill").args(["-KILL", &a.id().to_string()]).status().unwrap();
+    a.wait().unwrap();
+
+    // A lead approves on B; B resumes the execution where it stopped.
+    let (status, decided) = call(
+        reqwest::Method::POST,
+        format!("{b_base}/v1/approvals/{approval}"),
+        &lead.token,
+        Some(json!({"decision": "approve"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{decided}");
+    let done = crate::pauses::over_http::ended(&b_base, &dev.token, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"]["result"], "merged", "{done}");
+    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "amainzEND", "every edit exactly once");
+
+    // A merge into another branch runs straight through, with no approval.
+    let code = edit("dev");
+    let (status, body) =
+        call(reqwest::Method::POST, format!("{b_base}/v1/execute"), &dev.token, Some(json!({"code": code}))).await;
+    assert_eq!((status, body["ok"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "amainzdevEND");
+
+    // The ledger: the paused execution once, its three calls once each, all under its id.
+    let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let calls = pg
+        .query("SELECT name, outcome FROM calls WHERE execution_id = $1 ORDER BY started_at_ms", &[&id])
+        .await
+        .unwrap();
+    let calls: Vec<(String, String)> = calls.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(calls, vec![("tools.files.edit_file".to_string(), "ok".to_string()); 3], "{calls:?}");
+    let executions = pg.query("SELECT outcome FROM executions WHERE id = $1", &[&id]).await.unwrap();
+    assert_eq!(executions.len(), 1);
+    let approvals = pg
+        .query(
+            "SELECT status, decided_by, decided_at_ms - created_at_ms FROM approvals WHERE execution_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(approvals.len(), 1);
+    assert_eq!(approvals[0].get::<_, String>(0), "approved");
+    assert_eq!(approvals[0].get::<_, String>(1), "lee (team leads)");
+    assert!(approvals[0].get::<_, i64>(2) >= 0);
+    terminate(&b);
+    b.wait().unwrap();
+}
