@@ -37,7 +37,7 @@ pub struct Page<'a> {
     pub body: String,
 }
 
-const NAV: [(&str, &str); 9] = [
+const NAV: [(&str, &str); 10] = [
     ("overview", "/ui"),
     ("usage", "/ui/usage"),
     ("models", "/ui/models"),
@@ -45,6 +45,7 @@ const NAV: [(&str, &str); 9] = [
     ("budgets", "/ui/budgets"),
     ("executions", "/ui/executions"),
     ("sessions", "/ui/sessions"),
+    ("approvals", "/ui/approvals"),
     ("policies", "/ui/policies"),
     ("keys", "/ui/keys"),
 ];

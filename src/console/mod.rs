@@ -26,6 +26,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::app::AppState;
 use crate::auth::{Principal, Role};
@@ -64,6 +65,8 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/executions", get(executions))
         .route("/ui/executions/{id}", get(execution))
         .route("/ui/policies", get(policies))
+        .route("/ui/approvals", get(approvals))
+        .route("/ui/approvals/{id}", get(approval).post(decide))
         .route("/ui/models", get(models))
         .route("/ui/tools", get(tools))
         .route("/ui/budgets", get(budgets))
@@ -826,13 +829,31 @@ fn execution_row(row: &ExecutionRecord) -> String {
 }
 
 async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(id): Path<String>) -> Response {
+    let approvals = match console.app.service.execution_approvals(&viewer, &id).await {
+        Ok(approvals) => approvals,
+        Err(error) => return service_failure(error),
+    };
     let detail = match console.app.service.execution(&viewer, &id).await {
         Ok(detail) => detail,
+        // Paused: it has no record until it ends, only its approvals.
+        // Paused (it has no record until it ends), or another's execution whose call
+        // the viewer may decide: only its approvals.
+        Err(crate::service::ServiceError::NotFound(_)) if !approvals.is_empty() => {
+            let pending = approvals.iter().any(|a| a.status == crate::store::ApprovalStatus::Pending);
+            let state = if pending { "paused" } else { "resumed (its record is its caller's and the admins' to see)" };
+            let body = format!(
+                r#"<dl class="facts"><div><dt>Execution</dt><dd id="execution-id">{id}</dd></div><div><dt>Outcome</dt><dd id="execution-outcome">{state}</dd></div></dl>
+<h2>Approvals</h2>{table}"#,
+                id = esc(&id),
+                table = approvals_table(&approvals)
+            );
+            return page("Execution", "executions", &viewer, console.app.service.mode() == Mode::Local, body);
+        }
         Err(error) => return service_failure(error),
     };
     let run = &detail.execution;
-    let span = (run.ended_at_ms - run.started_at_ms).max(1) as f64;
-    // The timeline: the execution, then each call where it fell in it.
+    // The timeline: the execution, then each call where it fell in it, and each wait
+    // for an approval from its pause to its decision.
     let mut lanes: Vec<(String, i64, i64, String)> =
         vec![("execution".into(), run.started_at_ms, run.ended_at_ms - run.started_at_ms, run.outcome.clone())];
     lanes.extend(detail.calls.iter().map(|c| (c.name.clone(), c.started_at_ms, c.latency_ms, c.outcome.clone())));
@@ -842,6 +863,16 @@ async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(
             .iter()
             .map(|c| (format!("model {}", c.model), c.started_at_ms, c.latency_ms, c.status.clone())),
     );
+    for approval in &approvals {
+        let waited = approval.waited_ms.unwrap_or_else(|| crate::time::now_ms() - approval.created_at_ms);
+        let outcome = match approval.status {
+            crate::store::ApprovalStatus::Approved => "ok: approved",
+            other => other.as_str(),
+        };
+        lanes.push((format!("approval {}", approval.tool), approval.created_at_ms, waited, outcome.to_string()));
+    }
+    let last = lanes.iter().map(|(_, start, length, _)| start + length).max().unwrap_or(run.ended_at_ms);
+    let span = (last.max(run.ended_at_ms) - run.started_at_ms).max(1) as f64;
     let lane_height = 22.0;
     let mut svg = format!(
         r#"<figure class="chart"><svg id="timeline" viewBox="0 0 720 {h}" role="img" aria-labelledby="timeline-title"><title id="timeline-title">Timeline of execution {id}: {n} calls</title>"#,
@@ -851,7 +882,7 @@ async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(
     );
     for (i, (name, start, length, outcome)) in lanes.iter().enumerate() {
         let x = 200.0 + ((start - run.started_at_ms) as f64 / span * 510.0).clamp(0.0, 510.0);
-        let w = (*length as f64 / span * 510.0).clamp(2.0, 710.0 - x);
+        let w = (*length as f64 / span * 510.0).max(2.0).min((710.0 - x).max(2.0));
         let y = i as f64 * lane_height + 2.0;
         let class = if outcome.starts_with("ok") { "ok" } else { "bad" };
         svg.push_str(&format!(
@@ -906,11 +937,14 @@ async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(
 <div class="scroll"><table id="calls"><thead><tr><th scope="col">Started</th><th scope="col">Call</th><th scope="col">Latency ms</th><th scope="col">Outcome</th></tr></thead><tbody>{calls}</tbody></table></div>
 <h2>Model calls</h2>
 {models}
+<h2>Approvals</h2>
+{approvals}
 <h2>Console</h2>
 <div class="scroll"><table id="logs"><thead><tr><th scope="col">Level</th><th scope="col">Line</th></tr></thead><tbody>{logs}</tbody></table></div>
 <p class="note">Up to 16 KiB of console lines are kept with each execution.</p>"#,
         logs = logs,
         models = model_calls_table(&detail.model_calls),
+        approvals = approvals_table(&approvals),
         id = esc(&run.id),
         user = esc(&run.user),
         team = esc(&run.team),
@@ -924,6 +958,30 @@ async fn execution(State(console): State<Console>, Viewer(viewer): Viewer, Path(
         cost = usd(detail.cost_usd()),
     );
     page("Execution", "executions", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+/// An execution's approvals: each call it paused at, who decided it, when, and how
+/// long it waited.
+fn approvals_table(approvals: &[crate::service::approvals::ApprovalView]) -> String {
+    let mut rows = String::new();
+    for approval in approvals {
+        rows.push_str(&format!(
+            r#"<tr><td><a href="/ui/approvals/{id}">{tool}</a></td><td>{paused}</td><td>{status}</td><td>{by}</td><td>{at}</td><td class="num">{waited}</td></tr>"#,
+            id = esc(&approval.id),
+            tool = esc(&approval.tool),
+            paused = esc(&approval.created_at),
+            status = approval.status.as_str(),
+            by = esc(approval.decided_by.as_deref().unwrap_or("")),
+            at = esc(approval.decided_at.as_deref().unwrap_or("")),
+            waited = approval.waited_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_default(),
+        ));
+    }
+    if rows.is_empty() {
+        rows.push_str(r#"<tr><td colspan="6">No call of this execution waited for approval.</td></tr>"#);
+    }
+    format!(
+        r#"<div class="scroll"><table id="execution-approvals"><thead><tr><th scope="col">Call</th><th scope="col">Paused</th><th scope="col">Decision</th><th scope="col">By</th><th scope="col">At</th><th scope="col">Waited</th></tr></thead><tbody>{rows}</tbody></table></div>"#
+    )
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -1288,6 +1346,179 @@ async fn create_key(
 async fn revoke_key(State(console): State<Console>, Viewer(viewer): Viewer, Path(name): Path<String>) -> Response {
     let revoked = console.app.service.revoke_personal_key(&viewer, &name).await;
     json_result(revoked.map(|()| (StatusCode::OK, serde_json::json!({"revoked": name}))))
+}
+
+/// The approvals page: calls waiting for a person that the viewer may see (their own,
+/// those they may decide; an admin every one), then the last 30 days' decisions
+/// counted per tool and approver.
+async fn approvals(State(console): State<Console>, Viewer(viewer): Viewer) -> Response {
+    let service = &console.app.service;
+    let pending = match service.approvals(&viewer, Some(crate::store::ApprovalStatus::Pending), 500).await {
+        Ok(pending) => pending,
+        Err(error) => return service_failure(error),
+    };
+    let counts = match service.approval_counts(&viewer, crate::time::now_ms() - 30 * DAY_MS).await {
+        Ok(counts) => counts,
+        Err(error) => return service_failure(error),
+    };
+    let mut rows = String::new();
+    for approval in &pending {
+        let decide = if crate::service::approvals::may_decide(&viewer, approval) { "yes" } else { "no" };
+        rows.push_str(&format!(
+            r#"<tr data-approval="{id}"><td><a href="/ui/approvals/{id}">{tool}</a></td><td>{user} (team {team})</td><td>{reason}</td><td>{created}</td><td>{expires}</td><td>{decide}</td></tr>"#,
+            id = esc(&approval.id),
+            tool = esc(&approval.tool),
+            user = esc(approval.caller["user"].as_str().unwrap_or_default()),
+            team = esc(approval.caller["team"].as_str().unwrap_or_default()),
+            reason = esc(approval.reason.as_str().unwrap_or_default()),
+            created = esc(&approval.created_at),
+            expires = esc(&approval.expires_at),
+        ));
+    }
+    if rows.is_empty() {
+        rows.push_str(r#"<tr><td colspan="6">No call is waiting for approval.</td></tr>"#);
+    }
+    let mut tally = String::new();
+    for count in &counts {
+        let wait = count.median_wait_ms.map_or_else(|| "–".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
+        let approver = if count.approver.is_empty() { "(nobody yet)" } else { count.approver.as_str() };
+        tally.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td>{}{}{}{}<td class=\"num\">{}</td></tr>",
+            esc(&count.tool),
+            esc(approver),
+            num_cell("approved", count.approved),
+            num_cell("denied", count.denied),
+            num_cell("expired", count.expired),
+            num_cell("pending", count.pending),
+            wait
+        ));
+    }
+    if tally.is_empty() {
+        tally.push_str(r#"<tr><td colspan="7">No approvals in the last 30 days.</td></tr>"#);
+    }
+    let body = format!(
+        r#"<section aria-labelledby="pending-h">
+<h2 id="pending-h">Waiting for approval ({n})</h2>
+<p class="note">Each of these calls paused its execution, which holds no resources while it waits and goes on where it stopped once the call is decided.</p>
+<div class="scroll"><table id="pending-approvals"><thead><tr><th scope="col">Call</th><th scope="col">Caller</th><th scope="col">Why</th><th scope="col">Paused</th><th scope="col">Expires</th><th scope="col">You may decide</th></tr></thead><tbody>{rows}</tbody></table></div>
+</section>
+<section aria-labelledby="counts-h">
+<h2 id="counts-h">Decisions in the last 30 days, per tool and approver</h2>
+<div class="scroll"><table id="approval-counts"><thead><tr><th scope="col">Tool</th><th scope="col">Approver</th><th scope="col">Approved</th><th scope="col">Denied</th><th scope="col">Expired</th><th scope="col">Pending</th><th scope="col">Median wait</th></tr></thead><tbody>{tally}</tbody></table></div>
+</section>"#,
+        n = pending.len()
+    );
+    page("Approvals", "approvals", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+/// One approval: the call (tool, arguments, caller), why it needs approval, and,
+/// for a viewer who may decide it while it is pending, approve and deny buttons.
+async fn approval(State(console): State<Console>, Viewer(viewer): Viewer, Path(id): Path<String>) -> Response {
+    let approval = match console.app.service.approval(&viewer, &id).await {
+        Ok(approval) => approval,
+        Err(error) => return service_failure(error),
+    };
+    let args = serde_json::to_string_pretty(&approval.args).unwrap_or_default();
+    let approvers: Vec<&str> =
+        approval.approvers.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let rule = match &approval.rule {
+        Value::Object(rule) => format!(
+            "<code>{}:{}</code>, policy <strong>{}</strong>, <code>{}</code>",
+            esc(rule.get("file").and_then(Value::as_str).unwrap_or_default()),
+            rule.get("line").and_then(Value::as_u64).unwrap_or_default(),
+            esc(rule.get("policy").and_then(Value::as_str).unwrap_or_default()),
+            esc(rule.get("detail").and_then(Value::as_str).unwrap_or_default())
+        ),
+        _ => String::new(),
+    };
+    let decided = match (&approval.decided_by, &approval.decided_at) {
+        (Some(by), Some(at)) => format!(
+            r#"<div><dt>Decided</dt><dd id="approval-decided">{} by {} at {}{}</dd></div>"#,
+            approval.status.as_str(),
+            esc(by),
+            esc(at),
+            approval.decision_reason.as_deref().map(|r| format!(": {}", esc(r))).unwrap_or_default()
+        ),
+        (None, Some(at)) => format!(
+            r#"<div><dt>Decided</dt><dd id="approval-decided">{} at {}</dd></div>"#,
+            approval.status.as_str(),
+            esc(at)
+        ),
+        _ => String::new(),
+    };
+    let form = if crate::service::approvals::may_decide(&viewer, &approval) {
+        format!(
+            r#"<form id="decide" class="filters" data-approval="{id}">
+<p><label for="decision-reason">Reason (optional, shown to the code on a denial)</label> <textarea id="decision-reason" rows="2" maxlength="2000"></textarea></p>
+<p><button type="button" class="decide" id="approve" data-decision="approve">Approve</button> <button type="button" class="decide" id="deny" data-decision="deny">Deny</button></p>
+<p id="decide-error" role="alert" class="error"></p>
+</form>"#,
+            id = esc(&approval.id)
+        )
+    } else if approval.status == crate::store::ApprovalStatus::Pending {
+        r#"<p class="note">You are not among this call's approvers (or it is your own call), so you cannot decide it.</p>"#.to_string()
+    } else {
+        String::new()
+    };
+    let body = format!(
+        r#"<dl class="facts">
+<div><dt>Status</dt><dd id="approval-status">{status}</dd></div>
+<div><dt>Call</dt><dd id="approval-tool">{tool}</dd></div>
+<div><dt>Caller</dt><dd>{user} (team {team}, key {key})</dd></div>
+<div><dt>Execution</dt><dd><a href="/ui/executions/{execution}">{execution}</a></dd></div>
+<div><dt>Why</dt><dd id="approval-reason">{reason}</dd></div>
+<div><dt>Rule</dt><dd>{rule}</dd></div>
+<div><dt>Approvers</dt><dd>{approvers}</dd></div>
+<div><dt>Paused</dt><dd>{created}</dd></div>
+<div><dt>Expires</dt><dd>{expires}</dd></div>
+{decided}
+</dl>
+<h2>Arguments</h2>
+<pre id="approval-args">{args}</pre>
+{form}"#,
+        status = approval.status.as_str(),
+        tool = esc(&approval.tool),
+        user = esc(approval.caller["user"].as_str().unwrap_or_default()),
+        team = esc(approval.caller["team"].as_str().unwrap_or_default()),
+        key = esc(approval.caller["key"].as_str().unwrap_or_default()),
+        execution = esc(&approval.execution_id),
+        reason = esc(approval.reason.as_str().unwrap_or_default()),
+        approvers = esc(&approvers.join(", ")),
+        created = esc(&approval.created_at),
+        expires = esc(&approval.expires_at),
+        args = esc(&args),
+    );
+    page("Approval", "approvals", &viewer, console.app.service.mode() == Mode::Local, body)
+}
+
+#[derive(Debug, Deserialize)]
+struct DecideBody {
+    decision: String,
+    reason: Option<String>,
+}
+
+async fn decide(
+    State(console): State<Console>,
+    Viewer(viewer): Viewer,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let body = match crate::http::read_body(&headers, body, 64 << 10).await {
+        Ok(bytes) => bytes,
+        Err(error) => return error.into_response(),
+    };
+    let request = match serde_json::from_slice::<DecideBody>(&body) {
+        Ok(request) if request.decision == "approve" || request.decision == "deny" => request,
+        Ok(_) | Err(_) => {
+            return json_result::<()>(Err(crate::service::ServiceError::Invalid(
+                "say the decision: {\"decision\": \"approve\" or \"deny\"}".into(),
+            )))
+        }
+    };
+    let reason = request.reason.filter(|r| !r.trim().is_empty());
+    let decided = console.app.service.decide(&viewer, &id, request.decision == "approve", reason).await;
+    json_result(decided.map(|view| (StatusCode::OK, view)))
 }
 
 #[derive(Debug, Default, Deserialize)]

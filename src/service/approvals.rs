@@ -110,6 +110,9 @@ pub struct ApprovalView {
     /// Whether the caller may approve it.
     pub self_approval: bool,
     pub created_at: String,
+    /// `created_at` in Unix milliseconds.
+    #[serde(skip)]
+    pub created_at_ms: i64,
     pub expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
@@ -122,6 +125,33 @@ pub struct ApprovalView {
     pub waited_ms: Option<i64>,
     /// Where a person decides it: the console's page for it.
     pub url: String,
+}
+
+/// Approvals of one tool decided by one approver (`""`: not decided by anyone yet, or
+/// expired).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApprovalCount {
+    pub tool: String,
+    pub approver: String,
+    pub approved: u64,
+    pub denied: u64,
+    pub expired: u64,
+    pub pending: u64,
+    /// Median time from the pause to the decision, in milliseconds.
+    pub median_wait_ms: Option<i64>,
+}
+
+/// Whether `viewer` may decide approval `record` now (an approver, and not the
+/// caller unless its rule allows it): the console offers its buttons.
+pub fn may_decide(viewer: &Principal, view: &ApprovalView) -> bool {
+    let approvers: Vec<String> = match &view.approvers {
+        Value::Array(items) => items.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    };
+    let own = view.caller.get("user").and_then(Value::as_str) == Some(viewer.user.as_str());
+    view.status == ApprovalStatus::Pending
+        && crate::policy::approver_matches(&approvers, viewer)
+        && (!own || view.self_approval)
 }
 
 fn detail(record: &ApprovalRecord) -> Value {
@@ -156,6 +186,7 @@ impl ApprovalView {
             approvers: detail.get("approvers").cloned().unwrap_or(Value::Null),
             self_approval: detail.get("self_approval").and_then(Value::as_bool).unwrap_or(false),
             created_at: super::sessions::time(record.created_at_ms),
+            created_at_ms: record.created_at_ms,
             expires_at: super::sessions::time(record.expires_at_ms),
             decided_by: record.decided_by,
             decided_at: record.decided_at_ms.map(super::sessions::time),
@@ -280,6 +311,52 @@ impl Service {
             .into_iter()
             .filter(|record| may_see(viewer, record))
             .map(|record| ApprovalView::new(record, public_url.as_deref()))
+            .collect())
+    }
+
+    /// The approvals of execution `id` that `viewer` may see, oldest first: the
+    /// execution's pauses and their decisions, for its timeline.
+    pub async fn execution_approvals(&self, viewer: &Principal, id: &str) -> Result<Vec<ApprovalView>, ServiceError> {
+        let query = ApprovalQuery { execution_id: Some(id.to_string()), limit: 1_000, ..Default::default() };
+        let mut records = self.store.approvals(&query).await?;
+        records.reverse();
+        let public_url = self.auth.public_url.clone();
+        Ok(records
+            .into_iter()
+            .filter(|record| may_see(viewer, record))
+            .map(|record| ApprovalView::new(record, public_url.as_deref()))
+            .collect())
+    }
+
+    /// Approvals made since `since_ms` that `viewer` may see, counted per tool and
+    /// approver: how many were approved, denied, expired or are pending, and the
+    /// median wait for a decision.
+    pub async fn approval_counts(&self, viewer: &Principal, since_ms: i64) -> Result<Vec<ApprovalCount>, ServiceError> {
+        let query = ApprovalQuery { since_ms: Some(since_ms), limit: 100_000, ..Default::default() };
+        let records = self.store.approvals(&query).await?;
+        let mut counts: std::collections::BTreeMap<(String, String), (ApprovalCount, Vec<i64>)> = Default::default();
+        for record in records.into_iter().filter(|record| may_see(viewer, record)) {
+            let approver = record.decided_by.clone().unwrap_or_default();
+            let (count, waits) = counts.entry((record.tool.clone(), approver.clone())).or_insert_with(|| {
+                (ApprovalCount { tool: record.tool.clone(), approver, ..Default::default() }, Vec::new())
+            });
+            match record.status {
+                ApprovalStatus::Pending => count.pending += 1,
+                ApprovalStatus::Approved => count.approved += 1,
+                ApprovalStatus::Denied => count.denied += 1,
+                ApprovalStatus::Expired => count.expired += 1,
+            }
+            if let Some(at) = record.decided_at_ms {
+                waits.push(at - record.created_at_ms);
+            }
+        }
+        Ok(counts
+            .into_values()
+            .map(|(mut count, mut waits)| {
+                waits.sort_unstable();
+                count.median_wait_ms = waits.get(waits.len() / 2).copied();
+                count
+            })
             .collect())
     }
 

@@ -404,3 +404,46 @@ return {dev: dev.n, main}"#;
         assert_eq!(listed["approvals"].as_array().unwrap().len(), 20);
     }
 }
+
+/// The console's approve button, in headless Chromium: the approver finds the call,
+/// approves it, and the execution's page shows it ended, with the decision.
+#[tokio::test]
+async fn a_lead_approves_in_the_console_and_the_execution_ends() {
+    use crate::harness::*;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
+    let server = start_server_with(&config, over_http::POLICY);
+    let (status, paused) =
+        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": over_http::MERGE})))
+            .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    let id = paused["execution_id"].as_str().unwrap().to_string();
+    let approval = paused["approvals"][0]["id"].as_str().unwrap().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/approvals_browser.py");
+    let output = tokio::task::spawn_blocking({
+        let (base, key, caller) = (server.base.clone(), lead.token.clone(), dev.token.clone());
+        let (approval, id) = (approval.clone(), id.clone());
+        move || {
+            std::process::Command::new("python3").args([script, &base, &key, &caller, &approval, &id]).output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the summary");
+    assert_eq!(seen["tool"], "tools.test.echo", "{seen}");
+    assert_eq!(seen["args"], json!({"base": "main", "n": 2}), "{seen}");
+    assert_eq!(seen["status"], "approved", "{seen}");
+    assert!(seen["decided"].as_str().unwrap().contains("lee (team leads)"), "{seen}");
+    assert!(seen["decided"].as_str().unwrap().contains("looks right"), "{seen}");
+    assert!(seen["approver_sees"].as_str().unwrap().starts_with("resumed"), "{seen}");
+    assert_eq!(seen["outcome"], "ok", "{seen}");
+    assert_eq!(seen["execution_approvals"][0][2], "approved", "{seen}");
+    assert!(seen["timeline"].as_array().unwrap().iter().any(|l| l == "approval tools.test.echo"), "{seen}");
+    let done = over_http::ended(&server.base, &dev.token, &id).await;
+    assert_eq!(done["result"]["result"]["main"], json!({"base": "main", "n": 2}), "{done}");
+}

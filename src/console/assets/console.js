@@ -65,6 +65,29 @@ document.addEventListener("DOMContentLoaded", () => {
       else button.textContent = "Not revoked";
     });
   });
+  const decide = document.getElementById("decide");
+  if (decide) {
+    decide.querySelectorAll("button.decide").forEach((button) => {
+      button.addEventListener("click", async () => {
+        const error = document.getElementById("decide-error");
+        error.textContent = "";
+        const request = { decision: button.dataset.decision };
+        const reason = document.getElementById("decision-reason").value.trim();
+        if (reason) request.reason = reason;
+        const response = await fetch("/ui/approvals/" + encodeURIComponent(decide.dataset.approval), {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(request),
+          credentials: "same-origin",
+        });
+        if (response.ok) location.reload();
+        else {
+          const answer = await response.json().catch(() => ({}));
+          error.textContent = answer.error || "The decision was not taken.";
+        }
+      });
+    });
+  }
   const live = document.querySelector("[data-live]");
   if (live && window.EventSource) {
     const source = new EventSource(live.dataset.live);
