@@ -26,9 +26,10 @@ use rmcp::model::SubscriptionFilter;
 #[allow(deprecated)] // logging: see `CodeMode::execute`
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CreateTaskResult,
-    DetailedTask, GetTaskParams, GetTaskResult, Implementation, JsonObject, ListToolsResult, LoggingLevel,
-    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
-    ServerConfig, Task, TaskPayload, TaskStatus, Tool,
+    DetailedTask, ElicitRequest, ElicitRequestParams, GetTaskParams, GetTaskResult, Implementation, InputRequest,
+    InputRequests, InputRequiredResult, JsonObject, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Task, TaskPayload, TaskStatus,
+    Tool,
 };
 use rmcp::service::{RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, ServerHandler};
@@ -211,6 +212,13 @@ impl CodeMode {
         args: ExecuteArgs,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResponse {
+        if let Some(id) = &args.resume {
+            return self.resume(principal, id, context).await;
+        }
+        let Some(code) = args.code else {
+            let message = "execute: give `code`, or `resume` with the id of a paused execution";
+            return failure(Kind::InvalidRequest, message, None).into();
+        };
         let language = args.language.unwrap_or(Language::Typescript);
         // `session: "new"` opens one for this caller; its id comes back with the result
         // and continues it when passed again.
@@ -222,7 +230,7 @@ impl CodeMode {
             other => other.map(str::to_string),
         };
         let request = ExecuteRequest {
-            code: args.code,
+            code,
             input: args.input,
             limits: PartialLimits::default(),
             language,
@@ -233,7 +241,43 @@ impl CodeMode {
         if context.client_capabilities().is_some_and(|caps| caps.supports_tasks()) {
             return self.execute_as_task(principal, request).await.unwrap_or_else(CallToolResponse::from);
         }
-        self.execute_now(principal, request, context).await.into()
+        self.execute_now(principal, request, context).await
+    }
+
+    /// `execute` with `resume` (or a retry carrying the request state of an
+    /// `InputRequiredResult`): waits up to [`RESUME_WAIT`] for paused execution `id`
+    /// of `principal` to end, then answers with its result, or says it still waits.
+    async fn resume(
+        &self,
+        principal: Arc<Principal>,
+        id: &str,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResponse {
+        let started = std::time::Instant::now();
+        loop {
+            let view = match self.service.handle(&principal, id).await {
+                Ok(view) => view,
+                Err(error) => return failure(error.kind(), &error.to_string(), None).into(),
+            };
+            match view.status {
+                HandleStatus::Paused | HandleStatus::Running if started.elapsed() < RESUME_WAIT => {}
+                HandleStatus::Paused => {
+                    let body = body_of(&view);
+                    return paused(body, context);
+                }
+                HandleStatus::Running => {
+                    let message = format!("execution `{id}` is still running: call `execute` with `resume` again");
+                    return failure(Kind::Unavailable, &message, None).into();
+                }
+                _ => return finished(&view, None).into(),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CANCEL_POLL) => {}
+                () = context.ct.cancelled() => {
+                    return failure(Kind::Cancelled, "the request was cancelled; the execution goes on", None).into()
+                }
+            }
+        }
     }
 
     /// `execute`, answered when the execution ends.
@@ -243,11 +287,11 @@ impl CodeMode {
         principal: Arc<Principal>,
         request: ExecuteRequest,
         context: &RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let session_id = request.session_id.clone();
         let prepared = match self.service.prepare(principal, request).await {
             Ok(prepared) => prepared,
-            Err(error) => return failure(error.kind(), &error.to_string(), None),
+            Err(error) => return failure(error.kind(), &error.to_string(), None).into(),
         };
         // The execution is cancelled (and still recorded) if the client cancels the
         // request or rmcp drops this handler.
@@ -259,7 +303,7 @@ impl CodeMode {
             let line = tokio::select! {
                 line = lines_rx.recv() => line,
                 () = context.ct.cancelled() => {
-                    return failure(Kind::Cancelled, "the request was cancelled; the execution was stopped", None)
+                    return failure(Kind::Cancelled, "the request was cancelled; the execution was stopped", None).into()
                 }
             };
             let Some(line) = line else { break };
@@ -282,9 +326,13 @@ impl CodeMode {
         }
         let outcome = match run.await {
             Ok(outcome) => outcome,
-            Err(error) => return failure(error.kind(), &error.to_string(), None),
+            Err(error) => return failure(error.kind(), &error.to_string(), None).into(),
         };
-        tool_result(serde_json::to_value(&outcome).unwrap_or(Value::Null), session_id.as_deref())
+        let body = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+        if outcome.status == Some("paused") {
+            return paused(body, context);
+        }
+        tool_result(body, session_id.as_deref()).into()
     }
 
     /// `execute` for a client that takes tasks: the execution starts in the
@@ -315,7 +363,9 @@ impl CodeMode {
             self.service.handle(&principal, &id).await
         };
         match tokio::time::timeout(TASK_AFTER, ended).await {
-            Ok(Ok(ended)) if !ended.running() => Ok(finished(&ended, session.as_deref()).into()),
+            Ok(Ok(ended)) if !ended.running() && ended.status != HandleStatus::Paused => {
+                Ok(finished(&ended, session.as_deref()).into())
+            }
             Ok(Err(error)) => Err(failure(error.kind(), &error.to_string(), None)),
             Ok(Ok(_)) | Err(_) => Ok(CallToolResponse::Task(CreateTaskResult::new(task(&view)))),
         }
@@ -344,10 +394,89 @@ fn task(view: &HandleView) -> Task {
     task
 }
 
+/// How long `execute` with `resume` waits for a paused execution to end.
+const RESUME_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What an `InputRequiredResult` for a paused execution carries as its request state:
+/// this, then the execution's id. The retry is checked like `resume`: only the
+/// execution's own principal sees it.
+const RESUME_STATE: &str = "sandgate-resume:";
+
+/// A handle's body (`POST /v1/execute`'s answer) as JSON.
+fn body_of(view: &HandleView) -> Value {
+    view.result.as_ref().and_then(|body| serde_json::from_str(body.get()).ok()).unwrap_or(Value::Null)
+}
+
+/// One URL-mode elicitation per approval a paused execution waits for, keyed by the
+/// approval's id: the console's page where a person decides it.
+fn approval_requests(body: &Value) -> InputRequests {
+    body["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|approval| {
+            let (id, url) = (approval["id"].as_str()?, approval["url"].as_str()?);
+            let tool = approval["tool"].as_str().unwrap_or("a call");
+            let params = ElicitRequestParams::UrlElicitationParams {
+                meta: None,
+                message: format!("The code's call to {tool} needs approval: an approver decides it on this page."),
+                url: url.to_string(),
+                elicitation_id: id.to_string(),
+            };
+            Some((id.to_string(), InputRequest::Elicitation(ElicitRequest::new(params))))
+        })
+        .collect()
+}
+
+/// The answer for an execution paused at calls waiting for approval: for a client on
+/// 2026-07-28 that takes URL-mode elicitation, an `InputRequiredResult` with one
+/// elicitation per approval (the console's page) and the state that resumes it on
+/// retry; for any other, a plain result saying where to approve and how to go on.
+fn paused(body: Value, context: &RequestContext<RoleServer>) -> CallToolResponse {
+    let id = body["execution_id"].as_str().unwrap_or_default().to_string();
+    let modern = context.protocol_version().is_some_and(|v| v.as_str() >= "2026-07-28");
+    let url_mode =
+        context.client_capabilities().and_then(|caps| caps.elicitation).is_some_and(|elicit| elicit.url.is_some());
+    let body = absolute(body, context);
+    let requests = approval_requests(&body);
+    if modern && url_mode && !requests.is_empty() {
+        return InputRequiredResult::new(Some(requests), Some(format!("{RESUME_STATE}{id}"))).into();
+    }
+    let urls: Vec<&str> =
+        body["approvals"].as_array().into_iter().flatten().filter_map(|a| a["url"].as_str()).collect();
+    let text = format!(
+        "paused: approve at {}, then call `execute` with `resume: \"{id}\"`",
+        if urls.is_empty() { "the console's approvals page".to_string() } else { urls.join(" and ") }
+    );
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(body);
+    result.into()
+}
+
+/// `body` with its approvals' URLs absolute, as elicitations need them: without
+/// `[auth] public_url`, under the origin this request came to.
+fn absolute(mut body: Value, context: &RequestContext<RoleServer>) -> Value {
+    if let Some(origin) = origin(context) {
+        for approval in body["approvals"].as_array_mut().into_iter().flatten() {
+            if let Some(url) = approval["url"].as_str().filter(|url| url.starts_with('/')) {
+                approval["url"] = Value::String(format!("{origin}{url}"));
+            }
+        }
+    }
+    body
+}
+
+/// `scheme://host` of the HTTP request an MCP request came in, when there is one.
+fn origin(context: &RequestContext<RoleServer>) -> Option<String> {
+    let parts = context.extensions.get::<http::request::Parts>()?;
+    let host = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+    let https = parts.headers.get("x-forwarded-proto").and_then(|p| p.to_str().ok()) == Some("https");
+    Some(format!("{}://{host}", if https { "https" } else { "http" }))
+}
+
 /// The tool result of a background execution that ended.
 fn finished(view: &HandleView, session: Option<&str>) -> CallToolResult {
-    let body = view.result.as_ref().and_then(|body| serde_json::from_str(body.get()).ok()).unwrap_or(Value::Null);
-    tool_result(body, session.or(view.session_id.as_deref()))
+    tool_result(body_of(view), session.or(view.session_id.as_deref()))
 }
 
 /// The tool result for an execution's body (what `POST /v1/execute` answers): the
@@ -452,7 +581,11 @@ struct SearchArgs {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExecuteArgs {
-    code: String,
+    #[serde(default)]
+    code: Option<String>,
+    /// The id of a paused execution to wait for, instead of `code`.
+    #[serde(default)]
+    resume: Option<String>,
     #[serde(default)]
     input: Option<Value>,
     #[serde(default)]
@@ -512,9 +645,9 @@ fn execute_tool() -> Tool {
                 "code": { "type": "string", "description": "TypeScript (or JavaScript) function body" },
                 "input": { "description": "Any JSON value, readable as the global `input`" },
                 "language": { "enum": ["typescript", "javascript", "python"], "description": "Default typescript" },
-                "session": { "type": "string", "description": "\"new\", or the session from an earlier result: globals persist, the last expression is the result" }
-            },
-            "required": ["code"]
+                "session": { "type": "string", "description": "\"new\", or the session from an earlier result: globals persist, the last expression is the result" },
+                "resume": { "type": "string", "description": "Instead of code: the id of an execution that paused for approval, to wait for its result" }
+            }
         })),
     )
 }
@@ -609,6 +742,11 @@ impl ServerHandler for CodeMode {
                 Ok(args) => self.search(&principal, args).await,
                 Err(e) => failure(Kind::InvalidRequest, &format!("search: {e}"), None),
             },
+            // A retry of an `InputRequiredResult`: the execution it paused.
+            "execute" if request.request_state.as_deref().is_some_and(|s| s.starts_with(RESUME_STATE)) => {
+                let state = request.request_state.as_deref().unwrap_or_default();
+                return Ok(self.resume(principal, &state[RESUME_STATE.len()..], &context).await);
+            }
             "execute" => match serde_json::from_value::<ExecuteArgs>(args) {
                 Ok(args) => return Ok(self.execute(principal, args, &context).await),
                 Err(e) => failure(Kind::InvalidRequest, &format!("execute: {e}"), None),
@@ -634,7 +772,9 @@ impl ServerHandler for CodeMode {
         let view = self.service.handle(&principal, &request.task_id).await.map_err(task_error)?;
         let payload = match view.status {
             HandleStatus::Running => TaskPayload::Working,
-            HandleStatus::Paused => TaskPayload::InputRequired { input_requests: Default::default() },
+            HandleStatus::Paused => {
+                TaskPayload::InputRequired { input_requests: approval_requests(&absolute(body_of(&view), &context)) }
+            }
             HandleStatus::Cancelled => TaskPayload::Cancelled,
             HandleStatus::Succeeded | HandleStatus::Failed => {
                 let result = serde_json::to_value(finished(&view, None)).unwrap_or(Value::Null);

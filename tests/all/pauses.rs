@@ -447,3 +447,108 @@ async fn a_lead_approves_in_the_console_and_the_execution_ends() {
     let done = over_http::ended(&server.base, &dev.token, &id).await;
     assert_eq!(done["result"]["result"]["main"], json!({"base": "main", "n": 2}), "{done}");
 }
+
+/// The official Python `mcp` SDK as the client, on both protocol revisions: on
+/// 2025-11-25 a paused `execute` says where to approve and `resume` waits for the
+/// result; on 2026-07-28 it is an `InputRequiredResult` with a URL elicitation of the
+/// console's approval page, and the retry with its request state gives the result.
+#[tokio::test]
+async fn mcp_clients_on_both_revisions_learn_where_to_approve_and_get_the_result() {
+    use crate::harness::*;
+    use serde_json::json;
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
+    let server = start_server_with(&config, over_http::POLICY);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_approvals.py");
+    for mode in ["legacy", "modern"] {
+        let output = tokio::task::spawn_blocking({
+            let (base, dev, lead) = (server.base.clone(), dev.token.clone(), lead.token.clone());
+            move || {
+                std::process::Command::new("python3")
+                    .args([script, mode, &format!("{base}/mcp"), &base, &dev, &lead, over_http::MERGE])
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{mode}:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the summary");
+        assert_eq!(seen["decided"], "approved", "{mode}: {seen}");
+        assert_eq!(seen["final_error"], false, "{mode}: {seen}");
+        assert_eq!(seen["final_structured"]["result"]["main"], json!({"base": "main", "n": 2}), "{mode}: {seen}");
+        if mode == "modern" {
+            assert_eq!(seen["protocol"], "2026-07-28", "{seen}");
+            assert_eq!(seen["first_type"], "InputRequiredResult", "{seen}");
+            let requests = seen["requests"].as_object().unwrap();
+            assert_eq!(requests.len(), 1, "{seen}");
+            let (key, request) = requests.iter().next().unwrap();
+            assert_eq!(request["mode"], "url", "{seen}");
+            assert_eq!(request["url"], format!("{}/ui/approvals/{key}", server.base), "{seen}");
+        } else {
+            assert_eq!(seen["protocol"], "2025-11-25", "{seen}");
+            assert_eq!(seen["first_error"], false, "{seen}");
+            let text = seen["first_text"][0].as_str().unwrap();
+            assert!(text.starts_with("paused: approve at http://") && text.contains("/ui/approvals/apr_"), "{text}");
+            assert!(text.contains("then call `execute` with `resume: \""), "{text}");
+        }
+    }
+}
+
+/// An MCP client with the tasks extension: a paused `execute` is a task in
+/// `input_required`, whose payload carries the console's approval page; once a lead
+/// approves, `tasks/get` gives the completed result.
+#[tokio::test]
+async fn a_paused_execution_is_a_task_in_input_required() {
+    use crate::harness::*;
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, GetTaskParams, Implementation,
+        InputRequest, TaskPayload, TaskStatus,
+    };
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+    use serde_json::json;
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
+    let server = start_server_with(&config, over_http::POLICY);
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.base)).auth_header(dev.token.clone()),
+    );
+    let info =
+        ClientConfig::new(ClientCapabilities::builder().enable_tasks().build(), Implementation::new("test", "1"));
+    let client = info.serve(transport).await.expect("the client connects");
+    let arguments = json!({"code": over_http::MERGE, "language": "javascript"}).as_object().cloned().unwrap();
+    let answer = client.call_tool_once(CallToolRequestParams::new("execute").with_arguments(arguments)).await.unwrap();
+    let CallToolResponse::Task(task) = answer else { panic!("a paused run is a task: {answer:?}") };
+    let id = task.task.task_id.clone();
+    let got = client.get_task(GetTaskParams::new(id.clone())).await.unwrap();
+    assert_eq!(got.task.status(), TaskStatus::InputRequired, "{got:?}");
+    let TaskPayload::InputRequired { input_requests } = got.task.payload else { panic!("{got:?}") };
+    let (approval, request) = input_requests.iter().next().expect("one approval");
+    let InputRequest::Elicitation(elicit) = request else { panic!("{request:?}") };
+    let shown = serde_json::to_value(&elicit.params).unwrap();
+    assert_eq!(shown["mode"], "url", "{shown}");
+    assert_eq!(shown["url"], format!("{}/ui/approvals/{approval}", server.base), "{shown}");
+    let (status, _) = call(
+        reqwest::Method::POST,
+        format!("{}/v1/approvals/{approval}", server.base),
+        &lead.token,
+        Some(json!({"decision": "approve"})),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let done = loop {
+        let got = client.get_task(GetTaskParams::new(id.clone())).await.unwrap();
+        if got.task.status() != TaskStatus::InputRequired && got.task.status() != TaskStatus::Working {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let TaskPayload::Completed { result } = done.task.payload else { panic!("{done:?}") };
+    assert_eq!(result["structuredContent"]["result"]["main"], json!({"base": "main", "n": 2}), "{result:?}");
+    client.cancel().await.unwrap();
+}
