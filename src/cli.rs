@@ -145,6 +145,9 @@ pub enum Command {
     /// Your personal keys on a server you signed in to with `sandgate login`.
     #[command(subcommand)]
     PersonalKey(account::PersonalKeyCommand),
+    /// Calls waiting for a person: list them, approve or deny one, count decisions.
+    #[command(subcommand)]
+    Approvals(account::ApprovalsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,6 +356,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Logout { server } => runtime.block_on(account::logout(server)),
         Command::Token { server } => runtime.block_on(account::token(server)),
         Command::PersonalKey(command) => runtime.block_on(account::personal_key(command)),
+        Command::Approvals(command) => runtime.block_on(account::approvals(command)),
     };
     match result {
         Ok(code) => code,

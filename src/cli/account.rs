@@ -365,3 +365,156 @@ pub async fn personal_key(command: PersonalKeyCommand) -> anyhow::Result<ExitCod
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Calls waiting for approval that you may see: your own, and those you may
+    /// decide (an admin: every one).
+    List {
+        /// `pending` (the default), `approved`, `denied`, `expired` or `all`.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[command(flatten)]
+        who: Approver,
+    },
+    /// Approve a call: the paused execution goes on where it stopped.
+    Approve {
+        id: String,
+        /// Why, kept with the decision.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        who: Approver,
+    },
+    /// Deny a call: it rejects in the code with `tool_denied` and your reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        who: Approver,
+    },
+    /// Approvals of the last days counted per tool and approver.
+    Counts {
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[command(flatten)]
+        who: Approver,
+    },
+}
+
+/// Who decides: an API key, or the sign-in of `sandgate login`.
+#[derive(Debug, clap::Args)]
+pub struct Approver {
+    #[command(flatten)]
+    server: Server,
+    /// An API key to act as (default: the sign-in of `sandgate login`).
+    #[arg(long, env = "SANDGATE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl Approver {
+    /// The server's URL and the bearer credential to present to it.
+    async fn credential(self) -> anyhow::Result<(String, String)> {
+        match self.api_key {
+            Some(key) => {
+                let Some(server) = self.server.server else {
+                    bail!("name the server with --server URL (or SANDGATE_URL) to use an API key")
+                };
+                Ok((normalise(&server)?, key))
+            }
+            None => {
+                let (token, server) = fresh_token(self.server.server).await?;
+                Ok((server, token))
+            }
+        }
+    }
+}
+
+pub async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
+    let http = client::http();
+    match command {
+        ApprovalsCommand::List { status, who } => {
+            let (server, token) = who.credential().await?;
+            let encoded: String = form_urlencoded::byte_serialize(status.as_bytes()).collect();
+            let response =
+                http.get(format!("{server}/v1/approvals?status={encoded}")).bearer_auth(token).send().await?;
+            if !response.status().is_success() {
+                bail!("{}", refusal(response).await);
+            }
+            let listed: serde_json::Value = response.json().await?;
+            println!("{:<32} {:<9} {:<36} {:<24} {:<26} WHY", "ID", "STATUS", "CALL", "CALLER", "EXPIRES");
+            for approval in listed["approvals"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:<9} {:<36} {:<24} {:<26} {}",
+                    approval["id"].as_str().unwrap_or_default(),
+                    approval["status"].as_str().unwrap_or_default(),
+                    approval["tool"].as_str().unwrap_or_default(),
+                    format!(
+                        "{} ({})",
+                        approval["caller"]["user"].as_str().unwrap_or_default(),
+                        approval["caller"]["team"].as_str().unwrap_or_default()
+                    ),
+                    approval["expires_at"].as_str().unwrap_or_default(),
+                    approval["reason"].as_str().unwrap_or_default(),
+                );
+            }
+        }
+        ApprovalsCommand::Approve { id, reason, who } => decide(&http, who, &id, "approve", reason).await?,
+        ApprovalsCommand::Deny { id, reason, who } => decide(&http, who, &id, "deny", reason).await?,
+        ApprovalsCommand::Counts { days, who } => {
+            let (server, token) = who.credential().await?;
+            let response =
+                http.get(format!("{server}/v1/approvals/counts?days={days}")).bearer_auth(token).send().await?;
+            if !response.status().is_success() {
+                bail!("{}", refusal(response).await);
+            }
+            let counts: serde_json::Value = response.json().await?;
+            println!(
+                "{:<36} {:<28} {:>9} {:>7} {:>8} {:>8} {:>12}",
+                "TOOL", "APPROVER", "APPROVED", "DENIED", "EXPIRED", "PENDING", "MEDIAN_WAIT"
+            );
+            for row in counts["counts"].as_array().into_iter().flatten() {
+                let approver = row["approver"].as_str().filter(|a| !a.is_empty()).unwrap_or("-");
+                let wait = row["median_wait_ms"].as_i64().map(|ms| format!("{:.1}s", ms as f64 / 1000.0));
+                println!(
+                    "{:<36} {:<28} {:>9} {:>7} {:>8} {:>8} {:>12}",
+                    row["tool"].as_str().unwrap_or_default(),
+                    approver,
+                    row["approved"],
+                    row["denied"],
+                    row["expired"],
+                    row["pending"],
+                    wait.unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn decide(
+    http: &reqwest::Client,
+    who: Approver,
+    id: &str,
+    decision: &str,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let (server, token) = who.credential().await?;
+    let encoded: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+    let body = serde_json::json!({"decision": decision, "reason": reason});
+    let response = http.post(format!("{server}/v1/approvals/{encoded}")).bearer_auth(token).json(&body).send().await?;
+    if !response.status().is_success() {
+        bail!("not decided: {}", refusal(response).await);
+    }
+    let decided: serde_json::Value = response.json().await?;
+    eprintln!(
+        "{} {} ({}) of {}: its execution {} goes on",
+        decided["status"].as_str().unwrap_or_default(),
+        decided["tool"].as_str().unwrap_or_default(),
+        decided["id"].as_str().unwrap_or_default(),
+        decided["caller"]["user"].as_str().unwrap_or_default(),
+        decided["execution_id"].as_str().unwrap_or_default(),
+    );
+    Ok(())
+}

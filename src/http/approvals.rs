@@ -41,6 +41,27 @@ pub(super) async fn list(
     Ok(Json(serde_json::json!({ "approvals": approvals })))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CountParams {
+    /// The last this many days (default 30).
+    days: Option<u32>,
+}
+
+/// `GET /v1/approvals/counts?days=30`: the approvals the caller may see, counted
+/// per tool and approver, with the median wait for a decision.
+pub(super) async fn counts(
+    State(app): State<AppState>,
+    Caller(principal): Caller,
+    params: Result<Query<CountParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::new(Kind::InvalidRequest, e.body_text()))?;
+    let days = i64::from(params.days.unwrap_or(30).clamp(1, 3_650));
+    let since = crate::time::now_ms() - days * 86_400_000;
+    let counts = app.service.approval_counts(&principal, since).await?;
+    Ok(Json(serde_json::json!({ "days": days, "counts": counts })))
+}
+
 pub(super) async fn show(
     State(app): State<AppState>,
     Caller(principal): Caller,

@@ -114,6 +114,7 @@ pub fn router(state: AppState, stopping: CancellationToken, others: Router) -> R
         .route("/v1/executions/{id}/events", get(handles::events))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/counts", get(approvals::counts))
         .route("/v1/approvals/{id}", get(approvals::show).post(approvals::decide))
         .route("/v1/me", get(keys::me))
         .route("/v1/keys", post(keys::create).get(keys::list))

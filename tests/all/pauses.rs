@@ -552,3 +552,58 @@ async fn a_paused_execution_is_a_task_in_input_required() {
     assert_eq!(result["structuredContent"]["result"]["main"], json!({"base": "main", "n": 2}), "{result:?}");
     client.cancel().await.unwrap();
 }
+
+/// `sandgate approvals` against a running server, with an API key: list what waits,
+/// approve it with a reason, count decisions per tool and approver.
+#[tokio::test]
+async fn an_approver_decides_on_the_command_line() {
+    use crate::harness::*;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
+    let server = start_server_with(&config, over_http::POLICY);
+    let (status, paused) =
+        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": over_http::MERGE})))
+            .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    let (id, approval) = (
+        paused["execution_id"].as_str().unwrap().to_string(),
+        paused["approvals"][0]["id"].as_str().unwrap().to_string(),
+    );
+    let cli = |args: Vec<String>| {
+        let (base, key) = (server.base.clone(), lead.token.clone());
+        tokio::task::spawn_blocking(move || {
+            let output = crate::binary::sandgate()
+                .args(&args)
+                .args(["--server", &base])
+                .env("SANDGATE_API_KEY", key)
+                .output()
+                .unwrap();
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        })
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (code, stdout, stderr) = cli(args(&["approvals", "list"])).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = stdout.lines().find(|l| l.starts_with(&approval)).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.contains("pending") && line.contains("tools.test.echo") && line.contains("dana (platform)"), "{line}");
+    let (code, _, stderr) = cli(args(&["approvals", "approve", &approval, "--reason", "ship it"])).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.starts_with("approved tools.test.echo"), "{stderr}");
+    let (code, _, stderr) = cli(args(&["approvals", "deny", &approval])).await.unwrap();
+    assert_eq!(code, Some(2), "deciding twice: {stderr}");
+    assert!(stderr.contains("409") && stderr.contains("approved already"), "{stderr}");
+    let done = over_http::ended(&server.base, &dev.token, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (code, stdout, stderr) = cli(args(&["approvals", "counts"])).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let row = stdout.lines().find(|l| l.starts_with("tools.test.echo")).unwrap_or_else(|| panic!("{stdout}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&fields[1..6], ["lee", "(team", "leads)", "1", "0"], "{row}");
+}
