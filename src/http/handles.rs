@@ -1,7 +1,8 @@
 //! Executions in the background: `POST /v1/executions` (the body of `POST /v1/execute`)
 //! answers 202 with the execution's id at once; `GET /v1/executions/{id}` gives its
 //! status and, once it ended, its result; `GET /v1/executions/{id}/events` streams its
-//! console lines (`log`) and its result (`result`) as server-sent events; `DELETE`
+//! console lines (`log`), `paused` when it waits for approval, and its result
+//! (`result`) as server-sent events; `DELETE`
 //! cancels it. Another principal's execution is a 404.
 
 use std::convert::Infallible;
@@ -20,6 +21,10 @@ use super::extract::Caller;
 use super::{ApiError, AppState};
 use crate::service::LogLine;
 use crate::service::{HandleEvent, HandleView};
+use crate::store::HandleStatus;
+
+/// How often a follower of a paused execution reads its status.
+const PAUSED_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(super) async fn start(
     State(app): State<AppState>,
@@ -83,32 +88,46 @@ pub(super) async fn events(
         }
         None => futures::stream::empty().boxed(),
     };
-    // Then the result, from the store (on another replica: when the store says it ended).
-    let ended = futures::stream::once(async move {
-        match app.service.wait_handle(&principal, &id).await {
-            Ok(view) => {
-                let mut events: Vec<Result<Event, Infallible>> = Vec::new();
-                let result = view.result.as_deref().map_or("null", RawValue::get);
-                if !live {
-                    /// The lines of a stored result, read without the rest of it.
-                    #[derive(serde::Deserialize)]
-                    struct Lines {
-                        #[serde(default)]
-                        logs: Vec<LogLine>,
-                    }
-                    let lines = serde_json::from_str::<Lines>(result).map(|l| l.logs).unwrap_or_default();
-                    events.extend(lines.iter().map(log_event));
+    // Then the result, from the store (on another replica: when the store says it
+    // ended). An execution paused for approval gives a `paused` event (its body, with
+    // the approvals) and is followed on until it ends.
+    let ended = futures::stream::unfold(Some((false, live)), move |state| {
+        let (app, principal, id) = (app.clone(), principal.clone(), id.clone());
+        async move {
+            let (paused_sent, live) = state?;
+            let view = match app.service.wait_handle(&principal, &id).await {
+                Ok(view) => view,
+                Err(error) => {
+                    let error = ApiError::from(error);
+                    let body = serde_json::json!({ "error": { "kind": error.kind, "message": error.message } });
+                    return Some((vec![Ok(Event::default().event("error").json_data(body).unwrap_or_default())], None));
                 }
-                events.push(Ok(Event::default().event("result").data(result)));
-                futures::stream::iter(events)
+            };
+            let result = view.result.as_deref().map_or("null", RawValue::get).to_string();
+            if view.status == HandleStatus::Paused {
+                if paused_sent {
+                    tokio::time::sleep(PAUSED_POLL).await;
+                    return Some((Vec::new(), Some((true, live))));
+                }
+                return Some((vec![Ok(Event::default().event("paused").data(result))], Some((true, live))));
             }
-            Err(error) => {
-                let error = ApiError::from(error);
-                let body = serde_json::json!({ "error": { "kind": error.kind, "message": error.message } });
-                futures::stream::iter(vec![Ok(Event::default().event("error").json_data(body).unwrap_or_default())])
+            let mut events: Vec<Result<Event, Infallible>> = Vec::new();
+            // Lines the stream did not carry live (another replica ran it, or it went
+            // on after a pause) come from the stored result.
+            if !live || paused_sent {
+                /// The lines of a stored result, read without the rest of it.
+                #[derive(serde::Deserialize)]
+                struct Lines {
+                    #[serde(default)]
+                    logs: Vec<LogLine>,
+                }
+                let lines = serde_json::from_str::<Lines>(&result).map(|l| l.logs).unwrap_or_default();
+                events.extend(lines.iter().map(log_event));
             }
+            events.push(Ok(Event::default().event("result").data(result)));
+            Some((events, None))
         }
     })
-    .flatten();
+    .flat_map(futures::stream::iter);
     Ok(Sse::new(lines.chain(ended)).keep_alive(KeepAlive::default()).into_response())
 }

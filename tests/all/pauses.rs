@@ -607,3 +607,62 @@ async fn an_approver_decides_on_the_command_line() {
     let fields: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&fields[1..6], ["lee", "(team", "leads)", "1", "0"], "{row}");
 }
+
+/// A background execution that pauses: its status reads `paused`, and its events
+/// stream gives a `paused` event with the approvals, then, once approved, the result.
+#[tokio::test]
+async fn a_background_execution_shows_paused_in_its_status_and_events() {
+    use crate::harness::*;
+    use futures::StreamExt;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
+    let server = start_server_with(&config, over_http::POLICY);
+    let (status, started) = call(
+        Method::POST,
+        format!("{}/v1/executions", server.base),
+        &dev.token,
+        Some(json!({"code": over_http::MERGE})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["execution_id"].as_str().unwrap().to_string();
+    let response = client()
+        .get(format!("{}/v1/executions/{id}/events", server.base))
+        .bearer_auth(&dev.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let mut approved = false;
+    while let Some(chunk) = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next()).await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        if !approved && text.contains("event: paused") {
+            let (_, view) = call(Method::GET, format!("{}/v1/executions/{id}", server.base), &dev.token, None).await;
+            assert_eq!(view["status"], "paused", "{view}");
+            let approval = view["result"]["approvals"][0]["id"].as_str().unwrap().to_string();
+            let (status, _) = call(
+                Method::POST,
+                format!("{}/v1/approvals/{approval}", server.base),
+                &lead.token,
+                Some(json!({"decision": "approve"})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            approved = true;
+        }
+        if text.contains("event: result") {
+            break;
+        }
+    }
+    assert!(approved, "{text}");
+    let result = text.split("event: result\ndata: ").nth(1).unwrap_or_default().lines().next().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(result).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(result["result"]["main"], json!({"base": "main", "n": 2}), "{text}");
+    let paused_at = text.find("event: paused").unwrap();
+    assert!(text[..paused_at].contains("start"), "the line before the pause came live: {text}");
+}
