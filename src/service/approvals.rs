@@ -546,6 +546,62 @@ impl Service {
         Ok(())
     }
 
+    /// Cancels paused execution `id` of `principal`: no replica will resume it, its
+    /// pending approvals are denied (so no approver is asked any more), and it ends
+    /// `cancelled`, recorded with what it used before the pause.
+    pub async fn cancel_paused(&self, principal: &Principal, id: &str) -> Result<(), ServiceError> {
+        let now = now_ms();
+        // Claimed for good: no other replica resumes it while it is cancelled.
+        let Some(record) = self.store.claim_paused(id, now, now - RESUME_STALE.as_millis() as i64).await? else {
+            return Ok(());
+        };
+        let query = ApprovalQuery { execution_id: Some(id.to_string()), limit: 1_000, ..Default::default() };
+        for approval in self.store.approvals(&query).await?.iter().filter(|a| a.status == ApprovalStatus::Pending) {
+            let decided = Decided {
+                status: ApprovalStatus::Denied,
+                by: Some(format!(
+                    "{} (team {}), the caller, who cancelled the execution",
+                    principal.user, principal.team
+                )),
+                reason: Some("the execution was cancelled".into()),
+                at_ms: now,
+            };
+            self.store.decide_approval(&approval.id, &decided).await?;
+        }
+        let paused: Option<Paused> = serde_json::from_str(&record.state).ok();
+        let error = ExecError::new(Kind::Cancelled, "the execution was cancelled by its caller while it was paused");
+        let usage = paused.as_ref().map(|p| crate::sandbox::Usage {
+            fuel: p.fuel_used,
+            wall_ms: p.wall_ms,
+            memory_bytes: p.memory_peak,
+            host_calls: p.calls_started,
+            strip: None,
+        });
+        let mut outcome = Outcome {
+            ok: false,
+            result: None,
+            logs: paused.as_ref().map(|p| p.logs.clone()).unwrap_or_default(),
+            error: Some(error),
+            status: None,
+            approvals: Vec::new(),
+            usage: usage.unwrap_or_default(),
+            execution_id: id.to_string(),
+            started_at_ms: paused.as_ref().map_or(now, |p| p.started_at_ms),
+            calls: Vec::new(),
+            session_image: None,
+            paused: None,
+        };
+        let context: Option<PauseContext> = serde_json::from_str(&record.context).ok();
+        let agent_session = context.and_then(|c| c.agent_session);
+        self.ledger.record(super::records(principal, &outcome, agent_session)).await?;
+        let ttl_ms = self.result_ttl.as_millis() as i64;
+        let body = super::handles::kept_body(&mut outcome);
+        let end = HandleEnd { status: HandleStatus::Cancelled, body, ended_at_ms: now, expires_at_ms: now + ttl_ms };
+        self.store.finish_handle(id, &end).await?;
+        self.store.end_paused(id).await?;
+        Ok(())
+    }
+
     /// Every [`APPROVAL_SWEEP`] until the service stops: approvals past their time
     /// expire, and paused executions with nothing pending that no replica is at (their
     /// deciding replica died, or was full) are resumed here.

@@ -268,6 +268,10 @@ impl Service {
     /// it; an execution that already ended stays as it ended. Returns its view.
     pub async fn cancel_handle(&self, principal: &Principal, id: &str) -> Result<HandleView, ServiceError> {
         let view = self.handle(principal, id).await?;
+        if view.status == HandleStatus::Paused {
+            self.cancel_paused(principal, id).await?;
+            return self.handle(principal, id).await;
+        }
         if view.running() {
             self.store.cancel_handle(id).await?;
             if let Some(local) = self.local_handle(id) {

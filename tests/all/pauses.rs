@@ -666,3 +666,36 @@ async fn a_background_execution_shows_paused_in_its_status_and_events() {
     let paused_at = text.find("event: paused").unwrap();
     assert!(text[..paused_at].contains("start"), "the line before the pause came live: {text}");
 }
+
+/// Its caller cancels a paused execution: it ends `cancelled`, recorded, its approval
+/// is no longer pending, and a late approval changes nothing.
+#[tokio::test]
+async fn a_paused_execution_can_be_cancelled_by_its_caller() {
+    use crate::harness::*;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
+    let server = start_server_with(&config, over_http::POLICY);
+    let (_, paused) =
+        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": over_http::MERGE})))
+            .await;
+    let id = paused["execution_id"].as_str().unwrap();
+    let approval = paused["approvals"][0]["id"].as_str().unwrap();
+    let (status, view) = call(Method::DELETE, format!("{}/v1/executions/{id}", server.base), &dev.token, None).await;
+    assert_eq!((status, view["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{view}");
+    assert_eq!(view["result"]["error"]["kind"], "cancelled", "{view}");
+    let (_, shown) = call(Method::GET, format!("{}/v1/approvals/{approval}", server.base), &lead.token, None).await;
+    assert_eq!(shown["status"], "denied", "{shown}");
+    let (status, _) = call(
+        Method::POST,
+        format!("{}/v1/approvals/{approval}", server.base),
+        &lead.token,
+        Some(json!({"decision": "approve"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let rows = ledger_rows_within(&server.ledger(), &format!("SELECT outcome FROM executions WHERE id = '{id}'"), 1);
+    assert_eq!(rows, [[json!("cancelled")]]);
+}
