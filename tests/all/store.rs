@@ -397,6 +397,8 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                      DROP INDEX model_calls_agent_session;
                      ALTER TABLE executions DROP COLUMN agent_session;
                      ALTER TABLE model_calls DROP COLUMN agent_session;
+                     DROP TABLE paused_executions;
+                     DROP TABLE approvals;
                      DROP INDEX api_keys_owner;
                      ALTER TABLE api_keys DROP COLUMN teams;
                      ALTER TABLE api_keys DROP COLUMN expires_at_ms;
@@ -426,6 +428,8 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                          DROP INDEX model_calls_agent_session;
                          ALTER TABLE executions DROP COLUMN agent_session;
                          ALTER TABLE model_calls DROP COLUMN agent_session;
+                         DROP TABLE paused_executions;
+                         DROP TABLE approvals;
                          DROP INDEX api_keys_owner;
                          ALTER TABLE api_keys DROP COLUMN teams;
                          ALTER TABLE api_keys DROP COLUMN expires_at_ms;
@@ -484,6 +488,8 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                      DROP INDEX model_calls_agent_session;
                      ALTER TABLE executions DROP COLUMN agent_session;
                      ALTER TABLE model_calls DROP COLUMN agent_session;
+                     DROP TABLE paused_executions;
+                     DROP TABLE approvals;
                      DROP INDEX api_keys_owner;
                      ALTER TABLE api_keys DROP COLUMN teams;
                      ALTER TABLE api_keys DROP COLUMN expires_at_ms;
@@ -511,6 +517,8 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                          DROP INDEX model_calls_agent_session;
                          ALTER TABLE executions DROP COLUMN agent_session;
                          ALTER TABLE model_calls DROP COLUMN agent_session;
+                         DROP TABLE paused_executions;
+                         DROP TABLE approvals;
                          DROP INDEX api_keys_owner;
                          ALTER TABLE api_keys DROP COLUMN teams;
                          ALTER TABLE api_keys DROP COLUMN expires_at_ms;

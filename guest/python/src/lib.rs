@@ -387,8 +387,8 @@ enum Ended {
     /// The host paused the execution; the run is kept in [`PAUSED`].
     Paused,
 }
-
-/// The interpreter's state at a pause: a script's or a session's.
+/// The interpreter's state at a pause (one at most: their sizes' difference costs nothing).
+#[allow(clippy::large_enum_variant)]
 enum Suspended {
     Script(RunProgress),
     Repl(ReplProgress),
