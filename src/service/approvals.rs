@@ -2,7 +2,7 @@
 //! (`decision = "approve"`) pauses there, durably, and goes on once approvers decide.
 //!
 //! The sandbox pauses it ([`crate::sandbox::Paused`]): the guest returned, and its
-//! memory and bookkeeping are all there is. [`keep_paused`] puts them in the store with
+//! memory and bookkeeping are all there is. `keep_paused` puts them in the store with
 //! one approval per held call, so the execution holds no instance, CPU or admission
 //! slot while it waits, and any replica can go on with it. A decision
 //! ([`Service::decide`]) on the last pending approval resumes it on the replica that
