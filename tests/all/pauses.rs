@@ -699,3 +699,66 @@ async fn a_paused_execution_can_be_cancelled_by_its_caller() {
     let rows = ledger_rows_within(&server.ledger(), &format!("SELECT outcome FROM executions WHERE id = '{id}'"), 1);
     assert_eq!(rows, [[json!("cancelled")]]);
 }
+
+/// A `model.chat` a rule sends for approval pauses and, approved, reaches the
+/// provider once; a call that needs approval inside a session is refused, saying
+/// sessions cannot pause yet.
+#[tokio::test]
+async fn a_model_call_waits_for_approval_and_a_session_refuses_to_pause() {
+    use crate::harness::*;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let stub = crate::stub::Stub::start();
+    std::env::set_var("SANDGATE_PAUSES_PROVIDER_KEY", "sk-stub");
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!(
+        "[sandbox]\ntest_capability = true\n{}{}{}",
+        dev.entry,
+        lead.entry,
+        stub.openai_config("SANDGATE_PAUSES_PROVIDER_KEY", &[("cheap", "gpt-cheap-ok", "economy")])
+    );
+    // POLICY's one policy, with models, sessions and a rule for long model requests.
+    let policy = format!(
+        "{}[policy.models]\ntiers = [\"economy\"]\n[policy.sessions]\n[[policy.rules]]\nmodels = [\"cheap\"]\nwhen = \"size(args.messages) > 1\"\ndecision = \"approve\"\napprovers = [\"team:leads\"]\n",
+        over_http::POLICY
+    );
+    let server = start_server_with(&config, &policy);
+    let code = "const a = await model.chat({model: 'cheap', messages: [{role: 'user', content: 'one'}]});\n\
+                const b = await model.chat({model: 'cheap', messages: [{role: 'user', content: 'one'}, {role: 'user', content: 'two'}]});\n\
+                return [a.model, b.model]";
+    let (status, paused) =
+        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": code}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    assert_eq!(paused["approvals"][0]["tool"], "model.chat", "{paused}");
+    assert_eq!(stub.requests().len(), 1, "only the first call reached the provider");
+    let (id, approval) = (paused["execution_id"].as_str().unwrap(), paused["approvals"][0]["id"].as_str().unwrap());
+    let (status, _) = call(
+        Method::POST,
+        format!("{}/v1/approvals/{approval}", server.base),
+        &lead.token,
+        Some(json!({"decision": "approve"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = over_http::ended(&server.base, &dev.token, id).await;
+    assert_eq!(done["result"]["result"], json!(["cheap", "cheap"]), "{done}");
+    assert_eq!(stub.requests().len(), 2, "the approved call was made once");
+
+    // In a session, a call that needs approval is refused: sessions cannot pause yet.
+    let (status, session) =
+        call(Method::POST, format!("{}/v1/sessions", server.base), &dev.token, Some(json!({"language": "javascript"})))
+            .await;
+    assert_eq!(status, StatusCode::CREATED, "{session}");
+    let code = "try { await tools.test.echo({base: 'main'}) } catch (e) { e.kind + ': ' + e.message }";
+    let (status, body) = call(
+        Method::POST,
+        format!("{}/v1/execute", server.base),
+        &dev.token,
+        Some(json!({"code": code, "session_id": session["session_id"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let said = body["result"].as_str().unwrap_or_default();
+    assert!(said.starts_with("tool_denied: ") && said.contains("cannot pause"), "{body}");
+}
