@@ -199,9 +199,30 @@ impl ApprovalView {
 /// Keeps the pause `outcome` carries in the store, with an approval for each call it
 /// waits for that has none yet (those in `awaited` have one), and a handle for it
 /// (`GET /v1/executions/{id}`) unless it has one already. `outcome` is told: its
-/// `approvals`, or, when the pause cannot be kept (its user has
-/// [`MAX_PENDING_APPROVALS`] pending), an end as `tool_denied` saying so.
+/// `approvals`; or, when the pause cannot be kept, an end: `tool_denied` when its
+/// user has [`MAX_PENDING_APPROVALS`] pending, `unavailable` when the store failed.
 pub(crate) async fn keep_paused(
+    store: &Arc<dyn Store>,
+    public_url: Option<&str>,
+    context: &PauseContext,
+    outcome: &mut Outcome,
+    awaited: &[u32],
+    result_ttl: Duration,
+) {
+    if let Err(error) = try_keep_paused(store, public_url, context, outcome, awaited, result_ttl).await {
+        // Not kept, so nothing could resume it: it ends here, recorded as such.
+        tracing::warn!(%error, execution_id = %outcome.execution_id, "could not keep a paused execution");
+        outcome.paused = None;
+        outcome.status = None;
+        outcome.approvals.clear();
+        outcome.error = Some(ExecError::new(
+            Kind::Unavailable,
+            format!("the execution paused for approval, but the store could not keep it: {error}"),
+        ));
+    }
+}
+
+async fn try_keep_paused(
     store: &Arc<dyn Store>,
     public_url: Option<&str>,
     context: &PauseContext,
@@ -521,7 +542,7 @@ impl Service {
                 &awaited,
                 self.result_ttl,
             )
-            .await?;
+            .await;
             if outcome.paused.is_some() {
                 // Only the calls so far; the execution's own record comes when it ends.
                 let calls = records.into_iter().filter(|r| matches!(r, crate::store::Record::Call(_))).collect();

@@ -717,7 +717,7 @@ impl Service {
                         &[],
                         result_ttl,
                     )
-                    .await?;
+                    .await;
                 }
                 // The outcome is decided here, so its metrics are recorded here.
                 crate::telemetry::record_execution(&outcome, started.elapsed());
