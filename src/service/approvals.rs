@@ -55,6 +55,9 @@ pub(crate) struct PauseContext {
     pub role: Role,
     pub subject: Option<String>,
     pub local: bool,
+    /// The identity provider's claims, which policy conditions read after the pause too.
+    #[serde(default)]
+    pub claims: Option<serde_json::Map<String, Value>>,
     pub limits: Limits,
     pub agent_session: Option<String>,
     /// Started in the background: its handle exists already.
@@ -71,6 +74,7 @@ impl PauseContext {
             role: principal.role,
             subject: principal.subject.clone(),
             local: principal.local,
+            claims: principal.claims.as_ref().map(|claims| claims.0.clone()),
             limits,
             agent_session,
             background,
@@ -87,7 +91,7 @@ impl PauseContext {
             subject: self.subject.clone(),
             signed_in: false,
             local: self.local,
-            claims: None,
+            claims: self.claims.clone().map(|claims| Arc::new(crate::auth::TokenClaims(claims))),
         }
     }
 }
@@ -667,4 +671,30 @@ fn may_see(viewer: &Principal, record: &ApprovalRecord) -> bool {
     viewer.role == Role::Admin
         || (viewer.user == record.user && viewer.team == record.team)
         || crate::policy::approver_matches(&approvers(record), viewer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A paused execution's principal comes back whole, claims included, so the rules'
+    /// conditions decide its calls after the pause as they did before it.
+    #[test]
+    fn a_pause_keeps_who_runs_it_and_their_claims() {
+        let mut principal = Principal::of_key("laptop", "alice", "platform", Role::Member);
+        principal.teams.push("leads".into());
+        principal.subject = Some("https://idp#alice".into());
+        let mut claims = serde_json::Map::new();
+        claims.insert("groups".into(), json!(["eng"]));
+        principal.claims = Some(Arc::new(crate::auth::TokenClaims(claims)));
+        let context = PauseContext::new(&principal, Limits::default(), Some("agent-1".into()), true);
+        let kept: PauseContext = serde_json::from_str(&serde_json::to_string(&context).unwrap()).unwrap();
+        let back = kept.principal();
+        assert_eq!(
+            (back.user.as_str(), back.team.as_str(), &back.teams, back.key.as_str(), back.role, &back.subject),
+            ("alice", "platform", &principal.teams, "laptop", Role::Member, &principal.subject)
+        );
+        assert_eq!(back.claims, principal.claims);
+        assert_eq!((kept.agent_session.as_deref(), kept.background), (Some("agent-1"), true));
+    }
 }
