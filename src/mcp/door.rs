@@ -36,6 +36,10 @@ pub struct Tools {
     pub calls: Counter,
     /// The session the execution runs in, which policy conditions see.
     pub session: Option<Arc<str>>,
+    /// Whether the execution can pause at a call that needs approval: not with files
+    /// (a session's workspace or mounted directories), whose changes are kept only
+    /// when an execution ends.
+    pub pausable: bool,
 }
 
 impl Door for Tools {
@@ -43,7 +47,7 @@ impl Door for Tools {
         self.calls.count()?;
         let facts = Facts::now(&self.principal, &call.args, self.session.as_deref());
         let decision = self.grants.call(Target::Tool(&call.method), None, &facts);
-        let call = match gate(decision, call, self.session.is_some(), Kind::ToolDenied)? {
+        let call = match gate(decision, call, self.pausable, Kind::ToolDenied)? {
             Gate::Go(call) => call,
             Gate::Held(held) => return Ok(held),
         };
@@ -100,9 +104,9 @@ pub(crate) enum Gate {
 
 /// Makes an allowed call, holds one that needs approval (unless it was approved
 /// already: [`Call::cleared`]), and refuses the rest with `denied` (`tool_denied`,
-/// `model_denied`). An execution in a session cannot pause yet, so there a call that
-/// needs approval is refused, saying so.
-pub(crate) fn gate(decision: Decision, call: Call, in_session: bool, denied: Kind) -> Result<Gate, ExecError> {
+/// `model_denied`). An execution that cannot pause (it has files) is refused a call
+/// that needs approval, saying so.
+pub(crate) fn gate(decision: Decision, call: Call, pausable: bool, denied: Kind) -> Result<Gate, ExecError> {
     if decision.allowed {
         return Ok(Gate::Go(call));
     }
@@ -112,10 +116,14 @@ pub(crate) fn gate(decision: Decision, call: Call, in_session: bool, denied: Kin
     if call.cleared.is_some() {
         return Ok(Gate::Go(call));
     }
-    if in_session {
+    if !pausable {
         return Err(ExecError::new(
             denied,
-            format!("{}: an execution in a session cannot pause for approval yet", decision.denial()),
+            format!(
+                "{}: an execution with files (a session's workspace or mounted directories) cannot pause for \
+                 approval yet",
+                decision.denial()
+            ),
         ));
     }
     let detail = serde_json::json!({

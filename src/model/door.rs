@@ -27,6 +27,9 @@ pub struct Model {
     pub agent_session: Option<String>,
     /// The sandbox session the execution runs in, which policy conditions see.
     pub session: Option<Arc<str>>,
+    /// Whether the execution can pause at a call that needs approval (see the tools
+    /// door's).
+    pub pausable: bool,
 }
 
 impl Door for Model {
@@ -45,7 +48,7 @@ impl Door for Model {
         let call = if !decision.allowed && decision.rule.is_none() {
             call
         } else {
-            match crate::mcp::door::gate(decision, call, self.session.is_some(), Kind::ModelDenied)? {
+            match crate::mcp::door::gate(decision, call, self.pausable, Kind::ModelDenied)? {
                 crate::mcp::door::Gate::Go(call) => call,
                 crate::mcp::door::Gate::Held(held) => return Ok(held),
             }

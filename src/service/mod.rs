@@ -348,6 +348,9 @@ impl Service {
         agent_session: Option<String>,
         session: Option<Arc<str>>,
     ) -> Doors {
+        // Files change with the execution's end alone, so an execution with them
+        // cannot pause for approval.
+        let pausable = workspace.is_none();
         let tools = crate::mcp::door::Tools {
             upstreams: self.upstreams.clone(),
             principal: principal.clone(),
@@ -355,6 +358,7 @@ impl Service {
             test: self.test_tools,
             calls: Counter::new(limits.tool_calls, "tool calls"),
             session: session.clone(),
+            pausable,
         };
         let model = crate::model::door::Model {
             gateway: self.gateway.clone(),
@@ -363,6 +367,7 @@ impl Service {
             calls: Counter::new(limits.model_calls, "model calls"),
             agent_session,
             session,
+            pausable,
         };
         let files = match workspace {
             Some(workspace) => Files::Workspace(workspace),

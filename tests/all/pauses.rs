@@ -760,5 +760,8 @@ async fn a_model_call_waits_for_approval_and_a_session_refuses_to_pause() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let said = body["result"].as_str().unwrap_or_default();
-    assert!(said.starts_with("tool_denied: ") && said.contains("cannot pause"), "{body}");
+    assert!(
+        said.starts_with("tool_denied: ") && said.contains("with files") && said.contains("cannot pause"),
+        "{body}"
+    );
 }
