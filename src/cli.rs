@@ -466,6 +466,14 @@ async fn exec(
         }
     };
     println!("{}", serde_json::to_string_pretty(&outcome)?);
+    if outcome.status == Some("paused") {
+        eprintln!(
+            "sandgate: the execution paused at a call that needs approval; once an approver decides it, a server on \
+             this store resumes it (`GET /v1/executions/{}`)",
+            outcome.execution_id
+        );
+        return Ok(ExitCode::from(3));
+    }
     Ok(match &outcome.error {
         None => ExitCode::SUCCESS,
         Some(error) => ExitCode::from(exit_code(error.kind)),

@@ -765,3 +765,35 @@ async fn a_model_call_waits_for_approval_and_a_session_refuses_to_pause() {
         "{body}"
     );
 }
+
+/// `sandgate exec` whose code pauses prints the paused body and exits 3.
+#[test]
+fn exec_on_the_command_line_reports_a_pause() {
+    use std::io::Write;
+    let dir = crate::harness::temp_dir("exec-pause");
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(dir.join("policies/rules.toml"), over_http::POLICY).unwrap();
+    let config = dir.join("sandgate.toml");
+    std::fs::write(
+        &config,
+        "policies = \"policies\"\n[sandbox]\ntest_capability = true\n[ledger]\npath = \"ledger.db\"\n",
+    )
+    .unwrap();
+    let mut child = crate::binary::sandgate()
+        .args(["exec", "-", "--config"])
+        .arg(&config)
+        .env_remove("SANDGATE_LEDGER")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(over_http::MERGE.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{body}\n{stderr}");
+    assert_eq!(body["status"], "paused", "{body}");
+    assert!(body["approvals"][0]["id"].as_str().unwrap_or_default().starts_with("apr_"), "{body}");
+    assert!(stderr.contains("paused at a call that needs approval"), "{stderr}");
+}
