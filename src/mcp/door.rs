@@ -36,9 +36,8 @@ pub struct Tools {
     pub calls: Counter,
     /// The session the execution runs in, which policy conditions see.
     pub session: Option<Arc<str>>,
-    /// Whether the execution can pause at a call that needs approval: not with files
-    /// (a session's workspace or mounted directories), whose changes are kept only
-    /// when an execution ends.
+    /// Whether the execution can pause at a call that needs approval: not in a
+    /// session, whose files and memory change together when an execution ends.
     pub pausable: bool,
 }
 
@@ -104,8 +103,8 @@ pub(crate) enum Gate {
 
 /// Makes an allowed call, holds one that needs approval (unless it was approved
 /// already: [`Call::cleared`]), and refuses the rest with `denied` (`tool_denied`,
-/// `model_denied`). An execution that cannot pause (it has files) is refused a call
-/// that needs approval, saying so.
+/// `model_denied`). An execution that cannot pause (one in a session) is refused a
+/// call that needs approval, saying so.
 pub(crate) fn gate(decision: Decision, call: Call, pausable: bool, denied: Kind) -> Result<Gate, ExecError> {
     if decision.allowed {
         return Ok(Gate::Go(call));
@@ -119,11 +118,7 @@ pub(crate) fn gate(decision: Decision, call: Call, pausable: bool, denied: Kind)
     if !pausable {
         return Err(ExecError::new(
             denied,
-            format!(
-                "{}: an execution with files (a session's workspace or mounted directories) cannot pause for \
-                 approval yet",
-                decision.denial()
-            ),
+            format!("{}: an execution in a session cannot pause for approval yet", decision.denial()),
         ));
     }
     let detail = serde_json::json!({

@@ -509,7 +509,27 @@ impl Service {
             })
             .collect();
         let capabilities = self.policies.current().capabilities(&principal);
-        let doors = self.doors(&principal, capabilities, &context.limits, None, context.agent_session.clone(), None);
+        // Mounted directories, as the policies grant them now (writes to them landed
+        // at once before the pause; a session's workspace never pauses).
+        let workspace = crate::sessions::workspace::Workspace::new(
+            None,
+            capabilities.files.clone(),
+            context.limits.result_bytes,
+            self.scratch.clone(),
+            crate::sessions::workspace::MountWrites {
+                store: self.store.clone(),
+                owner: crate::store::Owner::of(&principal),
+            },
+        );
+        let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
+        let doors = self.doors(
+            &principal,
+            capabilities,
+            &context.limits,
+            workspace.clone(),
+            context.agent_session.clone(),
+            None,
+        );
         let admission = match self.sandbox.admit() {
             Ok(admission) => admission,
             Err(overloaded) => {
@@ -536,6 +556,14 @@ impl Service {
             }
         };
         let awaited: Vec<u32> = decisions.iter().map(|a| a.call_id).collect();
+        let mount_bytes = match &workspace {
+            Some(workspace) => workspace.finish(false).await.1,
+            None => 0,
+        };
+        if mount_bytes > 0 {
+            let event = super::sessions::event(&principal, "", "files_written", mount_bytes);
+            self.ledger.record(vec![event]).await?;
+        }
         let records = super::records(&principal, &outcome, context.agent_session.clone());
         if outcome.paused.is_some() {
             keep_paused(

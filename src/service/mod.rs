@@ -348,9 +348,9 @@ impl Service {
         agent_session: Option<String>,
         session: Option<Arc<str>>,
     ) -> Doors {
-        // Files change with the execution's end alone, so an execution with them
-        // cannot pause for approval.
-        let pausable = workspace.is_none();
+        // A session's files change with the execution's end alone, so an execution in
+        // one cannot pause for approval (writes to mounts land at once: those can).
+        let pausable = session.is_none();
         let tools = crate::mcp::door::Tools {
             upstreams: self.upstreams.clone(),
             principal: principal.clone(),

@@ -760,10 +760,7 @@ async fn a_model_call_waits_for_approval_and_a_session_refuses_to_pause() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let said = body["result"].as_str().unwrap_or_default();
-    assert!(
-        said.starts_with("tool_denied: ") && said.contains("with files") && said.contains("cannot pause"),
-        "{body}"
-    );
+    assert!(said.starts_with("tool_denied: ") && said.contains("in a session cannot pause"), "{body}");
 }
 
 /// `sandgate exec` whose code pauses prints the paused body and exits 3.
@@ -796,4 +793,49 @@ fn exec_on_the_command_line_reports_a_pause() {
     assert_eq!(body["status"], "paused", "{body}");
     assert!(body["approvals"][0]["id"].as_str().unwrap_or_default().starts_with("apr_"), "{body}");
     assert!(stderr.contains("paused at a call that needs approval"), "{stderr}");
+}
+
+/// An execution with a writable mount pauses: what it wrote before the pause is there,
+/// and after the approval it reads and writes the mount again.
+#[tokio::test]
+async fn an_execution_with_a_mount_pauses_and_has_it_again_when_it_resumes() {
+    use crate::harness::*;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let out = temp_dir("pause-mount");
+    std::fs::create_dir_all(&out).unwrap();
+    let out = out.canonicalize().unwrap();
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
+    let policy = over_http::POLICY.replacen(
+        "[policy.tools]",
+        &format!(
+            "[policy.files]\nmounts = [{{ path = \"{}\", as = \"out\", mode = \"rw\" }}]\n[policy.tools]",
+            out.display()
+        ),
+        1,
+    );
+    let server = start_server_with(&config, &policy);
+    let code = "await fs.writeFile('out/before.txt', 'one');\n\
+                const merged = await tools.test.echo({base: 'main', n: 1});\n\
+                const before = await fs.readFile('out/before.txt', 'utf8');\n\
+                await fs.writeFile('out/after.txt', before + ' two');\n\
+                return [merged.n, before]";
+    let (status, paused) =
+        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": code}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    assert_eq!(std::fs::read_to_string(out.join("before.txt")).unwrap(), "one", "written at once");
+    let (id, approval) = (paused["execution_id"].as_str().unwrap(), paused["approvals"][0]["id"].as_str().unwrap());
+    let (status, _) = call(
+        Method::POST,
+        format!("{}/v1/approvals/{approval}", server.base),
+        &lead.token,
+        Some(json!({"decision": "approve"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = over_http::ended(&server.base, &dev.token, id).await;
+    assert_eq!(done["result"]["result"], json!([1, "one"]), "{done}");
+    assert_eq!(std::fs::read_to_string(out.join("after.txt")).unwrap(), "one two");
 }
