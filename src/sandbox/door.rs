@@ -133,6 +133,13 @@ impl Counter {
         Self { used: Default::default(), limit, what }
     }
 
+    /// This counter, with `used` calls counted already: those an execution made
+    /// before it paused (see [`super::Paused::door_calls`]).
+    pub fn with_used(self, used: u32) -> Self {
+        self.used.store(used, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
     /// Counts one call; past the limit, the `call_limit` error that ends the
     /// execution.
     pub fn count(&self) -> Result<(), ExecError> {

@@ -176,6 +176,8 @@ pub(crate) struct HostState {
     started: HashMap<u32, InFlight>,
     /// Calls held outside the execution (see [`HeldCall`]).
     pub(crate) held: Vec<HeldCall>,
+    /// Calls routed to each door (by its name), so its count carries over a pause.
+    pub(crate) door_calls: std::collections::BTreeMap<String, u32>,
     pub(crate) call_records: Vec<HostCallRecord>,
     pub(crate) outcome: Option<GuestOutcome>,
     execution_id: Arc<str>,
@@ -240,6 +242,7 @@ impl HostState {
             replies: HashMap::new(),
             started: HashMap::new(),
             held: Vec::new(),
+            door_calls: Default::default(),
             call_records: Vec::new(),
             outcome: None,
             execution_id: setup.execution_id,
@@ -263,8 +266,10 @@ impl HostState {
     }
 
     /// Routes call `name` to its door: started, held, or refused.
-    fn start(&self, name: &str, args: serde_json::Value, cleared: Option<Arc<str>>) -> Result<Started, ExecError> {
+    fn start(&mut self, name: &str, args: serde_json::Value, cleared: Option<Arc<str>>) -> Result<Started, ExecError> {
         let (door, method) = self.doors.route(name)?;
+        let door_name = name.split_once('.').map_or(name, |(door, _)| door);
+        *self.door_calls.entry(door_name.to_string()).or_default() += 1;
         door.call(Call {
             method: method.to_string(),
             args,

@@ -198,6 +198,10 @@ pub struct Paused {
     pub held: Vec<HeldCall>,
     /// Calls it has started, held ones included (ids go on from here).
     pub calls_started: u32,
+    /// Calls each door took before the pause, the held ones apart (they are made, and
+    /// counted, again when released): a resumed execution's doors count on from here.
+    #[serde(default)]
+    pub door_calls: std::collections::BTreeMap<String, u32>,
     /// What it used before the pause: fuel, wall-clock time, output, memory.
     pub fuel_used: u64,
     pub wall_ms: u64,
@@ -228,6 +232,7 @@ pub struct Resume {
 /// What a resumed execution starts from, besides its job.
 struct Resumed {
     held: Vec<HeldCall>,
+    door_calls: std::collections::BTreeMap<String, u32>,
     decisions: Vec<(u32, Result<Arc<str>, ExecError>)>,
     calls_started: u32,
     fuel_used: u64,
@@ -489,6 +494,7 @@ impl Sandbox {
         let job = Job { doors, trace, id: Some(id.clone()), ..Job::new(String::new(), language, limits) };
         let resumed = Resumed {
             held: paused.held,
+            door_calls: paused.door_calls,
             decisions,
             calls_started: paused.calls_started,
             fuel_used: paused.fuel_used,
@@ -545,6 +551,7 @@ impl Sandbox {
         if let Some(resumed) = resumed {
             state.calls_started = resumed.calls_started;
             state.held = resumed.held;
+            state.door_calls = resumed.door_calls;
             state.console = console::Console::resumed(
                 limits.output_bytes,
                 state.console.take_stream(),
@@ -636,11 +643,20 @@ impl Sandbox {
                 host_calls: state.calls_started,
                 strip: state.strip_usage,
             };
+            let held = std::mem::take(&mut state.held);
+            let mut door_calls = state.door_calls.clone();
+            for call in &held {
+                let door = call.name.split_once('.').map_or(call.name.as_str(), |(door, _)| door);
+                if let Some(count) = door_calls.get_mut(door) {
+                    *count = count.saturating_sub(1);
+                }
+            }
             let paused = Paused {
                 language: job.language,
                 memory: image,
-                held: std::mem::take(&mut state.held),
+                held,
                 calls_started: state.calls_started,
+                door_calls,
                 fuel_used: usage.fuel,
                 wall_ms,
                 output_used: state.console.used(),

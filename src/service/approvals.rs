@@ -529,6 +529,7 @@ impl Service {
             workspace.clone(),
             context.agent_session.clone(),
             None,
+            &paused.door_calls,
         );
         let admission = match self.sandbox.admit() {
             Ok(admission) => admission,

@@ -347,7 +347,9 @@ impl Service {
         workspace: Option<Arc<Workspace>>,
         agent_session: Option<String>,
         session: Option<Arc<str>>,
+        used: &std::collections::BTreeMap<String, u32>,
     ) -> Doors {
+        let used = |door: &str| used.get(door).copied().unwrap_or(0);
         // A session's files change with the execution's end alone, so an execution in
         // one cannot pause for approval (writes to mounts land at once: those can).
         let pausable = session.is_none();
@@ -356,7 +358,7 @@ impl Service {
             principal: principal.clone(),
             grants: grants.clone(),
             test: self.test_tools,
-            calls: Counter::new(limits.tool_calls, "tool calls"),
+            calls: Counter::new(limits.tool_calls, "tool calls").with_used(used("tools")),
             session: session.clone(),
             pausable,
         };
@@ -364,7 +366,7 @@ impl Service {
             gateway: self.gateway.clone(),
             principal: principal.clone(),
             grants,
-            calls: Counter::new(limits.model_calls, "model calls"),
+            calls: Counter::new(limits.model_calls, "model calls").with_used(used("model")),
             agent_session,
             session,
             pausable,
@@ -655,8 +657,15 @@ impl Service {
         );
         let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
         let session_id = session.as_ref().map(|lease| Arc::<str>::from(lease.id()));
-        job.doors =
-            self.doors(&principal, capabilities, &job.limits, workspace.clone(), agent_session.clone(), session_id);
+        job.doors = self.doors(
+            &principal,
+            capabilities,
+            &job.limits,
+            workspace.clone(),
+            agent_session.clone(),
+            session_id,
+            &Default::default(),
+        );
         // A full server answers 503 whoever asks; a caller over their own share, 429.
         let admission = self.sandbox.admit().map_err(|overloaded| ServiceError::from(overloaded).counted())?;
         let limit = job.limits.concurrent;

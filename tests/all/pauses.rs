@@ -839,3 +839,36 @@ async fn an_execution_with_a_mount_pauses_and_has_it_again_when_it_resumes() {
     assert_eq!(done["result"]["result"], json!([1, "one"]), "{done}");
     assert_eq!(std::fs::read_to_string(out.join("after.txt")).unwrap(), "one two");
 }
+
+/// A door's call limit counts across a pause: the calls made before it and the
+/// approved one count, so the code cannot pass `limits.tool_calls` by pausing.
+#[tokio::test]
+async fn call_limits_count_across_a_pause() {
+    use crate::harness::*;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let dev = api_key("dev-key", "dana", "platform", "member");
+    let lead = api_key("lead-key", "lee", "leads", "member");
+    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
+    let policy = over_http::POLICY.replacen("wall_ms = 20_000", "wall_ms = 20_000\ntool_calls = 3", 1);
+    let server = start_server_with(&config, &policy);
+    let code = "await tools.test.echo({n: 1}); await tools.test.echo({n: 2});\n\
+                await tools.test.echo({base: 'main', n: 3});\n\
+                await tools.test.echo({n: 4});\n\
+                return 'four calls'";
+    let (status, paused) =
+        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": code}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    let (id, approval) = (paused["execution_id"].as_str().unwrap(), paused["approvals"][0]["id"].as_str().unwrap());
+    let (status, _) = call(
+        Method::POST,
+        format!("{}/v1/approvals/{approval}", server.base),
+        &lead.token,
+        Some(json!({"decision": "approve"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = over_http::ended(&server.base, &dev.token, id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["result"]["error"]["kind"], "call_limit", "{done}");
+}
