@@ -522,15 +522,13 @@ impl Service {
             },
         );
         let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
-        let doors = self.doors(
-            &principal,
-            capabilities,
-            &context.limits,
-            workspace.clone(),
-            context.agent_session.clone(),
-            None,
-            &paused.door_calls,
-        );
+        let at = super::DoorsAt {
+            workspace: workspace.clone(),
+            agent_session: context.agent_session.clone(),
+            session: None,
+            used: Some(&paused.door_calls),
+        };
+        let doors = self.doors(&principal, capabilities, &context.limits, at);
         let admission = match self.sandbox.admit() {
             Ok(admission) => admission,
             Err(overloaded) => {

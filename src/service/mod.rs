@@ -336,20 +336,25 @@ fn job_of(request: ExecuteRequest, ceiling: &Limits) -> Result<Job, Rejected> {
     Ok(job)
 }
 
+/// Where an execution's doors stand besides who runs it and under which limits.
+#[derive(Default)]
+struct DoorsAt<'a> {
+    /// Its files: a session's workspace, mounted directories.
+    workspace: Option<Arc<Workspace>>,
+    /// The coding agent's session it belongs to.
+    agent_session: Option<String>,
+    /// The sandbox session it runs in.
+    session: Option<Arc<str>>,
+    /// Calls each door took before a pause, for a resumed execution.
+    used: Option<&'a std::collections::BTreeMap<String, u32>>,
+}
+
 impl Service {
     /// The doors of one execution of `principal`, each bound to `grants` and counting
     /// against `limits` (see [`crate::sandbox::door`]): `tools`, `model` and `fs`.
-    fn doors(
-        &self,
-        principal: &Arc<Principal>,
-        grants: Capabilities,
-        limits: &Limits,
-        workspace: Option<Arc<Workspace>>,
-        agent_session: Option<String>,
-        session: Option<Arc<str>>,
-        used: &std::collections::BTreeMap<String, u32>,
-    ) -> Doors {
-        let used = |door: &str| used.get(door).copied().unwrap_or(0);
+    fn doors(&self, principal: &Arc<Principal>, grants: Capabilities, limits: &Limits, at: DoorsAt<'_>) -> Doors {
+        let DoorsAt { workspace, agent_session, session, used } = at;
+        let used = |door: &str| used.and_then(|used| used.get(door)).copied().unwrap_or(0);
         // A session's files change with the execution's end alone, so an execution in
         // one cannot pause for approval (writes to mounts land at once: those can).
         let pausable = session.is_none();
@@ -657,15 +662,13 @@ impl Service {
         );
         let workspace = (!workspace.is_empty()).then(|| Arc::new(workspace));
         let session_id = session.as_ref().map(|lease| Arc::<str>::from(lease.id()));
-        job.doors = self.doors(
-            &principal,
-            capabilities,
-            &job.limits,
-            workspace.clone(),
-            agent_session.clone(),
-            session_id,
-            &Default::default(),
-        );
+        let at = DoorsAt {
+            workspace: workspace.clone(),
+            agent_session: agent_session.clone(),
+            session: session_id,
+            used: None,
+        };
+        job.doors = self.doors(&principal, capabilities, &job.limits, at);
         // A full server answers 503 whoever asks; a caller over their own share, 429.
         let admission = self.sandbox.admit().map_err(|overloaded| ServiceError::from(overloaded).counted())?;
         let limit = job.limits.concurrent;
