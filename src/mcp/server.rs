@@ -638,7 +638,9 @@ fn execute_tool() -> Tool {
          `await` calls and `return` a JSON value. Call tools found with `search` as \
          `await tools.<server>.<tool>({...})`; run independent calls together with `Promise.all`. \
          A failed tool call throws an Error. `console.log` output is returned too. \
-         Time, memory and CPU are limited; no network; files via `fs` in a session.",
+         Time, memory and CPU are limited; no network; files via `fs` in a session. \
+         A call that needs a person's approval pauses the run: the result says where to approve, \
+         then call `execute` with `resume` set to its id for the result.",
         object(json!({
             "type": "object",
             "properties": {
