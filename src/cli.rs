@@ -776,9 +776,10 @@ async fn usage(
     let config = load_config(config, None)?;
     let bound = |t: Option<String>| t.map(|t| store::usage_time(&t)).transpose().map_err(|e| anyhow::anyhow!(e));
     let query = UsageQuery { group_by, since_ms: bound(since)?, until_ms: bound(until)?, user };
+    let (query_since, query_until) = (query.since_ms, query.until_ms);
     // The operator on this machine, as the local admin: everyone's usage.
-    let rows =
-        crate::service::admin::usage(store::open(&config.store).await?.as_ref(), &Principal::local(), query).await?;
+    let store = store::open(&config.store).await?;
+    let rows = crate::service::admin::usage(store.as_ref(), &Principal::local(), query).await?;
     let total = store::total(&rows);
     println!(
         "{:<24} {:>10} {:>16} {:>10} {:>10} {:>11} {:>12} {:>12} {:>12} {:>8} {:>12} {:>12}",
@@ -811,6 +812,24 @@ async fn usage(
             row.session_state_bytes,
             row.file_bytes_written
         );
+    }
+    let since = query_since.unwrap_or(0);
+    let approvals =
+        crate::service::approvals::approval_counts(store.as_ref(), &Principal::local(), since, query_until).await?;
+    if !approvals.is_empty() {
+        println!();
+        println!(
+            "{:<36} {:<28} {:>9} {:>7} {:>8} {:>8} {:>12}",
+            "APPROVALS: TOOL", "APPROVER", "APPROVED", "DENIED", "EXPIRED", "PENDING", "MEDIAN_WAIT"
+        );
+        for count in &approvals {
+            let approver = if count.approver.is_empty() { "-" } else { count.approver.as_str() };
+            let wait = count.median_wait_ms.map_or_else(|| "-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+            println!(
+                "{:<36} {:<28} {:>9} {:>7} {:>8} {:>8} {:>12}",
+                count.tool, approver, count.approved, count.denied, count.expired, count.pending, wait
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,9 @@ pub(super) struct Report {
     group_by: GroupBy,
     rows: Vec<UsageRow>,
     totals: UsageRow,
+    /// Calls that waited for approval in the window, per tool and approver (those the
+    /// caller may see).
+    approvals: Vec<crate::service::approvals::ApprovalCount>,
 }
 
 pub(super) async fn usage(
@@ -42,7 +45,9 @@ pub(super) async fn usage(
         until_ms: bound(params.until)?,
         user: params.user,
     };
+    let (since_ms, until_ms) = (query.since_ms, query.until_ms);
     let rows = app.service.usage(&principal, query).await?;
     let totals = store::total(&rows);
-    Ok(Json(Report { group_by: params.group_by, rows, totals }))
+    let approvals = app.service.usage_approvals(&principal, since_ms, until_ms).await?;
+    Ok(Json(Report { group_by: params.group_by, rows, totals, approvals }))
 }

@@ -354,35 +354,20 @@ impl Service {
     }
 
     /// Approvals made since `since_ms` that `viewer` may see, counted per tool and
-    /// approver: how many were approved, denied, expired or are pending, and the
-    /// median wait for a decision.
+    /// approver (see [`approval_counts`]).
     pub async fn approval_counts(&self, viewer: &Principal, since_ms: i64) -> Result<Vec<ApprovalCount>, ServiceError> {
-        let query = ApprovalQuery { since_ms: Some(since_ms), limit: 100_000, ..Default::default() };
-        let records = self.store.approvals(&query).await?;
-        let mut counts: std::collections::BTreeMap<(String, String), (ApprovalCount, Vec<i64>)> = Default::default();
-        for record in records.into_iter().filter(|record| may_see(viewer, record)) {
-            let approver = record.decided_by.clone().unwrap_or_default();
-            let (count, waits) = counts.entry((record.tool.clone(), approver.clone())).or_insert_with(|| {
-                (ApprovalCount { tool: record.tool.clone(), approver, ..Default::default() }, Vec::new())
-            });
-            match record.status {
-                ApprovalStatus::Pending => count.pending += 1,
-                ApprovalStatus::Approved => count.approved += 1,
-                ApprovalStatus::Denied => count.denied += 1,
-                ApprovalStatus::Expired => count.expired += 1,
-            }
-            if let Some(at) = record.decided_at_ms {
-                waits.push(at - record.created_at_ms);
-            }
-        }
-        Ok(counts
-            .into_values()
-            .map(|(mut count, mut waits)| {
-                waits.sort_unstable();
-                count.median_wait_ms = waits.get(waits.len() / 2).copied();
-                count
-            })
-            .collect())
+        Ok(approval_counts(self.store.as_ref(), viewer, since_ms, None).await?)
+    }
+
+    /// The usage report's approvals: those made in the report's window
+    /// (`since_ms..until_ms`, each end open when not given), counted per tool and approver.
+    pub async fn usage_approvals(
+        &self,
+        viewer: &Principal,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> Result<Vec<ApprovalCount>, ServiceError> {
+        Ok(approval_counts(self.store.as_ref(), viewer, since_ms.unwrap_or(0), until_ms).await?)
     }
 
     /// Approval `id`, when `viewer` may see it.
@@ -691,6 +676,45 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// Approvals made from `since_ms` (to `until_ms`, when given) that `viewer` may see,
+/// counted per tool and approver: how many were approved, denied, expired or are
+/// pending, and the median wait for a decision. For the approvals page, the usage
+/// report and `sandgate usage`.
+pub async fn approval_counts(
+    store: &dyn Store,
+    viewer: &Principal,
+    since_ms: i64,
+    until_ms: Option<i64>,
+) -> Result<Vec<ApprovalCount>, StoreError> {
+    let query = ApprovalQuery { since_ms: Some(since_ms), limit: 100_000, ..Default::default() };
+    let records = store.approvals(&query).await?;
+    let mut counts: std::collections::BTreeMap<(String, String), (ApprovalCount, Vec<i64>)> = Default::default();
+    let within = |record: &ApprovalRecord| until_ms.is_none_or(|until| record.created_at_ms < until);
+    for record in records.into_iter().filter(|record| within(record) && may_see(viewer, record)) {
+        let approver = record.decided_by.clone().unwrap_or_default();
+        let (count, waits) = counts.entry((record.tool.clone(), approver.clone())).or_insert_with(|| {
+            (ApprovalCount { tool: record.tool.clone(), approver, ..Default::default() }, Vec::new())
+        });
+        match record.status {
+            ApprovalStatus::Pending => count.pending += 1,
+            ApprovalStatus::Approved => count.approved += 1,
+            ApprovalStatus::Denied => count.denied += 1,
+            ApprovalStatus::Expired => count.expired += 1,
+        }
+        if let Some(at) = record.decided_at_ms {
+            waits.push(at - record.created_at_ms);
+        }
+    }
+    Ok(counts
+        .into_values()
+        .map(|(mut count, mut waits)| {
+            waits.sort_unstable();
+            count.median_wait_ms = waits.get(waits.len() / 2).copied();
+            count
+        })
+        .collect())
 }
 
 /// Whether `viewer` may see `record`: an admin, the caller, or one of its approvers.

@@ -606,6 +606,28 @@ async fn an_approver_decides_on_the_command_line() {
     let row = stdout.lines().find(|l| l.starts_with("tools.test.echo")).unwrap_or_else(|| panic!("{stdout}"));
     let fields: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&fields[1..6], ["lee", "(team", "leads)", "1", "0"], "{row}");
+
+    // The usage report counts them too: over HTTP for the approver, and `sandgate usage`.
+    let (status, report) = call(Method::GET, format!("{}/v1/usage", server.base), &lead.token, None).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["approvals"][0]["tool"], "tools.test.echo", "{report}");
+    assert_eq!(report["approvals"][0]["approver"], "lee (team leads)", "{report}");
+    assert_eq!(report["approvals"][0]["approved"], 1, "{report}");
+    let config = server.dir.join("sandgate.toml");
+    let output = tokio::task::spawn_blocking(move || {
+        crate::binary::sandgate()
+            .args(["usage", "--config"])
+            .arg(&config)
+            .env_remove("SANDGATE_LEDGER")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let row = stdout.lines().skip_while(|l| !l.starts_with("APPROVALS: TOOL")).nth(1).unwrap_or_default();
+    assert!(row.starts_with("tools.test.echo") && row.contains("lee (team leads)"), "{stdout}");
 }
 
 /// A background execution that pauses: its status reads `paused`, and its events
