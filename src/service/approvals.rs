@@ -566,20 +566,30 @@ impl Service {
                 return Ok(());
             }
         }
+        self.end_paused_execution(&principal, outcome, context.agent_session).await?;
+        tracing::info!(execution_id = %id, "a paused execution ended");
+        Ok(())
+    }
+
+    /// Ends a paused execution with `outcome`: its record (and its calls since it went
+    /// on) in the ledger, its result kept for its handle, its pause forgotten.
+    async fn end_paused_execution(
+        &self,
+        principal: &Principal,
+        mut outcome: Outcome,
+        agent_session: Option<String>,
+    ) -> Result<(), ServiceError> {
         let ended = now_ms();
-        let records = super::records(&principal, &outcome, context.agent_session.clone());
-        self.ledger.record(records).await?;
-        let ttl_ms = self.result_ttl.as_millis() as i64;
+        self.ledger.record(super::records(principal, &outcome, agent_session)).await?;
         let body = super::handles::kept_body(&mut outcome);
         let end = HandleEnd {
             status: super::handles::status_of(&outcome),
             body,
             ended_at_ms: ended,
-            expires_at_ms: ended + ttl_ms,
+            expires_at_ms: ended + self.result_ttl.as_millis() as i64,
         };
-        self.store.finish_handle(id, &end).await?;
-        self.store.end_paused(id).await?;
-        tracing::info!(execution_id = %id, ok = outcome.ok, "a paused execution ended");
+        self.store.finish_handle(&outcome.execution_id, &end).await?;
+        self.store.end_paused(&outcome.execution_id).await?;
         Ok(())
     }
 
@@ -614,7 +624,7 @@ impl Service {
             host_calls: p.calls_started,
             strip: None,
         });
-        let mut outcome = Outcome {
+        let outcome = Outcome {
             ok: false,
             result: None,
             logs: paused.as_ref().map(|p| p.logs.clone()).unwrap_or_default(),
@@ -629,34 +639,16 @@ impl Service {
             paused: None,
         };
         let context: Option<PauseContext> = serde_json::from_str(&record.context).ok();
-        let agent_session = context.and_then(|c| c.agent_session);
-        self.ledger.record(super::records(principal, &outcome, agent_session)).await?;
-        let ttl_ms = self.result_ttl.as_millis() as i64;
-        let body = super::handles::kept_body(&mut outcome);
-        let end = HandleEnd { status: HandleStatus::Cancelled, body, ended_at_ms: now, expires_at_ms: now + ttl_ms };
-        self.store.finish_handle(id, &end).await?;
-        self.store.end_paused(id).await?;
-        Ok(())
+        self.end_paused_execution(principal, outcome, context.and_then(|c| c.agent_session)).await
     }
 
     /// Every [`APPROVAL_SWEEP`] until the service stops: approvals past their time
     /// expire, and paused executions with nothing pending that no replica is at (their
     /// deciding replica died, or was full) are resumed here.
     pub fn watch_approvals(self: &Arc<Self>) {
-        let service = Arc::downgrade(self);
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(APPROVAL_SWEEP);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                let Some(service) = service.upgrade() else { return };
-                if let Err(error) = service.sweep_approvals().await {
-                    tracing::warn!(%error, "cannot sweep approvals");
-                }
+        self.every(APPROVAL_SWEEP, |service| async move {
+            if let Err(error) = service.sweep_approvals().await {
+                tracing::warn!(%error, "cannot sweep approvals");
             }
         });
     }

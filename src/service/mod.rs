@@ -504,10 +504,25 @@ impl Service {
     /// store that does not answer leaves the keys in force as they are), and lets
     /// sessions' memories unused for long go.
     pub fn watch_keys(self: &Arc<Self>) {
+        self.every(KEY_REFRESH, |service| async move {
+            service.memories.sweep(std::time::Instant::now());
+            if let Err(error) = service.refresh_stored_keys().await {
+                tracing::warn!(%error, "cannot refresh the store's keys; keeping the keys in force");
+            }
+        });
+    }
+
+    /// Runs `work` every `period` (the first at once) until the service stops or is
+    /// dropped; a tick that `work` overruns is skipped, not piled up.
+    fn every<F, W>(self: &Arc<Self>, period: Duration, work: W)
+    where
+        W: Fn(Arc<Self>) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + Send,
+    {
         let service = Arc::downgrade(self);
         let stop = self.stop.clone();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(KEY_REFRESH);
+            let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -515,10 +530,7 @@ impl Service {
                     _ = ticks.tick() => {}
                 }
                 let Some(service) = service.upgrade() else { return };
-                service.memories.sweep(std::time::Instant::now());
-                if let Err(error) = service.refresh_stored_keys().await {
-                    tracing::warn!(%error, "cannot refresh the store's keys; keeping the keys in force");
-                }
+                work(service).await;
             }
         });
     }
