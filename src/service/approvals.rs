@@ -148,25 +148,42 @@ pub struct ApprovalCount {
 /// Whether `viewer` may decide approval `record` now (an approver, and not the
 /// caller unless its rule allows it): the console offers its buttons.
 pub fn may_decide(viewer: &Principal, view: &ApprovalView) -> bool {
-    let approvers: Vec<String> = match &view.approvers {
-        Value::Array(items) => items.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
-        _ => Vec::new(),
-    };
-    let own = view.caller.get("user").and_then(Value::as_str) == Some(viewer.user.as_str());
+    let caller = view.caller.get("user").and_then(Value::as_str).unwrap_or_default();
     view.status == ApprovalStatus::Pending
-        && crate::policy::approver_matches(&approvers, viewer)
-        && (!own || view.self_approval)
+        && refusal(viewer, caller, &strings(&view.approvers), view.self_approval).is_none()
+}
+
+/// Why `viewer` may not decide a call `caller` made that `approvers` may approve:
+/// it is their own (unless `self_approval`), or they are not among the approvers.
+fn refusal(viewer: &Principal, caller: &str, approvers: &[String], self_approval: bool) -> Option<String> {
+    if viewer.user == caller && !self_approval {
+        return Some(
+            "no one approves their own call: the rule that asks for this approval does not allow it \
+             (self_approval)"
+                .into(),
+        );
+    }
+    (!crate::policy::approver_matches(approvers, viewer)).then(|| {
+        format!(
+            "user `{}` (team `{}`) is not among the approvers of this call: {}",
+            viewer.user,
+            viewer.team,
+            approvers.join(", ")
+        )
+    })
 }
 
 fn detail(record: &ApprovalRecord) -> Value {
     serde_json::from_str(&record.detail).unwrap_or(Value::Null)
 }
 
+/// The strings of a JSON array (none for anything else).
+fn strings(value: &Value) -> Vec<String> {
+    value.as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_string)).collect()
+}
+
 fn approvers(record: &ApprovalRecord) -> Vec<String> {
-    match detail(record).get("approvers") {
-        Some(Value::Array(items)) => items.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
-        _ => Vec::new(),
-    }
+    strings(&detail(record)["approvers"])
 }
 
 /// The console's page for approval `id`, under the public URL when one is set.
@@ -393,23 +410,9 @@ impl Service {
             Some(record) if may_see(approver, &record) => record,
             _ => return Err(ServiceError::NotFound(format!("no approval `{id}`"))),
         };
-        let own = approver.user == record.user;
         let self_approval = detail(&record).get("self_approval").and_then(Value::as_bool).unwrap_or(false);
-        if own && !self_approval {
-            return Err(ServiceError::Forbidden(
-                "no one approves their own call: the rule that asks for this approval does not allow it \
-                 (self_approval)"
-                    .into(),
-            ));
-        }
-        let approvers = approvers(&record);
-        if !crate::policy::approver_matches(&approvers, approver) {
-            return Err(ServiceError::Forbidden(format!(
-                "user `{}` (team `{}`) is not among the approvers of this call: {}",
-                approver.user,
-                approver.team,
-                approvers.join(", ")
-            )));
+        if let Some(why) = refusal(approver, &record.user, &approvers(&record), self_approval) {
+            return Err(ServiceError::Forbidden(why));
         }
         if let Some(reason) = &reason {
             if reason.len() > 2_000 {
