@@ -239,6 +239,43 @@ return {dev: dev.n, main}"#;
         call(Method::POST, format!("{base}/v1/execute"), key, Some(body)).await
     }
 
+    /// A server with the test tools, `policy` and `extra` configuration, and two keys:
+    /// dana (team platform) runs the code, lee (team leads) approves.
+    pub struct Org {
+        pub server: TestServer,
+        pub dev: ApiKey,
+        pub lead: ApiKey,
+    }
+
+    impl Org {
+        pub fn start(policy: &str, extra: &str) -> Self {
+            let dev = api_key("dev-key", "dana", "platform", "member");
+            let lead = api_key("lead-key", "lee", "leads", "member");
+            let config = format!("[sandbox]\ntest_capability = true\n{}{}{extra}", dev.entry, lead.entry);
+            Org { server: start_server_with(&config, policy), dev, lead }
+        }
+
+        /// Runs `code` as dana and checks it paused (202): its execution's id and the
+        /// id of the first approval it waits for.
+        pub async fn pause(&self, code: &str) -> (String, String) {
+            let (status, paused) = execute(&self.server.base, &self.dev.token, json!({"code": code})).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+            let id = paused["execution_id"].as_str().unwrap().to_string();
+            (id, paused["approvals"][0]["id"].as_str().unwrap().to_string())
+        }
+
+        /// lee decides `approval` (`approve` or `deny`).
+        pub async fn decide(&self, approval: &str, decision: &str) -> (StatusCode, Value) {
+            let url = format!("{}/v1/approvals/{approval}", self.server.base);
+            call(Method::POST, url, &self.lead.token, Some(json!({"decision": decision}))).await
+        }
+
+        /// dana's execution `id`, once it ended.
+        pub async fn ended(&self, id: &str) -> Value {
+            ended(&self.server.base, &self.dev.token, id).await
+        }
+    }
+
     /// Polls the execution's handle until it is neither running nor paused.
     pub async fn ended(base: &str, key: &str, id: &str) -> Value {
         for _ in 0..200 {
@@ -409,19 +446,10 @@ return {dev: dev.n, main}"#;
 /// approves it, and the execution's page shows it ended, with the decision.
 #[tokio::test]
 async fn a_lead_approves_in_the_console_and_the_execution_ends() {
-    use crate::harness::*;
-    use reqwest::{Method, StatusCode};
     use serde_json::json;
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
-    let server = start_server_with(&config, over_http::POLICY);
-    let (status, paused) =
-        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": over_http::MERGE})))
-            .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
-    let id = paused["execution_id"].as_str().unwrap().to_string();
-    let approval = paused["approvals"][0]["id"].as_str().unwrap().to_string();
+    let org = over_http::Org::start(over_http::POLICY, "");
+    let (server, dev, lead) = (&org.server, &org.dev, &org.lead);
+    let (id, approval) = org.pause(over_http::MERGE).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/approvals_browser.py");
     let output = tokio::task::spawn_blocking({
         let (base, key, caller) = (server.base.clone(), lead.token.clone(), dev.token.clone());
@@ -454,12 +482,9 @@ async fn a_lead_approves_in_the_console_and_the_execution_ends() {
 /// console's approval page, and the retry with its request state gives the result.
 #[tokio::test]
 async fn mcp_clients_on_both_revisions_learn_where_to_approve_and_get_the_result() {
-    use crate::harness::*;
     use serde_json::json;
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
-    let server = start_server_with(&config, over_http::POLICY);
+    let org = over_http::Org::start(over_http::POLICY, "");
+    let (server, dev, lead) = (&org.server, &org.dev, &org.lead);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_approvals.py");
     for mode in ["legacy", "modern"] {
         let output = tokio::task::spawn_blocking({
@@ -502,7 +527,6 @@ async fn mcp_clients_on_both_revisions_learn_where_to_approve_and_get_the_result
 /// approves, `tasks/get` gives the completed result.
 #[tokio::test]
 async fn a_paused_execution_is_a_task_in_input_required() {
-    use crate::harness::*;
     use rmcp::model::{
         CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, GetTaskParams, Implementation,
         InputRequest, TaskPayload, TaskStatus,
@@ -511,10 +535,8 @@ async fn a_paused_execution_is_a_task_in_input_required() {
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::ServiceExt;
     use serde_json::json;
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
-    let server = start_server_with(&config, over_http::POLICY);
+    let org = over_http::Org::start(over_http::POLICY, "");
+    let (server, dev, _lead) = (&org.server, &org.dev, &org.lead);
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.base)).auth_header(dev.token.clone()),
     );
@@ -533,14 +555,7 @@ async fn a_paused_execution_is_a_task_in_input_required() {
     let shown = serde_json::to_value(&elicit.params).unwrap();
     assert_eq!(shown["mode"], "url", "{shown}");
     assert_eq!(shown["url"], format!("{}/ui/approvals/{approval}", server.base), "{shown}");
-    let (status, _) = call(
-        reqwest::Method::POST,
-        format!("{}/v1/approvals/{approval}", server.base),
-        &lead.token,
-        Some(json!({"decision": "approve"})),
-    )
-    .await;
-    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(org.decide(approval, "approve").await.0, reqwest::StatusCode::OK);
     let done = loop {
         let got = client.get_task(GetTaskParams::new(id.clone())).await.unwrap();
         if got.task.status() != TaskStatus::InputRequired && got.task.status() != TaskStatus::Working {
@@ -559,19 +574,10 @@ async fn a_paused_execution_is_a_task_in_input_required() {
 async fn an_approver_decides_on_the_command_line() {
     use crate::harness::*;
     use reqwest::{Method, StatusCode};
-    use serde_json::json;
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
-    let server = start_server_with(&config, over_http::POLICY);
-    let (status, paused) =
-        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": over_http::MERGE})))
-            .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
-    let (id, approval) = (
-        paused["execution_id"].as_str().unwrap().to_string(),
-        paused["approvals"][0]["id"].as_str().unwrap().to_string(),
-    );
+
+    let org = over_http::Org::start(over_http::POLICY, "");
+    let (server, dev, lead) = (&org.server, &org.dev, &org.lead);
+    let (id, approval) = org.pause(over_http::MERGE).await;
     let cli = |args: Vec<String>| {
         let (base, key) = (server.base.clone(), lead.token.clone());
         tokio::task::spawn_blocking(move || {
@@ -638,10 +644,8 @@ async fn a_background_execution_shows_paused_in_its_status_and_events() {
     use futures::StreamExt;
     use reqwest::{Method, StatusCode};
     use serde_json::json;
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
-    let server = start_server_with(&config, over_http::POLICY);
+    let org = over_http::Org::start(over_http::POLICY, "");
+    let (server, dev, lead) = (&org.server, &org.dev, &org.lead);
     let (status, started) = call(
         Method::POST,
         format!("{}/v1/executions", server.base),
@@ -696,15 +700,9 @@ async fn a_paused_execution_can_be_cancelled_by_its_caller() {
     use crate::harness::*;
     use reqwest::{Method, StatusCode};
     use serde_json::json;
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
-    let server = start_server_with(&config, over_http::POLICY);
-    let (_, paused) =
-        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": over_http::MERGE})))
-            .await;
-    let id = paused["execution_id"].as_str().unwrap();
-    let approval = paused["approvals"][0]["id"].as_str().unwrap();
+    let org = over_http::Org::start(over_http::POLICY, "");
+    let (server, dev, lead) = (&org.server, &org.dev, &org.lead);
+    let (id, approval) = org.pause(over_http::MERGE).await;
     let (status, view) = call(Method::DELETE, format!("{}/v1/executions/{id}", server.base), &dev.token, None).await;
     assert_eq!((status, view["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{view}");
     assert_eq!(view["result"]["error"]["kind"], "cancelled", "{view}");
@@ -732,38 +730,23 @@ async fn a_model_call_waits_for_approval_and_a_session_refuses_to_pause() {
     use serde_json::json;
     let stub = crate::stub::Stub::start();
     std::env::set_var("SANDGATE_PAUSES_PROVIDER_KEY", "sk-stub");
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!(
-        "[sandbox]\ntest_capability = true\n{}{}{}",
-        dev.entry,
-        lead.entry,
-        stub.openai_config("SANDGATE_PAUSES_PROVIDER_KEY", &[("cheap", "gpt-cheap-ok", "economy")])
-    );
+    let models = stub.openai_config("SANDGATE_PAUSES_PROVIDER_KEY", &[("cheap", "gpt-cheap-ok", "economy")]);
     // POLICY's one policy, with models, sessions and a rule for long model requests.
     let policy = format!(
         "{}[policy.models]\ntiers = [\"economy\"]\n[policy.sessions]\n[[policy.rules]]\nmodels = [\"cheap\"]\nwhen = \"size(args.messages) > 1\"\ndecision = \"approve\"\napprovers = [\"team:leads\"]\n",
         over_http::POLICY
     );
-    let server = start_server_with(&config, &policy);
+    let org = over_http::Org::start(&policy, &models);
+    let (server, dev) = (&org.server, &org.dev);
     let code = "const a = await model.chat({model: 'cheap', messages: [{role: 'user', content: 'one'}]});\n\
                 const b = await model.chat({model: 'cheap', messages: [{role: 'user', content: 'one'}, {role: 'user', content: 'two'}]});\n\
                 return [a.model, b.model]";
-    let (status, paused) =
-        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": code}))).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
-    assert_eq!(paused["approvals"][0]["tool"], "model.chat", "{paused}");
+    let (id, approval) = org.pause(code).await;
+    let (_, shown) = call(Method::GET, format!("{}/v1/approvals/{approval}", server.base), &dev.token, None).await;
+    assert_eq!(shown["tool"], "model.chat", "{shown}");
     assert_eq!(stub.requests().len(), 1, "only the first call reached the provider");
-    let (id, approval) = (paused["execution_id"].as_str().unwrap(), paused["approvals"][0]["id"].as_str().unwrap());
-    let (status, _) = call(
-        Method::POST,
-        format!("{}/v1/approvals/{approval}", server.base),
-        &lead.token,
-        Some(json!({"decision": "approve"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let done = over_http::ended(&server.base, &dev.token, id).await;
+    assert_eq!(org.decide(&approval, "approve").await.0, StatusCode::OK);
+    let done = org.ended(&id).await;
     assert_eq!(done["result"]["result"], json!(["cheap", "cheap"]), "{done}");
     assert_eq!(stub.requests().len(), 2, "the approved call was made once");
 
@@ -822,14 +805,11 @@ fn exec_on_the_command_line_reports_a_pause() {
 #[tokio::test]
 async fn an_execution_with_a_mount_pauses_and_has_it_again_when_it_resumes() {
     use crate::harness::*;
-    use reqwest::{Method, StatusCode};
+
     use serde_json::json;
     let out = temp_dir("pause-mount");
     std::fs::create_dir_all(&out).unwrap();
     let out = out.canonicalize().unwrap();
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
     let policy = over_http::POLICY.replacen(
         "[policy.tools]",
         &format!(
@@ -838,26 +818,16 @@ async fn an_execution_with_a_mount_pauses_and_has_it_again_when_it_resumes() {
         ),
         1,
     );
-    let server = start_server_with(&config, &policy);
+    let org = over_http::Org::start(&policy, "");
     let code = "await fs.writeFile('out/before.txt', 'one');\n\
                 const merged = await tools.test.echo({base: 'main', n: 1});\n\
                 const before = await fs.readFile('out/before.txt', 'utf8');\n\
                 await fs.writeFile('out/after.txt', before + ' two');\n\
                 return [merged.n, before]";
-    let (status, paused) =
-        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": code}))).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    let (id, approval) = org.pause(code).await;
     assert_eq!(std::fs::read_to_string(out.join("before.txt")).unwrap(), "one", "written at once");
-    let (id, approval) = (paused["execution_id"].as_str().unwrap(), paused["approvals"][0]["id"].as_str().unwrap());
-    let (status, _) = call(
-        Method::POST,
-        format!("{}/v1/approvals/{approval}", server.base),
-        &lead.token,
-        Some(json!({"decision": "approve"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let done = over_http::ended(&server.base, &dev.token, id).await;
+    assert_eq!(org.decide(&approval, "approve").await.0, reqwest::StatusCode::OK);
+    let done = org.ended(&id).await;
     assert_eq!(done["result"]["result"], json!([1, "one"]), "{done}");
     assert_eq!(std::fs::read_to_string(out.join("after.txt")).unwrap(), "one two");
 }
@@ -866,31 +836,15 @@ async fn an_execution_with_a_mount_pauses_and_has_it_again_when_it_resumes() {
 /// approved one count, so the code cannot pass `limits.tool_calls` by pausing.
 #[tokio::test]
 async fn call_limits_count_across_a_pause() {
-    use crate::harness::*;
-    use reqwest::{Method, StatusCode};
-    use serde_json::json;
-    let dev = api_key("dev-key", "dana", "platform", "member");
-    let lead = api_key("lead-key", "lee", "leads", "member");
-    let config = format!("[sandbox]\ntest_capability = true\n{}{}", dev.entry, lead.entry);
     let policy = over_http::POLICY.replacen("wall_ms = 20_000", "wall_ms = 20_000\ntool_calls = 3", 1);
-    let server = start_server_with(&config, &policy);
+    let org = over_http::Org::start(&policy, "");
     let code = "await tools.test.echo({n: 1}); await tools.test.echo({n: 2});\n\
                 await tools.test.echo({base: 'main', n: 3});\n\
                 await tools.test.echo({n: 4});\n\
                 return 'four calls'";
-    let (status, paused) =
-        call(Method::POST, format!("{}/v1/execute", server.base), &dev.token, Some(json!({"code": code}))).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
-    let (id, approval) = (paused["execution_id"].as_str().unwrap(), paused["approvals"][0]["id"].as_str().unwrap());
-    let (status, _) = call(
-        Method::POST,
-        format!("{}/v1/approvals/{approval}", server.base),
-        &lead.token,
-        Some(json!({"decision": "approve"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let done = over_http::ended(&server.base, &dev.token, id).await;
+    let (id, approval) = org.pause(code).await;
+    assert_eq!(org.decide(&approval, "approve").await.0, reqwest::StatusCode::OK);
+    let done = org.ended(&id).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["result"]["error"]["kind"], "call_limit", "{done}");
 }
