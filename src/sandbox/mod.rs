@@ -413,15 +413,7 @@ impl Sandbox {
         if job.code.len() as u64 > job.limits.code_bytes {
             return Err(Rejected::TooLarge { size: job.code.len(), limit: job.limits.code_bytes });
         }
-        let cpu = CpuSlot::new(self.cpu.clone());
-        tokio::select! {
-            acquired = tokio::time::timeout(self.config.queue_timeout, cpu.acquire()) => {
-                if acquired.is_err() {
-                    return Err(Rejected::Overloaded { retry_after_secs: 1 });
-                }
-            }
-            () = cancel.cancelled() => return Err(Rejected::Cancelled),
-        }
+        let cpu = self.cpu_slot(cancel).await?;
         let pre = match (job.language, &job.session) {
             (language, Some(_)) => match self.session_guest(language).await {
                 Ok(guest) => &guest.pre,
@@ -468,15 +460,7 @@ impl Sandbox {
         cancel: &CancellationToken,
     ) -> Result<Outcome, Rejected> {
         let Resume { paused, decisions, doors, limits, id, trace } = resume;
-        let cpu = CpuSlot::new(self.cpu.clone());
-        tokio::select! {
-            acquired = tokio::time::timeout(self.config.queue_timeout, cpu.acquire()) => {
-                if acquired.is_err() {
-                    return Err(Rejected::Overloaded { retry_after_secs: 1 });
-                }
-            }
-            () = cancel.cancelled() => return Err(Rejected::Cancelled),
-        }
+        let cpu = self.cpu_slot(cancel).await?;
         let language = paused.language;
         let prepared = async {
             let guest = self.session_guest(language).await?;
@@ -509,6 +493,19 @@ impl Sandbox {
         cpu.release();
         drop(admission);
         Ok(outcome)
+    }
+
+    /// A CPU slot, within the queue timeout (else `overloaded`) unless `cancel` fires
+    /// first.
+    async fn cpu_slot(&self, cancel: &CancellationToken) -> Result<CpuSlot, Rejected> {
+        let cpu = CpuSlot::new(self.cpu.clone());
+        tokio::select! {
+            acquired = tokio::time::timeout(self.config.queue_timeout, cpu.acquire()) => match acquired {
+                Ok(()) => Ok(cpu),
+                Err(_) => Err(Rejected::Overloaded { retry_after_secs: 1 }),
+            },
+            () = cancel.cancelled() => Err(Rejected::Cancelled),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
