@@ -299,19 +299,13 @@ async fn try_keep_paused(
         ));
         return Ok(());
     }
-    let waiting = store
-        .approvals(&ApprovalQuery {
-            execution_id: Some(outcome.execution_id.clone()),
-            status: Some(ApprovalStatus::Pending),
-            limit: 1_000,
-            ..Default::default()
-        })
-        .await?;
-    outcome.approvals = waiting
+    // An execution resumes only once none of its approvals is pending, so those just
+    // made are all it waits for.
+    outcome.approvals = approvals
         .iter()
         .map(|a| json!({"id": a.id, "tool": a.tool, "expires_at": super::sessions::time(a.expires_at_ms), "url": approval_url(public_url, &a.id)}))
         .collect();
-    let last = waiting.iter().map(|a| a.expires_at_ms).max().unwrap_or(now);
+    let last = approvals.iter().map(|a| a.expires_at_ms).max().unwrap_or(now);
     let expires_at_ms = last.saturating_add(result_ttl.as_millis() as i64);
     let body = serde_json::to_string(&*outcome).unwrap_or_default();
     if context.background || store.handle(&outcome.execution_id, now).await?.is_some() {
@@ -551,23 +545,16 @@ impl Service {
             let event = super::sessions::event(&principal, "", "files_written", mount_bytes);
             self.ledger.record(vec![event]).await?;
         }
-        let records = super::records(&principal, &outcome, context.agent_session.clone());
         if outcome.paused.is_some() {
-            keep_paused(
-                &self.store,
-                self.auth.public_url.as_deref(),
-                &context,
-                &mut outcome,
-                &awaited,
-                self.result_ttl,
-            )
-            .await;
-            if outcome.paused.is_some() {
-                // Only the calls so far; the execution's own record comes when it ends.
-                let calls = records.into_iter().filter(|r| matches!(r, crate::store::Record::Call(_))).collect();
-                self.ledger.record(calls).await?;
-                return Ok(());
-            }
+            let public_url = self.auth.public_url.as_deref();
+            keep_paused(&self.store, public_url, &context, &mut outcome, &awaited, self.result_ttl).await;
+        }
+        if outcome.paused.is_some() {
+            // Only the calls so far; the execution's own record comes when it ends.
+            let mut calls = super::records(&principal, &outcome, context.agent_session.clone());
+            calls.retain(|r| matches!(r, crate::store::Record::Call(_)));
+            self.ledger.record(calls).await?;
+            return Ok(());
         }
         self.end_paused_execution(&principal, outcome, context.agent_session).await?;
         tracing::info!(execution_id = %id, "a paused execution ended");
@@ -658,8 +645,13 @@ impl Service {
 
     async fn sweep_approvals(self: &Arc<Self>) -> Result<(), ServiceError> {
         let now = now_ms();
-        let query = ApprovalQuery { status: Some(ApprovalStatus::Pending), limit: 1_000, ..Default::default() };
-        for approval in self.store.approvals(&query).await?.into_iter().filter(|a| a.expires_at_ms <= now) {
+        let query = ApprovalQuery {
+            status: Some(ApprovalStatus::Pending),
+            expired_by_ms: Some(now),
+            limit: 1_000,
+            ..Default::default()
+        };
+        for approval in self.store.approvals(&query).await? {
             let decided = Decided { status: ApprovalStatus::Expired, by: None, reason: None, at_ms: now };
             if let Some(expired) = self.store.decide_approval(&approval.id, &decided).await? {
                 tracing::info!(approval = %expired.id, execution_id = %expired.execution_id, "approval expired");

@@ -102,6 +102,8 @@ pub struct ApprovalQuery {
     pub execution_id: Option<String>,
     /// Made at or after this (Unix milliseconds).
     pub since_ms: Option<i64>,
+    /// Only those whose expiry is at or before this (Unix milliseconds).
+    pub expired_by_ms: Option<i64>,
     pub limit: u32,
 }
 

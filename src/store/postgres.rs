@@ -2074,7 +2074,7 @@ impl Store for PgStore {
             let sql = format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals
                  WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR execution_id = $2)
-                   AND created_at_ms >= $3
+                   AND created_at_ms >= $3 AND expires_at_ms <= $5
                  ORDER BY created_at_ms DESC, id DESC LIMIT $4"
             );
             let rows = client
@@ -2085,6 +2085,7 @@ impl Store for PgStore {
                         &query.execution_id,
                         &query.since_ms.unwrap_or(0),
                         &i64::from(query.limit),
+                        &query.expired_by_ms.unwrap_or(i64::MAX),
                     ],
                 )
                 .await

@@ -1647,6 +1647,7 @@ impl Store for SqliteStore {
             let sql = format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals
                  WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR execution_id = ?2) AND created_at_ms >= ?3
+                   AND expires_at_ms <= ?5
                  ORDER BY created_at_ms DESC, id DESC LIMIT ?4"
             );
             let rows = all(
@@ -1656,7 +1657,8 @@ impl Store for SqliteStore {
                     query.status.map(ApprovalStatus::as_str),
                     query.execution_id,
                     query.since_ms.unwrap_or(0),
-                    query.limit
+                    query.limit,
+                    query.expired_by_ms.unwrap_or(i64::MAX)
                 ],
                 approval_row,
             )?;
