@@ -427,6 +427,12 @@ impl Gateway {
         })
     }
 
+    /// Gives back budget headroom this replica leased and stopped drawing from (see
+    /// [`budget`]).
+    pub fn give_back_old_leases(&self) {
+        self.budgets.give_back_old_leases();
+    }
+
     /// Waits up to `grace` for calls in flight (and streams being drained) to finish,
     /// then cuts off the rest, which record themselves at their reserved estimate.
     pub async fn stop(&self, grace: Duration) {
@@ -439,6 +445,7 @@ impl Gateway {
             self.stop.cancel();
             self.calls.wait().await;
         }
+        self.budgets.give_back_leases();
     }
 
     /// Each provider's circuit breaker: its name, and whether it is open now (calls

@@ -501,11 +501,13 @@ impl Service {
     }
 
     /// Refreshes the store's keys every [`KEY_REFRESH`] until the service stops (a
-    /// store that does not answer leaves the keys in force as they are), and lets
-    /// sessions' memories unused for long go.
+    /// store that does not answer leaves the keys in force as they are), lets
+    /// sessions' memories unused for long go, and gives budget headroom this replica
+    /// leased and stopped drawing from back.
     pub fn watch_keys(self: &Arc<Self>) {
         self.every(KEY_REFRESH, |service| async move {
             service.memories.sweep(std::time::Instant::now());
+            service.gateway.give_back_old_leases();
             if let Err(error) = service.refresh_stored_keys().await {
                 tracing::warn!(%error, "cannot refresh the store's keys; keeping the keys in force");
             }

@@ -26,7 +26,8 @@
 //!
 //! Nothing outside this module opens a database. Records go in through [`Ledger`], which
 //! commits them in batches (group commit); reservations are released by a
-//! [`Record::Release`] committed in the same batch as the model call that spent them,
+//! [`Record::Release`] (or, for calls drawn from a lease of headroom, reduced by a
+//! [`Record::Draw`]) committed in the same batch as the model call that spent them,
 //! so the spend and the release land together and a budget is never briefly free.
 
 mod activity;
@@ -177,6 +178,15 @@ pub enum Record {
     /// Ends the budget reservation with this id. Committed after (or with) the model
     /// call that spent it, so that the spend is counted before the hold goes.
     Release(String),
+    /// Takes `nanos` and `tokens` off the reservation `hold`, which goes once nothing is
+    /// left of it: a call drawn from a replica's lease of budget headroom ends this
+    /// way (committed with its record, as a release is), and so does the lease's
+    /// unused rest when the replica gives it back.
+    Draw {
+        hold: String,
+        nanos: i64,
+        tokens: u64,
+    },
 }
 
 /// One budget counter a reservation is held against: a scope's model-call spend since
@@ -589,8 +599,8 @@ impl StoreError {
 /// The storage boundary: what every replica must agree on.
 pub trait Store: Send + Sync + 'static {
     /// Appends `records` atomically (all or none), releasing the reservations named by
-    /// [`Record::Release`] and adding each model call's cost to the spend counters it
-    /// falls under.
+    /// [`Record::Release`], taking [`Record::Draw`]s off theirs, and adding each model
+    /// call's cost to the spend counters it falls under.
     fn append<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Totals per group for `query`.

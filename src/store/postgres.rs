@@ -14,7 +14,9 @@
 //!   append: the append changes a call's spend and its hold in one transaction, and
 //!   the reservation reads both in one snapshot. Across any number of replicas, spend
 //!   can pass a budget by at most the reservations in flight (an estimate that turned
-//!   out low).
+//!   out low). A replica's lease of budget headroom is one such hold; the calls drawn
+//!   from it come off it by [`Record::Draw`] in the append that records them
+//!   (`sandgate_append_with_draws`).
 //! - **take** is one call of `sandgate_take`, an `INSERT … ON CONFLICT DO UPDATE` on
 //!   the bucket's row, refilled by the database clock, so a rate limit is exact across
 //!   replicas whatever their clocks say.
@@ -543,6 +545,39 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX approvals_pending ON approvals (user_name) WHERE status = 'pending';
     CREATE INDEX approvals_created ON approvals (created_at_ms);
     "#,
+    // 13: draws off a reservation (a call drawn from a replica's lease of budget
+    // headroom, or the lease's unused rest given back), in the same transaction as the
+    // records: a hold loses a call's estimate when, and only when, the call's cost is
+    // added to the spend. A hold with nothing left goes.
+    r#"
+    CREATE FUNCTION sandgate_append_with_draws(
+        e_id TEXT[], e_user TEXT[], e_team TEXT[], e_key TEXT[], e_started BIGINT[], e_ended BIGINT[],
+        e_outcome TEXT[], e_fuel BIGINT[], e_wall BIGINT[], e_memory BIGINT[], e_calls BIGINT[],
+        c_execution TEXT[], c_user TEXT[], c_team TEXT[], c_name TEXT[], c_started BIGINT[],
+        c_latency BIGINT[], c_outcome TEXT[],
+        m_execution TEXT[], m_user TEXT[], m_team TEXT[], m_key TEXT[], m_model TEXT[], m_tier TEXT[],
+        m_provider TEXT[], m_input BIGINT[], m_output BIGINT[], m_cached BIGINT[], m_cost BIGINT[],
+        m_started BIGINT[], m_latency BIGINT[], m_status TEXT[], m_chain TEXT[], m_tags TEXT[],
+        releases TEXT[],
+        s_session TEXT[], s_user TEXT[], s_team TEXT[], s_key TEXT[], s_at BIGINT[], s_event TEXT[],
+        s_bytes BIGINT[], l_execution TEXT[], l_logs TEXT[], e_agent TEXT[], m_agent TEXT[],
+        d_hold TEXT[], d_nanos BIGINT[], d_tokens BIGINT[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM sandgate_append_with_agents(e_id, e_user, e_team, e_key, e_started, e_ended, e_outcome, e_fuel,
+            e_wall, e_memory, e_calls, c_execution, c_user, c_team, c_name, c_started, c_latency, c_outcome,
+            m_execution, m_user, m_team, m_key, m_model, m_tier, m_provider, m_input, m_output, m_cached, m_cost,
+            m_started, m_latency, m_status, m_chain, m_tags, releases, s_session, s_user, s_team, s_key, s_at,
+            s_event, s_bytes, l_execution, l_logs, e_agent, m_agent);
+        IF coalesce(array_length(d_hold, 1), 0) > 0 THEN
+            UPDATE budget_holds h SET nanos = greatest(h.nanos - d.nanos, 0), tokens = greatest(h.tokens - d.tokens, 0)
+            FROM (SELECT id, sum(n) AS nanos, sum(t) AS tokens FROM unnest(d_hold, d_nanos, d_tokens) AS u(id, n, t)
+                  GROUP BY id) d
+            WHERE h.id = d.id;
+            DELETE FROM budget_holds WHERE id = ANY(d_hold) AND nanos = 0 AND tokens = 0;
+        END IF;
+    END $$;
+    "#,
 ];
 
 fn model_call_row(r: &tokio_postgres::Row) -> ModelCallRow {
@@ -778,6 +813,9 @@ struct Columns {
     m_chain: Vec<String>,
     m_tags: Vec<String>,
     releases: Vec<String>,
+    d_hold: Vec<String>,
+    d_nanos: Vec<i64>,
+    d_tokens: Vec<i64>,
     s_session: Vec<String>,
     s_user: Vec<String>,
     s_team: Vec<String>,
@@ -852,6 +890,11 @@ impl Columns {
                     c.m_agent.push(r.agent_session.clone());
                 }
                 Record::Release(id) => c.releases.push(id.clone()),
+                Record::Draw { hold, nanos, tokens } => {
+                    c.d_hold.push(hold.clone());
+                    c.d_nanos.push(*nanos);
+                    c.d_tokens.push(to_i64(*tokens));
+                }
                 Record::Session(r) => {
                     c.s_session.push(r.session_id.clone());
                     c.s_user.push(r.user.clone());
@@ -866,7 +909,7 @@ impl Columns {
         c
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 46] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 49] {
         [
             &self.e_id,
             &self.e_user,
@@ -914,13 +957,16 @@ impl Columns {
             &self.l_logs,
             &self.e_agent,
             &self.m_agent,
+            &self.d_hold,
+            &self.d_nanos,
+            &self.d_tokens,
         ]
     }
 }
 
-const APPEND: &str = "SELECT sandgate_append_with_agents($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+const APPEND: &str = "SELECT sandgate_append_with_draws($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
                       $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, \
-                      $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46)";
+                      $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49)";
 
 /// The lines in locking order, with their places in the hold, as the columns the
 /// functions take.

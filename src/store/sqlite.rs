@@ -375,9 +375,9 @@ struct Bucket {
 }
 
 struct Inner {
-    /// The ledger writer's connection. Held, with `counters`, across a commit and the
-    /// counter updates that follow it, so that a counter read from the ledger meanwhile
-    /// counts every model call exactly once.
+    /// The ledger writer's connection. Held across a commit and the counter updates
+    /// that follow it, and while a new counter is read from the ledger, so that the
+    /// counter counts every model call exactly once.
     writer: Mutex<Connection>,
     /// Reads (usage reports, activity, sessions), on connections of their own so they
     /// never wait behind a commit, and several of them, so one slow report does not
@@ -385,6 +385,8 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
     /// Where the next read that finds every reader busy waits.
     next_reader: std::sync::atomic::AtomicUsize,
+    /// Spend and reservations. Taken after `writer` when both are, and held only for
+    /// the counters' own work: a reservation never waits for a commit.
     counters: Mutex<Counters>,
     buckets: Mutex<HashMap<(String, &'static str), Bucket>>,
 }
@@ -562,7 +564,7 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
                 Record::Session(r) => session
                     .execute(params![r.session_id, r.user, r.team, r.key, r.at_ms, r.event, to_i64(r.state_bytes)])
                     .map(drop),
-                Record::Release(_) => Ok(()),
+                Record::Release(_) | Record::Draw { .. } => Ok(()),
             }
             .map_err(err)?;
         }
@@ -603,6 +605,15 @@ impl Inner {
 
     /// The counters, with every key in `lines` read from the ledger if it is new.
     fn counters_for(&self, lines: &[BudgetLine]) -> Result<MutexGuard<'_, Counters>, StoreError> {
+        let counters = lock(&self.counters);
+        if lines.iter().all(|line| counters.spent.contains_key(&(line.scope.clone(), line.since_ms))) {
+            return Ok(counters);
+        }
+        drop(counters);
+        // A new counter is read with no commit in flight (the writer's lock, taken
+        // first, as `append` does), so the read and the counter updates of commits
+        // count each model call once between them.
+        let _writer = lock(&self.writer);
         let mut counters = lock(&self.counters);
         for line in lines {
             let key = (line.scope.clone(), line.since_ms);
@@ -842,8 +853,8 @@ impl Store for SqliteStore {
         let records = records.to_vec();
         self.blocking(move |inner| {
             let mut writer = lock(&inner.writer);
-            let mut counters = lock(&inner.counters);
             let result = insert(&mut writer, &records);
+            let mut counters = lock(&inner.counters);
             for record in &records {
                 match record {
                     Record::Model(r) if result.is_ok() => {
@@ -858,6 +869,15 @@ impl Store for SqliteStore {
                     // for are over either way.
                     Record::Release(id) => {
                         counters.held.remove(id);
+                    }
+                    Record::Draw { hold, nanos, tokens } => {
+                        if let Some(held) = counters.held.get_mut(hold) {
+                            held.nanos = (held.nanos - nanos).max(0);
+                            held.tokens = held.tokens.saturating_sub(*tokens);
+                            if held.nanos == 0 && held.tokens == 0 {
+                                counters.held.remove(hold);
+                            }
+                        }
                     }
                     _ => {}
                 }

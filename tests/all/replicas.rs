@@ -36,14 +36,21 @@ async fn usage(base: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// 100 concurrent model calls, split between two replicas, against a team budget of
-/// 10,300 tokens a day. Each call reserves its estimate (its input, counted, plus its
-/// `max_tokens` of 1,000) before it goes upstream, so at most 10 can be held at once
-/// whichever replica took them; the slow model (3 s) keeps them in flight while the
-/// others arrive. Spend may pass a budget by at most the reservations in flight, and
-/// no call here can cost more than it reserved, so the spend stays within the budget.
-#[tokio::test]
-async fn two_replicas_hold_one_budget_under_100_concurrent_calls() {
+/// What [`one_budget_on_two_replicas`] saw.
+struct BudgetRun {
+    answered: usize,
+    spent: u64,
+    /// The most calls upstream at once.
+    peak: usize,
+    /// The largest hold the store held at any moment, in tokens.
+    largest_hold: i64,
+}
+
+/// `calls` concurrent model calls, split between two replicas, against a team budget
+/// of `tokens_per_day`. Each call reserves its estimate (its input, counted, plus its
+/// `max_tokens` of 1,000, about 1,003 tokens) before it goes upstream; the slow model
+/// (3 s) keeps them in flight while the others arrive.
+async fn one_budget_on_two_replicas(calls: usize, tokens_per_day: u64) -> BudgetRun {
     let stub = Stub::start();
     std::env::set_var("SANDGATE_TEST_PROVIDER_KEY", "sk-stub-test");
     let config = format!(
@@ -65,7 +72,8 @@ models = ["cheap"]
 "#,
         stub.base
     );
-    let policy = r#"
+    let policy = format!(
+        r#"
 [[policy]]
 name = "budgeted"
 principals = ["*"]
@@ -74,10 +82,27 @@ principals = ["*"]
 tiers = ["economy"]
 [policy.budget]
 scope = "team"
-tokens_per_day = 10_300
-"#;
-    let (first, second, _) = two_replicas(&config, policy).await;
-    let calls = futures::stream::iter(0..100).map(|i| {
+tokens_per_day = {tokens_per_day}
+"#
+    );
+    let (first, second, url) = two_replicas(&config, &policy).await;
+    // The holds in the store, watched while the calls run.
+    let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let watching = watching.clone();
+        async move {
+            let mut largest = 0_i64;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let row = pg.query_one("SELECT coalesce(max(tokens), 0) FROM budget_holds", &[]).await.unwrap();
+                largest = largest.max(row.get::<_, i64>(0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            largest
+        }
+    });
+    let requests = futures::stream::iter(0..calls).map(|i| {
         let base = if i % 2 == 0 { first.base.clone() } else { second.base.clone() };
         async move {
             let response = client()
@@ -91,11 +116,13 @@ tokens_per_day = 10_300
             (status, body)
         }
     });
-    let answers: Vec<(StatusCode, Value)> = calls.buffer_unordered(100).collect().await;
+    let answers: Vec<(StatusCode, Value)> = requests.buffer_unordered(calls).collect().await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let largest_hold = watcher.await.unwrap();
     let answered = answers.iter().filter(|(status, _)| *status == StatusCode::OK).count();
     let refused: Vec<&Value> =
         answers.iter().filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS).map(|(_, b)| b).collect();
-    assert_eq!(answered + refused.len(), 100, "every call is answered or refused for the budget");
+    assert_eq!(answered + refused.len(), calls, "every call is answered or refused for the budget");
     // The OpenAI wire format names the kind in `error.code`.
     assert!(refused.iter().all(|body| body["error"]["code"] == "budget_exceeded"), "{:?}", refused.first());
     // A model call is recorded just after its answer is sent; both replicas then read
@@ -110,18 +137,43 @@ tokens_per_day = 10_300
     };
     assert_eq!(one["totals"], other["totals"]);
     let totals = &one["totals"];
-    let spent = totals["input_tokens"].as_u64().unwrap() + totals["output_tokens"].as_u64().unwrap();
-    println!("budget of 10,300 tokens over two replicas: {answered} of 100 calls answered, {spent} tokens recorded");
-    // Never more than the ten the budget covers in flight at once, on both replicas
-    // together (a store per replica would let each replica hold ten); a call that
-    // settles below its estimate frees budget for later ones.
-    let peak = stub.peak_in_flight();
-    println!("at most {peak} calls were in flight upstream at once");
-    assert!(answered >= 10, "the ten the budget covers are answered: {answered}");
-    assert!(peak <= 10, "{peak} calls were in flight at once");
     assert_eq!(totals["model_calls"].as_u64().unwrap(), answered as u64, "{totals}");
-    assert!(spent <= 10_300, "spend {spent} passed the budget");
     assert!(stub.requests().len() == answered, "only reserved calls went upstream");
+    let spent = totals["input_tokens"].as_u64().unwrap() + totals["output_tokens"].as_u64().unwrap();
+    let peak = stub.peak_in_flight();
+    println!(
+        "budget of {tokens_per_day} tokens over two replicas: {answered} of {calls} calls answered, {spent} tokens \
+         recorded, at most {peak} in flight, largest hold {largest_hold} tokens"
+    );
+    BudgetRun { answered, spent, peak, largest_hold }
+}
+
+/// A budget of 10,300 tokens covers ten calls: at most ten can be held at once,
+/// whichever replica took them (a store per replica would let each hold ten). Spend
+/// may pass a budget by at most the reservations in flight, and no call here can cost
+/// more than it reserved, so the spend stays within the budget. Too small for a lease
+/// (16 calls), every call is held on its own.
+#[tokio::test]
+async fn two_replicas_hold_one_budget_under_100_concurrent_calls() {
+    let run = one_budget_on_two_replicas(100, 10_300).await;
+    assert!(run.answered >= 10, "the ten the budget covers are answered: {}", run.answered);
+    assert!(run.peak <= 10, "{} calls were in flight at once", run.peak);
+    assert!(run.spent <= 10_300, "spend {} passed the budget", run.spent);
+    assert!(run.largest_hold < 2_000, "no lease fits: {}", run.largest_hold);
+}
+
+/// A budget of 103,000 tokens covers 102 calls. Each replica leases headroom for 16
+/// calls at a time and draws calls from it without a round trip; near the limit, calls
+/// are held one by one. The bound is the same: never more in flight than the budget
+/// covers, spend within it. Headroom a replica leased and had not drawn yet may keep
+/// the other replica's calls out, at most 15 calls' worth per replica.
+#[tokio::test]
+async fn two_replicas_lease_headroom_and_stay_within_one_budget() {
+    let run = one_budget_on_two_replicas(200, 103_000).await;
+    assert!(run.largest_hold > 10_000, "replicas leased headroom for many calls: {}", run.largest_hold);
+    assert!(run.peak <= 102, "{} calls were in flight at once", run.peak);
+    assert!(run.spent <= 103_000, "spend {} passed the budget", run.spent);
+    assert!(run.answered >= 102 - 2 * 15, "calls the budget covers are answered: {}", run.answered);
 }
 
 /// A rate limit of 20 executions a minute, over 60 requests split between two
