@@ -26,7 +26,9 @@
 //! [`LEASE_AGE`] old (or when a call does not fit in it). A lease is only ever
 //! granted where it fits whole; where it does not (near a limit), the call is held on
 //! its own, after this replica's unused headroom is given back, so a call that fits
-//! the budget is never refused for this replica's lease.
+//! the budget is never refused for this replica's lease, and the next lease asks for
+//! half as many calls (a granted one doubles it back): the closer a budget is to its
+//! limit, the less headroom a replica holds undrawn.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -140,6 +142,36 @@ struct Leases {
     /// Lines a lease is being asked for, and how the calls that wait for it learn
     /// that it came (or did not).
     asking: HashMap<String, Arc<tokio::sync::Notify>>,
+    /// How many calls the next lease on these lines asks for, when not
+    /// [`LEASE_CALLS`], and when that was last decided: a lease refused (the budget
+    /// has less left than it) halves the next one, down to calls held one by one; a
+    /// lease granted doubles it back.
+    sizes: HashMap<String, (i64, Instant)>,
+}
+
+impl Leases {
+    fn size(&self, key: &str) -> i64 {
+        self.sizes.get(key).map_or(LEASE_CALLS, |(size, _)| *size)
+    }
+
+    fn resize(&mut self, key: &str, size: i64) {
+        let size = size.clamp(1, LEASE_CALLS);
+        if size == LEASE_CALLS {
+            self.sizes.remove(key);
+        } else {
+            self.sizes.insert(key.to_string(), (size, Instant::now()));
+        }
+    }
+}
+
+/// What a call that could not draw from a lease does next.
+enum Next {
+    /// Waits for the lease another call is asking for.
+    Wait(tokio::sync::futures::OwnedNotified),
+    /// Asks for a lease of this many calls.
+    Ask(i64),
+    /// Is held on its own.
+    Own,
 }
 
 /// A lease being asked for on one budget's lines. However the asking ends (answered,
@@ -274,6 +306,7 @@ impl Budgets {
     pub fn give_back_old_leases(&self) {
         let now = Instant::now();
         self.give_back(|lease| now.duration_since(lease.taken_at) >= LEASE_AGE);
+        self.leases().sizes.retain(|_, (_, decided)| now.duration_since(*decided) < LEASE_AGE);
     }
 
     /// A reservation of `nanos` and `tokens` drawn from this replica's lease on
@@ -290,9 +323,9 @@ impl Budgets {
             drawn: true,
             released: false,
         };
-        let (mut gave_back, mut waited) = (false, false);
+        let mut gave_back = false;
         loop {
-            let (rest, wait) = {
+            let (rest, next) = {
                 let mut leases = self.leases();
                 if let Some(lease) = leases.live.get_mut(key) {
                     if lease.draw(hold.nanos, hold.tokens, Instant::now()) {
@@ -300,42 +333,47 @@ impl Budgets {
                     }
                 }
                 let rest = leases.live.remove(key).and_then(|lease| lease.rest());
-                let wait = match leases.asking.get(key) {
+                let size = leases.size(key);
+                let next = match leases.asking.get(key) {
                     // Registered before the lock goes, so the answer cannot be missed.
-                    Some(asked) => Some(asked.clone().notified_owned()),
+                    Some(asked) => Next::Wait(asked.clone().notified_owned()),
+                    None if size < 2 => Next::Own,
                     None => {
                         leases.asking.insert(key.to_string(), Arc::default());
-                        None
+                        Next::Ask(size)
                     }
                 };
-                (rest, wait)
+                (rest, next)
             };
             if let Some(rest) = rest {
                 gave_back = true;
                 self.ledger.record_detached(vec![rest]);
             }
-            match wait {
-                Some(_) if waited => return Ok((None, gave_back)),
-                Some(answer) => {
+            let size = match next {
+                Next::Own => return Ok((None, gave_back)),
+                Next::Wait(answer) => {
+                    // Then draws from the lease that came, or asks for a smaller one
+                    // (or is held on its own) if it was refused.
                     answer.await;
-                    waited = true;
                     continue;
                 }
-                None => {}
-            }
+                Next::Ask(size) => size,
+            };
             let lease = Hold {
                 id: uuid::Uuid::now_v7().to_string(),
                 lines: hold.lines.clone(),
-                nanos: hold.nanos.saturating_mul(LEASE_CALLS),
-                tokens: hold.tokens.saturating_mul(LEASE_CALLS as u64),
+                nanos: hold.nanos.saturating_mul(size),
+                tokens: hold.tokens.saturating_mul(size as u64),
                 expires_at_ms: hold.expires_at_ms,
             };
             let asking = Asking { budgets: self, key };
             let granted = self.store().reserve(&lease).await;
             let mut leases = asking.answered();
             if granted?.is_some() {
+                leases.resize(key, size / 2);
                 return Ok((None, gave_back));
             }
+            leases.resize(key, size * 2);
             leases.live.insert(
                 key.to_string(),
                 Lease {
@@ -382,44 +420,56 @@ impl Budgets {
             return Ok(Ok(own(hold.id, true)));
         }
         let key = format!("{:?}", hold.lines);
-        let (drawn, gave_back) = self.draw(&key, &hold).await?;
-        if let Some(reservation) = drawn {
-            return Ok(Ok(reservation));
-        }
-        // Held on its own, against the budget as it is without this replica's unused
-        // headroom: what was given back is counted as given before the check.
-        if gave_back {
-            self.ledger.flush().await?;
-        }
-        let mut over = self.store().reserve(&hold).await?;
-        if over.is_some() && !gave_back {
-            // Headroom given back by another call (or the sweep) may still be on its
-            // way to the store: once it is there, the call is checked again.
-            self.ledger.flush().await?;
-            over = self.store().reserve(&hold).await?;
-        }
-        match over {
-            None => Ok(Ok(own(hold.id, false))),
-            Some(over) => {
-                let (period, line) = &named[over.line];
-                let (what, limit, used) = if over.tokens {
-                    let limit = line.limit_tokens.unwrap_or_default();
-                    (
-                        if *period == "daily" { "daily token" } else { "monthly token" },
-                        format!("{limit} tokens"),
-                        format!("{} tokens", over.balance.used_tokens),
-                    )
-                } else {
-                    let limit = line.limit_nanos.unwrap_or_default() as f64 / 1e9;
-                    (
-                        if *period == "daily" { "daily USD" } else { "monthly USD" },
-                        format!("${limit:.2}"),
-                        format!("${:.4}", over.balance.used_nanos as f64 / 1e9),
-                    )
-                };
-                Ok(Err(Exceeded { what, limit, used, scope: line.scope.to_string() }))
+        let mut again = false;
+        let over = loop {
+            let (drawn, gave_back) = self.draw(&key, &hold).await?;
+            if let Some(reservation) = drawn {
+                return Ok(Ok(reservation));
             }
-        }
+            // Held on its own, against the budget as it is without this replica's
+            // unused headroom: what was given back is counted as given before the check.
+            if gave_back {
+                self.ledger.flush().await?;
+            }
+            match self.store().reserve(&hold).await? {
+                None => {
+                    // It fitted: the next call may try a small lease again.
+                    let mut leases = self.leases();
+                    if leases.size(&key) < 2 {
+                        leases.resize(&key, 2);
+                    }
+                    return Ok(Ok(own(hold.id, false)));
+                }
+                Some(over) if again => break over,
+                Some(_) => {
+                    // The budget is full as the store sees it: no more leases for
+                    // now. Headroom this replica leased meanwhile, or gave back and
+                    // that is still on its way to the store, may be what filled it:
+                    // once the way is clear, the call draws from that lease or is
+                    // checked again.
+                    self.leases().resize(&key, 1);
+                    self.ledger.flush().await?;
+                    again = true;
+                }
+            }
+        };
+        let (period, line) = &named[over.line];
+        let (what, limit, used) = if over.tokens {
+            let limit = line.limit_tokens.unwrap_or_default();
+            (
+                if *period == "daily" { "daily token" } else { "monthly token" },
+                format!("{limit} tokens"),
+                format!("{} tokens", over.balance.used_tokens),
+            )
+        } else {
+            let limit = line.limit_nanos.unwrap_or_default() as f64 / 1e9;
+            (
+                if *period == "daily" { "daily USD" } else { "monthly USD" },
+                format!("${limit:.2}"),
+                format!("${:.4}", over.balance.used_nanos as f64 / 1e9),
+            )
+        };
+        Ok(Err(Exceeded { what, limit, used, scope: line.scope.to_string() }))
     }
 
     /// The least USD left across the principal's USD budgets; `None` without any.

@@ -152,14 +152,14 @@ tokens_per_day = {tokens_per_day}
 /// whichever replica took them (a store per replica would let each hold ten). Spend
 /// may pass a budget by at most the reservations in flight, and no call here can cost
 /// more than it reserved, so the spend stays within the budget. Too small for a lease
-/// (16 calls), every call is held on its own.
+/// of 16 calls, the replicas lease fewer, then hold calls one by one.
 #[tokio::test]
 async fn two_replicas_hold_one_budget_under_100_concurrent_calls() {
     let run = one_budget_on_two_replicas(100, 10_300).await;
     assert!(run.answered >= 10, "the ten the budget covers are answered: {}", run.answered);
     assert!(run.peak <= 10, "{} calls were in flight at once", run.peak);
     assert!(run.spent <= 10_300, "spend {} passed the budget", run.spent);
-    assert!(run.largest_hold < 2_000, "no lease fits: {}", run.largest_hold);
+    assert!(run.largest_hold <= 10_300, "no hold passes the budget: {}", run.largest_hold);
 }
 
 /// A budget of 103,000 tokens covers 102 calls. Each replica leases headroom for 16

@@ -423,6 +423,7 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                          DROP TABLE console_sessions;
                          DROP TABLE mount_writes;
                          ALTER TABLE session_files DROP COLUMN version;
+                         DROP FUNCTION sandgate_append_with_draws;
                          DROP FUNCTION sandgate_append_with_agents;
                          DROP INDEX executions_agent_session;
                          DROP INDEX model_calls_agent_session;
@@ -512,6 +513,7 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                          DROP TABLE console_sessions;
                          DROP TABLE mount_writes;
                          ALTER TABLE session_files DROP COLUMN version;
+                         DROP FUNCTION sandgate_append_with_draws;
                          DROP FUNCTION sandgate_append_with_agents;
                          DROP INDEX executions_agent_session;
                          DROP INDEX model_calls_agent_session;
