@@ -5,6 +5,10 @@
 //! store, the session memories the server keeps between executions, and how long an
 //! execution in an old session takes (its state read from the store), in the newest
 //! one (its memory kept), and a fresh execution.
+//!
+//! `SANDGATE_BENCH_PROFILE=SECONDS` then runs executions in the newest session, one
+//! after another, for that long (the server's pid is printed first, to profile it with
+//! `perf record -g -p PID`), and prints their latency next to as many fresh ones.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -118,6 +122,31 @@ fn main() {
             let body = execute(json!({"session_id": ids[count - 1], "code": "state.n"})).await;
             assert_eq!(body["result"], count - 1, "{body}");
             kept_here.push(t.elapsed());
+        }
+        if let Some(seconds) = std::env::var("SANDGATE_BENCH_PROFILE").ok().and_then(|s| s.parse::<u64>().ok()) {
+            println!("server pid {pid}: executions in the newest session for {seconds} s");
+            let (mut in_session, mut fresh_too) = (Vec::new(), Vec::new());
+            let until = Instant::now() + Duration::from_secs(seconds);
+            while Instant::now() < until {
+                let t = Instant::now();
+                let body = execute(json!({"session_id": ids[count - 1], "code": "state.n"})).await;
+                assert_eq!(body["result"], count - 1, "{body}");
+                in_session.push(t.elapsed());
+            }
+            for _ in 0..in_session.len() {
+                let t = Instant::now();
+                assert_eq!(execute(json!({"code": "return [1, 2, 3].length"})).await["result"], 3);
+                fresh_too.push(t.elapsed());
+            }
+            println!(
+                "{} executions in the newest session: p50 {:.2} ms, p99 {:.2} ms; as many fresh ones: p50 {:.2} ms, \
+                 p99 {:.2} ms",
+                in_session.len(),
+                percentile(&mut in_session, 0.5),
+                percentile(&mut in_session, 0.99),
+                percentile(&mut fresh_too, 0.5),
+                percentile(&mut fresh_too, 0.99)
+            );
         }
         let shown = client.get(format!("{base}/v1/sessions/{}", ids[count - 1])).send().await.unwrap();
         let shown: Value = shown.json().await.unwrap();
