@@ -1237,12 +1237,14 @@ impl Store for SqliteStore {
         self.blocking(move |inner| {
             let writer = lock(&inner.writer);
             let taken = writer
-                .execute(
+                .prepare_cached(
                     "UPDATE sessions SET lease = ?2, lease_until_ms = ?3
                      WHERE id = ?1 AND user = ?5 AND team = ?6 AND key = ?7 AND used_at_ms + ttl_ms > ?4
                        AND (lease IS NULL OR lease_until_ms <= ?4)",
-                    params![id, lease, until_ms, now_ms, owner.user, owner.team, owner.key],
                 )
+                .and_then(|mut update| {
+                    update.execute(params![id, lease, until_ms, now_ms, owner.user, owner.team, owner.key])
+                })
                 .map_err(err)?;
             if taken == 0 {
                 let busy: Option<i64> = writer
@@ -1258,7 +1260,12 @@ impl Store for SqliteStore {
                 return Ok(busy.map_or(Lease::Missing, |until_ms| Lease::Busy { until_ms }));
             }
             let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
-            writer.query_row(&sql, params![id], |row| Ok(Lease::Taken { session: session_row(row)? })).map_err(err)
+            writer
+                .prepare_cached(&sql)
+                .and_then(|mut select| {
+                    select.query_row(params![id], |row| Ok(Lease::Taken { session: session_row(row)? }))
+                })
+                .map_err(err)
         })
     }
 
@@ -1341,13 +1348,13 @@ impl Store for SqliteStore {
                 }
             }
             let returned = tx
-                .execute(
+                .prepare_cached(
                     "UPDATE sessions SET image_bytes = coalesce(?3, image_bytes), memory_size = coalesce(?5, memory_size),
                         used_at_ms = coalesce(?4, used_at_ms), executions = executions + (?4 IS NOT NULL),
                         lease = NULL, lease_until_ms = NULL
                      WHERE id = ?1 AND lease = ?2",
-                    params![id, lease, bytes, ran_at_ms, size],
                 )
+                .and_then(|mut update| update.execute(params![id, lease, bytes, ran_at_ms, size]))
                 .map_err(err)?;
             if returned != 1 {
                 return Ok(Returned::NotHeld);
