@@ -82,6 +82,20 @@ impl MemoryImage {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Keeps only the pages `keep` says yes to, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32, &[u8]) -> bool) {
+        let mut at = 0;
+        for from in (0..self.entries.len()).step_by(4 + CHUNK) {
+            let entry = &self.entries[from..from + 4 + CHUNK];
+            let (index, bytes) = entry.split_at(4);
+            if keep(u32::from_le_bytes(index.try_into().expect("four bytes")), bytes) {
+                self.entries.copy_within(from..from + 4 + CHUNK, at);
+                at += 4 + CHUNK;
+            }
+        }
+        self.entries.truncate(at);
+    }
 }
 
 /// Makes the whole pages within `len` bytes at `start` resident and writable at once
@@ -120,5 +134,20 @@ mod tests {
         assert_eq!(pages[1], (4, &memory[4 * CHUNK..]));
         assert!(MemoryImage::default().is_empty());
         assert!(MemoryImage::from_pages(&memory, &[9]).is_empty(), "a page past the memory is not taken");
+    }
+
+    #[test]
+    fn keeps_only_the_pages_asked_for_in_order() {
+        let memory: Vec<u8> = (0..5 * CHUNK).map(|i| (i / CHUNK) as u8).collect();
+        let mut image = MemoryImage::from_pages(&memory, &[0, 1, 2, 3, 4]);
+        image.retain(|index, bytes| {
+            assert_eq!(bytes[0], index as u8);
+            index % 2 == 1
+        });
+        let kept: Vec<(u32, u8)> = image.chunks().map(|(index, bytes)| (index, bytes[CHUNK - 1])).collect();
+        assert_eq!(kept, [(1, 1), (3, 3)]);
+        assert_eq!(image.size, 5 * CHUNK as u64);
+        image.retain(|_, _| false);
+        assert!(image.is_empty());
     }
 }

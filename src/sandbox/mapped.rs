@@ -236,6 +236,24 @@ impl MemoryFile {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether page `index` of the memory holds `bytes` already.
+    pub fn holds(&self, index: u32, bytes: &[u8]) -> io::Result<bool> {
+        let held = self.held();
+        let index = index as usize;
+        if (index + 1) * PAGE > held.size as usize {
+            return Ok(false);
+        }
+        if held.pages.contains(index) {
+            let mut page = vec![0u8; PAGE];
+            self.file.read_exact_at(&mut page, (index * PAGE) as u64)?;
+            Ok(page == bytes)
+        } else if index < self.pristine.len() / PAGE {
+            Ok(self.pristine.page(index) == bytes)
+        } else {
+            Ok(bytes.iter().all(|&b| b == 0))
+        }
+    }
+
     /// Writes `image`'s chunks over the memory, growing it to the image's size.
     pub fn apply(&self, image: &MemoryImage) -> io::Result<()> {
         self.write(image.size, image.chunks())
@@ -494,6 +512,23 @@ mod tests {
     fn bytes_of(memory: &mut Box<dyn LinearMemory>) -> &mut [u8] {
         // SAFETY: 64 pages, readable and writable, borrowed with the memory.
         unsafe { std::slice::from_raw_parts_mut(memory.as_ptr(), 64 * PAGE) }
+    }
+
+    #[test]
+    fn a_file_says_which_pages_it_holds_as_they_are() {
+        let mut bytes = vec![0u8; 16 * PAGE];
+        bytes[3 * PAGE] = 3;
+        let pristine = Arc::new(Pristine::new(bytes.clone()).unwrap());
+        let sevens = vec![7u8; PAGE];
+        let zeros = vec![0u8; PAGE];
+        let file = MemoryFile::create(pristine, 32 * PAGE as u64, [(5, &sevens[..])]).unwrap();
+        // Its own pages, the fresh memory's beneath them, zeros past the fresh memory.
+        assert!(file.holds(5, &sevens).unwrap() && !file.holds(5, &zeros).unwrap());
+        assert!(file.holds(3, &bytes[3 * PAGE..4 * PAGE]).unwrap() && !file.holds(3, &zeros).unwrap());
+        assert!(file.holds(4, &zeros).unwrap() && !file.holds(4, &sevens).unwrap());
+        assert!(file.holds(20, &zeros).unwrap() && !file.holds(20, &sevens).unwrap());
+        // Past the memory's size nothing is held yet: such a page always goes.
+        assert!(!file.holds(32, &zeros).unwrap());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! here, under the session's id and its execution count, and the session's next
 //! execution on this replica takes it back if the count is still the one it left
 //! (no execution ran elsewhere since), then pays only for the pages it touches. Only
-//! the pages an execution wrote go to the store, and the same pages are written into
+//! the pages an execution changed go to the store, and the same pages are written into
 //! the file once the store has them.
 //!
 //! The files are held up to [`MemoryCache::BUDGET`] bytes, least recently used
@@ -49,6 +49,11 @@ impl SessionMemory {
     pub fn kept_bytes_with(&self, written: &MemoryImage) -> u64 {
         let new = written.chunks().filter(|(page, _)| !self.kept.contains(*page as usize)).count() as u64;
         (self.kept.len() + new) * PAGE as u64
+    }
+
+    /// Leaves out of `written` the pages that hold what the memory holds there already.
+    pub fn drop_unchanged(&self, written: &mut MemoryImage) {
+        written.retain(|page, bytes| !self.file.holds(page, bytes).unwrap_or(false));
     }
 
     /// Writes `written` (which the store now keeps) into the file.
