@@ -282,18 +282,16 @@ impl Budgets {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Gives back the unused rest of every lease `which` picks; whether any was given.
-    fn give_back(&self, which: impl Fn(&Lease) -> bool) -> bool {
+    /// Gives back the unused rest of every lease `which` picks.
+    fn give_back(&self, which: impl Fn(&Lease) -> bool) {
         let rests: Vec<Record> = {
             let mut leases = self.leases();
             let ended: Vec<String> = leases.live.iter().filter(|(_, l)| which(l)).map(|(k, _)| k.clone()).collect();
             ended.iter().filter_map(|key| leases.live.remove(key)).filter_map(|lease| lease.rest()).collect()
         };
-        let any = !rests.is_empty();
-        if any {
+        if !rests.is_empty() {
             self.ledger.record_detached(rests);
         }
-        any
     }
 
     /// Gives back what every lease holds unused (at shutdown, after the last call).
@@ -301,7 +299,7 @@ impl Budgets {
         self.give_back(|_| true);
     }
 
-    /// Gives back what leases [`LEASE_AGE`] old hold unused: called every few seconds,
+    /// Gives back what leases `LEASE_AGE` old hold unused: called every few seconds,
     /// so that headroom a replica stopped drawing from returns to the budget.
     pub fn give_back_old_leases(&self) {
         let now = Instant::now();

@@ -428,7 +428,7 @@ impl Gateway {
     }
 
     /// Gives back budget headroom this replica leased and stopped drawing from (see
-    /// [`budget`]).
+    /// the budget module).
     pub fn give_back_old_leases(&self) {
         self.budgets.give_back_old_leases();
     }
