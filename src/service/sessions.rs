@@ -119,8 +119,8 @@ impl SessionLease {
         self.returned = true;
         let mut memory = self.memory.take();
         let mut written = outcome.session_image.take().filter(|_| outcome.ok);
-        // A page the execution wrote back as it was (most of the stack, say) need not
-        // go to the store: about 60% of the pages of a small session's execution.
+        // A page the execution wrote back as it was need not go to the store: about
+        // 60% of the pages a small session's execution writes.
         if let (Some(pages), Some(memory)) = (&mut written, &memory) {
             memory.drop_unchanged(pages);
         }
