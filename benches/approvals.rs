@@ -11,8 +11,10 @@
 //! be read (`GET /v1/executions/{id}`, polled every millisecond) is an upper bound.
 //! Rounds: `SANDGATE_BENCH_APPROVALS` (default 200).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+#[path = "common/serve.rs"]
+mod serve;
+
+use std::process::Child;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -37,25 +39,9 @@ const merged = await tools.test.echo({base: input.base});
 return Date.now();"#;
 
 fn start(dir: &std::path::Path, keys: &str) -> (Child, String) {
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(dir.join("policies/bench.toml"), POLICY).unwrap();
-    std::fs::write(
-        dir.join("sandgate.toml"),
-        format!("policies = \"policies\"\n[sandbox]\ntest_capability = true\n[ledger]\npath = \"ledger.db\"\n{keys}"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(dir.join("sandgate.toml"))
-        .env_remove("SANDGATE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sandgate starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("sandgate listening on ").expect("ready line").to_string();
-    (child, base)
+    let config =
+        format!("policies = \"policies\"\n[sandbox]\ntest_capability = true\n[ledger]\npath = \"ledger.db\"\n{keys}");
+    serve::serve(dir, POLICY, &config)
 }
 
 fn key(name: &str, user: &str, team: &str) -> (String, String) {

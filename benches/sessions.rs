@@ -10,8 +10,10 @@
 //! after another, for that long (the server's pid is printed first, to profile it with
 //! `perf record -g -p PID`), and prints their latency next to as many fresh ones.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+#[path = "common/serve.rs"]
+mod serve;
+
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -28,26 +30,9 @@ fn resident_kib(pid: u32) -> u64 {
 }
 
 fn start(dir: &std::path::Path) -> (Child, String) {
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/bench.toml"),
-        "[[policy]]\nname = \"bench\"\nprincipals = [\"*\"]\n[policy.limits]\n\
-         [policy.sessions]\nmax = 1000000\nmax_bytes = 1099511627776\nidle_ttl_s = 86400\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("sandgate.toml"), "policies = \"policies\"\n[ledger]\npath = \"ledger.db\"\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(dir.join("sandgate.toml"))
-        .env_remove("SANDGATE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sandgate starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("sandgate listening on ").expect("ready line").to_string();
-    (child, base)
+    let policy = "[[policy]]\nname = \"bench\"\nprincipals = [\"*\"]\n[policy.limits]\n\
+                  [policy.sessions]\nmax = 1000000\nmax_bytes = 1099511627776\nidle_ttl_s = 86400\n";
+    serve::serve(dir, policy, "policies = \"policies\"\n[ledger]\npath = \"ledger.db\"\n")
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
