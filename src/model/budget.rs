@@ -677,6 +677,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_dropped_while_it_asks_for_a_lease_leaves_none_waiting() {
+        let (budgets, budget, ann, _dir) = setup(1_000_000);
+        let key = format!("{:?}", lines(&ann, &budget).into_iter().map(|(_, line)| line).collect::<Vec<_>>());
+        // One call is asking for a lease (as a call whose client went away mid-ask
+        // would have been); another arrives and waits for the answer.
+        budgets.leases().asking.insert(key.clone(), Arc::default());
+        let asking = Asking { budgets: &budgets, key: &key };
+        let waiting = tokio::time::timeout(Duration::from_secs(10), budgets.reserve(&ann, &budget, 0, 100));
+        let (waited, ()) = tokio::join!(waiting, async {
+            tokio::task::yield_now().await;
+            // The asking call is dropped before its answer came.
+            drop(asking);
+        });
+        assert!(waited.expect("the waiting call is not stuck").unwrap().is_ok());
+        assert!(budgets.leases().asking.is_empty());
+    }
+
+    #[tokio::test]
     async fn an_old_lease_gives_its_rest_back() {
         let (budgets, budget, ann, _dir) = setup(1_000_000);
         let call = budgets.reserve(&ann, &budget, 0, 100).await.unwrap().unwrap();
