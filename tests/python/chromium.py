@@ -2,6 +2,7 @@
 browser scripts (console_browser.py, sso_browser.py)."""
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 
 
@@ -16,3 +17,23 @@ def browser():
 def expect(condition, message):
     if not condition:
         raise AssertionError(message)
+
+
+def gone(element):
+    """A wait condition: `element` has left the page. Selenium's `staleness_of` expects
+    a stale-element error, but while the page is being replaced chromium-driver can
+    answer "Node with given id does not belong to the document" instead, which says
+    the same."""
+
+    def detached(_driver):
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in str(error):
+                return True
+            raise
+
+    return detached

@@ -18,7 +18,7 @@ import urllib.request
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from chromium import browser, expect
+from chromium import browser, expect, gone
 from selenium.webdriver.support.ui import WebDriverWait
 
 BASE, USER = sys.argv[1:3]
@@ -65,7 +65,7 @@ def personal_key(driver, wait):
     row = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '#my-keys tr[data-key="console-made"]')))
     expect(secret not in driver.page_source, "the secret is never shown again")
     row.find_element(By.CSS_SELECTOR, "button.revoke-key").click()
-    wait.until(EC.staleness_of(row))
+    wait.until(gone(row))
     wait.until(EC.presence_of_element_located((By.ID, "my-keys")))
     expect(not driver.find_elements(By.CSS_SELECTOR, '#my-keys tr[data-key="console-made"]'), "the key is gone")
     revoked, _ = api_status("/v1/me", secret)
