@@ -3,7 +3,9 @@
 //! call, the same three for Python (against native CPython and native Monty), and
 //! process start to first execution (cold and warm compile cache).
 //!
-//! Prints one line per figure; the README quotes them.
+//! Prints one line per figure; the README quotes them. `SANDGATE_BENCH_TRIVIAL_ONLY=1`
+//! stops after the trivial execution, `SANDGATE_BENCH_CPU_ONLY=1` runs the CPU-bound
+//! script alone.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -309,11 +311,12 @@ fn main() {
         return;
     }
     runtime.block_on(async {
+        let cpu_only = std::env::var_os("SANDGATE_BENCH_CPU_ONLY").is_some();
         // Trivial execution, in process, after a warm-up of the engine, pools and runtime.
-        for _ in 0..20_000 {
+        for _ in 0..if cpu_only { 0 } else { 20_000 } {
             sandbox.execute(job("return 1 + 1", limits), None).await.unwrap();
         }
-        for code in ["1 + 1", "return 1 + 1"] {
+        for code in if cpu_only { &[][..] } else { &["1 + 1", "return 1 + 1"][..] } {
             let (p50, p99) = latencies(&sandbox, 10_000, || job(code, limits)).await;
             println!(
                 "trivial execution in-process ({code:?}): p50 {:.1} µs, p99 {:.1} µs (10000 runs)",
@@ -344,6 +347,9 @@ fn main() {
             n.as_secs_f64() * 1e3,
             s.as_secs_f64() / n.as_secs_f64()
         );
+        if cpu_only {
+            return;
+        }
 
         // Memory per execution parked on a host call.
         let per = parked_in_fresh_process("javascript");
@@ -353,7 +359,9 @@ fn main() {
         sessions(&sandbox, limits).await;
     });
 
-    if std::env::var_os("SANDGATE_BENCH_TRIVIAL_ONLY").is_some() {
+    if std::env::var_os("SANDGATE_BENCH_TRIVIAL_ONLY").is_some()
+        || std::env::var_os("SANDGATE_BENCH_CPU_ONLY").is_some()
+    {
         return;
     }
     // Process start to first execution.
