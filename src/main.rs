@@ -2,8 +2,9 @@ use clap::Parser;
 
 /// mimalloc rather than the C library's allocator: the server's requests allocate and
 /// free many small objects across its worker threads, where glibc's consolidation of
-/// freed chunks was about 8% of the CPU under load (`benches/load.sh`: 15,000/s became
-/// 17,700-18,200/s). The library leaves the choice to the program that links it.
+/// freed chunks was about 8% of the CPU under load (`benches/load.sh 64 10`, alternating
+/// builds: 14,400-15,500/s became 17,700-18,300/s). The library leaves the choice to the
+/// program that links it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
