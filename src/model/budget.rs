@@ -365,9 +365,10 @@ impl Budgets {
                 expires_at_ms: hold.expires_at_ms,
             };
             let asking = Asking { budgets: self, key };
-            let granted = self.store().reserve(&lease).await;
+            let over = self.store().reserve(&lease).await;
             let mut leases = asking.answered();
-            if granted?.is_some() {
+            if over?.is_some() {
+                // Refused: the budget has less left than the lease asked for.
                 leases.resize(key, size / 2);
                 return Ok((None, gave_back));
             }
