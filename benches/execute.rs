@@ -1,11 +1,15 @@
 //! `cargo bench --bench execute`: in-process latency of a trivial execution, a
 //! CPU-bound script against native QuickJS, memory per execution parked on a host
 //! call, the same three for Python (against native CPython and native Monty), and
-//! process start to first execution (cold and warm compile cache).
+//! process start to first execution (cold and warm compile cache), and a server's
+//! first executions on an empty compile cache.
 //!
 //! Prints one line per figure; the README quotes them. `SANDGATE_BENCH_TRIVIAL_ONLY=1`
 //! stops after the trivial execution, `SANDGATE_BENCH_CPU_ONLY=1` runs the CPU-bound
-//! script alone.
+//! script alone, `SANDGATE_BENCH_START_ONLY=1` the first executions alone.
+
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -275,6 +279,10 @@ fn main() {
     }
     let cache = format!("{}/../bench-cache", env!("CARGO_MANIFEST_DIR"));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if std::env::var_os("SANDGATE_BENCH_START_ONLY").is_some() {
+        starts(&runtime);
+        return;
+    }
     let config = SandboxConfig { cache_dir: Some(cache.into()), max_concurrent: 1024, ..Default::default() };
     let sandbox = Arc::new(Sandbox::new(config).unwrap());
     let limits = Limits { fuel: u64::MAX / 4, wall_ms: 60_000, ..Limits::default() };
@@ -364,12 +372,20 @@ fn main() {
     {
         return;
     }
-    // Process start to first execution.
+    starts(&runtime);
+}
+
+/// Process start to first execution, and a server's first executions.
+fn starts(runtime: &tokio::runtime::Runtime) {
+    // Process start to first execution: until its result is printed, and until the
+    // process has ended (on an empty cache, after the optimised code is compiled and
+    // cached; see the sandbox's `tiers`).
     let binary = env!("CARGO_BIN_EXE_sandgate");
     let cold_dir = std::env::temp_dir().join(format!("sandgate-bench-cold-{}", std::process::id()));
     let run_exec = |dir: &std::path::Path| {
+        use std::io::{Read, Write};
         let started = Instant::now();
-        let output = std::process::Command::new(binary)
+        let mut child = std::process::Command::new(binary)
             .args(["exec", "-"])
             .env("SANDGATE_CACHE_DIR", dir)
             .env("SANDGATE_LEDGER", dir.join("ledger.db"))
@@ -377,22 +393,76 @@ fn main() {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(b"return 1")?;
-                child.wait_with_output()
-            })
             .unwrap();
-        assert!(output.status.success());
-        started.elapsed()
+        child.stdin.take().unwrap().write_all(b"return 1").unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 1];
+        stdout.read_exact(&mut first).unwrap();
+        let answered = started.elapsed();
+        std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
+        assert!(child.wait().unwrap().success());
+        (answered, started.elapsed())
     };
-    let cold = run_exec(&cold_dir);
-    let mut warm: Vec<Duration> = (0..10).map(|_| run_exec(&cold_dir)).collect();
+    let (cold, cold_exit) = run_exec(&cold_dir);
+    let mut warm: Vec<Duration> = (0..10).map(|_| run_exec(&cold_dir).0).collect();
     warm.sort();
     let _ = std::fs::remove_dir_all(&cold_dir);
     println!(
-        "process start to first execution: cold cache {:.0} ms, warm cache {:.1} ms (median of 10)",
+        "process start to first execution: cold cache {:.0} ms (the process ended at {:.0} ms, the optimised code \
+         cached), warm cache {:.1} ms (median of 10)",
         cold.as_secs_f64() * 1e3,
+        cold_exit.as_secs_f64() * 1e3,
         percentile(&warm, 0.5).as_secs_f64() * 1e3
+    );
+    runtime.block_on(first_executions_of_a_server());
+}
+
+/// A server started on an empty compile cache: how long after it was started it
+/// answers its first execution, then how long its first Python execution and its first
+/// execution in a session of each language take.
+async fn first_executions_of_a_server() {
+    let dir = std::env::temp_dir().join(format!("sandgate-bench-first-{}", std::process::id()));
+    let policy = "[[policy]]\nname = \"bench\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\nmax = 100\n";
+    let config = format!(
+        "policies = \"policies\"\n[ledger]\npath = \"ledger.db\"\n[sandbox]\ncache_dir = \"{}\"\n",
+        dir.join("cache").display()
+    );
+    let started = Instant::now();
+    let (mut child, base) = serve::serve(&dir, policy, &config);
+    sandgate::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        let request = client.post(format!("{base}{path}")).json(&body).send();
+        async move { request.await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let timed = |path: &'static str, body: serde_json::Value| {
+        let post = &post;
+        async move {
+            let at = Instant::now();
+            let answer = post(path, body).await;
+            assert_eq!(answer["ok"], true, "{answer}");
+            at.elapsed()
+        }
+    };
+    timed("/v1/execute", serde_json::json!({"code": "return 1"})).await;
+    let first = started.elapsed();
+    let python = timed("/v1/execute", serde_json::json!({"code": "1", "language": "python"})).await;
+    let mut sessions = Vec::new();
+    for language in ["javascript", "python"] {
+        let opened = post("/v1/sessions", serde_json::json!({"language": language})).await;
+        let id = opened["session_id"].as_str().unwrap_or_else(|| panic!("{opened}")).to_string();
+        sessions
+            .push(timed("/v1/execute", serde_json::json!({"code": "1", "session_id": id, "language": language})).await);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "a server started on an empty cache: first execution answered {:.0} ms after the start; its first Python \
+         execution {:.0} ms; its first execution in a session: JavaScript {:.0} ms, Python {:.0} ms",
+        first.as_secs_f64() * 1e3,
+        python.as_secs_f64() * 1e3,
+        sessions[0].as_secs_f64() * 1e3,
+        sessions[1].as_secs_f64() * 1e3
     );
 }

@@ -19,7 +19,7 @@ use crate::limits::PartialLimits;
 use crate::policy::{LoadContext, PolicySet, Query};
 use crate::request::{ExecuteRequest, Language};
 use crate::service::admin::Ask;
-use crate::service::{Service, SessionView};
+use crate::service::{Outcome, Service, ServiceError, SessionView};
 use crate::store::{self, GroupBy, UsageQuery};
 use crate::telemetry::{self, LogFormat};
 
@@ -456,6 +456,17 @@ async fn exec(
     service.upstreams().settled().await;
     let outcome = service.execute(Arc::new(Principal::local()), request).await;
     service.finish(std::time::Duration::from_secs(10)).await?;
+    let printed = print_outcome(outcome);
+    // The answer is out; the optimised code being compiled (on an empty compile cache)
+    // is finished and cached before the process ends, so the next command starts on it.
+    let sandbox = service.sandbox().clone();
+    tokio::task::spawn_blocking(move || sandbox.settle()).await?;
+    printed
+}
+
+/// Prints an execution's outcome as `sandgate exec` answers, and says which status the
+/// command exits with.
+fn print_outcome(outcome: Result<Outcome, ServiceError>) -> anyhow::Result<ExitCode> {
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) => {

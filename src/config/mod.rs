@@ -412,6 +412,7 @@ impl Config {
                 queue_timeout: sandbox.queue_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.queue_timeout),
                 max_memory_bytes,
                 cache_dir,
+                compiler: sandbox.compiler.unwrap_or(defaults.compiler),
             },
             test_capability: sandbox.test_capability.unwrap_or(false),
             result_ttl: match sandbox.result_ttl_s {
@@ -588,6 +589,7 @@ mod tests {
                 "unknown variant `boss`",
             ),
             ("[ledger]\nsynchronous = \"sometimes\"", "sandgate.toml:2:15: unknown variant `sometimes`"),
+            ("[sandbox]\ncompiler = \"fast\"", "sandgate.toml:2:12: unknown variant `fast`, expected one of `tiered`"),
             (
                 "[store]\npath = \"a.db\"\n[ledger]\npath = \"b.db\"",
                 "sandgate.toml:3:1: `ledger`: `[ledger]` is another name",

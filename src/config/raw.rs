@@ -146,6 +146,7 @@ pub(super) struct RawSandbox {
     pub queue_timeout_ms: Option<u64>,
     pub max_memory_bytes: Option<u64>,
     pub cache_dir: Option<PathBuf>,
+    pub compiler: Option<crate::sandbox::Compiler>,
     pub scratch_dir: Option<PathBuf>,
     pub test_capability: Option<bool>,
     pub result_ttl_s: Option<u64>,

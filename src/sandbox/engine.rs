@@ -6,7 +6,9 @@
 //! - copy-on-write memory images (wasmtime's default): the pre-initialised heap is
 //!   mapped, not copied, and only pages an execution touches cost memory;
 //! - fuel for CPU, epochs for wall clock and for yielding to the async runtime;
-//! - no wasm backtraces: guest errors come from QuickJS with JavaScript positions.
+//! - no wasm backtraces: guest errors come from QuickJS with JavaScript positions;
+//! - Cranelift's optimised code, with Winch's quickly compiled code serving the first
+//!   executions while Cranelift compiles on an empty cache (see [`super::tiers`]).
 //!
 //! The compiled module is cached on disk under a name that joins the guest's
 //! SHA-256 with the engine's compatibility hash (wasmtime version and settings), so a
@@ -19,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig, Strategy,
+};
 
 /// The pre-initialised guest, built from `guest/` (see the README's "Guest").
 pub static GUEST_WASM: &[u8] = include_bytes!("../../guest/sandgate_guest.wasm");
@@ -29,6 +33,11 @@ pub static PYTHON_WASM: &[u8] = include_bytes!("../../guest/sandgate_python.wasm
 
 /// Time between epoch ticks: the granularity of wall-clock limits and of yielding.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The native stack guest code may use. Deep JavaScript recursion must meet QuickJS's
+/// own check first (see [`base_config`]); Winch's frames are larger than Cranelift's,
+/// and this leaves room for both.
+const WASM_STACK: usize = 16 << 20;
 
 /// Bytes of each linear memory kept resident between executions in a pool slot.
 const KEEP_RESIDENT_BYTES: usize = 16 << 20;
@@ -40,6 +49,22 @@ const TABLE_KEEP_RESIDENT_BYTES: usize = 256 << 10;
 /// Slots whose memory is given back to the kernel together, so the TLB flushes those
 /// decommits cost are shared by the batch.
 const DECOMMIT_BATCH: usize = 16;
+
+/// Which compiler makes the guests' machine code (`[sandbox] compiler`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compiler {
+    /// Cranelift's optimised code from the compile cache, or, when the cache does not
+    /// hold it yet, Winch's baseline code (compiled in a tenth of the time) while
+    /// Cranelift compiles in the background; executions move to the optimised code as
+    /// soon as it is ready.
+    #[default]
+    Tiered,
+    /// Cranelift's code only: on an empty cache, the first execution waits for it.
+    Optimizing,
+    /// Winch's code only: quick to compile, two to three times slower to run.
+    Baseline,
+}
 
 /// Engine-wide settings, fixed for the life of the process.
 #[derive(Clone, Debug)]
@@ -68,7 +93,7 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES)
         .decommit_batch_size(DECOMMIT_BATCH)
         .async_stack_keep_resident(256 << 10);
-    let mut config = base_config();
+    let mut config = base_config(Strategy::Cranelift);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     // Table elements initialised on their first call (wasmtime's default), not when
     // the instance is made: filling all of the JavaScript guest's 701 elements took a
@@ -84,7 +109,24 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<Engine> {
 /// memories from [`super::mapped::MappedMemories`] (allocated on demand, not pooled),
 /// so a session's memory can be mapped from its file instead of copied.
 pub fn build_session_engine() -> anyhow::Result<Engine> {
-    let mut config = base_config();
+    session_engine(Strategy::Cranelift)
+}
+
+/// Builds an engine compiling with Winch, for the baseline tier: the session engine's
+/// settings when `session`, else the fresh executions' (allocated on demand: the
+/// baseline tier serves only the first executions after a start on an empty cache,
+/// or every execution when `[sandbox] compiler = "baseline"`).
+pub fn build_baseline_engine(session: bool) -> anyhow::Result<Engine> {
+    if session {
+        return session_engine(Strategy::Winch);
+    }
+    let mut config = base_config(Strategy::Winch);
+    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the baseline wasm engine: {e}"))
+}
+
+fn session_engine(strategy: Strategy) -> anyhow::Result<Engine> {
+    let mut config = base_config(strategy);
     config
         .with_host_memory(std::sync::Arc::new(super::mapped::MappedMemories))
         .memory_may_move(false)
@@ -92,18 +134,19 @@ pub fn build_session_engine() -> anyhow::Result<Engine> {
     Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the session wasm engine: {e}"))
 }
 
-/// Settings both engines share.
-fn base_config() -> Config {
+/// Settings every engine shares.
+fn base_config(strategy: Strategy) -> Config {
     let mut config = Config::new();
     config
+        .strategy(strategy)
         .consume_fuel(true)
         .epoch_interruption(true)
         // Deep JavaScript recursion ends at QuickJS's own check on the guest's 2 MiB
         // shadow stack (a catchable RangeError, about 4,500 frames of a small
         // function); this native stack is sized so that limit always comes first,
         // with room for native built-ins (Array.prototype.map, JSON) in between.
-        .max_wasm_stack(16 << 20)
-        .async_stack_size(17 << 20)
+        .max_wasm_stack(WASM_STACK)
+        .async_stack_size(WASM_STACK + (1 << 20))
         .wasm_backtrace_max_frames(None)
         // No wasm-offset address maps: guest positions come from QuickJS, and the
         // smaller artifact compiles and loads faster.
@@ -152,10 +195,15 @@ pub fn artifact_name(engine: &Engine, wasm: &[u8]) -> String {
 /// Loads the guest module: from the cache when a valid artifact is there, else by
 /// compiling it (and writing the artifact). Cache trouble is logged, never fatal.
 pub fn load_module(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> anyhow::Result<Module> {
-    let Some(dir) = cache_dir else {
-        return compile(engine, wasm);
-    };
-    let path = dir.join(artifact_name(engine, wasm));
+    match cached_module(engine, wasm, cache_dir) {
+        Some(module) => Ok(module),
+        None => compile_and_cache(engine, wasm, cache_dir),
+    }
+}
+
+/// The guest module from the cache, when a valid artifact for `engine` is there.
+pub fn cached_module(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> Option<Module> {
+    let path = cache_dir?.join(artifact_name(engine, wasm));
     if path.exists() {
         // SAFETY: the file was written by `store_artifact` below from `Module::serialize`
         // of this exact guest on an engine with this compatibility hash (both are in its
@@ -164,21 +212,29 @@ pub fn load_module(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> an
         match unsafe { Module::deserialize_file(engine, &path) } {
             Ok(module) => {
                 tracing::debug!(path = %path.display(), "loaded compiled guest from cache");
-                return Ok(module);
+                return Some(module);
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cached guest unusable; recompiling")
             }
         }
     }
+    None
+}
+
+/// Compiles the guest module and writes its artifact to the cache, if there is one.
+pub fn compile_and_cache(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> anyhow::Result<Module> {
     let module = compile(engine, wasm)?;
-    if let Err(e) = store_artifact(&module, dir, &path) {
-        tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled guest");
+    if let Some(dir) = cache_dir {
+        let path = dir.join(artifact_name(engine, wasm));
+        if let Err(e) = store_artifact(&module, dir, &path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled guest");
+        }
     }
     Ok(module)
 }
 
-fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Module> {
+pub(crate) fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Module> {
     let started = std::time::Instant::now();
     let module = Module::new(engine, wasm).map_err(|e| anyhow::anyhow!("cannot compile the guest: {e}"))?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "compiled the guest");

@@ -16,8 +16,11 @@ pub mod error;
 mod host;
 pub mod image;
 pub mod mapped;
+mod metered;
+mod tiers;
 pub mod wasi;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +28,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use wasmtime::{Engine, InstancePre, Linker, Store, Trap, UpdateDeadline};
+use wasmtime::{InstancePre, Store, Trap, UpdateDeadline};
 
 pub use console::{LineSender, LogLevel, LogLine, LINE_BUFFER, LINE_COST, TRUNCATED};
 pub use door::{Call, Counter, Door, Doors, Hold, Pending, Started};
+pub use engine::Compiler;
 pub use error::{ExecError, Rejected};
 pub use host::{HeldCall, HostCallRecord};
 pub use image::MemoryImage;
@@ -38,6 +42,7 @@ use crate::error::Kind;
 use crate::limits::Limits;
 use crate::request::{Language, TraceContext};
 use host::{CpuSlot, GuestOutcome, HostSetup, HostState};
+use tiers::{Background, Engines, Guest};
 
 /// How the sandbox is set up; fixed for the life of a [`Sandbox`].
 #[derive(Clone, Debug)]
@@ -52,6 +57,8 @@ pub struct SandboxConfig {
     pub max_memory_bytes: u64,
     /// Directory for the compiled-guest cache; `None` compiles at every start.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Which compiler makes the guests' code (see [`tiers`]).
+    pub compiler: Compiler,
 }
 
 impl Default for SandboxConfig {
@@ -62,6 +69,7 @@ impl Default for SandboxConfig {
             queue_timeout: Duration::from_secs(10),
             max_memory_bytes: 256 << 20,
             cache_dir: Some(engine::default_cache_dir()),
+            compiler: Compiler::default(),
         }
     }
 }
@@ -244,33 +252,29 @@ struct Resumed {
     memory: Arc<MemoryFile>,
 }
 
-/// The sandbox: engine, compiled guests and admission control.
+/// The sandbox: engines, compiled guests and admission control.
 pub struct Sandbox {
-    engine: Engine,
-    pre: InstancePre<HostState>,
-    /// The Python guest, linked to the same host functions when the first Python
-    /// execution comes: a server that never runs Python never compiles it.
-    python: tokio::sync::OnceCell<InstancePre<HostState>>,
-    linker: Linker<HostState>,
+    /// Fresh executions' engines (see [`tiers`]).
+    fresh: Arc<Engines>,
+    javascript: Arc<Guest>,
+    /// The Python guest, compiled when the first Python execution comes: a server that
+    /// never runs Python never compiles it.
+    python: tokio::sync::OnceCell<Arc<Guest>>,
     admission: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
     config: SandboxConfig,
-    /// Session executions' engine and guests (see [`mapped`]), made on first use.
-    sessions: tokio::sync::OnceCell<SessionEngine>,
-    /// Each guest (JavaScript, Python) on the session engine, made on first use.
+    /// Session executions' engines (see [`mapped`]).
+    sessions: Arc<Engines>,
+    /// Each guest (JavaScript, Python) on the session engines, made on first use.
     session_guests: [tokio::sync::OnceCell<SessionGuest>; 2],
+    /// Optimised code being compiled while Winch's serves (see [`tiers`]).
+    background: Arc<Background>,
 }
 
-/// The engine session executions run on, with the host functions linked.
-struct SessionEngine {
-    engine: Engine,
-    linker: Linker<HostState>,
-}
-
-/// A guest on the session engine: its data segments emptied, and the memory they
+/// A guest on the session engines: its data segments emptied, and the memory they
 /// describe, which every session's memory starts from.
 struct SessionGuest {
-    pre: InstancePre<HostState>,
+    pre: Arc<Guest>,
     pristine: Arc<mapped::Pristine>,
 }
 
@@ -281,33 +285,32 @@ impl std::fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
-    /// Builds the engine, loads the guest (from the compile cache when possible) and
-    /// links the host functions: the WASI shim ([`wasi`]) and the `sandgate_v1` ABI.
+    /// Makes the engines, loads the JavaScript guest (from the compile cache when
+    /// possible; see [`tiers`] for what happens when it is not there) and links the
+    /// host functions: the WASI shim ([`wasi`]) and the `sandgate_v1` ABI.
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
-        let engine = engine::build_engine(&engine::EngineSettings {
+        let settings = engine::EngineSettings {
             max_memory_bytes: config.max_memory_bytes,
             max_instances: config.max_concurrent.saturating_add(8),
-        })?;
-        engine::start_ticker(&engine);
-        let module = engine::load_module(&engine, engine::GUEST_WASM, config.cache_dir.as_deref())?;
-        let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasi::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pre = linker.instantiate_pre(&module).map_err(|e| anyhow::anyhow!("cannot link the guest: {e}"))?;
+        };
+        let fresh = Arc::new(Engines::fresh(move || engine::build_engine(&settings)));
+        let background = Arc::new(Background::default());
+        let javascript =
+            fresh.load(engine::GUEST_WASM.into(), config.compiler, config.cache_dir.clone(), &background)?;
         let cpu_slots = match config.cpu_slots {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n as usize,
         };
         Ok(Self {
-            engine,
-            pre,
+            fresh,
+            javascript,
             python: tokio::sync::OnceCell::new(),
-            linker,
             admission: Arc::new(Semaphore::new(config.max_concurrent as usize)),
             cpu: Arc::new(Semaphore::new(cpu_slots)),
             config,
-            sessions: tokio::sync::OnceCell::new(),
+            sessions: Arc::new(Engines::session()),
             session_guests: [tokio::sync::OnceCell::new(), tokio::sync::OnceCell::new()],
+            background,
         })
     }
 
@@ -315,17 +318,34 @@ impl Sandbox {
         &self.config
     }
 
+    /// Waits until the optimised code being compiled in the background (if any) is in
+    /// use and in the compile cache. A one-off command calls it before it exits, so the
+    /// next one finds the cache filled.
+    pub fn settle(&self) {
+        self.background.settle();
+    }
+
+    /// Whether `language`'s guest (on the session engines when `session`) runs
+    /// Cranelift's optimised code, or Winch's (see [`tiers`]); `None` while it has not
+    /// been loaded.
+    pub fn optimized(&self, language: Language, session: bool) -> Option<bool> {
+        let python = language == Language::Python;
+        let guest = match session {
+            true => self.session_guests[usize::from(python)].get().map(|guest| &guest.pre),
+            false if python => self.python.get(),
+            false => Some(&self.javascript),
+        };
+        guest.map(|guest| guest.optimized())
+    }
+
     /// The Python guest, compiled (or read from the compile cache) on first use.
-    async fn python(&self) -> anyhow::Result<&InstancePre<HostState>> {
+    async fn python(&self) -> anyhow::Result<&Arc<Guest>> {
         self.python
             .get_or_try_init(|| {
-                let (engine, linker, cache) = (self.engine.clone(), self.linker.clone(), self.config.cache_dir.clone());
+                let (engines, compiler, cache, background) = self.loading(&self.fresh);
                 async move {
                     tokio::task::spawn_blocking(move || {
-                        let module = engine::load_module(&engine, engine::PYTHON_WASM, cache.as_deref())?;
-                        linker
-                            .instantiate_pre(&module)
-                            .map_err(|e| anyhow::anyhow!("cannot link the Python guest: {e}"))
+                        engines.load(engine::PYTHON_WASM.into(), compiler, cache, &background)
                     })
                     .await?
                 }
@@ -333,33 +353,23 @@ impl Sandbox {
             .await
     }
 
-    /// `language`'s guest on the session engine, compiled (or read from the compile
-    /// cache) on first use, as the engine itself.
+    /// What loading a guest on `engines` on a blocking thread takes.
+    fn loading(&self, engines: &Arc<Engines>) -> (Arc<Engines>, Compiler, Option<PathBuf>, Arc<Background>) {
+        (engines.clone(), self.config.compiler, self.config.cache_dir.clone(), self.background.clone())
+    }
+
+    /// `language`'s guest on the session engines, compiled (or read from the compile
+    /// cache) on first use.
     async fn session_guest(&self, language: Language) -> anyhow::Result<&SessionGuest> {
-        let sessions = self
-            .sessions
-            .get_or_try_init(|| async {
-                let engine = engine::build_session_engine()?;
-                engine::start_ticker(&engine);
-                let mut linker: Linker<HostState> = Linker::new(&engine);
-                wasi::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-                host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-                Ok::<_, anyhow::Error>(SessionEngine { engine, linker })
-            })
-            .await?;
         let python = language == Language::Python;
         self.session_guests[usize::from(python)]
             .get_or_try_init(|| {
-                let (engine, linker, cache) =
-                    (sessions.engine.clone(), sessions.linker.clone(), self.config.cache_dir.clone());
+                let (engines, compiler, cache, background) = self.loading(&self.sessions);
                 async move {
                     tokio::task::spawn_blocking(move || {
                         let wasm = if python { engine::PYTHON_WASM } else { engine::GUEST_WASM };
                         let (stripped, pristine) = mapped::without_active_data(wasm)?;
-                        let module = engine::load_module(&engine, &stripped, cache.as_deref())?;
-                        let pre = linker
-                            .instantiate_pre(&module)
-                            .map_err(|e| anyhow::anyhow!("cannot link the session guest: {e}"))?;
+                        let pre = engines.load(stripped.into(), compiler, cache, &background)?;
                         Ok(SessionGuest { pre, pristine: Arc::new(mapped::Pristine::new(pristine)?) })
                     })
                     .await?
@@ -416,7 +426,7 @@ impl Sandbox {
         let cpu = self.cpu_slot(cancel).await?;
         let pre = match (job.language, &job.session) {
             (language, Some(_)) => match self.session_guest(language).await {
-                Ok(guest) => &guest.pre,
+                Ok(guest) => guest.pre.pre(),
                 Err(error) => {
                     cpu.release();
                     tracing::error!(%error, "cannot load the session guest");
@@ -424,17 +434,17 @@ impl Sandbox {
                 }
             },
             (Language::Python, None) => match self.python().await {
-                Ok(pre) => pre,
+                Ok(guest) => guest.pre(),
                 Err(error) => {
                     cpu.release();
                     tracing::error!(%error, "cannot load the Python guest");
                     return Err(Rejected::Internal(format!("the Python guest cannot be loaded: {error}")));
                 }
             },
-            (Language::Javascript | Language::Typescript, None) => &self.pre,
+            (Language::Javascript | Language::Typescript, None) => self.javascript.pre(),
         };
         let execution_id = job.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string().into());
-        let outcome = self.run(pre, job, lines, cpu.clone(), execution_id, cancel, None).await;
+        let outcome = self.run(&pre, job, lines, cpu.clone(), execution_id, cancel, None).await;
         cpu.release();
         drop(admission);
         tracing::debug!(
@@ -465,7 +475,7 @@ impl Sandbox {
         let prepared = async {
             let guest = self.session_guest(language).await?;
             let memory = MemoryFile::create(guest.pristine.clone(), paused.memory.size, paused.memory.chunks())?;
-            Ok::<_, anyhow::Error>((&guest.pre, memory))
+            Ok::<_, anyhow::Error>((guest.pre.pre(), memory))
         };
         let (pre, memory) = match prepared.await {
             Ok(prepared) => prepared,
@@ -489,7 +499,7 @@ impl Sandbox {
             started_at_ms: paused.started_at_ms,
             memory: Arc::new(memory),
         };
-        let outcome = self.run(pre, job, lines, cpu.clone(), id, cancel, Some(resumed)).await;
+        let outcome = self.run(&pre, job, lines, cpu.clone(), id, cancel, Some(resumed)).await;
         cpu.release();
         drop(admission);
         Ok(outcome)

@@ -85,6 +85,10 @@ pub fn start_server_at(config: &str, policy: &str, port: u16) -> TestServer {
     std::fs::write(&path, &text).unwrap();
     let mut config = sandgate::config::Config::load(&path).expect("test config");
     config.sandbox.cache_dir = Some(cache_dir().into());
+    // Cranelift's code from the first execution on, whoever fills the shared cache:
+    // where deep recursion through a built-in ends depends on the compiler
+    // (`tiers.rs` tests Winch's code and the move between them).
+    config.sandbox.compiler = sandgate::sandbox::Compiler::Optimizing;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -36,6 +36,7 @@ mod sso;
 mod store;
 mod stub;
 mod surfaces;
+mod tiers;
 mod traces;
 mod vocabulary;
 mod workspace;

@@ -25,9 +25,9 @@ fn sandbox() -> Sandbox {
 /// `x.echo` answers its arguments; `x.guarded` is held until cleared. Every call
 /// the door makes is counted, by name.
 #[derive(Default)]
-struct Counted {
-    echo: AtomicU32,
-    guarded: AtomicU32,
+pub(crate) struct Counted {
+    pub echo: AtomicU32,
+    pub guarded: AtomicU32,
 }
 
 struct Tools(Arc<Counted>);
@@ -59,14 +59,14 @@ fn doors(counted: &Arc<Counted>) -> Doors {
     Doors::default().with("tools", Arc::new(Tools(counted.clone())))
 }
 
-async fn start(sandbox: &Sandbox, code: &str, language: Language, counted: &Arc<Counted>) -> Outcome {
+pub(crate) async fn start(sandbox: &Sandbox, code: &str, language: Language, counted: &Arc<Counted>) -> Outcome {
     let mut job = sandgate::sandbox::Job::new(code, language, Limits::default());
     job.doors = doors(counted);
     sandbox.execute(job, None).await.expect("it runs")
 }
 
 /// The pause as a store keeps it: JSON and the memory's bytes, read back.
-fn kept(outcome: &Outcome) -> Paused {
+pub(crate) fn kept(outcome: &Outcome) -> Paused {
     let paused = outcome.paused.as_ref().unwrap_or_else(|| panic!("not paused: {outcome:?}"));
     let memory = paused.memory.encode();
     let mut back: Paused = serde_json::from_str(&serde_json::to_string(paused).unwrap()).unwrap();
@@ -74,7 +74,7 @@ fn kept(outcome: &Outcome) -> Paused {
     back
 }
 
-async fn resume(
+pub(crate) async fn resume(
     sandbox: &Sandbox,
     paused: Paused,
     decisions: Vec<(u32, Result<Arc<str>, ExecError>)>,
@@ -87,7 +87,7 @@ async fn resume(
     sandbox.resume(admission, resume, None, &CancellationToken::new()).await.expect("it resumes")
 }
 
-const JS: &str = r#"
+pub(crate) const JS: &str = r#"
 console.log('before');
 const a = await tools.x.echo({n: 1});
 let b;
@@ -96,7 +96,7 @@ const c = await tools.x.echo({n: 3});
 console.log('after');
 return {a: a.n, b, c: c.n, random: typeof Math.random()}"#;
 
-const PYTHON: &str = r#"
+pub(crate) const PYTHON: &str = r#"
 print("before")
 a = await tools.x.echo(n=1)
 try:
