@@ -27,7 +27,8 @@
 //! - [`auth`]: who is calling: API keys (stored as hashes) and tokens from the
 //!   organisation's identity provider (OIDC, [`auth::oidc`]) → [`auth::Principal`].
 //! - [`policy`]: policies/*.toml → compiled [`policy::PolicySet`]; what a principal may do, and why.
-//! - [`sandbox`]: the engine and compiled-guest cache, the WASI shim, the host ABI and
+//! - [`sandbox`]: the engines (Winch's code while Cranelift's compiles) and the
+//!   compiled-guest cache, the WASI shim, the host ABI and
 //!   per-execution state, and the [`sandbox::door`] trait every capability implements
 //!   (the console door is the sandbox's own). It records nothing and imports no
 //!   telemetry: it returns outcomes.
