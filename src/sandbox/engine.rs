@@ -8,7 +8,7 @@
 //! - fuel for CPU, epochs for wall clock and for yielding to the async runtime;
 //! - no wasm backtraces: guest errors come from QuickJS with JavaScript positions;
 //! - Cranelift's optimised code, with Winch's quickly compiled code serving the first
-//!   executions while Cranelift compiles on an empty cache (see [`super::tiers`]).
+//!   executions while Cranelift compiles on an empty cache (see [`Compiler`]).
 //!
 //! The compiled module is cached on disk under a name that joins the guest's
 //! SHA-256 with the engine's compatibility hash (wasmtime version and settings), so a

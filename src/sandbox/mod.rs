@@ -57,7 +57,7 @@ pub struct SandboxConfig {
     pub max_memory_bytes: u64,
     /// Directory for the compiled-guest cache; `None` compiles at every start.
     pub cache_dir: Option<std::path::PathBuf>,
-    /// Which compiler makes the guests' code (see [`tiers`]).
+    /// Which compiler makes the guests' code (see [`Compiler`]).
     pub compiler: Compiler,
 }
 
@@ -286,7 +286,7 @@ impl std::fmt::Debug for Sandbox {
 
 impl Sandbox {
     /// Makes the engines, loads the JavaScript guest (from the compile cache when
-    /// possible; see [`tiers`] for what happens when it is not there) and links the
+    /// possible; see [`Compiler`] for what happens when it is not there) and links the
     /// host functions: the WASI shim ([`wasi`]) and the `sandgate_v1` ABI.
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
         let settings = engine::EngineSettings {
@@ -326,7 +326,7 @@ impl Sandbox {
     }
 
     /// Whether `language`'s guest (on the session engines when `session`) runs
-    /// Cranelift's optimised code, or Winch's (see [`tiers`]); `None` while it has not
+    /// Cranelift's optimised code, or Winch's (see [`Compiler`]); `None` while it has not
     /// been loaded.
     pub fn optimized(&self, language: Language, session: bool) -> Option<bool> {
         let python = language == Language::Python;
