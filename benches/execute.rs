@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use sandgate::auth::Principal;
 use sandgate::limits::Limits;
 use sandgate::request::Language;
-use sandgate::sandbox::{Call, Door, Doors, ExecError, Job, MemoryFile, Outcome, Sandbox, SandboxConfig, Started};
+use sandgate::sandbox::{
+    Call, Compiler, Door, Doors, ExecError, Job, MemoryFile, Outcome, Sandbox, SandboxConfig, Started,
+};
 
 /// A `tools` door with the test server alone, for executions parked on a call.
 struct TestTools;
@@ -283,7 +285,13 @@ fn main() {
         starts(&runtime);
         return;
     }
-    let config = SandboxConfig { cache_dir: Some(cache.into()), max_concurrent: 1024, ..Default::default() };
+    // Cranelift's code from the first execution on, even when the cache does not hold it.
+    let config = SandboxConfig {
+        cache_dir: Some(cache.into()),
+        max_concurrent: 1024,
+        compiler: Compiler::Optimizing,
+        ..Default::default()
+    };
     let sandbox = Arc::new(Sandbox::new(config).unwrap());
     let limits = Limits { fuel: u64::MAX / 4, wall_ms: 60_000, ..Limits::default() };
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sandgate::limits::Limits;
 use sandgate::request::Language;
-use sandgate::sandbox::{Job, Sandbox, SandboxConfig};
+use sandgate::sandbox::{Compiler, Job, Sandbox, SandboxConfig};
 
 fn job(code: &str) -> Job {
     Job::new(code, Language::Typescript, Limits { wall_ms: 60_000, ..Limits::default() })
@@ -94,7 +94,7 @@ fn main() {
     }
     let cache = format!("{}/../bench-cache", env!("CARGO_MANIFEST_DIR"));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let config = SandboxConfig { cache_dir: Some(cache.into()), ..Default::default() };
+    let config = SandboxConfig { cache_dir: Some(cache.into()), compiler: Compiler::Optimizing, ..Default::default() };
     let sandbox = Sandbox::new(config).unwrap();
     let mut inputs =
         vec![("realistic TypeScript (200 KiB)", realistic()), ("type declarations only (200 KiB)", declarations())];
