@@ -159,6 +159,10 @@ impl Server {
         let reserved = service.fd_plan().reserved;
         let grace_ends = http::serve::serve(listener, app, http, shutdown, stopping, grace_over, reserved).await;
         service.finish(grace_ends.saturating_duration_since(std::time::Instant::now())).await?;
+        // Optimised code still compiling (after a start on an empty compile cache) is
+        // finished and cached, so the next start begins on it.
+        let sandbox = service.sandbox().clone();
+        tokio::task::spawn_blocking(move || sandbox.settle()).await?;
         Ok(())
     }
 }
