@@ -105,33 +105,27 @@ pub fn build_engine(settings: &EngineSettings) -> anyhow::Result<Engine> {
     Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))
 }
 
-/// Builds the engine session executions run on: the same settings, but linear
-/// memories from [`super::mapped::MappedMemories`] (allocated on demand, not pooled),
-/// so a session's memory can be mapped from its file instead of copied.
-pub fn build_session_engine() -> anyhow::Result<Engine> {
-    session_engine(Strategy::Cranelift)
-}
-
-/// Builds an engine compiling with Winch, for the baseline tier: the session engine's
-/// settings when `session`, else the fresh executions' (allocated on demand: the
-/// baseline tier serves only the first executions after a start on an empty cache,
-/// or every execution when `[sandbox] compiler = "baseline"`).
-pub fn build_baseline_engine(session: bool) -> anyhow::Result<Engine> {
-    if session {
-        return session_engine(Strategy::Winch);
-    }
-    let mut config = base_config(Strategy::Winch);
-    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the baseline wasm engine: {e}"))
-}
-
-fn session_engine(strategy: Strategy) -> anyhow::Result<Engine> {
+/// Builds an engine session executions run on, compiling with `strategy`: the same
+/// settings, but linear memories from [`super::mapped::MappedMemories`] (allocated on
+/// demand, not pooled), so a session's memory can be mapped from its file instead of
+/// copied.
+pub fn build_session_engine(strategy: Strategy) -> anyhow::Result<Engine> {
     let mut config = base_config(strategy);
     config
         .with_host_memory(std::sync::Arc::new(super::mapped::MappedMemories))
         .memory_may_move(false)
         .allocation_strategy(InstanceAllocationStrategy::OnDemand);
     Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the session wasm engine: {e}"))
+}
+
+/// Builds the engine compiling fresh executions' guests with Winch, for the baseline
+/// tier. Its instances are allocated on demand: it serves only the first executions
+/// after a start on an empty cache, or every execution when `[sandbox] compiler =
+/// "baseline"`.
+pub fn build_baseline_engine() -> anyhow::Result<Engine> {
+    let mut config = base_config(Strategy::Winch);
+    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the baseline wasm engine: {e}"))
 }
 
 /// Settings every engine shares.
@@ -192,16 +186,8 @@ pub fn artifact_name(engine: &Engine, wasm: &[u8]) -> String {
     format!("guest-{guest_hex}-{:016x}.cwasm", hasher.finish())
 }
 
-/// Loads the guest module: from the cache when a valid artifact is there, else by
-/// compiling it (and writing the artifact). Cache trouble is logged, never fatal.
-pub fn load_module(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> anyhow::Result<Module> {
-    match cached_module(engine, wasm, cache_dir) {
-        Some(module) => Ok(module),
-        None => compile_and_cache(engine, wasm, cache_dir),
-    }
-}
-
-/// The guest module from the cache, when a valid artifact for `engine` is there.
+/// The guest module from the cache, when a valid artifact for `engine` is there. Cache
+/// trouble is logged, never fatal: the caller compiles instead.
 pub fn cached_module(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> Option<Module> {
     let path = cache_dir?.join(artifact_name(engine, wasm));
     if path.exists() {

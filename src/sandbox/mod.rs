@@ -274,7 +274,7 @@ pub struct Sandbox {
 /// A guest on the session engines: its data segments emptied, and the memory they
 /// describe, which every session's memory starts from.
 struct SessionGuest {
-    pre: Arc<Guest>,
+    guest: Arc<Guest>,
     pristine: Arc<mapped::Pristine>,
 }
 
@@ -331,7 +331,7 @@ impl Sandbox {
     pub fn optimized(&self, language: Language, session: bool) -> Option<bool> {
         let python = language == Language::Python;
         let guest = match session {
-            true => self.session_guests[usize::from(python)].get().map(|guest| &guest.pre),
+            true => self.session_guests[usize::from(python)].get().map(|session| &session.guest),
             false if python => self.python.get(),
             false => Some(&self.javascript),
         };
@@ -369,8 +369,8 @@ impl Sandbox {
                     tokio::task::spawn_blocking(move || {
                         let wasm = if python { engine::PYTHON_WASM } else { engine::GUEST_WASM };
                         let (stripped, pristine) = mapped::without_active_data(wasm)?;
-                        let pre = engines.load(stripped.into(), compiler, cache, &background)?;
-                        Ok(SessionGuest { pre, pristine: Arc::new(mapped::Pristine::new(pristine)?) })
+                        let guest = engines.load(stripped.into(), compiler, cache, &background)?;
+                        Ok(SessionGuest { guest, pristine: Arc::new(mapped::Pristine::new(pristine)?) })
                     })
                     .await?
                 }
@@ -426,7 +426,7 @@ impl Sandbox {
         let cpu = self.cpu_slot(cancel).await?;
         let pre = match (job.language, &job.session) {
             (language, Some(_)) => match self.session_guest(language).await {
-                Ok(guest) => guest.pre.pre(),
+                Ok(session) => session.guest.pre(),
                 Err(error) => {
                     cpu.release();
                     tracing::error!(%error, "cannot load the session guest");
@@ -473,9 +473,9 @@ impl Sandbox {
         let cpu = self.cpu_slot(cancel).await?;
         let language = paused.language;
         let prepared = async {
-            let guest = self.session_guest(language).await?;
-            let memory = MemoryFile::create(guest.pristine.clone(), paused.memory.size, paused.memory.chunks())?;
-            Ok::<_, anyhow::Error>((guest.pre.pre(), memory))
+            let session = self.session_guest(language).await?;
+            let memory = MemoryFile::create(session.pristine.clone(), paused.memory.size, paused.memory.chunks())?;
+            Ok::<_, anyhow::Error>((session.guest.pre(), memory))
         };
         let (pre, memory) = match prepared.await {
             Ok(prepared) => prepared,

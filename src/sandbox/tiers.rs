@@ -3,7 +3,7 @@
 //! Cranelift's code runs the guests' interpreters about twice as fast as Winch's, but
 //! compiling them takes it seconds of both cores (about 1.1 s for JavaScript and 2.9 s
 //! for Python on the development machine), against a tenth of that for Winch. The
-//! optimised code is cached on disk (see [`engine::load_module`]), so only the first
+//! optimised code is cached on disk (see [`engine::cached_module`]), so only the first
 //! start after installing or upgrading has to make it. With [`Compiler::Tiered`] that
 //! start does not wait for it: when the cache does not hold a guest's optimised code,
 //! the guest is compiled by Winch and serves executions at once, while Cranelift
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use wasmtime::{Engine, InstancePre, Linker, Module};
+use wasmtime::{Engine, InstancePre, Linker, Module, Strategy};
 
 use super::engine::{self, Compiler};
 use super::host::{self, HostState};
@@ -53,34 +53,34 @@ impl Linked {
     }
 }
 
+/// Makes an engine.
+type MakeEngine = Box<dyn Fn() -> anyhow::Result<Engine> + Send + Sync>;
+
 /// The two engines one kind of execution (fresh, or in a session) runs on, each made
 /// when first needed.
 pub(crate) struct Engines {
     optimizing: OnceLock<Linked>,
     baseline: OnceLock<Linked>,
-    make_optimizing: Box<dyn Fn() -> anyhow::Result<Engine> + Send + Sync>,
-    session: bool,
+    make_optimizing: MakeEngine,
+    make_baseline: MakeEngine,
 }
 
 impl Engines {
     /// Fresh executions' engines: `optimizing` (pooled) makes the optimising one.
     pub fn fresh(optimizing: impl Fn() -> anyhow::Result<Engine> + Send + Sync + 'static) -> Self {
-        Self {
-            optimizing: OnceLock::new(),
-            baseline: OnceLock::new(),
-            make_optimizing: Box::new(optimizing),
-            session: false,
-        }
+        Self::new(Box::new(optimizing), Box::new(engine::build_baseline_engine))
     }
 
     /// Session executions' engines (their memories mapped from files).
     pub fn session() -> Self {
-        Self {
-            optimizing: OnceLock::new(),
-            baseline: OnceLock::new(),
-            make_optimizing: Box::new(engine::build_session_engine),
-            session: true,
-        }
+        Self::new(
+            Box::new(|| engine::build_session_engine(Strategy::Cranelift)),
+            Box::new(|| engine::build_session_engine(Strategy::Winch)),
+        )
+    }
+
+    fn new(make_optimizing: MakeEngine, make_baseline: MakeEngine) -> Self {
+        Self { optimizing: OnceLock::new(), baseline: OnceLock::new(), make_optimizing, make_baseline }
     }
 
     fn optimizing(&self) -> anyhow::Result<&Linked> {
@@ -88,7 +88,7 @@ impl Engines {
     }
 
     fn baseline(&self) -> anyhow::Result<&Linked> {
-        get_or_make(&self.baseline, || Linked::new(engine::build_baseline_engine(self.session)?))
+        get_or_make(&self.baseline, || Linked::new((self.make_baseline)()?))
     }
 
     /// `wasm` compiled as `compiler` says and linked. With [`Compiler::Tiered`] and no
