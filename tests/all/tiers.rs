@@ -180,3 +180,52 @@ async fn a_session_and_a_paused_execution_go_on_under_the_other_compiler() {
         }
     }
 }
+
+/// The `.cwasm` artifacts in `dir`.
+fn artifacts(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries.filter_map(Result::ok).filter(|entry| entry.path().extension().is_some_and(|e| e == "cwasm")).count()
+    })
+}
+
+#[tokio::test]
+async fn the_binary_on_an_empty_cache_answers_then_leaves_the_optimised_code_cached() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    // `exec`: the answer, and the artifact in the cache once the command has ended.
+    let cache = temp_dir("tiers-exec-cache");
+    let mut exec = crate::binary::sandgate()
+        .args(["exec", "-"])
+        .env("SANDGATE_CACHE_DIR", &cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    exec.stdin.take().unwrap().write_all(b"return 6 * 7").unwrap();
+    let output = exec.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let body: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(body["result"], 42, "{body}");
+    assert_eq!(artifacts(&cache), 1, "the JavaScript guest's optimised code");
+
+    // `serve`: answers on Winch's code, and a graceful stop leaves the artifact.
+    let cache = temp_dir("tiers-serve-cache");
+    let mut command = crate::binary::sandgate();
+    command.args(["serve", "--listen", "127.0.0.1:0"]).env("SANDGATE_CACHE_DIR", &cache);
+    let (child, base) = crate::binary::start(command);
+    let mut server = crate::binary::Running { child, base };
+    let answer: Value = crate::harness::client()
+        .post(format!("{}/v1/execute", server.base))
+        .json(&json!({"code": "6 * 7", "language": "python"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["result"], 42, "{answer}");
+    server.stop();
+    assert_eq!(artifacts(&cache), 2, "both guests' optimised code, finished before the server ended");
+}
