@@ -20,6 +20,7 @@
   const freeze = Object.freeze;
   const defineProperty = Object.defineProperty;
   const getPrototypeOf = Object.getPrototypeOf;
+  const setPrototypeOf = Object.setPrototypeOf;
   const hasOwn = Object.hasOwn;
   const syntaxErrorPrototype = SyntaxError.prototype;
   const NewError = Error;
@@ -27,9 +28,6 @@
   const NewProxy = Proxy;
   const toStr = String;
   const isSafeInteger = Number.isSafeInteger;
-  const mapGet = Map.prototype.get;
-  const mapSet = Map.prototype.set;
-  const mapDelete = Map.prototype.delete;
   const weakMapGet = WeakMap.prototype.get;
   const weakMapSet = WeakMap.prototype.set;
   const regexExec = RegExp.prototype.exec;
@@ -44,7 +42,9 @@
     NewError.stackTraceLimit = n;
   };
 
-  const pending = new Map();
+  // Calls in flight, by id: `[resolve, reject]`. A plain object with no prototype, so
+  // nothing agent code does to Map or Object can reach it.
+  const pending = create(null);
   // Errors this prelude made from host replies, and the kind the host gave each. An
   // error's own `kind` property is only for the code to read; the outcome's kind
   // comes from here, so a thrown `{kind: "internal"}` is just an exception.
@@ -134,28 +134,46 @@
 
   Math.random = hostRandom;
 
+  // `name` is well-formed already: every caller passes a literal or a name made so.
   function call(name, args) {
     return new NewPromise((resolve, reject) => {
       const text = stringify(args === undefined ? null : args);
-      const id = hostCall(wellFormed(name), text === undefined ? "null" : text);
-      apply(mapSet, pending, [id, [resolve, reject]]);
+      const id = hostCall(name, text === undefined ? "null" : text);
+      pending[id] = [resolve, reject];
     });
   }
 
   // `tools.<server>.<tool>(args)`: any name can be written; the host decides whether it
   // exists and whether this principal may call it.
+  // `tools` and each server's object are ordinary objects whose prototype is a Proxy:
+  // a name read for the first time misses, reaches the Proxy, which makes its value
+  // (a server's object, a tool's function) and defines it on the object, read-only;
+  // every later read finds it there without a trap. A loop of calls then costs only
+  // the calls.
   const noThen = (name) => typeof name !== "string" || name === "then";
-  g.tools = new NewProxy(freeze({}), {
-    get(_, server) {
-      if (noThen(server)) return undefined;
-      return new NewProxy(freeze({}), {
-        get(_, tool) {
-          if (noThen(tool)) return undefined;
-          return (args) => call(`tools.${server}.${tool}`, args === undefined ? {} : args);
-        },
-      });
-    },
-  });
+  function lazyNames(make) {
+    const names = create(null);
+    const maker = create(null);
+    maker.get = (_, name, receiver) => {
+      if (noThen(name)) return undefined;
+      const value = make(name);
+      if (receiver === names) {
+        const descriptor = create(null);
+        descriptor.value = value;
+        descriptor.enumerable = true;
+        defineProperty(names, name, descriptor);
+      }
+      return value;
+    };
+    setPrototypeOf(names, new NewProxy(freeze(create(null)), maker));
+    return names;
+  }
+  g.tools = lazyNames((server) =>
+    lazyNames((tool) => {
+      const name = wellFormed(`tools.${server}.${tool}`);
+      return (args) => call(name, args === undefined ? {} : args);
+    }),
+  );
   g.model = freeze({ chat: (request) => call("model.chat", request) });
 
   // `fs`: the session's workspace and the directories policies mount, shaped like
@@ -192,9 +210,9 @@
   // Delivers a host reply. The host's envelope is trusted JSON; the error made from
   // it is remembered with its kind.
   function complete(id, envelope) {
-    const entry = apply(mapGet, pending, [id]);
+    const entry = pending[id];
     if (entry === undefined) return;
-    apply(mapDelete, pending, [id]);
+    delete pending[id];
     // Own properties only: agent code may have put getters on Object.prototype.
     const reply = parse(envelope);
     if (!hasOwn(reply, "error")) {

@@ -68,21 +68,25 @@ impl Door for Tools {
         let (server, tool) = (server.to_string(), tool.to_string());
         let (pool, principal) = (self.upstreams.clone(), self.principal.clone());
         let pending: Pending = Box::pin(async move {
-            let mut found = pool.catalog().get(&server, &tool).cloned();
+            // The names the call needs, not a copy of the entry with its schemas.
+            let names = |catalog: &super::Catalog| {
+                catalog.get(&server, &tool).map(|found| (found.name.clone(), found.upstream_name.clone()))
+            };
+            let mut found = names(&pool.catalog());
             if found.is_none() && pool.catalog().server(&server).is_some_and(|s| !s.is_ready()) {
                 // A server that is (re)connecting has not listed its tools yet: wait for
                 // it, or for the error that keeps it down.
                 pool.wait_ready(&server).await?;
-                found = pool.catalog().get(&server, &tool).cloned();
+                found = names(&pool.catalog());
             }
-            let Some(found) = found else {
+            let Some((name, upstream_name)) = found else {
                 return Err(ExecError::new(
                     Kind::ToolDenied,
                     format!("MCP server `{server}` has no tool `{tool}` (search lists the tools there are)"),
                 ));
             };
-            let span = tool_span(&call, &principal, &found.name, &server, &found.upstream_name);
-            let result = call_upstream(&pool, &server, &found, call.args, span.context()).await;
+            let span = tool_span(&call, &principal, &name, &server, &upstream_name);
+            let result = call_upstream(&pool, &server, &name, &upstream_name, call.args, span.context()).await;
             if let Err(error) = &result {
                 span.fail(error.kind.as_str(), &error.message);
             }
@@ -165,7 +169,8 @@ pub fn test_tool(tool: String, args: Value, principal: Arc<Principal>, execution
 async fn call_upstream(
     pool: &Upstreams,
     server: &str,
-    tool: &crate::mcp::catalog::CatalogTool,
+    name: &str,
+    upstream_name: &str,
     args: Value,
     trace: &opentelemetry::Context,
 ) -> Result<Value, ExecError> {
@@ -175,7 +180,7 @@ async fn call_upstream(
         other => {
             return Err(ExecError::new(
                 Kind::InvalidRequest,
-                format!("`tools.{}` takes one object argument, not {}", tool.name, json_type(&other)),
+                format!("`tools.{name}` takes one object argument, not {}", json_type(&other)),
             ))
         }
     };
@@ -184,10 +189,10 @@ async fn call_upstream(
     if size > limit {
         return Err(ExecError::new(
             Kind::InvalidRequest,
-            format!("arguments to `tools.{}` are {size} bytes; the limit is {limit}", tool.name),
+            format!("arguments to `tools.{name}` are {size} bytes; the limit is {limit}"),
         ));
     }
-    pool.call(server, &tool.upstream_name, args, trace).await
+    pool.call(server, upstream_name, args, trace).await
 }
 
 /// The span of one tool call (GenAI `execute_tool`, MCP `tools/call`), a child of the

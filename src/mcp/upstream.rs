@@ -251,6 +251,10 @@ impl Upstreams {
 impl Upstream {
     /// The live connection, waiting while one is being made.
     async fn ready_peer(&self, timeout: Duration) -> Result<Peer<RoleClient>, ExecError> {
+        // Nearly always ready: no timer then.
+        if let State::Ready(peer) = &*self.state.borrow() {
+            return Ok(peer.clone());
+        }
         let name = &self.config.name;
         let mut state = self.state.subscribe();
         let wait = state.wait_for(|s| !matches!(s, State::Connecting));

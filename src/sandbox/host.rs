@@ -269,7 +269,12 @@ impl HostState {
     fn start(&mut self, name: &str, args: serde_json::Value, cleared: Option<Arc<str>>) -> Result<Started, ExecError> {
         let (door, method) = self.doors.route(name)?;
         let door_name = name.split_once('.').map_or(name, |(door, _)| door);
-        *self.door_calls.entry(door_name.to_string()).or_default() += 1;
+        match self.door_calls.get_mut(door_name) {
+            Some(count) => *count += 1,
+            None => {
+                self.door_calls.insert(door_name.to_string(), 1);
+            }
+        }
         door.call(Call {
             method: method.to_string(),
             args,

@@ -118,6 +118,25 @@ async fn forged_positions_and_polluted_prototypes_change_nothing_the_host_decide
 }
 
 #[tokio::test]
+async fn tool_functions_are_kept_and_replies_arrive_whatever_the_prototypes_say() {
+    // Each tool's function is made on first read and kept; replies are delivered by
+    // id through a table with no prototype, so accessors on Object.prototype and a
+    // replaced Map cannot steal or misroute them.
+    let result = result_of(
+        "Object.defineProperty(Object.prototype, '1', {get() { return [() => {}, () => {}] }, set(v) {}});\n\
+         Object.defineProperty(Object.prototype, '2', {get() { throw new Error('trap') }, set(v) { throw 9 }});\n\
+         Map.prototype.get = () => undefined; Map.prototype.set = () => { throw 1 }; Reflect.apply = null;\n\
+         const echo = tools.test.echo;\n\
+         const kept = echo === tools.test.echo && tools.test === tools.test;\n\
+         const thenable = tools.then !== undefined || tools.test.then !== undefined;\n\
+         const replies = await Promise.all([echo({n: 1}), tools.test.echo({n: 2}), tools['test']['echo']({n: 3})]);\n\
+         return [kept, thenable, replies.map((r) => r.n), Object.keys(tools.test)]",
+    )
+    .await;
+    assert_eq!(result, json!([true, false, [1, 2, 3], ["echo"]]));
+}
+
+#[tokio::test]
 async fn lone_surrogates_become_replacement_characters() {
     let body = run(
         json!({"code": "console.log('a\\uD800b', '\\uDFFF'); return ['\\uD800', '\\uD83D\\uDE00', {['k\\uDC00']: 1}]"}),
