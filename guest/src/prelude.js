@@ -134,12 +134,20 @@
 
   Math.random = hostRandom;
 
-  // `name` is well-formed already: every caller passes a literal or a name made so.
+  // Starts host call `name` with `args` as JSON: a promise of its reply. `name` is
+  // well-formed already: every caller passes a literal or a name made so.
   function call(name, args) {
     return new NewPromise((resolve, reject) => {
       const text = stringify(args === undefined ? null : args);
       const id = hostCall(name, text === undefined ? "null" : text);
       pending[id] = [resolve, reject];
+    });
+  }
+
+  // The same with no arguments: `{}`, without stringifying it (about 8,000 fuel).
+  function callWithout(name) {
+    return new NewPromise((resolve, reject) => {
+      pending[hostCall(name, "{}")] = [resolve, reject];
     });
   }
 
@@ -171,7 +179,7 @@
   g.tools = lazyNames((server) =>
     lazyNames((tool) => {
       const name = wellFormed(`tools.${server}.${tool}`);
-      return (args) => call(name, args === undefined ? {} : args);
+      return (args) => (args === undefined ? callWithout(name) : call(name, args));
     }),
   );
   g.model = freeze({ chat: (request) => call("model.chat", request) });

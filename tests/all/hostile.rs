@@ -130,10 +130,12 @@ async fn tool_functions_are_kept_and_replies_arrive_whatever_the_prototypes_say(
          const kept = echo === tools.test.echo && tools.test === tools.test;\n\
          const thenable = tools.then !== undefined || tools.test.then !== undefined;\n\
          const replies = await Promise.all([echo({n: 1}), tools.test.echo({n: 2}), tools['test']['echo']({n: 3})]);\n\
-         return [kept, thenable, replies.map((r) => r.n), Object.keys(tools.test)]",
+         const none = await tools.test.echo();\n\
+         return [kept, thenable, replies.map((r) => r.n), Object.keys(tools.test), none]",
     )
     .await;
-    assert_eq!(result, json!([true, false, [1, 2, 3], ["echo"]]));
+    // A call without arguments sends an empty object.
+    assert_eq!(result, json!([true, false, [1, 2, 3], ["echo"], {}]));
 }
 
 #[tokio::test]
