@@ -216,15 +216,8 @@ async fn the_binary_on_an_empty_cache_answers_then_leaves_the_optimised_code_cac
     command.args(["serve", "--listen", "127.0.0.1:0"]).env("SANDGATE_CACHE_DIR", &cache);
     let (child, base) = crate::binary::start(command);
     let mut server = crate::binary::Running { child, base };
-    let answer: Value = crate::harness::client()
-        .post(format!("{}/v1/execute", server.base))
-        .json(&json!({"code": "6 * 7", "language": "python"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, answer) = crate::harness::post_to(&server.base, json!({"code": "6 * 7", "language": "python"})).await;
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["result"], 42, "{answer}");
     server.stop();
     assert_eq!(artifacts(&cache), 2, "both guests' optimised code, finished before the server ended");
