@@ -189,6 +189,9 @@ struct Held {
     size: u64,
     /// The pages the file holds.
     pages: PageSet,
+    /// The pages the last execution over the file wrote, as runs: the next one
+    /// likely writes them again, so they are copied when the file is mapped.
+    hot: Vec<(usize, usize)>,
 }
 
 impl Held {
@@ -217,7 +220,8 @@ impl MemoryFile {
         let file = File::from(rustix::fs::memfd_create("sandgate-session", rustix::fs::MemfdFlags::CLOEXEC)?);
         let size = size.max(pristine.len() as u64);
         file.set_len(size)?;
-        let this = Self { pristine, file, state: Mutex::new(Held { size, pages: PageSet::default() }) };
+        let this =
+            Self { pristine, file, state: Mutex::new(Held { size, pages: PageSet::default(), hot: Vec::new() }) };
         this.write(size, pages)?;
         Ok(this)
     }
@@ -356,7 +360,38 @@ impl MemoryFile {
         for (start, end) in held.runs() {
             map(&self.file, start * PAGE, (end - start) * PAGE)?;
         }
+        // The pages the last execution wrote are copied now, before the code reads
+        // them: a page the code reads first is mapped read-only, and writing it then
+        // takes a second fault whose TLB flush interrupts every other core.
+        let pages = memory.len() / PAGE;
+        for &(start, end) in &held.hot {
+            let end = end.min(pages);
+            if start < end {
+                // SAFETY: [start, end) pages lie within `memory`, mapped read-write just
+                // above; populating only faults them in as they would be on first write.
+                let _ = unsafe {
+                    rustix::mm::madvise(
+                        base.add(start * PAGE).cast(),
+                        (end - start) * PAGE,
+                        rustix::mm::Advice::LinuxPopulateWrite,
+                    )
+                };
+            }
+        }
         Ok(())
+    }
+
+    /// Notes `pages` (ascending) as the pages an execution over the file wrote.
+    pub fn written(&self, pages: &[u32]) {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &page in pages {
+            let page = page as usize;
+            match runs.last_mut() {
+                Some(run) if run.1 == page => run.1 = page + 1,
+                _ => runs.push((page, page + 1)),
+            }
+        }
+        self.held().hot = runs;
     }
 }
 

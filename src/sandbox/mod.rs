@@ -701,6 +701,7 @@ impl Sandbox {
                         let data = memory.data(&store);
                         match changed_pages(file, data, limits.fuel.saturating_sub(usage.fuel)) {
                             Ok((pages, compared)) => {
+                                file.written(&pages);
                                 usage.fuel += compared.fuel;
                                 usage.wall_ms += compared.wall_ms;
                                 written = Some(MemoryImage::from_pages(data, &pages));
