@@ -48,7 +48,7 @@ use crate::request::ExecuteRequest;
 use crate::sandbox::{Admission, Counter, Doors, Job, LineSender, Sandbox};
 use crate::sessions::workspace::{Files, MountWrites, SessionFiles};
 use crate::sessions::{Scratch, Workspace};
-use crate::store::{CallRecord, ExecutionRecord, FileChange, Ledger, Record, StoreError};
+use crate::store::{CallRecord, ExecutionRecord, Ledger, Record, StoreError};
 use crate::telemetry::{trace, InFlight};
 
 /// What adapters speak of, re-exported so that they name the service, never the
@@ -764,30 +764,26 @@ impl Service {
                     outcome.error = Some(error);
                     Vec::new()
                 });
-                let mut events = Vec::new();
-                let mut written = mount_bytes;
-                let session_id = session.as_ref().map(|lease| lease.id().to_string()).unwrap_or_default();
-                if let Some(lease) = session {
-                    match lease.give_back(&mut outcome, &changes).await {
-                        Ok(Some(bytes)) => {
-                            events.push(sessions::event(&principal, &session_id, "saved", bytes));
-                            written += changes.iter().map(FileChange::bytes).sum::<u64>();
+                let records = |outcome: &Outcome| {
+                    let mut records = records(&principal, outcome, agent_session);
+                    if outcome.paused.is_some() {
+                        // The calls so far; the execution's own record comes when it ends.
+                        records.retain(|record| matches!(record, Record::Call(_)));
+                    }
+                    records
+                };
+                match session {
+                    Some(lease) => {
+                        lease.give_back(&ledger, &principal, &mut outcome, &changes, mount_bytes, records).await?
+                    }
+                    None => {
+                        let mut records = records(&outcome);
+                        if mount_bytes > 0 {
+                            records.push(sessions::event(&principal, "", "files_written", mount_bytes));
                         }
-                        Ok(None) => {}
-                        Err(error) => {
-                            tracing::warn!(%error, "could not give a session back; its lease ends at its deadline")
-                        }
+                        ledger.record(records).await?
                     }
                 }
-                if written > 0 {
-                    events.push(sessions::event(&principal, &session_id, "files_written", written));
-                }
-                let mut records = records(&principal, &outcome, agent_session);
-                if outcome.paused.is_some() {
-                    // The calls so far; the execution's own record comes when it ends.
-                    records.retain(|record| matches!(record, Record::Call(_)));
-                }
-                ledger.record(records.into_iter().chain(events).collect()).await?;
                 Ok(outcome)
             };
             async move {

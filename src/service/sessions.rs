@@ -29,8 +29,8 @@ use crate::request::Language;
 use crate::sandbox::{ExecError, MemoryFile, Outcome};
 use crate::sessions::FilePath;
 use crate::store::{
-    now_ms, FileChange, Lease, MemoryCap, MemoryWrite, Owner, Record, Returned, SessionEvent, SessionRecord, Store,
-    StoredFile,
+    now_ms, FileChange, Giveback, KeptMemory, Lease, Ledger, MemoryCap, MemoryWrite, Owner, Record, Returned,
+    SessionEvent, SessionRecord, Store, StoredFile,
 };
 
 /// The ledger record of `event` on session `id` of `principal`.
@@ -106,62 +106,107 @@ pub(super) struct SessionLease {
 }
 
 impl SessionLease {
-    /// Gives the session back after `outcome`: with the pages its memory changed when
-    /// the execution succeeded and the principal's sessions stay within their byte
-    /// cap (else the outcome becomes an `out_of_memory` failure and the session stays
-    /// as it was). The workspace `files` the execution changed go with the pages, or
-    /// not at all. Returns the bytes of state the session keeps, if it kept any.
+    /// Gives the session back after `outcome` and commits the execution's records
+    /// (`records` makes them from the outcome as it ends up), with the session's
+    /// events: the pages its memory changed go back when the execution succeeded
+    /// and the principal's sessions stay within their byte cap (else the outcome
+    /// becomes an `out_of_memory` failure and the session stays as it was). The
+    /// workspace `files` the execution changed go with the pages, or not at all;
+    /// `mount_bytes` were written to mounted directories either way.
+    ///
+    /// A return the cap cannot refuse (the session's state does not grow, as for
+    /// most executions) is made in the ledger's transaction: one commit, shared with
+    /// whatever else the ledger writes meanwhile. One that grows the state is made
+    /// first, on its own, since its answer decides the outcome the records hold.
     pub(super) async fn give_back(
         mut self,
+        ledger: &Ledger,
+        principal: &Principal,
         outcome: &mut Outcome,
         files: &[FileChange],
-    ) -> Result<Option<u64>, ServiceError> {
+        mount_bytes: u64,
+        records: impl FnOnce(&Outcome) -> Vec<Record>,
+    ) -> Result<(), ServiceError> {
         self.returned = true;
-        let mut memory = self.memory.take();
+        let memory = self.memory.take();
         let mut written = outcome.session_image.take().filter(|_| outcome.ok);
         // A page the execution wrote back as it was need not go to the store: about
         // 60% of the pages a small session's execution writes.
         if let (Some(pages), Some(memory)) = (&mut written, &memory) {
             memory.drop_unchanged(pages);
         }
-        let write = match (&written, &memory) {
-            (Some(pages), Some(memory)) => {
-                let bytes = memory.kept_bytes_with(pages);
-                // Only a session whose state grows can pass the cap: most executions
-                // rewrite pages the store keeps already, and skip the check. The
-                // store checks it inside the return's transaction, so returns that
-                // would pass it together cannot.
-                let cap = (bytes > self.session.image_bytes)
-                    .then(|| MemoryCap { user: self.user.clone(), max_bytes: self.max_bytes });
-                Some(MemoryWrite { size: pages.size, pages: pages.chunks().collect(), bytes, cap })
-            }
+        let kept = match (&written, &memory) {
+            (Some(pages), Some(memory)) => Some(memory.kept_bytes_with(pages)),
             _ => None,
         };
-        let kept = write.as_ref().map(|write| write.bytes);
-        let files = if write.is_some() { files } else { &[] };
-        let returned = self.store.return_session(&self.id, &self.lease, write.as_ref(), Some(now_ms()), files).await?;
-        drop(write);
+        let files = if kept.is_some() { files } else { &[] };
+        let files_bytes = files.iter().map(FileChange::bytes).sum::<u64>();
+        // The session's events once it is back with the execution's state, and
+        // otherwise.
+        let written_event = |bytes: u64| (bytes > 0).then(|| event(principal, &self.id, "files_written", bytes));
+        let if_returned: Vec<Record> = kept
+            .map(|bytes| event(principal, &self.id, "saved", bytes))
+            .into_iter()
+            .chain(written_event(mount_bytes + files_bytes))
+            .collect();
+        let otherwise: Vec<Record> = written_event(mount_bytes).into_iter().collect();
+        let ran_at_ms = now_ms();
+        let returned = match (&written, kept) {
+            // Only a session whose state grows can pass the cap: most executions
+            // rewrite pages the store keeps already. The store checks it inside the
+            // return's transaction, so returns that would pass it together cannot.
+            (Some(pages), Some(bytes)) if bytes > self.session.image_bytes => {
+                let cap = Some(MemoryCap { user: self.user.clone(), max_bytes: self.max_bytes });
+                let write = MemoryWrite { size: pages.size, pages: pages.chunks().collect(), bytes, cap };
+                let returned = self.store.return_session(&self.id, &self.lease, Some(&write), Some(ran_at_ms), files);
+                let returned = returned.await;
+                if let Ok(Returned::OverCap { total }) = returned {
+                    outcome.ok = false;
+                    outcome.result = None;
+                    outcome.error = Some(ExecError::new(
+                        Kind::OutOfMemory,
+                        format!(
+                            "the session's state would bring this user's sessions to {total} bytes, past the {} \
+                             their policies allow (sessions.max_bytes); the session is as it was before this \
+                             execution",
+                            self.max_bytes
+                        ),
+                    ));
+                }
+                let events = if matches!(returned, Ok(Returned::Done)) { if_returned } else { otherwise };
+                ledger.record(records(outcome).into_iter().chain(events).collect()).await?;
+                returned
+            }
+            _ => {
+                let memory = written.as_ref().zip(kept).map(|(pages, bytes)| KeptMemory {
+                    size: pages.size,
+                    pages: pages.chunks().map(|(page, bytes)| (page, bytes.to_vec())).collect(),
+                    bytes,
+                });
+                let giveback = Giveback {
+                    id: self.id.clone(),
+                    lease: self.lease.clone(),
+                    memory,
+                    ran_at_ms,
+                    files: files.to_vec(),
+                    if_returned,
+                    otherwise,
+                };
+                ledger.record_returning(records(outcome), giveback).await?
+            }
+        };
         match returned {
-            Returned::Done => {}
-            Returned::NotHeld => return Ok(None),
-            Returned::OverCap { total } => {
-                outcome.ok = false;
-                outcome.result = None;
-                outcome.error = Some(ExecError::new(
-                    Kind::OutOfMemory,
-                    format!(
-                        "the session's state would bring this user's sessions to {total} bytes, past the {} their \
-                         policies allow (sessions.max_bytes); the session is as it was before this execution",
-                        self.max_bytes
-                    ),
-                ));
-                return Ok(None);
+            Ok(Returned::Done) => {}
+            Ok(Returned::NotHeld | Returned::OverCap { .. }) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, session = %self.id, "could not give a session back; its lease ends at its deadline");
+                return Ok(());
             }
         }
         // The memory stays on this replica as the state after this execution, which
         // the store now counts, with the pages it wrote (unless the file cannot take
         // them: then the next execution reads the store).
-        if let Some(mut memory) = memory.take() {
+        if let Some(mut memory) = memory {
             let applied = match &written {
                 Some(pages) => memory.apply(pages),
                 None => Ok(()),
@@ -171,7 +216,7 @@ impl SessionLease {
                 Err(error) => tracing::warn!(%error, session = %self.id, "could not keep a session's memory here"),
             }
         }
-        Ok(kept)
+        Ok(())
     }
 
     /// Gives the session back with `files` changed and nothing else (an upload).

@@ -12,11 +12,16 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Record, Store, StoreError, UsageQuery, UsageRow};
+use super::{Giveback, Record, Returned, Store, StoreError, UsageQuery, UsageRow};
+
+/// What a batch's commit answers: what its session's return did, if it carried one.
+type Committed = Result<Option<Result<Returned, StoreError>>, StoreError>;
 
 struct Batch {
     records: Vec<Record>,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    /// A session given back in the same transaction ([`Ledger::record_returning`]).
+    giveback: Option<Giveback>,
+    done: oneshot::Sender<Committed>,
 }
 
 /// A handle to the ledger; cheap to clone.
@@ -57,15 +62,30 @@ impl Ledger {
                         Err(_) => break,
                     }
                 }
-                let records: Vec<Record> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.records)).collect();
-                let result = if records.is_empty() { Ok(()) } else { writer.append(&records).await };
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, records = records.len(), "ledger write failed");
+                let (mut records, mut returns, mut carriers) = (Vec::with_capacity(count), Vec::new(), Vec::new());
+                for (index, batch) in batches.iter_mut().enumerate() {
+                    records.append(&mut batch.records);
+                    if let Some(giveback) = batch.giveback.take() {
+                        returns.push(giveback);
+                        carriers.push(index);
+                    }
                 }
-                metrics::counter!("sandgate_ledger_records_total").increment(records.len() as u64);
+                let (count, returned) = (records.len(), returns.len());
+                let result =
+                    if count == 0 && returned == 0 { Ok(Vec::new()) } else { writer.append(records, returns).await };
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, records = count, returns = returned, "ledger write failed");
+                }
+                metrics::counter!("sandgate_ledger_records_total").increment(count as u64);
                 metrics::counter!("sandgate_ledger_commits_total").increment(1);
-                for batch in batches {
-                    let _ = batch.done.send(result.clone());
+                // Each batch's return answered in order (carriers ascend).
+                let mut answers = result.iter().flatten().cloned().zip(carriers).peekable();
+                for (index, batch) in batches.into_iter().enumerate() {
+                    let answer = match &result {
+                        Err(error) => Err(error.clone()),
+                        Ok(_) => Ok(answers.next_if(|(_, carrier)| *carrier == index).map(|(answer, _)| answer)),
+                    };
+                    let _ = batch.done.send(answer);
                 }
             }
         });
@@ -83,15 +103,29 @@ impl Ledger {
             return Ok(());
         }
         let (done, committed) = oneshot::channel();
-        self.writer.send(Batch { records, done }).map_err(|_| stopped())?;
-        committed.await.map_err(|_| stopped())?
+        self.writer.send(Batch { records, giveback: None, done }).map_err(|_| stopped())?;
+        committed.await.map_err(|_| stopped())?.map(drop)
+    }
+
+    /// Appends `records` and gives `giveback`'s session back in the same
+    /// transaction (adding its own records as the return turns out); resolves once
+    /// committed, with what the return did.
+    pub async fn record_returning(
+        &self,
+        records: Vec<Record>,
+        giveback: Giveback,
+    ) -> Result<Result<Returned, StoreError>, StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.writer.send(Batch { records, giveback: Some(giveback), done }).map_err(|_| stopped())?;
+        let answer = committed.await.map_err(|_| stopped())??;
+        Ok(answer.unwrap_or_else(|| Err(StoreError("the ledger lost a session's return".into()))))
     }
 
     /// Hands `records` to the writer without waiting for the commit; a write error is
     /// logged. [`Ledger::flush`] waits for everything handed over so far.
     pub fn record_detached(&self, records: Vec<Record>) {
         let (done, _) = oneshot::channel();
-        if self.writer.send(Batch { records, done }).is_err() {
+        if self.writer.send(Batch { records, giveback: None, done }).is_err() {
             tracing::error!("the ledger writer has stopped; records dropped");
         }
     }
@@ -99,8 +133,8 @@ impl Ledger {
     /// Resolves once every record handed over before the call is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, committed) = oneshot::channel();
-        self.writer.send(Batch { records: Vec::new(), done }).map_err(|_| stopped())?;
-        committed.await.map_err(|_| stopped())?
+        self.writer.send(Batch { records: Vec::new(), giveback: None, done }).map_err(|_| stopped())?;
+        committed.await.map_err(|_| stopped())?.map(drop)
     }
 
     /// Usage totals for `query`.

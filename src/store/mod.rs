@@ -538,6 +538,39 @@ pub struct MemoryWrite<'a> {
     pub cap: Option<MemoryCap>,
 }
 
+/// A session given back in the ledger's transaction, with the records of the
+/// execution that held it ([`Store::append`]): one commit for both. It carries no
+/// byte cap: a return the cap could refuse changes its execution's outcome, so such
+/// a return is made on its own first ([`Store::return_session`]).
+#[derive(Clone, Debug)]
+pub struct Giveback {
+    pub id: String,
+    pub lease: String,
+    /// The pages the execution wrote, when it succeeded.
+    pub memory: Option<KeptMemory>,
+    /// When the execution ended: the session's last use.
+    pub ran_at_ms: i64,
+    /// Changes to its workspace, applied in order.
+    pub files: Vec<FileChange>,
+    /// Appended with the batch when the session was given back.
+    pub if_returned: Vec<Record>,
+    /// Appended instead when it was not (the lease no longer held it, or the
+    /// return failed).
+    pub otherwise: Vec<Record>,
+}
+
+/// Pages of a session's memory a [`Giveback`] keeps, written over those the store
+/// has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptMemory {
+    /// The memory's size in bytes.
+    pub size: u64,
+    /// Each page's index and its [`PAGE`] bytes.
+    pub pages: Vec<(u32, Vec<u8>)>,
+    /// Bytes of the session's kept pages once these are written.
+    pub bytes: u64,
+}
+
 /// A session's memory as the store keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredMemory {
@@ -600,8 +633,15 @@ impl StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Appends `records` atomically (all or none), releasing the reservations named by
     /// [`Record::Release`], taking [`Record::Draw`]s off theirs, and adding each model
-    /// call's cost to the spend counters it falls under.
-    fn append<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// call's cost to the spend counters it falls under. In the same transaction it
+    /// gives back each of `returns` as [`Store::return_session`] would, each with its
+    /// own records: what each return did, in order (a return that failed changed
+    /// nothing and appends its `otherwise` records; the batch still commits).
+    fn append(
+        &self,
+        records: Vec<Record>,
+        returns: Vec<Giveback>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Returned, StoreError>>, StoreError>>;
 
     /// Totals per group for `query`.
     fn usage<'a>(&'a self, query: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>>;

@@ -44,9 +44,9 @@ use super::approvals::{APPROVAL_COLUMNS, PAUSED_COLUMNS};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, ApprovalQuery, ApprovalRecord, ApprovalStatus, Balance, BudgetLine, ConsoleSession, Decided,
-    ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryWrite,
-    Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, Store, StoreError, StoredFile, StoredKey,
-    StoredMemory,
+    ExecutionRecord, FileChange, Giveback, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryCap,
+    MemoryWrite, Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, Store, StoreError, StoredFile,
+    StoredKey, StoredMemory,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -1114,15 +1114,221 @@ fn used(nanos: i64, tokens: i64) -> Balance {
     Balance { used_nanos: nanos, used_tokens: tokens.max(0) as u64 }
 }
 
+/// Gives session `id` back from `lease` after an execution (see
+/// [`Store::return_session`]).
+const RETURN: &str = "UPDATE sessions SET image_bytes = coalesce($3, image_bytes),
+        memory_size = coalesce($5, memory_size),
+        used_at_ms = coalesce($4::BIGINT, used_at_ms),
+        executions = executions + CASE WHEN $4::BIGINT IS NULL THEN 0 ELSE 1 END,
+        lease = NULL, lease_until_ms = NULL
+     WHERE id = $1 AND lease = $2";
+
+/// A session's memory as a return writes it: its size, the bytes kept, and the
+/// pages.
+struct Pages<'a> {
+    size: u64,
+    bytes: u64,
+    pages: Vec<(u32, &'a [u8])>,
+}
+
+/// Gives session `id` back from `lease` inside `tx`, which the caller commits
+/// whatever the answer: see [`Store::return_session`].
+async fn give_back(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &str,
+    lease: &str,
+    memory: Option<&Pages<'_>>,
+    cap: Option<&MemoryCap>,
+    ran_at_ms: Option<i64>,
+    files: &[FileChange],
+) -> Result<Returned, StoreError> {
+    let bytes = memory.map(|memory| to_i64(memory.bytes));
+    let size = memory.map(|memory| to_i64(memory.size));
+    let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
+    let pages = memory.filter(|memory| !memory.pages.is_empty());
+    if let (Some(cap), Some(bytes)) = (cap, bytes) {
+        // Returns of the same user's sessions take turns here, on any replica,
+        // so that together they cannot pass the cap.
+        trip("sessions");
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&cap.user]).await.map_err(err)?;
+        let row = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND lease = $2),
+                        (SELECT coalesce(sum(image_bytes), 0)::BIGINT FROM sessions
+                         WHERE \"user\" = $3 AND id != $1 AND used_at_ms + ttl_ms > $4)",
+                &[&id, &lease, &cap.user, &now_ms()],
+            )
+            .await
+            .map_err(err)?;
+        if !row.get::<_, bool>(0) {
+            return Ok(Returned::NotHeld);
+        }
+        let total = row.get::<_, i64>(1).max(0) as u64 + bytes.max(0) as u64;
+        if total > cap.max_bytes {
+            tx.execute(
+                "UPDATE sessions SET lease = NULL, lease_until_ms = NULL WHERE id = $1 AND lease = $2",
+                &[&id, &lease],
+            )
+            .await
+            .map_err(err)?;
+            return Ok(Returned::OverCap { total });
+        }
+    }
+    trip("sessions");
+    let returned = tx.execute(RETURN, &params).await.map_err(err)?;
+    if returned != 1 {
+        return Ok(Returned::NotHeld);
+    }
+    if let Some(memory) = pages {
+        let (pages, bytes): (Vec<i32>, Vec<&[u8]>) =
+            memory.pages.iter().map(|(page, bytes)| (*page as i32, *bytes)).unzip();
+        trip("session_pages");
+        tx.execute(
+            "INSERT INTO session_pages (session_id, page, bytes)
+                 SELECT $1, * FROM unnest($2::INTEGER[], $3::BYTEA[])
+                 ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes",
+            &[&id, &pages, &bytes],
+        )
+        .await
+        .map_err(err)?;
+    }
+    if !files.is_empty() {
+        let put = tx
+            .prepare_cached(
+                "INSERT INTO session_files (session_id, path, dir, size, data, version)
+                     VALUES ($1, $2, $3, $4, NULL, $5)
+                     ON CONFLICT (session_id, path)
+                     DO UPDATE SET dir = excluded.dir, size = excluded.size, data = NULL, version = excluded.version",
+            )
+            .await
+            .map_err(err)?;
+        let clear = tx
+            .prepare_cached("DELETE FROM session_file_chunks WHERE session_id = $1 AND path = $2")
+            .await
+            .map_err(err)?;
+        let remove = tx
+            .prepare_cached(
+                "DELETE FROM session_files
+                     WHERE session_id = $1 AND (path = $2 OR substr(path, 1, length($2) + 1) = $2 || '/')",
+            )
+            .await
+            .map_err(err)?;
+        for change in files {
+            trip("session_files");
+            match change {
+                FileChange::Put(file) => {
+                    let size = to_i64(file.size);
+                    let version = super::new_version();
+                    tx.execute(&put, &[&id, &file.path, &file.dir, &size, &version]).await.map_err(err)?;
+                    tx.execute(&clear, &[&id, &file.path]).await.map_err(err)?;
+                    if !file.dir {
+                        let chunks = file.data.chunks(super::FILE_CHUNK).map(|c| Ok(c.to_vec()));
+                        put_chunks(tx, id, &file.path, chunks).await?;
+                    }
+                }
+                FileChange::Spooled { path, size, from } => {
+                    let (size_i64, version) = (to_i64(*size), super::new_version());
+                    tx.execute(&put, &[&id, path, &false, &size_i64, &version]).await.map_err(err)?;
+                    tx.execute(&clear, &[&id, path]).await.map_err(err)?;
+                    // Read on the blocking pool a chunk at a time.
+                    let (from, size) = (from.clone(), *size);
+                    let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+                    let reader = tokio::task::spawn_blocking(move || match super::spooled_chunks(&from, size) {
+                        Ok(chunks) => {
+                            for chunk in chunks {
+                                if sender.blocking_send(chunk).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            let _ = sender.blocking_send(Err(error));
+                        }
+                    });
+                    let mut seq = 0i32;
+                    while let Some(chunk) = receiver.recv().await {
+                        let chunk = chunk?;
+                        trip("session_files");
+                        tx.execute(
+                            "INSERT INTO session_file_chunks (session_id, path, seq, bytes) VALUES ($1, $2, $3, $4)",
+                            &[&id, path, &seq, &chunk],
+                        )
+                        .await
+                        .map_err(err)?;
+                        seq += 1;
+                    }
+                    reader.await.map_err(|e| StoreError(e.to_string()))?;
+                }
+                FileChange::Remove(path) => {
+                    tx.execute(&remove, &[&id, path]).await.map_err(err)?;
+                }
+            }
+        }
+        trip("session_files");
+        tx.execute(
+            "UPDATE sessions SET files = (SELECT count(*) FROM session_files WHERE session_id = $1),
+                    file_bytes = (SELECT coalesce(sum(size), 0)::BIGINT FROM session_files WHERE session_id = $1)
+                 WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(err)?;
+    }
+    Ok(Returned::Done)
+}
+
 impl Store for PgStore {
-    fn append<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn append(
+        &self,
+        mut records: Vec<Record>,
+        returns: Vec<Giveback>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Returned, StoreError>>, StoreError>> {
         async move {
-            let columns = Columns::of(records);
-            let client = self.client().await?;
-            let statement = client.prepare_cached(APPEND).await.map_err(err)?;
+            let mut client = self.client().await?;
+            if returns.is_empty() {
+                let columns = Columns::of(&records);
+                let statement = client.prepare_cached(APPEND).await.map_err(err)?;
+                trip("append");
+                client.execute(&statement, &columns.params()).await.map_err(err)?;
+                return Ok(Vec::new());
+            }
+            let mut tx = client.transaction().await.map_err(err)?;
+            let mut answers = Vec::with_capacity(returns.len());
+            for giveback in returns {
+                // Each return in a savepoint of its own: one that fails is undone
+                // alone, and the batch still commits.
+                let memory = giveback.memory.as_ref().map(|m| Pages {
+                    size: m.size,
+                    bytes: m.bytes,
+                    pages: m.pages.iter().map(|(page, bytes)| (*page, &bytes[..])).collect(),
+                });
+                let answer = async {
+                    let savepoint = tx.savepoint("giveback").await.map_err(err)?;
+                    let ran_at_ms = Some(giveback.ran_at_ms);
+                    let answer = give_back(
+                        &savepoint,
+                        &giveback.id,
+                        &giveback.lease,
+                        memory.as_ref(),
+                        None,
+                        ran_at_ms,
+                        &giveback.files,
+                    )
+                    .await?;
+                    savepoint.commit().await.map_err(err)?;
+                    Ok(answer)
+                }
+                .await;
+                let done = matches!(answer, Ok(Returned::Done));
+                records.extend(if done { giveback.if_returned } else { giveback.otherwise });
+                answers.push(answer);
+            }
+            let columns = Columns::of(&records);
+            let statement = tx.prepare_cached(APPEND).await.map_err(err)?;
             trip("append");
-            client.execute(&statement, &columns.params()).await.map_err(err)?;
-            Ok(())
+            tx.execute(&statement, &columns.params()).await.map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            Ok(answers)
         }
         .boxed()
     }
@@ -1620,160 +1826,22 @@ impl Store for PgStore {
         files: &'a [FileChange],
     ) -> BoxFuture<'a, Result<Returned, StoreError>> {
         async move {
-            const RETURN: &str = "UPDATE sessions SET image_bytes = coalesce($3, image_bytes),
-                    memory_size = coalesce($5, memory_size),
-                    used_at_ms = coalesce($4::BIGINT, used_at_ms),
-                    executions = executions + CASE WHEN $4::BIGINT IS NULL THEN 0 ELSE 1 END,
-                    lease = NULL, lease_until_ms = NULL
-                 WHERE id = $1 AND lease = $2";
             let mut client = self.client().await?;
-            let bytes = memory.map(|memory| to_i64(memory.bytes));
-            let size = memory.map(|memory| to_i64(memory.size));
-            let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
-            let pages = memory.filter(|memory| !memory.pages.is_empty());
             let cap = memory.and_then(|memory| memory.cap.as_ref());
-            let held = |returned: u64| if returned == 1 { Returned::Done } else { Returned::NotHeld };
-            if files.is_empty() && pages.is_none() && cap.is_none() {
+            let pages = memory.map(|m| Pages { size: m.size, bytes: m.bytes, pages: m.pages.clone() });
+            if files.is_empty() && pages.as_ref().is_none_or(|p| p.pages.is_empty()) && cap.is_none() {
                 // The common case: one statement, no transaction around it.
+                let bytes = pages.as_ref().map(|memory| to_i64(memory.bytes));
+                let size = pages.as_ref().map(|memory| to_i64(memory.size));
+                let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
                 trip("sessions");
-                return Ok(held(client.execute(RETURN, &params).await.map_err(err)?));
+                let returned = client.execute(RETURN, &params).await.map_err(err)?;
+                return Ok(if returned == 1 { Returned::Done } else { Returned::NotHeld });
             }
             let tx = client.transaction().await.map_err(err)?;
-            if let (Some(cap), Some(bytes)) = (cap, bytes) {
-                // Returns of the same user's sessions take turns here, on any replica,
-                // so that together they cannot pass the cap.
-                trip("sessions");
-                tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&cap.user])
-                    .await
-                    .map_err(err)?;
-                let row = tx
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND lease = $2),
-                            (SELECT coalesce(sum(image_bytes), 0)::BIGINT FROM sessions
-                             WHERE \"user\" = $3 AND id != $1 AND used_at_ms + ttl_ms > $4)",
-                        &[&id, &lease, &cap.user, &now_ms()],
-                    )
-                    .await
-                    .map_err(err)?;
-                if !row.get::<_, bool>(0) {
-                    return Ok(Returned::NotHeld);
-                }
-                let total = row.get::<_, i64>(1).max(0) as u64 + bytes.max(0) as u64;
-                if total > cap.max_bytes {
-                    tx.execute(
-                        "UPDATE sessions SET lease = NULL, lease_until_ms = NULL WHERE id = $1 AND lease = $2",
-                        &[&id, &lease],
-                    )
-                    .await
-                    .map_err(err)?;
-                    tx.commit().await.map_err(err)?;
-                    return Ok(Returned::OverCap { total });
-                }
-            }
-            trip("sessions");
-            let returned = tx.execute(RETURN, &params).await.map_err(err)?;
-            if returned != 1 {
-                return Ok(Returned::NotHeld);
-            }
-            if let Some(memory) = pages {
-                let (pages, bytes): (Vec<i32>, Vec<&[u8]>) =
-                    memory.pages.iter().map(|(page, bytes)| (*page as i32, *bytes)).unzip();
-                trip("session_pages");
-                tx.execute(
-                    "INSERT INTO session_pages (session_id, page, bytes)
-                     SELECT $1, * FROM unnest($2::INTEGER[], $3::BYTEA[])
-                     ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes",
-                    &[&id, &pages, &bytes],
-                )
-                .await
-                .map_err(err)?;
-            }
-            if !files.is_empty() {
-                let put = tx
-                    .prepare_cached(
-                        "INSERT INTO session_files (session_id, path, dir, size, data, version)
-                         VALUES ($1, $2, $3, $4, NULL, $5)
-                         ON CONFLICT (session_id, path)
-                         DO UPDATE SET dir = excluded.dir, size = excluded.size, data = NULL, version = excluded.version",
-                    )
-                    .await
-                    .map_err(err)?;
-                let clear = tx
-                    .prepare_cached("DELETE FROM session_file_chunks WHERE session_id = $1 AND path = $2")
-                    .await
-                    .map_err(err)?;
-                let remove = tx
-                    .prepare_cached(
-                        "DELETE FROM session_files
-                         WHERE session_id = $1 AND (path = $2 OR substr(path, 1, length($2) + 1) = $2 || '/')",
-                    )
-                    .await
-                    .map_err(err)?;
-                for change in files {
-                    trip("session_files");
-                    match change {
-                        FileChange::Put(file) => {
-                            let size = to_i64(file.size);
-                            let version = super::new_version();
-                            tx.execute(&put, &[&id, &file.path, &file.dir, &size, &version]).await.map_err(err)?;
-                            tx.execute(&clear, &[&id, &file.path]).await.map_err(err)?;
-                            if !file.dir {
-                                let chunks = file.data.chunks(super::FILE_CHUNK).map(|c| Ok(c.to_vec()));
-                                put_chunks(&tx, id, &file.path, chunks).await?;
-                            }
-                        }
-                        FileChange::Spooled { path, size, from } => {
-                            let (size_i64, version) = (to_i64(*size), super::new_version());
-                            tx.execute(&put, &[&id, path, &false, &size_i64, &version]).await.map_err(err)?;
-                            tx.execute(&clear, &[&id, path]).await.map_err(err)?;
-                            // Read on the blocking pool a chunk at a time.
-                            let (from, size) = (from.clone(), *size);
-                            let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
-                            let reader = tokio::task::spawn_blocking(move || {
-                                match super::spooled_chunks(&from, size) {
-                                    Ok(chunks) => {
-                                        for chunk in chunks {
-                                            if sender.blocking_send(chunk).is_err() {
-                                                return;
-                                            }
-                                        }
-                                    }
-                                    Err(error) => {
-                                        let _ = sender.blocking_send(Err(error));
-                                    }
-                                }
-                            });
-                            let mut seq = 0i32;
-                            while let Some(chunk) = receiver.recv().await {
-                                let chunk = chunk?;
-                                trip("session_files");
-                                tx.execute(
-                                    "INSERT INTO session_file_chunks (session_id, path, seq, bytes) VALUES ($1, $2, $3, $4)",
-                                    &[&id, path, &seq, &chunk],
-                                )
-                                .await
-                                .map_err(err)?;
-                                seq += 1;
-                            }
-                            reader.await.map_err(|e| StoreError(e.to_string()))?;
-                        }
-                        FileChange::Remove(path) => {
-                            tx.execute(&remove, &[&id, path]).await.map_err(err)?;
-                        }
-                    }
-                }
-                trip("session_files");
-                tx.execute(
-                    "UPDATE sessions SET files = (SELECT count(*) FROM session_files WHERE session_id = $1),
-                        file_bytes = (SELECT coalesce(sum(size), 0)::BIGINT FROM session_files WHERE session_id = $1)
-                     WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(err)?;
-            }
+            let returned = give_back(&tx, id, lease, pages.as_ref(), cap, ran_at_ms, files).await?;
             tx.commit().await.map_err(err)?;
-            Ok(Returned::Done)
+            Ok(returned)
         }
         .boxed()
     }

@@ -20,9 +20,9 @@ use super::approvals::{APPROVAL_COLUMNS, PAUSED_COLUMNS};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, ApprovalQuery, ApprovalRecord, ApprovalStatus, Balance, BudgetLine, ConsoleSession, Decided,
-    ExecutionRecord, FileChange, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryWrite,
-    Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, SpendScope, Store, StoreError, StoredFile,
-    StoredKey, StoredMemory,
+    ExecutionRecord, FileChange, Giveback, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryCap,
+    MemoryWrite, Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, SpendScope, Store, StoreError,
+    StoredFile, StoredKey, StoredMemory,
 };
 
 /// How hard a commit waits for the disk.
@@ -282,7 +282,7 @@ fn convert_file_chunks(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
 
 /// Writes a file's chunks, in order (inside the caller's transaction).
 fn put_chunks(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: &str,
     path: &str,
     chunks: impl Iterator<Item = Result<Vec<u8>, StoreError>>,
@@ -480,8 +480,8 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreError> {
-    let tx = connection.transaction().map_err(err)?;
+/// Inserts `records` (inside the caller's transaction).
+fn insert(tx: &Connection, records: &[Record]) -> Result<(), StoreError> {
     {
         let mut execution = tx
             .prepare_cached(
@@ -569,7 +569,84 @@ fn insert(connection: &mut Connection, records: &[Record]) -> Result<(), StoreEr
             .map_err(err)?;
         }
     }
-    tx.commit().map_err(err)
+    Ok(())
+}
+
+/// A session's memory as a return writes it: its size, the bytes kept, and the
+/// pages.
+type Pages<'a> = Option<(u64, u64, &'a [(u32, Vec<u8>)])>;
+
+/// Gives session `id` back from `lease` (inside the caller's transaction, which
+/// the caller commits whatever the answer): see [`Store::return_session`].
+fn give_back(
+    tx: &Connection,
+    id: &str,
+    lease: &str,
+    memory: Pages<'_>,
+    cap: Option<&MemoryCap>,
+    ran_at_ms: Option<i64>,
+    files: &[FileChange],
+) -> Result<Returned, StoreError> {
+    let (size, bytes) = match memory {
+        Some((size, bytes, _)) => (Some(to_i64(size)), Some(to_i64(bytes))),
+        None => (None, None),
+    };
+    // The cap counts every live session of the user, read in this transaction
+    // (this connection writes one transaction at a time, so returns that would pass
+    // it together are checked one after the other).
+    if let (Some(cap), Some(bytes)) = (cap, bytes) {
+        let held: Option<i64> = tx
+            .query_row("SELECT 1 FROM sessions WHERE id = ?1 AND lease = ?2", params![id, lease], |row| row.get(0))
+            .optional()
+            .map_err(err)?;
+        if held.is_none() {
+            return Ok(Returned::NotHeld);
+        }
+        let others: i64 = tx
+            .query_row(
+                "SELECT coalesce(sum(image_bytes), 0) FROM sessions
+                 WHERE user = ?1 AND id != ?2 AND used_at_ms + ttl_ms > ?3",
+                params![cap.user, id, now_ms()],
+                |row| row.get(0),
+            )
+            .map_err(err)?;
+        let total = others.max(0) as u64 + bytes.max(0) as u64;
+        if total > cap.max_bytes {
+            tx.execute(
+                "UPDATE sessions SET lease = NULL, lease_until_ms = NULL WHERE id = ?1 AND lease = ?2",
+                params![id, lease],
+            )
+            .map_err(err)?;
+            return Ok(Returned::OverCap { total });
+        }
+    }
+    let returned = tx
+        .prepare_cached(
+            "UPDATE sessions SET image_bytes = coalesce(?3, image_bytes), memory_size = coalesce(?5, memory_size),
+                used_at_ms = coalesce(?4, used_at_ms), executions = executions + (?4 IS NOT NULL),
+                lease = NULL, lease_until_ms = NULL
+             WHERE id = ?1 AND lease = ?2",
+        )
+        .and_then(|mut update| update.execute(params![id, lease, bytes, ran_at_ms, size]))
+        .map_err(err)?;
+    if returned != 1 {
+        return Ok(Returned::NotHeld);
+    }
+    if let Some((_, _, pages)) = memory {
+        let mut put = tx
+            .prepare_cached(
+                "INSERT INTO session_pages (session_id, page, bytes) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes",
+            )
+            .map_err(err)?;
+        for (page, bytes) in pages {
+            put.execute(params![id, page, bytes]).map_err(err)?;
+        }
+    }
+    if !files.is_empty() {
+        apply_files(tx, id, files)?;
+    }
+    Ok(Returned::Done)
 }
 
 /// Model-call cost and tokens of `scope` since `since_ms`, from the ledger.
@@ -648,7 +725,7 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
 
 /// Applies `files` to session `id`'s workspace and counts it again (inside the
 /// caller's transaction).
-fn apply_files(tx: &rusqlite::Transaction<'_>, id: &str, files: &[FileChange]) -> Result<(), StoreError> {
+fn apply_files(tx: &Connection, id: &str, files: &[FileChange]) -> Result<(), StoreError> {
     let mut put = tx
         .prepare_cached(
             "INSERT INTO session_files (session_id, path, dir, size, data, version) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
@@ -849,11 +926,39 @@ fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, S
 }
 
 impl Store for SqliteStore {
-    fn append<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
-        let records = records.to_vec();
+    fn append(
+        &self,
+        mut records: Vec<Record>,
+        returns: Vec<Giveback>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Returned, StoreError>>, StoreError>> {
         self.blocking(move |inner| {
             let mut writer = lock(&inner.writer);
-            let result = insert(&mut writer, &records);
+            let mut answers = Vec::with_capacity(returns.len());
+            let result = writer.transaction().map_err(err).and_then(|mut tx| {
+                for giveback in returns {
+                    // Each return in a savepoint of its own: one that fails is undone
+                    // alone, and the batch still commits.
+                    let answer = tx.savepoint().map_err(err).and_then(|savepoint| {
+                        let memory = giveback.memory.as_ref().map(|m| (m.size, m.bytes, &m.pages[..]));
+                        let answer = give_back(
+                            &savepoint,
+                            &giveback.id,
+                            &giveback.lease,
+                            memory,
+                            None,
+                            Some(giveback.ran_at_ms),
+                            &giveback.files,
+                        )?;
+                        savepoint.commit().map_err(err)?;
+                        Ok(answer)
+                    });
+                    let done = matches!(answer, Ok(Returned::Done));
+                    records.extend(if done { giveback.if_returned } else { giveback.otherwise });
+                    answers.push(answer);
+                }
+                insert(&tx, &records)?;
+                tx.commit().map_err(err)
+            });
             let mut counters = lock(&inner.counters);
             for record in &records {
                 match record {
@@ -882,7 +987,7 @@ impl Store for SqliteStore {
                     _ => {}
                 }
             }
-            result
+            result.map(|()| answers)
         })
     }
 
@@ -1309,72 +1414,12 @@ impl Store for SqliteStore {
         });
         let files = files.to_vec();
         self.blocking(move |inner| {
-            let (size, bytes) = match &memory {
-                Some((size, bytes, _)) => (Some(to_i64(*size)), Some(to_i64(*bytes))),
-                None => (None, None),
-            };
             let mut writer = lock(&inner.writer);
             let tx = writer.transaction().map_err(err)?;
-            // The cap counts every live session of the user, read in this transaction
-            // (this connection writes one transaction at a time, so returns that
-            // would pass it together are checked one after the other).
-            if let (Some(cap), Some(bytes)) = (&cap, bytes) {
-                let held: Option<i64> = tx
-                    .query_row("SELECT 1 FROM sessions WHERE id = ?1 AND lease = ?2", params![id, lease], |row| {
-                        row.get(0)
-                    })
-                    .optional()
-                    .map_err(err)?;
-                if held.is_none() {
-                    return Ok(Returned::NotHeld);
-                }
-                let others: i64 = tx
-                    .query_row(
-                        "SELECT coalesce(sum(image_bytes), 0) FROM sessions
-                         WHERE user = ?1 AND id != ?2 AND used_at_ms + ttl_ms > ?3",
-                        params![cap.user, id, now_ms()],
-                        |row| row.get(0),
-                    )
-                    .map_err(err)?;
-                let total = others.max(0) as u64 + bytes.max(0) as u64;
-                if total > cap.max_bytes {
-                    tx.execute(
-                        "UPDATE sessions SET lease = NULL, lease_until_ms = NULL WHERE id = ?1 AND lease = ?2",
-                        params![id, lease],
-                    )
-                    .map_err(err)?;
-                    tx.commit().map_err(err)?;
-                    return Ok(Returned::OverCap { total });
-                }
-            }
-            let returned = tx
-                .prepare_cached(
-                    "UPDATE sessions SET image_bytes = coalesce(?3, image_bytes), memory_size = coalesce(?5, memory_size),
-                        used_at_ms = coalesce(?4, used_at_ms), executions = executions + (?4 IS NOT NULL),
-                        lease = NULL, lease_until_ms = NULL
-                     WHERE id = ?1 AND lease = ?2",
-                )
-                .and_then(|mut update| update.execute(params![id, lease, bytes, ran_at_ms, size]))
-                .map_err(err)?;
-            if returned != 1 {
-                return Ok(Returned::NotHeld);
-            }
-            if let Some((_, _, pages)) = &memory {
-                let mut put = tx
-                    .prepare_cached(
-                        "INSERT INTO session_pages (session_id, page, bytes) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes",
-                    )
-                    .map_err(err)?;
-                for (page, bytes) in pages {
-                    put.execute(params![id, page, bytes]).map_err(err)?;
-                }
-            }
-            if !files.is_empty() {
-                apply_files(&tx, &id, &files)?;
-            }
+            let memory = memory.as_ref().map(|(size, bytes, pages)| (*size, *bytes, &pages[..]));
+            let returned = give_back(&tx, &id, &lease, memory, cap.as_ref(), ran_at_ms, &files)?;
             tx.commit().map_err(err)?;
-            Ok(Returned::Done)
+            Ok(returned)
         })
     }
 

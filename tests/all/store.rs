@@ -115,29 +115,35 @@ async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
         let config = fresh(backend).await;
         let store = open(&config).await;
         store
-            .append(&[
-                execution("a", "alice", 1_000, 10),
-                execution("b", "alice", 2_000, 20),
-                execution("c", "bob", 86_400_000, 5),
-                Record::Call(CallRecord {
-                    execution_id: "a".into(),
-                    user: "alice".into(),
-                    team: "t".into(),
-                    name: "tools.test.echo".into(),
-                    started_at_ms: 1_001,
-                    latency_ms: 1,
-                    outcome: "ok".into(),
-                }),
-                model_call("alice", "t", 1_500, 0.000123, (100, 7)),
-                session_event("opened", 1_600, 0),
-                session_event("saved", 1_700, 4_096),
-                session_event("saved", 1_800, 8_192),
-                session_event("ended", 1_900, 0),
-            ])
+            .append(
+                vec![
+                    execution("a", "alice", 1_000, 10),
+                    execution("b", "alice", 2_000, 20),
+                    execution("c", "bob", 86_400_000, 5),
+                    Record::Call(CallRecord {
+                        execution_id: "a".into(),
+                        user: "alice".into(),
+                        team: "t".into(),
+                        name: "tools.test.echo".into(),
+                        started_at_ms: 1_001,
+                        latency_ms: 1,
+                        outcome: "ok".into(),
+                    }),
+                    model_call("alice", "t", 1_500, 0.000123, (100, 7)),
+                    session_event("opened", 1_600, 0),
+                    session_event("saved", 1_700, 4_096),
+                    session_event("saved", 1_800, 8_192),
+                    session_event("ended", 1_900, 0),
+                ],
+                Vec::new(),
+            )
             .await
             .unwrap();
         // A later record of the same execution replaces the earlier one, in one batch too.
-        store.append(&[execution("c", "bob", 86_400_000, 6), execution("c", "bob", 86_400_000, 7)]).await.unwrap();
+        store
+            .append(vec![execution("c", "bob", 86_400_000, 6), execution("c", "bob", 86_400_000, 7)], Vec::new())
+            .await
+            .unwrap();
         drop(store);
         let store = open(&config).await;
         let rows = store.usage(&UsageQuery::default()).await.unwrap();
@@ -191,21 +197,24 @@ async fn executions_are_listed_newest_first_and_open_with_their_calls_and_calls_
             record.logs = r#"[{"level":"log","message":"hello"},{"level":"warn","message":"careful"}]"#.into();
         }
         store
-            .append(&[
-                printed,
-                failed,
-                execution("c", "alice", 3_000, 30),
-                Record::Call(CallRecord {
-                    execution_id: "a".into(),
-                    user: "alice".into(),
-                    team: "t".into(),
-                    name: "tools.test.echo".into(),
-                    started_at_ms: 1_001,
-                    latency_ms: 1,
-                    outcome: "ok".into(),
-                }),
-                call_of_a,
-            ])
+            .append(
+                vec![
+                    printed,
+                    failed,
+                    execution("c", "alice", 3_000, 30),
+                    Record::Call(CallRecord {
+                        execution_id: "a".into(),
+                        user: "alice".into(),
+                        team: "t".into(),
+                        name: "tools.test.echo".into(),
+                        started_at_ms: 1_001,
+                        latency_ms: 1,
+                        outcome: "ok".into(),
+                    }),
+                    call_of_a,
+                ],
+                Vec::new(),
+            )
             .await
             .unwrap();
         let ids = |rows: Vec<store::ExecutionRecord>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
@@ -266,7 +275,10 @@ async fn a_hold_is_all_or_nothing_and_ends_with_its_release() {
         // The call cost 30 (not the 60 held): committed with its release, the spend
         // replaces the hold.
         store
-            .append(&[model_call("alice", "t", store::now_ms(), 30e-9, (5, 5)), Record::Release(first.id.clone())])
+            .append(
+                vec![model_call("alice", "t", store::now_ms(), 30e-9, (5, 5)), Record::Release(first.id.clone())],
+                Vec::new(),
+            )
             .await
             .unwrap();
         let balances = store.balances(&lines).await.unwrap();
@@ -290,11 +302,14 @@ async fn spend_counters_start_from_the_ledger_and_count_only_their_period() {
         let (store, _) = replicas(backend).await;
         let day = 10 * 86_400_000;
         store
-            .append(&[
-                model_call("alice", "t", day - 1, 5e-9, (1, 1)),
-                model_call("alice", "t", day + 1, 7e-9, (2, 2)),
-                model_call("bob", "t", day + 2, 11e-9, (3, 3)),
-            ])
+            .append(
+                vec![
+                    model_call("alice", "t", day - 1, 5e-9, (1, 1)),
+                    model_call("alice", "t", day + 1, 7e-9, (2, 2)),
+                    model_call("bob", "t", day + 2, 11e-9, (3, 3)),
+                ],
+                Vec::new(),
+            )
             .await
             .unwrap();
         let lines = vec![line(alice(), day, Some(1_000), None), line(SpendScope::Team("t".into()), day, None, None)];
@@ -302,7 +317,7 @@ async fn spend_counters_start_from_the_ledger_and_count_only_their_period() {
         assert_eq!((balances[0].used_nanos, balances[0].used_tokens), (7, 4), "{backend:?}");
         assert_eq!((balances[1].used_nanos, balances[1].used_tokens), (18, 10), "{backend:?}");
         // From then on each append adds to the counters it falls under.
-        store.append(&[model_call("bob", "t", day + 3, 1e-9, (1, 0))]).await.unwrap();
+        store.append(vec![model_call("bob", "t", day + 3, 1e-9, (1, 0))], Vec::new()).await.unwrap();
         let balances = store.balances(&lines).await.unwrap();
         assert_eq!((balances[0].used_nanos, balances[1].used_nanos), (7, 19), "{backend:?}");
     }
@@ -789,6 +804,73 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_memory_pages() {
         assert!(store.sessions("alice", expires + 70_000).await.unwrap().is_empty());
         assert!(store.end_session("s1").await.unwrap());
         assert_eq!(other.session_memory("s1").await.unwrap(), store::StoredMemory::default(), "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn sessions_given_back_with_the_ledgers_records_commit_with_them_each_on_its_own() {
+    use store::{FileChange, Giveback, KeptMemory, Lease, Returned, StoredFile};
+    for backend in BACKENDS {
+        let (store, other) = replicas(backend).await;
+        let now = store::now_ms();
+        for id in ["g1", "g2", "g3"] {
+            store.create_session(&session(id, "alice", now, 60_000)).await.unwrap();
+            let (alice, lease) = (owner("alice"), format!("run-{id}"));
+            let taken = store.lease_session(id, &alice, &lease, now + 5_000, now).await.unwrap();
+            assert!(matches!(taken, Lease::Taken { .. }), "{backend:?}");
+        }
+        let page = vec![4u8; store::PAGE];
+        let giveback = |id: &str, lease: &str, files: Vec<FileChange>, event: &'static str| Giveback {
+            id: id.into(),
+            lease: lease.into(),
+            memory: Some(KeptMemory { size: 1 << 20, pages: vec![(5, page.clone())], bytes: 4_096 }),
+            ran_at_ms: now + 10,
+            files,
+            if_returned: vec![session_event(event, now + 10, 4_096)],
+            otherwise: vec![session_event("files_written", now + 10, 7)],
+        };
+        let put = FileChange::Put(StoredFile::file("kept.txt".into(), b"kept".to_vec()));
+        // A file the store cannot read fails that return alone, after its pages and
+        // its session's row were written: they are undone, the rest commits.
+        let missing = FileChange::Spooled { path: "lost".into(), size: 3, from: temp_dir("giveback").join("none") };
+        let answers = store
+            .append(
+                vec![execution("e-g", "alice", now, 9)],
+                vec![
+                    giveback("g1", "run-g1", vec![put], "saved"),
+                    giveback("g2", "someone else's", Vec::new(), "saved"),
+                    giveback("g3", "run-g3", vec![missing], "saved"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(answers.len(), 3, "{backend:?}");
+        assert_eq!(answers[0].as_ref().ok(), Some(&Returned::Done), "{backend:?}");
+        assert_eq!(answers[1].as_ref().ok(), Some(&Returned::NotHeld), "{backend:?}");
+        assert!(answers[2].is_err(), "{backend:?}: {:?}", answers[2]);
+
+        // The one given back has its pages, its file and its use counted; the others
+        // are as they were, and still held by their leases.
+        let g1 = other.session("g1", now + 10).await.unwrap().unwrap();
+        assert_eq!((g1.executions, g1.image_bytes, g1.used_at_ms, g1.files), (1, 4_096, now + 10, 1), "{backend:?}");
+        let memory = other.session_memory("g1").await.unwrap();
+        assert_eq!(memory, store::StoredMemory { size: 1 << 20, pages: vec![(5, page.clone())] }, "{backend:?}");
+        for id in ["g2", "g3"] {
+            let kept = other.session(id, now + 10).await.unwrap().unwrap();
+            assert_eq!((kept.executions, kept.image_bytes, kept.files), (0, 0, 0), "{backend:?}: {id}");
+            assert_eq!(other.session_memory(id).await.unwrap(), store::StoredMemory::default(), "{backend:?}");
+            let busy = other.lease_session(id, &owner("alice"), "next", now + 5_000, now + 20).await.unwrap();
+            assert!(matches!(busy, Lease::Busy { .. }), "{backend:?}: {id} is still leased");
+        }
+        // The records went in: the execution, the saved state of the one given back,
+        // and the other events of the two that were not.
+        let rows = other.usage(&UsageQuery::default()).await.unwrap();
+        let alice = rows.iter().find(|row| row.group == "alice").expect("alice's row");
+        assert_eq!(
+            (alice.executions, alice.session_state_bytes, alice.file_bytes_written),
+            (1, 4_096, 14),
+            "{backend:?}"
+        );
     }
 }
 
