@@ -127,7 +127,6 @@ impl SessionLease {
         mount_bytes: u64,
         records: impl FnOnce(&Outcome) -> Vec<Record>,
     ) -> Result<(), ServiceError> {
-        self.returned = true;
         let memory = self.memory.take();
         let mut written = outcome.session_image.take().filter(|_| outcome.ok);
         // A page the execution wrote back as it was need not go to the store: about
@@ -160,6 +159,7 @@ impl SessionLease {
                 let write = MemoryWrite { size: pages.size, pages: pages.chunks().collect(), bytes, cap };
                 let returned = self.store.return_session(&self.id, &self.lease, Some(&write), Some(ran_at_ms), files);
                 let returned = returned.await;
+                self.returned = true;
                 if let Ok(Returned::OverCap { total }) = returned {
                     outcome.ok = false;
                     outcome.result = None;
@@ -192,7 +192,11 @@ impl SessionLease {
                     if_returned,
                     otherwise,
                 };
-                ledger.record_returning(records(outcome), giveback).await?
+                // A commit that failed gave nothing back: dropped unreturned, the
+                // lease gives the session back unchanged.
+                let returned = ledger.record_returning(records(outcome), giveback).await?;
+                self.returned = true;
+                returned
             }
         };
         match returned {
