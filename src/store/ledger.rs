@@ -6,7 +6,9 @@
 //! execution acknowledged to a client is missing after a crash. One append is in
 //! flight at a time; whatever arrives meanwhile goes into the next one, so under load
 //! a batch grows until one commit carries everything that waited for it, and the
-//! number of database round trips per record falls as the load rises.
+//! number of database round trips per record falls as the load rises. An execution
+//! in a session hands over the session's return too ([`Ledger::record_returning`]):
+//! the pages it keeps are committed in the same transaction as its records.
 
 use std::sync::Arc;
 
