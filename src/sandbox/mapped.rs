@@ -198,15 +198,20 @@ impl Held {
     /// The runs of held pages, as `[start, end)` page ranges.
     fn runs(&self) -> Vec<(usize, usize)> {
         let total = self.size as usize / PAGE;
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        for page in (0..total).filter(|&page| self.pages.contains(page)) {
-            match runs.last_mut() {
-                Some(run) if run.1 == page => run.1 = page + 1,
-                _ => runs.push((page, page + 1)),
-            }
-        }
-        runs
+        runs((0..total).filter(|&page| self.pages.contains(page)))
     }
+}
+
+/// Ascending page indices as runs of consecutive pages, `[start, end)`.
+fn runs(pages: impl IntoIterator<Item = usize>) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for page in pages {
+        match runs.last_mut() {
+            Some(run) if run.1 == page => run.1 = page + 1,
+            _ => runs.push((page, page + 1)),
+        }
+    }
+    runs
 }
 
 impl MemoryFile {
@@ -383,15 +388,7 @@ impl MemoryFile {
 
     /// Notes `pages` (ascending) as the pages an execution over the file wrote.
     pub fn written(&self, pages: &[u32]) {
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        for &page in pages {
-            let page = page as usize;
-            match runs.last_mut() {
-                Some(run) if run.1 == page => run.1 = page + 1,
-                _ => runs.push((page, page + 1)),
-            }
-        }
-        self.held().hot = runs;
+        self.held().hot = runs(pages.iter().map(|&page| page as usize));
     }
 }
 
