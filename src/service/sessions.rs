@@ -150,14 +150,19 @@ impl SessionLease {
             .collect();
         let otherwise: Vec<Record> = written_event(mount_bytes).into_iter().collect();
         let ran_at_ms = now_ms();
-        let returned = match (&written, kept) {
+        let mut write = written.as_ref().zip(kept).map(|(pages, bytes)| MemoryWrite {
+            size: pages.size,
+            pages: pages.chunks().collect(),
+            bytes,
+            cap: None,
+        });
+        let returned = match &mut write {
             // Only a session whose state grows can pass the cap: most executions
             // rewrite pages the store keeps already. The store checks it inside the
             // return's transaction, so returns that would pass it together cannot.
-            (Some(pages), Some(bytes)) if bytes > self.session.image_bytes => {
-                let cap = Some(MemoryCap { user: self.user.clone(), max_bytes: self.max_bytes });
-                let write = MemoryWrite { size: pages.size, pages: pages.chunks().collect(), bytes, cap };
-                let returned = self.store.return_session(&self.id, &self.lease, Some(&write), Some(ran_at_ms), files);
+            Some(write) if write.bytes > self.session.image_bytes => {
+                write.cap = Some(MemoryCap { user: self.user.clone(), max_bytes: self.max_bytes });
+                let returned = self.store.return_session(&self.id, &self.lease, Some(&*write), Some(ran_at_ms), files);
                 let returned = returned.await;
                 self.returned = true;
                 if let Ok(Returned::OverCap { total }) = returned {
@@ -178,11 +183,7 @@ impl SessionLease {
                 returned
             }
             _ => {
-                let memory = written.as_ref().zip(kept).map(|(pages, bytes)| KeptMemory {
-                    size: pages.size,
-                    pages: pages.chunks().map(|(page, bytes)| (page, bytes.to_vec())).collect(),
-                    bytes,
-                });
+                let memory = write.as_ref().map(KeptMemory::from);
                 let giveback = Giveback {
                     id: self.id.clone(),
                     lease: self.lease.clone(),

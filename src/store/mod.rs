@@ -571,6 +571,22 @@ pub struct KeptMemory {
     pub bytes: u64,
 }
 
+impl KeptMemory {
+    /// These pages as a return writes them, checked against `cap` when given.
+    pub fn write(&self, cap: Option<MemoryCap>) -> MemoryWrite<'_> {
+        let pages = self.pages.iter().map(|(page, bytes)| (*page, &bytes[..])).collect();
+        MemoryWrite { size: self.size, pages, bytes: self.bytes, cap }
+    }
+}
+
+impl From<&MemoryWrite<'_>> for KeptMemory {
+    /// A copy of `write`'s pages, to outlive it (its cap is not kept).
+    fn from(write: &MemoryWrite<'_>) -> Self {
+        let pages = write.pages.iter().map(|(page, bytes)| (*page, bytes.to_vec())).collect();
+        Self { size: write.size, pages, bytes: write.bytes }
+    }
+}
+
 /// A session's memory as the store keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredMemory {

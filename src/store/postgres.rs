@@ -44,9 +44,9 @@ use super::approvals::{APPROVAL_COLUMNS, PAUSED_COLUMNS};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, ApprovalQuery, ApprovalRecord, ApprovalStatus, Balance, BudgetLine, ConsoleSession, Decided,
-    ExecutionRecord, FileChange, Giveback, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryCap,
-    MemoryWrite, Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, Store, StoreError, StoredFile,
-    StoredKey, StoredMemory,
+    ExecutionRecord, FileChange, Giveback, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryWrite,
+    Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, Store, StoreError, StoredFile, StoredKey,
+    StoredMemory,
 };
 
 /// Schema versions, applied in order, each in the one transaction that holds the
@@ -1123,22 +1123,13 @@ const RETURN: &str = "UPDATE sessions SET image_bytes = coalesce($3, image_bytes
         lease = NULL, lease_until_ms = NULL
      WHERE id = $1 AND lease = $2";
 
-/// A session's memory as a return writes it: its size, the bytes kept, and the
-/// pages.
-struct Pages<'a> {
-    size: u64,
-    bytes: u64,
-    pages: Vec<(u32, &'a [u8])>,
-}
-
 /// Gives session `id` back from `lease` inside `tx`, which the caller commits
 /// whatever the answer: see [`Store::return_session`].
 async fn give_back(
     tx: &deadpool_postgres::Transaction<'_>,
     id: &str,
     lease: &str,
-    memory: Option<&Pages<'_>>,
-    cap: Option<&MemoryCap>,
+    memory: Option<&MemoryWrite<'_>>,
     ran_at_ms: Option<i64>,
     files: &[FileChange],
 ) -> Result<Returned, StoreError> {
@@ -1146,6 +1137,7 @@ async fn give_back(
     let size = memory.map(|memory| to_i64(memory.size));
     let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
     let pages = memory.filter(|memory| !memory.pages.is_empty());
+    let cap = memory.and_then(|memory| memory.cap.as_ref());
     if let (Some(cap), Some(bytes)) = (cap, bytes) {
         // Returns of the same user's sessions take turns here, on any replica,
         // so that together they cannot pass the cap.
@@ -1297,11 +1289,7 @@ impl Store for PgStore {
             for giveback in returns {
                 // Each return in a savepoint of its own: one that fails is undone
                 // alone, and the batch still commits.
-                let memory = giveback.memory.as_ref().map(|m| Pages {
-                    size: m.size,
-                    bytes: m.bytes,
-                    pages: m.pages.iter().map(|(page, bytes)| (*page, &bytes[..])).collect(),
-                });
+                let memory = giveback.memory.as_ref().map(|memory| memory.write(None));
                 let answer = async {
                     let savepoint = tx.savepoint("giveback").await.map_err(err)?;
                     let ran_at_ms = Some(giveback.ran_at_ms);
@@ -1310,7 +1298,6 @@ impl Store for PgStore {
                         &giveback.id,
                         &giveback.lease,
                         memory.as_ref(),
-                        None,
                         ran_at_ms,
                         &giveback.files,
                     )
@@ -1828,18 +1815,17 @@ impl Store for PgStore {
         async move {
             let mut client = self.client().await?;
             let cap = memory.and_then(|memory| memory.cap.as_ref());
-            let pages = memory.map(|m| Pages { size: m.size, bytes: m.bytes, pages: m.pages.clone() });
-            if files.is_empty() && pages.as_ref().is_none_or(|p| p.pages.is_empty()) && cap.is_none() {
+            if files.is_empty() && memory.is_none_or(|memory| memory.pages.is_empty()) && cap.is_none() {
                 // The common case: one statement, no transaction around it.
-                let bytes = pages.as_ref().map(|memory| to_i64(memory.bytes));
-                let size = pages.as_ref().map(|memory| to_i64(memory.size));
+                let bytes = memory.map(|memory| to_i64(memory.bytes));
+                let size = memory.map(|memory| to_i64(memory.size));
                 let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
                 trip("sessions");
                 let returned = client.execute(RETURN, &params).await.map_err(err)?;
                 return Ok(if returned == 1 { Returned::Done } else { Returned::NotHeld });
             }
             let tx = client.transaction().await.map_err(err)?;
-            let returned = give_back(&tx, id, lease, pages.as_ref(), cap, ran_at_ms, files).await?;
+            let returned = give_back(&tx, id, lease, memory, ran_at_ms, files).await?;
             tx.commit().await.map_err(err)?;
             Ok(returned)
         }

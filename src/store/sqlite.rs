@@ -20,7 +20,7 @@ use super::approvals::{APPROVAL_COLUMNS, PAUSED_COLUMNS};
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, ApprovalQuery, ApprovalRecord, ApprovalStatus, Balance, BudgetLine, ConsoleSession, Decided,
-    ExecutionRecord, FileChange, Giveback, HandleEnd, HandleRecord, HandleStatus, Hold, KeyCreated, Lease, MemoryCap,
+    ExecutionRecord, FileChange, Giveback, HandleEnd, HandleRecord, HandleStatus, Hold, KeptMemory, KeyCreated, Lease,
     MemoryWrite, Overdrawn, Owner, PausedRecord, Record, Returned, SessionRecord, SpendScope, Store, StoreError,
     StoredFile, StoredKey, StoredMemory,
 };
@@ -602,25 +602,19 @@ fn insert(tx: &Connection, records: &[Record]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A session's memory as a return writes it: its size, the bytes kept, and the
-/// pages.
-type Pages<'a> = Option<(u64, u64, &'a [(u32, Vec<u8>)])>;
-
 /// Gives session `id` back from `lease` (inside the caller's transaction, which
 /// the caller commits whatever the answer): see [`Store::return_session`].
 fn give_back(
     tx: &Connection,
     id: &str,
     lease: &str,
-    memory: Pages<'_>,
-    cap: Option<&MemoryCap>,
+    memory: Option<&MemoryWrite<'_>>,
     ran_at_ms: Option<i64>,
     files: &[FileChange],
 ) -> Result<Returned, StoreError> {
-    let (size, bytes) = match memory {
-        Some((size, bytes, _)) => (Some(to_i64(size)), Some(to_i64(bytes))),
-        None => (None, None),
-    };
+    let size = memory.map(|memory| to_i64(memory.size));
+    let bytes = memory.map(|memory| to_i64(memory.bytes));
+    let cap = memory.and_then(|memory| memory.cap.as_ref());
     // The cap counts every live session of the user, read in this transaction
     // (this connection writes one transaction at a time, so returns that would pass
     // it together are checked one after the other).
@@ -662,14 +656,14 @@ fn give_back(
     if returned != 1 {
         return Ok(Returned::NotHeld);
     }
-    if let Some((_, _, pages)) = memory {
+    if let Some(memory) = memory {
         let mut put = tx
             .prepare_cached(
                 "INSERT INTO session_pages (session_id, page, bytes) VALUES (?1, ?2, ?3)
                  ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes",
             )
             .map_err(err)?;
-        for (page, bytes) in pages {
+        for (page, bytes) in &memory.pages {
             put.execute(params![id, page, bytes]).map_err(err)?;
         }
     }
@@ -969,14 +963,14 @@ impl Store for SqliteStore {
                     // Each return in a savepoint of its own: one that fails is undone
                     // alone, and the batch still commits.
                     let answer = tx.savepoint().map_err(err).and_then(|savepoint| {
-                        let memory = giveback.memory.as_ref().map(|m| (m.size, m.bytes, &m.pages[..]));
+                        let memory = giveback.memory.as_ref().map(|memory| memory.write(None));
+                        let ran_at_ms = Some(giveback.ran_at_ms);
                         let answer = give_back(
                             &savepoint,
                             &giveback.id,
                             &giveback.lease,
-                            memory,
-                            None,
-                            Some(giveback.ran_at_ms),
+                            memory.as_ref(),
+                            ran_at_ms,
                             &giveback.files,
                         )?;
                         savepoint.commit().map_err(err)?;
@@ -1438,16 +1432,14 @@ impl Store for SqliteStore {
         files: &'a [FileChange],
     ) -> BoxFuture<'a, Result<Returned, StoreError>> {
         let (id, lease) = (id.to_string(), lease.to_string());
-        let cap = memory.and_then(|m| m.cap.clone());
-        let memory = memory.map(|m| {
-            (m.size, m.bytes, m.pages.iter().map(|(page, bytes)| (*page, bytes.to_vec())).collect::<Vec<_>>())
-        });
+        // A copy the blocking thread owns.
+        let memory = memory.map(|memory| (KeptMemory::from(memory), memory.cap.clone()));
         let files = files.to_vec();
         self.blocking(move |inner| {
             let mut writer = lock(&inner.writer);
             let tx = writer.transaction().map_err(err)?;
-            let memory = memory.as_ref().map(|(size, bytes, pages)| (*size, *bytes, &pages[..]));
-            let returned = give_back(&tx, &id, &lease, memory, cap.as_ref(), ran_at_ms, &files)?;
+            let memory = memory.as_ref().map(|(kept, cap)| kept.write(cap.clone()));
+            let returned = give_back(&tx, &id, &lease, memory.as_ref(), ran_at_ms, &files)?;
             tx.commit().map_err(err)?;
             Ok(returned)
         })
