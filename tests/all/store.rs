@@ -63,6 +63,19 @@ fn execution(id: &str, user: &str, at: i64, fuel: u64) -> Record {
     })
 }
 
+/// Alice's call to `tools.test.echo` from execution "a".
+fn echo_call_of_a() -> Record {
+    Record::Call(CallRecord {
+        execution_id: "a".into(),
+        user: "alice".into(),
+        team: "t".into(),
+        name: "tools.test.echo".into(),
+        started_at_ms: 1_001,
+        latency_ms: 1,
+        outcome: "ok".into(),
+    })
+}
+
 fn model_call(user: &str, team: &str, at: i64, cost_usd: f64, tokens: (u64, u64)) -> Record {
     Record::Model(ModelCallRecord {
         execution_id: None,
@@ -120,15 +133,7 @@ async fn records_add_up_to_the_usage_totals_and_survive_reopening() {
                     execution("a", "alice", 1_000, 10),
                     execution("b", "alice", 2_000, 20),
                     execution("c", "bob", 86_400_000, 5),
-                    Record::Call(CallRecord {
-                        execution_id: "a".into(),
-                        user: "alice".into(),
-                        team: "t".into(),
-                        name: "tools.test.echo".into(),
-                        started_at_ms: 1_001,
-                        latency_ms: 1,
-                        outcome: "ok".into(),
-                    }),
+                    echo_call_of_a(),
                     model_call("alice", "t", 1_500, 0.000123, (100, 7)),
                     session_event("opened", 1_600, 0),
                     session_event("saved", 1_700, 4_096),
@@ -197,24 +202,7 @@ async fn executions_are_listed_newest_first_and_open_with_their_calls_and_calls_
             record.logs = r#"[{"level":"log","message":"hello"},{"level":"warn","message":"careful"}]"#.into();
         }
         store
-            .append(
-                vec![
-                    printed,
-                    failed,
-                    execution("c", "alice", 3_000, 30),
-                    Record::Call(CallRecord {
-                        execution_id: "a".into(),
-                        user: "alice".into(),
-                        team: "t".into(),
-                        name: "tools.test.echo".into(),
-                        started_at_ms: 1_001,
-                        latency_ms: 1,
-                        outcome: "ok".into(),
-                    }),
-                    call_of_a,
-                ],
-                Vec::new(),
-            )
+            .append(vec![printed, failed, execution("c", "alice", 3_000, 30), echo_call_of_a(), call_of_a], Vec::new())
             .await
             .unwrap();
         let ids = |rows: Vec<store::ExecutionRecord>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
