@@ -17,6 +17,10 @@
 //! active data segments are emptied ([`without_active_data`]): the file already
 //! holds everything those segments would write, and writing them again would both
 //! cost the copy and overwrite the session's state.
+//!
+//! The instance an execution ran in can also stay, its memory mapped, for the
+//! session's next execution (`super::Warm`); then a [`WriteTracker`] says which pages
+//! that execution wrote, since they are all the memory's own copies already.
 
 use std::fs::File;
 use std::io;
@@ -85,6 +89,30 @@ pub fn without_active_data(wasm: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     Ok((module.finish(), memory))
 }
 
+/// How many mutable globals `wasm` defines or imports.
+pub fn mutable_globals(wasm: &[u8]) -> anyhow::Result<usize> {
+    use wasmparser::{Parser, Payload, TypeRef};
+    let mut count = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload? {
+            Payload::GlobalSection(reader) => {
+                for global in reader {
+                    count += usize::from(global?.ty.mutable);
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    if let TypeRef::Global(ty) = import?.ty {
+                        count += usize::from(ty.mutable);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(count)
+}
+
 /// A guest's fresh memory, in a file every session's memory maps beneath its own
 /// pages.
 #[derive(Debug)]
@@ -148,6 +176,22 @@ pub struct MemoryFile {
     pristine: Arc<Pristine>,
     file: File,
     state: Mutex<Held>,
+    /// The instance the last execution over the file ran in, kept mapped (see
+    /// [`super::Warm`]).
+    warm: Mutex<Kept>,
+}
+
+/// An instance kept with a session's memory: pending from the end of the execution
+/// that ran in it until its pages are written into the file ([`MemoryFile::apply`]:
+/// the store has them), and only then ready for the next execution. One whose pages
+/// never go back (the execution failed after all, or the store did not take them) is
+/// never used: its memory is ahead of the session's.
+#[derive(Debug, Default)]
+enum Kept {
+    #[default]
+    None,
+    Pending(Box<super::Warm>),
+    Ready(Box<super::Warm>),
 }
 
 /// A set of page indices, a bit each.
@@ -225,8 +269,8 @@ impl MemoryFile {
         let file = File::from(rustix::fs::memfd_create("sandgate-session", rustix::fs::MemfdFlags::CLOEXEC)?);
         let size = size.max(pristine.len() as u64);
         file.set_len(size)?;
-        let this =
-            Self { pristine, file, state: Mutex::new(Held { size, pages: PageSet::default(), hot: Vec::new() }) };
+        let held = Held { size, pages: PageSet::default(), hot: Vec::new() };
+        let this = Self { pristine, file, state: Mutex::new(held), warm: Mutex::default() };
         this.write(size, pages)?;
         Ok(this)
     }
@@ -263,9 +307,51 @@ impl MemoryFile {
         }
     }
 
-    /// Writes `image`'s chunks over the memory, growing it to the image's size.
+    /// Writes `image`'s chunks over the memory, growing it to the image's size: the
+    /// pages the last execution changed, once the store has them, which makes the
+    /// instance it ran in (if it was kept) ready for the next.
     pub fn apply(&self, image: &MemoryImage) -> io::Result<()> {
-        self.write(image.size, image.chunks())
+        self.write(image.size, image.chunks())?;
+        let mut warm = self.kept();
+        if let Kept::Pending(instance) = std::mem::take(&mut *warm) {
+            *warm = Kept::Ready(instance);
+        }
+        Ok(())
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `instance`, which an execution over the file just ran in, pending until
+    /// its pages are applied.
+    pub(super) fn keep(&self, instance: super::Warm) {
+        *self.kept() = Kept::Pending(Box::new(instance));
+    }
+
+    /// The instance kept with the memory, when it is ready; one still pending is
+    /// dropped.
+    pub(super) fn take_kept(&self) -> Option<super::Warm> {
+        match std::mem::take(&mut *self.kept()) {
+            Kept::Ready(instance) => Some(*instance),
+            Kept::None | Kept::Pending(_) => None,
+        }
+    }
+
+    /// Whether an instance is kept with the memory, ready (it holds a file
+    /// descriptor and its memory's pages); one still pending (its pages never went
+    /// back) is dropped.
+    pub fn settle_instance(&self) -> bool {
+        let mut kept = self.kept();
+        if matches!(*kept, Kept::Pending(_)) {
+            *kept = Kept::None;
+        }
+        matches!(*kept, Kept::Ready(_))
+    }
+
+    /// Drops the instance kept with the memory, if any.
+    pub fn drop_instance(&self) {
+        *self.kept() = Kept::None;
     }
 
     fn write<'a>(&self, size: u64, pages: impl IntoIterator<Item = (u32, &'a [u8])>) -> io::Result<()> {
@@ -397,15 +483,7 @@ impl MemoryFile {
 /// Pages past the file that were only read count too (they hold zeros); nothing
 /// written is missed.
 pub fn written_pages(memory: &[u8]) -> io::Result<Vec<u32>> {
-    // Opened once: reads at an offset share it safely across threads.
-    static PAGEMAP: std::sync::OnceLock<File> = std::sync::OnceLock::new();
-    let pagemap = match PAGEMAP.get() {
-        Some(file) => file,
-        None => {
-            let file = File::open("/proc/self/pagemap")?;
-            PAGEMAP.get_or_init(|| file)
-        }
-    };
+    let pagemap = pagemap()?;
     let first = memory.as_ptr() as usize / PAGE;
     let count = memory.len() / PAGE;
     let mut written = Vec::new();
@@ -429,6 +507,220 @@ pub fn written_pages(memory: &[u8]) -> io::Result<Vec<u32>> {
         done += batch;
     }
     Ok(written)
+}
+
+/// The pages a memory kept mapped between executions has written since its pages
+/// were last protected, as the kernel tracks them: the memory is registered with a
+/// userfaultfd in asynchronous write-protect mode, so a write to a protected page
+/// takes a minor fault the kernel resolves itself (no thread of ours wakes) and
+/// leaves the page unprotected, which `PAGEMAP_SCAN` lists (when mapped: a page
+/// never touched is not, and holds what the memory held there). Protecting pages again
+/// ([`WriteTracker::protect`]) flushes them from every core's TLB, which interrupts
+/// the other cores: the caller does it off the execution's path, before the memory
+/// is next used. A page not protected is listed whether or not it was written (a
+/// page first mapped since, only read, holds what the memory held there, which the
+/// caller finds unchanged): nothing written is ever missed.
+///
+/// Linux 6.7 or later. Where the kernel or its settings refuse (an older kernel, or
+/// userfaultfd not allowed), [`WriteTracker::new`] fails, and the memory is mapped
+/// afresh for each execution instead.
+#[derive(Debug)]
+pub struct WriteTracker {
+    uffd: std::os::fd::OwnedFd,
+    /// The memory's first byte.
+    base: usize,
+    /// Bytes from `base` registered with `uffd`.
+    registered: usize,
+}
+
+mod uffd {
+    //! The kernel's structures and request numbers for userfaultfd and
+    //! `PAGEMAP_SCAN` (`linux/userfaultfd.h`, `linux/fs.h`).
+    use rustix::ioctl::{opcode, Opcode};
+
+    pub const API: u64 = 0xAA;
+    pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
+    pub const REGISTER_MODE_WP: u64 = 1 << 1;
+    pub const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+    /// `UFFD_USER_MODE_ONLY`: allowed to unprivileged processes where
+    /// `vm.unprivileged_userfaultfd` is 0 (the default).
+    pub const USER_MODE_ONLY: u32 = 1;
+
+    #[repr(C)]
+    pub struct Api {
+        pub api: u64,
+        pub features: u64,
+        pub ioctls: u64,
+    }
+
+    #[repr(C)]
+    pub struct Range {
+        pub start: u64,
+        pub len: u64,
+    }
+
+    #[repr(C)]
+    pub struct Register {
+        pub range: Range,
+        pub mode: u64,
+        pub ioctls: u64,
+    }
+
+    #[repr(C)]
+    pub struct WriteProtect {
+        pub range: Range,
+        pub mode: u64,
+    }
+
+    pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+    pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+    pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+
+    #[repr(C)]
+    pub struct ScanArg {
+        pub size: u64,
+        pub flags: u64,
+        pub start: u64,
+        pub end: u64,
+        pub walk_end: u64,
+        pub vec: u64,
+        pub vec_len: u64,
+        pub max_pages: u64,
+        pub category_inverted: u64,
+        pub category_mask: u64,
+        pub category_anyof_mask: u64,
+        pub return_mask: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Region {
+        pub start: u64,
+        pub end: u64,
+        pub categories: u64,
+    }
+
+    pub const API_OP: Opcode = opcode::read_write::<Api>(0xAA, 0x3F);
+    pub const REGISTER_OP: Opcode = opcode::read_write::<Register>(0xAA, 0x00);
+    pub const WRITEPROTECT_OP: Opcode = opcode::read_write::<WriteProtect>(0xAA, 0x06);
+    pub const SCAN_OP: Opcode = opcode::read_write::<ScanArg>(b'f', 16);
+}
+
+/// `/proc/self/pagemap`, opened once: its ioctls and reads at an offset share it
+/// safely across threads.
+fn pagemap() -> io::Result<&'static File> {
+    static PAGEMAP: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+    match PAGEMAP.get() {
+        Some(file) => Ok(file),
+        None => {
+            let file = File::open("/proc/self/pagemap")?;
+            Ok(PAGEMAP.get_or_init(|| file))
+        }
+    }
+}
+
+impl WriteTracker {
+    /// Starts tracking the writes to `memory`: [`WriteTracker::protect`] it whole
+    /// before it is next written. Tracking changes nothing the program sees: the
+    /// kernel resolves every fault itself, and its requests act only on the mappings
+    /// registered here (once `memory` is unmapped, they fail).
+    pub fn new(memory: &[u8]) -> io::Result<Self> {
+        use rustix::ioctl::{ioctl, Updater};
+        let flags = rustix::mm::UserfaultfdFlags::CLOEXEC
+            | rustix::mm::UserfaultfdFlags::NONBLOCK
+            | rustix::mm::UserfaultfdFlags::from_bits_retain(uffd::USER_MODE_ONLY);
+        // SAFETY: a new descriptor; nothing is registered with it yet.
+        let uffd = unsafe { rustix::mm::userfaultfd(flags) }?;
+        let mut api = uffd::Api { api: uffd::API, features: uffd::FEATURE_WP_ASYNC, ioctls: 0 };
+        // SAFETY: `Api` is the `uffdio_api` this request reads and writes.
+        unsafe { ioctl(&uffd, Updater::<{ uffd::API_OP }, _>::new(&mut api)) }?;
+        let mut tracker = Self { uffd, base: memory.as_ptr() as usize, registered: 0 };
+        tracker.register(memory.len())?;
+        Ok(tracker)
+    }
+
+    /// Protects `pages` of the memory (ascending; all of its registered bytes when
+    /// `None`), so that only pages written after this are listed.
+    pub fn protect(&self, pages: Option<&[u32]>) -> io::Result<()> {
+        use rustix::ioctl::{ioctl, Updater};
+        let runs = match pages {
+            Some(pages) => runs(pages.iter().map(|&page| page as usize)),
+            None => vec![(0, self.registered / PAGE)],
+        };
+        for (start, end) in runs {
+            let mut protect = uffd::WriteProtect {
+                range: uffd::Range { start: (self.base + start * PAGE) as u64, len: ((end - start) * PAGE) as u64 },
+                mode: uffd::WRITEPROTECT_MODE_WP,
+            };
+            // SAFETY: `WriteProtect` is the `uffdio_writeprotect` this request takes.
+            unsafe { ioctl(&self.uffd, Updater::<{ uffd::WRITEPROTECT_OP }, _>::new(&mut protect)) }?;
+        }
+        Ok(())
+    }
+
+    /// Registers the memory up to `len` bytes (it grew since): pages written there
+    /// since are listed, since they are not protected.
+    fn register(&mut self, len: usize) -> io::Result<()> {
+        use rustix::ioctl::{ioctl, Updater};
+        if len <= self.registered {
+            return Ok(());
+        }
+        let mut register = uffd::Register {
+            range: uffd::Range { start: (self.base + self.registered) as u64, len: (len - self.registered) as u64 },
+            mode: uffd::REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: `Register` is the `uffdio_register` this request reads and writes.
+        unsafe { ioctl(&self.uffd, Updater::<{ uffd::REGISTER_OP }, _>::new(&mut register)) }?;
+        self.registered = len;
+        Ok(())
+    }
+
+    /// The pages of `memory` (the one the tracker was made for, perhaps grown since)
+    /// that are mapped and not protected (written since they were), ascending. A
+    /// page not mapped holds what the memory held there: it was never touched.
+    pub fn written(&mut self, memory: &[u8]) -> io::Result<Vec<u32>> {
+        use rustix::ioctl::{ioctl, Updater};
+        if memory.as_ptr() as usize != self.base {
+            return Err(io::Error::other("a write tracker is for one memory"));
+        }
+        self.register(memory.len())?;
+        let pagemap = pagemap()?;
+        let end = (self.base + memory.len()) as u64;
+        let mut regions = [uffd::Region::default(); 64];
+        let mut written = Vec::new();
+        let mut start = self.base as u64;
+        while start < end {
+            regions.fill(uffd::Region::default());
+            let mut scan = uffd::ScanArg {
+                size: std::mem::size_of::<uffd::ScanArg>() as u64,
+                flags: 0,
+                start,
+                end,
+                walk_end: 0,
+                vec: regions.as_mut_ptr() as u64,
+                vec_len: regions.len() as u64,
+                max_pages: 0,
+                category_inverted: 0,
+                category_mask: uffd::PAGE_IS_WRITTEN,
+                category_anyof_mask: uffd::PAGE_IS_PRESENT | uffd::PAGE_IS_SWAPPED,
+                return_mask: uffd::PAGE_IS_WRITTEN,
+            };
+            // SAFETY: `ScanArg` is the `pm_scan_arg` this request takes, its `vec` the
+            // `regions` array, alive and of `vec_len` entries, that the kernel fills.
+            unsafe { ioctl(pagemap, Updater::<{ uffd::SCAN_OP }, _>::new(&mut scan)) }?;
+            for region in regions.iter().take_while(|region| region.end != 0) {
+                let first = (region.start as usize - self.base) / PAGE;
+                let last = (region.end as usize - self.base) / PAGE;
+                written.extend((first..last).map(|page| page as u32));
+            }
+            if scan.walk_end <= start {
+                return Err(io::Error::other("the page scan made no progress"));
+            }
+            start = scan.walk_end;
+        }
+        Ok(written)
+    }
 }
 
 /// Makes the linear memories of the session engine: a reservation of the size and
@@ -602,6 +894,70 @@ mod tests {
         assert_eq!(memory[6 * PAGE], 0);
         assert!(written_pages(memory).unwrap().is_empty());
         assert_eq!((memory[41 * PAGE], memory[50 * PAGE]), (0, 0));
+    }
+
+    #[test]
+    fn a_kept_memory_lists_the_pages_written_since_they_were_protected() {
+        let mut bytes = vec![1u8; 16 * PAGE];
+        bytes[3 * PAGE] = 3;
+        let pristine = Arc::new(Pristine::new(bytes).unwrap());
+        let page = vec![7u8; PAGE];
+        let file = MemoryFile::create(pristine, 32 * PAGE as u64, [(5, &page[..]), (20, &page[..])]).unwrap();
+        let mut memories = reservation(&file);
+        let memory = bytes_of(&mut memories);
+        // Some pages read and some written before tracking starts.
+        assert_eq!((memory[3 * PAGE], memory[5 * PAGE], memory[20 * PAGE], memory[30 * PAGE]), (3, 7, 7, 0));
+        memory[4 * PAGE] = 4;
+        memory[40 * PAGE] = 4;
+        let mut tracker = match WriteTracker::new(memory) {
+            Ok(tracker) => tracker,
+            Err(error) => panic!("userfaultfd's asynchronous write-protection is refused here: {error}"),
+        };
+        let unprotected = tracker.written(memory).unwrap();
+        // Every page mapped, until protected: those touched, and the fresh memory's
+        // the kernel mapped around them.
+        for page in [3, 4, 5, 20, 30, 40] {
+            assert!(unprotected.contains(&page), "page {page} in {unprotected:?}");
+        }
+        assert!(unprotected.iter().all(|&page| page < 16 || [20, 30, 40].contains(&page)), "{unprotected:?}");
+        tracker.protect(None).unwrap();
+        assert_eq!(tracker.written(memory).unwrap(), Vec::<u32>::new(), "nothing written since");
+        // Written: pages read before (pristine, own, past the file), one written
+        // before, and two never touched (in the file's range and past it).
+        memory[3 * PAGE + 1] = 1;
+        memory[5 * PAGE + 1] = 1;
+        memory[30 * PAGE] = 1;
+        memory[40 * PAGE + 2] = 2;
+        memory[9 * PAGE] = 9;
+        memory[50 * PAGE] = 5;
+        // Only read again: a page mapped before tracking started.
+        assert_eq!(memory[20 * PAGE], 7);
+        let written = tracker.written(memory).unwrap();
+        for page in [3, 5, 9, 30, 40, 50] {
+            assert!(written.contains(&page), "page {page} in {written:?}");
+        }
+        assert!(!written.contains(&20) && !written.contains(&4), "{written:?}");
+        assert_eq!(tracker.written(memory).unwrap(), written, "listed until protected");
+        tracker.protect(Some(&written)).unwrap();
+        assert_eq!(tracker.written(memory).unwrap(), Vec::<u32>::new(), "protected again");
+        // A page written again is listed again; a page first read is listed too.
+        memory[5 * PAGE + 2] = 2;
+        assert_eq!(memory[60 * PAGE], 0);
+        let written = tracker.written(memory).unwrap();
+        assert!(written.contains(&5), "{written:?}");
+        assert!(written.iter().all(|&page| page == 5 || page == 60), "{written:?}");
+        tracker.protect(Some(&written)).unwrap();
+        // The memory grows: what is written in the new part is listed.
+        memories.grow_to(80 * PAGE).unwrap();
+        // SAFETY: 80 pages now, readable and writable, borrowed with the memory.
+        let memory = unsafe { std::slice::from_raw_parts_mut(memories.as_ptr(), 80 * PAGE) };
+        memory[70 * PAGE] = 7;
+        memory[3 * PAGE + 2] = 2;
+        let written = tracker.written(memory).unwrap();
+        assert_eq!(written, [3, 70]);
+        tracker.protect(Some(&written)).unwrap();
+        assert_eq!(tracker.written(memory).unwrap(), Vec::<u32>::new());
+        drop(tracker);
     }
 
     #[test]

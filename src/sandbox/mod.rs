@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use wasmtime::{InstancePre, Store, Trap, UpdateDeadline};
+use wasmtime::{InstancePre, Module, Store, Trap, UpdateDeadline};
 
 pub use console::{LineSender, LogLevel, LogLine, LINE_BUFFER, LINE_COST, TRUNCATED};
 pub use door::{Call, Counter, Door, Doors, Hold, Pending, Started};
@@ -276,6 +276,61 @@ pub struct Sandbox {
 struct SessionGuest {
     guest: Arc<Guest>,
     pristine: Arc<mapped::Pristine>,
+    /// Whether its instances may be kept between a session's executions ([`Warm`]):
+    /// its one mutable global is its stack pointer, which a call that returned left
+    /// as it found it, so a kept instance is in the state a fresh one over the
+    /// session's memory would be.
+    keeps_instances: bool,
+}
+
+/// A session's instance kept on its replica after an execution that succeeded, its
+/// memory still mapped and resident, with the session's [`MemoryFile`]: the
+/// session's next execution here runs in it instead of mapping the file into a fresh
+/// instance, and the kernel says which pages it wrote ([`mapped::WriteTracker`]).
+/// Mapping, faulting the pages in and unmapping them again (with a TLB flush that
+/// interrupts every other core) were most of what an execution in a session cost
+/// over a fresh one. The instance is only kept once its pages are in the store (see
+/// [`MemoryFile::apply`]); any other end drops it.
+pub(crate) struct Warm {
+    tracker: Tracking,
+    store: Store<HostState>,
+    instance: wasmtime::Instance,
+    memory: wasmtime::Memory,
+    module: Module,
+}
+
+/// A kept instance's [`mapped::WriteTracker`].
+enum Tracking {
+    Ready(mapped::WriteTracker),
+    /// While it protects the pages the last execution wrote.
+    Protecting(tokio::task::JoinHandle<mapped::WriteTracker>),
+}
+
+/// Pages a kept memory lists as written past which they are protected again after
+/// the execution. Up to this many stay unprotected, and are listed and compared
+/// after every execution (under a microsecond a page) until they pass it together:
+/// a steady session rewrites most of the same pages each time (about 40 for a small
+/// JavaScript session), and protecting them would cost a TLB flush on every core
+/// for pages written again at once.
+const PROTECT_PAST: usize = 64;
+
+impl Warm {
+    /// The instance, once its tracker has protected the pages the last execution
+    /// wrote (on a thread of its own, which ends before the memory is used); `None`
+    /// if that thread failed.
+    async fn ready(self) -> Option<(mapped::WriteTracker, Store<HostState>, wasmtime::Instance, wasmtime::Memory)> {
+        let tracker = match self.tracker {
+            Tracking::Ready(tracker) => tracker,
+            Tracking::Protecting(protecting) => protecting.await.ok()?,
+        };
+        Some((tracker, self.store, self.instance, self.memory))
+    }
+}
+
+impl std::fmt::Debug for Warm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warm").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -369,8 +424,10 @@ impl Sandbox {
                     tokio::task::spawn_blocking(move || {
                         let wasm = if python { engine::PYTHON_WASM } else { engine::GUEST_WASM };
                         let (stripped, pristine) = mapped::without_active_data(wasm)?;
+                        let keeps_instances = mapped::mutable_globals(&stripped)? <= 1;
                         let guest = engines.load(stripped.into(), compiler, cache, &background)?;
-                        Ok(SessionGuest { guest, pristine: Arc::new(mapped::Pristine::new(pristine)?) })
+                        let pristine = Arc::new(mapped::Pristine::new(pristine)?);
+                        Ok(SessionGuest { guest, pristine, keeps_instances })
                     })
                     .await?
                 }
@@ -424,9 +481,9 @@ impl Sandbox {
             return Err(Rejected::TooLarge { size: job.code.len(), limit: job.limits.code_bytes });
         }
         let cpu = self.cpu_slot(cancel).await?;
-        let pre = match (job.language, &job.session) {
+        let (pre, keep) = match (job.language, &job.session) {
             (language, Some(_)) => match self.session_guest(language).await {
-                Ok(session) => session.guest.pre(),
+                Ok(session) => (session.guest.pre(), session.keeps_instances),
                 Err(error) => {
                     cpu.release();
                     tracing::error!(%error, "cannot load the session guest");
@@ -434,17 +491,17 @@ impl Sandbox {
                 }
             },
             (Language::Python, None) => match self.python().await {
-                Ok(guest) => guest.pre(),
+                Ok(guest) => (guest.pre(), false),
                 Err(error) => {
                     cpu.release();
                     tracing::error!(%error, "cannot load the Python guest");
                     return Err(Rejected::Internal(format!("the Python guest cannot be loaded: {error}")));
                 }
             },
-            (Language::Javascript | Language::Typescript, None) => self.javascript.pre(),
+            (Language::Javascript | Language::Typescript, None) => (self.javascript.pre(), false),
         };
         let execution_id = job.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string().into());
-        let outcome = self.run(&pre, job, lines, cpu.clone(), execution_id, cancel, None).await;
+        let outcome = self.run(&pre, keep, job, lines, cpu.clone(), execution_id, cancel, None).await;
         cpu.release();
         drop(admission);
         tracing::debug!(
@@ -499,7 +556,7 @@ impl Sandbox {
             started_at_ms: paused.started_at_ms,
             memory: Arc::new(memory),
         };
-        let outcome = self.run(&pre, job, lines, cpu.clone(), id, cancel, Some(resumed)).await;
+        let outcome = self.run(&pre, false, job, lines, cpu.clone(), id, cancel, Some(resumed)).await;
         cpu.release();
         drop(admission);
         Ok(outcome)
@@ -522,6 +579,7 @@ impl Sandbox {
     async fn run(
         &self,
         pre: &InstancePre<HostState>,
+        keep: bool,
         job: Job,
         lines: Option<LineSender>,
         cpu: CpuSlot,
@@ -573,7 +631,29 @@ impl Sandbox {
             entry = "resume";
         }
         let (fuel_before, wall_before) = before.map_or((0, 0), |(fuel, wall, _)| (fuel, wall));
-        let mut store = Store::new(pre.module().engine(), state);
+        // The instance the session's last execution here ran in, when it was kept and
+        // is of this guest's code (not Winch's, once Cranelift's has replaced it), and
+        // its memory is within this execution's limit (else a fresh instance refuses
+        // the growth, as it would have).
+        let warm = match (&mapped, entry) {
+            (Some(file), "run") => file.take_kept().filter(|warm| {
+                Module::same(&warm.module, pre.module()) && warm.memory.data_size(&warm.store) <= state.limiter.max
+            }),
+            _ => None,
+        };
+        let warm = match warm {
+            Some(warm) => warm.ready().await,
+            None => None,
+        };
+        let (mut store, mut tracker, warm) = match warm {
+            Some((tracker, mut store, instance, memory)) => {
+                let size = memory.data_size(&store);
+                *store.data_mut() = state;
+                store.data_mut().limiter.peak = size;
+                (store, Some(tracker), Some((instance, memory)))
+            }
+            None => (Store::new(pre.module().engine(), state), None, None),
+        };
         store.limiter(|state| &mut state.limiter);
         // Fuel can be set only when the engine consumes fuel, which ours always does.
         let _ = store.set_fuel(store.data().fuel_granted);
@@ -592,6 +672,11 @@ impl Sandbox {
 
         let session = job.session;
         let run = async {
+            if let Some((instance, memory)) = warm {
+                let entry = instance.get_typed_func::<(), ()>(&mut store, entry)?;
+                entry.call_async(&mut store, ()).await?;
+                return Ok::<_, wasmtime::Error>((instance, memory));
+            }
             let instance = pre.instantiate_async(&mut store).await?;
             let memory = instance
                 .get_memory(&mut store, "memory")
@@ -611,7 +696,7 @@ impl Sandbox {
             }
             let entry = instance.get_typed_func::<(), ()>(&mut store, entry)?;
             entry.call_async(&mut store, ()).await?;
-            Ok::<_, wasmtime::Error>(memory)
+            Ok::<_, wasmtime::Error>((instance, memory))
         };
         // Dropping the guest's future stops it where it is; the store stays readable.
         let result = tokio::select! {
@@ -622,7 +707,8 @@ impl Sandbox {
 
         let fuel_left = store.get_fuel().unwrap_or(0);
         // The guest returned without an outcome, waiting on held calls: a pause.
-        if let (Some(Ok(Ok(memory))), None, false) = (&result, &store.data().outcome, store.data().held.is_empty()) {
+        if let (Some(Ok(Ok((_, memory)))), None, false) = (&result, &store.data().outcome, store.data().held.is_empty())
+        {
             let data = memory.data(&store);
             let pristine = match self.session_guest(job.language).await {
                 Ok(guest) => guest.pristine.clone(),
@@ -692,19 +778,40 @@ impl Sandbox {
                 "the execution was cancelled: its caller went away or the server is shutting down",
             )),
             Some(Err(_elapsed)) => Some(timeout_error(limits.wall_ms)),
-            Some(Ok(Ok(memory))) => match state.outcome.take() {
+            Some(Ok(Ok((instance, memory)))) => match state.outcome.take() {
                 Some(GuestOutcome::Value(value)) => {
                     let mut usage = usage(state);
                     let mut written = None;
                     let mut error = None;
+                    // The pages to protect before the next execution (all, for a new
+                    // tracker).
+                    let mut protect = None;
                     if let Some(file) = &session {
                         let data = memory.data(&store);
-                        match changed_pages(file, data, limits.fuel.saturating_sub(usage.fuel)) {
+                        let fuel_left = limits.fuel.saturating_sub(usage.fuel);
+                        // A kept memory's pages are its own copies already: only the
+                        // tracker (or comparing every page) can say which it wrote.
+                        let scanned = tracker.as_mut().map(|tracker| tracker.written(data));
+                        let found = match scanned {
+                            Some(Ok(pages)) => {
+                                protect = Some(pages.clone());
+                                Ok((pages, Compared { fuel: 0, wall_ms: 0 }))
+                            }
+                            Some(Err(_)) => {
+                                tracker = None;
+                                compared_pages(file, data, fuel_left)
+                            }
+                            None => changed_pages(file, data, fuel_left),
+                        };
+                        match found {
                             Ok((pages, compared)) => {
                                 file.written(&pages);
                                 usage.fuel += compared.fuel;
                                 usage.wall_ms += compared.wall_ms;
                                 written = Some(MemoryImage::from_pages(data, &pages));
+                                if tracker.is_none() && keep {
+                                    tracker = mapped::WriteTracker::new(data).ok();
+                                }
                             }
                             Err(failed) => error = Some(failed),
                         }
@@ -715,6 +822,37 @@ impl Sandbox {
                     }
                     let mut outcome = finish(state, Some(value), None, usage, started_at_ms, execution_id);
                     outcome.session_image = written;
+                    if let (Some(file), Some(tracker)) = (&session, tracker) {
+                        // The execution's state goes now (its doors, its console's
+                        // stream); the instance stays with the memory.
+                        *store.data_mut() = HostState::new(HostSetup {
+                            limits,
+                            code: String::new(),
+                            input: String::new(),
+                            language: job.language,
+                            preparing: None,
+                            lines: None,
+                            doors: Doors::default(),
+                            execution_id: Arc::from(""),
+                            cpu: CpuSlot::new(self.cpu.clone()),
+                            session: true,
+                            trace: TraceContext::default(),
+                        });
+                        let tracker = match protect {
+                            Some(pages) if pages.len() <= PROTECT_PAST => Tracking::Ready(tracker),
+                            // Protecting pages flushes them from every core's TLB: done
+                            // on a thread of its own, off the response's path.
+                            protect => Tracking::Protecting(tokio::task::spawn_blocking(move || {
+                                if let Err(error) = tracker.protect(protect.as_deref()) {
+                                    // Pages left unprotected are listed again next
+                                    // time: compared, never missed.
+                                    tracing::debug!(%error, "cannot protect a kept session memory's pages");
+                                }
+                                tracker
+                            })),
+                        };
+                        file.keep(Warm { tracker, store, instance, memory, module: pre.module().clone() });
+                    }
                     return outcome;
                 }
                 Some(GuestOutcome::Failed(error)) => Some(error),
@@ -747,6 +885,12 @@ fn changed_pages(file: &MemoryFile, data: &[u8], fuel_left: u64) -> Result<(Vec<
     if let Ok(written) = mapped::written_pages(data) {
         return Ok((written, Compared { fuel: 0, wall_ms: 0 }));
     }
+    compared_pages(file, data, fuel_left)
+}
+
+/// The pages of a session's memory `data` that differ from what `file` holds, found
+/// by comparing every page, charged as [`changed_pages`] says.
+fn compared_pages(file: &MemoryFile, data: &[u8], fuel_left: u64) -> Result<(Vec<u32>, Compared), ExecError> {
     let pages = (data.len() / 4096) as u64;
     let fuel = pages.saturating_mul(FUEL_PER_COMPARED_PAGE);
     if fuel > fuel_left {

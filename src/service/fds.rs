@@ -4,7 +4,8 @@
 //! Besides its connections, the process holds descriptors for the store, upstream
 //! servers and the compile cache ([`BASE`]), for each execution in flight (a session's
 //! memory file, its workspace's scratch directory, a mount: [`PER_EXECUTION`]), and for
-//! each session memory kept between executions (one memory file). All of it is counted
+//! each session memory kept between executions (one memory file, and a userfaultfd
+//! for one that keeps its instance: the cache counts both). All of it is counted
 //! here, at start, against the open-file limit (its soft value raised to the hard
 //! one): the kept memories are capped to fit, admission is lowered if the limit cannot
 //! hold `sandbox.max_concurrent` executions, and connections get what is left. So

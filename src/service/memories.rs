@@ -12,6 +12,12 @@
 //! The files are held up to [`MemoryCache::BUDGET`] bytes, least recently used
 //! leaving first, and for [`MemoryCache::IDLE`] at most: an idle session costs
 //! nothing here once it has been pushed out or that time has passed.
+//!
+//! The most recently used files also keep the instance their last execution ran in,
+//! its memory still mapped (see `sandbox::Warm`): at most
+//! [`MemoryCache::MAX_INSTANCES`] of them, for [`MemoryCache::INSTANCE_IDLE`] at
+//! most, since each holds its memory's pages resident (about 0.6 MiB for a small
+//! session) and a file descriptor.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -86,6 +92,8 @@ struct Inner {
     entries: HashMap<String, Entry>,
     bytes: u64,
     clock: u64,
+    /// Entries whose file keeps an instance.
+    instances: usize,
 }
 
 #[derive(Debug)]
@@ -97,6 +105,8 @@ struct Entry {
     bytes: u64,
     used: u64,
     kept_at: Instant,
+    /// Its file keeps an instance.
+    instance: bool,
 }
 
 impl MemoryCache {
@@ -104,6 +114,10 @@ impl MemoryCache {
     pub const BUDGET: u64 = 256 << 20;
     /// How long a memory is kept unused.
     pub const IDLE: Duration = Duration::from_secs(300);
+    /// Instances kept with the files at most.
+    pub const MAX_INSTANCES: usize = 16;
+    /// How long an instance is kept unused.
+    pub const INSTANCE_IDLE: Duration = Duration::from_secs(30);
 
     /// A cache of at most `budget` bytes.
     pub fn with_budget(budget: u64) -> Self {
@@ -119,45 +133,67 @@ impl MemoryCache {
     /// `executions` executions; a stale one is dropped.
     pub fn take(&self, id: &str, executions: u64) -> Option<SessionMemory> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = inner.entries.remove(id)?;
-        inner.bytes -= entry.bytes;
+        let entry = inner.remove(id)?;
         inner.report();
         (entry.executions == executions).then_some(entry.memory)
     }
 
     /// Keeps `memory` as session `id`'s state after `executions` executions, making
-    /// room by dropping the least recently used.
+    /// room by dropping the least recently used. Each memory holds a descriptor, and
+    /// one whose file keeps an instance a second: together within the cache's
+    /// entries.
     pub fn put(&self, id: &str, executions: u64, memory: SessionMemory) {
         let size = memory.file.held_bytes();
         if size > self.budget {
             return;
         }
+        let mut instance = memory.file.settle_instance();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = inner.entries.remove(id) {
-            inner.bytes -= old.bytes;
-        }
-        while inner.bytes + size > self.budget || inner.entries.len() >= self.max_entries {
+        inner.remove(id);
+        while inner.bytes + size > self.budget
+            || inner.entries.len() + inner.instances + 1 + usize::from(instance) > self.max_entries
+        {
             let Some(oldest) = inner.entries.iter().min_by_key(|(_, e)| e.used).map(|(id, _)| id.clone()) else {
                 break;
             };
-            if let Some(gone) = inner.entries.remove(&oldest) {
-                inner.bytes -= gone.bytes;
-            }
+            inner.remove(&oldest);
+        }
+        if instance && 2 > self.max_entries {
+            memory.file.drop_instance();
+            instance = false;
+        }
+        // Past the most instances kept, the least recently used others' go.
+        while instance && inner.instances >= Self::MAX_INSTANCES {
+            let oldest = inner.entries.values_mut().filter(|entry| entry.instance).min_by_key(|entry| entry.used);
+            let Some(oldest) = oldest else { break };
+            oldest.memory.file.drop_instance();
+            oldest.instance = false;
+            inner.instances -= 1;
         }
         inner.clock += 1;
         let used = inner.clock;
         inner.bytes += size;
-        inner.entries.insert(id.to_string(), Entry { executions, memory, bytes: size, used, kept_at: Instant::now() });
+        inner.instances += usize::from(instance);
+        let entry = Entry { executions, memory, bytes: size, used, kept_at: Instant::now(), instance };
+        inner.entries.insert(id.to_string(), entry);
         inner.report();
     }
 
-    /// Drops the memories unused for [`MemoryCache::IDLE`] at `now`.
+    /// Drops the memories unused for [`MemoryCache::IDLE`] at `now`, and the
+    /// instances unused for [`MemoryCache::INSTANCE_IDLE`].
     pub fn sweep(&self, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let before = inner.entries.len();
+        let before = (inner.entries.len(), inner.instances);
         inner.entries.retain(|_, entry| now.duration_since(entry.kept_at) < Self::IDLE);
-        if inner.entries.len() != before {
-            inner.bytes = inner.entries.values().map(|entry| entry.bytes).sum();
+        for entry in inner.entries.values_mut() {
+            if entry.instance && now.duration_since(entry.kept_at) >= Self::INSTANCE_IDLE {
+                entry.memory.file.drop_instance();
+                entry.instance = false;
+            }
+        }
+        inner.bytes = inner.entries.values().map(|entry| entry.bytes).sum();
+        inner.instances = inner.entries.values().filter(|entry| entry.instance).count();
+        if (inner.entries.len(), inner.instances) != before {
             inner.report();
         }
     }
@@ -165,18 +201,25 @@ impl MemoryCache {
     /// Forgets session `id`'s memory (the session ended).
     pub fn forget(&self, id: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(gone) = inner.entries.remove(id) {
-            inner.bytes -= gone.bytes;
-        }
+        inner.remove(id);
         inner.report();
     }
 }
 
 impl Inner {
+    /// Takes session `id`'s entry out, with what it counted.
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        self.bytes -= entry.bytes;
+        self.instances -= usize::from(entry.instance);
+        Some(entry)
+    }
+
     /// `sandgate_session_memories_bytes` and `sandgate_session_memories`.
     fn report(&self) {
         metrics::gauge!("sandgate_session_memories_bytes").set(self.bytes as f64);
         metrics::gauge!("sandgate_session_memories").set(self.entries.len() as f64);
+        metrics::gauge!("sandgate_session_instances").set(self.instances as f64);
     }
 }
 

@@ -4,7 +4,8 @@
 //! [`crate::sandbox::mapped`]). An execution in a session takes a lease on it (a
 //! second one meanwhile gets 409, on any replica), starts from its memory (kept on
 //! this replica since the session's last execution here, if none ran elsewhere
-//! since: [`super::memories`]), and gives the lease back with the pages it wrote when
+//! since: [`super::memories`], with the instance the last execution ran in when it
+//! was kept), and gives the lease back with the pages it wrote when
 //! it succeeded, or with none when it failed: a failed execution (exception, syntax,
 //! any limit) leaves the session as it was before it. An idle session holds no
 //! instance and no CPU, only its bytes in the store, so it survives a restart and

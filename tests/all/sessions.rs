@@ -53,7 +53,12 @@ fn job(code: &str, language: Language, session: Option<&Session>) -> Job {
 }
 
 async fn run(code: &str, session: Option<&Session>) -> Outcome {
-    sandbox().execute(job(code, Language::Javascript, session), None).await.expect("the execution runs")
+    run_in(Language::Javascript, code, session).await
+}
+
+fn run_in(language: Language, code: &str, session: Option<&Session>) -> impl std::future::Future<Output = Outcome> {
+    let job = job(code, language, session);
+    async move { sandbox().execute(job, None).await.expect("the execution runs") }
 }
 
 fn result(outcome: &Outcome) -> String {
@@ -72,7 +77,11 @@ fn keep(session: &mut Session, outcome: Outcome) {
 
 /// Runs `code` in `session` and moves the session on.
 async fn step(code: &str, session: &mut Session) -> String {
-    let outcome = run(code, Some(session)).await;
+    step_in(Language::Javascript, code, session).await
+}
+
+async fn step_in(language: Language, code: &str, session: &mut Session) -> String {
+    let outcome = run_in(language, code, Some(session)).await;
     let value = result(&outcome);
     keep(session, outcome);
     value
@@ -137,6 +146,59 @@ async fn a_session_is_made_again_from_its_pages_and_grows_with_the_heap() {
     let mut session = session.reopened(Language::Javascript).await;
     assert_eq!(step("big.length + greeting.length", &mut session).await, "2097157");
     println!("session state: {small} bytes after a string, {large} with 2 MiB more");
+}
+
+/// After an execution whose pages were kept, the session's instance stays with its
+/// memory and runs the next execution; the kernel says which pages each one wrote.
+/// Whatever runs in it, the pages kept make the session again exactly.
+#[tokio::test]
+async fn an_instance_kept_between_executions_carries_exactly_the_sessions_state() {
+    for language in [Language::Javascript, Language::Python] {
+        let (declare, step_code, grow, read, lose, fail) = match language {
+            Language::Python => (
+                "n = 0\nlog = []",
+                "n += 1\nlog.append(n * 7)\nn",
+                "big = 'xy' * (3 << 20)\nn += 1\nlog.append(len(big))\nn",
+                "[n, log, len(big)]",
+                "n = 1000\nlog.clear()\nn",
+                "n = 5\nraise ValueError('no')",
+            ),
+            _ => (
+                "var log = []; let n = 0",
+                "n += 1; log.push(n * 7); n",
+                "globalThis.big = 'xy'.repeat(3 << 20); n += 1; log.push(big.length); n",
+                "[n, log, big.length]",
+                "n = 1000; log.length = 0; n",
+                "n = 5; throw new Error('no')",
+            ),
+        };
+        let mut session = Session::new(language).await;
+        step_in(language, declare, &mut session).await;
+        assert!(session.memory.settle_instance(), "{language:?}: the instance stays once its pages are kept");
+        for i in 1..=12 {
+            // The seventh grows the memory while it runs in the kept instance.
+            let code = if i == 7 { grow } else { step_code };
+            assert_eq!(step_in(language, code, &mut session).await, i.to_string(), "{language:?}");
+            assert!(session.memory.settle_instance(), "{language:?}: step {i} ran in the kept instance");
+        }
+        let expected = step_in(language, read, &mut session).await;
+        assert!(expected.starts_with("[12,[7,14,"), "{language:?}: {expected}");
+        // An execution whose pages never go back (the store did not take them): the
+        // next one starts from before it, not from the instance it ran in.
+        assert_eq!(result(&run_in(language, lose, Some(&session)).await), "1000");
+        assert!(!session.memory.settle_instance(), "{language:?}: an instance ahead of the session is dropped");
+        assert_eq!(step_in(language, read, &mut session).await, expected, "{language:?}");
+        // A failed execution drops the instance it ran in, and changes nothing.
+        assert!(session.memory.settle_instance());
+        assert!(!run_in(language, fail, Some(&session)).await.ok);
+        assert!(!session.memory.settle_instance(), "{language:?}");
+        assert_eq!(step_in(language, read, &mut session).await, expected, "{language:?}");
+        // Made again from its kept pages alone, the session reads the same.
+        let mut again = session.reopened(language).await;
+        assert_eq!(step_in(language, read, &mut again).await, expected, "{language:?}");
+        assert_eq!(step_in(language, step_code, &mut session).await, "13", "{language:?}");
+        assert_eq!(step_in(language, step_code, &mut again).await, "13", "{language:?}");
+    }
 }
 
 #[tokio::test]
@@ -406,4 +468,48 @@ async fn a_session_moves_between_replicas_with_its_latest_state() {
     assert_eq!(body["result"], 7, "{body}");
     let (_, body) = execute(&replicas[0].base, &alice, &id, "[n, rows.length]").await;
     assert_eq!(body["result"], json!([7, 6]), "{body}");
+}
+
+/// A replica keeps the instances of its 16 most recently used sessions at most,
+/// alongside their memories (`/metrics` counts both), and each still carries its
+/// session on.
+#[tokio::test]
+async fn a_replica_keeps_a_bounded_number_of_instances() {
+    use crate::binary::Running;
+    use crate::harness::call;
+    use reqwest::Method;
+    let dir = crate::binary::sessions_dir("kept-instances");
+    std::fs::write(
+        dir.join("policies/all.toml"),
+        "[[policy]]\nname = \"all\"\nprincipals = [\"*\"]\n[policy.limits]\n[policy.sessions]\nmax = 32\n",
+    )
+    .unwrap();
+    let config = dir.join("sandgate.toml");
+    let server = Running::serve(&["--config", config.to_str().unwrap()]);
+    let base = server.base.clone();
+    let gauge = |text: &str, name: &str| -> f64 {
+        let line = text.lines().find(|line| line.split_whitespace().next() == Some(name));
+        line.and_then(|line| line.split_whitespace().nth(1)).and_then(|value| value.parse().ok()).unwrap_or(-1.0)
+    };
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let (status, opened) = call(Method::POST, format!("{base}/v1/sessions"), "", Some(json!({}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{opened}");
+        let id = opened["session_id"].as_str().unwrap().to_string();
+        for code in [format!("let n = {i}"), "n += 100; n".to_string()] {
+            let body = json!({"session_id": id, "code": code});
+            let (status, ran) = call(Method::POST, format!("{base}/v1/execute"), "", Some(body)).await;
+            assert_eq!((status, ran["ok"].clone()), (StatusCode::OK, json!(true)), "{ran}");
+        }
+        ids.push(id);
+    }
+    let metrics = crate::harness::client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(gauge(&metrics, "sandgate_session_memories"), 20.0, "{metrics}");
+    assert_eq!(gauge(&metrics, "sandgate_session_instances"), 16.0, "{metrics}");
+    // Every session goes on from its own state, kept instance or not.
+    for (i, id) in ids.iter().enumerate() {
+        let body = json!({"session_id": id, "code": "n"});
+        let (_, ran) = call(Method::POST, format!("{base}/v1/execute"), "", Some(body)).await;
+        assert_eq!(ran["result"], json!(i + 100), "{ran}");
+    }
 }
