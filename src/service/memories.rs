@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::sandbox::mapped::PageSet;
 use crate::sandbox::{MemoryFile, MemoryImage};
-use crate::store::{StoredMemory, PAGE};
+use crate::store::{patch, StoredMemory, PAGE};
 
 /// A session's memory: the file executions map, and which pages the store keeps.
 #[derive(Debug)]
@@ -57,9 +57,27 @@ impl SessionMemory {
         (self.kept.len() + new) * PAGE as u64
     }
 
-    /// Leaves out of `written` the pages that hold what the memory holds there already.
-    pub fn drop_unchanged(&self, written: &mut MemoryImage) {
-        written.retain(|page, bytes| !self.file.holds(page, bytes).unwrap_or(false));
+    /// Leaves out of `written` the pages that hold what the memory holds there
+    /// already, and returns what the store is to write of the rest: the pages it
+    /// keeps already and whose changes are small go as a patch ([`patch`]), the others
+    /// whole.
+    pub fn changes(&self, written: &mut MemoryImage) -> Changes {
+        let mut changes = Changes::default();
+        let mut now = [0u8; PAGE];
+        written.retain(|page, bytes| {
+            // A page that cannot be read is written whole.
+            if !self.file.read_page(page, &mut now).unwrap_or(false) {
+                return true;
+            }
+            if now[..] == *bytes {
+                return false;
+            }
+            if self.kept.contains(page as usize) && patch::diff(page, &now, bytes, &mut changes.patch) {
+                changes.patched.insert(page as usize);
+            }
+            true
+        });
+        changes
     }
 
     /// Writes `written` (which the store now keeps) into the file.
@@ -69,6 +87,23 @@ impl SessionMemory {
             self.kept.insert(page as usize);
         }
         Ok(())
+    }
+}
+
+/// What an execution changed in a session's memory, as the store writes it: the
+/// written pages not in `patched`, whole, and `patch`.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    /// The changed runs of pages the store keeps already.
+    pub patch: Vec<u8>,
+    /// The pages `patch` covers.
+    patched: PageSet,
+}
+
+impl Changes {
+    /// Whether `page` goes in the patch (else it is written whole).
+    pub fn patched(&self, page: u32) -> bool {
+        self.patched.contains(page as usize)
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::memories::{MemoryCache, SessionMemory};
+use super::memories::{Changes, MemoryCache, SessionMemory};
 use super::shares::{principal_key, PrincipalKey, Slot, MAX_TRANSFERS};
 use super::{Service, ServiceError};
 use crate::auth::Principal;
@@ -130,11 +130,13 @@ impl SessionLease {
     ) -> Result<(), ServiceError> {
         let memory = self.memory.take();
         let mut written = outcome.session_image.take().filter(|_| outcome.ok);
-        // A page the execution wrote back as it was need not go to the store: about
-        // 60% of the pages a small session's execution writes.
-        if let (Some(pages), Some(memory)) = (&mut written, &memory) {
-            memory.drop_unchanged(pages);
-        }
+        // A page the execution wrote back as it was need not go to the store (about
+        // 60% of the pages a small session's execution writes), and of most others a
+        // few bytes changed, which go as a patch.
+        let changes = match (&mut written, &memory) {
+            (Some(pages), Some(memory)) => memory.changes(pages),
+            _ => Changes::default(),
+        };
         let kept = match (&written, &memory) {
             (Some(pages), Some(memory)) => Some(memory.kept_bytes_with(pages)),
             _ => None,
@@ -153,7 +155,8 @@ impl SessionLease {
         let ran_at_ms = now_ms();
         let mut write = written.as_ref().zip(kept).map(|(pages, bytes)| MemoryWrite {
             size: pages.size,
-            pages: pages.chunks().collect(),
+            pages: pages.chunks().filter(|(page, _)| !changes.patched(*page)).collect(),
+            patch: &changes.patch,
             bytes,
             cap: None,
         });

@@ -33,6 +33,7 @@
 mod activity;
 pub mod approvals;
 mod ledger;
+pub mod patch;
 pub mod postgres;
 pub mod sqlite;
 mod usage;
@@ -530,6 +531,8 @@ pub struct MemoryWrite<'a> {
     pub size: u64,
     /// Each page's index and its [`PAGE`] bytes.
     pub pages: Vec<(u32, &'a [u8])>,
+    /// The bytes changed in other pages the store keeps already ([`patch`]'s format).
+    pub patch: &'a [u8],
     /// Bytes of the session's kept pages once these are written (the caller knows
     /// which are new): what the byte caps count.
     pub bytes: u64,
@@ -567,6 +570,8 @@ pub struct KeptMemory {
     pub size: u64,
     /// Each page's index and its [`PAGE`] bytes.
     pub pages: Vec<(u32, Vec<u8>)>,
+    /// The bytes changed in other pages the store keeps already ([`patch`]'s format).
+    pub patch: Vec<u8>,
     /// Bytes of the session's kept pages once these are written.
     pub bytes: u64,
 }
@@ -575,7 +580,7 @@ impl KeptMemory {
     /// These pages as a return writes them, checked against `cap` when given.
     pub fn write(&self, cap: Option<MemoryCap>) -> MemoryWrite<'_> {
         let pages = self.pages.iter().map(|(page, bytes)| (*page, &bytes[..])).collect();
-        MemoryWrite { size: self.size, pages, bytes: self.bytes, cap }
+        MemoryWrite { size: self.size, pages, patch: &self.patch, bytes: self.bytes, cap }
     }
 }
 
@@ -583,7 +588,7 @@ impl From<&MemoryWrite<'_>> for KeptMemory {
     /// A copy of `write`'s pages, to outlive it (its cap is not kept).
     fn from(write: &MemoryWrite<'_>) -> Self {
         let pages = write.pages.iter().map(|(page, bytes)| (*page, bytes.to_vec())).collect();
-        Self { size: write.size, pages, bytes: write.bytes }
+        Self { size: write.size, pages, patch: write.patch.to_vec(), bytes: write.bytes }
     }
 }
 

@@ -41,6 +41,7 @@ use tokio_postgres::types::ToSql;
 
 use super::activity::{self, CallRow, CallStats, ExecutionDetail, ExecutionQuery, ModelCallRow, PulseRows};
 use super::approvals::{APPROVAL_COLUMNS, PAUSED_COLUMNS};
+use super::patch;
 use super::usage::{self, Dialect, UsageQuery, UsageRow};
 use super::{
     now_ms, ApprovalQuery, ApprovalRecord, ApprovalStatus, Balance, BudgetLine, ConsoleSession, Decided,
@@ -577,6 +578,20 @@ const MIGRATIONS: &[&str] = &[
             DELETE FROM budget_holds WHERE id = ANY(d_hold) AND nanos = 0 AND tokens = 0;
         END IF;
     END $$;
+    "#,
+    // 14: the bytes an execution changed in pages a session keeps, as one patch per
+    // execution (see `store::patch`); each page and patch carries the execution
+    // count of the return that wrote it.
+    r#"
+    ALTER TABLE session_pages ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE session_patches (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        seq BIGINT NOT NULL,
+        bytes BYTEA NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );
+    ALTER TABLE sessions ADD COLUMN patches BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN patch_bytes BIGINT NOT NULL DEFAULT 0;
     "#,
 ];
 
@@ -1120,8 +1135,53 @@ const RETURN: &str = "UPDATE sessions SET image_bytes = coalesce($3, image_bytes
         memory_size = coalesce($5, memory_size),
         used_at_ms = coalesce($4::BIGINT, used_at_ms),
         executions = executions + CASE WHEN $4::BIGINT IS NULL THEN 0 ELSE 1 END,
+        patches = patches + CASE WHEN $6::BIGINT > 0 THEN 1 ELSE 0 END, patch_bytes = patch_bytes + $6::BIGINT,
         lease = NULL, lease_until_ms = NULL
-     WHERE id = $1 AND lease = $2";
+     WHERE id = $1 AND lease = $2
+     RETURNING executions, patches, patch_bytes";
+
+/// Folds session `id`'s patches into its pages, as written by the return of `seq`
+/// (inside `tx`).
+async fn compact(tx: &deadpool_postgres::Transaction<'_>, id: &str, seq: i64) -> Result<(), StoreError> {
+    trip("session_patches");
+    let rows = tx
+        .query("DELETE FROM session_patches WHERE session_id = $1 RETURNING seq, bytes", &[&id])
+        .await
+        .map_err(err)?;
+    let mut patches: Vec<(i64, Vec<u8>)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    patches.sort_by_key(|(seq, _)| *seq);
+    let mut touched = Vec::new();
+    for (_, bytes) in &patches {
+        touched.extend(patch::pages(bytes)?.into_iter().map(|page| page as i32));
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    trip("session_pages");
+    let rows = tx
+        .query(
+            "SELECT page, seq, bytes FROM session_pages WHERE session_id = $1 AND page = ANY($2) ORDER BY page",
+            &[&id, &touched],
+        )
+        .await
+        .map_err(err)?;
+    let mut pages: Vec<patch::SeqPage> =
+        rows.iter().map(|row| (row.get::<_, i32>(0) as u32, row.get(1), row.get(2))).collect();
+    patch::apply(&mut pages, &patches)?;
+    let (indices, bytes): (Vec<i32>, Vec<&[u8]>) =
+        pages.iter().map(|(page, _, bytes)| (*page as i32, &bytes[..])).unzip();
+    trip("session_pages");
+    tx.execute(
+        "UPDATE session_pages p SET bytes = u.bytes, seq = $4
+         FROM unnest($2::INTEGER[], $3::BYTEA[]) AS u(page, bytes)
+         WHERE p.session_id = $1 AND p.page = u.page",
+        &[&id, &indices, &bytes, &seq],
+    )
+    .await
+    .map_err(err)?;
+    trip("sessions");
+    tx.execute("UPDATE sessions SET patches = 0, patch_bytes = 0 WHERE id = $1", &[&id]).await.map_err(err)?;
+    Ok(())
+}
 
 /// Gives session `id` back from `lease` inside `tx`, which the caller commits
 /// whatever the answer: see [`Store::return_session`].
@@ -1135,7 +1195,9 @@ async fn give_back(
 ) -> Result<Returned, StoreError> {
     let bytes = memory.map(|memory| to_i64(memory.bytes));
     let size = memory.map(|memory| to_i64(memory.size));
-    let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
+    let patch = memory.map_or(&[][..], |memory| memory.patch);
+    let patch_len = patch.len() as i64;
+    let params: [&(dyn ToSql + Sync); 6] = [&id, &lease, &bytes, &ran_at_ms, &size, &patch_len];
     let pages = memory.filter(|memory| !memory.pages.is_empty());
     let cap = memory.and_then(|memory| memory.cap.as_ref());
     if let (Some(cap), Some(bytes)) = (cap, bytes) {
@@ -1167,22 +1229,31 @@ async fn give_back(
         }
     }
     trip("sessions");
-    let returned = tx.execute(RETURN, &params).await.map_err(err)?;
-    if returned != 1 {
+    let Some(returned) = tx.query_opt(RETURN, &params).await.map_err(err)? else {
         return Ok(Returned::NotHeld);
-    }
+    };
+    let (seq, patches, patch_bytes): (i64, i64, i64) = (returned.get(0), returned.get(1), returned.get(2));
     if let Some(memory) = pages {
         let (pages, bytes): (Vec<i32>, Vec<&[u8]>) =
             memory.pages.iter().map(|(page, bytes)| (*page as i32, *bytes)).unzip();
         trip("session_pages");
         tx.execute(
-            "INSERT INTO session_pages (session_id, page, bytes)
-                 SELECT $1, * FROM unnest($2::INTEGER[], $3::BYTEA[])
-                 ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes",
-            &[&id, &pages, &bytes],
+            "INSERT INTO session_pages (session_id, page, bytes, seq)
+                 SELECT $1, page, bytes, $4 FROM unnest($2::INTEGER[], $3::BYTEA[]) AS u(page, bytes)
+                 ON CONFLICT (session_id, page) DO UPDATE SET bytes = excluded.bytes, seq = excluded.seq",
+            &[&id, &pages, &bytes, &seq],
         )
         .await
         .map_err(err)?;
+    }
+    if !patch.is_empty() {
+        trip("session_patches");
+        tx.execute("INSERT INTO session_patches (session_id, seq, bytes) VALUES ($1, $2, $3)", &[&id, &seq, &patch])
+            .await
+            .map_err(err)?;
+        if patches >= patch::COMPACT_COUNT || patch_bytes >= patch::COMPACT_BYTES {
+            compact(tx, id, seq).await?;
+        }
     }
     if !files.is_empty() {
         let put = tx
@@ -1794,11 +1865,19 @@ impl Store for PgStore {
                 .map_err(err)?
                 .map_or(0, |row| row.get::<_, i64>(0));
             let rows = tx
-                .query("SELECT page, bytes FROM session_pages WHERE session_id = $1 ORDER BY page", &[&id])
+                .query("SELECT page, seq, bytes FROM session_pages WHERE session_id = $1 ORDER BY page", &[&id])
+                .await
+                .map_err(err)?;
+            let patches = tx
+                .query("SELECT seq, bytes FROM session_patches WHERE session_id = $1 ORDER BY seq", &[&id])
                 .await
                 .map_err(err)?;
             tx.commit().await.map_err(err)?;
-            let pages = rows.iter().map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, Vec<u8>>(1))).collect();
+            let mut pages: Vec<patch::SeqPage> =
+                rows.iter().map(|row| (row.get::<_, i32>(0) as u32, row.get(1), row.get(2))).collect();
+            let patches: Vec<(i64, Vec<u8>)> = patches.iter().map(|row| (row.get(0), row.get(1))).collect();
+            patch::apply(&mut pages, &patches)?;
+            let pages = pages.into_iter().map(|(page, _, bytes)| (page, bytes)).collect();
             Ok(StoredMemory { size: size as u64, pages })
         }
         .boxed()
@@ -1815,11 +1894,12 @@ impl Store for PgStore {
         async move {
             let mut client = self.client().await?;
             let cap = memory.and_then(|memory| memory.cap.as_ref());
-            if files.is_empty() && memory.is_none_or(|memory| memory.pages.is_empty()) && cap.is_none() {
+            let unwritten = memory.is_none_or(|memory| memory.pages.is_empty() && memory.patch.is_empty());
+            if files.is_empty() && unwritten && cap.is_none() {
                 // The common case: one statement, no transaction around it.
                 let bytes = memory.map(|memory| to_i64(memory.bytes));
                 let size = memory.map(|memory| to_i64(memory.size));
-                let params: [&(dyn ToSql + Sync); 5] = [&id, &lease, &bytes, &ran_at_ms, &size];
+                let params: [&(dyn ToSql + Sync); 6] = [&id, &lease, &bytes, &ran_at_ms, &size, &0i64];
                 trip("sessions");
                 let returned = client.execute(RETURN, &params).await.map_err(err)?;
                 return Ok(if returned == 1 { Returned::Done } else { Returned::NotHeld });

@@ -402,6 +402,10 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                      ALTER TABLE model_calls DROP COLUMN agent_session;
                      DROP TABLE paused_executions;
                      DROP TABLE approvals;
+                     DROP TABLE session_patches;
+                     ALTER TABLE sessions DROP COLUMN patches;
+                     ALTER TABLE sessions DROP COLUMN patch_bytes;
+                     ALTER TABLE session_pages DROP COLUMN seq;
                      DROP INDEX api_keys_owner;
                      ALTER TABLE api_keys DROP COLUMN teams;
                      ALTER TABLE api_keys DROP COLUMN expires_at_ms;
@@ -434,6 +438,10 @@ async fn stored_workspace_files_become_chunks_on_upgrade() {
                          ALTER TABLE model_calls DROP COLUMN agent_session;
                          DROP TABLE paused_executions;
                          DROP TABLE approvals;
+                         DROP TABLE session_patches;
+                         ALTER TABLE sessions DROP COLUMN patches;
+                         ALTER TABLE sessions DROP COLUMN patch_bytes;
+                         ALTER TABLE session_pages DROP COLUMN seq;
                          DROP INDEX api_keys_owner;
                          ALTER TABLE api_keys DROP COLUMN teams;
                          ALTER TABLE api_keys DROP COLUMN expires_at_ms;
@@ -494,6 +502,9 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                      ALTER TABLE model_calls DROP COLUMN agent_session;
                      DROP TABLE paused_executions;
                      DROP TABLE approvals;
+                     DROP TABLE session_patches;
+                     ALTER TABLE sessions DROP COLUMN patches;
+                     ALTER TABLE sessions DROP COLUMN patch_bytes;
                      DROP INDEX api_keys_owner;
                      ALTER TABLE api_keys DROP COLUMN teams;
                      ALTER TABLE api_keys DROP COLUMN expires_at_ms;
@@ -524,6 +535,9 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
                          ALTER TABLE model_calls DROP COLUMN agent_session;
                          DROP TABLE paused_executions;
                          DROP TABLE approvals;
+                         DROP TABLE session_patches;
+                         ALTER TABLE sessions DROP COLUMN patches;
+                         ALTER TABLE sessions DROP COLUMN patch_bytes;
                          DROP INDEX api_keys_owner;
                          ALTER TABLE api_keys DROP COLUMN teams;
                          ALTER TABLE api_keys DROP COLUMN expires_at_ms;
@@ -550,8 +564,13 @@ async fn a_stored_session_image_becomes_pages_on_upgrade() {
             store::Lease::Taken { .. }
         ));
         let page = vec![9u8; store::PAGE];
-        let write =
-            store::MemoryWrite { size: 1 << 20, pages: vec![(7, &page[..])], bytes: 2 * store::PAGE as u64, cap: None };
+        let write = store::MemoryWrite {
+            size: 1 << 20,
+            pages: vec![(7, &page[..])],
+            patch: &[],
+            bytes: 2 * store::PAGE as u64,
+            cap: None,
+        };
         assert_eq!(
             store.return_session("old", "next", Some(&write), Some(now + 1), &[]).await.unwrap(),
             store::Returned::Done
@@ -707,8 +726,13 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_memory_pages() {
             "{backend:?}: nor in another team"
         );
         let (one, two, three) = (vec![1u8; store::PAGE], vec![2u8; store::PAGE], vec![3u8; store::PAGE]);
-        let first =
-            store::MemoryWrite { size: 1 << 20, pages: vec![(3, &one[..]), (9, &two[..])], bytes: 8192, cap: None };
+        let first = store::MemoryWrite {
+            size: 1 << 20,
+            pages: vec![(3, &one[..]), (9, &two[..])],
+            patch: &[],
+            bytes: 8192,
+            cap: None,
+        };
         assert_eq!(
             store.return_session("s1", "run-1", Some(&first), Some(now + 10), &[]).await.unwrap(),
             store::Returned::Done,
@@ -730,8 +754,13 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_memory_pages() {
         assert_eq!((taken.executions, taken.image_bytes), (1, 8192), "{backend:?}");
         let read = other.session_memory("s1").await.unwrap();
         assert_eq!(read, store::StoredMemory { size: 1 << 20, pages: vec![(3, one.clone()), (9, two.clone())] });
-        let next =
-            store::MemoryWrite { size: 2 << 20, pages: vec![(1, &three[..]), (9, &one[..])], bytes: 12_288, cap: None };
+        let next = store::MemoryWrite {
+            size: 2 << 20,
+            pages: vec![(1, &three[..]), (9, &one[..])],
+            patch: &[],
+            bytes: 12_288,
+            cap: None,
+        };
         assert_eq!(
             other.return_session("s1", "run-3", Some(&next), Some(now + 15), &[]).await.unwrap(),
             store::Returned::Done
@@ -796,6 +825,103 @@ async fn a_session_runs_one_execution_at_a_time_and_keeps_its_memory_pages() {
 }
 
 #[tokio::test]
+async fn small_changes_go_as_patches_that_apply_in_order_and_fold_into_the_pages() {
+    use store::{patch, Giveback, KeptMemory, Lease, MemoryWrite, Returned, StoredMemory};
+    for backend in BACKENDS {
+        let config = fresh(backend).await;
+        let store = open(&config).await;
+        let other = match backend {
+            Backend::Sqlite => store.clone(),
+            Backend::Postgres => open(&config).await,
+        };
+        let now = store::now_ms();
+        store.create_session(&session("p1", "alice", now, 600_000)).await.unwrap();
+        // What the session's memory holds, page by page, as a replica would see it.
+        let mut expected = vec![(3u32, vec![1u8; store::PAGE]), (9, vec![2u8; store::PAGE])];
+        let lease = |n: usize| format!("run-{n}");
+        let take = |n: usize| {
+            let store = if n.is_multiple_of(2) { store.clone() } else { other.clone() };
+            async move {
+                let taken = store.lease_session("p1", &owner("alice"), &lease(n), now + 60_000, now).await.unwrap();
+                assert!(matches!(taken, Lease::Taken { .. }), "{backend:?}: execution {n}");
+            }
+        };
+        take(0).await;
+        let first = MemoryWrite {
+            size: 1 << 20,
+            pages: expected.iter().map(|(page, bytes)| (*page, &bytes[..])).collect(),
+            patch: &[],
+            bytes: 8192,
+            cap: None,
+        };
+        assert_eq!(store.return_session("p1", &lease(0), Some(&first), Some(now), &[]).await.unwrap(), Returned::Done);
+        // Past the count at which patches fold into the pages, twice: each execution
+        // changes a few bytes of both pages, and every seventh writes page 9 whole
+        // over the patches before it (which must then not apply to it).
+        for n in 1..=2 * patch::COMPACT_COUNT as usize + 5 {
+            take(n).await;
+            let mut patch = Vec::new();
+            let mut whole = Vec::new();
+            for (page, bytes) in &mut expected {
+                let old = bytes.clone();
+                if *page == 9 && n.is_multiple_of(7) {
+                    bytes.fill(n as u8);
+                    whole.push((*page, bytes.clone()));
+                    continue;
+                }
+                bytes[n % store::PAGE] = n as u8;
+                bytes[(n * 97) % store::PAGE] ^= 0x5a;
+                assert!(patch::diff(*page, &old, bytes, &mut patch));
+            }
+            let memory = KeptMemory { size: 1 << 20, pages: whole, patch, bytes: 8192 };
+            let ran_at_ms = now + n as i64;
+            if n.is_multiple_of(3) {
+                // Given back in the ledger's transaction.
+                let giveback = Giveback {
+                    id: "p1".into(),
+                    lease: lease(n),
+                    memory: Some(memory),
+                    ran_at_ms,
+                    files: Vec::new(),
+                    if_returned: Vec::new(),
+                    otherwise: Vec::new(),
+                };
+                let answers = store.append(Vec::new(), vec![giveback]).await.unwrap();
+                assert!(matches!(answers[..], [Ok(Returned::Done)]), "{backend:?}: {answers:?}");
+            } else {
+                let write = memory.write(None);
+                let returned = other.return_session("p1", &lease(n), Some(&write), Some(ran_at_ms), &[]).await;
+                assert_eq!(returned.unwrap(), Returned::Done, "{backend:?}");
+            }
+            let read = if n.is_multiple_of(2) { other.session_memory("p1") } else { store.session_memory("p1") };
+            assert_eq!(
+                read.await.unwrap(),
+                StoredMemory { size: 1 << 20, pages: expected.clone() },
+                "{backend:?}: after execution {n}"
+            );
+        }
+        let kept = store.session("p1", now + 1_000).await.unwrap().unwrap();
+        assert_eq!((kept.executions, kept.image_bytes), (2 * patch::COMPACT_COUNT as u64 + 6, 8192), "{backend:?}");
+        // They were folded: fewer are kept than the count that folds them.
+        let patches = match &config {
+            StoreConfig::Sqlite { path, .. } => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                db.query_row("SELECT count(*) FROM session_patches", [], |row| row.get::<_, i64>(0)).unwrap()
+            }
+            StoreConfig::Postgres { url, .. } => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client.query_one("SELECT count(*) FROM session_patches", &[]).await.unwrap().get::<_, i64>(0)
+            }
+        };
+        assert!((1..patch::COMPACT_COUNT).contains(&patches), "{backend:?}: {patches} patches kept");
+        // A session that ends takes its patches with it.
+        assert!(store.end_session("p1").await.unwrap());
+        assert_eq!(other.session_memory("p1").await.unwrap(), StoredMemory::default(), "{backend:?}");
+    }
+}
+
+#[tokio::test]
 async fn sessions_given_back_with_the_ledgers_records_commit_with_them_each_on_its_own() {
     use store::{FileChange, Giveback, KeptMemory, Lease, Returned, StoredFile};
     for backend in BACKENDS {
@@ -811,7 +937,7 @@ async fn sessions_given_back_with_the_ledgers_records_commit_with_them_each_on_i
         let giveback = |id: &str, lease: &str, files: Vec<FileChange>, event: &'static str| Giveback {
             id: id.into(),
             lease: lease.into(),
-            memory: Some(KeptMemory { size: 1 << 20, pages: vec![(5, page.clone())], bytes: 4_096 }),
+            memory: Some(KeptMemory { size: 1 << 20, pages: vec![(5, page.clone())], patch: Vec::new(), bytes: 4_096 }),
             ran_at_ms: now + 10,
             files,
             if_returned: vec![session_event(event, now + 10, 4_096)],
@@ -992,7 +1118,7 @@ async fn a_users_sessions_stay_under_their_memory_cap_however_many_return_at_onc
             async move {
                 let pages: Vec<(u32, &[u8])> = (0..10).map(|n| (n, &page[..])).collect();
                 let cap = Some(MemoryCap { user: "carol".into(), max_bytes: 100 << 10 });
-                let write = MemoryWrite { size: 1 << 20, pages, bytes: 40 << 10, cap };
+                let write = MemoryWrite { size: 1 << 20, pages, patch: &[], bytes: 40 << 10, cap };
                 store.return_session(id, id, Some(&write), Some(now + 1), &[]).await.unwrap()
             }
         });
