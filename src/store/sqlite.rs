@@ -254,14 +254,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX approvals_created ON approvals (created_at_ms);",
     // 16: the bytes an execution changed in pages a session keeps, as one patch per
     // execution (see `store::patch`); each page and patch carries the execution
-    // count of the return that wrote it.
+    // count of the return that wrote it. A patch is about 1 KiB, so its rows live in
+    // the key's B-tree (one tree written per patch, not a table and its index).
     "ALTER TABLE session_pages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE session_patches (
         session_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
         bytes BLOB NOT NULL,
         PRIMARY KEY (session_id, seq)
-    );
+    ) WITHOUT ROWID;
     ALTER TABLE sessions ADD COLUMN patches INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sessions ADD COLUMN patch_bytes INTEGER NOT NULL DEFAULT 0;",
 ];
