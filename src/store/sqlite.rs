@@ -409,6 +409,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    /// Whether a commit returns without waiting for the disk (see
+    /// [`SqliteStore::write_now`]).
+    quick_commits: bool,
 }
 
 impl SqliteStore {
@@ -438,7 +441,7 @@ impl SqliteStore {
             .name("sandgate-checkpoint".into())
             .spawn(move || checkpoints(checkpointer, store))
             .map_err(|e| StoreError(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Self { inner })
+        Ok(Self { inner, quick_commits: synchronous == Synchronous::Normal })
     }
 
     /// Runs `work` on the writer now, on the caller's thread, when the writer is free
@@ -447,14 +450,20 @@ impl SqliteStore {
     /// [`SqliteStore::blocking`] does. For one or two short statements on an
     /// execution's path: the hop to a blocking thread and back costs more than they
     /// do (about 60 µs against 35 for a session's lease on the development machine).
+    /// Only when commits do not wait for the disk (`synchronous = "normal"`): with
+    /// `"full"`, each one waits for an `fsync`, which no async thread should.
     fn write_now<T: Send + 'static>(
         &self,
         work: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
-        let free = match self.inner.writer.try_lock() {
-            Ok(writer) => Some(writer),
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
+        let free = if !self.quick_commits {
+            None
+        } else {
+            match self.inner.writer.try_lock() {
+                Ok(writer) => Some(writer),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            }
         };
         if let Some(writer) = free {
             // A statement that finds the database locked fails at once, having

@@ -921,6 +921,28 @@ async fn small_changes_go_as_patches_that_apply_in_order_and_fold_into_the_pages
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_waits_for_another_process_writing_the_sqlite_file() {
+    use store::Lease;
+    let config = fresh(Backend::Sqlite).await;
+    let store = open(&config).await;
+    let now = store::now_ms();
+    store.create_session(&session("w1", "alice", now, 60_000)).await.unwrap();
+    // Another connection (the command-line tool, say) holds the write lock for a while.
+    let StoreConfig::Sqlite { path, .. } = &config else { unreachable!() };
+    let other = rusqlite::Connection::open(path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let released = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    let started = std::time::Instant::now();
+    let taken = store.lease_session("w1", &owner("alice"), "run-1", now + 5_000, now).await.unwrap();
+    assert!(matches!(taken, Lease::Taken { .. }), "the lease waits for the lock, it does not fail: {taken:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250), "it took the lock only once it was free");
+    released.join().unwrap();
+}
+
 #[tokio::test]
 async fn sessions_given_back_with_the_ledgers_records_commit_with_them_each_on_its_own() {
     use store::{FileChange, Giveback, KeptMemory, Lease, Returned, StoredFile};
