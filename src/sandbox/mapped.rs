@@ -289,7 +289,7 @@ impl MemoryFile {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads page `index` of the memory as it is now into `page` ([`PAGE`] bytes);
+    /// Reads page `index` of the memory as it is now into `page` (4 KiB);
     /// `false` when the memory ends before it.
     pub fn read_page(&self, index: u32, page: &mut [u8]) -> io::Result<bool> {
         let held = self.held();

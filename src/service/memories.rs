@@ -6,8 +6,9 @@
 //! here, under the session's id and its execution count, and the session's next
 //! execution on this replica takes it back if the count is still the one it left
 //! (no execution ran elsewhere since), then pays only for the pages it touches. Only
-//! the pages an execution changed go to the store, and the same pages are written into
-//! the file once the store has them.
+//! the pages an execution changed go to the store (the changed bytes alone, for pages
+//! the store keeps already: [`Changes`]), and the same pages are written into the file
+//! once the store has them.
 //!
 //! The files are held up to [`MemoryCache::BUDGET`] bytes, least recently used
 //! leaving first, and for [`MemoryCache::IDLE`] at most: an idle session costs

@@ -19,7 +19,8 @@
 //! as rows beside it (see `sandbox::MemoryImage`): an execution takes a lease on it
 //! (so one session runs one execution at a time, whichever replica serves it), reads
 //! its pages unless the replica has them already, and returns the lease with the
-//! pages the execution wrote. A lease a dead replica never returned ends at its
+//! pages the execution changed (of the pages it keeps already, only the changed
+//! bytes, as a [`patch`]). A lease a dead replica never returned ends at its
 //! deadline. A session's workspace files are rows beside it too, changed only by
 //! whoever holds the lease and in the same transaction as the pages, so memory and
 //! files move together.
