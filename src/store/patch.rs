@@ -95,14 +95,29 @@ fn runs(patch: &[u8]) -> impl Iterator<Item = Result<(u32, usize, &[u8]), StoreE
     })
 }
 
-/// The pages each run of `patch` changes.
-pub fn pages(patch: &[u8]) -> Result<Vec<u32>, StoreError> {
-    runs(patch).map(|run| run.map(|(page, _, _)| page)).collect()
+/// The pages `patches` change, each once, by increasing index: those a fold reads.
+pub fn touched(patches: &[(i64, Vec<u8>)]) -> Result<Vec<u32>, StoreError> {
+    let mut pages = Vec::new();
+    for (_, patch) in patches {
+        for run in runs(patch) {
+            pages.push(run?.0);
+        }
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    Ok(pages)
 }
 
 /// A page as the store keeps it: its index, the `seq` of the return that wrote it,
 /// and its bytes.
 pub type SeqPage = (u32, i64, Vec<u8>);
+
+/// A session's memory as read from the store: its `pages` (by increasing index)
+/// with `patches` applied ([`apply`]), without their `seq`s.
+pub fn applied(mut pages: Vec<SeqPage>, patches: &[(i64, Vec<u8>)]) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+    apply(&mut pages, patches)?;
+    Ok(pages.into_iter().map(|(page, _, bytes)| (page, bytes)).collect())
+}
 
 /// Applies `patches` (each with the `seq` of its return, in increasing order) to
 /// `pages` (by increasing index), each run to the page's version written before the
@@ -146,7 +161,7 @@ mod tests {
         let mut pages = vec![(4, 0, old.clone())];
         apply(&mut pages, &[(1, patch.clone())]).unwrap();
         assert_eq!(pages[0].2, new);
-        assert_eq!(super::pages(&patch).unwrap(), vec![4, 4, 4]);
+        assert_eq!(touched(&[(1, patch.clone()), (2, patch.clone())]).unwrap(), vec![4]);
         // Nothing changed: nothing to patch.
         let mut empty = Vec::new();
         assert!(!diff(4, &old, &old, &mut empty));

@@ -1150,12 +1150,7 @@ async fn compact(tx: &deadpool_postgres::Transaction<'_>, id: &str, seq: i64) ->
         .map_err(err)?;
     let mut patches: Vec<(i64, Vec<u8>)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
     patches.sort_by_key(|(seq, _)| *seq);
-    let mut touched = Vec::new();
-    for (_, bytes) in &patches {
-        touched.extend(patch::pages(bytes)?.into_iter().map(|page| page as i32));
-    }
-    touched.sort_unstable();
-    touched.dedup();
+    let touched: Vec<i32> = patch::touched(&patches)?.into_iter().map(|page| page as i32).collect();
     trip("session_pages");
     let rows = tx
         .query(
@@ -1873,12 +1868,10 @@ impl Store for PgStore {
                 .await
                 .map_err(err)?;
             tx.commit().await.map_err(err)?;
-            let mut pages: Vec<patch::SeqPage> =
+            let pages: Vec<patch::SeqPage> =
                 rows.iter().map(|row| (row.get::<_, i32>(0) as u32, row.get(1), row.get(2))).collect();
             let patches: Vec<(i64, Vec<u8>)> = patches.iter().map(|row| (row.get(0), row.get(1))).collect();
-            patch::apply(&mut pages, &patches)?;
-            let pages = pages.into_iter().map(|(page, _, bytes)| (page, bytes)).collect();
-            Ok(StoredMemory { size: size as u64, pages })
+            Ok(StoredMemory { size: size as u64, pages: patch::applied(pages, &patches)? })
         }
         .boxed()
     }

@@ -754,12 +754,7 @@ fn compact(tx: &Connection, id: &str, seq: i64) -> Result<(), StoreError> {
         all(tx, "SELECT seq, bytes FROM session_patches WHERE session_id = ?1 ORDER BY seq", params![id], |row| {
             Ok((row.get(0)?, row.get(1)?))
         })?;
-    let mut touched = Vec::new();
-    for (_, bytes) in &patches {
-        touched.extend(patch::pages(bytes)?);
-    }
-    touched.sort_unstable();
-    touched.dedup();
+    let touched = patch::touched(&patches)?;
     let mut pages = Vec::with_capacity(touched.len());
     {
         let mut read = tx
@@ -1516,7 +1511,7 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(err)?
                 .unwrap_or(0);
-            let mut pages: Vec<patch::SeqPage> = all(
+            let pages: Vec<patch::SeqPage> = all(
                 &tx,
                 "SELECT page, seq, bytes FROM session_pages WHERE session_id = ?1 ORDER BY page",
                 params![id],
@@ -1529,9 +1524,7 @@ impl Store for SqliteStore {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
             tx.commit().map_err(err)?;
-            patch::apply(&mut pages, &patches)?;
-            let pages = pages.into_iter().map(|(page, _, bytes)| (page, bytes)).collect();
-            Ok(StoredMemory { size: size as u64, pages })
+            Ok(StoredMemory { size: size as u64, pages: patch::applied(pages, &patches)? })
         })
     }
 
