@@ -659,6 +659,25 @@ fn insert(tx: &Connection, records: &[Record]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Runs `work` in a savepoint of `connection`'s open transaction: undone alone if it
+/// fails, kept (until the transaction ends) if it succeeds. Its three statements are
+/// cached, where rusqlite's `Savepoint` prepares each of them every time.
+fn in_savepoint<T>(connection: &Connection, work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let run = |sql: &str| connection.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map_err(err);
+    run("SAVEPOINT give_back")?;
+    match work() {
+        Ok(answer) => {
+            run("RELEASE give_back")?;
+            Ok(answer)
+        }
+        Err(error) => {
+            // Undone, then ended: a savepoint rolled back to stays open until released.
+            run("ROLLBACK TO give_back").and_then(|_| run("RELEASE give_back"))?;
+            Err(error)
+        }
+    }
+}
+
 /// Gives session `id` back from `lease` (inside the caller's transaction, which
 /// the caller commits whatever the answer): see [`Store::return_session`].
 fn give_back(
@@ -1063,23 +1082,20 @@ impl Store for SqliteStore {
         self.blocking(move |inner| {
             let mut writer = lock(&inner.writer);
             let mut answers = Vec::with_capacity(returns.len());
-            let result = writer.transaction().map_err(err).and_then(|mut tx| {
+            let result = writer.transaction().map_err(err).and_then(|tx| {
                 for giveback in returns {
                     // Each return in a savepoint of its own: one that fails is undone
                     // alone, and the batch still commits.
-                    let answer = tx.savepoint().map_err(err).and_then(|savepoint| {
+                    let answer = in_savepoint(&tx, || {
                         let memory = giveback.memory.as_ref().map(|memory| memory.write(None));
-                        let ran_at_ms = Some(giveback.ran_at_ms);
-                        let answer = give_back(
-                            &savepoint,
+                        give_back(
+                            &tx,
                             &giveback.id,
                             &giveback.lease,
                             memory.as_ref(),
-                            ran_at_ms,
+                            Some(giveback.ran_at_ms),
                             &giveback.files,
-                        )?;
-                        savepoint.commit().map_err(err)?;
-                        Ok(answer)
+                        )
                     });
                     let done = matches!(answer, Ok(Returned::Done));
                     records.extend(if done { giveback.if_returned } else { giveback.otherwise });
