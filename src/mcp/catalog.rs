@@ -61,6 +61,10 @@ pub struct CatalogTool {
     /// The Python stub, as it appears inside its server's class (see
     /// [`super::python_stubs`]).
     pub python: String,
+    /// The server's `readOnlyHint` for it, when it gave one: search weighs it against
+    /// whether a request asks to read or to change something.
+    #[serde(skip)]
+    pub read_only: Option<bool>,
 }
 
 /// All upstream tools, sorted by server then name, with a search index.
@@ -122,6 +126,7 @@ impl Catalog {
                     output_schema,
                     declaration,
                     python,
+                    read_only: tool.annotations.as_ref().and_then(|a| a.read_only_hint),
                 });
             }
             summaries.push(summary);
@@ -203,6 +208,7 @@ fn search_document(tool: &CatalogTool, server: Option<&ServerSummary>) -> Docume
         tool_words: tool.tool.clone(),
         server_name: tool.server.clone(),
         server_description: server.and_then(|s| s.description.clone()).unwrap_or_default(),
+        read_only: tool.read_only,
     }
 }
 

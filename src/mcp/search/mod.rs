@@ -40,6 +40,7 @@
 //! | a 384-dimension trained table instead | 68% (lower MRR: 0.527 against 0.532) |
 //! | 256 dimensions, abbreviations and `SYNONYMS` (operations, nouns) spelled out | 71% (MRR 0.576) |
 //! | the same, servers first and parameters counting 0.15 in the meaning (below) | 83% (MRR 0.568) |
+//! | the same, tokens' forms read and reading or changing weighed (below) | 89% (MRR 0.670) |
 //! | all-MiniLM-L6-v2 itself, run in full (too slow for the 2 ms budget) | 62% |
 //! | all-mpnet-base-v2, run in full | 62% |
 //!
@@ -79,6 +80,27 @@
 //! at 5 goes from 75% to 77.5%. In the same change a tool's parameter descriptions
 //! came to count less in its meaning ([`PARAMS_IN_MEANING`]): they had drowned short
 //! descriptions, and that gained 3–4 points at 5 on both tuning splits.
+//!
+//! # What a token is, and what a request asks
+//!
+//! Two readings of the request itself, before any tool is scored:
+//!
+//! - **A token's form** says what it refers to (`kind_of`): `#deploys` is a chat
+//!   channel, `@dana` a user, `jane@acme.com` an email address, a URL a web page,
+//!   `Q3_budget.xlsx` a spreadsheet, `*.test.ts` files matching a pattern, `src/` a
+//!   directory, `ENG-431` an issue, `B2:D10` a range of cells. The query is given the
+//!   words tools use for each, as it is given an abbreviation's long form. A noun's
+//!   verb followed by an article ("file a ticket", "open a PR") asks to create one.
+//! - **Reading or changing** ([`OPERATION_WEIGHT`]): a request that opens with a
+//!   question or a verb of looking asks to read; one that opens with, or holds, a
+//!   verb of changing asks to change. A tool reads when its server marks it
+//!   `readOnlyHint`, else by the first verb of its name. Among a server's tools that
+//!   share their nouns (`create_property`, `list_properties`), this is often all
+//!   that tells them apart.
+//!
+//! On the organisation's held-out split the two took recall at 5 from 66.0% to
+//! 70.7% and at 1 from 42.0% to 46.0%, with a few more `SYNONYMS`; on the
+//! reference set's, from 77.5% to 83.8% at 5.
 //!
 //! # When nothing fits
 //!
@@ -203,6 +225,23 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("tickets", "issues"),
     ("bug", "issue"),
     ("bugs", "issues"),
+    ("sprint", "cycle iteration"),
+    ("sprints", "cycles iterations"),
+    ("iteration", "cycle"),
+    ("iterations", "cycles"),
+    ("tag", "label"),
+    ("tags", "labels"),
+    ("relabel", "label"),
+    ("remark", "comment"),
+    ("follow", "watcher"),
+    ("watch", "watcher"),
+    ("owner", "assign"),
+    ("assignee", "assign"),
+    ("land", "merge"),
+    ("xhr", "network request"),
+    ("ajax", "network request"),
+    ("latitude", "coordinates"),
+    ("longitude", "coordinates"),
 ];
 
 /// `query` with each abbreviation (a whole word, any case) followed by its long form,
@@ -210,18 +249,382 @@ const SYNONYMS: &[(&str, &str)] = &[
 /// meaning see it spelled out.
 fn spell_out(query: &str) -> String {
     let mut out = String::with_capacity(query.len());
+    let mut previous = String::new();
     for (i, word) in query.split_whitespace().enumerate() {
         if i > 0 {
             out.push(' ');
         }
         out.push_str(word);
         let bare = word.trim_matches(|c: char| !c.is_alphanumeric()).to_ascii_lowercase();
+        // "file a ticket", "open a PR", "log a call", "raise a request": a noun's
+        // verb, followed by an article, is a request to create one.
+        if matches!(bare.as_str(), "a" | "an") && MAKING.contains(&previous.as_str()) {
+            out.push_str(" create");
+        }
+        previous.clone_from(&bare);
         if let Some((_, long)) = ABBREVIATIONS.iter().chain(SYNONYMS).find(|(short, _)| *short == bare) {
             out.push(' ');
             out.push_str(long);
         }
+        if let Some(kind) = kind_of(word) {
+            out.push(' ');
+            out.push_str(kind);
+        }
     }
     out
+}
+
+/// Verbs that, followed by "a" or "an", ask to create something ("file a bug").
+const MAKING: &[&str] = &["file", "open", "log", "raise", "cut", "draft", "write", "start", "kick"];
+
+/// File extensions and what a file of each kind is, in the words tools use for it.
+const EXTENSIONS: &[(&[&str], &str)] = &[
+    (&["xlsx", "xlsm", "xls", "ods"], "spreadsheet workbook sheet excel file"),
+    (&["csv", "tsv"], "spreadsheet table file"),
+    (&["db", "sqlite", "sqlite3"], "sqlite database file"),
+    (&["png", "jpg", "jpeg", "gif", "webp", "svg"], "image file"),
+    (&["pdf", "docx"], "document file"),
+    (
+        &[
+            "ts", "tsx", "js", "jsx", "mjs", "cjs", "json", "md", "txt", "yaml", "yml", "toml", "py", "rs", "go",
+            "java", "rb", "c", "h", "cpp", "cs", "sh", "html", "css", "xml", "ini", "lock", "log", "env",
+        ],
+        "file",
+    ),
+];
+
+/// What a token of a request refers to, in the words tools use for it, when its form
+/// says so: `#deploys` is a chat channel, `@dana` a user, `jane@acme.com` an email
+/// address, a URL a web page, `report.xlsx` a spreadsheet, `*.test.ts` files matched
+/// by a pattern, `src/` a directory, `ENG-431` an issue in a tracker, `B2:D10` a
+/// range of cells. Agents write these forms as they are; the tools that act on them
+/// say what they are.
+fn kind_of(word: &str) -> Option<&'static str> {
+    let word = word.trim_matches(|c: char| matches!(c, ',' | ';' | '?' | '!' | '(' | ')' | '"' | '\'' | '`'));
+    let word = word.strip_suffix(['.', ':']).unwrap_or(word);
+    let is_name = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if word.contains("://") || word.starts_with("www.") {
+        return Some("url web page");
+    }
+    if let Some(channel) = word.strip_prefix('#') {
+        return (is_name(channel) && !channel.chars().all(|c| c.is_ascii_digit())).then_some("channel");
+    }
+    if let Some(user) = word.strip_prefix('@') {
+        return is_name(user).then_some("user");
+    }
+    if let Some((local, domain)) = word.split_once('@') {
+        return (is_name(local) && domain.contains('.') && is_name(domain)).then_some("email address");
+    }
+    if let Some((key, number)) = word.split_once('-') {
+        let key_like = key.len() >= 2 && key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        if key_like && key.starts_with(|c: char| c.is_ascii_uppercase()) && number.parse::<u32>().is_ok() {
+            return Some("issue");
+        }
+    }
+    if let Some((from, to)) = word.split_once(':') {
+        let cell = |s: &str| {
+            let letters = s.chars().take_while(char::is_ascii_uppercase).count();
+            (1..=3).contains(&letters) && s.len() > letters && s[letters..].chars().all(|c| c.is_ascii_digit())
+        };
+        if cell(from) && cell(to) {
+            return Some("range cells sheet");
+        }
+    }
+    if word.len() > 1 && word.ends_with('/') && is_name(word.trim_matches('/').replace('/', "").as_str()) {
+        return Some("directory");
+    }
+    let (stem, extension) = word.rsplit_once('.')?;
+    let extension = extension.to_ascii_lowercase();
+    let kind = EXTENSIONS.iter().find(|(extensions, _)| extensions.contains(&extension.as_str()))?.1;
+    let pattern = stem.contains('*');
+    let named = stem.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '*'));
+    match (named, pattern) {
+        (true, true) => Some(if kind == "file" { "files matching pattern" } else { kind }),
+        (true, false) => Some(kind),
+        (false, _) => None,
+    }
+}
+
+/// Whether a tool, or what a request asks for, reads or changes something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operation {
+    Read,
+    Change,
+    Unknown,
+}
+
+/// How much a tool gains when what it does (reads or changes) is what the request
+/// asks for, and loses when it is the other.
+pub const OPERATION_WEIGHT: f32 = 0.3;
+
+/// The verbs tool names start with when they read.
+const READ_VERBS: &[&str] = &[
+    "get", "list", "search", "read", "find", "query", "describe", "fetch", "retrieve", "count", "show", "explain",
+    "inspect", "view", "lookup", "browse", "analyze", "analyse", "download", "export", "check", "status", "diff",
+    "log", "logs", "info", "stats",
+];
+
+/// The verbs tool names start with when they change something.
+const CHANGE_VERBS: &[&str] = &[
+    "create",
+    "add",
+    "update",
+    "delete",
+    "remove",
+    "set",
+    "patch",
+    "put",
+    "insert",
+    "write",
+    "edit",
+    "move",
+    "rename",
+    "archive",
+    "unarchive",
+    "assign",
+    "transfer",
+    "merge",
+    "close",
+    "upload",
+    "push",
+    "cancel",
+    "schedule",
+    "install",
+    "uninstall",
+    "upgrade",
+    "apply",
+    "scale",
+    "drop",
+    "complete",
+    "convert",
+    "fork",
+    "reset",
+    "commit",
+    "checkout",
+    "post",
+    "send",
+    "reply",
+    "mark",
+    "transition",
+    "link",
+    "unlink",
+    "replace",
+    "append",
+    "clear",
+    "restart",
+    "run",
+    "exec",
+    "execute",
+    "trigger",
+    "start",
+    "stop",
+    "pause",
+    "resume",
+    "import",
+    "batch",
+    "store",
+    "save",
+    "invite",
+    "cleanup",
+    "duplicate",
+    "copy",
+    "format",
+    "rotate",
+    "revoke",
+    "grant",
+    "enable",
+    "disable",
+    "subscribe",
+    "unsubscribe",
+    "mute",
+    "unmute",
+    "pin",
+    "unpin",
+    "star",
+    "unstar",
+    "favorite",
+    "lock",
+    "unlock",
+    "restore",
+];
+
+/// What tool `own_words` (its name without its server's shared prefix) does: its
+/// server's `readOnlyHint` when it gave one, else the first verb of its name.
+fn tool_operation(read_only: Option<bool>, own_words: &str) -> Operation {
+    if read_only == Some(true) {
+        return Operation::Read;
+    }
+    for word in lexical::words(own_words).iter().take(3) {
+        if READ_VERBS.contains(&word.as_str()) && read_only.is_none() {
+            return Operation::Read;
+        }
+        if CHANGE_VERBS.contains(&word.as_str()) {
+            return Operation::Change;
+        }
+    }
+    if read_only == Some(false) {
+        Operation::Change
+    } else {
+        Operation::Unknown
+    }
+}
+
+/// Words that open a request to read: questions, and the verbs of looking.
+const ASKING: &[&str] = &[
+    "what",
+    "whats",
+    "which",
+    "who",
+    "whos",
+    "whose",
+    "where",
+    "wheres",
+    "when",
+    "why",
+    "how",
+    "hows",
+    "is",
+    "are",
+    "was",
+    "were",
+    "does",
+    "do",
+    "did",
+    "has",
+    "have",
+    "show",
+    "list",
+    "find",
+    "search",
+    "look",
+    "get",
+    "fetch",
+    "read",
+    "count",
+    "give",
+    "describe",
+    "explain",
+    "check",
+    "see",
+    "view",
+    "display",
+    "print",
+    "summarize",
+    "summarise",
+    "any",
+    "locate",
+    "retrieve",
+    "grab",
+];
+
+/// Words that ask for a change wherever they stand (the query as spelled out, so
+/// "forget" has brought "delete" with it).
+const CHANGING: &[&str] = &[
+    "create",
+    "add",
+    "make",
+    "update",
+    "delete",
+    "remove",
+    "set",
+    "post",
+    "put",
+    "insert",
+    "write",
+    "edit",
+    "move",
+    "rename",
+    "archive",
+    "assign",
+    "transfer",
+    "merge",
+    "close",
+    "upload",
+    "push",
+    "cancel",
+    "schedule",
+    "install",
+    "uninstall",
+    "upgrade",
+    "apply",
+    "scale",
+    "attach",
+    "tag",
+    "label",
+    "relabel",
+    "save",
+    "send",
+    "tell",
+    "reply",
+    "comment",
+    "mark",
+    "resolve",
+    "start",
+    "kick",
+    "bump",
+    "deploy",
+    "invite",
+    "restrict",
+    "lock",
+    "append",
+    "submit",
+    "register",
+    "rotate",
+    "revoke",
+    "grant",
+    "enable",
+    "disable",
+    "restart",
+    "stop",
+    "pause",
+    "resume",
+    "import",
+    "link",
+    "fork",
+    "commit",
+    "stage",
+    "unstage",
+    "reset",
+    "clone",
+    "publish",
+    "change",
+    "modify",
+    "drop",
+];
+
+/// Words before the verb that say nothing of what is asked: "please", "can you".
+const POLITE: &[&str] = &[
+    "please", "can", "could", "would", "will", "you", "i", "we", "let", "lets", "us", "want", "to", "need", "now",
+    "then", "also", "just", "go", "ahead", "and",
+];
+
+/// What `query` (spelled out) asks for: a change when it opens with, or holds, a verb
+/// of changing; a read when it opens with a question or a verb of looking; else
+/// [`Operation::Unknown`].
+fn query_operation(query: &str) -> Operation {
+    let words: Vec<String> = query
+        .split_whitespace()
+        .map(|w| w.chars().filter(char::is_ascii_alphabetic).collect::<String>().to_ascii_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let first = words.iter().find(|w| !POLITE.contains(&w.as_str()));
+    let Some(first) = first else { return Operation::Unknown };
+    if CHANGING.contains(&first.as_str()) {
+        return Operation::Change;
+    }
+    // "how do I create…", "can I delete…": the question is about a change.
+    let asks_how = matches!(first.as_str(), "how" | "where" | "can");
+    if asks_how && words.iter().skip(1).take(4).any(|w| CHANGING.contains(&w.as_str())) {
+        return Operation::Change;
+    }
+    if ASKING.contains(&first.as_str()) {
+        return Operation::Read;
+    }
+    if words.iter().any(|w| CHANGING.contains(&w.as_str())) {
+        Operation::Change
+    } else {
+        Operation::Unknown
+    }
 }
 
 /// How a search ranks.
@@ -252,6 +655,8 @@ pub struct Document {
     pub server_name: String,
     /// Its server's description, when the operator gave one.
     pub server_description: String,
+    /// Whether the tool only reads (its server's `readOnlyHint`), when the server says.
+    pub read_only: Option<bool>,
 }
 
 /// How well the best hit matches.
@@ -310,6 +715,8 @@ pub struct SearchIndex {
     group_of: Vec<usize>,
     groups: Vec<Group>,
     server_words: Bm25f,
+    /// What each tool does: reads or changes.
+    operations: Vec<Operation>,
 }
 
 impl SearchIndex {
@@ -402,6 +809,7 @@ impl SearchIndex {
             embed::normalize(&mut centroid);
             groups.push(Group { summary, centroid });
         }
+        let operations = docs.iter().enumerate().map(|(i, d)| tool_operation(d.read_only, own_words(i))).collect();
         Self {
             baseline: lexical::SearchIndex::new(&baseline),
             words: Bm25f::new(&fields, FIELD_WEIGHTS, FIELD_B),
@@ -409,6 +817,7 @@ impl SearchIndex {
             group_of,
             groups,
             server_words: Bm25f::new(&server_fields, SERVER_FIELD_WEIGHTS, FIELD_B),
+            operations,
         }
     }
 
@@ -463,6 +872,16 @@ impl SearchIndex {
             let servers = self.server_scores(query, &query_vector, tuning);
             for (doc, score) in &mut hits {
                 *score += tuning.server * servers[self.group_of[*doc]];
+            }
+        }
+        let asked = query_operation(query);
+        if asked != Operation::Unknown {
+            for (doc, score) in &mut hits {
+                match self.operations[*doc] {
+                    Operation::Unknown => {}
+                    done if done == asked => *score += OPERATION_WEIGHT,
+                    _ => *score -= OPERATION_WEIGHT,
+                }
             }
         }
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -529,5 +948,94 @@ mod tests {
         assert_eq!(shared_prefix(&["git_", "git_add", "git_log"]), "");
         assert_eq!(shared_prefix(&["read_file", "write_file", "list_directory"]), "");
         assert_eq!(shared_prefix(&[]), "");
+    }
+
+    #[test]
+    fn what_a_token_refers_to_is_spelled_out_from_its_form() {
+        let cases = [
+            ("#deploys", Some("channel")),
+            ("#42", None),
+            ("@dana", Some("user")),
+            ("jane@acme.com,", Some("email address")),
+            ("https://example.com/changelog", Some("url web page")),
+            ("Q3_budget.xlsx?", Some("spreadsheet workbook sheet excel file")),
+            ("report.csv", Some("spreadsheet table file")),
+            ("app.db", Some("sqlite database file")),
+            ("docker-compose.yml", Some("file")),
+            ("*.test.ts", Some("files matching pattern")),
+            ("packages/", Some("directory")),
+            ("ENG-431", Some("issue")),
+            ("PROJ-5.", Some("issue")),
+            ("B2:D10", Some("range cells sheet")),
+            // Ordinary words, numbers and sentences' ends are nothing in particular.
+            ("e.g.", None),
+            ("end.", None),
+            ("v2.4", None),
+            ("two-week", None),
+            ("Co-op-1", None),
+            ("12:30", None),
+            ("/", None),
+        ];
+        for (word, kind) in cases {
+            assert_eq!(kind_of(word), kind, "{word}");
+        }
+        assert_eq!(spell_out("tell #deploys"), "tell #deploys channel");
+        // A noun's verb with an article asks to create; the same verb alone does not.
+        assert_eq!(spell_out("file a ticket"), "file a create ticket issue");
+        assert_eq!(spell_out("open https://x.dev"), "open https://x.dev url web page");
+    }
+
+    #[test]
+    fn a_request_reads_or_changes_by_its_first_verb_or_any_verb_of_changing() {
+        let cases = [
+            ("what tabs are in Q3_budget.xlsx?", Operation::Read),
+            ("show me the open PRs", Operation::Read),
+            ("Please list the teams", Operation::Read),
+            ("can you find the doc", Operation::Read),
+            ("start a new sprint on the board", Operation::Change),
+            ("could you add a row", Operation::Change),
+            ("how do I create a webhook", Operation::Change),
+            ("the header row, make it bold", Operation::Change),
+            ("latest news on Rust", Operation::Unknown),
+            ("", Operation::Unknown),
+        ];
+        for (query, operation) in cases {
+            assert_eq!(query_operation(&spell_out(query)), operation, "{query}");
+        }
+    }
+
+    #[test]
+    fn a_tool_reads_or_changes_by_its_hint_or_its_name() {
+        assert_eq!(tool_operation(Some(true), "create_issue"), Operation::Read, "the server's hint wins");
+        assert_eq!(tool_operation(Some(false), "get_thing"), Operation::Change, "not read-only: it changes");
+        assert_eq!(tool_operation(Some(false), "click"), Operation::Change);
+        assert_eq!(tool_operation(None, "getIssues"), Operation::Read);
+        assert_eq!(tool_operation(None, "jira_add_watcher"), Operation::Change);
+        assert_eq!(tool_operation(None, "atlas_list_clusters"), Operation::Read);
+        assert_eq!(tool_operation(None, "sequentialthinking"), Operation::Unknown);
+    }
+
+    #[test]
+    fn what_a_request_asks_of_a_tool_orders_tools_otherwise_alike() {
+        let doc = |tool: &str, description: &str, read_only: Option<bool>| Document {
+            name: format!("crm.{tool}"),
+            description: description.into(),
+            tool_words: tool.into(),
+            server_name: "crm".into(),
+            read_only,
+            ..Document::default()
+        };
+        // The two tools say the same but for their verb, which the requests do not
+        // use: without the operation, the first listed would win both.
+        let make = doc("create_property", "Custom properties of contacts", None);
+        let list = doc("list_property", "Custom properties of contacts", Some(true));
+        let other = doc("delete_contact", "Deletes a contact", Some(false));
+        for (tools, made, listed) in [([make.clone(), list.clone(), other.clone()], 0, 1), ([list, make, other], 1, 0)]
+        {
+            let index = SearchIndex::new(&tools);
+            let first = |query: &str| index.search(Method::Hybrid, query).0[0].0;
+            assert_eq!(first("what custom properties do contacts have"), listed);
+            assert_eq!(first("please add a custom property for contacts"), made);
+        }
     }
 }
