@@ -12,7 +12,7 @@ use sandgate::mcp::search::{Method, Tuning};
 /// was last changed; a change that loses any of it fails here.
 /// (Ranking servers first, with parameters counting less in a tool's meaning, cost the
 /// tuning split three requests at 1, 45% to 42%, and gained it twelve at 5.)
-const FLOORS: [(eval::Split, f64, f64); 2] = [(eval::Split::Tune, 0.9, 0.54), (eval::Split::HeldOut, 0.85, 0.575)];
+const FLOORS: [(eval::Split, f64, f64); 2] = [(eval::Split::Tune, 0.91, 0.57), (eval::Split::HeldOut, 0.85, 0.575)];
 
 #[test]
 fn the_ranking_keeps_its_recall() {
@@ -37,14 +37,14 @@ fn the_ranking_keeps_its_recall_among_a_thousand_tools() {
     assert_eq!(catalog.view(|_| true).len(), 1000);
     let m = eval::evaluate(&catalog, &eval::queries(), eval::Split::Tune, Method::Hybrid);
     eprintln!("1,000 tools: {m:?}");
-    assert!(m.recall_at_5 >= 0.88 - 1e-9 && m.recall_at_1 >= 0.55 - 1e-9, "{m:?}");
+    assert!(m.recall_at_5 >= 0.89 - 1e-9 && m.recall_at_1 >= 0.57 - 1e-9, "{m:?}");
 }
 
 /// On the organisation's catalog (29 servers, 696 tools): recall at 5 and 10 and the
 /// right server among the first three, per split, at or above what the ranking
 /// reached when it was last changed.
 const LARGE_FLOORS: [(eval::Split, f64, f64, f64); 2] =
-    [(eval::Split::Tune, 0.839, 0.921, 0.941), (eval::Split::HeldOut, 0.753, 0.8, 0.893)];
+    [(eval::Split::Tune, 0.862, 0.93, 0.947), (eval::Split::HeldOut, 0.766, 0.806, 0.893)];
 
 #[test]
 fn the_ranking_keeps_its_recall_on_an_organisations_catalog() {

@@ -58,6 +58,12 @@ impl Table {
         self.dims
     }
 
+    /// Whether `word` (lower-case) is a whole word of the vocabulary: an everyday
+    /// word, or a name common enough to be one.
+    pub fn knows(&self, word: &str) -> bool {
+        self.ids.contains_key(word)
+    }
+
     /// The WordPiece ids of `text`: split into words at spaces, punctuation and
     /// case changes (`getTinyImage` → `get tiny image`), lower-cased, accents
     /// removed, then greedy longest-match WordPiece; unknown words are skipped.
