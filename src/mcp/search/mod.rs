@@ -849,22 +849,22 @@ impl SearchIndex {
             groups.push(Group { summary, centroid });
         }
         let operations = docs.iter().enumerate().map(|(i, d)| tool_operation(d.read_only, own_words(i))).collect();
-        let names = names
+        let products: Vec<Vec<String>> = names
             .iter()
             .zip(&members)
-            .enumerate()
-            .map(|(group, (name, members))| (group, proper_names(name, &docs[members[0]].server_description)))
-            .collect::<Vec<_>>();
+            .map(|(name, members)| proper_names(name, &docs[members[0]].server_description))
+            .collect();
         // A name two servers share tells neither apart.
-        let mut named: Vec<(String, usize)> = Vec::new();
-        for (group, words) in &names {
-            for word in words {
-                let elsewhere = names.iter().any(|(other, words)| other != group && words.contains(word));
-                if !elsewhere && !named.iter().any(|(w, g)| w == word && g == group) {
-                    named.push((word.clone(), *group));
-                }
-            }
-        }
+        let shared = |word: &String, group: usize| {
+            products.iter().enumerate().any(|(other, words)| other != group && words.contains(word))
+        };
+        let named = products
+            .iter()
+            .enumerate()
+            .flat_map(|(group, words)| words.iter().map(move |word| (word, group)))
+            .filter(|&(word, group)| !shared(word, group))
+            .map(|(word, group)| (word.clone(), group))
+            .collect();
         Self {
             baseline: lexical::SearchIndex::new(&baseline),
             words: Bm25f::new(&fields, FIELD_WEIGHTS, FIELD_B),
