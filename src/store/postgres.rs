@@ -845,17 +845,17 @@ struct Columns {
 }
 
 impl Columns {
-    fn of(records: &[Record]) -> Self {
+    fn of<'a>(records: impl Iterator<Item = &'a Record> + Clone) -> Self {
         let mut c = Self::default();
         // One row per execution id: a later record of the same execution replaces an
         // earlier one, as it does across batches.
         let mut last = std::collections::HashMap::new();
-        for (index, record) in records.iter().enumerate() {
+        for (index, record) in records.clone().enumerate() {
             if let Record::Execution(r) = record {
                 last.insert(r.id.as_str(), index);
             }
         }
-        for (index, record) in records.iter().enumerate() {
+        for (index, record) in records.enumerate() {
             match record {
                 Record::Execution(r) if last.get(r.id.as_str()) == Some(&index) => {
                     c.e_id.push(r.id.clone());
@@ -1178,6 +1178,56 @@ async fn compact(tx: &deadpool_postgres::Transaction<'_>, id: &str, seq: i64) ->
     Ok(())
 }
 
+/// Commits `records` and `returns` in one transaction on `client`, with what each
+/// return did; the records each return adds go in as it turns out. `guarded` puts
+/// each return in a savepoint of its own, so that one that fails is undone alone;
+/// unguarded, the first that fails undoes the whole transaction and the answer is
+/// `None` (nothing was written).
+async fn commit_batch(
+    client: &mut deadpool_postgres::Client,
+    records: &[Record],
+    returns: &[Giveback],
+    guarded: bool,
+) -> Result<Option<Vec<Result<Returned, StoreError>>>, StoreError> {
+    let mut tx = client.transaction().await.map_err(err)?;
+    let mut answers = Vec::with_capacity(returns.len());
+    for giveback in returns {
+        let memory = giveback.memory.as_ref().map(|memory| memory.write(None));
+        let ran_at_ms = Some(giveback.ran_at_ms);
+        let answer = if guarded {
+            async {
+                let savepoint = tx.savepoint("giveback").await.map_err(err)?;
+                let answer =
+                    give_back(&savepoint, &giveback.id, &giveback.lease, memory.as_ref(), ran_at_ms, &giveback.files)
+                        .await?;
+                savepoint.commit().await.map_err(err)?;
+                Ok(answer)
+            }
+            .await
+        } else {
+            give_back(&tx, &giveback.id, &giveback.lease, memory.as_ref(), ran_at_ms, &giveback.files).await
+        };
+        if answer.is_err() && !guarded {
+            // Dropped, the transaction rolls back.
+            return Ok(None);
+        }
+        answers.push(answer);
+    }
+    let added = returns.iter().zip(&answers).flat_map(|(giveback, answer)| {
+        if matches!(answer, Ok(Returned::Done)) {
+            giveback.if_returned.iter()
+        } else {
+            giveback.otherwise.iter()
+        }
+    });
+    let columns = Columns::of(records.iter().chain(added));
+    let statement = tx.prepare_cached(APPEND).await.map_err(err)?;
+    trip("append");
+    tx.execute(&statement, &columns.params()).await.map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(Some(answers))
+}
+
 /// Gives session `id` back from `lease` inside `tx`, which the caller commits
 /// whatever the answer: see [`Store::return_session`].
 async fn give_back(
@@ -1338,49 +1388,27 @@ async fn give_back(
 impl Store for PgStore {
     fn append(
         &self,
-        mut records: Vec<Record>,
+        records: Vec<Record>,
         returns: Vec<Giveback>,
     ) -> BoxFuture<'_, Result<Vec<Result<Returned, StoreError>>, StoreError>> {
         async move {
             let mut client = self.client().await?;
             if returns.is_empty() {
-                let columns = Columns::of(&records);
+                let columns = Columns::of(records.iter());
                 let statement = client.prepare_cached(APPEND).await.map_err(err)?;
                 trip("append");
                 client.execute(&statement, &columns.params()).await.map_err(err)?;
                 return Ok(Vec::new());
             }
-            let mut tx = client.transaction().await.map_err(err)?;
-            let mut answers = Vec::with_capacity(returns.len());
-            for giveback in returns {
-                // Each return in a savepoint of its own: one that fails is undone
-                // alone, and the batch still commits.
-                let memory = giveback.memory.as_ref().map(|memory| memory.write(None));
-                let answer = async {
-                    let savepoint = tx.savepoint("giveback").await.map_err(err)?;
-                    let ran_at_ms = Some(giveback.ran_at_ms);
-                    let answer = give_back(
-                        &savepoint,
-                        &giveback.id,
-                        &giveback.lease,
-                        memory.as_ref(),
-                        ran_at_ms,
-                        &giveback.files,
-                    )
-                    .await?;
-                    savepoint.commit().await.map_err(err)?;
-                    Ok(answer)
-                }
-                .await;
-                let done = matches!(answer, Ok(Returned::Done));
-                records.extend(if done { giveback.if_returned } else { giveback.otherwise });
-                answers.push(answer);
-            }
-            let columns = Columns::of(&records);
-            let statement = tx.prepare_cached(APPEND).await.map_err(err)?;
-            trip("append");
-            tx.execute(&statement, &columns.params()).await.map_err(err)?;
-            tx.commit().await.map_err(err)?;
+            // Returns are made bare first: a savepoint around each costs two more
+            // round trips, and almost every return succeeds. Should one fail, the
+            // whole transaction is undone and made again with each return in a
+            // savepoint of its own, so that one is undone alone and the batch still
+            // commits.
+            let answers = match commit_batch(&mut client, &records, &returns, false).await? {
+                Some(answers) => answers,
+                None => commit_batch(&mut client, &records, &returns, true).await?.unwrap_or_default(),
+            };
             Ok(answers)
         }
         .boxed()
