@@ -563,6 +563,18 @@ pub struct Giveback {
     pub otherwise: Vec<Record>,
 }
 
+impl Giveback {
+    /// The records it appends to its batch, given what its return did: `if_returned`
+    /// when the session was given back, `otherwise` when not.
+    pub fn records_after(&self, answer: &Result<Returned, StoreError>) -> &[Record] {
+        if matches!(answer, Ok(Returned::Done)) {
+            &self.if_returned
+        } else {
+            &self.otherwise
+        }
+    }
+}
+
 /// Pages of a session's memory a [`Giveback`] keeps, written over those the store
 /// has.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1213,13 +1213,7 @@ async fn commit_batch(
         }
         answers.push(answer);
     }
-    let added = returns.iter().zip(&answers).flat_map(|(giveback, answer)| {
-        if matches!(answer, Ok(Returned::Done)) {
-            giveback.if_returned.iter()
-        } else {
-            giveback.otherwise.iter()
-        }
-    });
+    let added = returns.iter().zip(&answers).flat_map(|(giveback, answer)| giveback.records_after(answer));
     let columns = Columns::of(records.iter().chain(added));
     let statement = tx.prepare_cached(APPEND).await.map_err(err)?;
     trip("append");

@@ -684,13 +684,7 @@ fn commit_batch(
         }
         answers.push(answer);
     }
-    let added = returns.iter().zip(&answers).flat_map(|(giveback, answer)| {
-        if matches!(answer, Ok(Returned::Done)) {
-            &giveback.if_returned
-        } else {
-            &giveback.otherwise
-        }
-    });
+    let added = returns.iter().zip(&answers).flat_map(|(giveback, answer)| giveback.records_after(answer));
     insert(&tx, records.iter().chain(added))?;
     tx.commit().map_err(err)?;
     Ok(Some(answers))
